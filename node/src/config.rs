@@ -1,0 +1,283 @@
+//! What an ingest job is told to do, and how its memory budget is divided.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// How records are read from input files and where their key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "lowercase")]
+pub enum Format {
+    /// One record per line; the key is the whole line, byte for byte, as
+    /// `LC_ALL=C sort -u` sees it. The value is empty.
+    Lines,
+    /// Tab-separated fields; the key is field `key_field` (1-based) and the
+    /// value is the whole record.
+    Tsv { key_field: usize },
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Format::Lines => write!(f, "lines"),
+            Format::Tsv { key_field } => write!(f, "tsv (key field {key_field})"),
+        }
+    }
+}
+
+/// Every knob of an ingest job. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub data_dir: PathBuf,
+    pub dataset: String,
+    pub format: Format,
+    /// The node's whole memory budget in bytes; see [`MemoryPlan`].
+    pub memory_bytes: u64,
+    /// Scan workers and sort-merge lanes. Defaults to the number of cores.
+    pub threads: usize,
+    /// Virtual partitions of a new dataset (fixed once the dataset exists).
+    pub partitions: u16,
+    /// Longer records are rejected and quarantined.
+    pub max_record_bytes: u64,
+    /// Target size of a batch sent between actors.
+    pub batch_bytes: u64,
+    /// Plain files larger than this are split into newline-aligned ranges
+    /// scanned in parallel.
+    pub split_bytes: u64,
+    /// Sorted runs merged at once; more runs mean a multi-pass merge.
+    pub max_open_runs: usize,
+    /// Size at which a lane rolls over to a new SST file.
+    pub sst_target_bytes: u64,
+    /// How long shutdown waits for stages to stop before naming the ones
+    /// that did not.
+    pub shutdown_timeout: Duration,
+}
+
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
+pub const MIN_MEMORY_BYTES: u64 = 16 * MIB;
+pub const DEFAULT_PARTITIONS: u16 = 64;
+/// The largest `--max-record`: a scanner buffers one whole record.
+pub const MAX_RECORD_LIMIT: u64 = 256 * MIB;
+/// Partition number reserved in store keys for job records.
+pub const MAX_PARTITIONS: u16 = u16::MAX - 1;
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("quern-data"),
+            dataset: "default".to_string(),
+            format: Format::Lines,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            partitions: DEFAULT_PARTITIONS,
+            max_record_bytes: MIB,
+            batch_bytes: 256 * KIB,
+            split_bytes: 64 * MIB,
+            max_open_runs: 64,
+            sst_target_bytes: 256 * MIB,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--memory {0} is below the minimum of {MIN_MEMORY_BYTES} bytes (16 MiB)")]
+    MemoryTooSmall(u64),
+    #[error("--threads must be at least 1")]
+    NoThreads,
+    #[error("--partitions must be between 1 and {MAX_PARTITIONS}, got {0}")]
+    Partitions(u16),
+    #[error("--key-field is 1-based and must be at least 1")]
+    KeyField,
+    #[error("--max-record must be between 1 byte and 256 MiB, got {0}")]
+    MaxRecord(u64),
+    #[error("--max-open-runs must be at least 2, got {0}")]
+    OpenRuns(usize),
+    #[error("--batch-bytes must be between 4 KiB and 64 MiB, got {0}")]
+    BatchBytes(u64),
+    #[error("--split-bytes must be at least 1 MiB, got {0}")]
+    SplitBytes(u64),
+    #[error("dataset name must be 1-128 characters of [A-Za-z0-9._-], got {0:?}")]
+    DatasetName(String),
+}
+
+impl IngestConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.memory_bytes < MIN_MEMORY_BYTES {
+            return Err(ConfigError::MemoryTooSmall(self.memory_bytes));
+        }
+        if self.threads == 0 {
+            return Err(ConfigError::NoThreads);
+        }
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(ConfigError::Partitions(self.partitions));
+        }
+        if let Format::Tsv { key_field: 0 } = self.format {
+            return Err(ConfigError::KeyField);
+        }
+        if !(1..=MAX_RECORD_LIMIT).contains(&self.max_record_bytes) {
+            return Err(ConfigError::MaxRecord(self.max_record_bytes));
+        }
+        if self.max_open_runs < 2 {
+            return Err(ConfigError::OpenRuns(self.max_open_runs));
+        }
+        if !(4 * KIB..=64 * MIB).contains(&self.batch_bytes) {
+            return Err(ConfigError::BatchBytes(self.batch_bytes));
+        }
+        if self.split_bytes < MIB {
+            return Err(ConfigError::SplitBytes(self.split_bytes));
+        }
+        validate_dataset_name(&self.dataset)
+    }
+
+    /// How the memory budget is split for this job's shape.
+    pub fn memory_plan(&self) -> MemoryPlan {
+        MemoryPlan::new(self.memory_bytes, self.threads, self.batch_bytes)
+    }
+}
+
+pub fn validate_dataset_name(name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::DatasetName(name.to_string()))
+    }
+}
+
+/// The memory budget divided into named shares, each printed at start-up.
+///
+/// - `rocksdb`: block cache, with the memtables charged to it through one
+///   WriteBufferManager.
+/// - `in_flight`: bytes queued on the edges between actors, plus the batches
+///   scanners are filling.
+/// - `sort`: run buffers and merge buffers, split evenly across lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub budget: u64,
+    pub rocksdb: u64,
+    pub in_flight: u64,
+    pub sort: u64,
+    pub lanes: usize,
+    /// Bytes each edge may hold before senders wait.
+    pub edge_capacity: u64,
+    /// Batch size actually used: the configured size, shrunk if edges are
+    /// too small to hold a few batches each.
+    pub batch_bytes: u64,
+    /// Per lane: bytes of records gathered before a run is sorted and
+    /// spilled.
+    pub run_bytes: u64,
+    /// Per lane: target size of one frame of a spilled run; a merge holds
+    /// one frame per open run.
+    pub spill_frame_bytes: u64,
+}
+
+impl MemoryPlan {
+    pub fn new(budget: u64, lanes: usize, batch_bytes: u64) -> Self {
+        let lanes = lanes.max(1);
+        let rocksdb = (budget / 8).max(8 * MIB);
+        let in_flight = budget / 8;
+        let sort = budget - rocksdb - in_flight;
+        // Each lane has three inbound edges (sort-merge, dedup, commit), and
+        // each scanner fills one batch per lane: give the edges half of the
+        // in-flight share and the scanners' open batches the other half.
+        let edge_capacity = in_flight / 2 / (3 * lanes as u64);
+        let open_batches = (lanes * lanes) as u64;
+        let batch_bytes = batch_bytes
+            .min(edge_capacity / 2)
+            .min(in_flight / 2 / open_batches)
+            .max(4 * KIB);
+        let sort_per_lane = sort / lanes as u64;
+        // A lane's merge holds one frame per open run; reserve a quarter of
+        // its share for that and gather runs in the rest.
+        let spill_frame_bytes = (sort_per_lane / 4 / 64).clamp(16 * KIB, 4 * MIB);
+        let run_bytes = sort_per_lane - sort_per_lane / 4;
+        Self {
+            budget,
+            rocksdb,
+            in_flight,
+            sort,
+            lanes,
+            edge_capacity,
+            batch_bytes,
+            run_bytes,
+            spill_frame_bytes,
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / MIB as f64;
+        write!(
+            f,
+            "memory budget {:.0} MiB: sort {:.1} MiB ({} lanes x {:.1} MiB runs), \
+             in-flight {:.1} MiB (edges of {:.2} MiB, batches of {} KiB), rocksdb {:.1} MiB",
+            mib(self.budget),
+            mib(self.sort),
+            self.lanes,
+            mib(self.run_bytes),
+            mib(self.in_flight),
+            mib(self.edge_capacity),
+            self.batch_bytes / KIB,
+            mib(self.rocksdb),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_budget() {
+        for budget in [
+            MIN_MEMORY_BYTES,
+            64 * MIB,
+            128 * MIB,
+            DEFAULT_MEMORY_BYTES,
+            8 << 30,
+        ] {
+            for lanes in [1, 2, 8] {
+                let plan = MemoryPlan::new(budget, lanes, 256 * KIB);
+                assert_eq!(plan.rocksdb + plan.in_flight + plan.sort, budget);
+                assert!(plan.edge_capacity >= 2 * plan.batch_bytes || plan.batch_bytes == 4 * KIB);
+                assert!(plan.run_bytes * lanes as u64 <= plan.sort);
+            }
+        }
+    }
+
+    #[test]
+    fn small_budgets_shrink_batches() {
+        let plan = MemoryPlan::new(MIN_MEMORY_BYTES, 2, 256 * KIB);
+        assert!(plan.batch_bytes < 256 * KIB, "{plan}");
+        let roomy = MemoryPlan::new(DEFAULT_MEMORY_BYTES, 2, 256 * KIB);
+        assert_eq!(roomy.batch_bytes, 256 * KIB);
+    }
+
+    #[test]
+    fn validation_names_the_bad_setting() {
+        let bad = IngestConfig {
+            memory_bytes: MIB,
+            ..IngestConfig::default()
+        };
+        assert_eq!(bad.validate(), Err(ConfigError::MemoryTooSmall(MIB)));
+        let bad = IngestConfig {
+            format: Format::Tsv { key_field: 0 },
+            ..IngestConfig::default()
+        };
+        assert_eq!(bad.validate(), Err(ConfigError::KeyField));
+        assert!(validate_dataset_name("logs-2026.v1").is_ok());
+        assert!(validate_dataset_name("a/b").is_err());
+        assert!(validate_dataset_name("").is_err());
+        assert!(IngestConfig::default().validate().is_ok());
+    }
+}

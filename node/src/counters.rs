@@ -1,0 +1,189 @@
+//! Counting every record (invariant 3): read = unique + duplicates +
+//! rejected, per job and per file.
+//!
+//! Each stage keeps a [`FileTally`] of per-file deltas and writes it to the
+//! job's ledger as merge operands when it grows past a bound or the stage
+//! ends, so memory stays bounded however many files a job has. Job totals
+//! are shared atomics, published once per batch rather than per record.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::store::ledger::FileCounts;
+use crate::store::{Store, StoreError};
+
+/// Live job-wide counters, read by progress reporting and the summary.
+#[derive(Debug, Default)]
+pub struct JobCounters {
+    pub files_listed: AtomicU64,
+    pub bytes_listed: AtomicU64,
+    pub bytes_scanned: AtomicU64,
+    pub problem_files: AtomicU64,
+    pub read: AtomicU64,
+    pub unique: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Records that have reached the final merge: progress of that phase.
+    pub merged: AtomicU64,
+}
+
+impl JobCounters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Per-file tallies have at most this many files before they are written
+/// out.
+const TALLY_FLUSH_FILES: usize = 4096;
+
+/// One stage's per-file counts, not yet written to the ledger.
+pub struct FileTally {
+    store: Arc<Store>,
+    dataset: u32,
+    job: u32,
+    counters: Arc<JobCounters>,
+    files: HashMap<u32, FileCounts>,
+    /// Sum of the counts not yet added to the job counters.
+    unpublished: FileCounts,
+}
+
+impl FileTally {
+    pub fn new(store: Arc<Store>, dataset: u32, job: u32, counters: Arc<JobCounters>) -> Self {
+        Self {
+            store,
+            dataset,
+            job,
+            counters,
+            files: HashMap::new(),
+            unpublished: FileCounts::default(),
+        }
+    }
+
+    /// Adds `delta` to `file`'s counts.
+    pub fn add(&mut self, file: u32, delta: FileCounts) {
+        self.files.entry(file).or_default().add(delta);
+        self.unpublished.add(delta);
+    }
+
+    pub fn read(&mut self, file: u32, n: u64) {
+        self.add(
+            file,
+            FileCounts {
+                read: n,
+                ..FileCounts::default()
+            },
+        );
+    }
+
+    pub fn unique(&mut self, file: u32) {
+        self.add(
+            file,
+            FileCounts {
+                unique: 1,
+                ..FileCounts::default()
+            },
+        );
+    }
+
+    pub fn duplicate(&mut self, file: u32) {
+        self.add(
+            file,
+            FileCounts {
+                duplicates: 1,
+                ..FileCounts::default()
+            },
+        );
+    }
+
+    pub fn rejected(&mut self, file: u32) {
+        self.add(
+            file,
+            FileCounts {
+                rejected: 1,
+                ..FileCounts::default()
+            },
+        );
+    }
+
+    /// Adds the pending totals to the job counters, and writes the per-file
+    /// counts to the ledger if they have grown past their bound.
+    pub fn publish(&mut self) -> Result<(), StoreError> {
+        self.publish_totals();
+        if self.files.len() >= TALLY_FLUSH_FILES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes everything: job counters and every per-file count.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.publish_totals();
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let mut files: Vec<_> = self.files.drain().collect();
+        files.sort_unstable_by_key(|(file, _)| *file);
+        self.store.add_file_counts(self.dataset, self.job, files)
+    }
+
+    fn publish_totals(&mut self) {
+        let delta = std::mem::take(&mut self.unpublished);
+        JobCounters::add(&self.counters.read, delta.read);
+        JobCounters::add(&self.counters.unique, delta.unique);
+        JobCounters::add(&self.counters.duplicates, delta.duplicates);
+        JobCounters::add(&self.counters.rejected, delta.rejected);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Access;
+
+    #[test]
+    fn tallies_reach_the_ledger_and_the_job_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap());
+        let counters = Arc::new(JobCounters::default());
+        let mut scan = FileTally::new(store.clone(), 1, 1, counters.clone());
+        let mut dedup = FileTally::new(store.clone(), 1, 1, counters.clone());
+        for file in 0..(TALLY_FLUSH_FILES as u32 + 10) {
+            scan.read(file, 3);
+            scan.rejected(file);
+            dedup.unique(file);
+            dedup.duplicate(file);
+        }
+        scan.publish().unwrap();
+        // Past the bound: written out already, memory released.
+        assert!(scan.files.is_empty());
+        assert_eq!(
+            JobCounters::get(&counters.read),
+            3 * (TALLY_FLUSH_FILES as u64 + 10)
+        );
+        scan.flush().unwrap();
+        dedup.flush().unwrap();
+        let counts = store.file_counts(1, 1, 7).unwrap();
+        assert_eq!(
+            counts,
+            FileCounts {
+                read: 3,
+                unique: 1,
+                duplicates: 1,
+                rejected: 1
+            }
+        );
+        assert!(counts.reconciles());
+        assert_eq!(
+            JobCounters::get(&counters.duplicates),
+            TALLY_FLUSH_FILES as u64 + 10
+        );
+    }
+}

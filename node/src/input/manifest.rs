@@ -1,0 +1,286 @@
+//! Turning the PATH arguments into the job's manifest: files in a fixed
+//! order, each cut into shards.
+//!
+//! Manifest order decides which occurrence of a key is "first", so it must
+//! not depend on the file system's whims: arguments in the order given,
+//! directories walked depth-first with entries sorted by name (bytewise),
+//! glob matches in sorted order. The walk streams: files are handed on as
+//! they are found, and only one directory's entries are held at a time.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use walkdir::WalkDir;
+
+use super::source::{self, Compression};
+
+/// An input file as listed, before reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// Position in manifest order within the job.
+    pub seq: u32,
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+/// What the walk found at one place.
+#[derive(Debug)]
+pub enum Listed {
+    File {
+        path: PathBuf,
+        size: u64,
+        modified: Option<SystemTime>,
+    },
+    /// A path that cannot be read as input: missing, no permission, a glob
+    /// that matched nothing.
+    Unreadable { path: PathBuf, error: String },
+}
+
+/// Lists every input file under `inputs` in manifest order. Stops early if
+/// `visit` breaks.
+pub fn walk(
+    inputs: &[PathBuf],
+    visit: &mut dyn FnMut(Listed) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    for input in inputs {
+        if std::fs::symlink_metadata(input).is_err()
+            && let Some(pattern) = input.to_str().filter(|s| is_glob(s))
+        {
+            walk_glob(input, pattern, visit)?;
+        } else {
+            walk_path(input, visit)?;
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn walk_glob(
+    input: &Path,
+    pattern: &str,
+    visit: &mut dyn FnMut(Listed) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    let matches = match glob::glob(pattern) {
+        Ok(matches) => matches,
+        Err(e) => {
+            return visit(Listed::Unreadable {
+                path: input.to_path_buf(),
+                error: format!("invalid glob pattern: {e}"),
+            });
+        }
+    };
+    let mut any = false;
+    for entry in matches {
+        any = true;
+        match entry {
+            Ok(path) => walk_path(&path, visit)?,
+            Err(e) => visit(Listed::Unreadable {
+                path: e.path().to_path_buf(),
+                error: e.error().to_string(),
+            })?,
+        }
+    }
+    if any {
+        ControlFlow::Continue(())
+    } else {
+        visit(Listed::Unreadable {
+            path: input.to_path_buf(),
+            error: "no file matches this pattern".into(),
+        })
+    }
+}
+
+fn walk_path(path: &Path, visit: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> ControlFlow<()> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            return visit(Listed::Unreadable {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            });
+        }
+    };
+    if !metadata.is_dir() {
+        return visit(listed_file(path.to_path_buf(), &metadata));
+    }
+    // Symlinked directories are not followed (no loops, no surprises);
+    // symlinked files are read.
+    let entries = WalkDir::new(path)
+        .follow_links(false)
+        .sort_by(|a, b| a.file_name().cmp(b.file_name()));
+    for entry in entries {
+        let item = match entry {
+            Err(e) => Listed::Unreadable {
+                path: e.path().unwrap_or(path).to_path_buf(),
+                error: e
+                    .io_error()
+                    .map_or_else(|| e.to_string(), |io| io.to_string()),
+            },
+            Ok(entry) if entry.file_type().is_dir() => continue,
+            Ok(entry) => match std::fs::metadata(entry.path()) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(m) => listed_file(entry.into_path(), &m),
+                Err(e) => Listed::Unreadable {
+                    path: entry.into_path(),
+                    error: e.to_string(),
+                },
+            },
+        };
+        visit(item)?;
+    }
+    ControlFlow::Continue(())
+}
+
+fn listed_file(path: PathBuf, metadata: &std::fs::Metadata) -> Listed {
+    Listed::File {
+        path,
+        size: metadata.len(),
+        modified: metadata.modified().ok(),
+    }
+}
+
+/// The part of a file one scan covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardRange {
+    /// The whole file, decompressed if it is compressed.
+    Whole,
+    /// Records of a plain file that start in `[start, end)`.
+    Bytes { start: u64, end: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Shard {
+    pub file: Arc<InputFile>,
+    pub range: ShardRange,
+}
+
+/// Cuts a file into shards: plain files larger than `split_bytes` into
+/// ranges scanned in parallel; compressed and small files whole.
+pub fn plan_shards(file: Arc<InputFile>, split_bytes: u64) -> impl Iterator<Item = Shard> {
+    let size = file.size;
+    // A file we cannot open now is scanned whole, and the scan reports why.
+    let split =
+        size > split_bytes && source::sniff(&file.path).is_ok_and(|c| c == Compression::Plain);
+    let count = if split { size.div_ceil(split_bytes) } else { 1 };
+    (0..count).map(move |i| Shard {
+        file: file.clone(),
+        range: if split {
+            ShardRange::Bytes {
+                start: i * split_bytes,
+                end: ((i + 1) * split_bytes).min(size),
+            }
+        } else {
+            ShardRange::Whole
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn listed(inputs: &[PathBuf]) -> Vec<String> {
+        let mut out = Vec::new();
+        let _ = walk(inputs, &mut |item| {
+            out.push(match item {
+                Listed::File { path, size, .. } => format!("{} {size}", path.display()),
+                Listed::Unreadable { path, error } => format!("! {} {error}", path.display()),
+            });
+            ControlFlow::Continue(())
+        });
+        out
+    }
+
+    #[test]
+    fn order_is_arguments_then_sorted_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("tree/b")).unwrap();
+        fs::create_dir_all(d.join("tree/a")).unwrap();
+        fs::write(d.join("tree/b/2"), "xx").unwrap();
+        fs::write(d.join("tree/a/1"), "x").unwrap();
+        fs::write(d.join("tree/Z"), "").unwrap();
+        fs::write(d.join("single"), "abc").unwrap();
+        std::os::unix::fs::symlink(d.join("tree"), d.join("tree/loop")).unwrap();
+        std::os::unix::fs::symlink(d.join("single"), d.join("tree/link")).unwrap();
+
+        let got = listed(&[d.join("single"), d.join("tree"), d.join("missing")]);
+        let p = |s: &str| d.join(s).display().to_string();
+        assert_eq!(
+            got,
+            vec![
+                format!("{} 3", p("single")),
+                format!("{} 0", p("tree/Z")),
+                format!("{} 1", p("tree/a/1")),
+                format!("{} 2", p("tree/b/2")),
+                format!("{} 3", p("tree/link")),
+                format!("! {} No such file or directory (os error 2)", p("missing")),
+            ]
+        );
+    }
+
+    #[test]
+    fn globs_expand_sorted_and_report_no_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in ["b.txt", "a.txt", "c.log"] {
+            fs::write(d.join(name), name).unwrap();
+        }
+        let got = listed(&[d.join("*.txt"), d.join("*.csv")]);
+        let p = |s: &str| d.join(s).display().to_string();
+        assert_eq!(
+            got,
+            vec![
+                format!("{} 5", p("a.txt")),
+                format!("{} 5", p("b.txt")),
+                format!("! {} no file matches this pattern", p("*.csv")),
+            ]
+        );
+    }
+
+    #[test]
+    fn large_plain_files_split_and_compressed_stay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        fs::write(&plain, vec![b'x'; 2500]).unwrap();
+        let file = |path: &Path| {
+            Arc::new(InputFile {
+                seq: 0,
+                path: path.to_path_buf(),
+                size: fs::metadata(path).unwrap().len(),
+                modified: None,
+            })
+        };
+        let ranges: Vec<_> = plan_shards(file(&plain), 1000).map(|s| s.range).collect();
+        assert_eq!(
+            ranges,
+            vec![
+                ShardRange::Bytes {
+                    start: 0,
+                    end: 1000
+                },
+                ShardRange::Bytes {
+                    start: 1000,
+                    end: 2000
+                },
+                ShardRange::Bytes {
+                    start: 2000,
+                    end: 2500
+                },
+            ]
+        );
+        let zst = dir.path().join("z");
+        fs::write(&zst, zstd::encode_all(&vec![b'x'; 5000][..], 1).unwrap()).unwrap();
+        let mut big = (*file(&zst)).clone();
+        big.size = 5000;
+        let ranges: Vec<_> = plan_shards(Arc::new(big), 10).map(|s| s.range).collect();
+        assert_eq!(ranges, vec![ShardRange::Whole]);
+    }
+}

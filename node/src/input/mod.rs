@@ -1,0 +1,83 @@
+//! Reading input: which files, in what order, cut into which shards, and
+//! how a shard becomes a stream of records.
+
+pub mod format;
+pub mod manifest;
+pub mod records;
+pub mod source;
+
+use std::io::{self, Read};
+
+use manifest::{Shard, ShardRange};
+use records::{ReadFailure, RecordReader};
+use source::{Compression, FileBytesRead, Source};
+
+/// How much a reader asks of the file system at once.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// A shard opened for reading.
+pub struct OpenShard {
+    pub records: RecordReader,
+    pub compression: Compression,
+    pub file_bytes: FileBytesRead,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open: {0}")]
+    Open(#[from] io::Error),
+    #[error(transparent)]
+    Read(#[from] ReadFailure),
+}
+
+impl OpenShard {
+    pub fn open(shard: &Shard, max_record: u64) -> Result<Self, OpenError> {
+        let file = &shard.file;
+        let (source, start, mid_record, end) = match shard.range {
+            ShardRange::Whole => {
+                let source = Source::open_whole(&file.path)?;
+                // A plain file is read up to its listed size, so a file that
+                // grows while we read gives the same records as before it grew
+                // (the change is reported separately).
+                let end = (source.compression == Compression::Plain).then_some(file.size);
+                (source, 0, false, end)
+            }
+            ShardRange::Bytes { start: 0, end } => {
+                (Source::open_plain_at(&file.path, 0)?, 0, false, Some(end))
+            }
+            ShardRange::Bytes { start, end } => {
+                // The byte before `start` says whether a record starts at
+                // `start` or the previous shard owns the bytes up to the next
+                // newline.
+                let mut source = Source::open_plain_at(&file.path, start - 1)?;
+                let mut before = [0u8; 1];
+                source
+                    .reader
+                    .read_exact(&mut before)
+                    .map_err(|e| ReadFailure::Io {
+                        offset: start - 1,
+                        source: e,
+                        fragment: None,
+                    })?;
+                (source, start, before[0] != b'\n', Some(end))
+            }
+        };
+        let expected_len = (source.compression == Compression::Plain).then_some(file.size);
+        let compression = source.compression;
+        let file_bytes = source.file_bytes();
+        let records = RecordReader::new(
+            source.reader,
+            start,
+            mid_record,
+            end,
+            expected_len,
+            max_record,
+            READ_CHUNK_BYTES,
+        )?;
+        Ok(Self {
+            records,
+            compression,
+            file_bytes,
+        })
+    }
+}

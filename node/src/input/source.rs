@@ -1,0 +1,177 @@
+//! Opening an input file as a byte stream: plain, gzip or zstd, detected by
+//! magic bytes rather than by file name.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Plain,
+    Gzip,
+    Zstd,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Plain => "plain",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The compression a file starts with.
+pub fn detect(head: &[u8]) -> Compression {
+    if head.starts_with(&GZIP_MAGIC) {
+        Compression::Gzip
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        Compression::Zstd
+    } else {
+        Compression::Plain
+    }
+}
+
+/// Reads the magic bytes of a file.
+pub fn sniff(path: &Path) -> io::Result<Compression> {
+    let mut head = [0u8; 4];
+    let mut file = File::open(path)?;
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(detect(&head[..filled]))
+}
+
+/// A decompressed byte stream over a file, with a count of the file bytes
+/// consumed so far (for progress and for error messages about compressed
+/// files).
+pub struct Source {
+    pub reader: Box<dyn Read + Send>,
+    pub compression: Compression,
+    file_bytes: Arc<AtomicU64>,
+}
+
+impl Source {
+    /// Opens the whole file, decompressing if its magic bytes say so.
+    pub fn open_whole(path: &Path) -> io::Result<Source> {
+        let file_bytes = Arc::new(AtomicU64::new(0));
+        let counted = CountingReader {
+            inner: File::open(path)?,
+            count: file_bytes.clone(),
+        };
+        let mut buffered = BufReader::with_capacity(256 * 1024, counted);
+        let compression = detect(buffered.fill_buf()?);
+        let reader: Box<dyn Read + Send> = match compression {
+            Compression::Plain => Box::new(buffered),
+            // Multi-member gzip, as `zcat` reads it.
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        };
+        Ok(Source {
+            reader,
+            compression,
+            file_bytes,
+        })
+    }
+
+    /// Opens a plain file positioned at `offset`.
+    pub fn open_plain_at(path: &Path, offset: u64) -> io::Result<Source> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let file_bytes = Arc::new(AtomicU64::new(offset));
+        Ok(Source {
+            reader: Box::new(CountingReader {
+                inner: file,
+                count: file_bytes.clone(),
+            }),
+            compression: Compression::Plain,
+            file_bytes,
+        })
+    }
+
+    /// A live count of the file bytes read so far (compressed bytes for
+    /// compressed files), which stays valid after `reader` is moved away.
+    pub fn file_bytes(&self) -> FileBytesRead {
+        FileBytesRead(self.file_bytes.clone())
+    }
+}
+
+#[derive(Clone)]
+pub struct FileBytesRead(Arc<AtomicU64>);
+
+impl FileBytesRead {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read_all(path: &Path) -> (Compression, Vec<u8>) {
+        let mut source = Source::open_whole(path).unwrap();
+        let mut out = Vec::new();
+        source.reader.read_to_end(&mut out).unwrap();
+        (source.compression, out)
+    }
+
+    #[test]
+    fn detects_by_magic_not_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = b"b\na\n\xff\x00\r\n".repeat(1000);
+
+        let plain = dir.path().join("data.gz");
+        std::fs::write(&plain, &content).unwrap();
+        assert_eq!(read_all(&plain), (Compression::Plain, content.clone()));
+
+        let gz = dir.path().join("data.txt");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&content).unwrap();
+        let mut two_members = enc.finish().unwrap();
+        two_members.extend_from_within(..);
+        std::fs::write(&gz, &two_members).unwrap();
+        let doubled = [content.clone(), content.clone()].concat();
+        assert_eq!(read_all(&gz), (Compression::Gzip, doubled));
+        assert_eq!(sniff(&gz).unwrap(), Compression::Gzip);
+
+        let zst = dir.path().join("data");
+        std::fs::write(&zst, zstd::encode_all(&content[..], 1).unwrap()).unwrap();
+        assert_eq!(read_all(&zst), (Compression::Zstd, content));
+        assert_eq!(sniff(&zst).unwrap(), Compression::Zstd);
+    }
+
+    #[test]
+    fn empty_and_tiny_files_are_plain() {
+        assert_eq!(detect(b""), Compression::Plain);
+        assert_eq!(detect(b"\x1f"), Compression::Plain);
+        assert_eq!(detect(b"\x28\xb5\x2f"), Compression::Plain);
+    }
+}
