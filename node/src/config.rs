@@ -39,8 +39,9 @@ pub struct IngestConfig {
     pub memory_bytes: u64,
     /// Scan workers and sort-merge lanes. Defaults to the number of cores.
     pub threads: usize,
-    /// Virtual partitions of a new dataset (fixed once the dataset exists).
-    pub partitions: u16,
+    /// Virtual partitions of a new dataset (fixed once the dataset exists;
+    /// `None` takes the dataset's, or the default for a new one).
+    pub partitions: Option<u16>,
     /// Longer records are rejected and quarantined.
     pub max_record_bytes: u64,
     /// Target size of a batch sent between actors.
@@ -73,7 +74,7 @@ impl Default for IngestConfig {
             format: Format::Lines,
             memory_bytes: DEFAULT_MEMORY_BYTES,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            partitions: DEFAULT_PARTITIONS,
+            partitions: None,
             max_record_bytes: MIB,
             batch_bytes: 256 * KIB,
             split_bytes: 64 * MIB,
@@ -114,8 +115,8 @@ impl IngestConfig {
         if self.threads == 0 {
             return Err(ConfigError::NoThreads);
         }
-        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
-            return Err(ConfigError::Partitions(self.partitions));
+        if let Some(p) = self.partitions.filter(|&p| p == 0 || p > MAX_PARTITIONS) {
+            return Err(ConfigError::Partitions(p));
         }
         if let Format::Tsv { key_field: 0 } = self.format {
             return Err(ConfigError::KeyField);
@@ -133,11 +134,6 @@ impl IngestConfig {
             return Err(ConfigError::SplitBytes(self.split_bytes));
         }
         validate_dataset_name(&self.dataset)
-    }
-
-    /// How the memory budget is split for this job's shape.
-    pub fn memory_plan(&self) -> MemoryPlan {
-        MemoryPlan::new(self.memory_bytes, self.threads, self.batch_bytes)
     }
 }
 
@@ -181,9 +177,15 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
+    /// RocksDB's share of a budget: known before the store is opened, so it
+    /// depends on nothing else.
+    pub fn rocksdb_share(budget: u64) -> u64 {
+        (budget / 8).max(8 * MIB)
+    }
+
     pub fn new(budget: u64, lanes: usize, batch_bytes: u64) -> Self {
         let lanes = lanes.max(1);
-        let rocksdb = (budget / 8).max(8 * MIB);
+        let rocksdb = Self::rocksdb_share(budget);
         let in_flight = budget / 8;
         let sort = budget - rocksdb - in_flight;
         // Each lane has three inbound edges (sort-merge, dedup, commit), and

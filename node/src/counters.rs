@@ -26,6 +26,8 @@ pub struct JobCounters {
     pub rejected: AtomicU64,
     /// Records that have reached the final merge: progress of that phase.
     pub merged: AtomicU64,
+    pub runs_spilled: AtomicU64,
+    pub merge_passes: AtomicU64,
 }
 
 impl JobCounters {

@@ -110,6 +110,13 @@ impl<M: Message> Edge<M> {
         self.target.cast(make(credit)).map_err(|_| self.closed())
     }
 
+    /// Sends a control message (such as end-of-stream) without taking
+    /// credit: it carries no data, and it queues behind the data already
+    /// sent.
+    pub fn send_control(&self, message: M) -> Result<(), EdgeClosed> {
+        self.target.cast(message).map_err(|_| self.closed())
+    }
+
     async fn acquire(&self, bytes: u64) -> Result<Credit, EdgeClosed> {
         let state = &self.state;
         let amount = clamp_credit(bytes, state.capacity_bytes);

@@ -1,11 +1,16 @@
 //! A Quern node: the ingest pipeline (scan, sort-merge, dedup, commit
 //! actors), its memory plan, and the node's RocksDB store.
 
+pub mod actors;
 pub mod config;
 pub mod counters;
 pub mod dedup;
 pub mod edge;
+pub mod export;
+pub mod ingest;
 pub mod input;
+pub mod lookup;
+pub mod process_memory;
 pub mod quarantine;
 pub mod sort;
 pub mod store;

@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, meta};
@@ -86,7 +86,7 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl Store {
-    fn from_json<T: for<'de> Deserialize<'de>>(
+    fn parse_json<T: for<'de> Deserialize<'de>>(
         &self,
         key: &[u8],
         bytes: &[u8],
@@ -106,7 +106,7 @@ impl Store {
             .get_cf(self.meta_cf(), key)
             .map_err(|e| self.rocks_error(e))?
         {
-            Some(bytes) => self.from_json(key, &bytes).map(Some),
+            Some(bytes) => self.parse_json(key, &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -139,20 +139,9 @@ impl Store {
     }
 
     pub fn datasets(&self) -> Result<Vec<DatasetInfo>, StoreError> {
-        let start = [meta::DATASET];
-        let iter = self.db().iterator_cf(
-            self.meta_cf(),
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter {
-            let (key, value) = item.map_err(|e| self.rocks_error(e))?;
-            if key.first() != Some(&meta::DATASET) {
-                break;
-            }
-            out.push(self.from_json(&key, &value)?);
-        }
-        Ok(out)
+        self.meta_range(&[meta::DATASET], vec![meta::DATASET + 1])
+            .map(|item| item.and_then(|(key, value)| self.parse_json(&key, &value)))
+            .collect()
     }
 
     /// The dataset `name`, created with `format` if it does not exist. An
@@ -208,18 +197,9 @@ impl Store {
     /// All jobs of a dataset, oldest first.
     pub fn jobs(&self, dataset: u32) -> Result<Vec<JobInfo>, StoreError> {
         let (start, end) = meta::jobs_of(dataset);
-        let mut out = Vec::new();
-        for item in self.db().iterator_cf(
-            self.meta_cf(),
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(|e| self.rocks_error(e))?;
-            if *key >= *end {
-                break;
-            }
-            out.push(self.from_json(&key, &value)?);
-        }
-        Ok(out)
+        self.meta_range(&start, end)
+            .map(|item| item.and_then(|(key, value)| self.parse_json(&key, &value)))
+            .collect()
     }
 
     /// Registers a new running job.
@@ -287,7 +267,7 @@ impl Store {
             .get_cf(self.data_cf(), &key)
             .map_err(|e| self.rocks_error(e))?
         {
-            Some(bytes) => self.from_json(&key, &bytes).map(Some),
+            Some(bytes) => self.parse_json(&key, &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -295,17 +275,10 @@ impl Store {
     /// Settles jobs left running by a process that died: committed if their
     /// job record made it into the store, interrupted otherwise.
     pub(super) fn recover_jobs(&self) -> Result<(), StoreError> {
-        let start = [meta::JOB];
         let mut stale: Vec<JobInfo> = Vec::new();
-        for item in self.db().iterator_cf(
-            self.meta_cf(),
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(|e| self.rocks_error(e))?;
-            if key.first() != Some(&meta::JOB) {
-                break;
-            }
-            let job: JobInfo = self.from_json(&key, &value)?;
+        for item in self.meta_range(&[meta::JOB], vec![meta::JOB + 1]) {
+            let (key, value) = item?;
+            let job: JobInfo = self.parse_json(&key, &value)?;
             if job.state == JobState::Running {
                 stale.push(job);
             }

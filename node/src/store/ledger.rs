@@ -2,7 +2,6 @@
 //! rejected records. Written in bounded batches while the job runs, read
 //! back by streaming (a job may have millions of files).
 
-use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -96,6 +95,9 @@ fn decode_file(bytes: &[u8]) -> Option<(u64, Option<SystemTime>, PathBuf)> {
     Some((size, modified, path))
 }
 
+/// A raw meta key and value.
+type MetaEntry = (Box<[u8]>, Box<[u8]>);
+
 /// Problems without a place sort last among a file's problems.
 const NO_OFFSET: u64 = u64::MAX;
 
@@ -161,24 +163,19 @@ impl Store {
         self.write_batch(batch)
     }
 
-    /// Visits the meta entries in `[start, end)` in key order.
-    fn scan_meta(
-        &self,
+    /// The meta entries in `[start, end)`, in key order.
+    pub(super) fn meta_range<'a>(
+        &'a self,
         start: &[u8],
-        end: &[u8],
-        mut visit: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError> {
-        let iter = self.db().iterator_cf(
-            self.meta_cf(),
-            IteratorMode::From(start, Direction::Forward),
-        );
-        for item in iter {
-            let (key, value) = item.map_err(|e| self.rocks_error(e))?;
-            if *key >= *end || visit(&key, &value)?.is_break() {
-                break;
-            }
-        }
-        Ok(())
+        end: Vec<u8>,
+    ) -> impl Iterator<Item = Result<MetaEntry, StoreError>> + use<'a> {
+        self.db()
+            .iterator_cf(
+                self.meta_cf(),
+                IteratorMode::From(start, Direction::Forward),
+            )
+            .map(|item| item.map_err(|e| self.rocks_error(e)))
+            .take_while(move |item| item.as_ref().map_or(true, |(key, _)| **key < *end))
     }
 
     fn corrupt(&self, what: &str, key: &[u8]) -> StoreError {
@@ -189,27 +186,26 @@ impl Store {
         ))
     }
 
-    /// Visits a job's files in manifest order with their counters and
-    /// problems, one at a time.
-    pub fn for_each_file(
+    /// A job's files in manifest order, with their counters and problems.
+    pub fn files(
         &self,
         dataset: u32,
         job: u32,
-        mut visit: impl FnMut(FileRow) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
+    ) -> impl Iterator<Item = Result<FileRow, StoreError>> + '_ {
         let (start, end) = meta::job_range(meta::FILE, dataset, job);
-        self.scan_meta(&start, &end, |key, value| {
-            let seq = meta::file_of(key).ok_or_else(|| self.corrupt("file", key))?;
+        self.meta_range(&start, end).map(move |item| {
+            let (key, value) = item?;
+            let seq = meta::file_of(&key).ok_or_else(|| self.corrupt("file", &key))?;
             let (size, modified, path) =
-                decode_file(value).ok_or_else(|| self.corrupt("file", key))?;
-            Ok(visit(FileRow {
+                decode_file(&value).ok_or_else(|| self.corrupt("file", &key))?;
+            Ok(FileRow {
                 seq,
                 path,
                 size,
                 modified,
                 counts: self.file_counts(dataset, job, seq)?,
                 problems: self.file_problems(dataset, job, seq)?,
-            }))
+            })
         })
     }
 
@@ -230,12 +226,26 @@ impl Store {
     ) -> Result<Vec<FileProblem>, StoreError> {
         let start = meta::file_scoped(meta::PROBLEM, dataset, job, file);
         let end = meta::file_scoped(meta::PROBLEM, dataset, job, file + 1);
-        let mut out = Vec::new();
-        self.scan_meta(&start, &end, |key, value| {
-            out.push(serde_json::from_slice(value).map_err(|_| self.corrupt("problem", key))?);
-            Ok(ControlFlow::Continue(()))
-        })?;
-        Ok(out)
+        self.meta_range(&start, end)
+            .map(|item| {
+                let (key, value) = item?;
+                serde_json::from_slice(&value).map_err(|_| self.corrupt("problem", &key))
+            })
+            .collect()
+    }
+
+    /// The number of files of a job with at least one problem.
+    pub fn problem_file_count(&self, dataset: u32, job: u32) -> Result<u64, StoreError> {
+        let (start, end) = meta::job_range(meta::PROBLEM, dataset, job);
+        let (mut count, mut last) = (0, None);
+        for item in self.meta_range(&start, end) {
+            let (key, _) = item?;
+            let file = meta::file_of(&key).ok_or_else(|| self.corrupt("problem", &key))?;
+            if last.replace(file) != Some(file) {
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     /// The path of a job's file.
@@ -259,18 +269,16 @@ impl Store {
             .transpose()
     }
 
-    /// Visits a job's rejected records in file and offset order.
-    pub fn for_each_rejection(
+    /// A job's rejected records in file and offset order.
+    pub fn rejections(
         &self,
         dataset: u32,
         job: u32,
-        mut visit: impl FnMut(RejectedRecord) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
+    ) -> impl Iterator<Item = Result<RejectedRecord, StoreError>> + '_ {
         let (start, end) = meta::job_range(meta::REJECTED, dataset, job);
-        self.scan_meta(&start, &end, |key, value| {
-            let record =
-                serde_json::from_slice(value).map_err(|_| self.corrupt("rejected record", key))?;
-            Ok(visit(record))
+        self.meta_range(&start, end).map(|item| {
+            let (key, value) = item?;
+            serde_json::from_slice(&value).map_err(|_| self.corrupt("rejected record", &key))
         })
     }
 
@@ -332,19 +340,15 @@ mod tests {
             rejection: Rejection::TooLong { len: 9, max: 4 },
             excerpt: "x".into(),
         };
-        store.put_rejections(1, 1, &[rejected.clone()]).unwrap();
+        store
+            .put_rejections(1, 1, std::slice::from_ref(&rejected))
+            .unwrap();
         // Another job's ledger stays separate.
         store
             .add_file_counts(1, 2, [(0, c(100, 100, 0, 0))])
             .unwrap();
 
-        let mut rows = Vec::new();
-        store
-            .for_each_file(1, 1, |row| {
-                rows.push(row);
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        let rows: Vec<FileRow> = store.files(1, 1).collect::<Result<_, _>>().unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(
             (rows[0].counts, rows[0].modified),
@@ -358,24 +362,13 @@ mod tests {
         );
         assert_eq!(store.file_path(1, 1, 1).unwrap(), Some(odd_name));
 
-        let mut seen = Vec::new();
-        store
-            .for_each_rejection(1, 1, |r| {
-                seen.push(r);
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        let seen: Vec<RejectedRecord> = store.rejections(1, 1).collect::<Result<_, _>>().unwrap();
         assert_eq!(seen, vec![rejected]);
+        assert_eq!(store.problem_file_count(1, 1).unwrap(), 1);
 
         store.delete_ledger(1, 1).unwrap();
-        let mut left = 0;
-        store
-            .for_each_file(1, 1, |_| {
-                left += 1;
-                ControlFlow::Continue(())
-            })
-            .unwrap();
-        assert_eq!(left, 0);
+        assert_eq!(store.files(1, 1).count(), 0);
+        assert_eq!(store.problem_file_count(1, 1).unwrap(), 0);
         assert_eq!(store.file_counts(1, 2, 0).unwrap().read, 100);
     }
 }

@@ -1,0 +1,96 @@
+//! Commit: writes the lane's unique records, in store-key order, into SST
+//! files. The job publishes every lane's files in one atomic ingest once all
+//! lanes are done, so this stage only reports what it wrote.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use proto_schema::{BatchView, RecordBatch};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::job::JobMsg;
+use super::{JobContext, blocking};
+use crate::edge::Credit;
+use crate::store::publish::SstSink;
+
+// A batch message is moved once, into the mailbox; boxing it would add an
+// allocation per batch and save nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum CommitMsg {
+    Batch(RecordBatch, Credit),
+    Finish,
+}
+
+pub struct CommitArgs {
+    pub ctx: Arc<JobContext>,
+    pub lane: usize,
+    pub job: ActorRef<JobMsg>,
+}
+
+pub struct CommitState {
+    lane: usize,
+    job: ActorRef<JobMsg>,
+    /// `None` once finished.
+    sink: Option<SstSink>,
+}
+
+/// What a lane wrote.
+#[derive(Debug)]
+pub struct LaneOutput {
+    pub files: Vec<PathBuf>,
+    pub keys: u64,
+}
+
+pub struct Commit;
+
+impl Actor for Commit {
+    type Msg = CommitMsg;
+    type State = CommitState;
+    type Arguments = CommitArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<CommitMsg>,
+        args: CommitArgs,
+    ) -> Result<CommitState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        Ok(CommitState {
+            sink: Some(SstSink::new(
+                ctx.scratch.clone(),
+                args.lane,
+                &ctx.job,
+                ctx.config.sst_target_bytes,
+            )),
+            lane: args.lane,
+            job: args.job,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<CommitMsg>,
+        msg: CommitMsg,
+        state: &mut CommitState,
+    ) -> Result<(), ActorProcessingErr> {
+        let sink_gone = || "commit received input after it finished";
+        match msg {
+            CommitMsg::Batch(batch, credit) => {
+                let sink = state.sink.as_mut().ok_or_else(sink_gone)?;
+                blocking(|| {
+                    fail::fail_point!("commit-batch");
+                    (0..batch.len()).try_for_each(|i| sink.write(&batch.record(i)))
+                })?;
+                drop((batch, credit));
+            }
+            CommitMsg::Finish => {
+                let sink = state.sink.take().ok_or_else(sink_gone)?;
+                let (files, keys) = blocking(|| sink.finish())?;
+                state.job.cast(JobMsg::LaneWritten {
+                    lane: state.lane,
+                    output: LaneOutput { files, keys },
+                })?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! Dedup: the lane's merged stream arrives in merge order; the first record
+//! of each key (its first occurrence) goes on to commit, the rest are
+//! counted as duplicates of their files.
+
+use std::sync::Arc;
+
+use proto_schema::{BatchView, RecordBatch};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::commit::CommitMsg;
+use super::{JobContext, blocking};
+use crate::counters::FileTally;
+use crate::dedup::FirstOccurrence;
+use crate::edge::{Credit, Edge};
+
+// A batch message is moved once, into the mailbox; boxing it would add an
+// allocation per batch and save nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum DedupMsg {
+    Batch(RecordBatch, Credit),
+    Finish,
+}
+
+pub struct DedupArgs {
+    pub ctx: Arc<JobContext>,
+    pub commit: Edge<CommitMsg>,
+}
+
+pub struct DedupState {
+    commit: Edge<CommitMsg>,
+    first: FirstOccurrence,
+    tally: FileTally,
+}
+
+pub struct Dedup;
+
+impl Actor for Dedup {
+    type Msg = DedupMsg;
+    type State = DedupState;
+    type Arguments = DedupArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<DedupMsg>,
+        args: DedupArgs,
+    ) -> Result<DedupState, ActorProcessingErr> {
+        Ok(DedupState {
+            commit: args.commit,
+            first: FirstOccurrence::default(),
+            tally: args.ctx.tally(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<DedupMsg>,
+        msg: DedupMsg,
+        state: &mut DedupState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DedupMsg::Batch(batch, credit) => {
+                let unique = blocking(|| {
+                    fail::fail_point!("dedup-batch");
+                    state.keep_first_occurrences(&batch)
+                });
+                drop((batch, credit));
+                state.tally.publish()?;
+                if !unique.is_empty() {
+                    let bytes = unique.heap_bytes() as u64;
+                    state
+                        .commit
+                        .send(bytes, |credit| CommitMsg::Batch(unique, credit))
+                        .await?;
+                }
+            }
+            DedupMsg::Finish => {
+                blocking(|| state.tally.flush())?;
+                state.commit.send_control(CommitMsg::Finish)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DedupState {
+    fn keep_first_occurrences(&mut self, batch: &RecordBatch) -> RecordBatch {
+        let mut unique = RecordBatch::with_payload_capacity(batch.payload_bytes(), batch.len());
+        for i in 0..batch.len() {
+            let record = batch.record(i);
+            if self.first.is_first(&record) {
+                self.tally.unique(record.position.file);
+                unique.push(record);
+            } else {
+                self.tally.duplicate(record.position.file);
+            }
+        }
+        unique
+    }
+}

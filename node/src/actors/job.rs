@@ -1,0 +1,539 @@
+//! The job actor: supervisor of one ingest job.
+//!
+//! It spawns the lanes and scanners, feeds scanners shards from the manifest
+//! walker (a blocking thread that waits for an idle scanner before listing
+//! further, so the manifest is never held whole), sends end-of-stream down
+//! the pipeline in order, and publishes the job when every lane has written.
+//!
+//! Any stage failure, or an abort, ends the job: its reason names the stage
+//! and the cause; every edge is closed so no stage waits on a dead one; the
+//! stages are stopped within the shutdown timeout, and any that will not
+//! stop are named.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use super::commit::{Commit, CommitArgs, LaneOutput};
+use super::dedup::{Dedup, DedupArgs};
+use super::scan::{Scan, ScanArgs, ScanMsg};
+use super::sort_merge::{SortMerge, SortMergeArgs, SortMergeMsg};
+use super::{JobContext, blocking};
+use crate::counters::JobCounters;
+use crate::edge::{Edge, EdgeClosed, EdgeCloser};
+use crate::input::manifest::{InputFile, Listed, Shard, plan_shards, walk};
+use crate::quarantine::FileProblem;
+use crate::store::catalog::JobTotals;
+
+pub enum JobMsg {
+    /// From the walker: the next shard, sent only once a scanner is idle.
+    ShardAvailable(Shard),
+    /// From the walker: the manifest is complete (or could not be written).
+    ManifestDone(Result<(), String>),
+    ShardDone {
+        scanner: usize,
+    },
+    ScannerFinished {
+        scanner: usize,
+    },
+    LaneWritten {
+        lane: usize,
+        output: LaneOutput,
+    },
+    /// Stop the job, e.g. on Ctrl-C.
+    Abort(String),
+    /// A stage failed only because a stage it feeds had stopped; if that
+    /// stage's own report has not ended the job by now, end it with this.
+    SettleConsequence,
+}
+
+/// The job's end: its totals once published, or why it failed.
+pub type JobResult = Result<JobTotals, String>;
+
+pub struct JobArgs {
+    pub ctx: Arc<JobContext>,
+    pub inputs: Vec<PathBuf>,
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+/// How long a consequential failure waits for the failure that caused it.
+const CAUSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Messages a data edge may hold besides its byte bound.
+const EDGE_MESSAGES: usize = 64;
+/// Files registered in the ledger per write while walking.
+const FILES_PER_WRITE: usize = 1024;
+
+struct Stage {
+    name: String,
+    cell: ActorCell,
+    handle: JoinHandle<()>,
+}
+
+pub struct JobState {
+    ctx: Arc<JobContext>,
+    inputs: Vec<PathBuf>,
+    stages: Vec<Stage>,
+    names: HashMap<ActorId, String>,
+    edges: Vec<EdgeCloser>,
+    scanners: Vec<ActorRef<ScanMsg>>,
+    idle: Vec<usize>,
+    pending: VecDeque<Shard>,
+    sorters: Vec<ActorRef<SortMergeMsg>>,
+    /// Permits = idle scanners not yet promised a shard; the walker takes
+    /// one before each shard it lists.
+    demand: Arc<Semaphore>,
+    walker: Option<JoinHandle<()>>,
+    manifest_done: bool,
+    scanners_finishing: bool,
+    scanners_finished: usize,
+    lanes: Vec<Option<LaneOutput>>,
+    /// Present while the job is live; taken when it ends either way.
+    reply: Option<oneshot::Sender<JobResult>>,
+    /// The first failure that was only a consequence of another stage
+    /// stopping (it found its edge closed).
+    consequence: Option<String>,
+}
+
+pub struct JobActor;
+
+impl JobState {
+    async fn spawn<A: Actor>(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        name: String,
+        actor: A,
+        args: A::Arguments,
+    ) -> Result<ActorRef<A::Msg>, ActorProcessingErr> {
+        let (actor, handle) = Actor::spawn_linked(None, actor, args, myself.get_cell()).await?;
+        self.names.insert(actor.get_id(), name.clone());
+        self.stages.push(Stage {
+            name,
+            cell: actor.get_cell(),
+            handle,
+        });
+        Ok(actor)
+    }
+
+    fn edge<M: ractor::Message>(&mut self, name: String, target: ActorRef<M>) -> Edge<M> {
+        let edge = Edge::new(name, target, self.ctx.plan.edge_capacity, EDGE_MESSAGES);
+        self.edges.push(edge.closer());
+        edge
+    }
+
+    /// Ends the job with `reason`, unless it already ended.
+    fn fail(&mut self, myself: &ActorRef<JobMsg>, reason: String) {
+        if let Some(reply) = self.reply.take() {
+            tracing::error!("ingest job failed: {reason}");
+            self.close_edges();
+            let _ = reply.send(Err(reason.clone()));
+        }
+        myself.stop(Some(reason));
+    }
+
+    fn close_edges(&self) {
+        self.demand.close();
+        for edge in &self.edges {
+            edge.close();
+        }
+    }
+
+    fn dispatch(&mut self, shard: Shard) -> Result<(), ActorProcessingErr> {
+        match self.idle.pop() {
+            Some(i) => self.scanners[i].cast(ScanMsg::Scan(shard))?,
+            None => self.pending.push_back(shard),
+        }
+        Ok(())
+    }
+
+    /// Once the manifest is done and every scanner idle, tells scanners to
+    /// finish.
+    fn maybe_finish_scanning(&mut self) -> Result<(), ActorProcessingErr> {
+        let all_idle = self.idle.len() == self.scanners.len() && self.pending.is_empty();
+        if self.manifest_done && all_idle && !self.scanners_finishing {
+            self.scanners_finishing = true;
+            for scanner in &self.scanners {
+                scanner.cast(ScanMsg::Finish)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the counters and publishes every lane's files atomically.
+    fn publish(&mut self) -> Result<JobTotals, String> {
+        let ctx = &self.ctx;
+        let c = &ctx.counters;
+        let outputs: Vec<LaneOutput> = self.lanes.iter_mut().filter_map(Option::take).collect();
+        let keys: u64 = outputs.iter().map(|o| o.keys).sum();
+        let totals = JobTotals {
+            files: JobCounters::get(&c.files_listed),
+            problem_files: ctx
+                .store
+                .problem_file_count(ctx.dataset.id, ctx.job.id)
+                .map_err(|e| e.to_string())?,
+            bytes: JobCounters::get(&c.bytes_listed),
+            read: JobCounters::get(&c.read),
+            unique: JobCounters::get(&c.unique),
+            duplicates: JobCounters::get(&c.duplicates),
+            rejected: JobCounters::get(&c.rejected),
+        };
+        if !totals.reconciles() || keys != totals.unique {
+            return Err(format!(
+                "counters do not reconcile, nothing was committed: read {} != unique {} + duplicates {} + rejected {}, \
+                 or {keys} keys written != {} unique",
+                totals.read, totals.unique, totals.duplicates, totals.rejected, totals.unique
+            ));
+        }
+        let files = outputs.into_iter().flat_map(|o| o.files).collect();
+        blocking(|| {
+            ctx.store
+                .publish_job(&ctx.job, files, &totals, &ctx.scratch)
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(totals)
+    }
+}
+
+impl Actor for JobActor {
+    type Msg = JobMsg;
+    type State = JobState;
+    type Arguments = JobArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<JobMsg>,
+        args: JobArgs,
+    ) -> Result<JobState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let threads = ctx.config.threads;
+        let mut state = JobState {
+            inputs: args.inputs,
+            stages: Vec::new(),
+            names: HashMap::new(),
+            edges: Vec::new(),
+            scanners: Vec::new(),
+            idle: (0..threads).rev().collect(),
+            pending: VecDeque::new(),
+            sorters: Vec::new(),
+            demand: Arc::new(Semaphore::new(threads)),
+            walker: None,
+            manifest_done: false,
+            scanners_finishing: false,
+            scanners_finished: 0,
+            lanes: (0..ctx.lanes.lanes).map(|_| None).collect(),
+            reply: Some(args.reply),
+            consequence: None,
+            ctx: ctx.clone(),
+        };
+        let mut to_sorters = Vec::new();
+        for lane in 0..ctx.lanes.lanes {
+            let commit_args = CommitArgs {
+                ctx: ctx.clone(),
+                lane,
+                job: myself.clone(),
+            };
+            let commit = state
+                .spawn(&myself, format!("commit[{lane}]"), Commit, commit_args)
+                .await?;
+            let commit = state.edge(format!("dedup[{lane}]->commit[{lane}]"), commit);
+            let dedup_args = DedupArgs {
+                ctx: ctx.clone(),
+                commit,
+            };
+            let dedup = state
+                .spawn(&myself, format!("dedup[{lane}]"), Dedup, dedup_args)
+                .await?;
+            let dedup = state.edge(format!("sort-merge[{lane}]->dedup[{lane}]"), dedup);
+            let sort_args = SortMergeArgs {
+                ctx: ctx.clone(),
+                lane,
+                dedup,
+            };
+            let sorter = state
+                .spawn(&myself, format!("sort-merge[{lane}]"), SortMerge, sort_args)
+                .await?;
+            state.sorters.push(sorter.clone());
+            to_sorters.push(state.edge(format!("scan->sort-merge[{lane}]"), sorter));
+        }
+        for index in 0..threads {
+            let scan_args = ScanArgs {
+                ctx: ctx.clone(),
+                index,
+                lanes: to_sorters.clone(),
+                job: myself.clone(),
+            };
+            let scanner = state
+                .spawn(&myself, format!("scan[{index}]"), Scan, scan_args)
+                .await?;
+            state.scanners.push(scanner);
+        }
+        Ok(state)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<JobMsg>,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (ctx, demand) = (state.ctx.clone(), state.demand.clone());
+        let inputs = std::mem::take(&mut state.inputs);
+        let runtime = tokio::runtime::Handle::current();
+        state.walker = Some(tokio::task::spawn_blocking(move || {
+            let result = walk_manifest(&ctx, &inputs, &myself, &demand, &runtime);
+            let _ = myself.cast(JobMsg::ManifestDone(result));
+        }));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<JobMsg>,
+        msg: JobMsg,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.reply.is_none() {
+            return Ok(()); // The job has ended; late messages change nothing.
+        }
+        match msg {
+            JobMsg::ShardAvailable(shard) => state.dispatch(shard)?,
+            JobMsg::ShardDone { scanner } => {
+                match state.pending.pop_front() {
+                    Some(shard) => state.scanners[scanner].cast(ScanMsg::Scan(shard))?,
+                    None => {
+                        state.idle.push(scanner);
+                        state.demand.add_permits(1);
+                    }
+                }
+                state.maybe_finish_scanning()?;
+            }
+            JobMsg::ManifestDone(Ok(())) => {
+                state.manifest_done = true;
+                state.maybe_finish_scanning()?;
+            }
+            JobMsg::ManifestDone(Err(reason)) => {
+                state.fail(&myself, format!("listing the input failed: {reason}"))
+            }
+            JobMsg::ScannerFinished { .. } => {
+                state.scanners_finished += 1;
+                if state.scanners_finished == state.scanners.len() {
+                    for sorter in &state.sorters {
+                        sorter.cast(SortMergeMsg::Finish)?;
+                    }
+                }
+            }
+            JobMsg::LaneWritten { lane, output } => {
+                state.lanes[lane] = Some(output);
+                if state.lanes.iter().all(Option::is_some) {
+                    match state.publish() {
+                        Ok(totals) => {
+                            if let Some(reply) = state.reply.take() {
+                                let _ = reply.send(Ok(totals));
+                            }
+                            myself.stop(None);
+                        }
+                        Err(reason) => state.fail(&myself, reason),
+                    }
+                }
+            }
+            JobMsg::Abort(reason) => state.fail(&myself, reason),
+            JobMsg::SettleConsequence => {
+                if let Some(reason) = state.consequence.take() {
+                    state.fail(&myself, reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<JobMsg>,
+        event: SupervisionEvent,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
+        let name = |cell: &ActorCell| {
+            state
+                .names
+                .get(&cell.get_id())
+                .cloned()
+                .unwrap_or_else(|| format!("actor {}", cell.get_id()))
+        };
+        match event {
+            SupervisionEvent::ActorFailed(cell, cause) => {
+                let reason = format!("stage {} failed: {cause}", name(&cell));
+                if cause.downcast_ref::<EdgeClosed>().is_none() {
+                    state.fail(&myself, reason);
+                } else if state.consequence.is_none() {
+                    // The stage downstream stopped first, and its own report
+                    // names the real cause: wait for it, within reason.
+                    state.consequence = Some(reason);
+                    myself.send_after(CAUSE_GRACE, || JobMsg::SettleConsequence);
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) if state.reply.is_some() => {
+                let why = reason.map_or_else(String::new, |r| format!(": {r}"));
+                let reason = format!("stage {} stopped before the job ended{why}", name(&cell));
+                state.fail(&myself, reason);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stops every stage within the shutdown timeout; names those that
+    /// would not stop (they are killed when this actor exits).
+    async fn post_stop(
+        &self,
+        _: ActorRef<JobMsg>,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.close_edges();
+        let deadline = tokio::time::Instant::now() + state.ctx.config.shutdown_timeout;
+        for stage in &state.stages {
+            stage.cell.stop(None);
+        }
+        let mut hung = Vec::new();
+        for stage in state.stages.drain(..) {
+            if tokio::time::timeout_at(deadline, stage.handle)
+                .await
+                .is_err()
+            {
+                hung.push(stage.name);
+            }
+        }
+        if let Some(walker) = state.walker.take()
+            && tokio::time::timeout_at(deadline, walker).await.is_err()
+        {
+            hung.push("manifest walker".to_string());
+        }
+        if !hung.is_empty() {
+            tracing::error!(
+                "shutdown timed out after {:?}; still running: {}",
+                state.ctx.config.shutdown_timeout,
+                hung.join(", ")
+            );
+        }
+        state
+            .ctx
+            .hung_stages
+            .lock()
+            .expect("hung stages lock")
+            .extend(hung);
+        Ok(())
+    }
+}
+
+/// Lists the inputs, registers each file in the ledger, and hands out
+/// shards one idle scanner at a time. Runs on a blocking thread.
+fn walk_manifest(
+    ctx: &JobContext,
+    inputs: &[PathBuf],
+    job: &ActorRef<JobMsg>,
+    demand: &Semaphore,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(), String> {
+    let mut manifest = ManifestWalk {
+        ctx,
+        job,
+        demand,
+        runtime,
+        next_seq: 0,
+        unwritten: Vec::with_capacity(FILES_PER_WRITE),
+    };
+    let mut failure = None;
+    let _ = walk(inputs, &mut |listed| {
+        manifest.visit(listed).unwrap_or_else(|e| {
+            failure = Some(e);
+            ControlFlow::Break(())
+        })
+    });
+    match failure {
+        Some(failure) => Err(failure),
+        None => manifest.write_files(),
+    }
+}
+
+struct ManifestWalk<'a> {
+    ctx: &'a JobContext,
+    job: &'a ActorRef<JobMsg>,
+    demand: &'a Semaphore,
+    runtime: &'a tokio::runtime::Handle,
+    next_seq: u32,
+    /// Listed files not yet registered in the ledger.
+    unwritten: Vec<InputFile>,
+}
+
+impl ManifestWalk<'_> {
+    fn visit(&mut self, listed: Listed) -> Result<ControlFlow<()>, String> {
+        let ctx = self.ctx;
+        let seq = self.next_seq;
+        self.next_seq = seq
+            .checked_add(1)
+            .ok_or("more than 4 billion input files")?;
+        let (file, problem) = match listed {
+            Listed::File {
+                path,
+                size,
+                modified,
+            } => (
+                InputFile {
+                    seq,
+                    path,
+                    size,
+                    modified,
+                },
+                None,
+            ),
+            Listed::Unreadable { path, error } => {
+                let file = InputFile {
+                    seq,
+                    path,
+                    size: 0,
+                    modified: None,
+                };
+                let problem = FileProblem {
+                    offset: None,
+                    message: format!("cannot read: {error}"),
+                };
+                (file, Some(problem))
+            }
+        };
+        JobCounters::add(&ctx.counters.files_listed, 1);
+        JobCounters::add(&ctx.counters.bytes_listed, file.size);
+        self.unwritten.push(file.clone());
+        if self.unwritten.len() >= FILES_PER_WRITE {
+            self.write_files()?;
+        }
+        if let Some(problem) = problem {
+            tracing::warn!(path = %file.path.display(), "{}", problem.message);
+            ctx.store
+                .put_problem(ctx.dataset.id, ctx.job.id, seq, &problem)
+                .map_err(|e| e.to_string())?;
+            return Ok(ControlFlow::Continue(()));
+        }
+        for shard in plan_shards(Arc::new(file), ctx.config.split_bytes) {
+            // The semaphore is closed when the job ends: stop listing.
+            let Ok(permit) = self.runtime.block_on(self.demand.acquire()) else {
+                return Ok(ControlFlow::Break(()));
+            };
+            permit.forget();
+            if self.job.cast(JobMsg::ShardAvailable(shard)).is_err() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    fn write_files(&mut self) -> Result<(), String> {
+        let ctx = self.ctx;
+        ctx.store
+            .put_files(ctx.dataset.id, ctx.job.id, &self.unwritten)
+            .map_err(|e| e.to_string())?;
+        self.unwritten.clear();
+        Ok(())
+    }
+}

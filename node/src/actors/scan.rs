@@ -1,0 +1,307 @@
+//! Scan: reads one shard at a time, splits it into records, finds each
+//! record's key and partition, and sends per-lane batches to sort-merge.
+//!
+//! Problems with the input are not failures of this stage: a file that
+//! cannot be opened, corrupt compressed data, a file that shrinks or changes
+//! while read, a record too long or without its key field. Each is recorded
+//! with its file and offset and counted, and the scan goes on with the next
+//! shard. This stage fails only if its own machinery does (the store, a
+//! closed edge).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use proto_schema::{Position, Record, RecordBatch, partition_of};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::job::JobMsg;
+use super::sort_merge::SortMergeMsg;
+use super::{JobContext, blocking};
+use crate::counters::{FileTally, JobCounters};
+use crate::edge::Edge;
+use crate::input::OpenShard;
+use crate::input::format::extract;
+use crate::input::manifest::{InputFile, Shard};
+use crate::input::records::{Event, ReadFailure};
+use crate::input::source::Compression;
+use crate::quarantine::{FileProblem, RejectedRecord, Rejection, excerpt};
+
+pub enum ScanMsg {
+    Scan(Shard),
+    /// No more shards: write out tallies and report.
+    Finish,
+}
+
+pub struct ScanArgs {
+    pub ctx: Arc<JobContext>,
+    pub index: usize,
+    pub lanes: Vec<Edge<SortMergeMsg>>,
+    pub job: ActorRef<JobMsg>,
+}
+
+pub struct ScanState {
+    args: ScanArgs,
+    tally: FileTally,
+    /// One batch being filled per lane.
+    batches: Vec<RecordBatch>,
+    rejected: Vec<RejectedRecord>,
+}
+
+/// Rejected records are written to the ledger in batches of this many.
+const REJECTED_FLUSH: usize = 1024;
+
+pub struct Scan;
+
+impl Actor for Scan {
+    type Msg = ScanMsg;
+    type State = ScanState;
+    type Arguments = ScanArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<ScanMsg>,
+        args: ScanArgs,
+    ) -> Result<ScanState, ActorProcessingErr> {
+        Ok(ScanState {
+            tally: args.ctx.tally(),
+            batches: args.lanes.iter().map(|_| RecordBatch::new()).collect(),
+            rejected: Vec::new(),
+            args,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ScanMsg>,
+        msg: ScanMsg,
+        state: &mut ScanState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ScanMsg::Scan(shard) => {
+                state.scan(&shard).await?;
+                state.args.job.cast(JobMsg::ShardDone {
+                    scanner: state.args.index,
+                })?;
+            }
+            ScanMsg::Finish => {
+                state.flush_rejected()?;
+                blocking(|| state.tally.flush())?;
+                state.args.job.cast(JobMsg::ScannerFinished {
+                    scanner: state.args.index,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a call to [`ScanState::fill`] returned.
+enum Filled {
+    /// A lane's batch is full: send it and call again.
+    Batch(usize),
+    End,
+    Failed(ReadFailure),
+}
+
+impl ScanState {
+    async fn scan(&mut self, shard: &Shard) -> Result<(), ActorProcessingErr> {
+        let ctx = self.args.ctx.clone();
+        let file = &shard.file;
+        let opened = blocking(|| {
+            fail::fail_point!("scan-shard");
+            OpenShard::open(shard, ctx.config.max_record_bytes)
+        });
+        let mut opened = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                let offset = match &e {
+                    crate::input::OpenError::Read(failure) => {
+                        self.quarantine_fragment(file.seq, failure)
+                    }
+                    crate::input::OpenError::Open(_) => None,
+                };
+                return self.problem(file, offset, e.to_string());
+            }
+        };
+        let mut bytes_counted = opened.file_bytes.get();
+        loop {
+            let filled = blocking(|| self.fill(&mut opened, file.seq));
+            let read_now = opened.file_bytes.get();
+            JobCounters::add(&ctx.counters.bytes_scanned, read_now - bytes_counted);
+            bytes_counted = read_now;
+            match filled {
+                Filled::Batch(lane) => self.send(lane).await?,
+                Filled::End => break,
+                Filled::Failed(failure) => {
+                    let offset = self.quarantine_fragment(file.seq, &failure);
+                    let message = match opened.compression {
+                        Compression::Plain => failure.to_string(),
+                        c => format!(
+                            "{c} data is corrupt or truncated near compressed byte {}: {failure}",
+                            opened.file_bytes.get()
+                        ),
+                    };
+                    self.problem(file, offset, message)?;
+                    break;
+                }
+            }
+            self.tally.publish()?;
+        }
+        for lane in 0..self.batches.len() {
+            self.send(lane).await?;
+        }
+        self.tally.publish()?;
+        if self.rejected.len() >= REJECTED_FLUSH {
+            self.flush_rejected()?;
+        }
+        if let Some(change) = changed_since_listed(file) {
+            self.problem(file, None, change)?;
+        }
+        Ok(())
+    }
+
+    /// Reads records into the lanes' batches until one is full or the shard
+    /// ends.
+    fn fill(&mut self, opened: &mut OpenShard, file: u32) -> Filled {
+        let ctx = &self.args.ctx;
+        let (format, partitions) = (ctx.dataset.format, ctx.dataset.partitions);
+        let (max_record, batch_bytes) = (ctx.config.max_record_bytes, ctx.batch_bytes());
+        let mut read = 0;
+        let outcome = loop {
+            let event = match opened.records.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => break Filled::End,
+                Err(failure) => break Filled::Failed(failure),
+            };
+            read += 1;
+            let (offset, rejection, bytes) = match event {
+                Event::Record { offset, bytes } => match extract(format, bytes) {
+                    Ok((key, value)) => {
+                        let partition = partition_of(key, partitions);
+                        let lane = ctx.lanes.lane_of(partition);
+                        let batch = &mut self.batches[lane];
+                        let position = Position { file, offset };
+                        batch.push(Record {
+                            partition,
+                            key,
+                            value,
+                            position,
+                        });
+                        if batch.payload_bytes() >= batch_bytes {
+                            break Filled::Batch(lane);
+                        }
+                        continue;
+                    }
+                    Err(rejection) => (offset, rejection, bytes),
+                },
+                Event::TooLong { offset, len } => (
+                    offset,
+                    Rejection::TooLong {
+                        len,
+                        max: max_record,
+                    },
+                    &[][..],
+                ),
+            };
+            self.tally.rejected(file);
+            self.rejected.push(RejectedRecord {
+                file,
+                offset,
+                rejection,
+                excerpt: excerpt(bytes),
+            });
+        };
+        self.tally.read(file, read);
+        outcome
+    }
+
+    async fn send(&mut self, lane: usize) -> Result<(), ActorProcessingErr> {
+        if self.batches[lane].payload_bytes() == 0 {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batches[lane]);
+        let bytes = batch.heap_bytes() as u64;
+        self.args.lanes[lane]
+            .send(bytes, |credit| SortMergeMsg::Batch(batch, credit))
+            .await?;
+        Ok(())
+    }
+
+    /// Counts and quarantines the partial record a read failure cut off;
+    /// returns the offset where reading stopped.
+    fn quarantine_fragment(&mut self, file: u32, failure: &ReadFailure) -> Option<u64> {
+        let (offset, fragment) = match failure {
+            ReadFailure::Io {
+                offset, fragment, ..
+            } => (*offset, *fragment),
+            ReadFailure::Shrank {
+                actual, fragment, ..
+            } => (*actual, *fragment),
+        };
+        if let Some(fragment) = fragment {
+            self.tally.read(file, 1);
+            self.tally.rejected(file);
+            self.rejected.push(RejectedRecord {
+                file,
+                offset: fragment.offset,
+                rejection: Rejection::Incomplete {
+                    len: fragment.len,
+                    cause: "the file could not be read past it".into(),
+                },
+                excerpt: String::new(),
+            });
+        }
+        Some(offset)
+    }
+
+    fn problem(
+        &mut self,
+        file: &InputFile,
+        offset: Option<u64>,
+        message: String,
+    ) -> Result<(), ActorProcessingErr> {
+        tracing::warn!(path = %file.path.display(), offset, "{message}");
+        let ctx = &self.args.ctx;
+        let problem = FileProblem { offset, message };
+        ctx.store
+            .put_problem(ctx.dataset.id, ctx.job.id, file.seq, &problem)?;
+        Ok(())
+    }
+
+    fn flush_rejected(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.rejected.is_empty() {
+            return Ok(());
+        }
+        let ctx = &self.args.ctx;
+        blocking(|| {
+            ctx.store
+                .put_rejections(ctx.dataset.id, ctx.job.id, &self.rejected)
+        })?;
+        self.rejected.clear();
+        Ok(())
+    }
+}
+
+/// How a file differs from when it was listed, if it does.
+fn changed_since_listed(file: &InputFile) -> Option<String> {
+    let now = match std::fs::metadata(&file.path) {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(format!(
+                "file changed while being read: it can no longer be examined ({e})"
+            ));
+        }
+    };
+    let modified: Option<SystemTime> = now.modified().ok();
+    if now.len() != file.size {
+        Some(format!(
+            "file changed while being read: {} bytes when listed, {} bytes now",
+            file.size,
+            now.len()
+        ))
+    } else if modified != file.modified {
+        Some("file changed while being read: its modification time moved; re-run the ingest to pick up the new content".into())
+    } else {
+        None
+    }
+}

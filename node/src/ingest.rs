@@ -1,0 +1,185 @@
+//! Running one ingest job: prepare it (validate, open the dataset, register
+//! the job), run it under its supervisor, shut it down within the timeout,
+//! and record how it ended.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::Actor;
+use tokio::sync::oneshot;
+
+use crate::actors::job::{JobActor, JobArgs, JobMsg};
+use crate::actors::{JobContext, LaneMap};
+use crate::config::{ConfigError, IngestConfig, MemoryPlan};
+use crate::counters::JobCounters;
+use crate::store::catalog::{DatasetInfo, JobInfo, JobState, JobTotals};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("job {job} of dataset {dataset:?} failed, nothing was committed: {reason}")]
+    Failed {
+        dataset: String,
+        job: u32,
+        reason: String,
+    },
+}
+
+/// A job registered and ready to run.
+pub struct PreparedJob {
+    ctx: Arc<JobContext>,
+    inputs: Vec<PathBuf>,
+}
+
+/// How a job that committed went.
+#[derive(Debug)]
+pub struct IngestOutcome {
+    pub dataset: DatasetInfo,
+    pub job: JobInfo,
+    pub totals: JobTotals,
+    pub elapsed: Duration,
+    /// Stages that outlived the shutdown timeout (the job still committed).
+    pub hung_stages: Vec<String>,
+}
+
+impl PreparedJob {
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.ctx.plan
+    }
+
+    pub fn dataset(&self) -> &DatasetInfo {
+        &self.ctx.dataset
+    }
+
+    pub fn job(&self) -> &JobInfo {
+        &self.ctx.job
+    }
+}
+
+/// Validates the job and registers it as running.
+pub fn prepare(
+    store: Arc<Store>,
+    config: IngestConfig,
+    inputs: Vec<PathBuf>,
+    counters: Arc<JobCounters>,
+) -> Result<PreparedJob, IngestError> {
+    config.validate()?;
+    let dataset = store.open_dataset(&config.dataset, config.format, config.partitions)?;
+    let lanes = LaneMap::new(dataset.partitions, config.threads);
+    let plan = MemoryPlan::new(config.memory_bytes, lanes.lanes, config.batch_bytes);
+    let shown_inputs = inputs.iter().map(|p| p.display().to_string()).collect();
+    let job = store.begin_job(&dataset, shown_inputs)?;
+    let scratch = store
+        .tmp_dir()
+        .join(format!("job-{}-{}", dataset.id, job.id));
+    if let Err(source) = std::fs::create_dir_all(&scratch) {
+        store.end_job(
+            &job,
+            JobState::Failed {
+                reason: source.to_string(),
+            },
+            None,
+        )?;
+        return Err(IngestError::Scratch {
+            path: scratch,
+            source,
+        });
+    }
+    let ctx = JobContext {
+        store,
+        dataset,
+        job,
+        config,
+        plan,
+        lanes,
+        counters,
+        scratch,
+        hung_stages: Mutex::new(Vec::new()),
+    };
+    Ok(PreparedJob {
+        ctx: Arc::new(ctx),
+        inputs,
+    })
+}
+
+/// Runs a prepared job. If `cancel` completes first, the job is aborted with
+/// its output as the reason. Needs the multi-threaded tokio runtime.
+pub async fn run(
+    prepared: PreparedJob,
+    cancel: impl Future<Output = String>,
+) -> Result<IngestOutcome, IngestError> {
+    let started = Instant::now();
+    let PreparedJob { ctx, inputs } = prepared;
+    let (reply, mut result) = oneshot::channel();
+    let args = JobArgs {
+        ctx: ctx.clone(),
+        inputs,
+        reply,
+    };
+    let ended = match Actor::spawn(None, JobActor, args).await {
+        Err(e) => Err(format!("could not start the job's stages: {e}")),
+        Ok((job_actor, handle)) => {
+            let ended = tokio::select! {
+                ended = &mut result => ended,
+                reason = cancel => {
+                    let _ = job_actor.cast(JobMsg::Abort(reason));
+                    (&mut result).await
+                }
+            }
+            .unwrap_or_else(|_| Err("the job's supervisor stopped without a result".into()));
+            // The supervisor stops itself once the job ends, taking up to the
+            // shutdown timeout to stop its stages; allow it a little more.
+            let limit = ctx.config.shutdown_timeout + Duration::from_secs(1);
+            if tokio::time::timeout(limit, handle).await.is_err() {
+                ctx.hung_stages
+                    .lock()
+                    .expect("hung stages lock")
+                    .push("job supervisor".into());
+            }
+            ended
+        }
+    };
+    let _ = std::fs::remove_dir_all(&ctx.scratch);
+    let hung_stages = std::mem::take(&mut *ctx.hung_stages.lock().expect("hung stages lock"));
+    let store = &ctx.store;
+    match ended {
+        Ok(totals) => Ok(IngestOutcome {
+            dataset: ctx.dataset.clone(),
+            job: store.end_job(&ctx.job, JobState::Committed, Some(totals))?,
+            totals,
+            elapsed: started.elapsed(),
+            hung_stages,
+        }),
+        Err(mut reason) => {
+            if !hung_stages.is_empty() {
+                reason.push_str(&format!(
+                    "; did not stop in time: {}",
+                    hung_stages.join(", ")
+                ));
+            }
+            store.end_job(
+                &ctx.job,
+                JobState::Failed {
+                    reason: reason.clone(),
+                },
+                None,
+            )?;
+            Err(IngestError::Failed {
+                dataset: ctx.dataset.name.clone(),
+                job: ctx.job.id,
+                reason,
+            })
+        }
+    }
+}

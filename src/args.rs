@@ -1,0 +1,218 @@
+//! Command-line arguments. Every flag with a default also reads a `QUERN_*`
+//! environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "quern",
+    version,
+    about = "Turn huge collections of line-oriented files into a deduplicated, sorted, queryable store",
+    after_help = "Sizes are binary: 512K, 128M (= 128 MiB), 1G, 1GiB.\n\
+                  Exit status: 0 ok; 1 error (nothing committed); 2 bad usage; \
+                  3 committed, but some records or files were rejected (see `quern stats`); \
+                  130 interrupted."
+)]
+pub struct Cli {
+    /// Directory holding the store.
+    #[arg(long, global = true, env = "QUERN_DATA", default_value = "quern-data")]
+    pub data: PathBuf,
+
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Ingest files, directories or globs into a dataset.
+    Ingest(IngestArgs),
+    /// Write a dataset's records to stdout (or a file) in sorted order.
+    Export(ExportArgs),
+    /// Show a key's record and where it was first seen.
+    Get(GetArgs),
+    /// Show counters per job and per file, with rejected records.
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DatasetArg {
+    /// Dataset name.
+    #[arg(long, env = "QUERN_DATASET", default_value = "default")]
+    pub dataset: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatArg {
+    /// One record per line; the key is the whole line.
+    Lines,
+    /// Tab-separated fields; the key is --key-field, the value the record.
+    Tsv,
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// Files, directories (walked in name order) or quoted globs.
+    #[arg(required_unless_present = "sample", conflicts_with = "sample")]
+    pub paths: Vec<PathBuf>,
+
+    /// Ingest a small generated sample dataset (into dataset "sample"
+    /// unless --dataset is given).
+    #[arg(long)]
+    pub sample: bool,
+
+    /// Dataset name [default: default, or sample with --sample].
+    #[arg(long, env = "QUERN_DATASET")]
+    pub dataset: Option<String>,
+
+    /// Memory budget for the whole node.
+    #[arg(long, env = "QUERN_MEMORY", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+
+    #[arg(long, value_enum, default_value_t = FormatArg::Lines)]
+    pub format: FormatArg,
+
+    /// The key field of tsv records (1-based).
+    #[arg(long, default_value_t = 1)]
+    pub key_field: usize,
+
+    /// Longer records are rejected and quarantined.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub max_record: u64,
+
+    /// Scan workers and sort lanes [default: number of cores].
+    #[arg(long, env = "QUERN_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Partitions of a new dataset [default: 64; fixed once created].
+    #[arg(long)]
+    pub partitions: Option<u16>,
+
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// Limits most jobs never need to change.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Tuning")]
+pub struct TuningArgs {
+    /// Target size of a batch between stages.
+    #[arg(long, default_value = "256K", value_parser = parse_size)]
+    pub batch_bytes: u64,
+
+    /// Plain files larger than this are scanned in parallel ranges.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub split_bytes: u64,
+
+    /// Sorted runs merged at once (more runs mean extra merge passes).
+    #[arg(long, default_value_t = 64)]
+    pub max_open_runs: usize,
+
+    /// Size at which a lane starts a new SST file.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub sst_target: u64,
+
+    /// How long shutdown waits for stages before naming those that hang.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArg,
+
+    /// Write here instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArg,
+
+    /// The key (any bytes the shell can pass; after `--` if it starts with
+    /// a dash).
+    pub key: std::ffi::OsString,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArg,
+
+    /// The job whose files and rejected records to list [default: the
+    /// latest].
+    #[arg(long)]
+    pub job: Option<u32>,
+
+    /// Machine-readable output listing everything.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a size with an optional binary suffix: K, M, G, T, with or
+/// without "iB"/"B" (all powers of 1024, as `sort -S` reads them).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, suffix) = trimmed.split_at(digits_end);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 4096, 512K, 128M, 1GiB)"))?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn sizes_are_binary() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("128MiB"), Ok(128 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size(" 2 KB "), Ok(2048));
+        assert!(parse_size("12X").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("M").is_err());
+        assert!(
+            parse_size("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

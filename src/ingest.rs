@@ -1,0 +1,130 @@
+//! `quern ingest`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use node::config::{Format, IngestConfig, MemoryPlan};
+use node::counters::JobCounters;
+use node::ingest::IngestError;
+use node::store::{Access, Store};
+
+use crate::args::{FormatArg, IngestArgs};
+use crate::logging::LogTarget;
+use crate::progress::Progress;
+use crate::report;
+
+/// Exit status of a job that committed but rejected some input.
+pub const EXIT_REJECTED: u8 = 3;
+const EXIT_INTERRUPTED: u8 = 130;
+
+pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<ExitCode> {
+    let defaults = IngestConfig::default();
+    let config = IngestConfig {
+        data_dir: data.to_path_buf(),
+        dataset: args
+            .dataset
+            .clone()
+            .unwrap_or_else(|| if args.sample { "sample" } else { "default" }.to_string()),
+        format: match args.format {
+            FormatArg::Lines => Format::Lines,
+            FormatArg::Tsv => Format::Tsv {
+                key_field: args.key_field,
+            },
+        },
+        memory_bytes: args.memory,
+        threads: args.threads.unwrap_or(defaults.threads),
+        partitions: args.partitions,
+        max_record_bytes: args.max_record,
+        batch_bytes: args.tuning.batch_bytes,
+        split_bytes: args.tuning.split_bytes,
+        max_open_runs: args.tuning.max_open_runs,
+        sst_target_bytes: args.tuning.sst_target,
+        shutdown_timeout: args.tuning.shutdown_timeout,
+    };
+    config.validate()?;
+    let threads = config.threads;
+    let store = Store::open(
+        data,
+        MemoryPlan::rocksdb_share(config.memory_bytes),
+        Access::ReadWrite,
+    )
+    .with_context(|| format!("opening the store at {}", data.display()))?;
+    let store = Arc::new(store);
+    let inputs = if args.sample {
+        vec![sample_input(data)?]
+    } else {
+        args.paths
+    };
+
+    let counters = Arc::new(JobCounters::default());
+    let prepared = node::ingest::prepare(store.clone(), config, inputs, counters.clone())?;
+    eprintln!(
+        "quern: ingesting into dataset {:?} (job {}, {} partitions) in {}",
+        prepared.dataset().name,
+        prepared.job().id,
+        prepared.dataset().partitions,
+        data.display()
+    );
+    eprintln!("quern: {}", prepared.plan());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(2))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let interrupted = AtomicBool::new(false);
+    let progress = Progress::start(counters.clone(), !args.no_progress, log);
+    let outcome = runtime.block_on(node::ingest::run(prepared, async {
+        let _ = tokio::signal::ctrl_c().await;
+        interrupted.store(true, Ordering::Relaxed);
+        "interrupted by Ctrl-C".to_string()
+    }));
+    progress.finish();
+    match outcome {
+        Ok(outcome) => {
+            let clean = report::ingest_summary(&store, &outcome, &counters)?;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_REJECTED)
+            })
+        }
+        Err(e @ IngestError::Failed { .. }) => {
+            eprintln!("quern: {e}");
+            let code = if interrupted.load(Ordering::Relaxed) {
+                EXIT_INTERRUPTED
+            } else {
+                1
+            };
+            Ok(ExitCode::from(code))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The generated sample input under the data directory, made on first use
+/// (and remade if a previous generation did not finish: the marker beside
+/// the directory is written last).
+fn sample_input(data: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data.join("sample-input");
+    let done = data.join("sample-input.complete");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let spec = bench::datagen::LinesSpec::sample();
+        let generated = bench::datagen::write_lines_dataset(&dir, &spec)
+            .with_context(|| format!("generating sample data in {}", dir.display()))?;
+        std::fs::write(&done, b"")?;
+        eprintln!(
+            "quern: generated sample data: {} files, {} records, {} uncompressed, in {}",
+            generated.files.len(),
+            generated.records,
+            ByteSize(generated.uncompressed_bytes).display().iec(),
+            dir.display()
+        );
+    }
+    Ok(dir)
+}

@@ -1,0 +1,72 @@
+//! `quern export` and `quern get`.
+
+use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use node::export::ExportError;
+use node::store::{Access, Store};
+
+use crate::args::{ExportArgs, GetArgs};
+
+/// Readers need little memory: a block cache for lookups.
+const READER_CACHE_BYTES: u64 = 32 << 20;
+/// Exit status when a write fails because the reader went away, as `sort`
+/// would end (128 + SIGPIPE).
+const EXIT_BROKEN_PIPE: u8 = 141;
+
+pub fn export(data: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(data, READER_CACHE_BYTES, Access::ReadOnly)?;
+    let dataset = store.existing_dataset(&args.dataset.dataset)?;
+    let result = match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            node::export::export(
+                &store,
+                &dataset,
+                &mut BufWriter::with_capacity(1 << 20, file),
+            )
+        }
+        None => node::export::export(
+            &store,
+            &dataset,
+            &mut BufWriter::with_capacity(1 << 20, std::io::stdout().lock()),
+        ),
+    };
+    match result {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(ExportError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(ExitCode::from(EXIT_BROKEN_PIPE))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn get(data: &Path, args: GetArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(data, READER_CACHE_BYTES, Access::ReadOnly)?;
+    let dataset = store.existing_dataset(&args.dataset.dataset)?;
+    let key = args.key.as_bytes();
+    let Some(found) = node::lookup::get(&store, &dataset, key)? else {
+        eprintln!(
+            "quern: {} is not in dataset {:?}",
+            key.escape_ascii(),
+            dataset.name
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(&found.record)?;
+    let place = found.path.map_or_else(
+        || "an unknown file".to_string(),
+        |p| p.display().to_string(),
+    );
+    writeln!(
+        out,
+        "\n\tfirst seen at {place}:{} (job {})",
+        found.first_seen.position.offset, found.first_seen.job
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,346 @@
+//! What the user reads: the summary after an ingest and `quern stats`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use node::counters::JobCounters;
+use node::ingest::IngestOutcome;
+use node::process_memory::ProcessMemory;
+use node::store::catalog::{DatasetInfo, JobInfo, JobState};
+use node::store::ledger::FileRow;
+use node::store::{Access, Store};
+use serde::Serialize;
+
+use crate::args::StatsArgs;
+
+/// Problem files and rejected records shown in summaries before pointing
+/// at `quern stats`.
+const SHOWN_PROBLEMS: usize = 10;
+
+/// `1234567` as `1,234,567`.
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn size(bytes: u64) -> String {
+    ByteSize(bytes).display().iec().to_string()
+}
+
+fn timestamp(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+fn state_name(state: &JobState) -> String {
+    match state {
+        JobState::Running => "running".into(),
+        JobState::Committed => "committed".into(),
+        JobState::Interrupted => "interrupted".into(),
+        JobState::Failed { reason } => format!("failed: {reason}"),
+    }
+}
+
+/// Prints the end-of-job summary; returns whether the input was clean (no
+/// rejected record, no problem file).
+pub fn ingest_summary(
+    store: &Store,
+    outcome: &IngestOutcome,
+    counters: &JobCounters,
+) -> anyhow::Result<bool> {
+    let t = &outcome.totals;
+    let secs = outcome.elapsed.as_secs_f64().max(0.001);
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "quern: committed job {} of dataset {:?}: {} files, {} in {:.2} s ({}/s, {} records/s)",
+        outcome.job.id,
+        outcome.dataset.name,
+        count(t.files),
+        size(t.bytes),
+        secs,
+        size((t.bytes as f64 / secs) as u64),
+        count((t.read as f64 / secs) as u64),
+    )?;
+    for (label, value) in [
+        ("records read", t.read),
+        ("  unique", t.unique),
+        ("  duplicates", t.duplicates),
+        ("  rejected", t.rejected),
+        ("files with problems", t.problem_files),
+    ] {
+        writeln!(err, "  {label:<20} {:>15}", count(value))?;
+    }
+    writeln!(
+        err,
+        "  sort: {} runs spilled, {} extra merge passes",
+        count(JobCounters::get(&counters.runs_spilled)),
+        count(JobCounters::get(&counters.merge_passes))
+    )?;
+    if let Some(m) = ProcessMemory::read() {
+        writeln!(
+            err,
+            "  memory: peak resident {}; now {} anonymous, {} file-backed",
+            size(m.peak),
+            size(m.anon),
+            size(m.file)
+        )?;
+    }
+    if !outcome.hung_stages.is_empty() {
+        writeln!(
+            err,
+            "  warning: stages that did not stop in time: {}",
+            outcome.hung_stages.join(", ")
+        )?;
+    }
+    let clean = t.rejected == 0 && t.problem_files == 0;
+    if !clean {
+        write_problems(&mut err, store, &outcome.dataset, outcome.job.id)?;
+        writeln!(
+            err,
+            "  everything is listed by: quern stats --dataset {} --job {}",
+            outcome.dataset.name, outcome.job.id
+        )?;
+    }
+    Ok(clean)
+}
+
+/// The first few problem files and rejected records of a job.
+fn write_problems(
+    out: &mut impl Write,
+    store: &Store,
+    dataset: &DatasetInfo,
+    job: u32,
+) -> anyhow::Result<()> {
+    let mut shown = 0;
+    for row in store.files(dataset.id, job) {
+        let row = row?;
+        for problem in &row.problems {
+            writeln!(out, "  problem: {}: {problem}", row.path.display())?;
+            shown += 1;
+        }
+        if shown >= SHOWN_PROBLEMS {
+            break;
+        }
+    }
+    for rejected in store.rejections(dataset.id, job).take(SHOWN_PROBLEMS) {
+        let r = rejected?;
+        let path = store
+            .file_path(dataset.id, job, r.file)?
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  rejected: {}:{}: {}",
+            path.display(),
+            r.offset,
+            r.rejection
+        )?;
+    }
+    Ok(())
+}
+
+/// `quern stats`: every job of a dataset, then the files and rejected
+/// records of one job (the latest by default), streamed.
+pub fn stats(data: &Path, args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(data, 8 << 20, Access::ReadOnly)?;
+    let dataset = store.existing_dataset(&args.dataset.dataset)?;
+    let jobs = store.jobs(dataset.id)?;
+    let job = match args.job {
+        Some(id) => Some(
+            jobs.iter()
+                .find(|j| j.id == id)
+                .with_context(|| format!("dataset {:?} has no job {id}", dataset.name))?,
+        ),
+        None => jobs.last(),
+    };
+    let out = &mut std::io::stdout().lock();
+    let written = if args.json {
+        write_stats_json(out, &store, &dataset, &jobs, job)
+    } else {
+        write_stats_text(out, &store, &dataset, &jobs, job)
+    };
+    match written {
+        Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        other => other.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn write_stats_text(
+    out: &mut impl Write,
+    store: &Store,
+    dataset: &DatasetInfo,
+    jobs: &[JobInfo],
+    job: Option<&JobInfo>,
+) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "dataset {:?}: {}, {} partitions, created {}",
+        dataset.name,
+        dataset.format,
+        dataset.partitions,
+        timestamp(dataset.created_unix)
+    )?;
+    writeln!(
+        out,
+        "\n{:>4}  {:<20}  {:>9}  {:>10}  {:>14}  {:>14}  {:>14}  {:>10}  {:>8}  state",
+        "job", "started", "files", "bytes", "read", "unique", "duplicates", "rejected", "problems"
+    )?;
+    for j in jobs {
+        let t = j.totals.unwrap_or_default();
+        writeln!(
+            out,
+            "{:>4}  {:<20}  {:>9}  {:>10}  {:>14}  {:>14}  {:>14}  {:>10}  {:>8}  {}",
+            j.id,
+            timestamp(j.started_unix),
+            count(t.files),
+            size(t.bytes),
+            count(t.read),
+            count(t.unique),
+            count(t.duplicates),
+            count(t.rejected),
+            count(t.problem_files),
+            state_name(&j.state)
+        )?;
+    }
+    let Some(job) = job else {
+        return Ok(());
+    };
+    writeln!(out, "\nfiles of job {}:", job.id)?;
+    writeln!(
+        out,
+        "{:>14}  {:>14}  {:>14}  {:>10}  path",
+        "read", "unique", "duplicates", "rejected"
+    )?;
+    for row in store.files(dataset.id, job.id) {
+        write_file_row(out, &row?)?;
+    }
+    for (i, rejected) in store.rejections(dataset.id, job.id).enumerate() {
+        let r = rejected?;
+        if i == 0 {
+            writeln!(out, "\nrejected records of job {}:", job.id)?;
+        }
+        let path = store
+            .file_path(dataset.id, job.id, r.file)?
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{}:{}: {}  [{}]",
+            path.display(),
+            r.offset,
+            r.rejection,
+            r.excerpt
+        )?;
+    }
+    Ok(())
+}
+
+fn write_file_row(out: &mut impl Write, row: &FileRow) -> std::io::Result<()> {
+    let c = row.counts;
+    writeln!(
+        out,
+        "{:>14}  {:>14}  {:>14}  {:>10}  {}",
+        count(c.read),
+        count(c.unique),
+        count(c.duplicates),
+        count(c.rejected),
+        row.path.display()
+    )?;
+    for problem in &row.problems {
+        writeln!(out, "{:>58}  ^ problem: {problem}", "")?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct JsonFile<'a> {
+    job: u32,
+    seq: u32,
+    path: String,
+    size: u64,
+    #[serde(flatten)]
+    counts: node::store::ledger::FileCounts,
+    problems: &'a [node::quarantine::FileProblem],
+}
+
+/// One JSON document, written element by element so that a job with
+/// millions of files never sits in memory.
+fn write_stats_json(
+    out: &mut impl Write,
+    store: &Store,
+    dataset: &DatasetInfo,
+    jobs: &[JobInfo],
+    job: Option<&JobInfo>,
+) -> anyhow::Result<()> {
+    write!(
+        out,
+        "{{\"dataset\":{},\"jobs\":{},\"files\":[",
+        serde_json::to_string(dataset)?,
+        serde_json::to_string(jobs)?
+    )?;
+    for (i, row) in job
+        .into_iter()
+        .flat_map(|j| store.files(dataset.id, j.id).map(move |row| (j.id, row)))
+        .enumerate()
+    {
+        let (job, row) = (row.0, row.1?);
+        let entry = JsonFile {
+            job,
+            seq: row.seq,
+            path: row.path.display().to_string(),
+            size: row.size,
+            counts: row.counts,
+            problems: &row.problems,
+        };
+        write_json_element(out, i, &entry)?;
+    }
+    write!(out, "],\"rejected\":[")?;
+    for (i, rejected) in job
+        .into_iter()
+        .flat_map(|j| store.rejections(dataset.id, j.id))
+        .enumerate()
+    {
+        write_json_element(out, i, &rejected?)?;
+    }
+    writeln!(out, "]}}")?;
+    Ok(())
+}
+
+fn write_json_element(
+    out: &mut impl Write,
+    index: usize,
+    value: &impl Serialize,
+) -> anyhow::Result<()> {
+    if index > 0 {
+        out.write_all(b",")?;
+    }
+    serde_json::to_writer(&mut *out, value)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_have_thousands_separators() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1000), "1,000");
+        assert_eq!(count(1234567), "1,234,567");
+    }
+}

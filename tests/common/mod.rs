@@ -1,0 +1,146 @@
+//! Helpers for driving the `quern` binary in tests.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use bench::datagen::{Compression, LinesSpec};
+
+/// A `quern` command on the store at `data`, isolated from the caller's
+/// environment.
+pub fn quern(data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quern"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("QUERN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "warn").arg("--data").arg(data);
+    cmd
+}
+
+/// Runs and returns the output, failing the test with stderr if the exit
+/// status is not `expected`.
+pub fn run(cmd: &mut Command, expected: i32) -> Output {
+    let out = cmd.output().expect("quern runs");
+    assert_eq!(
+        out.status.code(),
+        Some(expected),
+        "{cmd:?} exited {:?}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn ingest(data: &Path, args: &[&str], inputs: &[&Path]) -> Output {
+    ingest_expecting(data, args, inputs, 0)
+}
+
+pub fn ingest_expecting(data: &Path, args: &[&str], inputs: &[&Path], status: i32) -> Output {
+    let mut cmd = quern(data);
+    cmd.arg("ingest")
+        .arg("--no-progress")
+        .args(args)
+        .args(inputs);
+    run(&mut cmd, status)
+}
+
+pub fn export(data: &Path, dataset: &str) -> Vec<u8> {
+    run(quern(data).args(["export", "--dataset", dataset]), 0).stdout
+}
+
+pub fn stats_json(data: &Path, dataset: &str, job: Option<u32>) -> serde_json::Value {
+    let mut cmd = quern(data);
+    cmd.args(["stats", "--json", "--dataset", dataset]);
+    if let Some(job) = job {
+        cmd.args(["--job", &job.to_string()]);
+    }
+    serde_json::from_slice(&run(&mut cmd, 0).stdout).expect("stats --json is JSON")
+}
+
+/// A file's bytes as `sort` would read them after decompression.
+pub fn decompressed(path: &Path) -> Vec<u8> {
+    let raw = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .unwrap();
+    } else if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        out = zstd::decode_all(&raw[..]).unwrap();
+    } else {
+        out = raw;
+    }
+    out
+}
+
+/// The oracle: `LC_ALL=C sort -u` of the concatenated decompressed inputs.
+/// Each input is passed whole, so a last line without a newline stays a
+/// line of its own, as `sort FILE...` reads it.
+pub fn sort_u(files: &[PathBuf]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plain = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let path = dir.path().join(format!("{i}"));
+        std::fs::write(&path, decompressed(file)).unwrap();
+        plain.push(path);
+    }
+    let mut child = Command::new("sort")
+        .env("LC_ALL", "C")
+        .arg("-u")
+        .args(&plain)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("GNU sort is installed");
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    out
+}
+
+/// Input files in `dir`, in the order quern lists them.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Generated lines with every edge case, duplicates within and across
+/// files, and gzip and zstd members, plus a hand-written file of the
+/// nastiest bytes.
+pub fn edge_case_dataset(dir: &Path, files: usize, bytes_per_file: u64, seed: u64) -> Vec<PathBuf> {
+    let spec = LinesSpec {
+        files,
+        bytes_per_file,
+        min_len: 0,
+        max_len: 80,
+        duplicate_ratio: 0.3,
+        edge_cases: true,
+        compression: vec![
+            Compression::Plain,
+            Compression::Gzip,
+            Compression::Plain,
+            Compression::Zstd,
+        ],
+        seed,
+    };
+    bench::datagen::write_lines_dataset(dir, &spec).unwrap();
+    let mut handmade = std::fs::File::create(dir.join("zz-handmade.txt")).unwrap();
+    handmade
+        .write_all(
+            b"b\r\n\n\nA\0z\n\xff\xfe\n  spaced \n\t\nb\r\nb\nB\n\n\xff\xfe\nno-newline-at-end",
+        )
+        .unwrap();
+    files_in(dir)
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
