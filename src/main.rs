@@ -25,7 +25,23 @@ fn main() -> ExitCode {
         args::Command::Stats(args) => report::stats(&cli.data, args),
     };
     result.unwrap_or_else(|e| {
+        if is_broken_pipe(&e) {
+            // The reader went away (`quern export | head`): stop quietly, as
+            // `sort` would when killed by SIGPIPE.
+            return ExitCode::from(EXIT_BROKEN_PIPE);
+        }
         eprintln!("quern: error: {e:#}");
         ExitCode::FAILURE
+    })
+}
+
+/// 128 + SIGPIPE.
+const EXIT_BROKEN_PIPE: u8 = 141;
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }

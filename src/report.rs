@@ -96,6 +96,12 @@ pub fn ingest_summary(
             size(m.file)
         )?;
     }
+    if t.files == 0 {
+        writeln!(
+            err,
+            "  warning: no input files were found under the given paths"
+        )?;
+    }
     if !outcome.hung_stages.is_empty() {
         writeln!(
             err,
@@ -164,20 +170,12 @@ pub fn stats(data: &Path, args: StatsArgs) -> anyhow::Result<ExitCode> {
         None => jobs.last(),
     };
     let out = &mut std::io::stdout().lock();
-    let written = if args.json {
-        write_stats_json(out, &store, &dataset, &jobs, job)
+    if args.json {
+        write_stats_json(out, &store, &dataset, &jobs, job)?;
     } else {
-        write_stats_text(out, &store, &dataset, &jobs, job)
-    };
-    match written {
-        Err(e) if is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
-        other => other.map(|()| ExitCode::SUCCESS),
+        write_stats_text(out, &store, &dataset, &jobs, job)?;
     }
-}
-
-pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_stats_text(

@@ -44,6 +44,20 @@ fn provenance(data: &Path, dataset: &str, key: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs spilled and extra merge passes, from an ingest summary.
+fn sort_work(summary: &str) -> (u64, u64) {
+    let line = summary
+        .lines()
+        .find(|l| l.contains("runs spilled"))
+        .expect("summary reports sort work");
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
 #[test]
 fn export_is_byte_identical_to_sort_u() {
     let (input, data) = (tempdir(), tempdir());
@@ -99,7 +113,7 @@ fn export_is_byte_identical_to_sort_u() {
 #[test]
 fn budgets_threads_and_batch_sizes_do_not_change_the_result() {
     let input = tempdir();
-    let files = edge_case_dataset(input.path(), 4, 2_000_000, 11);
+    let files = edge_case_dataset(input.path(), 8, 3_000_000, 11);
     let expected = sort_u(&files);
     let configs: [&[&str]; 3] = [
         // Tiny: many spills, two-way merges in several passes, range shards.
@@ -250,4 +264,18 @@ fn the_sample_job_runs_and_readers_explain_themselves() {
         text.contains("files of job 1:") && text.contains("part-00000.txt"),
         "{text}"
     );
+}
+
+#[test]
+fn the_store_is_never_read_back_as_input() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("a.txt"), "x\ny\n").unwrap();
+    let data = dir.path().join("quern-data");
+    // Ingest the directory that holds the store, twice: the second walk
+    // passes the store's RocksDB files and must skip them.
+    ingest(&data, &[], &[dir.path()]);
+    ingest(&data, &[], &[dir.path()]);
+    assert_eq!(export(&data, "default"), b"x\ny\n");
+    let stats = stats_json(&data, "default", None);
+    assert_eq!(stats["jobs"][1]["totals"]["files"], 1, "{}", stats["files"]);
 }

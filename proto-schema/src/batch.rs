@@ -71,6 +71,14 @@ pub struct RecordBatch {
     partitions: Vec<u16>,
 }
 
+/// The size of a batch's contents, to size the next batch like it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchShape {
+    pub records: usize,
+    pub key_bytes: usize,
+    pub value_bytes: usize,
+}
+
 /// Bytes of per-record bookkeeping besides key and value bytes.
 pub const RECORD_OVERHEAD_BYTES: usize = 4 + 4 + 4 + 8 + 2;
 
@@ -79,17 +87,39 @@ impl RecordBatch {
         Self::default()
     }
 
-    /// A batch with room for about `payload_bytes` of keys and values.
-    pub fn with_payload_capacity(payload_bytes: usize, records: usize) -> Self {
+    /// An empty batch with room for `records` records of `key_bytes` and
+    /// `value_bytes` in total, so filling it never reallocates.
+    pub fn with_capacity(records: usize, key_bytes: usize, value_bytes: usize) -> Self {
         Self {
-            keys: Vec::with_capacity(payload_bytes),
+            keys: Vec::with_capacity(key_bytes),
             key_ends: Vec::with_capacity(records),
-            values: Vec::new(),
+            values: Vec::with_capacity(value_bytes),
             value_ends: Vec::with_capacity(records),
             files: Vec::with_capacity(records),
             offsets: Vec::with_capacity(records),
             partitions: Vec::with_capacity(records),
         }
+    }
+
+    /// How much this batch holds.
+    pub fn shape(&self) -> BatchShape {
+        BatchShape {
+            records: self.key_ends.len(),
+            key_bytes: self.keys.len(),
+            value_bytes: self.values.len(),
+        }
+    }
+
+    /// An empty batch with room for `shape` plus an eighth: batches filled
+    /// to the same target then rarely reallocate, which keeps the allocator
+    /// from fragmenting on ever-different sizes.
+    pub fn with_room_for(shape: BatchShape) -> Self {
+        let more = |n: usize| n + n / 8;
+        Self::with_capacity(
+            more(shape.records),
+            more(shape.key_bytes),
+            more(shape.value_bytes),
+        )
     }
 
     /// Appends a record. Panics if the batch would exceed 4 GiB of key or
@@ -209,7 +239,7 @@ impl ValidBatch {
 
     /// Copies the batch out into an owned one.
     pub fn to_owned_batch(&self) -> RecordBatch {
-        let mut batch = RecordBatch::with_payload_capacity(self.bytes.len(), self.len);
+        let mut batch = RecordBatch::with_capacity(self.len, self.bytes.len(), self.bytes.len());
         for i in 0..self.len {
             batch.push(self.record(i));
         }

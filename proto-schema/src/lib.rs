@@ -10,6 +10,6 @@ pub mod batch;
 pub mod frame;
 pub mod partition;
 
-pub use batch::{BatchView, Position, Record, RecordBatch, RunTrailer, ValidBatch};
+pub use batch::{BatchShape, BatchView, Position, Record, RecordBatch, RunTrailer, ValidBatch};
 pub use frame::{Frame, FrameError, FrameKind, FrameReader, write_frame};
 pub use partition::partition_of;

@@ -84,7 +84,7 @@ impl Actor for Dedup {
 
 impl DedupState {
     fn keep_first_occurrences(&mut self, batch: &RecordBatch) -> RecordBatch {
-        let mut unique = RecordBatch::with_payload_capacity(batch.payload_bytes(), batch.len());
+        let mut unique = RecordBatch::with_room_for(batch.shape());
         for i in 0..batch.len() {
             let record = batch.record(i);
             if self.first.is_first(&record) {

@@ -26,7 +26,7 @@ use super::sort_merge::{SortMerge, SortMergeArgs, SortMergeMsg};
 use super::{JobContext, blocking};
 use crate::counters::JobCounters;
 use crate::edge::{Edge, EdgeClosed, EdgeCloser};
-use crate::input::manifest::{InputFile, Listed, Shard, plan_shards, walk};
+use crate::input::manifest::{Excluded, InputFile, Listed, Shard, plan_shards, walk};
 use crate::quarantine::FileProblem;
 use crate::store::catalog::JobTotals;
 
@@ -444,8 +444,10 @@ fn walk_manifest(
         next_seq: 0,
         unwritten: Vec::with_capacity(FILES_PER_WRITE),
     };
+    // Never read the store's own files back as input.
+    let excluded = Excluded::dirs(&[ctx.store.db_dir(), ctx.store.tmp_dir()]);
     let mut failure = None;
-    let _ = walk(inputs, &mut |listed| {
+    let _ = walk(inputs, &excluded, &mut |listed| {
         manifest.visit(listed).unwrap_or_else(|e| {
             failure = Some(e);
             ControlFlow::Break(())

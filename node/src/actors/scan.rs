@@ -219,7 +219,8 @@ impl ScanState {
         if self.batches[lane].payload_bytes() == 0 {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batches[lane]);
+        let next = RecordBatch::with_room_for(self.batches[lane].shape());
+        let batch = std::mem::replace(&mut self.batches[lane], next);
         let bytes = batch.heap_bytes() as u64;
         self.args.lanes[lane]
             .send(bytes, |credit| SortMergeMsg::Batch(batch, credit))

@@ -8,11 +8,12 @@
 //! they are found, and only one directory's entries are held at a time.
 
 use std::ops::ControlFlow;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use walkdir::WalkDir;
+use walkdir::{DirEntryExt, WalkDir};
 
 use super::source::{self, Compression};
 
@@ -39,19 +40,46 @@ pub enum Listed {
     Unreadable { path: PathBuf, error: String },
 }
 
-/// Lists every input file under `inputs` in manifest order. Stops early if
-/// `visit` breaks.
+/// Directories a walk never enters, known by device and inode so that any
+/// spelling of their path matches: the store's own files must not be read
+/// back as input when someone ingests the directory holding the store.
+#[derive(Debug, Default, Clone)]
+pub struct Excluded(Vec<(u64, u64)>);
+
+impl Excluded {
+    /// The given directories that exist.
+    pub fn dirs(dirs: &[PathBuf]) -> Self {
+        Self(
+            dirs.iter()
+                .filter_map(|d| std::fs::metadata(d).ok())
+                .map(|m| (m.dev(), m.ino()))
+                .collect(),
+        )
+    }
+
+    fn contains(&self, entry: &walkdir::DirEntry) -> bool {
+        !self.0.is_empty()
+            && entry.file_type().is_dir()
+            && self.0.iter().any(|&(dev, ino)| {
+                ino == entry.ino() && entry.metadata().is_ok_and(|m| m.dev() == dev)
+            })
+    }
+}
+
+/// Lists every input file under `inputs` in manifest order, never entering
+/// `excluded` directories. Stops early if `visit` breaks.
 pub fn walk(
     inputs: &[PathBuf],
+    excluded: &Excluded,
     visit: &mut dyn FnMut(Listed) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
     for input in inputs {
         if std::fs::symlink_metadata(input).is_err()
             && let Some(pattern) = input.to_str().filter(|s| is_glob(s))
         {
-            walk_glob(input, pattern, visit)?;
+            walk_glob(input, pattern, excluded, visit)?;
         } else {
-            walk_path(input, visit)?;
+            walk_path(input, excluded, visit)?;
         }
     }
     ControlFlow::Continue(())
@@ -64,6 +92,7 @@ fn is_glob(s: &str) -> bool {
 fn walk_glob(
     input: &Path,
     pattern: &str,
+    excluded: &Excluded,
     visit: &mut dyn FnMut(Listed) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
     let matches = match glob::glob(pattern) {
@@ -79,7 +108,7 @@ fn walk_glob(
     for entry in matches {
         any = true;
         match entry {
-            Ok(path) => walk_path(&path, visit)?,
+            Ok(path) => walk_path(&path, excluded, visit)?,
             Err(e) => visit(Listed::Unreadable {
                 path: e.path().to_path_buf(),
                 error: e.error().to_string(),
@@ -96,7 +125,11 @@ fn walk_glob(
     }
 }
 
-fn walk_path(path: &Path, visit: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> ControlFlow<()> {
+fn walk_path(
+    path: &Path,
+    excluded: &Excluded,
+    visit: &mut dyn FnMut(Listed) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let metadata = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {
@@ -113,7 +146,9 @@ fn walk_path(path: &Path, visit: &mut dyn FnMut(Listed) -> ControlFlow<()>) -> C
     // symlinked files are read.
     let entries = WalkDir::new(path)
         .follow_links(false)
-        .sort_by(|a, b| a.file_name().cmp(b.file_name()));
+        .sort_by(|a, b| a.file_name().cmp(b.file_name()))
+        .into_iter()
+        .filter_entry(|entry| !excluded.contains(entry));
     for entry in entries {
         let item = match entry {
             Err(e) => Listed::Unreadable {
@@ -187,8 +222,12 @@ mod tests {
     use std::fs;
 
     fn listed(inputs: &[PathBuf]) -> Vec<String> {
+        listed_excluding(inputs, &Excluded::default())
+    }
+
+    fn listed_excluding(inputs: &[PathBuf], excluded: &Excluded) -> Vec<String> {
         let mut out = Vec::new();
-        let _ = walk(inputs, &mut |item| {
+        let _ = walk(inputs, excluded, &mut |item| {
             out.push(match item {
                 Listed::File { path, size, .. } => format!("{} {size}", path.display()),
                 Listed::Unreadable { path, error } => format!("! {} {error}", path.display()),
@@ -223,6 +262,23 @@ mod tests {
                 format!("{} 3", p("tree/link")),
                 format!("! {} No such file or directory (os error 2)", p("missing")),
             ]
+        );
+    }
+
+    #[test]
+    fn excluded_directories_are_never_entered() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("data/db")).unwrap();
+        fs::create_dir_all(d.join("data/sample")).unwrap();
+        fs::write(d.join("data/db/000001.sst"), "x").unwrap();
+        fs::write(d.join("data/sample/in.txt"), "x").unwrap();
+        // Excluded by identity, whatever the spelling of the path.
+        let excluded = Excluded::dirs(&[d.join("data/../data/db"), d.join("missing")]);
+        let got = listed_excluding(&[d.to_path_buf()], &excluded);
+        assert_eq!(
+            got,
+            vec![format!("{} 1", d.join("data/sample/in.txt").display())]
         );
     }
 

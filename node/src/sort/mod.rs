@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use proto_schema::{BatchView, Position, Record, RecordBatch};
+use proto_schema::{BatchShape, BatchView, Position, Record, RecordBatch};
 
 use crate::dedup::FirstOccurrence;
 use merge::{KMerge, SortedSource};
@@ -155,7 +155,8 @@ impl LaneSorter {
         }
         let runs: Vec<RunFile> = self.runs.drain(..).collect();
         let merge = self.open_merge(runs, Some(in_memory))?;
-        Ok((LaneMerge { merge }, self.stats))
+        let last = BatchShape::default();
+        Ok((LaneMerge { merge, last }, self.stats))
     }
 
     fn open_merge(
@@ -198,12 +199,14 @@ impl SortedSource for RunSource {
 /// The final merge of a lane, handed out in batches.
 pub struct LaneMerge {
     merge: KMerge<RunSource>,
+    /// Shape of the last batch handed out, to size the next one.
+    last: BatchShape,
 }
 
 impl LaneMerge {
     /// The next batch of about `target_bytes`, or `None` when done.
     pub fn next_batch(&mut self, target_bytes: usize) -> Result<Option<RecordBatch>, SortError> {
-        let mut batch = RecordBatch::new();
+        let mut batch = RecordBatch::with_room_for(self.last);
         while let Some(record) = self.merge.current() {
             batch.push(record);
             self.merge.advance()?;
@@ -211,7 +214,11 @@ impl LaneMerge {
                 break;
             }
         }
-        Ok((!batch.is_empty()).then_some(batch))
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        self.last = batch.shape();
+        Ok(Some(batch))
     }
 }
 

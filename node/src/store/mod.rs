@@ -56,6 +56,10 @@ pub struct Store {
     catalog_lock: Mutex<()>,
 }
 
+fn db_dir(root: &Path) -> PathBuf {
+    root.join("db")
+}
+
 /// Block-based table settings shared by both column families and by the SST
 /// files jobs write, so ingested files look like the ones RocksDB makes.
 fn table_options(cache: Option<&Cache>) -> BlockBasedOptions {
@@ -84,7 +88,7 @@ impl Store {
     /// Opens (creating if needed, when writing) the store under `root`,
     /// giving RocksDB `memory_bytes` in total.
     pub fn open(root: &Path, memory_bytes: u64, access: Access) -> Result<Self, StoreError> {
-        let db_path = root.join("db");
+        let db_path = db_dir(root);
         if access == Access::ReadOnly && !db_path.join("CURRENT").exists() {
             return Err(StoreError::Missing(root.to_path_buf()));
         }
@@ -170,6 +174,11 @@ impl Store {
         std::fs::create_dir_all(&tmp).map_err(io)
     }
 
+    /// RocksDB's own directory.
+    pub fn db_dir(&self) -> PathBuf {
+        db_dir(&self.root)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -192,7 +201,7 @@ impl Store {
 
     pub(crate) fn rocks_error(&self, source: rocksdb::Error) -> StoreError {
         StoreError::Rocks {
-            path: self.root.join("db"),
+            path: self.db_dir(),
             source,
         }
     }
