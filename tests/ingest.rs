@@ -163,10 +163,10 @@ fn budgets_threads_and_batch_sizes_do_not_change_the_result() {
             provenances,
         ));
     }
+    let (runs, passes) = sort_work(&results[0].1);
     assert!(
-        results[0].1.contains("extra merge passes")
-            && !results[0].1.contains(" 0 extra merge passes"),
-        "the tiny budget should force multi-pass merges: {}",
+        runs > 4 && passes > 0,
+        "the tiny budget should force spills and multi-pass merges: {}",
         results[0].1
     );
     let (_, _, files0, totals0, provenance0) = &results[0];
