@@ -183,7 +183,7 @@ impl JobState {
         };
         if !totals.reconciles() || keys != totals.unique {
             return Err(format!(
-                "counters do not reconcile, nothing was committed: read {} != unique {} + duplicates {} + rejected {}, \
+                "counters do not reconcile: read {} != unique {} + duplicates {} + rejected {}, \
                  or {keys} keys written != {} unique",
                 totals.read, totals.unique, totals.duplicates, totals.rejected, totals.unique
             ));

@@ -19,11 +19,11 @@ use super::sort_merge::SortMergeMsg;
 use super::{JobContext, blocking};
 use crate::counters::{FileTally, JobCounters};
 use crate::edge::Edge;
-use crate::input::OpenShard;
 use crate::input::format::extract;
 use crate::input::manifest::{InputFile, Shard};
 use crate::input::records::{Event, ReadFailure};
 use crate::input::source::Compression;
+use crate::input::{OpenError, OpenShard};
 use crate::quarantine::{FileProblem, RejectedRecord, Rejection, excerpt};
 
 pub enum ScanMsg {
@@ -115,10 +115,8 @@ impl ScanState {
             Ok(opened) => opened,
             Err(e) => {
                 let offset = match &e {
-                    crate::input::OpenError::Read(failure) => {
-                        self.quarantine_fragment(file.seq, failure)
-                    }
-                    crate::input::OpenError::Open(_) => None,
+                    OpenError::Read(failure) => Some(self.quarantine_fragment(file.seq, failure)),
+                    OpenError::Open(_) => None,
                 };
                 return self.problem(file, offset, e.to_string());
             }
@@ -133,7 +131,7 @@ impl ScanState {
                 Filled::Batch(lane) => self.send(lane).await?,
                 Filled::End => break,
                 Filled::Failed(failure) => {
-                    let offset = self.quarantine_fragment(file.seq, &failure);
+                    let offset = Some(self.quarantine_fragment(file.seq, &failure));
                     let message = match opened.compression {
                         Compression::Plain => failure.to_string(),
                         c => format!(
@@ -230,7 +228,7 @@ impl ScanState {
 
     /// Counts and quarantines the partial record a read failure cut off;
     /// returns the offset where reading stopped.
-    fn quarantine_fragment(&mut self, file: u32, failure: &ReadFailure) -> Option<u64> {
+    fn quarantine_fragment(&mut self, file: u32, failure: &ReadFailure) -> u64 {
         let (offset, fragment) = match failure {
             ReadFailure::Io {
                 offset, fragment, ..
@@ -252,7 +250,7 @@ impl ScanState {
                 excerpt: String::new(),
             });
         }
-        Some(offset)
+        offset
     }
 
     fn problem(
