@@ -45,6 +45,8 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
         sst_target_bytes: args.tuning.sst_target,
         shutdown_timeout: args.tuning.shutdown_timeout,
     };
+    // `prepare` validates too; checking first refuses bad flags before the
+    // store directory is created.
     config.validate()?;
     let threads = config.threads;
     let store = Store::open(

@@ -232,11 +232,6 @@ impl ValidBatch {
         unsafe { rkyv::access_unchecked::<ArchivedRecordBatch>(&self.bytes) }
     }
 
-    /// Bytes held by the archive.
-    pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity()
-    }
-
     /// Copies the batch out into an owned one.
     pub fn to_owned_batch(&self) -> RecordBatch {
         let mut batch = RecordBatch::with_capacity(self.len, self.bytes.len(), self.bytes.len());

@@ -10,7 +10,7 @@
 //! stages are stopped within the shutdown timeout, and any that will not
 //! stop are named.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,8 +81,9 @@ pub struct JobState {
     names: HashMap<ActorId, String>,
     edges: Vec<EdgeCloser>,
     scanners: Vec<ActorRef<ScanMsg>>,
+    /// Scanners without a shard. The walker sends a shard only after taking
+    /// a `demand` permit, one per idle scanner, so a shard always finds one.
     idle: Vec<usize>,
-    pending: VecDeque<Shard>,
     sorters: Vec<ActorRef<SortMergeMsg>>,
     /// Permits = idle scanners not yet promised a shard; the walker takes
     /// one before each shard it lists.
@@ -143,17 +144,18 @@ impl JobState {
     }
 
     fn dispatch(&mut self, shard: Shard) -> Result<(), ActorProcessingErr> {
-        match self.idle.pop() {
-            Some(i) => self.scanners[i].cast(ScanMsg::Scan(shard))?,
-            None => self.pending.push_back(shard),
-        }
+        let scanner = self
+            .idle
+            .pop()
+            .ok_or("a shard arrived with no idle scanner: demand accounting is broken")?;
+        self.scanners[scanner].cast(ScanMsg::Scan(shard))?;
         Ok(())
     }
 
     /// Once the manifest is done and every scanner idle, tells scanners to
     /// finish.
     fn maybe_finish_scanning(&mut self) -> Result<(), ActorProcessingErr> {
-        let all_idle = self.idle.len() == self.scanners.len() && self.pending.is_empty();
+        let all_idle = self.idle.len() == self.scanners.len();
         if self.manifest_done && all_idle && !self.scanners_finishing {
             self.scanners_finishing = true;
             for scanner in &self.scanners {
@@ -217,7 +219,6 @@ impl Actor for JobActor {
             edges: Vec::new(),
             scanners: Vec::new(),
             idle: (0..threads).rev().collect(),
-            pending: VecDeque::new(),
             sorters: Vec::new(),
             demand: Arc::new(Semaphore::new(threads)),
             walker: None,
@@ -301,13 +302,8 @@ impl Actor for JobActor {
         match msg {
             JobMsg::ShardAvailable(shard) => state.dispatch(shard)?,
             JobMsg::ShardDone { scanner } => {
-                match state.pending.pop_front() {
-                    Some(shard) => state.scanners[scanner].cast(ScanMsg::Scan(shard))?,
-                    None => {
-                        state.idle.push(scanner);
-                        state.demand.add_permits(1);
-                    }
-                }
+                state.idle.push(scanner);
+                state.demand.add_permits(1);
                 state.maybe_finish_scanning()?;
             }
             JobMsg::ManifestDone(Ok(())) => {

@@ -143,15 +143,12 @@ impl ScanState {
                     break;
                 }
             }
-            self.tally.publish()?;
+            self.publish()?;
         }
         for lane in 0..self.batches.len() {
             self.send(lane).await?;
         }
-        self.tally.publish()?;
-        if self.rejected.len() >= REJECTED_FLUSH {
-            self.flush_rejected()?;
-        }
+        self.publish()?;
         if let Some(change) = changed_since_listed(file) {
             self.problem(file, None, change)?;
         }
@@ -264,6 +261,16 @@ impl ScanState {
         let problem = FileProblem { offset, message };
         ctx.store
             .put_problem(ctx.dataset.id, ctx.job.id, file.seq, &problem)?;
+        Ok(())
+    }
+
+    /// Publishes counts, and writes rejected records out once enough have
+    /// gathered, so a shard full of bad records never piles them up.
+    fn publish(&mut self) -> Result<(), ActorProcessingErr> {
+        self.tally.publish()?;
+        if self.rejected.len() >= REJECTED_FLUSH {
+            self.flush_rejected()?;
+        }
         Ok(())
     }
 

@@ -109,11 +109,6 @@ impl LaneSorter {
         Ok(())
     }
 
-    /// Bytes held by the unspilled buffer.
-    pub fn buffered_bytes(&self) -> usize {
-        self.buffer.bytes()
-    }
-
     fn write_run(
         &mut self,
         mut source: impl SortedSource,

@@ -190,7 +190,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.meta_cf(), meta::NEXT_DATASET, (id + 1).to_be_bytes());
         batch.put_cf(self.meta_cf(), meta::dataset(name), to_json(&dataset));
-        self.db().write(batch).map_err(|e| self.rocks_error(e))?;
+        self.write_batch(batch)?;
         Ok(dataset)
     }
 

@@ -102,7 +102,7 @@ type MetaEntry = (Box<[u8]>, Box<[u8]>);
 const NO_OFFSET: u64 = u64::MAX;
 
 impl Store {
-    fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    pub(super) fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
         self.db().write(batch).map_err(|e| self.rocks_error(e))
     }
 

@@ -50,8 +50,6 @@ pub enum Access {
 pub struct Store {
     db: DB,
     root: PathBuf,
-    cache: Cache,
-    write_buffers: WriteBufferManager,
     /// Serialises id allocation in the catalogue.
     catalog_lock: Mutex<()>,
 }
@@ -142,8 +140,6 @@ impl Store {
         let store = Self {
             db,
             root: root.to_path_buf(),
-            cache,
-            write_buffers,
             catalog_lock: Mutex::new(()),
         };
         if access == Access::ReadWrite {
@@ -204,16 +200,6 @@ impl Store {
             path: self.db_dir(),
             source,
         }
-    }
-
-    /// Bytes held by the block cache, memtables included.
-    pub fn cache_usage(&self) -> usize {
-        self.cache.get_usage()
-    }
-
-    /// Bytes held by memtables.
-    pub fn memtable_usage(&self) -> usize {
-        self.write_buffers.get_usage()
     }
 }
 
