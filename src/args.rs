@@ -21,6 +21,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "QUERN_DATA", default_value = "quern-data")]
     pub data: PathBuf,
 
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9898) while
+    /// the command runs.
+    #[arg(long, global = true, env = "QUERN_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// More log output (repeat for more); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -51,7 +51,7 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
     let threads = config.threads;
     let store = Store::open(
         data,
-        MemoryPlan::rocksdb_share(config.memory_bytes),
+        MemoryPlan::rocksdb_cache_bytes(config.memory_bytes),
         Access::ReadWrite,
     )
     .with_context(|| format!("opening the store at {}", data.display()))?;

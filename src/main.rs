@@ -4,6 +4,7 @@
 mod args;
 mod ingest;
 mod logging;
+mod metrics_endpoint;
 mod progress;
 mod query;
 mod report;
@@ -12,12 +13,32 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc, counting live bytes per actor (see `node::memory::tracking`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: node::memory::TrackingAllocator = node::memory::TrackingAllocator;
+
+/// mimalloc's settings must be in place before its first arena exists,
+/// which Rust's runtime creates before `main`: run from `.init_array`.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
+
+#[cfg(target_os = "linux")]
+extern "C" fn configure_allocator() {
+    node::memory::TrackingAllocator::configure_for_bounded_memory();
+}
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let log = logging::init(cli.verbose);
+    let _metrics = match cli.metrics.map(metrics_endpoint::serve).transpose() {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("quern: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         args::Command::Ingest(args) => ingest::run(&cli.data, args, &log),
         args::Command::Export(args) => query::export(&cli.data, args),

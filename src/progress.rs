@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytesize::ByteSize;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use node::counters::JobCounters;
-use node::process_memory::ProcessMemory;
+use node::memory::ProcessMemory;
 
 use crate::logging::LogTarget;
 

@@ -9,7 +9,9 @@ use anyhow::Context;
 use bytesize::ByteSize;
 use node::counters::JobCounters;
 use node::ingest::IngestOutcome;
-use node::process_memory::ProcessMemory;
+use node::memory::monitor::MemoryPeaks;
+use node::memory::tracking::Usage;
+use node::memory::{ProcessMemory, TrackingAllocator};
 use node::store::catalog::{DatasetInfo, JobInfo, JobState};
 use node::store::ledger::FileRow;
 use node::store::{Access, Store};
@@ -87,15 +89,7 @@ pub fn ingest_summary(
         count(JobCounters::get(&counters.runs_spilled)),
         count(JobCounters::get(&counters.merge_passes))
     )?;
-    if let Some(m) = ProcessMemory::read() {
-        writeln!(
-            err,
-            "  memory: peak resident {}; now {} anonymous, {} file-backed",
-            size(m.peak),
-            size(m.anon),
-            size(m.file)
-        )?;
-    }
+    write_memory(&mut err, &outcome.memory)?;
     if t.files == 0 {
         writeln!(
             err,
@@ -119,6 +113,35 @@ pub fn ingest_summary(
         )?;
     }
     Ok(clean)
+}
+
+/// Peak figures of the job, and what the process holds now it is over.
+fn write_memory(out: &mut impl Write, peaks: &MemoryPeaks) -> anyhow::Result<()> {
+    if TrackingAllocator::is_installed() {
+        let top: Vec<String> = peaks
+            .accounts
+            .iter()
+            .take(4)
+            .map(|(name, bytes)| format!("{name} {}", size(*bytes)))
+            .collect();
+        writeln!(
+            out,
+            "  memory: heap peak {} ({}); anonymous resident peak {}",
+            size(peaks.heap),
+            top.join(", "),
+            size(peaks.anon)
+        )?;
+    }
+    if let Some(m) = ProcessMemory::read() {
+        writeln!(
+            out,
+            "  memory now: {} anonymous, {} file-backed, {} heap",
+            size(m.anon),
+            size(m.file),
+            size(Usage::read().total())
+        )?;
+    }
+    Ok(())
 }
 
 /// The first few problem files and rejected records of a job.

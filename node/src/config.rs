@@ -151,8 +151,10 @@ pub fn validate_dataset_name(name: &str) -> Result<(), ConfigError> {
 
 /// The memory budget divided into named shares, each printed at start-up.
 ///
-/// - `rocksdb`: block cache, with the memtables charged to it through one
-///   WriteBufferManager.
+/// - `rocksdb`: half for the block cache, with the memtables charged to it
+///   through one WriteBufferManager; half for the lanes' SST writers, which
+///   hold per-key filter and index state until a file is finished, so files
+///   are cut at [`sst_file_keys`](Self::sst_file_keys).
 /// - `in_flight`: bytes queued on the edges between actors, plus the batches
 ///   scanners are filling.
 /// - `sort`: run buffers and merge buffers, split evenly across lanes.
@@ -174,13 +176,28 @@ pub struct MemoryPlan {
     /// Per lane: target size of one frame of a spilled run; a merge holds
     /// one frame per open run.
     pub spill_frame_bytes: u64,
+    /// Per lane: keys in one SST file, so its writer stays within the
+    /// lane's part of the RocksDB share.
+    pub sst_file_keys: u64,
 }
+
+/// Memory an SST writer holds per key until the file is finished (filter
+/// hashes, index entries, allocator slack), measured with RSS sampling on
+/// generated lines: ~17 bytes; rounded up.
+const SST_WRITER_BYTES_PER_KEY: u64 = 24;
+/// Files smaller than this many keys would only multiply files.
+const MIN_SST_FILE_KEYS: u64 = 16 * 1024;
 
 impl MemoryPlan {
     /// RocksDB's share of a budget: known before the store is opened, so it
     /// depends on nothing else.
     pub fn rocksdb_share(budget: u64) -> u64 {
         (budget / 8).max(8 * MIB)
+    }
+
+    /// The block cache (and memtables) part of RocksDB's share.
+    pub fn rocksdb_cache_bytes(budget: u64) -> u64 {
+        Self::rocksdb_share(budget) / 2
     }
 
     pub fn new(budget: u64, lanes: usize, batch_bytes: u64) -> Self {
@@ -202,6 +219,9 @@ impl MemoryPlan {
         // its share for that and gather runs in the rest.
         let spill_frame_bytes = (sort_per_lane / 4 / 64).clamp(16 * KIB, 4 * MIB);
         let run_bytes = sort_per_lane - sort_per_lane / 4;
+        let writers = rocksdb - Self::rocksdb_cache_bytes(budget);
+        let sst_file_keys =
+            (writers / lanes as u64 / SST_WRITER_BYTES_PER_KEY).max(MIN_SST_FILE_KEYS);
         Self {
             budget,
             rocksdb,
@@ -212,6 +232,27 @@ impl MemoryPlan {
             batch_bytes,
             run_bytes,
             spill_frame_bytes,
+            sst_file_keys,
+        }
+    }
+}
+
+impl MemoryPlan {
+    /// The heap the pipeline may hold: everything but RocksDB's share,
+    /// which RocksDB allocates outside the tracked heap.
+    pub fn heap_bytes(&self) -> u64 {
+        self.budget - self.rocksdb
+    }
+
+    /// The budget and its shares as gauges.
+    pub fn publish_metrics(&self) {
+        metrics::gauge!("quern_memory_budget_bytes").set(self.budget as f64);
+        for (share, bytes) in [
+            ("rocksdb", self.rocksdb),
+            ("sort", self.sort),
+            ("in_flight", self.in_flight),
+        ] {
+            metrics::gauge!("quern_memory_share_bytes", "share" => share).set(bytes as f64);
         }
     }
 }
@@ -222,7 +263,8 @@ impl std::fmt::Display for MemoryPlan {
         write!(
             f,
             "memory budget {:.0} MiB: sort {:.1} MiB ({} lanes x {:.1} MiB runs), \
-             in-flight {:.1} MiB (edges of {:.2} MiB, batches of {} KiB), rocksdb {:.1} MiB",
+             in-flight {:.1} MiB (edges of {:.2} MiB, batches of {} KiB), \
+             rocksdb {:.1} MiB (half cache, half SST writers: files of {} keys)",
             mib(self.budget),
             mib(self.sort),
             self.lanes,
@@ -231,6 +273,7 @@ impl std::fmt::Display for MemoryPlan {
             mib(self.edge_capacity),
             self.batch_bytes / KIB,
             mib(self.rocksdb),
+            self.sst_file_keys,
         )
     }
 }

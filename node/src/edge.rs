@@ -10,11 +10,15 @@
 //! memory; bounding by bytes alone lets tiny messages pile up; so both.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use metrics::{Counter, Gauge};
+use metrics::Gauge;
 use ractor::{ActorRef, Message};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+/// How often a sender held back by a moving limit (see
+/// [`Edge::send_within`]) looks at the limit again.
+const LIMIT_RECHECK: Duration = Duration::from_millis(10);
 
 /// The largest credit one message can take. A message larger than the whole
 /// edge takes the whole edge, so it still passes, alone.
@@ -35,9 +39,11 @@ struct EdgeState {
     slots: Arc<Semaphore>,
     queued_bytes: Gauge,
     queued_messages: Gauge,
-    /// Back-pressure time: how long senders waited for room. `metrics`
-    /// counters are integers, hence microseconds.
-    wait_micros: Counter,
+    /// Woken whenever a credit is given back.
+    drained: Notify,
+    /// Back-pressure time: how long senders waited for room, in seconds.
+    /// A gauge that only grows, because `metrics` counters are integers.
+    wait_seconds: Gauge,
 }
 
 /// A sender's side of a bounded edge to one actor. Cheap to clone.
@@ -67,6 +73,7 @@ impl Drop for Credit {
     fn drop(&mut self) {
         self.state.queued_bytes.decrement(f64::from(self.amount));
         self.state.queued_messages.decrement(1.0);
+        self.state.drained.notify_waiters();
     }
 }
 
@@ -93,7 +100,8 @@ impl<M: Message> Edge<M> {
             slots: Arc::new(Semaphore::new(capacity_messages.max(1))),
             queued_bytes: metrics::gauge!("quern_edge_queued_bytes", &label),
             queued_messages: metrics::gauge!("quern_edge_queued_messages", &label),
-            wait_micros: metrics::counter!("quern_edge_wait_microseconds_total", &label),
+            drained: Notify::new(),
+            wait_seconds: metrics::gauge!("quern_edge_wait_seconds", &label),
             name,
         };
         Self {
@@ -108,6 +116,40 @@ impl<M: Message> Edge<M> {
     pub async fn send(&self, bytes: u64, make: impl FnOnce(Credit) -> M) -> Result<(), EdgeClosed> {
         let credit = self.acquire(bytes).await?;
         self.target.cast(make(credit)).map_err(|_| self.closed())
+    }
+
+    /// As [`send`](Self::send), but first waits while the edge already
+    /// holds messages and `bytes` more would take it past `limit()`, a limit
+    /// that may move while waiting (the governor's scan credit). An empty
+    /// edge always takes the message, so a sender is never stopped for good.
+    pub async fn send_within(
+        &self,
+        bytes: u64,
+        limit: impl Fn() -> u64,
+        make: impl FnOnce(Credit) -> M,
+    ) -> Result<(), EdgeClosed> {
+        let mut waited = None;
+        loop {
+            let queued = self.queued_bytes();
+            if queued == 0 || queued + bytes <= limit() {
+                break;
+            }
+            if self.state.bytes.is_closed() {
+                return Err(self.closed());
+            }
+            waited.get_or_insert_with(Instant::now);
+            let _ = tokio::time::timeout(LIMIT_RECHECK, self.state.drained.notified()).await;
+        }
+        if let Some(start) = waited {
+            self.record_wait(start);
+        }
+        self.send(bytes, make).await
+    }
+
+    fn record_wait(&self, start: Instant) {
+        self.state
+            .wait_seconds
+            .increment(start.elapsed().as_secs_f64());
     }
 
     /// Sends a control message (such as end-of-stream) without taking
@@ -148,9 +190,7 @@ impl<M: Message> Edge<M> {
             }
         };
         if let Some(start) = waited {
-            state
-                .wait_micros
-                .increment(start.elapsed().as_micros() as u64);
+            self.record_wait(start);
         }
         state.queued_bytes.increment(f64::from(amount));
         state.queued_messages.increment(1.0);
@@ -305,6 +345,60 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.edge, "closing");
         drop(held);
+        actor.stop(None);
+    }
+
+    async fn wait_for(received: &AtomicU64, total: u64) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while received.load(Ordering::SeqCst) < total {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("messages arrive");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sender_waits_for_a_moving_limit() {
+        let received = Arc::new(AtomicU64::new(0));
+        let (actor, _handle) = Actor::spawn(None, SlowReceiver, received.clone())
+            .await
+            .unwrap();
+        let edge = Edge::new("limited".into(), actor.clone(), 1_000, 8);
+        let limit = Arc::new(AtomicU64::new(1_000));
+        let held = edge.acquire(300).await.unwrap();
+        // 300 queued + 200 fits under 1000: no wait.
+        let read_limit = || limit.load(Ordering::SeqCst);
+        edge.send_within(200, read_limit, |c| Held(200, c))
+            .await
+            .unwrap();
+        wait_for(&received, 200).await;
+
+        limit.store(400, Ordering::SeqCst);
+        let waiting = {
+            let (edge, limit) = (edge.clone(), limit.clone());
+            tokio::spawn(async move {
+                edge.send_within(200, || limit.load(Ordering::SeqCst), |c| Held(200, c))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "300 + 200 is over the limit of 400");
+        limit.store(600, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a raised limit lets the sender through")
+            .unwrap()
+            .unwrap();
+        wait_for(&received, 400).await;
+
+        // An empty edge takes a message whatever the limit.
+        drop(held);
+        limit.store(0, Ordering::SeqCst);
+        edge.send_within(500, read_limit, |c| Held(500, c))
+            .await
+            .unwrap();
+        wait_for(&received, 900).await;
         actor.stop(None);
     }
 

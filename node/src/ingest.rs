@@ -12,8 +12,11 @@ use tokio::sync::oneshot;
 
 use crate::actors::job::{JobActor, JobArgs, JobMsg};
 use crate::actors::{JobContext, LaneMap};
+use crate::batch_pool::BatchPool;
 use crate::config::{ConfigError, IngestConfig, MemoryPlan};
 use crate::counters::JobCounters;
+use crate::memory::monitor::MemoryPeaks;
+use crate::memory::{Governor, GovernorLimits, Monitor, TrackingAllocator};
 use crate::store::catalog::{DatasetInfo, JobInfo, JobState, JobTotals};
 use crate::store::{Store, StoreError};
 
@@ -28,6 +31,8 @@ pub enum IngestError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("could not start the memory monitor: {0}")]
+    Monitor(std::io::Error),
     #[error("job {job} of dataset {dataset:?} failed, nothing was committed: {reason}")]
     Failed {
         dataset: String,
@@ -51,6 +56,8 @@ pub struct IngestOutcome {
     pub elapsed: Duration,
     /// Stages that outlived the shutdown timeout (the job still committed).
     pub hung_stages: Vec<String>,
+    /// Highest memory figures seen while the job ran.
+    pub memory: MemoryPeaks,
 }
 
 impl PreparedJob {
@@ -78,6 +85,13 @@ pub fn prepare(
     let dataset = store.open_dataset(&config.dataset, config.format, config.partitions)?;
     let lanes = LaneMap::new(dataset.partitions, config.threads);
     let plan = MemoryPlan::new(config.memory_bytes, lanes.lanes, config.batch_bytes);
+    plan.publish_metrics();
+    let governor = Governor::new(GovernorLimits::new(
+        plan.heap_bytes(),
+        plan.edge_capacity,
+        plan.batch_bytes,
+        plan.run_bytes,
+    ));
     let shown_inputs = inputs.iter().map(|p| p.display().to_string()).collect();
     let job = store.begin_job(&dataset, shown_inputs)?;
     let scratch = store
@@ -102,6 +116,8 @@ pub fn prepare(
         job,
         config,
         plan,
+        governor: Arc::new(governor),
+        pool: Arc::new(BatchPool::new(plan.heap_bytes())),
         lanes,
         counters,
         scratch,
@@ -121,6 +137,9 @@ pub async fn run(
 ) -> Result<IngestOutcome, IngestError> {
     let started = Instant::now();
     let PreparedJob { ctx, inputs } = prepared;
+    let store = ctx.store.clone();
+    let monitor = Monitor::start(ctx.governor.clone(), Box::new(move || store.memory_usage()))
+        .map_err(IngestError::Monitor)?;
     let (reply, mut result) = oneshot::channel();
     let args = JobArgs {
         ctx: ctx.clone(),
@@ -151,6 +170,10 @@ pub async fn run(
         }
     };
     let _ = std::fs::remove_dir_all(&ctx.scratch);
+    let memory = monitor.stop();
+    // Hand the job's freed memory back to the OS now, not on mimalloc's
+    // schedule: a long-running process returns to its baseline.
+    TrackingAllocator::release_free_memory();
     let hung_stages = std::mem::take(&mut *ctx.hung_stages.lock().expect("hung stages lock"));
     let store = &ctx.store;
     match ended {
@@ -160,6 +183,7 @@ pub async fn run(
             totals,
             elapsed: started.elapsed(),
             hung_stages,
+            memory,
         }),
         Err(mut reason) => {
             if !hung_stages.is_empty() {

@@ -2,6 +2,7 @@
 //! actors), its memory plan, and the node's RocksDB store.
 
 pub mod actors;
+pub mod batch_pool;
 pub mod config;
 pub mod counters;
 pub mod dedup;
@@ -10,7 +11,7 @@ pub mod export;
 pub mod ingest;
 pub mod input;
 pub mod lookup;
-pub mod process_memory;
+pub mod memory;
 pub mod quarantine;
 pub mod sort;
 pub mod store;

@@ -163,7 +163,14 @@ impl RecordBatch {
 
     /// Serializes the batch into an rkyv archive.
     pub fn to_archive(&self) -> AlignedVec {
-        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+        self.archive_into(AlignedVec::new())
+    }
+
+    /// Serializes the batch into `buffer` (emptied first), so a writer of
+    /// many frames reuses one allocation.
+    pub fn archive_into(&self, mut buffer: AlignedVec) -> AlignedVec {
+        buffer.clear();
+        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(self, buffer)
             .expect("serializing a RecordBatch into memory cannot fail")
     }
 }
@@ -230,6 +237,11 @@ impl ValidBatch {
         // never mutated afterwards, so the unchecked access sees the same
         // validated archive.
         unsafe { rkyv::access_unchecked::<ArchivedRecordBatch>(&self.bytes) }
+    }
+
+    /// The archive's bytes, for reuse as a buffer.
+    pub fn into_bytes(self) -> AlignedVec {
+        self.bytes
     }
 
     /// Copies the batch out into an owned one.

@@ -145,6 +145,13 @@ impl<R: Read> FrameReader<R> {
 
     /// The next frame, or `None` at a clean end of stream (between frames).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        self.next_frame_in(AlignedVec::new())
+    }
+
+    /// As [`next_frame`](Self::next_frame), reading the payload into
+    /// `buffer` (a previous frame's, given back), so a reader going through
+    /// a long stream reuses one allocation.
+    pub fn next_frame_in(&mut self, mut buffer: AlignedVec) -> Result<Option<Frame>, FrameError> {
         let offset = self.offset;
         let mut header = [0u8; HEADER_LEN];
         match read_full(&mut self.inner, &mut header)
@@ -182,7 +189,10 @@ impl<R: Read> FrameReader<R> {
         }
         let stored = field32(12);
 
-        let mut payload = AlignedVec::with_capacity(len as usize);
+        let mut payload = {
+            buffer.clear();
+            buffer
+        };
         payload.resize(len as usize, 0);
         let got = read_full(&mut self.inner, &mut payload)
             .map_err(|source| FrameError::Io { offset, source })?;

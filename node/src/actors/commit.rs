@@ -10,7 +10,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::job::JobMsg;
 use super::{JobContext, blocking};
+use crate::batch_pool::BatchPool;
 use crate::edge::Credit;
+use crate::memory::Account;
 use crate::store::publish::SstSink;
 
 // A batch message is moved once, into the mailbox; boxing it would add an
@@ -25,9 +27,12 @@ pub struct CommitArgs {
     pub ctx: Arc<JobContext>,
     pub lane: usize,
     pub job: ActorRef<JobMsg>,
+    pub account: Account,
 }
 
 pub struct CommitState {
+    account: Account,
+    pool: Arc<BatchPool>,
     lane: usize,
     job: ActorRef<JobMsg>,
     /// `None` once finished.
@@ -55,11 +60,14 @@ impl Actor for Commit {
     ) -> Result<CommitState, ActorProcessingErr> {
         let ctx = args.ctx;
         Ok(CommitState {
+            account: args.account,
+            pool: ctx.pool.clone(),
             sink: Some(SstSink::new(
                 ctx.scratch.clone(),
                 args.lane,
                 &ctx.job,
                 ctx.config.sst_target_bytes,
+                ctx.plan.sst_file_keys,
             )),
             lane: args.lane,
             job: args.job,
@@ -72,25 +80,31 @@ impl Actor for Commit {
         msg: CommitMsg,
         state: &mut CommitState,
     ) -> Result<(), ActorProcessingErr> {
-        let sink_gone = || "commit received input after it finished";
-        match msg {
-            CommitMsg::Batch(batch, credit) => {
-                let sink = state.sink.as_mut().ok_or_else(sink_gone)?;
-                blocking(|| {
-                    fail::fail_point!("commit-batch");
-                    (0..batch.len()).try_for_each(|i| sink.write(&batch.record(i)))
-                })?;
-                drop((batch, credit));
-            }
-            CommitMsg::Finish => {
-                let sink = state.sink.take().ok_or_else(sink_gone)?;
-                let (files, keys) = blocking(|| sink.finish())?;
-                state.job.cast(JobMsg::LaneWritten {
-                    lane: state.lane,
-                    output: LaneOutput { files, keys },
-                })?;
-            }
-        }
-        Ok(())
+        let account = state.account;
+        account
+            .attribute(async move {
+                let sink_gone = || "commit received input after it finished";
+                match msg {
+                    CommitMsg::Batch(batch, credit) => {
+                        let sink = state.sink.as_mut().ok_or_else(sink_gone)?;
+                        blocking(|| {
+                            fail::fail_point!("commit-batch");
+                            (0..batch.len()).try_for_each(|i| sink.write(&batch.record(i)))
+                        })?;
+                        state.pool.give(batch);
+                        drop(credit);
+                    }
+                    CommitMsg::Finish => {
+                        let sink = state.sink.take().ok_or_else(sink_gone)?;
+                        let (files, keys) = blocking(|| sink.finish())?;
+                        state.job.cast(JobMsg::LaneWritten {
+                            lane: state.lane,
+                            output: LaneOutput { files, keys },
+                        })?;
+                    }
+                }
+                Ok::<(), ActorProcessingErr>(())
+            })
+            .await
     }
 }

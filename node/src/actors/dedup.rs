@@ -9,9 +9,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::commit::CommitMsg;
 use super::{JobContext, blocking};
+use crate::batch_pool::BatchPool;
 use crate::counters::FileTally;
 use crate::dedup::FirstOccurrence;
 use crate::edge::{Credit, Edge};
+use crate::memory::Account;
 
 // A batch message is moved once, into the mailbox; boxing it would add an
 // allocation per batch and save nothing.
@@ -24,9 +26,12 @@ pub enum DedupMsg {
 pub struct DedupArgs {
     pub ctx: Arc<JobContext>,
     pub commit: Edge<CommitMsg>,
+    pub account: Account,
 }
 
 pub struct DedupState {
+    account: Account,
+    pool: Arc<BatchPool>,
     commit: Edge<CommitMsg>,
     first: FirstOccurrence,
     tally: FileTally,
@@ -45,6 +50,8 @@ impl Actor for Dedup {
         args: DedupArgs,
     ) -> Result<DedupState, ActorProcessingErr> {
         Ok(DedupState {
+            account: args.account,
+            pool: args.ctx.pool.clone(),
             commit: args.commit,
             first: FirstOccurrence::default(),
             tally: args.ctx.tally(),
@@ -57,34 +64,40 @@ impl Actor for Dedup {
         msg: DedupMsg,
         state: &mut DedupState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            DedupMsg::Batch(batch, credit) => {
-                let unique = blocking(|| {
-                    fail::fail_point!("dedup-batch");
-                    state.keep_first_occurrences(&batch)
-                });
-                drop((batch, credit));
-                state.tally.publish()?;
-                if !unique.is_empty() {
-                    let bytes = unique.heap_bytes() as u64;
-                    state
-                        .commit
-                        .send(bytes, |credit| CommitMsg::Batch(unique, credit))
-                        .await?;
+        let account = state.account;
+        account
+            .attribute(async move {
+                match msg {
+                    DedupMsg::Batch(batch, credit) => {
+                        let unique = blocking(|| {
+                            fail::fail_point!("dedup-batch");
+                            state.keep_first_occurrences(&batch)
+                        });
+                        state.pool.give(batch);
+                        drop(credit);
+                        state.tally.publish()?;
+                        if !unique.is_empty() {
+                            let bytes = unique.heap_bytes() as u64;
+                            state
+                                .commit
+                                .send(bytes, |credit| CommitMsg::Batch(unique, credit))
+                                .await?;
+                        }
+                    }
+                    DedupMsg::Finish => {
+                        blocking(|| state.tally.flush())?;
+                        state.commit.send_control(CommitMsg::Finish)?;
+                    }
                 }
-            }
-            DedupMsg::Finish => {
-                blocking(|| state.tally.flush())?;
-                state.commit.send_control(CommitMsg::Finish)?;
-            }
-        }
-        Ok(())
+                Ok::<(), ActorProcessingErr>(())
+            })
+            .await
     }
 }
 
 impl DedupState {
     fn keep_first_occurrences(&mut self, batch: &RecordBatch) -> RecordBatch {
-        let mut unique = RecordBatch::with_room_for(batch.shape());
+        let mut unique = self.pool.take(batch.shape());
         for i in 0..batch.len() {
             let record = batch.record(i);
             if self.first.is_first(&record) {

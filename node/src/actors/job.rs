@@ -27,6 +27,8 @@ use super::{JobContext, blocking};
 use crate::counters::JobCounters;
 use crate::edge::{Edge, EdgeClosed, EdgeCloser};
 use crate::input::manifest::{Excluded, InputFile, Listed, Shard, plan_shards, walk};
+use crate::memory::Account;
+use crate::memory::monitor::SAMPLE_INTERVAL;
 use crate::quarantine::FileProblem;
 use crate::store::catalog::JobTotals;
 
@@ -65,6 +67,8 @@ pub struct JobArgs {
 const CAUSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Messages a data edge may hold besides its byte bound.
 const EDGE_MESSAGES: usize = 64;
+/// The manifest walker's name, in errors and memory accounts.
+const WALKER: &str = "manifest walker";
 /// Files registered in the ledger per write while walking.
 const FILES_PER_WRITE: usize = 1024;
 
@@ -75,6 +79,7 @@ struct Stage {
 }
 
 pub struct JobState {
+    account: Account,
     ctx: Arc<JobContext>,
     inputs: Vec<PathBuf>,
     stages: Vec<Stage>,
@@ -213,6 +218,7 @@ impl Actor for JobActor {
         let ctx = args.ctx;
         let threads = ctx.config.threads;
         let mut state = JobState {
+            account: Account::named("job"),
             inputs: args.inputs,
             stages: Vec::new(),
             names: HashMap::new(),
@@ -232,44 +238,44 @@ impl Actor for JobActor {
         };
         let mut to_sorters = Vec::new();
         for lane in 0..ctx.lanes.lanes {
+            let name = format!("commit[{lane}]");
             let commit_args = CommitArgs {
                 ctx: ctx.clone(),
                 lane,
                 job: myself.clone(),
+                account: Account::named(&name),
             };
-            let commit = state
-                .spawn(&myself, format!("commit[{lane}]"), Commit, commit_args)
-                .await?;
+            let commit = state.spawn(&myself, name, Commit, commit_args).await?;
             let commit = state.edge(format!("dedup[{lane}]->commit[{lane}]"), commit);
+            let name = format!("dedup[{lane}]");
             let dedup_args = DedupArgs {
                 ctx: ctx.clone(),
                 commit,
+                account: Account::named(&name),
             };
-            let dedup = state
-                .spawn(&myself, format!("dedup[{lane}]"), Dedup, dedup_args)
-                .await?;
+            let dedup = state.spawn(&myself, name, Dedup, dedup_args).await?;
             let dedup = state.edge(format!("sort-merge[{lane}]->dedup[{lane}]"), dedup);
+            let name = format!("sort-merge[{lane}]");
             let sort_args = SortMergeArgs {
                 ctx: ctx.clone(),
                 lane,
                 dedup,
+                account: Account::named(&name),
             };
-            let sorter = state
-                .spawn(&myself, format!("sort-merge[{lane}]"), SortMerge, sort_args)
-                .await?;
+            let sorter = state.spawn(&myself, name, SortMerge, sort_args).await?;
             state.sorters.push(sorter.clone());
             to_sorters.push(state.edge(format!("scan->sort-merge[{lane}]"), sorter));
         }
         for index in 0..threads {
+            let name = format!("scan[{index}]");
             let scan_args = ScanArgs {
                 ctx: ctx.clone(),
                 index,
                 lanes: to_sorters.clone(),
                 job: myself.clone(),
+                account: Account::named(&name),
             };
-            let scanner = state
-                .spawn(&myself, format!("scan[{index}]"), Scan, scan_args)
-                .await?;
+            let scanner = state.spawn(&myself, name, Scan, scan_args).await?;
             state.scanners.push(scanner);
         }
         Ok(state)
@@ -284,7 +290,8 @@ impl Actor for JobActor {
         let inputs = std::mem::take(&mut state.inputs);
         let runtime = tokio::runtime::Handle::current();
         state.walker = Some(tokio::task::spawn_blocking(move || {
-            let result = walk_manifest(&ctx, &inputs, &myself, &demand, &runtime);
+            let result = Account::named(WALKER)
+                .enter(|| walk_manifest(&ctx, &inputs, &myself, &demand, &runtime));
             let _ = myself.cast(JobMsg::ManifestDone(result));
         }));
         Ok(())
@@ -296,53 +303,58 @@ impl Actor for JobActor {
         msg: JobMsg,
         state: &mut JobState,
     ) -> Result<(), ActorProcessingErr> {
-        if state.reply.is_none() {
-            return Ok(()); // The job has ended; late messages change nothing.
-        }
-        match msg {
-            JobMsg::ShardAvailable(shard) => state.dispatch(shard)?,
-            JobMsg::ShardDone { scanner } => {
-                state.idle.push(scanner);
-                state.demand.add_permits(1);
-                state.maybe_finish_scanning()?;
-            }
-            JobMsg::ManifestDone(Ok(())) => {
-                state.manifest_done = true;
-                state.maybe_finish_scanning()?;
-            }
-            JobMsg::ManifestDone(Err(reason)) => {
-                state.fail(&myself, format!("listing the input failed: {reason}"))
-            }
-            JobMsg::ScannerFinished { .. } => {
-                state.scanners_finished += 1;
-                if state.scanners_finished == state.scanners.len() {
-                    for sorter in &state.sorters {
-                        sorter.cast(SortMergeMsg::Finish)?;
-                    }
+        let account = state.account;
+        account
+            .attribute(async move {
+                if state.reply.is_none() {
+                    return Ok(()); // The job has ended; late messages change nothing.
                 }
-            }
-            JobMsg::LaneWritten { lane, output } => {
-                state.lanes[lane] = Some(output);
-                if state.lanes.iter().all(Option::is_some) {
-                    match state.publish() {
-                        Ok(totals) => {
-                            if let Some(reply) = state.reply.take() {
-                                let _ = reply.send(Ok(totals));
+                match msg {
+                    JobMsg::ShardAvailable(shard) => state.dispatch(shard)?,
+                    JobMsg::ShardDone { scanner } => {
+                        state.idle.push(scanner);
+                        state.demand.add_permits(1);
+                        state.maybe_finish_scanning()?;
+                    }
+                    JobMsg::ManifestDone(Ok(())) => {
+                        state.manifest_done = true;
+                        state.maybe_finish_scanning()?;
+                    }
+                    JobMsg::ManifestDone(Err(reason)) => {
+                        state.fail(&myself, format!("listing the input failed: {reason}"))
+                    }
+                    JobMsg::ScannerFinished { .. } => {
+                        state.scanners_finished += 1;
+                        if state.scanners_finished == state.scanners.len() {
+                            for sorter in &state.sorters {
+                                sorter.cast(SortMergeMsg::Finish)?;
                             }
-                            myself.stop(None);
                         }
-                        Err(reason) => state.fail(&myself, reason),
+                    }
+                    JobMsg::LaneWritten { lane, output } => {
+                        state.lanes[lane] = Some(output);
+                        if state.lanes.iter().all(Option::is_some) {
+                            match state.publish() {
+                                Ok(totals) => {
+                                    if let Some(reply) = state.reply.take() {
+                                        let _ = reply.send(Ok(totals));
+                                    }
+                                    myself.stop(None);
+                                }
+                                Err(reason) => state.fail(&myself, reason),
+                            }
+                        }
+                    }
+                    JobMsg::Abort(reason) => state.fail(&myself, reason),
+                    JobMsg::SettleConsequence => {
+                        if let Some(reason) = state.consequence.take() {
+                            state.fail(&myself, reason);
+                        }
                     }
                 }
-            }
-            JobMsg::Abort(reason) => state.fail(&myself, reason),
-            JobMsg::SettleConsequence => {
-                if let Some(reason) = state.consequence.take() {
-                    state.fail(&myself, reason);
-                }
-            }
-        }
-        Ok(())
+                Ok::<(), ActorProcessingErr>(())
+            })
+            .await
     }
 
     async fn handle_supervisor_evt(
@@ -404,7 +416,7 @@ impl Actor for JobActor {
         if let Some(walker) = state.walker.take()
             && tokio::time::timeout_at(deadline, walker).await.is_err()
         {
-            hung.push("manifest walker".to_string());
+            hung.push(WALKER.to_string());
         }
         if !hung.is_empty() {
             tracing::error!(
@@ -519,11 +531,37 @@ impl ManifestWalk<'_> {
                 return Ok(ControlFlow::Break(()));
             };
             permit.forget();
+            if !self.wait_for_admission() {
+                return Ok(ControlFlow::Break(()));
+            }
             if self.job.cast(JobMsg::ShardAvailable(shard)).is_err() {
                 return Ok(ControlFlow::Break(()));
             }
         }
         Ok(ControlFlow::Continue(()))
+    }
+
+    /// Holds the next shard back while the heap is at the governor's hard
+    /// limit, so nothing new starts; the shards already being scanned run
+    /// on and bring memory down. If every scanner is idle, nothing running
+    /// could free memory, so the shard goes anyway rather than hang the
+    /// job. Returns `false` if the job ended meanwhile.
+    fn wait_for_admission(&self) -> bool {
+        let governor = &self.ctx.governor;
+        let mut held = false;
+        // This walker holds one scanner's permit, taken for this shard.
+        let busy = || self.demand.available_permits() + 1 < self.ctx.config.threads;
+        while !governor.admits_new_work() && busy() {
+            if self.demand.is_closed() {
+                return false;
+            }
+            if !held {
+                held = true;
+                metrics::counter!("quern_governor_shards_held_total").increment(1);
+            }
+            std::thread::sleep(SAMPLE_INTERVAL);
+        }
+        true
     }
 
     fn write_files(&mut self) -> Result<(), String> {

@@ -21,8 +21,10 @@ pub mod sort_merge;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::batch_pool::BatchPool;
 use crate::config::{IngestConfig, MemoryPlan};
 use crate::counters::{FileTally, JobCounters};
+use crate::memory::Governor;
 use crate::store::Store;
 use crate::store::catalog::{DatasetInfo, JobInfo};
 
@@ -33,6 +35,10 @@ pub struct JobContext {
     pub job: JobInfo,
     pub config: IngestConfig,
     pub plan: MemoryPlan,
+    /// Back-pressure from the heap actually allocated.
+    pub governor: Arc<Governor>,
+    /// Batches recycled between stages.
+    pub pool: Arc<BatchPool>,
     pub lanes: LaneMap,
     pub counters: Arc<JobCounters>,
     /// The job's scratch directory: spilled runs and SST files.

@@ -24,6 +24,7 @@ use crate::input::manifest::{InputFile, Shard};
 use crate::input::records::{Event, ReadFailure};
 use crate::input::source::Compression;
 use crate::input::{OpenError, OpenShard};
+use crate::memory::Account;
 use crate::quarantine::{FileProblem, RejectedRecord, Rejection, excerpt};
 
 pub enum ScanMsg {
@@ -37,6 +38,7 @@ pub struct ScanArgs {
     pub index: usize,
     pub lanes: Vec<Edge<SortMergeMsg>>,
     pub job: ActorRef<JobMsg>,
+    pub account: Account,
 }
 
 pub struct ScanState {
@@ -76,22 +78,27 @@ impl Actor for Scan {
         msg: ScanMsg,
         state: &mut ScanState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ScanMsg::Scan(shard) => {
-                state.scan(&shard).await?;
-                state.args.job.cast(JobMsg::ShardDone {
-                    scanner: state.args.index,
-                })?;
-            }
-            ScanMsg::Finish => {
-                state.flush_rejected()?;
-                blocking(|| state.tally.flush())?;
-                state.args.job.cast(JobMsg::ScannerFinished {
-                    scanner: state.args.index,
-                })?;
-            }
-        }
-        Ok(())
+        let account = state.args.account;
+        account
+            .attribute(async move {
+                match msg {
+                    ScanMsg::Scan(shard) => {
+                        state.scan(&shard).await?;
+                        state.args.job.cast(JobMsg::ShardDone {
+                            scanner: state.args.index,
+                        })?;
+                    }
+                    ScanMsg::Finish => {
+                        state.flush_rejected()?;
+                        blocking(|| state.tally.flush())?;
+                        state.args.job.cast(JobMsg::ScannerFinished {
+                            scanner: state.args.index,
+                        })?;
+                    }
+                }
+                Ok::<(), ActorProcessingErr>(())
+            })
+            .await
     }
 }
 
@@ -214,11 +221,16 @@ impl ScanState {
         if self.batches[lane].payload_bytes() == 0 {
             return Ok(());
         }
-        let next = RecordBatch::with_room_for(self.batches[lane].shape());
+        let next = self.args.ctx.pool.take(self.batches[lane].shape());
         let batch = std::mem::replace(&mut self.batches[lane], next);
         let bytes = batch.heap_bytes() as u64;
+        let governor = &self.args.ctx.governor;
         self.args.lanes[lane]
-            .send(bytes, |credit| SortMergeMsg::Batch(batch, credit))
+            .send_within(
+                bytes,
+                || governor.scan_credit_bytes(),
+                |credit| SortMergeMsg::Batch(batch, credit),
+            )
             .await?;
         Ok(())
     }

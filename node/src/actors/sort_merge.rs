@@ -11,6 +11,7 @@ use super::dedup::DedupMsg;
 use super::{JobContext, blocking};
 use crate::counters::{FileTally, JobCounters};
 use crate::edge::{Credit, Edge};
+use crate::memory::Account;
 use crate::sort::{LaneSorter, SortLimits};
 
 // A batch message is moved once, into the mailbox; boxing it would add an
@@ -26,9 +27,11 @@ pub struct SortMergeArgs {
     pub ctx: Arc<JobContext>,
     pub lane: usize,
     pub dedup: Edge<DedupMsg>,
+    pub account: Account,
 }
 
 pub struct SortMergeState {
+    account: Account,
     ctx: Arc<JobContext>,
     dedup: Edge<DedupMsg>,
     /// `None` once the final merge has started.
@@ -50,13 +53,18 @@ impl Actor for SortMerge {
     ) -> Result<SortMergeState, ActorProcessingErr> {
         let ctx = args.ctx;
         let limits = SortLimits {
-            run_bytes: ctx.plan.run_bytes as usize,
             frame_bytes: ctx.plan.spill_frame_bytes as usize,
             max_open_runs: ctx.config.max_open_runs,
             max_record: ctx.config.max_record_bytes as usize,
         };
         Ok(SortMergeState {
-            sorter: Some(LaneSorter::new(ctx.scratch.clone(), args.lane, limits)),
+            account: args.account,
+            sorter: Some(LaneSorter::new(
+                ctx.scratch.clone(),
+                args.lane,
+                limits,
+                ctx.pool.clone(),
+            )),
             tally: ctx.tally(),
             dedup: args.dedup,
             ctx,
@@ -69,42 +77,53 @@ impl Actor for SortMerge {
         msg: SortMergeMsg,
         state: &mut SortMergeState,
     ) -> Result<(), ActorProcessingErr> {
-        let SortMergeState {
-            ctx,
-            dedup,
-            sorter,
-            tally,
-        } = state;
-        let sorter_gone = || "sort-merge received input after it finished";
-        match msg {
-            SortMergeMsg::Batch(batch, credit) => {
-                // The batch now counts against the sort share, not the edge.
-                drop(credit);
-                let sorter = sorter.as_mut().ok_or_else(sorter_gone)?;
-                blocking(|| {
-                    fail::fail_point!("sort-merge-batch");
-                    sorter.add(batch, &mut |position| tally.duplicate(position.file))
-                })?;
-                tally.publish()?;
-            }
-            SortMergeMsg::Finish => {
-                let sorter = sorter.take().ok_or_else(sorter_gone)?;
-                let (mut merge, stats) =
-                    blocking(|| sorter.finish(&mut |position| tally.duplicate(position.file)))?;
-                JobCounters::add(&ctx.counters.runs_spilled, stats.runs_spilled);
-                JobCounters::add(&ctx.counters.merge_passes, stats.merge_passes);
-                tally.flush()?;
-                let batch_bytes = ctx.batch_bytes();
-                while let Some(batch) = blocking(|| merge.next_batch(batch_bytes))? {
-                    JobCounters::add(&ctx.counters.merged, batch.len() as u64);
-                    let bytes = batch.heap_bytes() as u64;
-                    dedup
-                        .send(bytes, |credit| DedupMsg::Batch(batch, credit))
-                        .await?;
+        let account = state.account;
+        account
+            .attribute(async move {
+                let SortMergeState {
+                    ctx,
+                    dedup,
+                    sorter,
+                    tally,
+                    ..
+                } = state;
+                let sorter_gone = || "sort-merge received input after it finished";
+                match msg {
+                    SortMergeMsg::Batch(batch, credit) => {
+                        // The batch now counts against the sort share, not the edge.
+                        drop(credit);
+                        let sorter = sorter.as_mut().ok_or_else(sorter_gone)?;
+                        // Runs spill earlier when the heap is under pressure.
+                        let run_bytes = ctx.governor.run_bytes() as usize;
+                        blocking(|| {
+                            fail::fail_point!("sort-merge-batch");
+                            sorter.add(batch, run_bytes, &mut |position| {
+                                tally.duplicate(position.file)
+                            })
+                        })?;
+                        tally.publish()?;
+                    }
+                    SortMergeMsg::Finish => {
+                        let sorter = sorter.take().ok_or_else(sorter_gone)?;
+                        let (mut merge, stats) = blocking(|| {
+                            sorter.finish(&mut |position| tally.duplicate(position.file))
+                        })?;
+                        JobCounters::add(&ctx.counters.runs_spilled, stats.runs_spilled);
+                        JobCounters::add(&ctx.counters.merge_passes, stats.merge_passes);
+                        tally.flush()?;
+                        let batch_bytes = ctx.batch_bytes();
+                        while let Some(batch) = blocking(|| merge.next_batch(batch_bytes))? {
+                            JobCounters::add(&ctx.counters.merged, batch.len() as u64);
+                            let bytes = batch.heap_bytes() as u64;
+                            dedup
+                                .send(bytes, |credit| DedupMsg::Batch(batch, credit))
+                                .await?;
+                        }
+                        dedup.send_control(DedupMsg::Finish)?;
+                    }
                 }
-                dedup.send_control(DedupMsg::Finish)?;
-            }
-        }
-        Ok(())
+                Ok::<(), ActorProcessingErr>(())
+            })
+            .await
     }
 }

@@ -13,9 +13,11 @@ pub mod run_file;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use proto_schema::{BatchShape, BatchView, Position, Record, RecordBatch};
 
+use crate::batch_pool::BatchPool;
 use crate::dedup::FirstOccurrence;
 use merge::{KMerge, SortedSource};
 use run::{RunBuffer, SortedRun};
@@ -41,8 +43,6 @@ impl SortError {
 /// Limits of one lane's sort.
 #[derive(Debug, Clone)]
 pub struct SortLimits {
-    /// Bytes gathered before a run is sorted and spilled.
-    pub run_bytes: usize,
     /// Target size of a spilled frame.
     pub frame_bytes: usize,
     pub max_open_runs: usize,
@@ -77,14 +77,17 @@ pub struct LaneSorter {
     runs: VecDeque<RunFile>,
     next_run: u64,
     stats: SortStats,
+    /// Where a spilled run's batches go for reuse.
+    pool: Arc<BatchPool>,
 }
 
 impl LaneSorter {
-    pub fn new(dir: PathBuf, lane: usize, limits: SortLimits) -> Self {
+    pub fn new(dir: PathBuf, lane: usize, limits: SortLimits, pool: Arc<BatchPool>) -> Self {
         Self {
             dir,
             lane,
             limits,
+            pool,
             buffer: RunBuffer::default(),
             runs: VecDeque::new(),
             next_run: 0,
@@ -92,17 +95,20 @@ impl LaneSorter {
         }
     }
 
-    /// Adds a batch, spilling a run if the buffer is full. Duplicates dropped
-    /// while spilling are passed to `on_duplicate`.
+    /// Adds a batch, spilling a run once the buffer holds `run_bytes` (the
+    /// governor moves that limit). Duplicates dropped while spilling are
+    /// passed to `on_duplicate`.
     pub fn add(
         &mut self,
         batch: RecordBatch,
+        run_bytes: usize,
         on_duplicate: &mut dyn FnMut(Position),
     ) -> Result<(), SortError> {
         self.buffer.push(batch);
-        if self.buffer.bytes() >= self.limits.run_bytes {
-            let run = std::mem::take(&mut self.buffer).sort();
-            let file = self.write_run(run, on_duplicate)?;
+        if self.buffer.bytes() >= run_bytes {
+            let mut run = std::mem::take(&mut self.buffer).sort();
+            let file = self.write_run(&mut run, on_duplicate)?;
+            self.buffer = run.recycle(&self.pool);
             self.runs.push_back(file);
             self.stats.runs_spilled += 1;
         }
@@ -111,7 +117,7 @@ impl LaneSorter {
 
     fn write_run(
         &mut self,
-        mut source: impl SortedSource,
+        source: &mut impl SortedSource,
         on_duplicate: &mut dyn FnMut(Position),
     ) -> Result<RunFile, SortError> {
         let path = run_path(&self.dir, self.lane, self.next_run);
@@ -143,15 +149,16 @@ impl LaneSorter {
                 .runs
                 .drain(..self.limits.max_open_runs.min(self.runs.len()))
                 .collect();
-            let merged = self.open_merge(group, None)?;
-            let file = self.write_run(merged, on_duplicate)?;
+            let mut merged = self.open_merge(group, None)?;
+            let file = self.write_run(&mut merged, on_duplicate)?;
             self.runs.push_back(file);
             self.stats.merge_passes += 1;
         }
         let runs: Vec<RunFile> = self.runs.drain(..).collect();
         let merge = self.open_merge(runs, Some(in_memory))?;
         let last = BatchShape::default();
-        Ok((LaneMerge { merge, last }, self.stats))
+        let pool = self.pool.clone();
+        Ok((LaneMerge { merge, last, pool }, self.stats))
     }
 
     fn open_merge(
@@ -196,12 +203,13 @@ pub struct LaneMerge {
     merge: KMerge<RunSource>,
     /// Shape of the last batch handed out, to size the next one.
     last: BatchShape,
+    pool: Arc<BatchPool>,
 }
 
 impl LaneMerge {
     /// The next batch of about `target_bytes`, or `None` when done.
     pub fn next_batch(&mut self, target_bytes: usize) -> Result<Option<RecordBatch>, SortError> {
-        let mut batch = RecordBatch::with_room_for(self.last);
+        let mut batch = self.pool.take(self.last);
         while let Some(record) = self.merge.current() {
             batch.push(record);
             self.merge.advance()?;
@@ -236,8 +244,9 @@ mod tests {
             max_open_runs in 2usize..5,
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let limits = SortLimits { run_bytes, frame_bytes: 64, max_open_runs, max_record: 16 };
-            let mut sorter = LaneSorter::new(dir.path().to_path_buf(), 0, limits);
+            let limits = SortLimits { frame_bytes: 64, max_open_runs, max_record: 16 };
+            let pool = Arc::new(BatchPool::new(1 << 20));
+            let mut sorter = LaneSorter::new(dir.path().to_path_buf(), 0, limits, pool);
             let mut dropped = Vec::new();
             for (b, chunk) in records.chunks(batch_size).enumerate() {
                 let mut batch = RecordBatch::new();
@@ -245,7 +254,7 @@ mod tests {
                     let position = Position { file: b as u32, offset: i as u64 };
                     batch.push(Record { partition: *partition, key, value: b"", position });
                 }
-                sorter.add(batch, &mut |p| dropped.push(p)).unwrap();
+                sorter.add(batch, run_bytes, &mut |p| dropped.push(p)).unwrap();
             }
             let (mut merge, _stats) = sorter.finish(&mut |p| dropped.push(p)).unwrap();
             let mut out = Vec::new();

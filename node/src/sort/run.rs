@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use proto_schema::{BatchView, Record, RecordBatch};
 
 use super::merge::SortedSource;
+use crate::batch_pool::BatchPool;
 
 /// One index entry: 8 bytes of the sort key up front so most comparisons
 /// never touch the record bytes, then where the record lives.
@@ -35,6 +36,8 @@ pub struct RunBuffer {
     batches: Vec<RecordBatch>,
     records: usize,
     heap_bytes: usize,
+    /// Kept from the previous run, emptied, so its memory is reused.
+    index: Vec<Entry>,
 }
 
 impl RunBuffer {
@@ -55,7 +58,8 @@ impl RunBuffer {
 
     /// Sorts the run into merge order.
     pub fn sort(self) -> SortedRun {
-        let mut index = Vec::with_capacity(self.records);
+        let mut index = self.index;
+        index.reserve_exact(self.records);
         for (b, batch) in self.batches.iter().enumerate() {
             for r in 0..batch.len() {
                 index.push(Entry {
@@ -75,6 +79,23 @@ impl RunBuffer {
             batches: self.batches,
             index,
             next: 0,
+        }
+    }
+}
+
+impl SortedRun {
+    /// Empties the run for reuse: its batches go back to `pool`, and the
+    /// index and batch list keep their memory for the next run.
+    pub fn recycle(self, pool: &BatchPool) -> RunBuffer {
+        let mut batches = self.batches;
+        pool.give_all(batches.drain(..));
+        let mut index = self.index;
+        index.clear();
+        RunBuffer {
+            batches,
+            records: 0,
+            heap_bytes: 0,
+            index,
         }
     }
 }

@@ -9,6 +9,8 @@ use proto_schema::{
     BatchView, FrameKind, FrameReader, Record, RecordBatch, RunTrailer, ValidBatch, write_frame,
 };
 
+use rkyv::util::AlignedVec;
+
 use super::SortError;
 use super::merge::SortedSource;
 
@@ -36,6 +38,8 @@ pub struct RunWriter {
     out: BufWriter<File>,
     path: PathBuf,
     batch: RecordBatch,
+    /// The last frame's archive buffer, reused for the next.
+    archive: AlignedVec,
     frame_bytes: usize,
     records: u64,
     frames: u64,
@@ -48,6 +52,7 @@ impl RunWriter {
             out: BufWriter::with_capacity(64 * 1024, file),
             path,
             batch: RecordBatch::new(),
+            archive: AlignedVec::new(),
             frame_bytes,
             records: 0,
             frames: 0,
@@ -64,12 +69,9 @@ impl RunWriter {
     }
 
     fn write_batch(&mut self) -> Result<(), SortError> {
-        write_frame(
-            &mut self.out,
-            FrameKind::RecordBatch,
-            &self.batch.to_archive(),
-        )
-        .map_err(|e| SortError::io(&self.path, e))?;
+        self.archive = self.batch.archive_into(std::mem::take(&mut self.archive));
+        write_frame(&mut self.out, FrameKind::RecordBatch, &self.archive)
+            .map_err(|e| SortError::io(&self.path, e))?;
         self.batch.clear();
         self.frames += 1;
         Ok(())
@@ -130,9 +132,15 @@ impl RunReader {
             detail,
         };
         loop {
+            // The frame before this one has been read: reuse its buffer.
+            let buffer = self
+                .batch
+                .take()
+                .map(ValidBatch::into_bytes)
+                .unwrap_or_default();
             let frame = self
                 .frames
-                .next_frame()
+                .next_frame_in(buffer)
                 .map_err(|e| corrupt(e.to_string()))?
                 .ok_or_else(|| corrupt("run ends without its trailer frame".into()))?;
             if frame.kind == FrameKind::RunTrailer {

@@ -49,6 +49,9 @@ pub enum Access {
 
 pub struct Store {
     db: DB,
+    /// Kept to report usage; the DB holds its own references.
+    cache: Cache,
+    write_buffers: WriteBufferManager,
     root: PathBuf,
     /// Serialises id allocation in the catalogue.
     catalog_lock: Mutex<()>,
@@ -139,6 +142,8 @@ impl Store {
         };
         let store = Self {
             db,
+            cache,
+            write_buffers,
             root: root.to_path_buf(),
             catalog_lock: Mutex::new(()),
         };
@@ -168,6 +173,21 @@ impl Store {
             Err(e) => return Err(io(e)),
         }
         std::fs::create_dir_all(&tmp).map_err(io)
+    }
+
+    /// RocksDB's memory as metric name and bytes: the block cache (which
+    /// the memtables are charged to) and the memtables alone.
+    pub fn memory_usage(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            (
+                "quern_rocksdb_block_cache_bytes",
+                self.cache.get_usage() as u64,
+            ),
+            (
+                "quern_rocksdb_memtable_bytes",
+                self.write_buffers.get_usage() as u64,
+            ),
+        ]
     }
 
     /// RocksDB's own directory.

@@ -33,7 +33,7 @@ fn sst_error(path: &Path, source: rocksdb::Error) -> StoreError {
 }
 
 /// Writes one lane's records, in store-key order, into SST files of about
-/// `target_bytes` each.
+/// `target_bytes` or `max_keys` each, whichever comes first.
 pub struct SstSink {
     dir: PathBuf,
     lane: usize,
@@ -41,6 +41,9 @@ pub struct SstSink {
     job: u32,
     mode: WriteMode,
     target_bytes: u64,
+    max_keys: u64,
+    /// Keys in the current file.
+    file_keys: u64,
     current: Option<(SstFileWriter<'static>, PathBuf)>,
     files: Vec<PathBuf>,
     keys_written: u64,
@@ -49,7 +52,7 @@ pub struct SstSink {
 }
 
 impl SstSink {
-    pub fn new(dir: PathBuf, lane: usize, job: &JobInfo, target_bytes: u64) -> Self {
+    pub fn new(dir: PathBuf, lane: usize, job: &JobInfo, target_bytes: u64, max_keys: u64) -> Self {
         Self {
             dir,
             lane,
@@ -57,6 +60,8 @@ impl SstSink {
             job: job.id,
             mode: job.write_mode,
             target_bytes,
+            max_keys,
+            file_keys: 0,
             current: None,
             files: Vec::new(),
             keys_written: 0,
@@ -88,7 +93,8 @@ impl SstSink {
         }
         .map_err(|e| sst_error(path, e))?;
         self.keys_written += 1;
-        if writer.file_size() >= self.target_bytes {
+        self.file_keys += 1;
+        if writer.file_size() >= self.target_bytes || self.file_keys >= self.max_keys {
             self.finish_file()?;
         }
         Ok(())
@@ -98,6 +104,7 @@ impl SstSink {
         if let Some((mut writer, path)) = self.current.take() {
             writer.finish().map_err(|e| sst_error(&path, e))?;
             self.files.push(path);
+            self.file_keys = 0;
         }
         Ok(())
     }
@@ -153,7 +160,7 @@ mod tests {
     fn write_job(store: &Store, scratch: &Path, keys: &[(&[u8], u64)]) -> JobInfo {
         let ds = store.open_dataset("d", Format::Lines, Some(1)).unwrap();
         let job = store.begin_job(&ds, vec![]).unwrap();
-        let mut sink = SstSink::new(scratch.to_path_buf(), 0, &job, 1 << 20);
+        let mut sink = SstSink::new(scratch.to_path_buf(), 0, &job, 1 << 20, u64::MAX);
         for (key, offset) in keys {
             let position = Position {
                 file: 0,
@@ -211,12 +218,33 @@ mod tests {
     }
 
     #[test]
+    fn files_are_cut_at_the_key_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
+        let ds = store.open_dataset("d", Format::Lines, Some(1)).unwrap();
+        let job = store.begin_job(&ds, vec![]).unwrap();
+        let mut sink = SstSink::new(store.tmp_dir(), 0, &job, 1 << 30, 2);
+        for key in [b"a", b"b", b"c", b"d", b"e"] {
+            let position = Position { file: 0, offset: 0 };
+            sink.write(&Record {
+                partition: 0,
+                key,
+                value: b"",
+                position,
+            })
+            .unwrap();
+        }
+        let (files, keys) = sink.finish().unwrap();
+        assert_eq!((files.len(), keys), (3, 5));
+    }
+
+    #[test]
     fn out_of_order_keys_are_a_clean_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
         let ds = store.open_dataset("d", Format::Lines, Some(1)).unwrap();
         let job = store.begin_job(&ds, vec![]).unwrap();
-        let mut sink = SstSink::new(store.tmp_dir(), 0, &job, 1 << 20);
+        let mut sink = SstSink::new(store.tmp_dir(), 0, &job, 1 << 20, 1000);
         let rec = |key: &'static [u8]| Record {
             partition: 0,
             key,

@@ -1,0 +1,35 @@
+//! `--metrics ADDR`: the Prometheus text endpoint. Every metric the node
+//! records (`quern_*`: memory shares, per-actor heap, edges, governor,
+//! RocksDB, process RSS) is served from it while the command runs.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// Keeps the endpoint's runtime alive; dropping it stops serving.
+pub struct MetricsEndpoint {
+    _runtime: tokio::runtime::Runtime,
+}
+
+pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
+    // Its own small runtime, so the endpoint answers even while a job's
+    // workers are busy, and whatever the command's own runtime does.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("quern-metrics")
+        .enable_all()
+        .build()
+        .context("starting the metrics runtime")?;
+    let (recorder, exporter) = {
+        let _guard = runtime.enter();
+        PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .build()
+            .with_context(|| format!("serving metrics on {addr}"))?
+    };
+    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+    runtime.spawn(exporter);
+    eprintln!("quern: metrics on http://{addr}/metrics");
+    Ok(MetricsEndpoint { _runtime: runtime })
+}
