@@ -13,21 +13,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc, counting live bytes per actor (see `node::memory::tracking`).
-#[global_allocator]
-static GLOBAL: node::memory::TrackingAllocator = node::memory::TrackingAllocator;
-
-/// mimalloc's settings must be in place before its first arena exists,
-/// which Rust's runtime creates before `main`: run from `.init_array`.
-#[cfg(target_os = "linux")]
-#[used]
-#[unsafe(link_section = ".init_array")]
-static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
-
-#[cfg(target_os = "linux")]
-extern "C" fn configure_allocator() {
-    node::memory::TrackingAllocator::configure_for_bounded_memory();
-}
+// mimalloc, counting live bytes per actor (see `node::memory::tracking`).
+node::install_tracking_allocator!();
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::governor::Governor;
 use super::process::ProcessMemory;
-use super::tracking::{Account, Usage};
+use super::tracking::{Account, TrackingAllocator, Usage};
 
 /// How often the allocator is read and the governor updated.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
@@ -123,6 +123,8 @@ impl Peaks {
     fn publish(&mut self, usage: &Usage, external: &ExternalUsage) {
         metrics::gauge!("quern_allocator_live_bytes").set(usage.total() as f64);
         metrics::gauge!("quern_allocator_peak_bytes").set(self.heap as f64);
+        metrics::gauge!("quern_allocator_committed_bytes")
+            .set(TrackingAllocator::committed_bytes() as f64);
         for (account, live) in usage.accounts() {
             let peak = self
                 .accounts

@@ -69,9 +69,32 @@ fn charge(account: u16, bytes: isize) {
     COUNTERS[shard].live[usize::from(account)].fetch_add(bytes as i64, Relaxed);
 }
 
-/// The tracking allocator. Install it with
-/// `#[global_allocator] static GLOBAL: TrackingAllocator = TrackingAllocator;`.
+/// The tracking allocator. Install it with [`install_tracking_allocator!`]
+/// (crate root), which also configures mimalloc before the first allocation.
 pub struct TrackingAllocator;
+
+/// Makes [`TrackingAllocator`] the global allocator of the binary (or test
+/// harness) it is expanded in, and applies
+/// [`TrackingAllocator::configure_for_bounded_memory`] from `.init_array`:
+/// mimalloc's first arena is made, with the settings of its time, when
+/// Rust's runtime first allocates, before `main`.
+#[macro_export]
+macro_rules! install_tracking_allocator {
+    () => {
+        #[global_allocator]
+        static GLOBAL: $crate::memory::TrackingAllocator = $crate::memory::TrackingAllocator;
+
+        #[cfg(target_os = "linux")]
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static CONFIGURE_ALLOCATOR: extern "C" fn() = {
+            extern "C" fn configure() {
+                $crate::memory::TrackingAllocator::configure_for_bounded_memory();
+            }
+            configure
+        };
+    };
+}
 
 impl TrackingAllocator {
     /// Whether this allocator is the process's global allocator (it has
@@ -85,6 +108,28 @@ impl TrackingAllocator {
     pub fn release_free_memory() {
         // SAFETY: mi_collect has no preconditions.
         unsafe { libmimalloc_sys::mi_collect(true) }
+    }
+
+    /// Memory mimalloc has committed from the OS: live heap plus what it
+    /// keeps for reuse. Resident memory above this is not the heap's.
+    pub fn committed_bytes() -> u64 {
+        let mut commit = 0usize;
+        let mut unused = [0usize; 7];
+        let [elapsed, user, system, rss, peak_rss, peak_commit, faults] = &mut unused;
+        // SAFETY: every pointer is to a live, writable usize.
+        unsafe {
+            libmimalloc_sys::mi_process_info(
+                elapsed,
+                user,
+                system,
+                rss,
+                peak_rss,
+                &mut commit,
+                peak_commit,
+                faults,
+            )
+        };
+        commit as u64
     }
 
     /// mimalloc settings that keep resident memory close to live memory:
