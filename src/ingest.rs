@@ -20,6 +20,8 @@ use crate::report;
 /// Exit status of a job that committed but rejected some input.
 pub const EXIT_REJECTED: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
+/// How long the runtime waits for its threads once a job has ended.
+const RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<ExitCode> {
     let defaults = IngestConfig::default();
@@ -86,26 +88,37 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
         "interrupted by Ctrl-C".to_string()
     }));
     progress.finish();
-    match outcome {
+    // Dropping a runtime waits for ever for a stage stuck in blocking work;
+    // the job has already named any such stage, so wait only a moment.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    let code = match outcome {
         Ok(outcome) => {
             let clean = report::ingest_summary(&store, &outcome, &counters)?;
-            Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_REJECTED)
-            })
+            if clean { 0 } else { EXIT_REJECTED }
         }
         Err(e @ IngestError::Failed { .. }) => {
             eprintln!("quern: {e}");
-            let code = if interrupted.load(Ordering::Relaxed) {
+            if interrupted.load(Ordering::Relaxed) {
                 EXIT_INTERRUPTED
             } else {
                 1
-            };
-            Ok(ExitCode::from(code))
+            }
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    if Arc::strong_count(&store) > 1 {
+        // A stage that would not stop still runs and holds the store. Exit
+        // now, without the exit-time destructors: they tear down RocksDB's
+        // globals, and a stage waking under them would abort the process
+        // instead of letting it end with its status. Everything the job
+        // committed is already durable.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: _exit ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(i32::from(code)) }
     }
+    Ok(ExitCode::from(code))
 }
 
 /// The generated sample input under the data directory, made on first use

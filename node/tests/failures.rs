@@ -193,6 +193,18 @@ fn a_hung_stage_cannot_hold_shutdown_past_its_timeout() {
     let err = run_job(&store, cfg, vec![file], Some(Duration::from_millis(300))).unwrap_err();
     let elapsed = started.elapsed();
     fail::remove("dedup-batch"); // releases the paused stage
+    // Once released, the stage finishes and lets go of everything it held:
+    // nothing of the job outlives it (and the store is closed here, not
+    // under the exit-time destructors of RocksDB's globals).
+    let released = Instant::now();
+    while Arc::strong_count(&store) > 1 {
+        assert!(
+            released.elapsed() < Duration::from_secs(10),
+            "the released stage still holds the store"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(store);
     let message = err.to_string();
     assert!(message.contains("cancelled by the test"), "{message}");
     assert!(
