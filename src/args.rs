@@ -1,5 +1,5 @@
-//! Command-line arguments. Every flag with a default also reads a `QUERN_*`
-//! environment variable.
+//! Command-line arguments. Many flags also read a `QUERN_*` environment
+//! variable; the configuration file (`config_file`) can replace defaults.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +17,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   130 interrupted."
 )]
 pub struct Cli {
+    /// Read defaults from this TOML file (keys are the flags' names; see
+    /// README). Flags and environment variables override it.
+    #[arg(long, global = true, env = "QUERN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Directory holding the store.
     #[arg(long, global = true, env = "QUERN_DATA", default_value = "quern-data")]
     pub data: PathBuf,

@@ -20,8 +20,6 @@ use crate::report;
 /// Exit status of a job that committed but rejected some input.
 pub const EXIT_REJECTED: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
-/// How long the runtime waits for its threads once a job has ended.
-const RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<ExitCode> {
     let defaults = IngestConfig::default();
@@ -50,7 +48,6 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
     // `prepare` validates too; checking first refuses bad flags before the
     // store directory is created.
     config.validate()?;
-    let threads = config.threads;
     let store = Store::open(
         data,
         MemoryPlan::rocksdb_cache_bytes(config.memory_bytes),
@@ -75,22 +72,14 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
     );
     eprintln!("quern: {}", prepared.plan());
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(2))
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let interrupted = AtomicBool::new(false);
     let progress = Progress::start(counters.clone(), !args.no_progress, log);
-    let outcome = runtime.block_on(node::ingest::run(prepared, async {
+    let outcome = node::ingest::run(prepared, async {
         let _ = tokio::signal::ctrl_c().await;
         interrupted.store(true, Ordering::Relaxed);
         "interrupted by Ctrl-C".to_string()
-    }));
+    });
     progress.finish();
-    // Dropping a runtime waits for ever for a stage stuck in blocking work;
-    // the job has already named any such stage, so wait only a moment.
-    runtime.shutdown_timeout(RUNTIME_GRACE);
     let code = match outcome {
         Ok(outcome) => {
             let clean = report::ingest_summary(&store, &outcome, &counters)?;

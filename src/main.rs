@@ -2,6 +2,7 @@
 //! live here; the work is done by the `node` crate.
 
 mod args;
+mod config_file;
 mod ingest;
 mod logging;
 mod metrics_endpoint;
@@ -9,15 +10,27 @@ mod progress;
 mod query;
 mod report;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use config_file::ConfigFile;
 
 // mimalloc, counting live bytes per actor (see `node::memory::tracking`).
+#[cfg(not(feature = "untracked-allocator"))]
 node::install_tracking_allocator!();
+// The same without accounting, to measure its cost (bench/allocator-overhead).
+#[cfg(feature = "untracked-allocator")]
+node::install_untracked_allocator!();
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("quern: error: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let log = logging::init(cli.verbose);
     let _metrics = match cli.metrics.map(metrics_endpoint::serve).transpose() {
         Ok(endpoint) => endpoint,
@@ -42,6 +55,21 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     })
 }
+
+/// Parses the command line over the defaults of the configuration file,
+/// if one is named. clap prints its own errors and exits.
+fn parse_command_line() -> anyhow::Result<args::Cli> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let file = match ConfigFile::path_from(&argv, std::env::var_os(config_file::ENV)) {
+        Some(path) => ConfigFile::read(&path)?,
+        None => ConfigFile::default(),
+    };
+    let matches = file.apply(args::Cli::command()).get_matches_from(argv);
+    Ok(args::Cli::from_arg_matches(&matches)?)
+}
+
+/// Bad usage, as clap exits with.
+const EXIT_USAGE: u8 = 2;
 
 /// 128 + SIGPIPE.
 const EXIT_BROKEN_PIPE: u8 = 141;

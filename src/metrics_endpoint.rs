@@ -29,6 +29,7 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
             .with_context(|| format!("serving metrics on {addr}"))?
     };
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+    node::metric_catalog::describe();
     runtime.spawn(exporter);
     eprintln!("quern: metrics on http://{addr}/metrics");
     Ok(MetricsEndpoint { _runtime: runtime })

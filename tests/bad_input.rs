@@ -182,3 +182,38 @@ fn bad_settings_are_refused_before_anything_runs() {
     let out = ingest_expecting(data.path(), &["--memory", "12Q"], &[data.path()], 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown size unit"));
 }
+
+#[test]
+fn the_configuration_file_gives_defaults_that_env_and_flags_override() {
+    let data = tempdir();
+    let input = data.path().join("in.txt");
+    std::fs::write(&input, "b\na\nb\n").unwrap();
+    let config = data.path().join("quern.toml");
+    std::fs::write(&config, "[ingest]\nmemory = \"1MiB\"\n").unwrap();
+    let ingest_with = |env: Option<&str>, flags: &[&str], status: i32| {
+        let mut cmd = quern(&data.path().join("store"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("ingest")
+            .arg("--no-progress");
+        if let Some(memory) = env {
+            cmd.env("QUERN_MEMORY", memory);
+        }
+        run(cmd.args(flags).arg(&input), status)
+    };
+    // The file's value replaces the default: 1 MiB is refused by name.
+    let out = ingest_with(None, &[], 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory 1048576 is below the minimum"));
+    // The environment overrides the file, and a flag overrides both.
+    ingest_with(Some("64M"), &[], 0);
+    ingest_with(Some("1M"), &["--memory", "64M"], 0);
+    assert_eq!(export(&data.path().join("store"), "default"), b"a\nb\n");
+
+    std::fs::write(&config, "[ingest]\nmemroy = \"64M\"\n").unwrap();
+    let out = ingest_with(None, &[], 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown field `memroy`") && err.contains("quern.toml"),
+        "{err}"
+    );
+}

@@ -15,8 +15,9 @@ use crate::actors::{JobContext, LaneMap};
 use crate::batch_pool::BatchPool;
 use crate::config::{ConfigError, IngestConfig, MemoryPlan};
 use crate::counters::JobCounters;
+use crate::job_runtime;
 use crate::memory::monitor::MemoryPeaks;
-use crate::memory::{Governor, GovernorLimits, Monitor, TrackingAllocator};
+use crate::memory::{self, Governor, GovernorLimits, Monitor};
 use crate::store::catalog::{DatasetInfo, JobInfo, JobState, JobTotals};
 use crate::store::{Store, StoreError};
 
@@ -33,6 +34,8 @@ pub enum IngestError {
     },
     #[error("could not start the memory monitor: {0}")]
     Monitor(std::io::Error),
+    #[error("could not start the job's threads: {0}")]
+    Runtime(std::io::Error),
     #[error("job {job} of dataset {dataset:?} failed, nothing was committed: {reason}")]
     Failed {
         dataset: String,
@@ -129,9 +132,24 @@ pub fn prepare(
     })
 }
 
-/// Runs a prepared job. If `cancel` completes first, the job is aborted with
-/// its output as the reason. Needs the multi-threaded tokio runtime.
-pub async fn run(
+/// Runs a prepared job to its end, on a runtime of its own (see
+/// [`job_runtime`]), and returns once the runtime's threads are gone. If
+/// `cancel` completes first, the job is aborted with its output as the
+/// reason. Call from a thread outside any async runtime.
+pub fn run(
+    prepared: PreparedJob,
+    cancel: impl Future<Output = String>,
+) -> Result<IngestOutcome, IngestError> {
+    let runtime = job_runtime::build(prepared.ctx.config.threads).map_err(IngestError::Runtime)?;
+    let outcome = runtime.block_on(supervise(prepared, cancel));
+    runtime.shutdown_timeout(job_runtime::SHUTDOWN_GRACE);
+    // The job's threads have exited, returning their pages; give back what
+    // is left free, so a long-running process returns to its baseline.
+    memory::release_free_memory();
+    outcome
+}
+
+async fn supervise(
     prepared: PreparedJob,
     cancel: impl Future<Output = String>,
 ) -> Result<IngestOutcome, IngestError> {
@@ -171,9 +189,6 @@ pub async fn run(
     };
     let _ = std::fs::remove_dir_all(&ctx.scratch);
     let memory = monitor.stop();
-    // Hand the job's freed memory back to the OS now, not on mimalloc's
-    // schedule: a long-running process returns to its baseline.
-    TrackingAllocator::release_free_memory();
     let hung_stages = std::mem::take(&mut *ctx.hung_stages.lock().expect("hung stages lock"));
     let store = &ctx.store;
     match ended {

@@ -40,27 +40,19 @@ fn run_job(
     inputs: Vec<PathBuf>,
     cancel_after: Option<Duration>,
 ) -> Result<IngestOutcome, IngestError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let prepared = node::ingest::prepare(
         store.clone(),
         config,
         inputs,
         Arc::new(JobCounters::default()),
     )?;
-    let result = runtime.block_on(node::ingest::run(prepared, async move {
+    node::ingest::run(prepared, async move {
         match cancel_after {
             Some(delay) => tokio::time::sleep(delay).await,
             None => std::future::pending().await,
         }
         "cancelled by the test".to_string()
-    }));
-    // A stage stuck in a fail point may still hold a worker thread.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    })
 }
 
 fn open(data: &Path) -> Arc<Store> {

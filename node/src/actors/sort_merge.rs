@@ -105,6 +105,9 @@ impl Actor for SortMerge {
                     }
                     SortMergeMsg::Finish => {
                         let sorter = sorter.take().ok_or_else(sorter_gone)?;
+                        // Scanning has ended: from here on the pool only
+                        // recycles what is in flight between the stages.
+                        ctx.pool.lower_cap(ctx.plan.in_flight);
                         let (mut merge, stats) = blocking(|| {
                             sorter.finish(&mut |position| tally.duplicate(position.file))
                         })?;

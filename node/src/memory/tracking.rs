@@ -75,26 +75,51 @@ pub struct TrackingAllocator;
 
 /// Makes [`TrackingAllocator`] the global allocator of the binary (or test
 /// harness) it is expanded in, and applies
-/// [`TrackingAllocator::configure_for_bounded_memory`] from `.init_array`:
-/// mimalloc's first arena is made, with the settings of its time, when
-/// Rust's runtime first allocates, before `main`.
+/// [`configure_allocators`](crate::memory::configure_allocators) from
+/// `.init_array`: mimalloc's first arena is made, with the settings of its
+/// time, when Rust's runtime first allocates, before `main`.
 #[macro_export]
 macro_rules! install_tracking_allocator {
     () => {
+        $crate::install_allocator!(
+            $crate::memory::TrackingAllocator = $crate::memory::TrackingAllocator
+        );
+    };
+}
+
+/// Plain mimalloc with the same settings and no accounting: only to
+/// measure what tracking costs (`bench/allocator-overhead`). The governor
+/// then sees no heap and applies no back-pressure.
+#[macro_export]
+macro_rules! install_untracked_allocator {
+    () => {
+        $crate::install_allocator!(
+            $crate::memory::tracking::UntrackedAllocator =
+                $crate::memory::tracking::UntrackedAllocator
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! install_allocator {
+    ($allocator:ty = $value:expr) => {
         #[global_allocator]
-        static GLOBAL: $crate::memory::TrackingAllocator = $crate::memory::TrackingAllocator;
+        static GLOBAL: $allocator = $value;
 
         #[cfg(target_os = "linux")]
         #[used]
         #[unsafe(link_section = ".init_array")]
         static CONFIGURE_ALLOCATOR: extern "C" fn() = {
             extern "C" fn configure() {
-                $crate::memory::TrackingAllocator::configure_for_bounded_memory();
+                $crate::memory::configure_allocators();
             }
             configure
         };
     };
 }
+
+pub use mimalloc::MiMalloc as UntrackedAllocator;
 
 impl TrackingAllocator {
     /// Whether this allocator is the process's global allocator (it has
@@ -103,11 +128,13 @@ impl TrackingAllocator {
         INSTALLED.load(Relaxed)
     }
 
-    /// Asks mimalloc to return freed memory to the OS now (after a job)
-    /// rather than after its purge delay.
-    pub fn release_free_memory() {
+    /// Frees this thread's empty mimalloc pages, including pages emptied by
+    /// frees from other threads, which mimalloc otherwise reclaims only when
+    /// this thread allocates again: an idle thread would keep them. mimalloc
+    /// can collect only the calling thread's heap.
+    pub fn collect_thread_heap(force: bool) {
         // SAFETY: mi_collect has no preconditions.
-        unsafe { libmimalloc_sys::mi_collect(true) }
+        unsafe { libmimalloc_sys::mi_collect(force) }
     }
 
     /// Memory mimalloc has committed from the OS: live heap plus what it
@@ -138,7 +165,7 @@ impl TrackingAllocator {
     /// memory on use. Call before the first allocation (the `quern` binary
     /// does so from `.init_array`): the first arena is made with the
     /// settings of its time.
-    pub fn configure_for_bounded_memory() {
+    pub(super) fn configure_for_bounded_memory() {
         // Option numbers of mimalloc 3.x's `mi_option_e`; the Rust crate's
         // constants are mimalloc 2's numbering.
         const ARENA_EAGER_COMMIT: i32 = 4;

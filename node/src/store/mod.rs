@@ -178,16 +178,41 @@ impl Store {
     /// RocksDB's memory as metric name and bytes: the block cache (which
     /// the memtables are charged to) and the memtables alone.
     pub fn memory_usage(&self) -> Vec<(&'static str, u64)> {
+        let table_readers: u64 = [self.meta_cf(), self.data_cf()]
+            .into_iter()
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.estimate-table-readers-mem")
+                    .ok()
+                    .flatten()
+            })
+            .sum();
         vec![
             (
                 "quern_rocksdb_block_cache_bytes",
                 self.cache.get_usage() as u64,
             ),
             (
+                "quern_rocksdb_block_cache_pinned_bytes",
+                self.cache.get_pinned_usage() as u64,
+            ),
+            (
                 "quern_rocksdb_memtable_bytes",
                 self.write_buffers.get_usage() as u64,
             ),
+            ("quern_rocksdb_table_readers_bytes", table_readers),
         ]
+    }
+
+    /// Waits, up to `timeout`, for the compactions a job's ingest set off:
+    /// until they finish, their threads' buffers are part of the process's
+    /// memory.
+    pub fn wait_for_compactions(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        let mut opts = rocksdb::WaitForCompactOptions::default();
+        opts.set_timeout(timeout.as_micros().try_into().unwrap_or(u64::MAX));
+        self.db
+            .wait_for_compact(&opts)
+            .map_err(|e| self.rocks_error(e))
     }
 
     /// RocksDB's own directory.

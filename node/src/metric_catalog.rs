@@ -1,0 +1,142 @@
+//! Every metric a node records, with its help text: the one list to read
+//! when wiring a dashboard. The modules that own the figures set them;
+//! this only describes them to whichever recorder is installed (the
+//! Prometheus endpoint prints the text as `# HELP`).
+
+use metrics::{Unit, describe_counter, describe_gauge};
+
+/// Gauges: (name, unit, help).
+const GAUGES: &[(&str, Unit, &str)] = &[
+    (
+        "quern_memory_budget_bytes",
+        Unit::Bytes,
+        "The node's memory budget (--memory).",
+    ),
+    (
+        "quern_memory_share_bytes",
+        Unit::Bytes,
+        "The budget's share for each use (label share: rocksdb, sort, in_flight).",
+    ),
+    (
+        "quern_allocator_live_bytes",
+        Unit::Bytes,
+        "Heap bytes live in the tracking allocator, all actors and unattributed.",
+    ),
+    (
+        "quern_allocator_peak_bytes",
+        Unit::Bytes,
+        "Highest allocator live bytes seen by the current job's monitor.",
+    ),
+    (
+        "quern_allocator_committed_bytes",
+        Unit::Bytes,
+        "Memory mimalloc holds from the OS: live heap plus free pages not yet returned.",
+    ),
+    (
+        "quern_actor_live_bytes",
+        Unit::Bytes,
+        "Heap bytes live, allocated while an actor handled its messages (label actor).",
+    ),
+    (
+        "quern_actor_peak_bytes",
+        Unit::Bytes,
+        "Highest live heap bytes of an actor in the current job (label actor).",
+    ),
+    (
+        "quern_process_anon_rss_bytes",
+        Unit::Bytes,
+        "Anonymous resident memory of the process (RssAnon in /proc/self/status).",
+    ),
+    (
+        "quern_process_file_rss_bytes",
+        Unit::Bytes,
+        "File-backed resident memory of the process (RssFile), mostly page cache of mapped files.",
+    ),
+    (
+        "quern_rocksdb_block_cache_bytes",
+        Unit::Bytes,
+        "RocksDB block cache usage, including the memtables charged to it.",
+    ),
+    (
+        "quern_rocksdb_block_cache_pinned_bytes",
+        Unit::Bytes,
+        "Block cache entries pinned by readers and memtables.",
+    ),
+    (
+        "quern_rocksdb_memtable_bytes",
+        Unit::Bytes,
+        "Memtable bytes counted by the write buffer manager.",
+    ),
+    (
+        "quern_rocksdb_table_readers_bytes",
+        Unit::Bytes,
+        "Memory of open SST readers outside the block cache (estimate).",
+    ),
+    (
+        "quern_edge_capacity_bytes",
+        Unit::Bytes,
+        "Bytes an edge between two stages may hold in flight (label edge).",
+    ),
+    (
+        "quern_edge_queued_bytes",
+        Unit::Bytes,
+        "Bytes sent on an edge and not yet released by its receiver (label edge).",
+    ),
+    (
+        "quern_edge_queued_messages",
+        Unit::Count,
+        "Messages sent on an edge and not yet released by its receiver (label edge).",
+    ),
+    (
+        "quern_edge_wait_seconds",
+        Unit::Seconds,
+        "Seconds senders have waited for room on an edge in the current job: back-pressure time (label edge).",
+    ),
+    (
+        "quern_batch_pool_bytes",
+        Unit::Bytes,
+        "Bytes of batch buffers kept for reuse.",
+    ),
+    (
+        "quern_governor_pressure_ratio",
+        Unit::Count,
+        "Memory pressure from 0 (heap at or below the soft limit) to 1 (at the hard limit).",
+    ),
+    (
+        "quern_governor_scan_credit_bytes",
+        Unit::Bytes,
+        "Bytes the scanners may have in flight at the current pressure.",
+    ),
+    (
+        "quern_governor_run_bytes",
+        Unit::Bytes,
+        "Size at which a sort lane spills its run at the current pressure.",
+    ),
+    (
+        "quern_governor_soft_limit_bytes",
+        Unit::Bytes,
+        "Heap level from which the governor shrinks credits and runs.",
+    ),
+    (
+        "quern_governor_hard_limit_bytes",
+        Unit::Bytes,
+        "Heap level above which no new shard starts.",
+    ),
+];
+
+/// Counters: (name, help).
+const COUNTERS: &[(&str, &str)] = &[(
+    "quern_governor_shards_held_total",
+    "Times a shard's start was held back because the heap was over the hard limit.",
+)];
+
+/// Describes every metric above to the installed recorder. Call once,
+/// after installing it.
+pub fn describe() {
+    for &(name, unit, help) in GAUGES {
+        describe_gauge!(name, unit, help);
+    }
+    for &(name, help) in COUNTERS {
+        describe_counter!(name, help);
+    }
+}

@@ -1,0 +1,221 @@
+//! The configuration file (`--config FILE` or `QUERN_CONFIG`): TOML whose
+//! keys are the long flags' names with `_` for `-`. A value from the file
+//! replaces the built-in default of its flag, so precedence is: flag, then
+//! environment variable, then file, then default. The file's values go
+//! through the flags' own parsers, so `memory = "128MiB"` means exactly
+//! what `--memory 128MiB` does.
+//!
+//! ```toml
+//! data = "/var/lib/quern"
+//! metrics = "127.0.0.1:9898"
+//!
+//! [ingest]
+//! memory = "128MiB"
+//! threads = 2
+//! shutdown_timeout = "30s"
+//! ```
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The flag naming the file, and its environment variable.
+pub const FLAG: &str = "--config";
+pub const ENV: &str = "QUERN_CONFIG";
+
+/// A value as TOML may write it: sizes and durations are strings
+/// ("128MiB", "10s") or plain integers (bytes).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum Value {
+    Integer(u64),
+    Text(String),
+}
+
+impl Value {
+    fn as_default(&self) -> String {
+        match self {
+            Value::Integer(n) => n.to_string(),
+            Value::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// Options of every command.
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    data: Option<PathBuf>,
+    metrics: Option<String>,
+    #[serde(default)]
+    ingest: IngestSection,
+}
+
+/// Options of `quern ingest`, the ones that describe the machine or the
+/// job's limits (inputs and dataset stay on the command line).
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct IngestSection {
+    memory: Option<Value>,
+    threads: Option<Value>,
+    max_record: Option<Value>,
+    partitions: Option<Value>,
+    batch_bytes: Option<Value>,
+    split_bytes: Option<Value>,
+    max_open_runs: Option<Value>,
+    sst_target: Option<Value>,
+    shutdown_timeout: Option<Value>,
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration file {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("in the configuration file {}", path.display()))
+    }
+
+    /// The file named by `--config FILE` / `--config=FILE` in `args`, or
+    /// else by `QUERN_CONFIG`. Read before clap parses, because the file
+    /// supplies clap's defaults.
+    pub fn path_from(args: &[OsString], env: Option<OsString>) -> Option<PathBuf> {
+        let mut args = args.iter().skip(1);
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                break;
+            }
+            if arg == FLAG {
+                return args.next().map(PathBuf::from);
+            }
+            if let Some(value) = arg
+                .to_str()
+                .and_then(|a| a.strip_prefix(FLAG)?.strip_prefix('='))
+            {
+                return Some(PathBuf::from(value));
+            }
+        }
+        env.map(PathBuf::from)
+    }
+
+    /// Makes the file's values the defaults of their flags in `command`.
+    pub fn apply(&self, mut command: clap::Command) -> clap::Command {
+        let global = [
+            ("data", self.data.as_ref().map(|p| p.display().to_string())),
+            ("metrics", self.metrics.clone()),
+        ];
+        for (id, value) in global {
+            if let Some(value) = value {
+                command = command.mut_arg(id, |arg| arg.default_value(value));
+            }
+        }
+        let ingest = &self.ingest;
+        let ingest_values = [
+            ("memory", &ingest.memory),
+            ("threads", &ingest.threads),
+            ("max_record", &ingest.max_record),
+            ("partitions", &ingest.partitions),
+            ("batch_bytes", &ingest.batch_bytes),
+            ("split_bytes", &ingest.split_bytes),
+            ("max_open_runs", &ingest.max_open_runs),
+            ("sst_target", &ingest.sst_target),
+            ("shutdown_timeout", &ingest.shutdown_timeout),
+        ];
+        command.mut_subcommand("ingest", |mut sub| {
+            for (id, value) in ingest_values {
+                if let Some(value) = value {
+                    sub = sub.mut_arg(id, |arg| arg.default_value(value.as_default()));
+                }
+            }
+            sub
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Cli;
+    use clap::{CommandFactory, FromArgMatches};
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    fn parse(file: &str, args: &[&str]) -> Result<Cli, clap::Error> {
+        let file: ConfigFile = toml::from_str(file).unwrap();
+        let matches = file.apply(Cli::command()).try_get_matches_from(args)?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    fn ingest_args(cli: Cli) -> crate::args::IngestArgs {
+        match cli.command {
+            crate::args::Command::Ingest(args) => args,
+            other => panic!("not ingest: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_file_replaces_defaults_and_flags_replace_the_file() {
+        let file = r#"
+            data = "/srv/quern"
+            [ingest]
+            memory = "128MiB"
+            threads = 3
+            shutdown_timeout = "30s"
+            batch_bytes = 65536
+        "#;
+        let cli = parse(file, &["quern", "ingest", "in"]).unwrap();
+        assert_eq!(cli.data, PathBuf::from("/srv/quern"));
+        let ingest = ingest_args(cli);
+        assert_eq!(ingest.memory, 128 << 20);
+        assert_eq!(ingest.threads, Some(3));
+        assert_eq!(ingest.tuning.shutdown_timeout.as_secs(), 30);
+        assert_eq!(ingest.tuning.batch_bytes, 65536);
+        // Untouched keys keep the built-in defaults.
+        assert_eq!(ingest.tuning.split_bytes, 64 << 20);
+
+        let cli = parse(
+            file,
+            &["quern", "--data", "d", "ingest", "--memory", "1G", "in"],
+        )
+        .unwrap();
+        assert_eq!(cli.data, PathBuf::from("d"));
+        assert_eq!(ingest_args(cli).memory, 1 << 30);
+    }
+
+    #[test]
+    fn values_in_the_file_are_checked_by_the_flags_parsers() {
+        let err = parse("[ingest]\nmemory = \"12Q\"", &["quern", "ingest", "in"]).unwrap_err();
+        assert!(err.to_string().contains("unknown size unit"), "{err}");
+        let err = parse("[ingest]\nthreads = \"many\"", &["quern", "ingest", "in"]).unwrap_err();
+        assert!(err.to_string().contains("many"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_them() {
+        let err = toml::from_str::<ConfigFile>("[ingest]\nmemroy = \"1G\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field `memroy`"), "{err}");
+        let err = toml::from_str::<ConfigFile>("dta = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field `dta`"), "{err}");
+    }
+
+    #[test]
+    fn the_file_is_named_by_the_flag_before_the_environment() {
+        let env = Some(OsString::from("env.toml"));
+        assert_eq!(
+            ConfigFile::path_from(&os(&["quern", "--config", "a.toml", "ingest"]), env.clone()),
+            Some(PathBuf::from("a.toml"))
+        );
+        assert_eq!(
+            ConfigFile::path_from(&os(&["quern", "ingest", "--config=b.toml"]), env.clone()),
+            Some(PathBuf::from("b.toml"))
+        );
+        assert_eq!(
+            ConfigFile::path_from(&os(&["quern", "ingest", "--", "--config"]), env.clone()),
+            Some(PathBuf::from("env.toml"))
+        );
+        assert_eq!(ConfigFile::path_from(&os(&["quern", "ingest"]), None), None);
+    }
+}
