@@ -215,9 +215,14 @@ impl MemoryPlan {
             .min(in_flight / 2 / open_batches)
             .max(4 * KIB);
         let sort_per_lane = sort / lanes as u64;
-        // A lane's merge holds one frame per open run; reserve a quarter of
-        // its share for that and gather runs in the rest.
-        let spill_frame_bytes = (sort_per_lane / 4 / 64).clamp(16 * KIB, 4 * MIB);
+        // A lane's merge holds one frame per open run (64 by default). Frames of a
+        // sixteenth of the share over 64 runs keep the merge small beside
+        // the scan phase's run buffers, so the final merge, whose fan-in
+        // grows with the input until it reaches 64, never sets the peak
+        // (with a quarter, the peak rose 9% from 2 GB to 8 GB of input).
+        // Runs are gathered in three quarters of the share: the rest is
+        // headroom for the merge and the governor's measurements.
+        let spill_frame_bytes = (sort_per_lane / 16 / 64).clamp(16 * KIB, MIB);
         let run_bytes = sort_per_lane - sort_per_lane / 4;
         let writers = rocksdb - Self::rocksdb_cache_bytes(budget);
         let sst_file_keys =

@@ -14,6 +14,9 @@ use rkyv::util::AlignedVec;
 use super::SortError;
 use super::merge::SortedSource;
 
+/// A run reader's buffer: one per open run in a merge, so kept small.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// A run file on disk. Deleted when dropped, so runs never outlive the job
 /// that made them, whether it succeeds or fails.
 pub struct RunFile {
@@ -111,7 +114,9 @@ impl RunReader {
         let file = File::open(&run.path).map_err(|e| SortError::io(&run.path, e))?;
         let mut reader = Self {
             frames: FrameReader::new(
-                io::BufReader::with_capacity(64 * 1024, file),
+                // Small: it serves frame headers; payloads, larger than
+                // it, are read straight into the frame's buffer.
+                io::BufReader::with_capacity(READ_BUFFER_BYTES, file),
                 max_frame_bytes,
             ),
             run,
