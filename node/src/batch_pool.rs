@@ -1,8 +1,8 @@
 //! Recycled record batches: memory circulates through the pipeline instead
 //! of being freed by one thread and allocated again by another.
 //!
-//! A batch is filled by a scanner, held in a sort run, and released when the
-//! run spills; merged batches are released by dedup and commit. Freeing them
+//! A batch is filled by a scanner, copied into a sort run and released at
+//! once; merged batches are released by dedup and commit. Freeing them
 //! there and allocating afresh in the scanners left most of the freed memory
 //! stranded in the allocator's per-thread pages (resident memory twice the
 //! live heap with two lanes); handing the same buffers back keeps resident

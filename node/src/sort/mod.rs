@@ -77,7 +77,7 @@ pub struct LaneSorter {
     runs: VecDeque<RunFile>,
     next_run: u64,
     stats: SortStats,
-    /// Where a spilled run's batches go for reuse.
+    /// Where batches go for reuse once copied into the run.
     pool: Arc<BatchPool>,
 }
 
@@ -104,11 +104,12 @@ impl LaneSorter {
         run_bytes: usize,
         on_duplicate: &mut dyn FnMut(Position),
     ) -> Result<(), SortError> {
-        self.buffer.push(batch);
+        self.buffer.push(&batch);
+        self.pool.give(batch);
         if self.buffer.bytes() >= run_bytes {
             let mut run = std::mem::take(&mut self.buffer).sort();
             let file = self.write_run(&mut run, on_duplicate)?;
-            self.buffer = run.recycle(&self.pool);
+            self.buffer = run.recycle();
             self.runs.push_back(file);
             self.stats.runs_spilled += 1;
         }
@@ -158,7 +159,7 @@ impl LaneSorter {
                 self.runs.push_back(file);
                 self.stats.runs_spilled += 1;
             }
-            drop(last.recycle(&self.pool));
+            drop(last);
             None
         };
         let open_slot = usize::from(in_memory.is_some());
