@@ -12,7 +12,7 @@ use rocksdb::{DBRawIterator, ReadOptions};
 
 use crate::config::Format;
 use crate::sort::SortError;
-use crate::sort::merge::{KMerge, SortedSource};
+use crate::sort::merge::{KMerge, MergeOrder, SortedSource, bytes_prefix};
 use crate::store::catalog::DatasetInfo;
 use crate::store::keys::{self, DATA_KEY_PREFIX_LEN};
 use crate::store::{Store, StoreError};
@@ -56,9 +56,11 @@ impl SortedSource for PartitionCursor<'_> {
     }
 }
 
-fn by_key(a: &Record<'_>, b: &Record<'_>) -> std::cmp::Ordering {
-    a.key.cmp(b.key)
-}
+/// Partitions hold disjoint keys, so the key alone orders the merge.
+const BY_KEY: MergeOrder = MergeOrder {
+    compare: |a, b| a.key.cmp(b.key),
+    prefix: |r| bytes_prefix(r.key),
+};
 
 /// Writes every record of `dataset` to `out` in key order, one per line:
 /// the key for `lines` datasets (byte-identical to `LC_ALL=C sort -u` of
@@ -82,7 +84,7 @@ pub fn export(
         iter.seek_to_first();
         cursors.push(PartitionCursor { partition, iter });
     }
-    let mut merge = KMerge::new(cursors, by_key);
+    let mut merge = KMerge::new(cursors, BY_KEY);
     let mut count = 0u64;
     while let Some(record) = merge.current() {
         let line = match dataset.format {

@@ -14,6 +14,7 @@ use std::cmp::Ordering;
 use proto_schema::{BatchView, Position, Record, RecordBatch};
 
 use super::merge::SortedSource;
+use super::merge_prefix;
 
 /// One index entry: 8 bytes of the sort key up front so most comparisons
 /// never touch the record bytes, then where the row lives.
@@ -37,17 +38,6 @@ const ROW_HEADER_BYTES: usize = 2 + 4 + 8 + 4 + 4;
 /// How many index entries ahead the reader prefetches rows: enough to
 /// cover a memory latency with the work of that many records.
 const PREFETCH_DISTANCE: usize = 8;
-
-/// Partition in the top 16 bits, then the first 6 key bytes, zero-padded.
-/// Comparing prefixes agrees with [`Record::merge_order`] whenever they
-/// differ: a zero pad sorts a shorter key first, as memcmp does.
-pub(crate) fn sort_prefix(record: &Record<'_>) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes[..2].copy_from_slice(&record.partition.to_be_bytes());
-    let n = record.key.len().min(6);
-    bytes[2..2 + n].copy_from_slice(&record.key[..n]);
-    u64::from_be_bytes(bytes)
-}
 
 fn write_row(chunk: &mut Vec<u8>, record: &Record<'_>) {
     chunk.extend_from_slice(&record.partition.to_le_bytes());
@@ -163,7 +153,7 @@ impl RunBuffer {
             let record = batch.record(i);
             let (chunk, offset) = self.rows.push(&record);
             self.index.push(Entry {
-                prefix: sort_prefix(&record),
+                prefix: merge_prefix(&record),
                 chunk,
                 offset,
             });
@@ -308,21 +298,6 @@ mod tests {
     }
 
     proptest! {
-        /// The prefix never contradicts the full order.
-        #[test]
-        fn prefix_agrees_with_merge_order(
-            a in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..9),
-            b in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..9),
-            pa in 0u16..3, pb in 0u16..3,
-        ) {
-            let ra = Record { partition: pa, key: &a, value: b"", position: Position { file: 0, offset: 0 } };
-            let rb = Record { partition: pb, key: &b, value: b"", position: Position { file: 0, offset: 1 } };
-            let by_prefix = sort_prefix(&ra).cmp(&sort_prefix(&rb));
-            if by_prefix != Ordering::Equal {
-                prop_assert_eq!(by_prefix, ra.merge_order(&rb));
-            }
-        }
-
         /// Sorting batches equals sorting all records with the full order.
         #[test]
         fn sorts_like_the_reference(records in proptest::collection::vec(
