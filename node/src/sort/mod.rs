@@ -69,7 +69,7 @@ fn merge_prefix(record: &Record<'_>) -> u64 {
 }
 
 /// The order of runs and of a lane's output.
-const MERGE_ORDER: MergeOrder = MergeOrder {
+pub const MERGE_ORDER: MergeOrder = MergeOrder {
     compare: merge_order,
     prefix: merge_prefix,
 };
