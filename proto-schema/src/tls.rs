@@ -21,10 +21,10 @@ pub const ALPN: &[u8] = b"quern/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} holds no valid PEM {what}: {reason}", path.display())]
     Pem {
@@ -36,12 +36,30 @@ pub enum TlsError {
     Mismatch { path: PathBuf, reason: String },
     #[error("{0:?} is not a usable certificate name: use letters, digits, '.', '-' and '_'")]
     BadName(String),
+    // The causes below are kept as text: their messages are part of ours,
+    // and an error chain printed whole would repeat them.
     #[error("generating a certificate: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(String),
     #[error("building the TLS configuration: {0}")]
-    Config(#[from] rustls::Error),
-    #[error("building the client certificate verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
+    Config(String),
+}
+
+impl From<rcgen::Error> for TlsError {
+    fn from(error: rcgen::Error) -> Self {
+        Self::Generate(error.to_string())
+    }
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(error: rustls::Error) -> Self {
+        Self::Config(error.to_string())
+    }
+}
+
+impl From<rustls::server::VerifierBuilderError> for TlsError {
+    fn from(error: rustls::server::VerifierBuilderError) -> Self {
+        Self::Config(error.to_string())
+    }
 }
 
 /// The SHA-256 of a certificate's DER bytes, written as 64 lowercase hex
@@ -137,7 +155,7 @@ impl TlsIdentity {
         Ok(Self { ca, chain, key })
     }
 
-    /// From PEM text already in memory (`source` names it in errors).
+    /// From PEM text already in memory (errors call it `<memory>`).
     pub fn from_pem(ca: &str, cert: &str, key: &str) -> Result<Self, TlsError> {
         let source = Path::new("<memory>");
         Ok(Self {
@@ -195,9 +213,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 

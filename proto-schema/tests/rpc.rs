@@ -2,10 +2,11 @@
 //! CA: round trips, refusals of peers outside the cluster (logged and
 //! counted), size limits, timeouts, concurrency and shutdown.
 //!
-//! Its own test binary: it installs the process's global metrics recorder.
+//! Its own test binary: it installs the process's global metrics recorder
+//! and log subscriber.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -23,6 +24,35 @@ fn any_port() -> SocketAddr {
 fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+}
+
+/// Warnings logged by every test of this binary, as text.
+fn warnings() -> String {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .init();
+        log
+    });
+    String::from_utf8_lossy(&log.lock().unwrap()).into_owned()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The refusal counter's value for one reason and role.
@@ -158,6 +188,7 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused_and_counted() {
     let client = client(&stranger, RpcConfig::default());
 
     let before = refusals("unknown_ca", "server");
+    warnings();
     let result = async {
         let conn = client.connect(server.local_addr(), SERVER_NAME).await?;
         conn.request(b"hello").await
@@ -170,6 +201,17 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused_and_counted() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     wait_for(|| refusals("unknown_ca", "server") == before + 1).await;
+    let log = warnings();
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused a peer") && l.contains("role=\"server\""))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        line.contains("WARN")
+            && line.contains("remote=127.0.0.1:")
+            && line.contains("reason=\"unknown_ca\""),
+        "{line}"
+    );
 
     // The server still serves members of the cluster.
     let member = self::client(&cluster.identity("node-2"), RpcConfig::default());

@@ -36,7 +36,7 @@ impl RpcClient {
         let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
         client_config.transport_config(config.transport()?);
         let mut endpoint =
-            Endpoint::client(bind).map_err(|source| RpcError::Bind { addr: bind, source })?;
+            Endpoint::client(bind).map_err(|error| RpcError::Bind { addr: bind, error })?;
         endpoint.set_default_client_config(client_config);
         Ok(Self { endpoint, config })
     }
@@ -51,10 +51,10 @@ impl RpcClient {
         let connecting =
             self.endpoint
                 .connect(addr, server_name)
-                .map_err(|source| RpcError::Connect {
+                .map_err(|error| RpcError::Connect {
                     addr,
                     server_name: server_name.to_owned(),
-                    source,
+                    error,
                 })?;
         let connection = match timeout(self.config.connect_timeout, connecting).await {
             Ok(Ok(connection)) => connection,

@@ -113,30 +113,32 @@ where
 pub enum RpcError {
     #[error("setting up QUIC: {0}")]
     Setup(String),
-    #[error("binding a QUIC endpoint on {addr}: {source}")]
+    // Causes are fields named `error`, not `source`: they are part of
+    // the message, and an error chain printed whole would repeat them.
+    #[error("binding a QUIC endpoint on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot connect to {addr} as {server_name:?}: {source}")]
+    #[error("cannot connect to {addr} as {server_name:?}: {error}")]
     Connect {
         addr: SocketAddr,
         server_name: String,
-        source: quinn::ConnectError,
+        error: quinn::ConnectError,
     },
     #[error("refused {addr}: its certificate is not from the cluster CA ({reason})")]
     PeerRefused { addr: SocketAddr, reason: String },
     #[error("{addr} refused our certificate: {reason}")]
     RefusedByPeer { addr: SocketAddr, reason: String },
-    #[error("handshake with {addr} failed: {source}")]
+    #[error("handshake with {addr} failed: {error}")]
     Handshake {
         addr: SocketAddr,
-        source: quinn::ConnectionError,
+        error: quinn::ConnectionError,
     },
-    #[error("connection to {addr} lost: {source}")]
+    #[error("connection to {addr} lost: {error}")]
     Connection {
         addr: SocketAddr,
-        source: quinn::ConnectionError,
+        error: quinn::ConnectionError,
     },
     #[error("no {stage} from {addr} within {after:?}")]
     Timeout {

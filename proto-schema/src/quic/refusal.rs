@@ -11,8 +11,9 @@ use quinn::ConnectionError;
 
 use super::RpcError;
 
-/// Counter of peers refused during the TLS handshake (labels `reason`:
-/// see [`alert_reason`]; `role`: ours, `server` or `client`).
+/// Counter of peers refused during the TLS handshake (labels `reason`, a
+/// TLS alert's meaning such as `no_certificate` or `unknown_ca`, and
+/// `role`, ours: `server` or `client`).
 pub const PEER_REFUSED_METRIC: &str = "quern_tls_peer_refused_total";
 
 /// Which end of the connection we are.
@@ -78,10 +79,7 @@ pub(super) fn handshake_failed(role: Role, addr: SocketAddr, error: ConnectionEr
         }
         _ => {
             tracing::debug!(remote = %addr, role = role.label(), %error, "handshake failed");
-            RpcError::Handshake {
-                addr,
-                source: error,
-            }
+            RpcError::Handshake { addr, error }
         }
     }
 }
@@ -94,10 +92,7 @@ pub(super) fn connection_lost(addr: SocketAddr, error: ConnectionError) -> RpcEr
         ConnectionError::ConnectionClosed(close) if tls_alert(close.error_code).is_some() => {
             refused_by_peer(addr, close)
         }
-        _ => RpcError::Connection {
-            addr,
-            source: error,
-        },
+        _ => RpcError::Connection { addr, error },
     }
 }
 

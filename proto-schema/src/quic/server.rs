@@ -53,10 +53,10 @@ impl RpcServer {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(config.transport()?);
         let endpoint = Endpoint::server(server_config, addr)
-            .map_err(|source| RpcError::Bind { addr, source })?;
+            .map_err(|error| RpcError::Bind { addr, error })?;
         let local_addr = endpoint
             .local_addr()
-            .map_err(|source| RpcError::Bind { addr, source })?;
+            .map_err(|error| RpcError::Bind { addr, error })?;
         let shutdown_timeout = config.shutdown_timeout;
         let shared = Arc::new(Shared { handler, config });
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared));

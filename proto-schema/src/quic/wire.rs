@@ -42,7 +42,9 @@ pub(super) async fn read_request_len(recv: &mut RecvStream) -> Result<u32, ReadE
 }
 
 /// The status and payload length of a response.
-pub(super) async fn read_response_header(recv: &mut RecvStream) -> Result<(u8, u32), ReadExactError> {
+pub(super) async fn read_response_header(
+    recv: &mut RecvStream,
+) -> Result<(u8, u32), ReadExactError> {
     let mut header = [0u8; 5];
     recv.read_exact(&mut header).await?;
     let len = u32::from_le_bytes(header[1..].try_into().expect("4 bytes"));
@@ -50,7 +52,10 @@ pub(super) async fn read_response_header(recv: &mut RecvStream) -> Result<(u8, u
 }
 
 /// Reads a payload whose length the caller has checked against its limit.
-pub(super) async fn read_payload(recv: &mut RecvStream, len: u32) -> Result<Vec<u8>, ReadExactError> {
+pub(super) async fn read_payload(
+    recv: &mut RecvStream,
+    len: u32,
+) -> Result<Vec<u8>, ReadExactError> {
     let mut payload = vec![0u8; len as usize];
     recv.read_exact(&mut payload).await?;
     Ok(payload)
