@@ -204,12 +204,12 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused_and_counted() {
     let log = warnings();
     let line = log
         .lines()
-        .find(|l| l.contains("refused a peer") && l.contains("role=\"server\""))
+        .find(|l| l.contains("role=\"server\"") && l.contains("reason=\"unknown_ca\""))
         .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
     assert!(
         line.contains("WARN")
-            && line.contains("remote=127.0.0.1:")
-            && line.contains("reason=\"unknown_ca\""),
+            && line.contains("refused a peer without a certificate from the cluster CA")
+            && line.contains("remote=127.0.0.1:"),
         "{line}"
     );
 

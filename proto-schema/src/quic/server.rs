@@ -11,7 +11,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 
 use super::refusal::{self, Role};
 use super::{Handler, Peer, RpcConfig, RpcError, wire};
@@ -81,13 +81,14 @@ impl RpcServer {
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
         let mut task = self.accept_task.take().expect("taken only here");
         let limit = self.shutdown_timeout;
-        let joined = timeout(limit, &mut task).await.is_ok();
+        let deadline = tokio::time::Instant::now() + limit;
+        let joined = timeout_at(deadline, &mut task).await.is_ok();
         if !joined {
             task.abort();
             let _ = task.await;
         }
-        // Let the close frames go out.
-        let _ = timeout(limit, self.endpoint.wait_idle()).await;
+        // Let the close frames go out, within what is left of the bound.
+        let _ = timeout_at(deadline, self.endpoint.wait_idle()).await;
         if joined {
             Ok(())
         } else {
