@@ -345,6 +345,34 @@ async fn a_request_to_an_unresponsive_handler_times_out() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_panicking_handler_fails_its_request_at_once_and_nothing_else() {
+    let cluster = Cluster::new();
+    let identity = cluster.identity(SERVER_NAME);
+    let handler = |_peer: Peer, request: Vec<u8>| async move {
+        assert_ne!(request, b"boom", "this handler panics on purpose");
+        request
+    };
+    let server = RpcServer::bind(
+        any_port(),
+        identity.server_config().unwrap(),
+        RpcConfig::default(),
+        handler,
+    )
+    .unwrap();
+    let client = client(&cluster.identity("node-1"), RpcConfig::default());
+    let conn = client
+        .connect(server.local_addr(), SERVER_NAME)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = conn.request(b"boom").await.unwrap_err();
+    assert!(matches!(err, RpcError::Stream { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(conn.request(b"ok").await.unwrap(), b"ok");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_connection() {
     let cluster = Cluster::new();
@@ -465,8 +493,9 @@ async fn shutdown_joins_every_task_within_its_bound() {
     );
 }
 
-/// Not a check, a figure: 64 MiB as 64 sequential 1 MiB requests on one
-/// connection (`cargo test -p proto-schema --test rpc throughput -- --nocapture`).
+/// Not a check, a figure: 64 MiB as 1 MiB requests on one connection,
+/// one at a time, then 8 in flight
+/// (`cargo test -p proto-schema --test rpc throughput -- --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_of_a_64_mib_stream_of_requests() {
     let cluster = Cluster::new();
@@ -486,19 +515,28 @@ async fn throughput_of_a_64_mib_stream_of_requests() {
         .connect(server.local_addr(), SERVER_NAME)
         .await
         .unwrap();
-    let request = pattern(1 << 20);
-    let started = Instant::now();
-    for _ in 0..64 {
-        assert_eq!(
-            conn.request(&request).await.unwrap(),
-            (1u32 << 20).to_le_bytes()
+    let request = Arc::new(pattern(1 << 20));
+    for in_flight in [1, 8] {
+        let started = Instant::now();
+        let mut senders = tokio::task::JoinSet::new();
+        for _ in 0..in_flight {
+            let (conn, request) = (conn.clone(), request.clone());
+            senders.spawn(async move {
+                for _ in 0..64 / in_flight {
+                    let ack = conn.request(&request).await.unwrap();
+                    assert_eq!(ack, (1u32 << 20).to_le_bytes());
+                }
+            });
+        }
+        while let Some(done) = senders.join_next().await {
+            done.unwrap();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "64 MiB as 1 MiB requests, {in_flight} in flight: {seconds:.3} s, {:.0} MiB/s",
+            64.0 / seconds
         );
     }
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "64 MiB in 64 sequential 1 MiB requests: {seconds:.3} s, {:.0} MiB/s",
-        64.0 / seconds
-    );
     server.shutdown().await.unwrap();
 }
 

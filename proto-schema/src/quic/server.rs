@@ -166,7 +166,13 @@ async fn serve_connection<H: Handler>(incoming: Incoming, shared: Arc<Shared<H>>
                     break;
                 }
             },
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+            Some(done) = requests.join_next(), if !requests.is_empty() => {
+                if done.is_err_and(|e| e.is_panic()) {
+                    // The stream ends without a response; the client's
+                    // request fails at once.
+                    tracing::warn!(remote = %addr, "a request handler panicked");
+                }
+            }
         }
     }
     // Nothing can answer on a closed connection: drop what is in flight.
