@@ -94,6 +94,8 @@ impl ClusterCa {
         let ca = Self {
             cert_pem,
             cert_der,
+            // An issuer takes the subject, key usages and key id method from
+            // its parameters, not their validity.
             issuer: Issuer::new(ca_params(common_name, 0), key),
         };
         // Issue a throwaway certificate and verify it as a peer would: a
