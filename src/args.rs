@@ -49,6 +49,8 @@ pub enum Command {
     Get(GetArgs),
     /// Show counters per job and per file, with rejected records.
     Stats(StatsArgs),
+    /// Make the cluster's certificate authority and issue certificates.
+    Cert(CertArgs),
 }
 
 #[derive(Args, Debug)]
@@ -170,6 +172,63 @@ pub struct StatsArgs {
     /// Machine-readable output listing everything.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CertArgs {
+    /// Directory of the cluster CA (ca.pem, ca.key).
+    #[arg(
+        long,
+        global = true,
+        env = "QUERN_CERT_DIR",
+        default_value = "quern-certs"
+    )]
+    pub dir: PathBuf,
+
+    /// Replace files that already exist.
+    #[arg(long, global = true)]
+    pub force: bool,
+
+    #[command(subcommand)]
+    pub command: CertCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Make a new cluster CA: DIR/ca.pem and DIR/ca.key (keep the key
+    /// off the nodes).
+    Init(CertInitArgs),
+    /// Issue a node or client certificate signed by the cluster CA:
+    /// NAME.pem and NAME.key, beside a copy of ca.pem.
+    Issue(CertIssueArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertInitArgs {
+    /// Days the CA is valid.
+    #[arg(long, default_value_t = proto_schema::ca::DEFAULT_CA_DAYS)]
+    pub days: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct CertIssueArgs {
+    /// The certificate's name: its common name, its first subject
+    /// alternative name (the name peers dial it by), and its file names.
+    #[arg(long)]
+    pub name: String,
+
+    /// Another name or IP address peers may use to reach it (repeatable),
+    /// e.g. --san 127.0.0.1 --san localhost.
+    #[arg(long = "san", value_name = "NAME_OR_IP")]
+    pub sans: Vec<String>,
+
+    /// Write the certificate here [default: DIR].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = proto_schema::ca::DEFAULT_CERT_DAYS)]
+    pub days: u32,
 }
 
 /// Parses a size with an optional binary suffix: K, M, G, T, with or

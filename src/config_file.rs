@@ -13,6 +13,9 @@
 //! memory = "128MiB"
 //! threads = 2
 //! shutdown_timeout = "30s"
+//!
+//! [cert]
+//! dir = "/etc/quern/ca"
 //! ```
 
 use std::ffi::OsString;
@@ -51,6 +54,8 @@ pub struct ConfigFile {
     metrics: Option<String>,
     #[serde(default)]
     ingest: IngestSection,
+    #[serde(default)]
+    cert: CertSection,
 }
 
 /// Options of `quern ingest`, the ones that describe the machine or the
@@ -67,6 +72,13 @@ struct IngestSection {
     max_open_runs: Option<Value>,
     sst_target: Option<Value>,
     shutdown_timeout: Option<Value>,
+}
+
+/// Options of `quern cert`.
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct CertSection {
+    dir: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -122,14 +134,21 @@ impl ConfigFile {
             ("sst_target", &ingest.sst_target),
             ("shutdown_timeout", &ingest.shutdown_timeout),
         ];
-        command.mut_subcommand("ingest", |mut sub| {
+        command = command.mut_subcommand("ingest", |mut sub| {
             for (id, value) in ingest_values {
                 if let Some(value) = value {
                     sub = sub.mut_arg(id, |arg| arg.default_value(value.as_default()));
                 }
             }
             sub
-        })
+        });
+        if let Some(dir) = &self.cert.dir {
+            let dir = dir.display().to_string();
+            command = command.mut_subcommand("cert", |sub| {
+                sub.mut_arg("dir", |arg| arg.default_value(dir))
+            });
+        }
+        command
     }
 }
 
@@ -183,6 +202,21 @@ mod tests {
         .unwrap();
         assert_eq!(cli.data, PathBuf::from("d"));
         assert_eq!(ingest_args(cli).memory, 1 << 30);
+    }
+
+    #[test]
+    fn the_cert_section_sets_the_ca_directory() {
+        let cert_args = |cli: Cli| match cli.command {
+            crate::args::Command::Cert(args) => args,
+            other => panic!("not cert: {other:?}"),
+        };
+        let file = "[cert]\ndir = \"/etc/quern/ca\"";
+        let cli = parse(file, &["quern", "cert", "issue", "--name", "n1"]).unwrap();
+        assert_eq!(cert_args(cli).dir, PathBuf::from("/etc/quern/ca"));
+        let cli = parse(file, &["quern", "cert", "init", "--dir", "here"]).unwrap();
+        assert_eq!(cert_args(cli).dir, PathBuf::from("here"));
+        let cli = parse("", &["quern", "cert", "init"]).unwrap();
+        assert_eq!(cert_args(cli).dir, PathBuf::from("quern-certs"));
     }
 
     #[test]

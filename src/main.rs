@@ -2,6 +2,7 @@
 //! live here; the work is done by the `node` crate.
 
 mod args;
+mod cert;
 mod config_file;
 mod ingest;
 mod logging;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         args::Command::Export(args) => query::export(&cli.data, args),
         args::Command::Get(args) => query::get(&cli.data, args),
         args::Command::Stats(args) => report::stats(&cli.data, args),
+        args::Command::Cert(args) => cert::run(args),
     };
     result.unwrap_or_else(|e| {
         if is_broken_pipe(&e) {

@@ -125,10 +125,18 @@ const GAUGES: &[(&str, Unit, &str)] = &[
 ];
 
 /// Counters: (name, help).
-const COUNTERS: &[(&str, &str)] = &[(
-    "quern_governor_shards_held_total",
-    "Times a shard's start was held back because the heap was over the hard limit.",
-)];
+const COUNTERS: &[(&str, &str)] = &[
+    (
+        "quern_governor_shards_held_total",
+        "Times a shard's start was held back because the heap was over the hard limit.",
+    ),
+    (
+        proto_schema::quic::PEER_REFUSED_METRIC,
+        "Peers refused in the TLS handshake for lacking a certificate from the cluster CA \
+         (label reason: no_certificate, unknown_ca, bad_certificate, expired, bad_signature, \
+         wrong_purpose, no_common_protocol, handshake_failed; label role: ours, server or client).",
+    ),
+];
 
 /// Describes every metric above to the installed recorder. Call once,
 /// after installing it.

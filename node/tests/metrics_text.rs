@@ -77,6 +77,13 @@ fn a_jobs_metrics_are_complete_and_pass_promtool() {
     node::metric_catalog::describe();
     let dir = tempfile::tempdir().unwrap();
     run_small_job(dir.path());
+    // Recorded by the transport (proto_schema::quic) when a peer is refused.
+    metrics::counter!(
+        proto_schema::quic::PEER_REFUSED_METRIC,
+        "reason" => "unknown_ca",
+        "role" => "server"
+    )
+    .increment(1);
     let text = handle.render();
 
     for family in [
@@ -96,6 +103,8 @@ fn a_jobs_metrics_are_complete_and_pass_promtool() {
         "quern_rocksdb_block_cache_bytes",
         "quern_rocksdb_memtable_bytes",
         "# HELP quern_actor_live_bytes",
+        "# HELP quern_tls_peer_refused_total",
+        "quern_tls_peer_refused_total{reason=\"unknown_ca\",role=\"server\"} 1",
     ] {
         assert!(text.contains(family), "{family} missing from:\n{text}");
     }

@@ -1,14 +1,20 @@
 //! The protocol shared by every Quern process: record batches, the framing
-//! that carries them through spill files (and, later, the network), and the
-//! partition function every node must agree on.
+//! that carries them through spill files, the partition function every node
+//! must agree on, and the cluster's transport: mutual TLS from a cluster CA
+//! and request/response RPC over QUIC.
 //!
 //! Everything here treats bytes from outside as hostile: decoding checks the
 //! frame header, the checksum, rkyv's structural validation and the batch's
-//! own invariants before anything is read in place.
+//! own invariants before anything is read in place; the transport checks a
+//! message's length against its limit before allocating, and accepts only
+//! peers whose certificate the cluster CA issued.
 
 pub mod batch;
+pub mod ca;
 pub mod frame;
 pub mod partition;
+pub mod quic;
+pub mod tls;
 
 pub use batch::{BatchShape, BatchView, Position, Record, RecordBatch, RunTrailer, ValidBatch};
 pub use frame::{Frame, FrameError, FrameKind, FrameReader, write_frame};

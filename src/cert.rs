@@ -1,0 +1,116 @@
+//! `quern cert init` and `quern cert issue`: the cluster CA and the
+//! certificates of nodes, coordinators and clients, as PEM files. Private
+//! keys are written with mode 0600, and nothing existing is replaced
+//! without `--force`. The work is `proto_schema::ca`'s; this writes files.
+
+use std::fs::{OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use proto_schema::ca::ClusterCa;
+use proto_schema::tls::{CA_CERT_FILE, CA_KEY_FILE, CertPaths};
+
+use crate::args::{CertArgs, CertCommand, CertInitArgs, CertIssueArgs};
+
+const PUBLIC: u32 = 0o644;
+const PRIVATE: u32 = 0o600;
+
+pub fn run(args: CertArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        CertCommand::Init(init_args) => init(&args.dir, args.force, init_args),
+        CertCommand::Issue(issue_args) => issue(&args.dir, args.force, issue_args),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(dir: &Path, force: bool, args: CertInitArgs) -> anyhow::Result<()> {
+    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    refuse_existing(&[&cert, &key], force, "a cluster CA")?;
+    let ca = ClusterCa::generate(args.days)?;
+    create_dir(dir)?;
+    write_file(&key, ca.key_pem().as_bytes(), PRIVATE)?;
+    write_file(&cert, ca.cert_pem().as_bytes(), PUBLIC)?;
+    println!(
+        "cluster CA: {} (key: {}; keep it off the nodes)",
+        cert.display(),
+        key.display()
+    );
+    println!("valid for {} days", args.days);
+    println!("fingerprint: {}", ca.fingerprint());
+    Ok(())
+}
+
+fn issue(dir: &Path, force: bool, args: CertIssueArgs) -> anyhow::Result<()> {
+    let ca = ClusterCa::load(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE))
+        .context("reading the cluster CA (make one with `quern cert init`)")?;
+    let out = args.out.unwrap_or_else(|| dir.to_owned());
+    let paths = CertPaths::in_dir(&out, &args.name);
+    refuse_existing(&[&paths.cert, &paths.key], force, "a certificate")?;
+    // A certificate directory other than the CA's gets ca.pem too, so it
+    // holds everything its owner needs. Another CA's ca.pem stays unless
+    // --force.
+    let copy_ca = match std::fs::read(&paths.ca) {
+        Ok(existing) if existing == ca.cert_pem().as_bytes() => false,
+        Ok(_) if !force => bail!(
+            "{} is another CA's certificate; use --force to replace it",
+            paths.ca.display()
+        ),
+        _ => true,
+    };
+    let issued = ca.issue(&args.name, &args.sans, args.days)?;
+    create_dir(&out)?;
+    write_file(&paths.key, issued.key_pem.as_bytes(), PRIVATE)?;
+    write_file(&paths.cert, issued.cert_pem.as_bytes(), PUBLIC)?;
+    if copy_ca {
+        write_file(&paths.ca, ca.cert_pem().as_bytes(), PUBLIC)?;
+    }
+    let mut names = vec![args.name.clone()];
+    names.extend(args.sans.iter().filter(|s| **s != args.name).cloned());
+    println!(
+        "certificate for {}: {} (key: {})",
+        args.name,
+        paths.cert.display(),
+        paths.key.display()
+    );
+    println!("names: {}", names.join(", "));
+    println!("valid for {} days", args.days);
+    println!("fingerprint: {}", issued.fingerprint);
+    Ok(())
+}
+
+fn refuse_existing(paths: &[&PathBuf], force: bool, what: &str) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    if let Some(existing) = paths.iter().find(|p| p.exists()) {
+        bail!(
+            "{} exists: refusing to replace {what}; use --force to overwrite it",
+            existing.display()
+        );
+    }
+    Ok(())
+}
+
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes a whole file with `mode`, also when it replaces one (whose old
+/// mode would otherwise stay).
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let write = || -> std::io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)?;
+        file.set_permissions(Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}
