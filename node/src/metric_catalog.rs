@@ -131,6 +131,11 @@ const COUNTERS: &[(&str, &str)] = &[
         "Times a shard's start was held back because the heap was over the hard limit.",
     ),
     (
+        crate::store::publish::SST_FILES_METRIC,
+        "SST files written by ingest jobs (label compression: lz4, or none once LZ4 stopped \
+         paying for the data).",
+    ),
+    (
         proto_schema::quic::PEER_REFUSED_METRIC,
         "Peers refused in the TLS handshake for lacking a certificate from the cluster CA \
          (label reason: no_certificate, unknown_ca, bad_certificate, expired, bad_signature, \
