@@ -3,6 +3,7 @@
 //! ```text
 //! quern-datagen lines --out /tmp/g --files 10 --size 200MiB --dup 0.3 --seed 1
 //! quern-datagen tsv --out /tmp/t --files 4 --records 1000000 --key-field 2
+//! quern-datagen inventory --out /tmp/i --files 10 --records 1000000 --relisted 0.1
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bench::datagen::{
-    Compression, GeneratedDataset, LinesSpec, TsvSpec, write_lines_dataset, write_tsv_dataset,
+    Compression, GeneratedDataset, InventorySpec, LinesSpec, TsvSpec, write_inventory_dataset,
+    write_lines_dataset, write_tsv_dataset,
 };
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand};
@@ -50,6 +52,22 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "plain")]
         compress: Vec<Compression>,
         #[arg(long, default_value_t = LinesSpec::sample().seed)]
+        seed: u64,
+    },
+    /// A file inventory: path, size, mtime and md5 per line, keyed by path.
+    Inventory {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = InventorySpec::sample().files)]
+        files: usize,
+        /// Records per file.
+        #[arg(long, default_value_t = InventorySpec::sample().records_per_file)]
+        records: u64,
+        /// Fraction of records listing an earlier path again, changed.
+        #[arg(long, default_value_t = InventorySpec::sample().relisted_ratio)]
+        relisted: f64,
+        #[arg(long, default_value_t = InventorySpec::sample().seed)]
         seed: u64,
     },
     /// Tab-separated records with repeated keys, for keyed ingest.
@@ -106,6 +124,23 @@ fn main() -> Result<()> {
             };
             let dataset = write_lines_dataset(&out, &spec)
                 .with_context(|| format!("writing lines dataset to {}", out.display()))?;
+            (out, dataset)
+        }
+        Command::Inventory {
+            out,
+            files,
+            records,
+            relisted,
+            seed,
+        } => {
+            let spec = InventorySpec {
+                files,
+                records_per_file: records,
+                relisted_ratio: relisted,
+                seed,
+            };
+            let dataset = write_inventory_dataset(&out, &spec)
+                .with_context(|| format!("writing inventory to {}", out.display()))?;
             (out, dataset)
         }
         Command::Tsv {

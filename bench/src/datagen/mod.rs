@@ -13,6 +13,7 @@
 //! a bounded pool of earlier records (ring plus reservoir, see `pool.rs`).
 
 mod alphabet;
+mod inventory;
 mod lines;
 mod pool;
 mod sink;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use inventory::{InventorySpec, PATH_LEN, write_inventory_dataset};
 pub use lines::{LinesSpec, write_lines_dataset};
 pub use sink::Compression;
 pub use tsv::{TsvSpec, write_tsv_dataset};
