@@ -59,6 +59,22 @@ def generate_lines(bins, out, files, size):
     marker.write_text(spec)
 
 
+def generate_inventory(bins, out, files, records):
+    """`files` inventory files (path, size, mtime, md5) of `records` records
+    in all, 10% relisted paths, seed 1; reused when already there."""
+    marker = out / ".complete"
+    spec = f"{files}x{records // files}"
+    if marker.exists() and marker.read_text() == spec:
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(
+        [bins / "quern-datagen", "inventory", "--out", out, "--files", str(files),
+         "--records", str(records // files), "--relisted", "0.1", "--seed", "1"],
+        check=True,
+    )
+    marker.write_text(spec)
+
+
 def inputs(directory):
     return sorted(p for p in Path(directory).iterdir() if not p.name.startswith("."))
 
