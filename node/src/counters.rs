@@ -6,9 +6,10 @@
 //! ends, so memory stays bounded however many files a job has. Job totals
 //! are shared atomics, published once per batch rather than per record.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustc_hash::FxHashMap;
 
 use crate::store::ledger::FileCounts;
 use crate::store::{Store, StoreError};
@@ -52,7 +53,9 @@ pub struct FileTally {
     dataset: u32,
     job: u32,
     counters: Arc<JobCounters>,
-    files: HashMap<u32, FileCounts>,
+    /// Looked up for every record by dedup and sort: a fast hasher for
+    /// small integer keys (SipHash was 1.5% of an ingest's CPU).
+    files: FxHashMap<u32, FileCounts>,
     /// Sum of the counts not yet added to the job counters.
     unpublished: FileCounts,
 }
@@ -64,7 +67,7 @@ impl FileTally {
             dataset,
             job,
             counters,
-            files: HashMap::new(),
+            files: FxHashMap::default(),
             unpublished: FileCounts::default(),
         }
     }
