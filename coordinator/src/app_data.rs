@@ -1,0 +1,55 @@
+//! The two types openraft carries for us: a command as it travels in the
+//! log, and the response its application produced.
+//!
+//! A command is kept as the rkyv bytes a client sent, so the log stores and
+//! replicates exactly what was validated, and every replica decodes the same
+//! bytes. The response crosses no Raft RPC, but openraft's `serde` feature
+//! requires it to be serializable: it is serialized as its rkyv bytes.
+
+use proto_schema::command::{CodecError, Command, Response};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An encoded `Command`, as stored in the Raft log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBytes(pub Vec<u8>);
+
+impl CommandBytes {
+    pub fn encode(cmd: &Command) -> Self {
+        Self(cmd.to_bytes().to_vec())
+    }
+
+    pub fn decode(&self) -> Result<Command, CodecError> {
+        Command::from_bytes(&self.0)
+    }
+}
+
+impl std::fmt::Debug for CommandBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CommandBytes({} bytes)", self.0.len())
+    }
+}
+
+impl std::fmt::Display for CommandBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What applying one log entry produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied(pub Response);
+
+impl Serialize for Applied {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0.to_bytes())
+    }
+}
+
+impl<'de> Deserialize<'de> for Applied {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = <Vec<u8>>::deserialize(deserializer)?;
+        Response::from_bytes(&bytes)
+            .map(Applied)
+            .map_err(serde::de::Error::custom)
+    }
+}
