@@ -450,3 +450,343 @@ fn assign_partitions(tx: &mut Tx<'_>, assignments: &[(u32, u64)]) -> Outcome {
         count: assignments.len() as u64,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use proto_schema::command::{
+        Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response,
+    };
+
+    use super::super::records::{FileStatus, JobState};
+    use super::super::test_support::{Applier, setup_dataset};
+
+    fn file(path: &str, size: u64, mtime_ns: i64, checksum: Option<u8>) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size,
+            mtime_ns,
+            checksum: checksum.map(|c| vec![c; 16]),
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resubmission_marks_only_new_and_changed_files_and_reports_gone_ones() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1]).await;
+        let first = vec![
+            file("a", 10, 1, None),
+            file("b", 20, 2, Some(1)),
+            file("c", 30, 3, Some(2)),
+            file("d", 40, 4, None),
+        ];
+        let s1 = sm.submit("ds", first).await;
+        let job1 = sm.state().job(s1).unwrap().unwrap();
+        assert_eq!(
+            job1.counts,
+            DiffCounts {
+                new: 4,
+                changed: 0,
+                unchanged: 0
+            }
+        );
+        assert_eq!(
+            (job1.state, job1.gone, job1.shards_total),
+            (JobState::Submitted, 0, 4)
+        );
+
+        // Ingest everything the first job created.
+        for shard in 1..=4 {
+            let grant = Command::GrantLease {
+                shard,
+                node: 1,
+                expected_epoch: 0,
+                deadline_ms: 9,
+            };
+            assert!(matches!(
+                sm.apply(grant).await,
+                Response::LeaseGranted { epoch: 1, .. }
+            ));
+            let done = Command::CompleteShard {
+                shard,
+                node: 1,
+                epoch: 1,
+            };
+            assert_eq!(sm.apply(done).await, Response::ShardCompleted { shard });
+        }
+        assert_eq!(sm.state().job(s1).unwrap().unwrap().shards_done, 4);
+
+        // a unchanged, b new mtime, c new checksum, d gone, e new.
+        let second = vec![
+            file("a", 10, 1, None),
+            file("b", 20, 5, Some(1)),
+            file("c", 30, 3, Some(9)),
+            file("e", 50, 6, None),
+        ];
+        let s2 = sm.submit("ds", second).await;
+        let job2 = sm.state().job(s2).unwrap().unwrap();
+        assert_eq!(
+            job2.counts,
+            DiffCounts {
+                new: 1,
+                changed: 2,
+                unchanged: 1
+            }
+        );
+        assert_eq!((job2.gone, job2.shards_total), (1, 3));
+        let dataset = sm.state().dataset("ds").unwrap().unwrap();
+        assert_eq!((dataset.live_files, dataset.last_generation), (4, s2));
+        let status = |path: &str| {
+            sm.state()
+                .catalog_entry(dataset.id, path)
+                .unwrap()
+                .unwrap()
+                .status
+        };
+        assert_eq!(status("a"), FileStatus::Ingested);
+        for path in ["b", "c", "e"] {
+            assert_eq!(status(path), FileStatus::Pending, "{path}");
+        }
+        assert_eq!(
+            sm.state().gone_files(&job2, None, 10).unwrap(),
+            vec!["d".to_string()]
+        );
+
+        // Gone files are listed page by page.
+        let s3 = sm.submit("ds", vec![file("e", 50, 6, None)]).await;
+        let job3 = sm.state().job(s3).unwrap().unwrap();
+        assert_eq!(job3.gone, 3);
+        let page1 = sm.state().gone_files(&job3, None, 2).unwrap();
+        assert_eq!(page1, vec!["a".to_string(), "b".to_string()]);
+        let page2 = sm.state().gone_files(&job3, Some("b"), 2).unwrap();
+        assert_eq!(page2, vec!["c".to_string()]);
+
+        // A file gone earlier and listed again is new.
+        let s4 = sm
+            .submit("ds", vec![file("d", 40, 4, None), file("e", 50, 6, None)])
+            .await;
+        let job4 = sm.state().job(s4).unwrap().unwrap();
+        assert_eq!(
+            job4.counts,
+            DiffCounts {
+                new: 1,
+                changed: 0,
+                unchanged: 1
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_commands_get_clear_errors_and_change_nothing() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1]).await;
+        let digest = |sm: &Applier| sm.state().digest().unwrap();
+
+        let before = digest(&sm);
+        let begin = Command::BeginSubmission {
+            dataset: "nope".into(),
+            now_ms: 0,
+        };
+        assert_eq!(
+            sm.apply(begin).await,
+            Response::Error(CommandError::UnknownDataset {
+                name: "nope".into()
+            })
+        );
+        let assign = Command::AssignPartitions {
+            assignments: vec![(0, 1), (1, 7)],
+        };
+        assert_eq!(
+            sm.apply(assign).await,
+            Response::Error(CommandError::UnknownNode { id: 7 })
+        );
+        assert_eq!(
+            sm.state().partition_owner(0).unwrap(),
+            None,
+            "a refused command wrote nothing"
+        );
+        let grant = Command::GrantLease {
+            shard: 5,
+            node: 1,
+            expected_epoch: 0,
+            deadline_ms: 0,
+        };
+        assert_eq!(
+            sm.apply(grant).await,
+            Response::Error(CommandError::UnknownShard { id: 5 })
+        );
+        let garbage = sm
+            .apply_bytes(b"definitely not an rkyv command".to_vec())
+            .await;
+        assert!(
+            matches!(garbage, Response::Error(CommandError::Malformed { .. })),
+            "{garbage:?}"
+        );
+        assert_eq!(digest(&sm), before);
+
+        let begin = Command::BeginSubmission {
+            dataset: "ds".into(),
+            now_ms: 0,
+        };
+        let Response::SubmissionBegun { submission } = sm.apply(begin.clone()).await else {
+            panic!()
+        };
+        assert_eq!(
+            sm.apply(begin).await,
+            Response::Error(CommandError::SubmissionOpen {
+                dataset: "ds".into(),
+                submission
+            })
+        );
+        let chunk = |files| Command::SubmitChunk {
+            dataset: "ds".into(),
+            submission,
+            files,
+        };
+        let before = digest(&sm);
+        let dup = chunk(vec![
+            file("x", 1, 1, None),
+            file("y", 1, 1, None),
+            file("x", 2, 2, None),
+        ]);
+        assert_eq!(
+            sm.apply(dup).await,
+            Response::Error(CommandError::DuplicatePath { path: "x".into() })
+        );
+        assert_eq!(
+            digest(&sm),
+            before,
+            "no entry of a refused chunk is applied"
+        );
+        let too_many = chunk(
+            (0..=MAX_CHUNK_FILES)
+                .map(|i| file(&i.to_string(), 1, 1, None))
+                .collect(),
+        );
+        assert!(matches!(
+            sm.apply(too_many).await,
+            Response::Error(CommandError::ChunkTooLarge { .. })
+        ));
+
+        let ok = chunk(vec![file("x", 1, 1, None)]);
+        assert!(matches!(
+            sm.apply(ok).await,
+            Response::ChunkApplied {
+                shards_created: 1,
+                ..
+            }
+        ));
+        let again = chunk(vec![file("z", 1, 1, None), file("x", 1, 1, None)]);
+        assert_eq!(
+            sm.apply(again).await,
+            Response::Error(CommandError::DuplicatePath { path: "x".into() }),
+            "a path listed by an earlier chunk of the same submission"
+        );
+        let wrong = Command::FinishSubmission {
+            dataset: "ds".into(),
+            submission: submission + 1,
+        };
+        assert_eq!(
+            sm.apply(wrong).await,
+            Response::Error(CommandError::UnknownSubmission {
+                dataset: "ds".into(),
+                submission: submission + 1
+            })
+        );
+    }
+
+    /// What a file in the second inventory is, relative to the first.
+    #[derive(Debug, Clone, Copy)]
+    enum Change {
+        Keep,
+        Size,
+        Mtime,
+        Checksum,
+        Drop,
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            4 => Just(Change::Keep),
+            1 => Just(Change::Size),
+            1 => Just(Change::Mtime),
+            1 => Just(Change::Checksum),
+            1 => Just(Change::Drop),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Re-submitting a changed inventory marks exactly the new and
+        /// changed files pending, skips the rest, and counts the gone ones.
+        #[test]
+        fn resubmission_diff_is_exact(
+            first in proptest::collection::btree_map("[a-f]{1,3}/[a-z]{1,6}", (0u64..1000, 0i64..1000, proptest::option::of(any::<u8>())), 1..60),
+            changes in proptest::collection::vec(change(), 60),
+            added in proptest::collection::btree_set("new/[a-z]{1,6}", 0..10),
+        ) {
+            let inventory = |m: &BTreeMap<String, (u64, i64, Option<u8>)>| {
+                m.iter().map(|(p, &(s, t, c))| file(p, s, t, c)).collect::<Vec<_>>()
+            };
+            let mut second = BTreeMap::new();
+            let mut expect = DiffCounts::default();
+            let mut gone = 0;
+            let mut should_be_pending = Vec::new();
+            for ((path, &(size, mtime, sum)), change) in first.iter().zip(&changes) {
+                let changed = match change {
+                    Change::Keep => (size, mtime, sum),
+                    Change::Size => (size + 1, mtime, sum),
+                    Change::Mtime => (size, mtime + 1, sum),
+                    Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
+                    Change::Drop => { gone += 1; continue; }
+                };
+                if matches!(change, Change::Keep) { expect.unchanged += 1 } else {
+                    expect.changed += 1;
+                    should_be_pending.push(path.clone());
+                }
+                second.insert(path.clone(), changed);
+            }
+            for path in &added {
+                expect.new += 1;
+                should_be_pending.push(path.clone());
+                second.insert(path.clone(), (7, 7, None));
+            }
+
+            rt().block_on(async {
+                let mut sm = Applier::new();
+                setup_dataset(&mut sm, "ds", &[1]).await;
+                sm.submit("ds", inventory(&first)).await;
+                let s2 = sm.submit("ds", inventory(&second)).await;
+                let job = sm.state().job(s2).unwrap().unwrap();
+                prop_assert_eq!(job.counts, expect);
+                prop_assert_eq!(job.gone, gone);
+                prop_assert_eq!(job.shards_total, expect.new + expect.changed);
+
+                let dataset = sm.state().dataset("ds").unwrap().unwrap();
+                let mut marked = Vec::new();
+                for path in second.keys() {
+                    let entry = sm.state().catalog_entry(dataset.id, path).unwrap().unwrap();
+                    let shard = sm.state().shard(entry.shard).unwrap().unwrap();
+                    if shard.job == s2 {
+                        prop_assert_eq!(entry.status, FileStatus::Pending);
+                        marked.push(path.clone());
+                    }
+                }
+                should_be_pending.sort();
+                prop_assert_eq!(marked, should_be_pending);
+                Ok(())
+            })?;
+        }
+    }
+}

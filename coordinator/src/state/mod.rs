@@ -697,3 +697,149 @@ pub(crate) mod test_support {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use proto_schema::command::FileEntry;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::test_support::{Applier, setup_dataset};
+    use super::*;
+
+    /// Copies a snapshot the way a transport does: in bounded chunks into
+    /// the file the receiver handed out.
+    async fn transfer(
+        from: &mut StateMachineStore,
+        to: &mut StateMachineStore,
+    ) -> Snapshot<TypeConfig> {
+        let mut snapshot = from
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        let mut receiving = to.begin_receiving_snapshot().await.unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = snapshot.snapshot.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            receiving.write_all(&buf[..n]).await.unwrap();
+        }
+        receiving.flush().await.unwrap();
+        snapshot.snapshot = receiving;
+        snapshot
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_streams_the_whole_state_to_another_replica() {
+        const FILES: usize = 20_000;
+        let mut source = Applier::new();
+        setup_dataset(&mut source, "ds", &[1, 2]).await;
+        let files = (0..FILES).map(|i| FileEntry {
+            path: format!("/data/{:03}/file-{i:08}.log", i % 977),
+            size: i as u64,
+            mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            checksum: Some(vec![(i % 251) as u8; 16]),
+        });
+        source.submit("ds", files.collect()).await;
+        let mut leader = source.state().clone();
+
+        let started = Instant::now();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let build_time = started.elapsed();
+        let stats = leader.last_snapshot_stats().unwrap();
+        // Catalogue and shard records, plus datasets, jobs, nodes, counters.
+        assert_eq!(stats.records, 2 * FILES as u64 + 1 + 1 + 2 + 3);
+
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut follower = StateMachineStore::open(dir.path()).unwrap();
+        let snapshot = transfer(&mut leader, &mut follower).await;
+        let started = Instant::now();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        eprintln!(
+            "snapshot of {FILES} files: {} records, {} bytes, built in {build_time:?}, installed in {:?}",
+            stats.records,
+            stats.bytes,
+            started.elapsed()
+        );
+
+        assert_eq!(follower.digest().unwrap(), leader.digest().unwrap());
+        assert_eq!(
+            follower.applied_state().await.unwrap(),
+            leader.applied_state().await.unwrap()
+        );
+        assert_eq!(
+            built.meta.last_log_id,
+            follower.applied_state().await.unwrap().0
+        );
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(
+            current.meta, built.meta,
+            "the follower keeps the installed snapshot as its own"
+        );
+
+        // Installing over existing state replaces it, leaving nothing extra.
+        let mut other = Applier::new();
+        setup_dataset(&mut other, "other", &[9]).await;
+        let mut other_sm = other.state().clone();
+        let snapshot = transfer(&mut leader, &mut other_sm).await;
+        other_sm
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other_sm.digest().unwrap(), leader.digest().unwrap());
+        assert!(other_sm.dataset("other").unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_snapshot_fails_and_reopening_rolls_back_to_empty() {
+        let mut source = Applier::new();
+        setup_dataset(&mut source, "ds", &[1]).await;
+        let mut leader = source.state().clone();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let full = leader.last_snapshot_stats().unwrap().bytes;
+
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let mut follower = StateMachineStore::open(dir.path()).unwrap();
+            let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+            let mut original = leader
+                .get_current_snapshot()
+                .await
+                .unwrap()
+                .unwrap()
+                .snapshot;
+            let mut bytes = Vec::new();
+            original.read_to_end(&mut bytes).await.unwrap();
+            receiving
+                .write_all(&bytes[..full as usize - 20])
+                .await
+                .unwrap();
+            let err = follower
+                .install_snapshot(&built.meta, receiving)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
+        let mut reopened = StateMachineStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.applied_state().await.unwrap().0, None);
+        assert_eq!(reopened.digest().unwrap().records, 0);
+        assert!(reopened.get_current_snapshot().await.unwrap().is_none());
+    }
+}
