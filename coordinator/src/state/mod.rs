@@ -160,6 +160,10 @@ impl StateMachineStore {
         }
     }
 
+    pub fn node(&self, id: u64) -> Result<Option<proto_schema::command::NodeInfo>, StateError> {
+        self.get(keys::CF_NODES, &keys::id(id))
+    }
+
     pub fn dataset(&self, name: &str) -> Result<Option<Dataset>, StateError> {
         self.get(keys::CF_DATASETS, name.as_bytes())
     }
