@@ -53,3 +53,25 @@ impl<'de> Deserialize<'de> for Applied {
             .map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proto_schema::command::CommandError;
+
+    use super::*;
+
+    #[test]
+    fn responses_serialize_as_validated_rkyv_bytes() {
+        let applied = Applied(Response::Error(CommandError::UnknownNode { id: 4 }));
+        let json = serde_json::to_vec(&applied).unwrap();
+        assert_eq!(serde_json::from_slice::<Applied>(&json).unwrap(), applied);
+        assert!(serde_json::from_slice::<Applied>(b"[1,2,3]").is_err());
+
+        let cmd = Command::FinishSubmission {
+            dataset: "d".into(),
+            submission: 2,
+        };
+        assert_eq!(CommandBytes::encode(&cmd).decode().unwrap(), cmd);
+        assert!(CommandBytes(vec![0xff; 3]).decode().is_err());
+    }
+}

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use proto_schema::command::Command;
 
+use crate::state::{StateError, StateMachineStore};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     pub node: u64,
@@ -67,6 +69,36 @@ impl LeaseTable {
                 },
             );
         }
+    }
+
+    /// `take_over` from the state machine, read in bounded pages.
+    pub fn take_over_from(
+        &mut self,
+        state: &StateMachineStore,
+        now_ms: u64,
+    ) -> Result<usize, StateError> {
+        const PAGE: usize = 1024;
+        self.leases.clear();
+        let deadline_ms = now_ms + self.duration_ms;
+        let mut after = 0;
+        loop {
+            let page = state.leased_shards(after, PAGE)?;
+            let Some(&(last, _, _)) = page.last() else {
+                break;
+            };
+            for (shard, node, epoch) in page {
+                self.leases.insert(
+                    shard,
+                    Lease {
+                        node,
+                        epoch,
+                        deadline_ms,
+                    },
+                );
+            }
+            after = last;
+        }
+        Ok(self.leases.len())
     }
 
     /// The command that leases `shard` (now at `current_epoch`) to `node`.
@@ -293,6 +325,10 @@ mod tests {
         assert_eq!(epoch, 2);
         table.granted(shard, 2, epoch, deadline_ms);
         assert_eq!(
+            sm.state().leased_shards(0, 10).unwrap(),
+            vec![(shard, 2, 2)]
+        );
+        assert_eq!(
             sm.state().shard(shard).unwrap().unwrap().checkpoint,
             40,
             "the checkpoint survives the re-grant"
@@ -356,6 +392,10 @@ mod tests {
             })
             .await,
             Response::ShardCompleted { shard }
+        );
+        assert!(
+            sm.state().leased_shards(0, 10).unwrap().is_empty(),
+            "a completed shard is not leased"
         );
         assert_eq!(
             sm.apply(table.grant(shard, 1, 2, 13_000)).await,

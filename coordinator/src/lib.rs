@@ -13,6 +13,7 @@
 
 pub mod app_data;
 pub mod client;
+pub mod config;
 pub mod lease;
 pub mod log_store;
 mod rocks;

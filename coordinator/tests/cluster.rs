@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coordinator::client::{self, ManifestChunks, WriteError};
+use coordinator::lease::{Lease, LeaseTable};
 use coordinator::router::Router;
 use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
-    Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+    Command, CommandError, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -47,7 +48,7 @@ impl Cluster {
             purge_batch_size: 1,
             // Small chunks, so a snapshot travels as many RPCs.
             snapshot_max_chunk_size: 16 * 1024,
-            ..Default::default()
+            ..coordinator::config::raft_config().unwrap()
         };
         let mut cluster = Self {
             router: Router::default(),
@@ -347,4 +348,98 @@ async fn a_write_to_a_follower_is_redirected_to_the_leader() {
         }
         other => panic!("expected a redirect, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    for id in [1, 2] {
+        cluster.write(&node(id)).await;
+    }
+    cluster.write(&dataset("ds")).await;
+    submit(&cluster, "ds", files(3), 3).await;
+    let shard = 1;
+
+    let old = cluster.leader().await;
+    let mut table = LeaseTable::new(10_000);
+    let Response::LeaseGranted {
+        node,
+        epoch,
+        deadline_ms,
+        ..
+    } = cluster.write(&table.grant(shard, 1, 0, 1_000)).await
+    else {
+        panic!("grant refused")
+    };
+    table.granted(shard, node, epoch, deadline_ms);
+    cluster.converge().await;
+    cluster.stop(old).await;
+
+    // The new leader rebuilds its table from the replicated state, with a
+    // full deadline from its own takeover.
+    let new = cluster.leader().await;
+    let mut table = LeaseTable::new(10_000);
+    assert_eq!(
+        table
+            .take_over_from(&cluster.replicas[&new].state, 50_000)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        table.get(shard),
+        Some(Lease {
+            node: 1,
+            epoch: 1,
+            deadline_ms: 60_000
+        })
+    );
+
+    // Renewals touch no log.
+    let log_index = cluster.raft(new).metrics().borrow().last_log_index;
+    for now in [55_000, 60_000, 65_000] {
+        table.renew(shard, 1, 1, now).unwrap();
+    }
+    assert_eq!(
+        cluster.raft(new).metrics().borrow().last_log_index,
+        log_index
+    );
+
+    // Node 1 goes quiet; the shard goes to node 2 at epoch 2.
+    assert_eq!(table.expired(75_000), vec![(shard, 1)]);
+    let regrant = table.grant(shard, 2, 1, 75_000);
+    assert!(matches!(
+        cluster.write(&regrant).await,
+        Response::LeaseGranted {
+            epoch: 2,
+            node: 2,
+            ..
+        }
+    ));
+    let stale = Command::ReportProgress {
+        shard,
+        node: 1,
+        epoch: 1,
+        offset: 10,
+    };
+    assert_eq!(
+        cluster.write(&stale).await,
+        Response::Error(CommandError::StaleEpoch {
+            shard,
+            presented: 1,
+            current: 2
+        })
+    );
+    let current = Command::ReportProgress {
+        shard,
+        node: 2,
+        epoch: 2,
+        offset: 10,
+    };
+    assert_eq!(
+        cluster.write(&current).await,
+        Response::ProgressRecorded {
+            shard,
+            checkpoint: 10
+        }
+    );
 }

@@ -17,7 +17,8 @@ use rocksdb::{DB, WriteBatch};
 
 use super::StateError;
 use super::keys::{
-    self, CF_COUNTERS, CF_DATASETS, CF_FILES, CF_JOBS, CF_NODES, CF_PARTITIONS, CF_SHARDS,
+    self, CF_COUNTERS, CF_DATASETS, CF_FILES, CF_JOBS, CF_LEASED, CF_NODES, CF_PARTITIONS,
+    CF_SHARDS,
 };
 use super::records::{CatalogEntry, Dataset, FileStatus, Job, JobState, Shard, ShardState, Stored};
 
@@ -374,6 +375,8 @@ fn grant_lease(
     shard.state = ShardState::Leased;
     shard.deadline_ms = deadline_ms;
     tx.put(CF_SHARDS, &keys::id(id), &shard);
+    let leased = tx.cf(CF_LEASED);
+    tx.batch.put_cf(leased, keys::id(id), []);
     Ok(Ok(Response::LeaseGranted {
         shard: id,
         node,
@@ -412,6 +415,8 @@ fn report(tx: &mut Tx<'_>, id: u64, node: u64, epoch: u64, offset: Option<u64>) 
         None => {
             shard.checkpoint = shard.end;
             shard.state = ShardState::Done;
+            let leased = tx.cf(CF_LEASED);
+            tx.batch.delete_cf(leased, keys::id(id));
             complete_file(tx, &shard)?;
             Response::ShardCompleted { shard: id }
         }

@@ -13,10 +13,13 @@ pub const CF_JOBS: &str = "jobs";
 pub const CF_FILES: &str = "files";
 pub const CF_SHARDS: &str = "shards";
 pub const CF_PARTITIONS: &str = "partitions";
+/// Index of the shards currently leased (shard id -> empty), so a new
+/// leader loads its lease table without scanning every shard.
+pub const CF_LEASED: &str = "leased";
 
 /// The replicated state, in the order snapshots write it. A snapshot record
 /// names its column family by index into this list.
-pub const STATE_CFS: [&str; 7] = [
+pub const STATE_CFS: [&str; 8] = [
     CF_COUNTERS,
     CF_NODES,
     CF_DATASETS,
@@ -24,6 +27,7 @@ pub const STATE_CFS: [&str; 7] = [
     CF_FILES,
     CF_SHARDS,
     CF_PARTITIONS,
+    CF_LEASED,
 ];
 
 pub const LAST_APPLIED: &[u8] = b"last_applied";

@@ -50,6 +50,8 @@ pub enum StateError {
     Meta(#[from] serde_json::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("inconsistent state: {0}")]
+    Inconsistent(String),
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -128,7 +130,7 @@ impl StateMachineStore {
             }
             db.write(batch)?;
         }
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
                 snapshot_dir,
@@ -136,7 +138,24 @@ impl StateMachineStore {
                 incoming: AtomicU64::new(0),
                 last_build: std::sync::Mutex::new(None),
             }),
-        })
+        };
+        store.remove_stale_snapshot_files()?;
+        Ok(store)
+    }
+
+    /// Deletes snapshot files a crash left behind: partial ones, and any
+    /// but the current snapshot.
+    fn remove_stale_snapshot_files(&self) -> Result<(), StateError> {
+        let current = self
+            .current_snapshot_meta()?
+            .map(|m| self.snapshot_path(&m.snapshot_id));
+        for entry in fs::read_dir(&self.inner.snapshot_dir)? {
+            let path = entry?.path();
+            if Some(&path) != current.as_ref() {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
     }
 
     fn db(&self) -> &DB {
@@ -236,18 +255,30 @@ impl StateMachineStore {
     ) -> Result<Vec<(u64, u64, u64)>, StateError> {
         let start = keys::id(after.saturating_add(1));
         let mut out = Vec::new();
-        let iter = self.db().iterator_cf(
-            cf(self.db(), CF_SHARDS),
-            IteratorMode::From(&start, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            if out.len() == limit {
-                break;
-            }
-            let (_, value) = item?;
-            let shard = Shard::decode(&value)?;
-            if let (ShardState::Leased, Some(node)) = (shard.state, shard.holder) {
-                out.push((shard.id, node, shard.epoch));
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        for item in self
+            .db()
+            .iterator_cf(cf(self.db(), keys::CF_LEASED), mode)
+            .take(limit)
+        {
+            let (key, _) = item?;
+            let shard = keys::decode_u64(&key)
+                .map(|id| self.shard(id))
+                .transpose()?
+                .flatten();
+            match shard {
+                Some(Shard {
+                    id,
+                    holder: Some(node),
+                    epoch,
+                    state: ShardState::Leased,
+                    ..
+                }) => out.push((id, node, epoch)),
+                _ => {
+                    return Err(StateError::Inconsistent(format!(
+                        "lease index key {key:02x?}"
+                    )));
+                }
             }
         }
         Ok(out)
