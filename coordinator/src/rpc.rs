@@ -44,3 +44,49 @@ pub async fn serve(raft: &Raft, rpc: RaftRpc) -> RaftRpcReply {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use proto_schema::command::Command;
+
+    use super::*;
+    use crate::CommandBytes;
+
+    /// What a network transport does: serialize, carry, deserialize.
+    #[test]
+    fn rpcs_survive_serialization() {
+        let cmd = Command::CompleteShard {
+            shard: 3,
+            node: 2,
+            epoch: 7,
+        };
+        let log_id = LogId::new(CommittedLeaderId::new(4, 1), 10);
+        let rpc = RaftRpc::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(4, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(4, 1), 9)),
+            entries: vec![Entry {
+                log_id,
+                payload: EntryPayload::Normal(CommandBytes::encode(&cmd)),
+            }],
+            leader_commit: Some(log_id),
+        });
+        let wire = serde_json::to_vec(&rpc).unwrap();
+        let RaftRpc::AppendEntries(back) = serde_json::from_slice::<RaftRpc>(&wire).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(back.leader_commit, Some(log_id));
+        let EntryPayload::Normal(bytes) = &back.entries[0].payload else {
+            panic!("wrong payload")
+        };
+        assert_eq!(bytes.decode().unwrap(), cmd);
+
+        let reply = RaftRpcReply::Vote(Ok(VoteResponse::new(Vote::new(5, 2), None, true)));
+        let wire = serde_json::to_vec(&reply).unwrap();
+        let RaftRpcReply::Vote(Ok(back)) = serde_json::from_slice::<RaftRpcReply>(&wire).unwrap()
+        else {
+            panic!("wrong variant")
+        };
+        assert!(back.vote_granted);
+    }
+}
