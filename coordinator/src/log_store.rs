@@ -291,6 +291,21 @@ mod tests {
         Ok(())
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_entry_round_trips(term: u64, node: u64, index: u64, payload: Vec<u8>, kind in 0..3u8) {
+            let log_id = LogId::new(CommittedLeaderId::new(term, node), index);
+            let payload = match kind {
+                0 => EntryPayload::Blank,
+                1 => EntryPayload::Normal(CommandBytes(payload)),
+                _ => EntryPayload::Membership(openraft::Membership::new(vec![[node, 1].into()], None)),
+            };
+            let entry = Entry::<TypeConfig> { log_id, payload };
+            let back = decode_entry(&index_key(index), &encode_entry(&entry).unwrap()).unwrap();
+            proptest::prop_assert_eq!(back, entry);
+        }
+    }
+
     #[test]
     fn entries_round_trip_and_corruption_is_an_error() {
         let cmd = CommandBytes(vec![1, 2, 3]);
