@@ -185,7 +185,9 @@ fn open_submission(
     }
     let job = tx
         .get::<Job>(CF_JOBS, &keys::id(submission))?
-        .expect("an open submission has its job");
+        .ok_or_else(|| {
+            StateError::Inconsistent(format!("open submission {submission} has no job"))
+        })?;
     Ok(Ok((dataset, job)))
 }
 
