@@ -5,11 +5,18 @@
 //! id). Entries are encoded by hand rather than with serde: a command's
 //! rkyv bytes go in as they are, so a 1 MiB manifest chunk costs 1 MiB, and
 //! reading an entry's log id needs only its fixed-size header.
+//!
+//! Appends are group-committed: `append` writes the entries (visible to
+//! readers at once) and hands the flush to the store's flusher thread,
+//! which syncs the WAL once for every append queued meanwhile and then
+//! reports them persisted, in order. Raft goes on replicating and
+//! appending while the disk syncs, and one fsync covers many appends.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -18,7 +25,7 @@ use openraft::{
 };
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
-use crate::rocks::{self, Budget};
+use crate::rocks::{self, Budget, Kind};
 use crate::{CommandBytes, NodeId, TypeConfig};
 
 const CF_LOG: &str = "log";
@@ -42,21 +49,50 @@ struct CorruptEntry {
     reason: String,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Rocks(#[from] rocksdb::Error),
+    #[error("starting the log flusher thread: {0}")]
+    Flusher(std::io::Error),
+}
+
 /// The log store; clones share one DB (openraft reads through a clone).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// Appends waiting for the WAL sync; the flusher thread ends when the
+    /// last clone is dropped.
+    unsynced: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Syncs the WAL for every append queued since the last sync, then reports
+/// them persisted in the order they were appended.
+fn run_flusher(db: Arc<DB>, queue: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = queue.recv() {
+        let waiting: Vec<_> = std::iter::once(first).chain(queue.try_iter()).collect();
+        let synced = db.flush_wal(true).map_err(|e| e.to_string());
+        for callback in waiting {
+            callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
+        }
+    }
 }
 
 impl LogStore {
     /// Opens (or creates) the log DB in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, rocksdb::Error> {
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
         let budget = Budget {
             cache_bytes: 8 << 20,
             memtable_bytes: 8 << 20,
         };
-        let db = rocks::open(dir, budget, &[CF_LOG, CF_META])?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(rocks::open(dir, Kind::Log, budget, &[CF_LOG, CF_META])?);
+        let (unsynced, queue) = mpsc::channel();
+        let flusher_db = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || run_flusher(flusher_db, queue))
+            .map_err(OpenError::Flusher)?;
+        Ok(Self { db, unsynced })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -97,17 +133,21 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, serde_json::Error> {
-    let (kind, payload) = match &entry.payload {
-        EntryPayload::Blank => (KIND_BLANK, Vec::new()),
-        EntryPayload::Normal(cmd) => (KIND_NORMAL, cmd.0.clone()),
-        EntryPayload::Membership(m) => (KIND_MEMBERSHIP, serde_json::to_vec(m)?),
+    let membership;
+    let (kind, payload): (u8, &[u8]) = match &entry.payload {
+        EntryPayload::Blank => (KIND_BLANK, &[]),
+        EntryPayload::Normal(cmd) => (KIND_NORMAL, &cmd.0),
+        EntryPayload::Membership(m) => {
+            membership = serde_json::to_vec(m)?;
+            (KIND_MEMBERSHIP, &membership)
+        }
     };
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.push(kind);
     out.extend_from_slice(&entry.log_id.leader_id.term.to_be_bytes());
     out.extend_from_slice(&entry.log_id.leader_id.node_id.to_be_bytes());
     out.extend_from_slice(&entry.log_id.index.to_be_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     Ok(out)
 }
 
@@ -230,13 +270,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = encode_entry(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(self.cf(CF_LOG), index_key(entry.log_id.index), bytes);
         }
-        let result = self.db.write_opt(batch, &synced());
-        let reported = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(reported);
-        result.map_err(|e| StorageIOError::write_logs(&e).into())
+        match self.db.write(batch) {
+            Ok(()) => {
+                // The flusher outlives every clone's sender, so this fails
+                // only if its thread died; report that as an I/O error.
+                if let Err(mpsc::SendError(callback)) = self.unsynced.send(callback) {
+                    callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
+            }
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {

@@ -4,10 +4,21 @@
 //! small LRU block cache and a WriteBufferManager charged to that cache, so
 //! memtables and blocks together stay under the DB's budget however many
 //! column families it has and however large the catalogue grows.
+//!
+//! The two DBs differ in what they keep. Log entries are written once and
+//! purged after the next snapshot, and manifest chunks (paths, checksums)
+//! barely compress: the log is not compressed. The state is long-lived and
+//! is written without a WAL (see `state`), so its column families flush
+//! atomically, and only the levels below L1 are compressed: flushes and
+//! the first compactions, which rewrite the freshest data, spend no CPU on
+//! LZ4.
 
 use std::path::Path;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBufferManager};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    WriteBufferManager,
+};
 
 /// Memory for one DB: block cache, with memtables charged inside it.
 pub(crate) struct Budget {
@@ -15,7 +26,19 @@ pub(crate) struct Budget {
     pub memtable_bytes: usize,
 }
 
-pub(crate) fn open(path: &Path, budget: Budget, cfs: &[&str]) -> Result<DB, rocksdb::Error> {
+/// Which of the coordinator's DBs is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Log,
+    State,
+}
+
+pub(crate) fn open(
+    path: &Path,
+    kind: Kind,
+    budget: Budget,
+    cfs: &[&str],
+) -> Result<DB, rocksdb::Error> {
     let cache = Cache::new_lru_cache(budget.cache_bytes);
     let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
         budget.memtable_bytes,
@@ -37,6 +60,7 @@ pub(crate) fn open(path: &Path, budget: Budget, cfs: &[&str]) -> Result<DB, rock
     db_opts.set_keep_log_file_num(2);
     db_opts.set_max_log_file_size(4 << 20);
     db_opts.set_max_total_wal_size(64 << 20);
+    db_opts.set_atomic_flush(kind == Kind::State);
 
     // Every column family's memtable is charged to the shared manager; a
     // single memtable is at most half the budget.
@@ -46,7 +70,21 @@ pub(crate) fn open(path: &Path, budget: Budget, cfs: &[&str]) -> Result<DB, rock
         opts.set_block_based_table_factory(&table);
         opts.set_write_buffer_size(memtable);
         opts.set_max_write_buffer_number(2);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        match kind {
+            Kind::Log => {
+                opts.set_compression_type(DBCompressionType::None);
+                // Entries live in blob files: compactions move keys and
+                // blob references, not the payloads.
+                opts.set_enable_blob_files(true);
+                opts.set_min_blob_size(4096);
+                opts.set_enable_blob_gc(true);
+            }
+            Kind::State => {
+                let mut levels = [DBCompressionType::Lz4; 7];
+                levels[..2].fill(DBCompressionType::None);
+                opts.set_compression_per_level(&levels);
+            }
+        }
         ColumnFamilyDescriptor::new(*name, opts)
     });
     DB::open_cf_descriptors(&db_opts, path, descriptors)

@@ -86,6 +86,13 @@ pub enum Command {
         dataset: String,
         submission: u64,
     },
+    /// Abandons an open submission (its submitter failed): the catalogue
+    /// counts as the last finished submission left it, its shards are never
+    /// leased, and the dataset is free for a new submission.
+    AbortSubmission {
+        dataset: String,
+        submission: u64,
+    },
     /// Leases a shard to a node at the shard's next epoch. `expected_epoch`
     /// is the epoch the leader saw (0 for a never-leased shard): the grant
     /// is refused if another grant got there first.
@@ -172,6 +179,11 @@ pub enum CommandError {
     ShardDone {
         shard: u64,
     },
+    /// The shard belongs to an aborted submission.
+    SubmissionAborted {
+        shard: u64,
+        submission: u64,
+    },
     /// The entry's bytes were not a valid command.
     Malformed {
         reason: String,
@@ -221,6 +233,12 @@ impl std::fmt::Display for CommandError {
                 write!(f, "shard {shard} is not leased to node {node}")
             }
             Self::ShardDone { shard } => write!(f, "shard {shard} is already complete"),
+            Self::SubmissionAborted { shard, submission } => {
+                write!(
+                    f,
+                    "shard {shard} belongs to aborted submission {submission}"
+                )
+            }
             Self::Malformed { reason } => write!(f, "malformed command: {reason}"),
         }
     }
@@ -249,6 +267,9 @@ pub enum Response {
         submission: u64,
         counts: DiffCounts,
         gone: u64,
+    },
+    SubmissionAborted {
+        submission: u64,
     },
     LeaseGranted {
         shard: u64,
@@ -340,6 +361,12 @@ mod tests {
             }),
             (".{0,20}", any::<u64>())
                 .prop_map(|(dataset, now_ms)| Command::BeginSubmission { dataset, now_ms }),
+            (".{0,20}", any::<u64>()).prop_map(|(dataset, submission)| {
+                Command::AbortSubmission {
+                    dataset,
+                    submission,
+                }
+            }),
             (
                 ".{0,20}",
                 any::<u64>(),

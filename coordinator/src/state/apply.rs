@@ -87,6 +87,10 @@ pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
             dataset,
             submission,
         } => finish_submission(tx, &dataset, submission),
+        Command::AbortSubmission {
+            dataset,
+            submission,
+        } => abort_submission(tx, &dataset, submission),
         Command::GrantLease {
             shard,
             node,
@@ -340,6 +344,18 @@ fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
         counts: job.counts,
         gone: job.gone,
     }))
+}
+
+fn abort_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
+    let (mut dataset, mut job) = match open_submission(tx, name, submission)? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
+    };
+    job.state = JobState::Aborted;
+    dataset.open_submission = None;
+    tx.put(CF_JOBS, &keys::id(submission), &job);
+    tx.put(CF_DATASETS, name.as_bytes(), &dataset);
+    Ok(Ok(Response::SubmissionAborted { submission }))
 }
 
 fn shard(tx: &Tx<'_>, id: u64) -> Result<Result<Shard, CommandError>, StateError> {

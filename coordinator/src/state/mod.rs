@@ -7,6 +7,16 @@
 //! state column families from a RocksDB snapshot into a record stream;
 //! installing one clears those column families and streams the records
 //! back in bounded write batches. Neither holds the state in memory.
+//!
+//! Crash consistency: applied entries are written without RocksDB's WAL.
+//! The Raft log is the state machine's WAL: every applied entry is in the
+//! synced log, and each entry's write batch carries its log id as
+//! `last_applied`. The state column families flush atomically, so after a
+//! crash the state is exactly as it was after some applied entry, and
+//! openraft re-applies the committed entries after `last_applied` from the
+//! log (applying is deterministic). The log is purged only up to a
+//! snapshot, and building a snapshot flushes the state it read, so the
+//! entries a restart re-applies are never purged ones.
 
 pub mod apply;
 pub mod keys;
@@ -30,7 +40,7 @@ use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use self::keys::{CF_FILES, CF_JOBS, CF_RAFT, CF_SHARDS, STATE_CFS};
 use self::records::{CorruptRecord, Dataset, Job, Shard, ShardState, Stored};
 use self::snapshot_file::{SnapshotError, SnapshotReader, SnapshotWriter};
-use crate::rocks::{self, Budget};
+use crate::rocks::{self, Budget, Kind};
 use crate::{Applied, Member, NodeId, TypeConfig};
 
 /// Most bytes of records one install write batch holds.
@@ -115,7 +125,7 @@ impl StateMachineStore {
             cache_bytes: 32 << 20,
             memtable_bytes: 16 << 20,
         };
-        let db = rocks::open(&dir.join("db"), budget, &cfs)?;
+        let db = rocks::open(&dir.join("db"), Kind::State, budget, &cfs)?;
         if db.get_cf(cf(&db, CF_RAFT), keys::INSTALLING)?.is_some() {
             tracing::warn!("an interrupted snapshot install left partial state: clearing it");
             clear_state(&db)?;
@@ -347,6 +357,9 @@ impl StateMachineStore {
         let guard = self.inner.install.read().expect("not poisoned");
         let snap = db.snapshot();
         drop(guard);
+        // Make what the snapshot holds durable before it lets Raft purge
+        // the entries that produced it.
+        flush_state(db)?;
         let raft_cf = cf(db, CF_RAFT);
         let last_applied: Option<LogId<NodeId>> = match snap.get_cf(raft_cf, keys::LAST_APPLIED)? {
             Some(b) => serde_json::from_slice(&b)?,
@@ -417,6 +430,7 @@ impl StateMachineStore {
             serde_json::to_vec(&meta.last_membership)?,
         );
         batch.delete_cf(raft_cf, keys::INSTALLING);
+        flush_state(db)?;
         db.flush_wal(true)?;
         self.set_current_snapshot(meta, &mut batch)
     }
@@ -447,9 +461,25 @@ impl StateMachineStore {
             keys::LAST_APPLIED,
             serde_json::to_vec(&Some(entry.log_id))?,
         );
-        db.write(tx.batch)?;
+        db.write_opt(tx.batch, &without_wal())?;
         Ok(response)
     }
+}
+
+/// Applied entries skip the WAL: the Raft log already holds them.
+fn without_wal() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.disable_wal(true);
+    opts
+}
+
+/// Flushes every column family's memtable, atomically (see `rocks`).
+fn flush_state(db: &DB) -> Result<(), rocksdb::Error> {
+    let handles: Vec<_> = std::iter::once(CF_RAFT)
+        .chain(STATE_CFS)
+        .map(|name| cf(db, name))
+        .collect();
+    db.flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
 }
 
 fn synced() -> WriteOptions {
@@ -564,7 +594,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 responses.push(Applied(this.apply_entry(entry)?));
             }
-            this.db().flush_wal(true)?;
             Ok(responses)
         })
         .await

@@ -24,6 +24,8 @@ pub struct Dataset {
 pub enum JobState {
     Submitting,
     Submitted,
+    /// Abandoned before it finished: its catalogue stamps do not count.
+    Aborted,
 }
 
 /// One submission of a dataset's manifest and the work it created.
