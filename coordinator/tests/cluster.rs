@@ -6,14 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coordinator::client::{self, ManifestChunks, WriteError};
+use coordinator::client::{self, ManifestChunks, SubmitError, WriteError};
 use coordinator::lease::{Lease, LeaseTable};
 use coordinator::router::Router;
+use coordinator::state::records::JobState;
 use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
-    Command, CommandError, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+    Command, CommandError, DatasetFormat, DatasetSpec, DiffCounts, FileEntry, KeySpec,
+    MAX_CHUNK_FILES, NodeInfo, Response,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -347,6 +349,63 @@ async fn a_write_to_a_follower_is_redirected_to_the_leader() {
             );
         }
         other => panic!("expected a redirect, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_chunk_aborts_the_submission_and_frees_the_dataset() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    cluster.write(&node(1)).await;
+    cluster.write(&dataset("ds")).await;
+    let leader = cluster.leader().await;
+
+    // Two chunks in flight at once; one of them repeats a path of the other.
+    let mut manifest = files(MAX_CHUNK_FILES + 100);
+    manifest.push(manifest[10].clone());
+    let refused = client::submit(cluster.raft(leader), "ds", 1, manifest.into_iter(), 4).await;
+    match refused {
+        Err(SubmitError::Refused(CommandError::DuplicatePath { path })) => {
+            assert_eq!(path, files(11)[10].path)
+        }
+        other => panic!("expected a duplicate path, got {other:?}"),
+    }
+
+    let n = MAX_CHUNK_FILES as u64 + 100;
+    let done = client::submit(
+        cluster.raft(leader),
+        "ds",
+        2,
+        files(n as usize).into_iter(),
+        4,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (done.counts, done.gone, done.shards_created),
+        (
+            DiffCounts {
+                new: n,
+                changed: 0,
+                unchanged: 0
+            },
+            0,
+            n
+        ),
+        "the aborted submission left nothing the diff sees"
+    );
+    cluster.converge().await;
+    for replica in cluster.replicas.values() {
+        let aborted = replica.state.job(done.submission - 1).unwrap().unwrap();
+        assert_eq!(aborted.state, JobState::Aborted);
+        let dataset = replica.state.dataset("ds").unwrap().unwrap();
+        assert_eq!(
+            (
+                dataset.open_submission,
+                dataset.last_generation,
+                dataset.live_files
+            ),
+            (None, done.submission, n)
+        );
     }
 }
 

@@ -6,8 +6,13 @@
 //! clock or a random source: the same log gives the same state on every
 //! replica. Work per command is bounded by the command's size (a manifest
 //! chunk is at most `MAX_CHUNK_FILES` files), never by the catalogue's.
+//!
+//! Aborting a submission is one write too: a submission that rewrites a
+//! catalogue entry keeps what it replaced in the entry (`Prior`), and an
+//! entry last rewritten by an aborted submission counts as its prior
+//! (`Aborted::settle`). The next rewrite drops the stale version.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use proto_schema::command::{
     Command, CommandError, DatasetSpec, DiffCounts, FileEntry, MAX_CHUNK_BYTES, MAX_CHUNK_FILES,
@@ -20,7 +25,10 @@ use super::keys::{
     self, CF_COUNTERS, CF_DATASETS, CF_FILES, CF_JOBS, CF_LEASED, CF_NODES, CF_PARTITIONS,
     CF_SHARDS,
 };
-use super::records::{CatalogEntry, Dataset, FileStatus, Job, JobState, Shard, ShardState, Stored};
+use super::records::{
+    CatalogEntry, Dataset, FileStatus, Job, JobState, Prior, PriorVersion, Shard, ShardState,
+    Stored,
+};
 
 /// The command's answer, or a storage failure (fatal for the replica,
 /// unlike a `CommandError`).
@@ -69,6 +77,44 @@ impl<'a> Tx<'a> {
         let cf = self.cf(CF_COUNTERS);
         self.batch.put_cf(cf, counter, keys::id(next + n));
         Ok(next)
+    }
+}
+
+/// Which submissions were aborted, read from their jobs once per command
+/// (or per read) and remembered: a chunk's entries carry few generations.
+pub struct Aborted<'a> {
+    db: &'a DB,
+    known: HashMap<u64, bool>,
+}
+
+impl<'a> Aborted<'a> {
+    pub fn new(db: &'a DB) -> Self {
+        Self {
+            db,
+            known: HashMap::new(),
+        }
+    }
+
+    fn is_aborted(&mut self, generation: u64) -> Result<bool, StateError> {
+        if let Some(&aborted) = self.known.get(&generation) {
+            return Ok(aborted);
+        }
+        let cf = self
+            .db
+            .cf_handle(CF_JOBS)
+            .expect("column family created at open");
+        let aborted = match self.db.get_pinned_cf(cf, keys::id(generation))? {
+            Some(bytes) => Job::decode(&bytes)?.state == JobState::Aborted,
+            None => false,
+        };
+        self.known.insert(generation, aborted);
+        Ok(aborted)
+    }
+
+    /// The catalogue entry that counts (see `CatalogEntry::settled`).
+    pub fn settle(&mut self, entry: CatalogEntry) -> Result<Option<CatalogEntry>, StateError> {
+        let aborted = self.is_aborted(entry.generation)?;
+        Ok(entry.settled(aborted))
     }
 }
 
@@ -244,6 +290,7 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
         .map(|f| keys::file(dataset.id, &f.path))
         .collect();
     let files_cf = tx.cf(CF_FILES);
+    let mut aborted = Aborted::new(tx.db);
     let mut known = Vec::with_capacity(files.len());
     for (found, file) in tx
         .db
@@ -251,16 +298,19 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
         .into_iter()
         .zip(files)
     {
-        let entry = found?
+        let stored = found?
             .map(|bytes| CatalogEntry::decode(&bytes))
             .transpose()?;
-        if entry.as_ref().is_some_and(|e| e.generation == submission) {
+        if stored.as_ref().is_some_and(|e| e.generation == submission) {
             // Listed by an earlier chunk of this same submission.
             return Ok(Err(CommandError::DuplicatePath {
                 path: file.path.clone(),
             }));
         }
-        known.push(entry);
+        known.push(match stored {
+            Some(entry) => aborted.settle(entry)?,
+            None => None,
+        });
     }
 
     let diffs: Vec<Diff> = files
@@ -277,12 +327,17 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
     let mut counts = DiffCounts::default();
     for (((file, key), known), diff) in files.iter().zip(&file_keys).zip(known).zip(diffs) {
         let entry = match (diff, known) {
-            (Diff::Unchanged, Some(mut k)) => {
+            (Diff::Unchanged, Some(k)) => {
                 counts.unchanged += 1;
-                k.generation = submission;
-                k
+                CatalogEntry {
+                    generation: submission,
+                    prior: Some(Prior::Restamped {
+                        generation: k.generation,
+                    }),
+                    ..k
+                }
             }
-            _ => {
+            (_, known) => {
                 if diff == Diff::New {
                     counts.new += 1;
                 } else {
@@ -303,6 +358,17 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
                 };
                 tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
                 next_shard += 1;
+                // A new file needs no prior: unknown and gone count alike.
+                let prior = known.filter(|_| diff == Diff::Changed).map(|k| {
+                    Prior::Replaced(PriorVersion {
+                        size: k.size,
+                        mtime_ns: k.mtime_ns,
+                        checksum: k.checksum,
+                        status: k.status,
+                        generation: k.generation,
+                        shard: k.shard,
+                    })
+                });
                 CatalogEntry {
                     size: file.size,
                     mtime_ns: file.mtime_ns,
@@ -310,6 +376,7 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
                     status: FileStatus::Pending,
                     generation: submission,
                     shard: shard.id,
+                    prior,
                 }
             }
         };
@@ -346,6 +413,9 @@ fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
     }))
 }
 
+/// Marks the job aborted and frees the dataset. Nothing else is written:
+/// entries the submission rewrote settle to their priors, and its shards
+/// are refused leases.
 fn abort_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
     let (mut dataset, mut job) = match open_submission(tx, name, submission)? {
         Ok(found) => found,
@@ -380,6 +450,15 @@ fn grant_lease(
     };
     if shard.state == ShardState::Done {
         return Ok(Err(CommandError::ShardDone { shard: id }));
+    }
+    if tx
+        .get::<Job>(CF_JOBS, &keys::id(shard.job))?
+        .is_some_and(|job| job.state == JobState::Aborted)
+    {
+        return Ok(Err(CommandError::SubmissionAborted {
+            shard: id,
+            submission: shard.job,
+        }));
     }
     if shard.epoch != expected_epoch {
         return Ok(Err(CommandError::StaleEpoch {
@@ -443,15 +522,21 @@ fn report(tx: &mut Tx<'_>, id: u64, node: u64, epoch: u64, offset: Option<u64>) 
     Ok(Ok(response))
 }
 
-/// Marks the catalogue entry ingested (unless a newer version of the file
-/// has been submitted since) and counts the shard on its job.
+/// Marks the file's version that the shard ingested as ingested (the
+/// entry's, or the prior one a newer submission replaced) and counts the
+/// shard on its job.
 fn complete_file(tx: &mut Tx<'_>, shard: &Shard) -> Result<(), StateError> {
     let key = keys::file(shard.dataset_id, &shard.path);
-    if let Some(mut entry) = tx.get::<CatalogEntry>(CF_FILES, &key)?
-        && entry.shard == shard.id
-    {
-        entry.status = FileStatus::Ingested;
-        tx.put(CF_FILES, &key, &entry);
+    if let Some(mut entry) = tx.get::<CatalogEntry>(CF_FILES, &key)? {
+        let status = match &mut entry.prior {
+            _ if entry.shard == shard.id => Some(&mut entry.status),
+            Some(Prior::Replaced(v)) if v.shard == shard.id => Some(&mut v.status),
+            _ => None,
+        };
+        if let Some(status) = status {
+            *status = FileStatus::Ingested;
+            tx.put(CF_FILES, &key, &entry);
+        }
     }
     if let Some(mut job) = tx.get::<Job>(CF_JOBS, &keys::id(shard.job))? {
         job.shards_done += 1;
@@ -610,6 +695,129 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aborted_submission_leaves_the_catalogue_as_the_last_finished_one() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1]).await;
+        let first = vec![
+            file("a", 10, 1, None),
+            file("b", 20, 2, Some(1)),
+            file("c", 30, 3, None),
+            file("d", 40, 4, None),
+        ];
+        let s1 = sm.submit("ds", first.clone()).await;
+        for shard in 1..=2 {
+            let grant = Command::GrantLease {
+                shard,
+                node: 1,
+                expected_epoch: 0,
+                deadline_ms: 9,
+            };
+            assert!(matches!(
+                sm.apply(grant).await,
+                Response::LeaseGranted { .. }
+            ));
+            let done = Command::CompleteShard {
+                shard,
+                node: 1,
+                epoch: 1,
+            };
+            assert_eq!(sm.apply(done).await, Response::ShardCompleted { shard });
+        }
+        let dataset = sm.state().dataset("ds").unwrap().unwrap();
+        let entry = |sm: &Applier, path: &str| {
+            sm.state()
+                .catalog_entry(dataset.id, path)
+                .unwrap()
+                .expect("catalogued")
+        };
+        let before: Vec<_> = ["a", "b", "c", "d"].iter().map(|p| entry(&sm, p)).collect();
+
+        // The submitter dies after sending: a unchanged, b and c changed,
+        // x new, d not listed.
+        let aborted = sm
+            .send_and_abort(
+                "ds",
+                vec![
+                    file("a", 10, 1, None),
+                    file("b", 21, 2, Some(1)),
+                    file("c", 30, 9, None),
+                    file("x", 5, 5, None),
+                ],
+            )
+            .await;
+        let job = sm.state().job(aborted).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Aborted);
+        let after: Vec<_> = ["a", "b", "c", "d"].iter().map(|p| entry(&sm, p)).collect();
+        assert_eq!(after, before, "the catalogue counts as s1 left it");
+        assert_eq!(entry(&sm, "b").status, FileStatus::Ingested);
+        assert!(sm.state().catalog_entry(dataset.id, "x").unwrap().is_none());
+        let dataset_now = sm.state().dataset("ds").unwrap().unwrap();
+        assert_eq!(
+            (dataset_now.open_submission, dataset_now.last_generation),
+            (None, s1)
+        );
+        // Its shards are never leased.
+        let aborted_shard = 5;
+        assert_eq!(
+            sm.state().shard(aborted_shard).unwrap().unwrap().job,
+            aborted
+        );
+        let grant = Command::GrantLease {
+            shard: aborted_shard,
+            node: 1,
+            expected_epoch: 0,
+            deadline_ms: 9,
+        };
+        assert_eq!(
+            sm.apply(grant).await,
+            Response::Error(CommandError::SubmissionAborted {
+                shard: aborted_shard,
+                submission: aborted
+            })
+        );
+        // Aborting twice, or a finished submission, is refused.
+        let again = Command::AbortSubmission {
+            dataset: "ds".into(),
+            submission: aborted,
+        };
+        assert!(matches!(
+            sm.apply(again).await,
+            Response::Error(CommandError::UnknownSubmission { .. })
+        ));
+
+        // The next submission diffs against s1: a and b unchanged (b back
+        // to s1's version), c changed, d gone, e new; x was never listed.
+        let s3 = sm
+            .submit(
+                "ds",
+                vec![
+                    file("a", 10, 1, None),
+                    file("b", 20, 2, Some(1)),
+                    file("c", 30, 9, None),
+                    file("e", 50, 5, None),
+                ],
+            )
+            .await;
+        let job3 = sm.state().job(s3).unwrap().unwrap();
+        assert_eq!(
+            job3.counts,
+            DiffCounts {
+                new: 1,
+                changed: 1,
+                unchanged: 2
+            }
+        );
+        assert_eq!((job3.gone, job3.shards_total), (1, 2));
+        assert_eq!(
+            sm.state().gone_files(&job3, None, 10).unwrap(),
+            vec!["d".to_string()]
+        );
+        assert_eq!(entry(&sm, "b").status, FileStatus::Ingested);
+        assert_eq!(entry(&sm, "c").status, FileStatus::Pending);
+        assert_eq!(sm.state().dataset("ds").unwrap().unwrap().live_files, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_commands_get_clear_errors_and_change_nothing() {
         let mut sm = Applier::new();
         setup_dataset(&mut sm, "ds", &[1]).await;
@@ -752,12 +960,14 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
         /// Re-submitting a changed inventory marks exactly the new and
-        /// changed files pending, skips the rest, and counts the gone ones.
+        /// changed files pending, skips the rest, and counts the gone ones,
+        /// whatever aborted submissions came in between.
         #[test]
         fn resubmission_diff_is_exact(
             first in proptest::collection::btree_map("[a-f]{1,3}/[a-z]{1,6}", (0u64..1000, 0i64..1000, proptest::option::of(any::<u8>())), 1..60),
             changes in proptest::collection::vec(change(), 60),
             added in proptest::collection::btree_set("new/[a-z]{1,6}", 0..10),
+            aborted in proptest::collection::vec(proptest::collection::btree_map("[a-f]{1,3}/[a-z]{1,6}|new/[a-z]{1,6}", (0u64..1000, 0i64..1000, proptest::option::of(any::<u8>())), 0..60), 0..3),
         ) {
             let inventory = |m: &BTreeMap<String, (u64, i64, Option<u8>)>| {
                 m.iter().map(|(p, &(s, t, c))| file(p, s, t, c)).collect::<Vec<_>>()
@@ -765,6 +975,7 @@ mod tests {
             let mut second = BTreeMap::new();
             let mut expect = DiffCounts::default();
             let mut gone = 0;
+            let mut gone_paths = Vec::new();
             let mut should_be_pending = Vec::new();
             for ((path, &(size, mtime, sum)), change) in first.iter().zip(&changes) {
                 let changed = match change {
@@ -772,7 +983,7 @@ mod tests {
                     Change::Size => (size + 1, mtime, sum),
                     Change::Mtime => (size, mtime + 1, sum),
                     Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
-                    Change::Drop => { gone += 1; continue; }
+                    Change::Drop => { gone += 1; gone_paths.push(path.clone()); continue; }
                 };
                 if matches!(change, Change::Keep) { expect.unchanged += 1 } else {
                     expect.changed += 1;
@@ -790,10 +1001,16 @@ mod tests {
                 let mut sm = Applier::new();
                 setup_dataset(&mut sm, "ds", &[1]).await;
                 sm.submit("ds", inventory(&first)).await;
+                // Submissions whose submitters died in between change
+                // nothing the next diff sees.
+                for abandoned in &aborted {
+                    sm.send_and_abort("ds", inventory(abandoned)).await;
+                }
                 let s2 = sm.submit("ds", inventory(&second)).await;
                 let job = sm.state().job(s2).unwrap().unwrap();
                 prop_assert_eq!(job.counts, expect);
                 prop_assert_eq!(job.gone, gone);
+                prop_assert_eq!(sm.state().gone_files(&job, None, 1000).unwrap(), gone_paths);
                 prop_assert_eq!(job.shards_total, expect.new + expect.changed);
 
                 let dataset = sm.state().dataset("ds").unwrap().unwrap();

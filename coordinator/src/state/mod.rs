@@ -205,12 +205,17 @@ impl StateMachineStore {
         self.get(CF_SHARDS, &keys::id(id))
     }
 
+    /// The catalogue's entry for a file, as it counts (an entry rewritten
+    /// by an aborted submission counts as what it replaced).
     pub fn catalog_entry(
         &self,
         dataset: u32,
         path: &str,
     ) -> Result<Option<records::CatalogEntry>, StateError> {
-        self.get(CF_FILES, &keys::file(dataset, path))
+        match self.get(CF_FILES, &keys::file(dataset, path))? {
+            Some(entry) => apply::Aborted::new(self.db()).settle(entry),
+            None => Ok(None),
+        }
     }
 
     pub fn partition_owner(&self, partition: u32) -> Result<Option<u64>, StateError> {
@@ -239,6 +244,7 @@ impl StateMachineStore {
             None => prefix.to_vec(),
         };
         let mut out = Vec::new();
+        let mut aborted = apply::Aborted::new(self.db());
         let iter = self.db().iterator_cf(
             cf(self.db(), CF_FILES),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
@@ -248,8 +254,10 @@ impl StateMachineStore {
             if !key.starts_with(&prefix) || out.len() == limit {
                 break;
             }
-            let entry = records::CatalogEntry::decode(&value)?;
-            if job.previous_generation != 0 && entry.generation == job.previous_generation {
+            let entry = aborted.settle(records::CatalogEntry::decode(&value)?)?;
+            if job.previous_generation != 0
+                && entry.is_some_and(|e| e.generation == job.previous_generation)
+            {
                 out.push(String::from_utf8_lossy(keys::file_path(&key)).into_owned());
             }
         }
@@ -707,8 +715,9 @@ pub(crate) mod test_support {
             self.apply_bytes(cmd.to_bytes().to_vec()).await
         }
 
-        /// Submits a whole manifest in chunks; returns the submission id.
-        pub async fn submit(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
+        /// Begins a submission and sends a whole manifest in chunks, without
+        /// finishing it; returns the submission id.
+        pub async fn send(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
             let begin = Command::BeginSubmission {
                 dataset: dataset.into(),
                 now_ms: 1,
@@ -725,6 +734,26 @@ pub(crate) mod test_support {
                 let resp = self.apply(chunk).await;
                 assert!(matches!(resp, Response::ChunkApplied { .. }), "{resp:?}");
             }
+            submission
+        }
+
+        /// Sends a manifest and aborts the submission; returns its id.
+        pub async fn send_and_abort(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
+            let submission = self.send(dataset, files).await;
+            let abort = Command::AbortSubmission {
+                dataset: dataset.into(),
+                submission,
+            };
+            assert_eq!(
+                self.apply(abort).await,
+                Response::SubmissionAborted { submission }
+            );
+            submission
+        }
+
+        /// Submits a whole manifest in chunks; returns the submission id.
+        pub async fn submit(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
+            let submission = self.send(dataset, files).await;
             let finish = Command::FinishSubmission {
                 dataset: dataset.into(),
                 submission,

@@ -61,6 +61,60 @@ pub struct CatalogEntry {
     pub generation: u64,
     /// The shard that ingests (or ingested) this version of the file.
     pub shard: u64,
+    /// What submission `generation` replaced when it rewrote the entry.
+    /// Should that submission be aborted, this is the entry that counts: an
+    /// abort rewrites no catalogue entry.
+    pub prior: Option<Prior>,
+}
+
+/// A catalogue entry's state before a submission rewrote it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Prior {
+    /// The file was unchanged: only the generation stamp was rewritten.
+    Restamped { generation: u64 },
+    /// The file had changed: the version it replaced.
+    Replaced(PriorVersion),
+}
+
+/// A replaced version of a file (a `CatalogEntry` without its own prior).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PriorVersion {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub checksum: Option<Vec<u8>>,
+    pub status: FileStatus,
+    pub generation: u64,
+    pub shard: u64,
+}
+
+impl CatalogEntry {
+    /// The entry that counts: itself, or if the submission that last
+    /// rewrote it was aborted, what it replaced (`None`: the aborted
+    /// submission listed the file first).
+    pub fn settled(self, generation_aborted: bool) -> Option<CatalogEntry> {
+        if !generation_aborted {
+            return Some(CatalogEntry {
+                prior: None,
+                ..self
+            });
+        }
+        match self.prior? {
+            Prior::Restamped { generation } => Some(CatalogEntry {
+                generation,
+                prior: None,
+                ..self
+            }),
+            Prior::Replaced(v) => Some(CatalogEntry {
+                size: v.size,
+                mtime_ns: v.mtime_ns,
+                checksum: v.checksum,
+                status: v.status,
+                generation: v.generation,
+                shard: v.shard,
+                prior: None,
+            }),
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
