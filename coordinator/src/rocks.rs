@@ -42,7 +42,9 @@ pub(crate) fn open(
     let cache = Cache::new_lru_cache(budget.cache_bytes);
     let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
         budget.memtable_bytes,
-        false,
+        // Stall writes while memtables (mutable and waiting to flush) are
+        // over budget: without it, flushes that fall behind let them grow.
+        true,
         cache.clone(),
     );
     let mut table = BlockBasedOptions::default();
