@@ -15,8 +15,8 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -67,11 +67,16 @@ pub struct LogStore {
 }
 
 /// Syncs the WAL for every append queued since the last sync, then reports
-/// them persisted in the order they were appended.
-fn run_flusher(db: Arc<DB>, queue: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+/// them persisted in the order they were appended. It holds the DB only
+/// while syncing, so dropping the last `LogStore` closes the DB at once
+/// (a restarted replica can reopen it).
+fn run_flusher(db: Weak<DB>, queue: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = queue.recv() {
         let waiting: Vec<_> = std::iter::once(first).chain(queue.try_iter()).collect();
-        let synced = db.flush_wal(true).map_err(|e| e.to_string());
+        let synced = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("log store closed".to_string()),
+        };
         for callback in waiting {
             callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
         }
@@ -87,7 +92,7 @@ impl LogStore {
         };
         let db = Arc::new(rocks::open(dir, Kind::Log, budget, &[CF_LOG, CF_META])?);
         let (unsynced, queue) = mpsc::channel();
-        let flusher_db = db.clone();
+        let flusher_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || run_flusher(flusher_db, queue))

@@ -62,6 +62,9 @@ pub(crate) fn open(
     db_opts.set_keep_log_file_num(2);
     db_opts.set_max_log_file_size(4 << 20);
     db_opts.set_max_total_wal_size(64 << 20);
+    // Readahead is per compaction input file, and a compaction into a large
+    // level reads many: keep it small so memory does not grow with the DB.
+    db_opts.set_compaction_readahead_size(256 << 10);
     db_opts.set_atomic_flush(kind == Kind::State);
 
     // Every column family's memtable is charged to the shared manager; a
