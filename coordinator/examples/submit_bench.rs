@@ -145,9 +145,7 @@ async fn main() {
     let run = |label: &'static str, changed_every: Option<u64>| async move {
         let started = Instant::now();
         let entries = (0..n).map(|i| file(i, changed_every.is_some_and(|k| i % k == 0)));
-        let done: Submitted = client::submit(raft, "inventory", 1, entries, window)
-            .await
-            .expect("submission succeeds");
+        let done: Submitted = client::submit(raft, "inventory", 1, entries, window).await?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "{label}: {secs:.1} s, {:.0} files/s; new {} changed {} unchanged {} gone {}, pending shards {}; anon RSS {:.0} MiB",
@@ -159,13 +157,17 @@ async fn main() {
             done.shards_created,
             mib(anon_rss())
         );
-        done
+        Ok::<_, client::SubmitError>(done)
     };
-    let first = run("first submission", None).await;
-    assert_eq!(first.counts.new, n);
-    let second = run("1% changed", Some(100)).await;
-    assert_eq!(second.shards_created, n.div_ceil(100));
-    assert_eq!(second.counts.changed, second.shards_created);
+    let outcome = async {
+        let first = run("first submission", None).await?;
+        assert_eq!(first.counts.new, n);
+        let second = run("1% changed", Some(100)).await?;
+        assert_eq!(second.shards_created, n.div_ceil(100));
+        assert_eq!(second.counts.changed, second.shards_created);
+        Ok::<_, client::SubmitError>(())
+    }
+    .await;
 
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
@@ -175,5 +177,11 @@ async fn main() {
     );
     for raft in rafts.values() {
         raft.shutdown().await.unwrap();
+    }
+    // Reported after the replicas and their directory are gone.
+    if let Err(e) = outcome {
+        drop(dir);
+        eprintln!("submission failed: {e}");
+        std::process::exit(1);
     }
 }

@@ -42,9 +42,12 @@ pub(crate) fn open(
     let cache = Cache::new_lru_cache(budget.cache_bytes);
     let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
         budget.memtable_bytes,
-        // Stall writes while memtables (mutable and waiting to flush) are
-        // over budget: without it, flushes that fall behind let them grow.
-        true,
+        // The state's writes stall while memtables (mutable and waiting to
+        // flush) are over budget; applying waits, nothing else does. The
+        // log's appends run on the Raft core's task, and stalling them
+        // delays heartbeats into elections: its memtables are bounded by
+        // RocksDB's own limit instead (2 column families x 2 x half budget).
+        kind == Kind::State,
         cache.clone(),
     );
     let mut table = BlockBasedOptions::default();
