@@ -1,0 +1,187 @@
+//! Submission throughput of three coordinator replicas in one process.
+//!
+//! Generates an inventory of N files (paths 60-110 bytes in a directory
+//! tree, size, mtime, a 16-byte md5-sized checksum), submits it through
+//! the leader of three in-process replicas, then re-submits it with 1% of
+//! the files changed. Prints files/s, the pending shards the re-submission
+//! created, and the process's anonymous RSS (now and peak, sampled), which
+//! covers all three replicas. The inventory is generated as it is sent,
+//! never held whole.
+//!
+//!     cargo run -p coordinator --example submit_bench -- FILES [WINDOW]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use coordinator::client::{self, Submitted};
+use coordinator::router::Router;
+use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
+use proto_schema::command::{
+    Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+};
+
+/// SplitMix64: a seeded, dependency-free source of file attributes.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+const HOSTS: [&str; 4] = ["ingest-a", "ingest-b", "edge-eu-west", "edge-us-east-2"];
+const KINDS: [&str; 3] = ["access", "application-events", "audit"];
+
+/// File `i` of the inventory; `changed` files get a newer mtime and checksum.
+fn file(i: u64, changed: bool) -> FileEntry {
+    let r = mix(i);
+    // 50 files per directory, directories nested host/kind/day/hour.
+    let dir = i / 50;
+    let host = HOSTS[(dir / 20_000) as usize % HOSTS.len()];
+    let kind = KINDS[(dir / 2000) as usize % KINDS.len()];
+    let day = dir / 24 % 2000;
+    let hour = dir % 24;
+    let pad = "x".repeat((r % 41) as usize);
+    let path = format!(
+        "/srv/archive/{host}/{kind}/2025-{:02}-{:02}/h{hour:02}/part-{i:010}-{pad}.log.zst",
+        day / 28 % 12 + 1,
+        day % 28 + 1
+    );
+    let version = u64::from(changed);
+    let sum = mix(r ^ version);
+    FileEntry {
+        path,
+        size: r % (64 << 20),
+        mtime_ns: 1_750_000_000_000_000_000 + (r % 1_000_000_000) as i64 + version as i64,
+        checksum: Some([sum.to_le_bytes(), mix(sum).to_le_bytes()].concat()),
+    }
+}
+
+fn anon_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib << 10)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+async fn write(raft: &Raft, cmd: Command) -> Response {
+    client::write(raft, &cmd).await.expect("leader accepts")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args.next().map_or(100_000, |a| a.parse().expect("FILES"));
+    let window: usize = args.next().map_or(4, |a| a.parse().expect("WINDOW"));
+
+    let peak = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(anon_rss(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let router = Router::default();
+    let config = Arc::new(coordinator::config::raft_config().unwrap());
+    let mut rafts = BTreeMap::new();
+    for id in 1..=3u64 {
+        let base = dir.path().join(format!("replica-{id}"));
+        let log = LogStore::open(&base.join("log")).unwrap();
+        let state = StateMachineStore::open(&base.join("state")).unwrap();
+        let raft = Raft::new(id, config.clone(), router.clone(), log, state)
+            .await
+            .unwrap();
+        router.add(id, raft.clone());
+        rafts.insert(id, raft);
+    }
+    let members: BTreeMap<NodeId, Member> = (1..=3)
+        .map(|id| {
+            let addr = format!("replica-{id}");
+            (id, Member { addr })
+        })
+        .collect();
+    rafts[&1].initialize(members).await.unwrap();
+    let leader = rafts[&1]
+        .wait(Some(Duration::from_secs(20)))
+        .metrics(|m| m.current_leader.is_some(), "leader")
+        .await
+        .unwrap()
+        .current_leader
+        .unwrap();
+    let raft = &rafts[&leader];
+    write(
+        raft,
+        Command::RegisterNode(NodeInfo {
+            id: 1,
+            address: "10.0.0.1:7000".into(),
+            cert_fingerprint: [1; 32],
+        }),
+    )
+    .await;
+    let spec = DatasetSpec {
+        name: "inventory".into(),
+        format: DatasetFormat::Lines,
+        key: KeySpec::WholeLine,
+    };
+    write(raft, Command::CreateDataset(spec)).await;
+    println!(
+        "{n} files, {window} chunks in flight, 3 replicas; anon RSS before: {:.0} MiB",
+        mib(anon_rss())
+    );
+
+    let run = |label: &'static str, changed_every: Option<u64>| async move {
+        let started = Instant::now();
+        let entries = (0..n).map(|i| file(i, changed_every.is_some_and(|k| i % k == 0)));
+        let done: Submitted = client::submit(raft, "inventory", 1, entries, window).await?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{label}: {secs:.1} s, {:.0} files/s; new {} changed {} unchanged {} gone {}, pending shards {}; anon RSS {:.0} MiB",
+            n as f64 / secs,
+            done.counts.new,
+            done.counts.changed,
+            done.counts.unchanged,
+            done.gone,
+            done.shards_created,
+            mib(anon_rss())
+        );
+        Ok::<_, client::SubmitError>(done)
+    };
+    let outcome = async {
+        let first = run("first submission", None).await?;
+        assert_eq!(first.counts.new, n);
+        let second = run("1% changed", Some(100)).await?;
+        assert_eq!(second.shards_created, n.div_ceil(100));
+        assert_eq!(second.counts.changed, second.shards_created);
+        Ok::<_, client::SubmitError>(())
+    }
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    println!(
+        "peak anon RSS (3 replicas + generator): {:.0} MiB",
+        mib(peak.load(Ordering::Relaxed))
+    );
+    for raft in rafts.values() {
+        raft.shutdown().await.unwrap();
+    }
+    // Reported after the replicas and their directory are gone.
+    if let Err(e) = outcome {
+        drop(dir);
+        eprintln!("submission failed: {e}");
+        std::process::exit(1);
+    }
+}

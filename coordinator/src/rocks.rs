@@ -1,0 +1,99 @@
+//! RocksDB options with bounded memory for the coordinator's two databases.
+//!
+//! Both the log store and the state machine open their own DB; each gets one
+//! small LRU block cache and a WriteBufferManager charged to that cache, so
+//! memtables and blocks together stay under the DB's budget however many
+//! column families it has and however large the catalogue grows.
+//!
+//! The two DBs differ in what they keep. Log entries are written once and
+//! purged after the next snapshot, and manifest chunks (paths, checksums)
+//! barely compress: the log is not compressed. The state is long-lived and
+//! is written without a WAL (see `state`), so its column families flush
+//! atomically, and only the levels below L1 are compressed: flushes and
+//! the first compactions, which rewrite the freshest data, spend no CPU on
+//! LZ4.
+
+use std::path::Path;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    WriteBufferManager,
+};
+
+/// Memory for one DB: block cache, with memtables charged inside it.
+pub(crate) struct Budget {
+    pub cache_bytes: usize,
+    pub memtable_bytes: usize,
+}
+
+/// Which of the coordinator's DBs is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Log,
+    State,
+}
+
+pub(crate) fn open(
+    path: &Path,
+    kind: Kind,
+    budget: Budget,
+    cfs: &[&str],
+) -> Result<DB, rocksdb::Error> {
+    let cache = Cache::new_lru_cache(budget.cache_bytes);
+    let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+        budget.memtable_bytes,
+        // The state's writes stall while memtables (mutable and waiting to
+        // flush) are over budget; applying waits, nothing else does. The
+        // log's appends run on the Raft core's task, and stalling them
+        // delays heartbeats into elections: its memtables are bounded by
+        // RocksDB's own limit instead (2 column families x 2 x half budget).
+        kind == Kind::State,
+        cache.clone(),
+    );
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_block_size(16 * 1024);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_bloom_filter(10.0, false);
+
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_write_buffer_manager(&write_buffers);
+    db_opts.set_max_background_jobs(2);
+    db_opts.set_max_open_files(256);
+    db_opts.set_keep_log_file_num(2);
+    db_opts.set_max_log_file_size(4 << 20);
+    db_opts.set_max_total_wal_size(64 << 20);
+    // Readahead is per compaction input file, and a compaction into a large
+    // level reads many: keep it small so memory does not grow with the DB.
+    db_opts.set_compaction_readahead_size(256 << 10);
+    db_opts.set_atomic_flush(kind == Kind::State);
+
+    // Every column family's memtable is charged to the shared manager; a
+    // single memtable is at most half the budget.
+    let memtable = (budget.memtable_bytes / 2).max(1 << 20);
+    let descriptors = cfs.iter().map(|name| {
+        let mut opts = Options::default();
+        opts.set_block_based_table_factory(&table);
+        opts.set_write_buffer_size(memtable);
+        opts.set_max_write_buffer_number(2);
+        match kind {
+            Kind::Log => {
+                opts.set_compression_type(DBCompressionType::None);
+                // Entries live in blob files: compactions move keys and
+                // blob references, not the payloads.
+                opts.set_enable_blob_files(true);
+                opts.set_min_blob_size(4096);
+                opts.set_enable_blob_gc(true);
+            }
+            Kind::State => {
+                let mut levels = [DBCompressionType::Lz4; 7];
+                levels[..2].fill(DBCompressionType::None);
+                opts.set_compression_per_level(&levels);
+            }
+        }
+        ColumnFamilyDescriptor::new(*name, opts)
+    });
+    DB::open_cf_descriptors(&db_opts, path, descriptors)
+}

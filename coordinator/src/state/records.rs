@@ -1,0 +1,180 @@
+//! The state machine's stored values, as rkyv archives.
+//!
+//! Every value read back from RocksDB (or from a snapshot) is validated by
+//! rkyv before use, like every other byte Quern did not just produce itself.
+
+use proto_schema::command::{DatasetSpec, DiffCounts, NodeInfo};
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    pub id: u32,
+    pub spec: DatasetSpec,
+    /// The submission being received, if any (at most one at a time).
+    pub open_submission: Option<u64>,
+    /// The last finished submission; 0 before the first.
+    pub last_generation: u64,
+    /// Files the last finished submission listed.
+    pub live_files: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Submitting,
+    Submitted,
+    /// Abandoned before it finished: its catalogue stamps do not count.
+    Aborted,
+}
+
+/// One submission of a dataset's manifest and the work it created.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: u64,
+    pub dataset_id: u32,
+    pub began_ms: u64,
+    /// The dataset's `last_generation` when this job began: catalogue
+    /// entries still stamped with it after the job finished are gone.
+    pub previous_generation: u64,
+    pub state: JobState,
+    pub counts: DiffCounts,
+    pub gone: u64,
+    pub shards_total: u64,
+    pub shards_done: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    Pending,
+    Ingested,
+}
+
+/// What the catalogue remembers of a file, keyed by dataset and path.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub checksum: Option<Vec<u8>>,
+    pub status: FileStatus,
+    /// The last submission that listed the file.
+    pub generation: u64,
+    /// The shard that ingests (or ingested) this version of the file.
+    pub shard: u64,
+    /// What submission `generation` replaced when it rewrote the entry.
+    /// Should that submission be aborted, this is the entry that counts: an
+    /// abort rewrites no catalogue entry.
+    pub prior: Option<Prior>,
+}
+
+/// A catalogue entry's state before a submission rewrote it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Prior {
+    /// The file was unchanged: only the generation stamp was rewritten.
+    Restamped { generation: u64 },
+    /// The file had changed: the version it replaced.
+    Replaced(PriorVersion),
+}
+
+/// A replaced version of a file (a `CatalogEntry` without its own prior).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PriorVersion {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub checksum: Option<Vec<u8>>,
+    pub status: FileStatus,
+    pub generation: u64,
+    pub shard: u64,
+}
+
+impl CatalogEntry {
+    /// The entry that counts: itself, or if the submission that last
+    /// rewrote it was aborted, what it replaced (`None`: the aborted
+    /// submission listed the file first).
+    pub fn settled(self, generation_aborted: bool) -> Option<CatalogEntry> {
+        if !generation_aborted {
+            return Some(CatalogEntry {
+                prior: None,
+                ..self
+            });
+        }
+        match self.prior? {
+            Prior::Restamped { generation } => Some(CatalogEntry {
+                generation,
+                prior: None,
+                ..self
+            }),
+            Prior::Replaced(v) => Some(CatalogEntry {
+                size: v.size,
+                mtime_ns: v.mtime_ns,
+                checksum: v.checksum,
+                status: v.status,
+                generation: v.generation,
+                shard: v.shard,
+                prior: None,
+            }),
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    Pending,
+    Leased,
+    Done,
+}
+
+/// A unit of scan work: a byte range of one file, leased to one node at a
+/// time. `deadline_ms` is the deadline the grant gave; renewals extend it
+/// only in the leader's memory (see `lease`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub id: u64,
+    pub job: u64,
+    pub dataset_id: u32,
+    pub path: String,
+    pub start: u64,
+    pub end: u64,
+    pub state: ShardState,
+    pub holder: Option<u64>,
+    pub epoch: u64,
+    pub deadline_ms: u64,
+    pub checkpoint: u64,
+}
+
+/// A stored value whose bytes failed validation.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt {what} record: {source}")]
+pub struct CorruptRecord {
+    what: &'static str,
+    source: BoxedError,
+}
+
+pub trait Stored: Sized {
+    fn encode(&self) -> AlignedVec;
+    fn decode(bytes: &[u8]) -> Result<Self, CorruptRecord>;
+}
+
+macro_rules! stored {
+    ($($ty:ty => $what:literal),* $(,)?) => {$(
+        impl Stored for $ty {
+            fn encode(&self) -> AlignedVec {
+                rkyv::to_bytes::<BoxedError>(self).expect("serializing to memory cannot fail")
+            }
+
+            fn decode(bytes: &[u8]) -> Result<Self, CorruptRecord> {
+                let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+                aligned.extend_from_slice(bytes);
+                rkyv::from_bytes::<$ty, BoxedError>(&aligned).map_err(|source| CorruptRecord { what: $what, source })
+            }
+        }
+    )*};
+}
+
+stored!(
+    Dataset => "dataset",
+    Job => "job",
+    CatalogEntry => "catalogue",
+    Shard => "shard",
+    NodeInfo => "node",
+);
