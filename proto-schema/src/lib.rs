@@ -1,7 +1,8 @@
 //! The protocol shared by every Quern process: record batches, the framing
 //! that carries them through spill files, the partition function every node
-//! must agree on, and the cluster's transport: mutual TLS from a cluster CA
-//! and request/response RPC over QUIC.
+//! must agree on, the coordinator's replicated commands, and the cluster's
+//! transport: mutual TLS from a cluster CA and request/response RPC over
+//! QUIC.
 //!
 //! Everything here treats bytes from outside as hostile: decoding checks the
 //! frame header, the checksum, rkyv's structural validation and the batch's
@@ -11,6 +12,7 @@
 
 pub mod batch;
 pub mod ca;
+pub mod command;
 pub mod frame;
 pub mod partition;
 pub mod quic;

@@ -1,0 +1,27 @@
+//! Raft settings for a coordinator replica, chosen for bounded memory.
+//!
+//! openraft's defaults send up to 300 entries per AppendEntries; with
+//! manifest chunks of up to 1 MiB that is 300 MiB in flight per follower.
+//! Here a replication payload stays within 16 entries, snapshots travel in
+//! 1 MiB chunks, and the log is compacted every 5000 entries.
+
+use openraft::{Config, ConfigError, SnapshotPolicy};
+
+/// Most entries in one AppendEntries (each at most ~1 MiB).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
+
+pub fn raft_config() -> Result<Config, ConfigError> {
+    Config {
+        cluster_name: "quern".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        snapshot_max_chunk_size: 1 << 20,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+    .validate()
+}

@@ -1,0 +1,409 @@
+//! Lease deadlines, kept in the leader's memory.
+//!
+//! A grant goes through the Raft log (it changes the shard's epoch and
+//! holder, which fencing relies on); renewals do not, or a cluster of busy
+//! nodes would fill the log with heartbeats. So the leader alone tracks the
+//! current deadline of every lease. A new leader does not know how recently
+//! the old one saw each node, so on takeover it gives every lease in the
+//! state a full fresh deadline: never shorter than what the old leader
+//! promised. A lease past its deadline is re-granted through the log at
+//! the next epoch, and reports carrying the old epoch are refused.
+
+use std::collections::BTreeMap;
+
+use proto_schema::command::Command;
+
+use crate::state::{StateError, StateMachineStore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub node: u64,
+    pub epoch: u64,
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenewError {
+    #[error("shard {shard} has no lease")]
+    NoLease { shard: u64 },
+    #[error("shard {shard}: stale epoch {presented} (current {current})")]
+    StaleEpoch {
+        shard: u64,
+        presented: u64,
+        current: u64,
+    },
+    #[error("shard {shard} is not leased to node {node}")]
+    NotHolder { shard: u64, node: u64 },
+    #[error("shard {shard}: lease expired at {deadline_ms} ms")]
+    Expired { shard: u64, deadline_ms: u64 },
+}
+
+/// The leader's lease deadlines, by shard.
+#[derive(Debug)]
+pub struct LeaseTable {
+    duration_ms: u64,
+    leases: BTreeMap<u64, Lease>,
+}
+
+impl LeaseTable {
+    pub fn new(duration_ms: u64) -> Self {
+        Self {
+            duration_ms,
+            leases: BTreeMap::new(),
+        }
+    }
+
+    /// On becoming leader: `held` are the `(shard, node, epoch)` leases the
+    /// state machine holds (`StateMachineStore::leased_shards`); each gets a
+    /// full deadline from `now_ms`.
+    pub fn take_over(&mut self, held: impl IntoIterator<Item = (u64, u64, u64)>, now_ms: u64) {
+        self.leases.clear();
+        let deadline_ms = now_ms + self.duration_ms;
+        for (shard, node, epoch) in held {
+            self.leases.insert(
+                shard,
+                Lease {
+                    node,
+                    epoch,
+                    deadline_ms,
+                },
+            );
+        }
+    }
+
+    /// `take_over` from the state machine, read in bounded pages.
+    pub fn take_over_from(
+        &mut self,
+        state: &StateMachineStore,
+        now_ms: u64,
+    ) -> Result<usize, StateError> {
+        const PAGE: usize = 1024;
+        self.leases.clear();
+        let deadline_ms = now_ms + self.duration_ms;
+        let mut after = 0;
+        loop {
+            let page = state.leased_shards(after, PAGE)?;
+            let Some(&(last, _, _)) = page.last() else {
+                break;
+            };
+            for (shard, node, epoch) in page {
+                self.leases.insert(
+                    shard,
+                    Lease {
+                        node,
+                        epoch,
+                        deadline_ms,
+                    },
+                );
+            }
+            after = last;
+        }
+        Ok(self.leases.len())
+    }
+
+    /// The command that leases `shard` (now at `current_epoch`) to `node`.
+    pub fn grant(&self, shard: u64, node: u64, current_epoch: u64, now_ms: u64) -> Command {
+        Command::GrantLease {
+            shard,
+            node,
+            expected_epoch: current_epoch,
+            deadline_ms: now_ms + self.duration_ms,
+        }
+    }
+
+    /// Records a grant once it is committed (`Response::LeaseGranted`).
+    pub fn granted(&mut self, shard: u64, node: u64, epoch: u64, deadline_ms: u64) {
+        self.leases.insert(
+            shard,
+            Lease {
+                node,
+                epoch,
+                deadline_ms,
+            },
+        );
+    }
+
+    /// Forgets a shard that completed.
+    pub fn completed(&mut self, shard: u64) {
+        self.leases.remove(&shard);
+    }
+
+    pub fn get(&self, shard: u64) -> Option<Lease> {
+        self.leases.get(&shard).copied()
+    }
+
+    /// Extends one lease; no log write. An expired lease is not revived:
+    /// its shard is due for a re-grant.
+    pub fn renew(
+        &mut self,
+        shard: u64,
+        node: u64,
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<u64, RenewError> {
+        let duration = self.duration_ms;
+        let lease = self
+            .leases
+            .get_mut(&shard)
+            .ok_or(RenewError::NoLease { shard })?;
+        if epoch != lease.epoch {
+            return Err(RenewError::StaleEpoch {
+                shard,
+                presented: epoch,
+                current: lease.epoch,
+            });
+        }
+        if node != lease.node {
+            return Err(RenewError::NotHolder { shard, node });
+        }
+        if now_ms >= lease.deadline_ms {
+            return Err(RenewError::Expired {
+                shard,
+                deadline_ms: lease.deadline_ms,
+            });
+        }
+        lease.deadline_ms = now_ms + duration;
+        Ok(lease.deadline_ms)
+    }
+
+    /// A node's heartbeat: extends all its unexpired leases; returns how many.
+    pub fn heartbeat(&mut self, node: u64, now_ms: u64) -> usize {
+        let mut renewed = 0;
+        for lease in self
+            .leases
+            .values_mut()
+            .filter(|l| l.node == node && now_ms < l.deadline_ms)
+        {
+            lease.deadline_ms = now_ms + self.duration_ms;
+            renewed += 1;
+        }
+        renewed
+    }
+
+    /// Leases past their deadline, as `(shard, epoch)`: each is re-granted
+    /// with `grant(shard, other_node, epoch, now_ms)`.
+    pub fn expired(&self, now_ms: u64) -> Vec<(u64, u64)> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| now_ms >= l.deadline_ms)
+            .map(|(&shard, l)| (shard, l.epoch))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto_schema::command::{CommandError, FileEntry, Response};
+
+    use super::*;
+    use crate::state::test_support::{Applier, setup_dataset};
+
+    #[test]
+    fn renewals_extend_in_memory_and_check_the_epoch() {
+        let mut table = LeaseTable::new(1_000);
+        table.granted(7, 1, 3, 1_000);
+        assert_eq!(table.renew(7, 1, 3, 500), Ok(1_500));
+        assert_eq!(
+            table.renew(7, 1, 2, 600),
+            Err(RenewError::StaleEpoch {
+                shard: 7,
+                presented: 2,
+                current: 3
+            })
+        );
+        assert_eq!(
+            table.renew(7, 2, 3, 600),
+            Err(RenewError::NotHolder { shard: 7, node: 2 })
+        );
+        assert_eq!(
+            table.renew(8, 1, 1, 600),
+            Err(RenewError::NoLease { shard: 8 })
+        );
+        assert_eq!(table.heartbeat(1, 1_400), 1);
+        assert_eq!(table.get(7).unwrap().deadline_ms, 2_400);
+        assert!(table.expired(2_399).is_empty());
+        assert_eq!(table.expired(2_400), vec![(7, 3)]);
+        assert_eq!(
+            table.renew(7, 1, 3, 2_400),
+            Err(RenewError::Expired {
+                shard: 7,
+                deadline_ms: 2_400
+            })
+        );
+        assert_eq!(
+            table.heartbeat(1, 2_500),
+            0,
+            "an expired lease is not revived by a heartbeat"
+        );
+    }
+
+    #[test]
+    fn a_new_leader_gives_every_held_lease_a_full_deadline() {
+        let mut table = LeaseTable::new(1_000);
+        table.granted(1, 9, 1, 10);
+        table.take_over([(4, 1, 2), (5, 2, 1)], 50_000);
+        assert_eq!(table.get(1), None, "the old leader's table is not kept");
+        assert_eq!(
+            table.get(4),
+            Some(Lease {
+                node: 1,
+                epoch: 2,
+                deadline_ms: 51_000
+            })
+        );
+        assert_eq!(
+            table.get(5),
+            Some(Lease {
+                node: 2,
+                epoch: 1,
+                deadline_ms: 51_000
+            })
+        );
+    }
+
+    /// The whole cycle against the state machine: grant, renew without any
+    /// log entry, expire, re-grant at a higher epoch, fence the old holder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_lease_is_regranted_at_a_higher_epoch_and_the_old_holder_is_fenced() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1, 2]).await;
+        let file = FileEntry {
+            path: "a".into(),
+            size: 100,
+            mtime_ns: 1,
+            checksum: None,
+        };
+        let submission = sm.submit("ds", vec![file]).await;
+        assert_eq!(submission, 1);
+        let shard = 1;
+
+        let mut table = LeaseTable::new(1_000);
+        let grant = table.grant(shard, 1, 0, 10_000);
+        let Response::LeaseGranted {
+            epoch,
+            deadline_ms,
+            node,
+            ..
+        } = sm.apply(grant).await
+        else {
+            panic!()
+        };
+        assert_eq!((node, epoch, deadline_ms), (1, 1, 11_000));
+        table.granted(shard, node, epoch, deadline_ms);
+
+        let log_before = sm.applied_count();
+        assert_eq!(table.renew(shard, 1, 1, 10_900), Ok(11_900));
+        assert_eq!(
+            sm.applied_count(),
+            log_before,
+            "renewal wrote nothing to the log"
+        );
+        let progress = Command::ReportProgress {
+            shard,
+            node: 1,
+            epoch: 1,
+            offset: 40,
+        };
+        assert_eq!(
+            sm.apply(progress).await,
+            Response::ProgressRecorded {
+                shard,
+                checkpoint: 40
+            }
+        );
+
+        // Node 1 goes quiet; its lease expires and node 2 gets the shard.
+        let expired = table.expired(12_000);
+        assert_eq!(expired, vec![(shard, 1)]);
+        let regrant = table.grant(shard, 2, expired[0].1, 12_000);
+        let Response::LeaseGranted {
+            epoch, deadline_ms, ..
+        } = sm.apply(regrant.clone()).await
+        else {
+            panic!()
+        };
+        assert_eq!(epoch, 2);
+        table.granted(shard, 2, epoch, deadline_ms);
+        assert_eq!(
+            sm.state().leased_shards(0, 10).unwrap(),
+            vec![(shard, 2, 2)]
+        );
+        assert_eq!(
+            sm.state().shard(shard).unwrap().unwrap().checkpoint,
+            40,
+            "the checkpoint survives the re-grant"
+        );
+
+        // A second re-grant from the same stale view loses the race.
+        assert_eq!(
+            sm.apply(regrant).await,
+            Response::Error(CommandError::StaleEpoch {
+                shard,
+                presented: 1,
+                current: 2
+            })
+        );
+        // The old holder's reports are refused; the new holder's are taken.
+        for stale in [
+            Command::ReportProgress {
+                shard,
+                node: 1,
+                epoch: 1,
+                offset: 90,
+            },
+            Command::CompleteShard {
+                shard,
+                node: 1,
+                epoch: 1,
+            },
+        ] {
+            assert_eq!(
+                sm.apply(stale).await,
+                Response::Error(CommandError::StaleEpoch {
+                    shard,
+                    presented: 1,
+                    current: 2
+                })
+            );
+        }
+        assert_eq!(
+            sm.apply(Command::ReportProgress {
+                shard,
+                node: 1,
+                epoch: 2,
+                offset: 90
+            })
+            .await,
+            Response::Error(CommandError::NotLeaseHolder { shard, node: 1 })
+        );
+        assert_eq!(
+            table.renew(shard, 1, 1, 12_100),
+            Err(RenewError::StaleEpoch {
+                shard,
+                presented: 1,
+                current: 2
+            })
+        );
+        assert_eq!(
+            sm.apply(Command::CompleteShard {
+                shard,
+                node: 2,
+                epoch: 2
+            })
+            .await,
+            Response::ShardCompleted { shard }
+        );
+        assert!(
+            sm.state().leased_shards(0, 10).unwrap().is_empty(),
+            "a completed shard is not leased"
+        );
+        assert_eq!(
+            sm.apply(table.grant(shard, 1, 2, 13_000)).await,
+            Response::Error(CommandError::ShardDone { shard })
+        );
+        assert_eq!(
+            sm.apply(table.grant(shard, 99, 2, 13_000)).await,
+            Response::Error(CommandError::UnknownNode { id: 99 })
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The Raft RPCs between coordinator replicas, as a transport carries them.
+//!
+//! A transport (the in-process `router` today, QUIC later) moves a
+//! `RaftRpc` to the target replica and a `RaftRpcReply` back; on the target,
+//! `serve` hands the request to the local `Raft`. Both enums are serde
+//! types, so a network transport only has to frame them.
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, Raft, TypeConfig};
+
+pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;
+pub type VoteRequest = openraft::raft::VoteRequest<NodeId>;
+pub type VoteResponse = openraft::raft::VoteResponse<NodeId>;
+pub type InstallSnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
+pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
+
+/// A request from one replica's Raft to another's.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    AppendEntries(AppendEntriesRequest),
+    Vote(VoteRequest),
+    /// One chunk of a snapshot (`snapshot_max_chunk_size` bytes at most).
+    InstallSnapshot(InstallSnapshotRequest),
+}
+
+/// The target replica's answer, including its Raft-level refusals.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpcReply {
+    AppendEntries(Result<AppendEntriesResponse, RaftError<NodeId>>),
+    Vote(Result<VoteResponse, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+/// Serves one RPC on the target replica.
+pub async fn serve(raft: &Raft, rpc: RaftRpc) -> RaftRpcReply {
+    match rpc {
+        RaftRpc::AppendEntries(req) => RaftRpcReply::AppendEntries(raft.append_entries(req).await),
+        RaftRpc::Vote(req) => RaftRpcReply::Vote(raft.vote(req).await),
+        RaftRpc::InstallSnapshot(req) => {
+            RaftRpcReply::InstallSnapshot(raft.install_snapshot(req).await)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use proto_schema::command::Command;
+
+    use super::*;
+    use crate::CommandBytes;
+
+    /// What a network transport does: serialize, carry, deserialize.
+    #[test]
+    fn rpcs_survive_serialization() {
+        let cmd = Command::CompleteShard {
+            shard: 3,
+            node: 2,
+            epoch: 7,
+        };
+        let log_id = LogId::new(CommittedLeaderId::new(4, 1), 10);
+        let rpc = RaftRpc::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(4, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(4, 1), 9)),
+            entries: vec![Entry {
+                log_id,
+                payload: EntryPayload::Normal(CommandBytes::encode(&cmd)),
+            }],
+            leader_commit: Some(log_id),
+        });
+        let wire = serde_json::to_vec(&rpc).unwrap();
+        let RaftRpc::AppendEntries(back) = serde_json::from_slice::<RaftRpc>(&wire).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(back.leader_commit, Some(log_id));
+        let EntryPayload::Normal(bytes) = &back.entries[0].payload else {
+            panic!("wrong payload")
+        };
+        assert_eq!(bytes.decode().unwrap(), cmd);
+
+        let reply = RaftRpcReply::Vote(Ok(VoteResponse::new(Vote::new(5, 2), None, true)));
+        let wire = serde_json::to_vec(&reply).unwrap();
+        let RaftRpcReply::Vote(Ok(back)) = serde_json::from_slice::<RaftRpcReply>(&wire).unwrap()
+        else {
+            panic!("wrong variant")
+        };
+        assert!(back.vote_granted);
+    }
+}

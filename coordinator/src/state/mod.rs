@@ -1,0 +1,880 @@
+//! The replicated state machine, kept in its own RocksDB: openraft's
+//! `RaftStateMachine` and `RaftSnapshotBuilder`, plus the reads the
+//! coordinator's services make.
+//!
+//! The catalogue lives on disk, not in a map: applying a command touches
+//! only the keys it names. Snapshots are files: building one iterates the
+//! state column families from a RocksDB snapshot into a record stream;
+//! installing one clears those column families and streams the records
+//! back in bounded write batches. Neither holds the state in memory.
+
+pub mod apply;
+pub mod keys;
+pub mod records;
+pub mod snapshot_file;
+
+use std::fs;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use proto_schema::command::{CommandError, Response};
+use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+
+use self::keys::{CF_FILES, CF_JOBS, CF_RAFT, CF_SHARDS, STATE_CFS};
+use self::records::{CorruptRecord, Dataset, Job, Shard, ShardState, Stored};
+use self::snapshot_file::{SnapshotError, SnapshotReader, SnapshotWriter};
+use crate::rocks::{self, Budget};
+use crate::{Applied, Member, NodeId, TypeConfig};
+
+/// Most bytes of records one install write batch holds.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Rocks(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("snapshot record names column family {0}, which does not exist")]
+    UnknownColumnFamily(u8),
+    #[error("state metadata: {0}")]
+    Meta(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("inconsistent state: {0}")]
+    Inconsistent(String),
+}
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// What a snapshot build wrote, for logs and measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// A snapshot file just written: the log position and membership it
+/// reflects, and its size.
+type Written = (
+    Option<LogId<NodeId>>,
+    StoredMembership<NodeId, Member>,
+    SnapshotStats,
+);
+
+/// A digest of the replicated state: equal digests, equal states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateDigest {
+    pub records: u64,
+    pub hash: u64,
+}
+
+struct Inner {
+    db: DB,
+    snapshot_dir: PathBuf,
+    /// Held for writing while a snapshot installs, for reading while a
+    /// build takes its RocksDB snapshot: a build never sees half an install.
+    install: RwLock<()>,
+    incoming: AtomicU64,
+    last_build: std::sync::Mutex<Option<SnapshotStats>>,
+}
+
+/// The state machine; clones share one DB (the snapshot builder is a clone).
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column family created at open")
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+impl StateMachineStore {
+    /// Opens (or creates) the state DB and snapshot directory under `dir`.
+    /// A snapshot install that a crash interrupted is rolled back to an
+    /// empty state, which Raft then refills.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let snapshot_dir = dir.join("snapshots");
+        fs::create_dir_all(&snapshot_dir)?;
+        let mut cfs = vec![CF_RAFT];
+        cfs.extend(STATE_CFS);
+        let budget = Budget {
+            cache_bytes: 32 << 20,
+            memtable_bytes: 16 << 20,
+        };
+        let db = rocks::open(&dir.join("db"), budget, &cfs)?;
+        if db.get_cf(cf(&db, CF_RAFT), keys::INSTALLING)?.is_some() {
+            tracing::warn!("an interrupted snapshot install left partial state: clearing it");
+            clear_state(&db)?;
+            let mut batch = WriteBatch::default();
+            for key in [
+                keys::INSTALLING,
+                keys::LAST_APPLIED,
+                keys::MEMBERSHIP,
+                keys::SNAPSHOT_META,
+            ] {
+                batch.delete_cf(cf(&db, CF_RAFT), key);
+            }
+            db.write(batch)?;
+        }
+        let store = Self {
+            inner: Arc::new(Inner {
+                db,
+                snapshot_dir,
+                install: RwLock::new(()),
+                incoming: AtomicU64::new(0),
+                last_build: std::sync::Mutex::new(None),
+            }),
+        };
+        store.remove_stale_snapshot_files()?;
+        Ok(store)
+    }
+
+    /// Deletes snapshot files a crash left behind: partial ones, and any
+    /// but the current snapshot.
+    fn remove_stale_snapshot_files(&self) -> Result<(), StateError> {
+        let current = self
+            .current_snapshot_meta()?
+            .map(|m| self.snapshot_path(&m.snapshot_id));
+        for entry in fs::read_dir(&self.inner.snapshot_dir)? {
+            let path = entry?.path();
+            if Some(&path) != current.as_ref() {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn db(&self) -> &DB {
+        &self.inner.db
+    }
+
+    fn get<T: Stored>(&self, cf_name: &str, key: &[u8]) -> Result<Option<T>, StateError> {
+        match self.db().get_pinned_cf(cf(self.db(), cf_name), key)? {
+            Some(bytes) => Ok(Some(T::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        match self.db().get_pinned_cf(cf(self.db(), CF_RAFT), key)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn node(&self, id: u64) -> Result<Option<proto_schema::command::NodeInfo>, StateError> {
+        self.get(keys::CF_NODES, &keys::id(id))
+    }
+
+    pub fn dataset(&self, name: &str) -> Result<Option<Dataset>, StateError> {
+        self.get(keys::CF_DATASETS, name.as_bytes())
+    }
+
+    pub fn job(&self, id: u64) -> Result<Option<Job>, StateError> {
+        self.get(CF_JOBS, &keys::id(id))
+    }
+
+    pub fn shard(&self, id: u64) -> Result<Option<Shard>, StateError> {
+        self.get(CF_SHARDS, &keys::id(id))
+    }
+
+    pub fn catalog_entry(
+        &self,
+        dataset: u32,
+        path: &str,
+    ) -> Result<Option<records::CatalogEntry>, StateError> {
+        self.get(CF_FILES, &keys::file(dataset, path))
+    }
+
+    pub fn partition_owner(&self, partition: u32) -> Result<Option<u64>, StateError> {
+        let owner = self.db().get_pinned_cf(
+            cf(self.db(), keys::CF_PARTITIONS),
+            keys::partition(partition),
+        )?;
+        Ok(owner.as_deref().and_then(keys::decode_u64))
+    }
+
+    /// One page of the files a finished job found gone: paths after `after`,
+    /// at most `limit`. Memory is bounded by the page, not the catalogue.
+    pub fn gone_files(
+        &self,
+        job: &Job,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StateError> {
+        let prefix = keys::dataset_prefix(job.dataset_id);
+        let start = match after {
+            Some(path) => {
+                let mut k = keys::file(job.dataset_id, path);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        let iter = self.db().iterator_cf(
+            cf(self.db(), CF_FILES),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) || out.len() == limit {
+                break;
+            }
+            let entry = records::CatalogEntry::decode(&value)?;
+            if job.previous_generation != 0 && entry.generation == job.previous_generation {
+                out.push(String::from_utf8_lossy(keys::file_path(&key)).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of leased shards as `(shard, node, epoch)`, from shard ids
+    /// above `after`: what a new leader loads into its lease table.
+    pub fn leased_shards(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, u64)>, StateError> {
+        let start = keys::id(after.saturating_add(1));
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        for item in self
+            .db()
+            .iterator_cf(cf(self.db(), keys::CF_LEASED), mode)
+            .take(limit)
+        {
+            let (key, _) = item?;
+            let shard = keys::decode_u64(&key)
+                .map(|id| self.shard(id))
+                .transpose()?
+                .flatten();
+            match shard {
+                Some(Shard {
+                    id,
+                    holder: Some(node),
+                    epoch,
+                    state: ShardState::Leased,
+                    ..
+                }) => out.push((id, node, epoch)),
+                _ => {
+                    return Err(StateError::Inconsistent(format!(
+                        "lease index key {key:02x?}"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Digest of every state column family, read from one RocksDB snapshot.
+    pub fn digest(&self) -> Result<StateDigest, StateError> {
+        let snap = self.db().snapshot();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut records = 0;
+        for (i, name) in STATE_CFS.iter().enumerate() {
+            for item in snap.iterator_cf(cf(self.db(), name), IteratorMode::Start) {
+                let (key, value) = item?;
+                hasher.update(&[i as u8]);
+                hasher.update(&(key.len() as u64).to_le_bytes());
+                hasher.update(&key);
+                hasher.update(&(value.len() as u64).to_le_bytes());
+                hasher.update(&value);
+                records += 1;
+            }
+        }
+        Ok(StateDigest {
+            records,
+            hash: hasher.digest(),
+        })
+    }
+
+    /// Size of the last snapshot this replica built.
+    pub fn last_snapshot_stats(&self) -> Option<SnapshotStats> {
+        *self.inner.last_build.lock().expect("not poisoned")
+    }
+
+    fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.inner.snapshot_dir.join(format!("{id}.snap"))
+    }
+
+    fn current_snapshot_meta(&self) -> Result<Option<SnapshotMeta<NodeId, Member>>, StateError> {
+        self.get_json(keys::SNAPSHOT_META)
+    }
+
+    /// Records `meta` as the current snapshot (file already in place) and
+    /// deletes the file of the one it replaces.
+    fn set_current_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        batch: &mut WriteBatch,
+    ) -> Result<(), StateError> {
+        let previous = self.current_snapshot_meta()?;
+        batch.put_cf(
+            cf(self.db(), CF_RAFT),
+            keys::SNAPSHOT_META,
+            serde_json::to_vec(meta)?,
+        );
+        self.db().write_opt(std::mem::take(batch), &synced())?;
+        if let Some(prev) = previous
+            && prev.snapshot_id != meta.snapshot_id
+        {
+            let _ = fs::remove_file(self.snapshot_path(&prev.snapshot_id));
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the state as of now into `path`.
+    fn write_snapshot(&self, path: &Path) -> Result<Written, StateError> {
+        let db = self.db();
+        let guard = self.inner.install.read().expect("not poisoned");
+        let snap = db.snapshot();
+        drop(guard);
+        let raft_cf = cf(db, CF_RAFT);
+        let last_applied: Option<LogId<NodeId>> = match snap.get_cf(raft_cf, keys::LAST_APPLIED)? {
+            Some(b) => serde_json::from_slice(&b)?,
+            None => None,
+        };
+        let membership: StoredMembership<NodeId, Member> =
+            match snap.get_cf(raft_cf, keys::MEMBERSHIP)? {
+                Some(b) => serde_json::from_slice(&b)?,
+                None => StoredMembership::default(),
+            };
+        let file = fs::File::create(path)?;
+        let mut writer = SnapshotWriter::new(BufWriter::with_capacity(256 << 10, file))?;
+        for (i, name) in STATE_CFS.iter().enumerate() {
+            let mut opts = ReadOptions::default();
+            opts.fill_cache(false);
+            for item in snap.iterator_cf_opt(cf(db, name), opts, IteratorMode::Start) {
+                let (key, value) = item?;
+                writer.record(i as u8, &key, &value)?;
+            }
+        }
+        let (out, records, bytes) = writer.finish()?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok((last_applied, membership, SnapshotStats { records, bytes }))
+    }
+
+    /// Replaces the state with the snapshot read from `input`, copying the
+    /// bytes into `keep` (the replica's own copy of the snapshot).
+    fn install_from(
+        &self,
+        input: impl Read,
+        keep: &Path,
+        meta: &SnapshotMeta<NodeId, Member>,
+    ) -> Result<(), StateError> {
+        let db = self.db();
+        let _guard = self.inner.install.write().expect("not poisoned");
+        let partial = keep.with_extension("part");
+        let mut kept = BufWriter::with_capacity(256 << 10, fs::File::create(&partial)?);
+        let mut reader = SnapshotReader::new(Tee {
+            input,
+            copy: &mut kept,
+        })?;
+
+        db.put_cf_opt(cf(db, CF_RAFT), keys::INSTALLING, b"1", &synced())?;
+        clear_state(db)?;
+        let mut batch = WriteBatch::default();
+        while let Some(index) = reader.next_record()? {
+            let name = STATE_CFS
+                .get(index as usize)
+                .ok_or(StateError::UnknownColumnFamily(index))?;
+            batch.put_cf(cf(db, name), &reader.key, &reader.value);
+            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                db.write(std::mem::take(&mut batch))?;
+            }
+        }
+        drop(reader);
+        kept.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&partial, keep)?;
+
+        let raft_cf = cf(db, CF_RAFT);
+        batch.put_cf(
+            raft_cf,
+            keys::LAST_APPLIED,
+            serde_json::to_vec(&meta.last_log_id)?,
+        );
+        batch.put_cf(
+            raft_cf,
+            keys::MEMBERSHIP,
+            serde_json::to_vec(&meta.last_membership)?,
+        );
+        batch.delete_cf(raft_cf, keys::INSTALLING);
+        db.flush_wal(true)?;
+        self.set_current_snapshot(meta, &mut batch)
+    }
+
+    fn apply_entry(&self, entry: Entry<TypeConfig>) -> Result<Response, StateError> {
+        let db = self.db();
+        let mut tx = apply::Tx::new(db);
+        let response = match entry.payload {
+            EntryPayload::Blank => Response::Nothing,
+            EntryPayload::Normal(bytes) => match bytes.decode() {
+                Ok(cmd) => apply::apply(&mut tx, cmd)?,
+                Err(e) => Response::Error(CommandError::Malformed {
+                    reason: e.to_string(),
+                }),
+            },
+            EntryPayload::Membership(membership) => {
+                let stored = StoredMembership::new(Some(entry.log_id), membership);
+                tx.batch.put_cf(
+                    cf(db, CF_RAFT),
+                    keys::MEMBERSHIP,
+                    serde_json::to_vec(&stored)?,
+                );
+                Response::Nothing
+            }
+        };
+        tx.batch.put_cf(
+            cf(db, CF_RAFT),
+            keys::LAST_APPLIED,
+            serde_json::to_vec(&Some(entry.log_id))?,
+        );
+        db.write(tx.batch)?;
+        Ok(response)
+    }
+}
+
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+/// Deletes every key of every state column family, as range deletions.
+fn clear_state(db: &DB) -> Result<(), rocksdb::Error> {
+    let mut batch = WriteBatch::default();
+    for name in STATE_CFS {
+        let handle = cf(db, name);
+        let first = db
+            .iterator_cf(handle, IteratorMode::Start)
+            .next()
+            .transpose()?;
+        let last = db
+            .iterator_cf(handle, IteratorMode::End)
+            .next()
+            .transpose()?;
+        if let (Some((first, _)), Some((last, _))) = (first, last) {
+            batch.delete_range_cf(handle, &first, &last);
+            batch.delete_cf(handle, &last);
+        }
+    }
+    db.write(batch)
+}
+
+/// A reader that copies what it reads.
+struct Tee<'a, R, W> {
+    input: R,
+    copy: &'a mut W,
+}
+
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.input.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Runs blocking RocksDB and file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io_err)?
+        .map_err(io_err)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let this = self.clone();
+        let (meta, path) = blocking(move || {
+            let seq = this.get_json::<u64>(keys::SNAPSHOT_SEQ)?.unwrap_or(0) + 1;
+            this.db().put_cf(cf(this.db(), CF_RAFT), keys::SNAPSHOT_SEQ, serde_json::to_vec(&seq)?)?;
+            let partial = this.inner.snapshot_dir.join(format!("building-{seq}.part"));
+            let started = std::time::Instant::now();
+            let (last_log_id, last_membership, stats) = this.write_snapshot(&partial)?;
+            let snapshot_id = match last_log_id {
+                Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
+                None => format!("none-{seq}"),
+            };
+            let path = this.snapshot_path(&snapshot_id);
+            fs::rename(&partial, &path)?;
+            tracing::info!(snapshot_id, stats.records, stats.bytes, elapsed = ?started.elapsed(), "snapshot built");
+            *this.inner.last_build.lock().expect("not poisoned") = Some(stats);
+            let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+            this.set_current_snapshot(&meta, &mut WriteBatch::default())?;
+            Ok((meta, path))
+        })
+        .await?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+        let this = self.clone();
+        blocking(move || {
+            let last_applied = this
+                .get_json::<Option<LogId<NodeId>>>(keys::LAST_APPLIED)?
+                .flatten();
+            let membership = this.get_json(keys::MEMBERSHIP)?.unwrap_or_default();
+            Ok((last_applied, membership))
+        })
+        .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Applied>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let this = self.clone();
+        blocking(move || {
+            let mut responses = Vec::with_capacity(entries.len());
+            for entry in entries {
+                responses.push(Applied(this.apply_entry(entry)?));
+            }
+            this.db().flush_wal(true)?;
+            Ok(responses)
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        // The receiving file is unlinked at once: it lives as long as its
+        // handle, and a crash leaves nothing behind.
+        let n = self.inner.incoming.fetch_add(1, Ordering::Relaxed);
+        let path = self.inner.snapshot_dir.join(format!("incoming-{n}.part"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|f| fs::remove_file(&path).map(|_| f))
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> StorageResult<()> {
+        let mut file = snapshot.into_std().await;
+        let this = self.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            file.seek(SeekFrom::Start(0))?;
+            let keep = this.snapshot_path(&meta.snapshot_id);
+            let started = std::time::Instant::now();
+            this.install_from(BufReader::with_capacity(256 << 10, file), &keep, &meta)?;
+            tracing::info!(snapshot_id = meta.snapshot_id, elapsed = ?started.elapsed(), "snapshot installed");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let meta = self
+            .current_snapshot_meta()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let Some(meta) = meta else { return Ok(None) };
+        let file = tokio::fs::File::open(self.snapshot_path(&meta.snapshot_id))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+
+/// Applying commands to a lone state machine, as Raft would.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use proto_schema::command::{
+        Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+    };
+
+    use super::*;
+    use crate::CommandBytes;
+    use crate::client::ManifestChunks;
+
+    pub struct Applier {
+        sm: StateMachineStore,
+        next_index: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Applier {
+        pub fn new() -> Self {
+            let dir = tempfile::TempDir::new().expect("temp dir");
+            let sm = StateMachineStore::open(dir.path()).expect("open state");
+            Self {
+                sm,
+                next_index: 1,
+                _dir: dir,
+            }
+        }
+
+        pub fn state(&self) -> &StateMachineStore {
+            &self.sm
+        }
+
+        /// Log entries applied so far, as the state machine records it.
+        pub fn applied_count(&self) -> u64 {
+            let applied: Option<LogId<NodeId>> =
+                self.sm.get_json(keys::LAST_APPLIED).unwrap().flatten();
+            applied.map_or(0, |id| id.index)
+        }
+
+        pub async fn apply_bytes(&mut self, bytes: Vec<u8>) -> Response {
+            let entry = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), self.next_index),
+                payload: EntryPayload::Normal(CommandBytes(bytes)),
+            };
+            self.next_index += 1;
+            let mut responses = self.sm.apply([entry]).await.expect("storage works");
+            responses.pop().expect("one response").0
+        }
+
+        pub async fn apply(&mut self, cmd: Command) -> Response {
+            self.apply_bytes(cmd.to_bytes().to_vec()).await
+        }
+
+        /// Submits a whole manifest in chunks; returns the submission id.
+        pub async fn submit(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
+            let begin = Command::BeginSubmission {
+                dataset: dataset.into(),
+                now_ms: 1,
+            };
+            let Response::SubmissionBegun { submission } = self.apply(begin).await else {
+                panic!("begin refused")
+            };
+            for files in ManifestChunks::new(files.into_iter()) {
+                let chunk = Command::SubmitChunk {
+                    dataset: dataset.into(),
+                    submission,
+                    files,
+                };
+                let resp = self.apply(chunk).await;
+                assert!(matches!(resp, Response::ChunkApplied { .. }), "{resp:?}");
+            }
+            let finish = Command::FinishSubmission {
+                dataset: dataset.into(),
+                submission,
+            };
+            let resp = self.apply(finish).await;
+            assert!(
+                matches!(resp, Response::SubmissionFinished { .. }),
+                "{resp:?}"
+            );
+            submission
+        }
+    }
+
+    pub async fn setup_dataset(sm: &mut Applier, name: &str, nodes: &[u64]) {
+        for &id in nodes {
+            let node = NodeInfo {
+                id,
+                address: format!("10.0.0.{id}:7000"),
+                cert_fingerprint: [id as u8; 32],
+            };
+            assert_eq!(
+                sm.apply(Command::RegisterNode(node)).await,
+                Response::NodeRegistered { id }
+            );
+        }
+        let spec = DatasetSpec {
+            name: name.into(),
+            format: DatasetFormat::Lines,
+            key: KeySpec::WholeLine,
+        };
+        assert!(matches!(
+            sm.apply(Command::CreateDataset(spec)).await,
+            Response::DatasetCreated { .. }
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use proto_schema::command::FileEntry;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::test_support::{Applier, setup_dataset};
+    use super::*;
+
+    /// Copies a snapshot the way a transport does: in bounded chunks into
+    /// the file the receiver handed out.
+    async fn transfer(
+        from: &mut StateMachineStore,
+        to: &mut StateMachineStore,
+    ) -> Snapshot<TypeConfig> {
+        let mut snapshot = from
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        let mut receiving = to.begin_receiving_snapshot().await.unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = snapshot.snapshot.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            receiving.write_all(&buf[..n]).await.unwrap();
+        }
+        receiving.flush().await.unwrap();
+        snapshot.snapshot = receiving;
+        snapshot
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_streams_the_whole_state_to_another_replica() {
+        const FILES: usize = 20_000;
+        let mut source = Applier::new();
+        setup_dataset(&mut source, "ds", &[1, 2]).await;
+        let files = (0..FILES).map(|i| FileEntry {
+            path: format!("/data/{:03}/file-{i:08}.log", i % 977),
+            size: i as u64,
+            mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            checksum: Some(vec![(i % 251) as u8; 16]),
+        });
+        source.submit("ds", files.collect()).await;
+        let mut leader = source.state().clone();
+
+        let started = Instant::now();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let build_time = started.elapsed();
+        let stats = leader.last_snapshot_stats().unwrap();
+        // Catalogue and shard records, plus datasets, jobs, nodes, counters.
+        assert_eq!(stats.records, 2 * FILES as u64 + 1 + 1 + 2 + 3);
+
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut follower = StateMachineStore::open(dir.path()).unwrap();
+        let snapshot = transfer(&mut leader, &mut follower).await;
+        let started = Instant::now();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        eprintln!(
+            "snapshot of {FILES} files: {} records, {} bytes, built in {build_time:?}, installed in {:?}",
+            stats.records,
+            stats.bytes,
+            started.elapsed()
+        );
+
+        assert_eq!(follower.digest().unwrap(), leader.digest().unwrap());
+        assert_eq!(
+            follower.applied_state().await.unwrap(),
+            leader.applied_state().await.unwrap()
+        );
+        assert_eq!(
+            built.meta.last_log_id,
+            follower.applied_state().await.unwrap().0
+        );
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(
+            current.meta, built.meta,
+            "the follower keeps the installed snapshot as its own"
+        );
+
+        // Installing over existing state replaces it, leaving nothing extra.
+        let mut other = Applier::new();
+        setup_dataset(&mut other, "other", &[9]).await;
+        let mut other_sm = other.state().clone();
+        let snapshot = transfer(&mut leader, &mut other_sm).await;
+        other_sm
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other_sm.digest().unwrap(), leader.digest().unwrap());
+        assert!(other_sm.dataset("other").unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_snapshot_fails_and_reopening_rolls_back_to_empty() {
+        let mut source = Applier::new();
+        setup_dataset(&mut source, "ds", &[1]).await;
+        let mut leader = source.state().clone();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let full = leader.last_snapshot_stats().unwrap().bytes;
+
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let mut follower = StateMachineStore::open(dir.path()).unwrap();
+            let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+            let mut original = leader
+                .get_current_snapshot()
+                .await
+                .unwrap()
+                .unwrap()
+                .snapshot;
+            let mut bytes = Vec::new();
+            original.read_to_end(&mut bytes).await.unwrap();
+            receiving
+                .write_all(&bytes[..full as usize - 20])
+                .await
+                .unwrap();
+            let err = follower
+                .install_snapshot(&built.meta, receiving)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
+        let mut reopened = StateMachineStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.applied_state().await.unwrap().0, None);
+        assert_eq!(reopened.digest().unwrap().records, 0);
+        assert!(reopened.get_current_snapshot().await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,445 @@
+//! Three coordinator replicas in one process over the in-process router:
+//! leader loss, catch-up through a streamed snapshot, and redirects.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coordinator::client::{self, ManifestChunks, WriteError};
+use coordinator::lease::{Lease, LeaseTable};
+use coordinator::router::Router;
+use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
+use openraft::storage::RaftLogStorage;
+use openraft::{Config, SnapshotPolicy};
+use proto_schema::command::{
+    Command, CommandError, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Replica {
+    raft: Raft,
+    state: StateMachineStore,
+    log: LogStore,
+}
+
+struct Cluster {
+    router: Router,
+    config: Arc<Config>,
+    dir: tempfile::TempDir,
+    replicas: BTreeMap<NodeId, Replica>,
+}
+
+fn member(id: NodeId) -> Member {
+    Member {
+        addr: format!("replica-{id}"),
+    }
+}
+
+impl Cluster {
+    async fn start(ids: &[NodeId]) -> Self {
+        let config = Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
+            max_in_snapshot_log_to_keep: 5,
+            purge_batch_size: 1,
+            // Small chunks, so a snapshot travels as many RPCs.
+            snapshot_max_chunk_size: 16 * 1024,
+            ..coordinator::config::raft_config().unwrap()
+        };
+        let mut cluster = Self {
+            router: Router::default(),
+            config: Arc::new(config.validate().unwrap()),
+            dir: tempfile::TempDir::new().unwrap(),
+            replicas: BTreeMap::new(),
+        };
+        for &id in ids {
+            cluster.start_replica(id).await;
+        }
+        let members: BTreeMap<NodeId, Member> = ids.iter().map(|&id| (id, member(id))).collect();
+        cluster.replicas[&ids[0]]
+            .raft
+            .initialize(members)
+            .await
+            .unwrap();
+        cluster.leader().await;
+        cluster
+    }
+
+    fn replica_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("replica-{id}"))
+    }
+
+    /// Starts a replica from its directories (fresh or left by `stop`).
+    async fn start_replica(&mut self, id: NodeId) {
+        let dir = self.replica_dir(id);
+        let log = LogStore::open(&dir.join("log")).unwrap();
+        let state = StateMachineStore::open(&dir.join("state")).unwrap();
+        let raft = Raft::new(
+            id,
+            self.config.clone(),
+            self.router.clone(),
+            log.clone(),
+            state.clone(),
+        )
+        .await
+        .unwrap();
+        self.router.add(id, raft.clone());
+        self.replicas.insert(id, Replica { raft, state, log });
+    }
+
+    /// Takes a replica off the network and shuts it down.
+    async fn stop(&mut self, id: NodeId) {
+        self.router.remove(id);
+        let replica = self.replicas.remove(&id).unwrap();
+        replica.raft.shutdown().await.unwrap();
+    }
+
+    fn raft(&self, id: NodeId) -> &Raft {
+        &self.replicas[&id].raft
+    }
+
+    /// The leader the live replicas agree on.
+    async fn leader(&self) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<Option<NodeId>> = self
+                .replicas
+                .values()
+                .map(|r| r.raft.metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(leader)) = leaders.first()
+                && leaders.iter().all(|l| *l == Some(*leader))
+                && self.replicas.contains_key(leader)
+            {
+                return *leader;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes through the leader, following redirects.
+    async fn write(&self, cmd: &Command) -> Response {
+        let mut target = *self.replicas.keys().next().unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match client::write(self.raft(target), cmd).await {
+                Ok(resp) => return resp,
+                Err(WriteError::ForwardToLeader {
+                    leader: Some(leader),
+                    ..
+                }) if self.replicas.contains_key(&leader) => {
+                    target = leader;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "write failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until every live replica applied the leader's last entry.
+    async fn converge(&self) -> u64 {
+        let leader = self.leader().await;
+        let index = self.raft(leader).metrics().borrow().last_log_index.unwrap();
+        for replica in self.replicas.values() {
+            replica
+                .raft
+                .wait(Some(WAIT))
+                .applied_index_at_least(Some(index), "converge")
+                .await
+                .unwrap();
+        }
+        index
+    }
+}
+
+fn node(id: u64) -> Command {
+    Command::RegisterNode(NodeInfo {
+        id,
+        address: format!("10.0.0.{id}:7000"),
+        cert_fingerprint: [id as u8; 32],
+    })
+}
+
+fn dataset(name: &str) -> Command {
+    Command::CreateDataset(DatasetSpec {
+        name: name.into(),
+        format: DatasetFormat::Lines,
+        key: KeySpec::WholeLine,
+    })
+}
+
+fn files(n: usize) -> Vec<FileEntry> {
+    (0..n)
+        .map(|i| FileEntry {
+            path: format!("/srv/logs/{:02}/{i:06}.log", i % 17),
+            size: 1000 + i as u64,
+            mtime_ns: i as i64,
+            checksum: Some(vec![i as u8; 16]),
+        })
+        .collect()
+}
+
+/// Submits a manifest in chunks of at most `chunk` files.
+async fn submit(cluster: &Cluster, name: &str, files: Vec<FileEntry>, chunk: usize) -> u64 {
+    let begin = Command::BeginSubmission {
+        dataset: name.into(),
+        now_ms: 1,
+    };
+    let Response::SubmissionBegun { submission } = cluster.write(&begin).await else {
+        panic!()
+    };
+    // Smaller chunks than `ManifestChunks` cuts, for more log entries.
+    for files in ManifestChunks::new(files.into_iter())
+        .flat_map(|c| c.chunks(chunk).map(<[_]>::to_vec).collect::<Vec<_>>())
+    {
+        let resp = cluster
+            .write(&Command::SubmitChunk {
+                dataset: name.into(),
+                submission,
+                files,
+            })
+            .await;
+        assert!(matches!(resp, Response::ChunkApplied { .. }), "{resp:?}");
+    }
+    let finish = Command::FinishSubmission {
+        dataset: name.into(),
+        submission,
+    };
+    assert!(matches!(
+        cluster.write(&finish).await,
+        Response::SubmissionFinished { .. }
+    ));
+    submission
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_is_elected_and_no_committed_command_is_lost() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    for id in 1..=20 {
+        assert_eq!(
+            cluster.write(&node(id)).await,
+            Response::NodeRegistered { id }
+        );
+    }
+    cluster.write(&dataset("ds")).await;
+    let submission = submit(&cluster, "ds", files(300), 50).await;
+
+    let old = cluster.leader().await;
+    cluster.stop(old).await;
+    let started = Instant::now();
+    let new = cluster.leader().await;
+    eprintln!("new leader {new} after {:?}", started.elapsed());
+    assert_ne!(new, old);
+
+    // Every acknowledged command is in the new leader's state, and the
+    // cluster keeps taking writes.
+    assert_eq!(
+        cluster.write(&node(21)).await,
+        Response::NodeRegistered { id: 21 }
+    );
+    cluster.converge().await;
+    for replica in cluster.replicas.values() {
+        for id in 1..=21 {
+            assert!(replica.state.node(id).unwrap().is_some(), "node {id} lost");
+        }
+        let job = replica.state.job(submission).unwrap().unwrap();
+        assert_eq!((job.counts.new, job.shards_total), (300, 300));
+    }
+    let digests: Vec<_> = cluster
+        .replicas
+        .values()
+        .map(|r| r.state.digest().unwrap())
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_purged_entries_catches_up_through_a_snapshot() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    cluster.write(&dataset("ds")).await;
+    let leader = cluster.leader().await;
+    let follower = *cluster.replicas.keys().find(|&&id| id != leader).unwrap();
+    let missed_from = cluster.converge().await;
+    cluster.stop(follower).await;
+
+    // Far more entries than the snapshot policy keeps in the log.
+    for id in 1..=30 {
+        cluster.write(&node(id)).await;
+    }
+    submit(&cluster, "ds", files(3000), 40).await;
+    let last = cluster.converge().await;
+    let leader = cluster.leader().await;
+    // Snapshots are built, and the log purged, in the background.
+    let mut log = cluster.replicas[&leader].log.clone();
+    let deadline = Instant::now() + WAIT;
+    let purged = loop {
+        let purged = log
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_purged_log_id
+            .map_or(0, |id| id.index);
+        if purged > missed_from + 40 {
+            break purged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader purged only up to {purged}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let started = Instant::now();
+    cluster.start_replica(follower).await;
+    cluster
+        .raft(follower)
+        .wait(Some(WAIT))
+        .applied_index_at_least(Some(last), "catch up")
+        .await
+        .unwrap();
+    let caught_up = started.elapsed();
+
+    let snapshot = cluster
+        .raft(follower)
+        .metrics()
+        .borrow()
+        .snapshot
+        .expect("the follower installed a snapshot");
+    assert!(
+        snapshot.index > missed_from,
+        "snapshot at {} is past what the follower had",
+        snapshot.index
+    );
+    let leader_state = &cluster.replicas[&leader].state;
+    let digest = leader_state.digest().unwrap();
+    assert_eq!(cluster.replicas[&follower].state.digest().unwrap(), digest);
+    eprintln!(
+        "follower caught up in {caught_up:?} through the snapshot at index {} (log at {last}, purged to {purged}); \
+         state {} records; leader's last snapshot {:?}",
+        snapshot.index,
+        digest.records,
+        leader_state.last_snapshot_stats(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_follower_is_redirected_to_the_leader() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let leader = cluster.leader().await;
+    let follower = *cluster.replicas.keys().find(|&&id| id != leader).unwrap();
+    match client::write(cluster.raft(follower), &node(1)).await {
+        Err(WriteError::ForwardToLeader {
+            leader: Some(to),
+            address,
+        }) => {
+            assert_eq!(to, leader);
+            assert_eq!(address, Some(member(leader).addr));
+            assert_eq!(
+                client::write(cluster.raft(to), &node(1)).await.unwrap(),
+                Response::NodeRegistered { id: 1 }
+            );
+        }
+        other => panic!("expected a redirect, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    for id in [1, 2] {
+        cluster.write(&node(id)).await;
+    }
+    cluster.write(&dataset("ds")).await;
+    submit(&cluster, "ds", files(3), 3).await;
+    let shard = 1;
+
+    let old = cluster.leader().await;
+    let mut table = LeaseTable::new(10_000);
+    let Response::LeaseGranted {
+        node,
+        epoch,
+        deadline_ms,
+        ..
+    } = cluster.write(&table.grant(shard, 1, 0, 1_000)).await
+    else {
+        panic!("grant refused")
+    };
+    table.granted(shard, node, epoch, deadline_ms);
+    cluster.converge().await;
+    cluster.stop(old).await;
+
+    // The new leader rebuilds its table from the replicated state, with a
+    // full deadline from its own takeover.
+    let new = cluster.leader().await;
+    let mut table = LeaseTable::new(10_000);
+    assert_eq!(
+        table
+            .take_over_from(&cluster.replicas[&new].state, 50_000)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        table.get(shard),
+        Some(Lease {
+            node: 1,
+            epoch: 1,
+            deadline_ms: 60_000
+        })
+    );
+
+    // Renewals touch no log.
+    let log_index = cluster.raft(new).metrics().borrow().last_log_index;
+    for now in [55_000, 60_000, 65_000] {
+        table.renew(shard, 1, 1, now).unwrap();
+    }
+    assert_eq!(
+        cluster.raft(new).metrics().borrow().last_log_index,
+        log_index
+    );
+
+    // Node 1 goes quiet; the shard goes to node 2 at epoch 2.
+    assert_eq!(table.expired(75_000), vec![(shard, 1)]);
+    let regrant = table.grant(shard, 2, 1, 75_000);
+    assert!(matches!(
+        cluster.write(&regrant).await,
+        Response::LeaseGranted {
+            epoch: 2,
+            node: 2,
+            ..
+        }
+    ));
+    let stale = Command::ReportProgress {
+        shard,
+        node: 1,
+        epoch: 1,
+        offset: 10,
+    };
+    assert_eq!(
+        cluster.write(&stale).await,
+        Response::Error(CommandError::StaleEpoch {
+            shard,
+            presented: 1,
+            current: 2
+        })
+    );
+    let current = Command::ReportProgress {
+        shard,
+        node: 2,
+        epoch: 2,
+        offset: 10,
+    };
+    assert_eq!(
+        cluster.write(&current).await,
+        Response::ProgressRecorded {
+            shard,
+            checkpoint: 10
+        }
+    );
+}
