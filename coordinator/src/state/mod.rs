@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod keys;
+mod listing;
 pub mod records;
 pub mod snapshot_file;
 
