@@ -243,12 +243,14 @@ fn unsent(error: &RpcError) -> bool {
     )
 }
 
-/// Limits of the coordinators' endpoints. A replication payload holds up
-/// to `MAX_PAYLOAD_ENTRIES` manifest chunks of about 1 MiB each, plus
-/// their encoding, so messages may exceed the transport's 16 MiB default.
+/// Limits of the coordinators' endpoints. Messages stay within the
+/// transport's 16 MiB: a replication payload holds at most
+/// `MAX_PAYLOAD_ENTRIES` manifest chunks of about 1.2 MiB encoded. A write
+/// is answered once committed and applied, which a busy cluster may take
+/// longer than the transport's default 10 s for.
 pub fn rpc_config() -> RpcConfig {
     RpcConfig {
-        max_message: 32 << 20,
+        request_timeout: Duration::from_secs(30),
         ..RpcConfig::default()
     }
 }
