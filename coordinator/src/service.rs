@@ -92,6 +92,7 @@ impl Service {
             config.identity.client_config()?,
             api::rpc_config(),
         )?);
+        let server_tls = config.identity.server_config()?;
         let contacts = Contacts::default();
         let network = QuicNetwork::new(id, client.clone(), contacts.clone());
         let raft = Raft::new(id, config.raft.clone(), network, log, state.clone())
@@ -104,12 +105,14 @@ impl Service {
                 async move { answer(&raft, &state, &contacts, &request).await }
             }
         };
-        let server = RpcServer::bind(
-            config.listen,
-            config.identity.server_config()?,
-            api::rpc_config(),
-            handler,
-        )?;
+        let server = match RpcServer::bind(config.listen, server_tls, api::rpc_config(), handler) {
+            Ok(server) => server,
+            Err(e) => {
+                // A Raft left running would keep the stores open.
+                let _ = tokio::time::timeout(RAFT_SHUTDOWN_TIMEOUT, raft.shutdown()).await;
+                return Err(e.into());
+            }
+        };
         let service = Self {
             raft,
             state,
