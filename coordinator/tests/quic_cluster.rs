@@ -15,7 +15,7 @@ use coordinator::{NodeId, Raft};
 use openraft::{Config, SnapshotPolicy};
 use proto_schema::ca::ClusterCa;
 use proto_schema::command::{
-    Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+    Command, CommandError, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
 };
 use proto_schema::quic::RpcError;
 use proto_schema::tls::TlsIdentity;
@@ -360,12 +360,20 @@ async fn over_quic_a_client_of_a_follower_is_redirected_to_the_leader() {
         Response::NodeRegistered { id: 1 }
     );
     assert_eq!(client.address(), cluster.peers[&leader]);
-    // A refusal by the state machine comes back as such.
+    // A refusal by the state machine comes back as such, and reads clearly.
     client.write(&dataset("ds")).await.unwrap();
     assert!(matches!(
         client.write(&dataset("ds")).await.unwrap(),
-        Response::Error(proto_schema::command::CommandError::DatasetExists { .. })
+        Response::Error(CommandError::DatasetExists { .. })
     ));
+    let begin = Command::BeginSubmission {
+        dataset: "nope".into(),
+        now_ms: 1,
+    };
+    let Response::Error(unknown) = client.write(&begin).await.unwrap() else {
+        panic!("an unknown dataset was accepted")
+    };
+    assert_eq!(unknown.to_string(), "unknown dataset \"nope\"");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
