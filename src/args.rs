@@ -51,6 +51,12 @@ pub enum Command {
     Stats(StatsArgs),
     /// Make the cluster's certificate authority and issue certificates.
     Cert(CertArgs),
+    /// Run a coordinator replica: Raft and the client API over QUIC.
+    Coordinator(CoordinatorArgs),
+    /// Show the cluster: leader, term, members' health, datasets and jobs.
+    Status(StatusArgs),
+    /// Submit a manifest (or a directory's files) to the coordinators.
+    Submit(SubmitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +237,121 @@ pub struct CertIssueArgs {
     pub days: u32,
 }
 
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// This replica's id among the peers [config: [coordinator] id].
+    #[arg(long)]
+    pub id: Option<u64>,
+
+    /// Address to listen on, e.g. 127.0.0.1:7001 [config: listen].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// A voter, ID=HOST:PORT; repeat for every replica, this one included.
+    /// Its certificate must name HOST [config: [coordinator.peers]].
+    #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
+    pub peers: Vec<PeerArg>,
+
+    /// Directory of the Raft log and state [config: data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Directory holding ca.pem and this replica's NAME.pem / NAME.key.
+    #[arg(long, env = "QUERN_CERT_DIR", default_value = "quern-certs")]
+    pub cert_dir: PathBuf,
+
+    /// The certificate's name [default: coord-ID].
+    #[arg(long)]
+    pub cert_name: Option<String>,
+}
+
+/// One `--peer ID=HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerArg {
+    pub id: u64,
+    pub address: String,
+}
+
+fn parse_peer(text: &str) -> Result<PeerArg, String> {
+    let bad = || format!("{text:?} is not ID=HOST:PORT (e.g. 1=127.0.0.1:7001)");
+    let (id, address) = text.split_once('=').ok_or_else(bad)?;
+    let id = id.trim().parse().map_err(|_| bad())?;
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(PeerArg {
+            id,
+            address: address.to_owned(),
+        }),
+        _ => Err(bad()),
+    }
+}
+
+/// How a client command reaches the cluster.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// A coordinator's HOST:PORT (repeatable, or comma-separated); the
+    /// leader is found from any of them.
+    #[arg(
+        long = "coordinator",
+        env = "QUERN_COORDINATOR",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub coordinators: Vec<String>,
+
+    /// Directory holding ca.pem and the client certificate.
+    #[arg(long, env = "QUERN_CERT_DIR", default_value = "quern-certs")]
+    pub cert_dir: PathBuf,
+
+    /// The client certificate's name (NAME.pem, NAME.key).
+    #[arg(long, default_value = "client")]
+    pub cert_name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Dataset name (created if missing).
+    #[arg(long, env = "QUERN_DATASET")]
+    pub dataset: String,
+
+    /// A manifest: TSV lines `path<TAB>size<TAB>mtime[<TAB>md5]`, or JSONL
+    /// objects {"path","size","mtime","checksum"}; mtime in seconds.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "dir",
+        required_unless_present = "dir"
+    )]
+    pub manifest: Option<PathBuf>,
+
+    /// A directory whose files are listed instead (walked in name order).
+    pub dir: Option<PathBuf>,
+
+    /// Format of a new dataset's files.
+    #[arg(long, value_enum, default_value_t = FormatArg::Lines)]
+    pub format: FormatArg,
+
+    /// The key field of a new tsv dataset (1-based).
+    #[arg(long, default_value_t = 1)]
+    pub key_field: u32,
+
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
 /// Parses a size with an optional binary suffix: K, M, G, T, with or
 /// without "iB"/"B" (all powers of 1024, as `sort -S` reads them).
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -278,6 +399,20 @@ mod tests {
                 .unwrap_err()
                 .contains("too large")
         );
+    }
+
+    #[test]
+    fn peers_are_id_equals_host_and_port() {
+        assert_eq!(
+            parse_peer("2=coord-2.internal:7001"),
+            Ok(PeerArg {
+                id: 2,
+                address: "coord-2.internal:7001".into()
+            })
+        );
+        for bad in ["2", "x=h:1", "2=h", "2=:7001", "2=h:port"] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

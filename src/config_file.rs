@@ -16,7 +16,21 @@
 //!
 //! [cert]
 //! dir = "/etc/quern/ca"
+//!
+//! [coordinator]
+//! id = 1
+//! listen = "10.0.0.5:7001"
+//! data_dir = "/var/lib/quern/coordinator"
+//! peers = { 1 = "10.0.0.5:7001", 2 = "10.0.0.6:7001", 3 = "10.0.0.7:7001" }
+//!
+//! [client]
+//! coordinators = ["10.0.0.5:7001", "10.0.0.6:7001"]
+//! cert_name = "ops"
 //! ```
+//!
+//! `[coordinator] peers` is a table (id -> address) and `[client]
+//! coordinators` a list, the file's forms of the repeatable `--peer` and
+//! `--coordinator` flags.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -56,6 +70,10 @@ pub struct ConfigFile {
     ingest: IngestSection,
     #[serde(default)]
     cert: CertSection,
+    #[serde(default)]
+    coordinator: CoordinatorSection,
+    #[serde(default)]
+    client: ClientSection,
 }
 
 /// Options of `quern ingest`, the ones that describe the machine or the
@@ -79,6 +97,31 @@ struct IngestSection {
 #[serde(deny_unknown_fields)]
 struct CertSection {
     dir: Option<PathBuf>,
+}
+
+/// Options of `quern coordinator`. `cert_dir` falls back to `[cert] dir`.
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct CoordinatorSection {
+    id: Option<u64>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    cert_dir: Option<PathBuf>,
+    cert_name: Option<String>,
+    /// id -> HOST:PORT, every voter (this replica included).
+    #[serde(default)]
+    peers: std::collections::BTreeMap<u64, String>,
+}
+
+/// Options of the client commands (`quern status`, `quern submit`).
+/// `cert_dir` falls back to `[cert] dir`.
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct ClientSection {
+    #[serde(default)]
+    coordinators: Vec<String>,
+    cert_dir: Option<PathBuf>,
+    cert_name: Option<String>,
 }
 
 impl ConfigFile {
@@ -148,8 +191,71 @@ impl ConfigFile {
                 sub.mut_arg("dir", |arg| arg.default_value(dir))
             });
         }
+        let coordinator = &self.coordinator;
+        let path = |p: &PathBuf| p.display().to_string();
+        let coordinator_values = [
+            ("id", coordinator.id.map(|id| id.to_string())),
+            ("listen", coordinator.listen.clone()),
+            ("data_dir", coordinator.data_dir.as_ref().map(path)),
+            (
+                "cert_dir",
+                coordinator
+                    .cert_dir
+                    .as_ref()
+                    .or(self.cert.dir.as_ref())
+                    .map(path),
+            ),
+            ("cert_name", coordinator.cert_name.clone()),
+        ];
+        let peers: Vec<String> = coordinator
+            .peers
+            .iter()
+            .map(|(id, address)| format!("{id}={address}"))
+            .collect();
+        command = command.mut_subcommand("coordinator", |mut sub| {
+            sub = with_defaults(sub, coordinator_values);
+            if !peers.is_empty() {
+                sub = sub.mut_arg("peers", |arg| arg.default_values(peers));
+            }
+            sub
+        });
+        let client = &self.client;
+        let client_values = [
+            (
+                "cert_dir",
+                client
+                    .cert_dir
+                    .as_ref()
+                    .or(self.cert.dir.as_ref())
+                    .map(path),
+            ),
+            ("cert_name", client.cert_name.clone()),
+        ];
+        for name in ["status", "submit"] {
+            command = command.mut_subcommand(name, |mut sub| {
+                sub = with_defaults(sub, client_values.clone());
+                if !client.coordinators.is_empty() {
+                    let list = client.coordinators.clone();
+                    sub = sub.mut_arg("coordinators", |arg| arg.default_values(list));
+                }
+                sub
+            });
+        }
         command
     }
+}
+
+/// Makes each present value the default of its flag in `sub`.
+fn with_defaults<const N: usize>(
+    mut sub: clap::Command,
+    values: [(&'static str, Option<String>); N],
+) -> clap::Command {
+    for (id, value) in values {
+        if let Some(value) = value {
+            sub = sub.mut_arg(id, |arg| arg.default_value(value));
+        }
+    }
+    sub
 }
 
 #[cfg(test)]
@@ -217,6 +323,81 @@ mod tests {
         assert_eq!(cert_args(cli).dir, PathBuf::from("here"));
         let cli = parse("", &["quern", "cert", "init"]).unwrap();
         assert_eq!(cert_args(cli).dir, PathBuf::from("quern-certs"));
+    }
+
+    #[test]
+    fn the_coordinator_and_client_sections_set_their_commands_defaults() {
+        let file = r#"
+            [cert]
+            dir = "/etc/quern/certs"
+            [coordinator]
+            id = 2
+            listen = "127.0.0.1:7002"
+            data_dir = "/var/lib/quern/coord"
+            peers = { 1 = "127.0.0.1:7001", 2 = "127.0.0.1:7002", 3 = "127.0.0.1:7003" }
+            [client]
+            coordinators = ["127.0.0.1:7001", "127.0.0.1:7003"]
+            cert_name = "ops"
+        "#;
+        let crate::args::Command::Coordinator(args) =
+            parse(file, &["quern", "coordinator"]).unwrap().command
+        else {
+            panic!("not coordinator")
+        };
+        assert_eq!(args.id, Some(2));
+        assert_eq!(args.listen, Some("127.0.0.1:7002".parse().unwrap()));
+        assert_eq!(args.data_dir, Some(PathBuf::from("/var/lib/quern/coord")));
+        assert_eq!(args.cert_dir, PathBuf::from("/etc/quern/certs"));
+        let peers: Vec<_> = args
+            .peers
+            .iter()
+            .map(|p| (p.id, p.address.as_str()))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                (1, "127.0.0.1:7001"),
+                (2, "127.0.0.1:7002"),
+                (3, "127.0.0.1:7003")
+            ]
+        );
+
+        let crate::args::Command::Status(args) = parse(file, &["quern", "status"]).unwrap().command
+        else {
+            panic!("not status")
+        };
+        assert_eq!(
+            args.client.coordinators,
+            ["127.0.0.1:7001", "127.0.0.1:7003"]
+        );
+        assert_eq!(args.client.cert_name, "ops");
+        assert_eq!(args.client.cert_dir, PathBuf::from("/etc/quern/certs"));
+        let crate::args::Command::Submit(args) = parse(
+            file,
+            &[
+                "quern",
+                "submit",
+                "--dataset",
+                "d",
+                "--coordinator",
+                "h:1",
+                "dir",
+            ],
+        )
+        .unwrap()
+        .command
+        else {
+            panic!("not submit")
+        };
+        assert_eq!(args.client.coordinators, ["h:1"]);
+
+        let err = parse(
+            "[coordinator]
+peers = { 1 = \"nonsense\" }",
+            &["quern", "coordinator"],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ID=HOST:PORT"), "{err}");
     }
 
     #[test]

@@ -3,13 +3,18 @@
 
 mod args;
 mod cert;
+mod cluster_client;
 mod config_file;
+mod coordinator_cmd;
 mod ingest;
 mod logging;
+mod manifest;
 mod metrics_endpoint;
 mod progress;
 mod query;
 mod report;
+mod status;
+mod submit;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -46,6 +51,9 @@ fn main() -> ExitCode {
         args::Command::Get(args) => query::get(&cli.data, args),
         args::Command::Stats(args) => report::stats(&cli.data, args),
         args::Command::Cert(args) => cert::run(args),
+        args::Command::Coordinator(args) => coordinator_cmd::run(args),
+        args::Command::Status(args) => status::run(args),
+        args::Command::Submit(args) => submit::run(args),
     };
     result.unwrap_or_else(|e| {
         if is_broken_pipe(&e) {

@@ -3,14 +3,16 @@
 //! openraft drives replication; this crate supplies what openraft leaves to
 //! the application: a RocksDB log store, a RocksDB state machine (nodes,
 //! datasets, jobs, the file catalogue, shards and their leases, the
-//! partition map) with streamed snapshots, the leader-local lease table, and
-//! the RPC seam a transport implements. Commands themselves are the rkyv
-//! types of `proto_schema::command`.
+//! partition map) with streamed snapshots, the leader-local lease table, the
+//! RPC seam, Raft and the client API over mutual-TLS QUIC (`transport`,
+//! `api`), and a replica as a running service (`service`). Commands
+//! themselves are the rkyv types of `proto_schema::command`.
 
 // openraft's traits fix the error types (`StorageError`, `RPCError`) that
 // our implementations return; they are large, and not ours to box.
 #![allow(clippy::result_large_err)]
 
+pub mod api;
 pub mod app_data;
 pub mod client;
 pub mod config;
@@ -19,7 +21,10 @@ pub mod log_store;
 mod rocks;
 pub mod router;
 pub mod rpc;
+pub mod service;
 pub mod state;
+pub mod status;
+pub mod transport;
 
 pub use app_data::{Applied, CommandBytes};
 pub use log_store::LogStore;

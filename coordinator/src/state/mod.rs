@@ -20,6 +20,7 @@
 
 pub mod apply;
 pub mod keys;
+mod listing;
 pub mod records;
 pub mod snapshot_file;
 

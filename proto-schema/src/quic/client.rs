@@ -176,6 +176,12 @@ impl RpcConnection {
         peer_fingerprint(&self.connection)
     }
 
+    /// Whether the connection has ended (closed by either side or lost):
+    /// a request on it would fail before anything is sent.
+    pub fn is_closed(&self) -> bool {
+        self.connection.close_reason().is_some()
+    }
+
     /// Closes the connection; requests in flight fail.
     pub fn close(&self) {
         self.connection.close(VarInt::from_u32(0), b"closed");

@@ -1,0 +1,231 @@
+//! A coordinator replica as a running service: its RocksDB stores, its
+//! Raft, and one QUIC endpoint (mutual TLS, cluster CA) serving both the
+//! other replicas' Raft RPCs and the client API. The lowest-id member of
+//! the configured peers initializes the cluster when its log is empty, so
+//! starting the same configuration on every replica forms the cluster, and
+//! restarting it changes nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::Config;
+use openraft::error::{InitializeError, RaftError};
+use proto_schema::quic::{Peer, RpcClient, RpcError, RpcServer};
+use proto_schema::tls::TlsIdentity;
+
+use crate::api::{self, Reply, Request};
+use crate::client::{self, WriteError};
+use crate::state::StateError;
+use crate::status;
+use crate::transport::{Contacts, QuicNetwork};
+use crate::{LogStore, Member, NodeId, Raft, StateMachineStore};
+
+pub struct ServiceConfig {
+    pub id: NodeId,
+    /// Where this replica listens (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Every voter of the cluster, this replica included: id -> `host:port`.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Holds `log/` and `state/`.
+    pub data_dir: PathBuf,
+    pub identity: TlsIdentity,
+    pub raft: Arc<Config>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("replica {id} is not among the peers {peers:?}")]
+    NotAPeer { id: NodeId, peers: Vec<NodeId> },
+    #[error("opening the Raft log in {dir}: {error}")]
+    Log {
+        dir: PathBuf,
+        error: crate::log_store::OpenError,
+    },
+    #[error("opening the state machine in {dir}: {error}")]
+    State { dir: PathBuf, error: StateError },
+    #[error("TLS: {0}")]
+    Tls(#[from] proto_schema::tls::TlsError),
+    #[error("{0}")]
+    Rpc(#[from] RpcError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// How long shutdown waits for Raft to stop.
+pub const RAFT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Service {
+    raft: Raft,
+    state: StateMachineStore,
+    server: RpcServer,
+    client: Arc<RpcClient>,
+}
+
+impl Service {
+    /// Opens the stores, starts Raft and the endpoint, and initializes the
+    /// cluster if this is the lowest-id peer and the log is empty. Must be
+    /// called inside a tokio runtime.
+    pub async fn start(config: ServiceConfig) -> Result<Self, ServiceError> {
+        let id = config.id;
+        if !config.peers.contains_key(&id) {
+            return Err(ServiceError::NotAPeer {
+                id,
+                peers: config.peers.keys().copied().collect(),
+            });
+        }
+        let log_dir = config.data_dir.join("log");
+        let log = LogStore::open(&log_dir).map_err(|error| ServiceError::Log {
+            dir: log_dir,
+            error,
+        })?;
+        let state_dir = config.data_dir.join("state");
+        let state = StateMachineStore::open(&state_dir).map_err(|error| ServiceError::State {
+            dir: state_dir,
+            error,
+        })?;
+        let bind = match config.listen {
+            SocketAddr::V4(_) => "0.0.0.0:0",
+            SocketAddr::V6(_) => "[::]:0",
+        };
+        let client = Arc::new(RpcClient::new(
+            bind.parse().expect("valid address"),
+            config.identity.client_config()?,
+            api::rpc_config(),
+        )?);
+        let server_tls = config.identity.server_config()?;
+        let contacts = Contacts::default();
+        let network = QuicNetwork::new(id, client.clone(), contacts.clone());
+        let raft = Raft::new(id, config.raft.clone(), network, log, state.clone())
+            .await
+            .map_err(|e| ServiceError::Raft(e.to_string()))?;
+        let handler = {
+            let (raft, state) = (raft.clone(), state.clone());
+            move |_peer: Peer, request: Vec<u8>| {
+                let (raft, state, contacts) = (raft.clone(), state.clone(), contacts.clone());
+                async move { answer(&raft, &state, &contacts, &request).await }
+            }
+        };
+        let server = match RpcServer::bind(config.listen, server_tls, api::rpc_config(), handler) {
+            Ok(server) => server,
+            Err(e) => {
+                // A Raft left running would keep the stores open.
+                let _ = tokio::time::timeout(RAFT_SHUTDOWN_TIMEOUT, raft.shutdown()).await;
+                return Err(e.into());
+            }
+        };
+        let service = Self {
+            raft,
+            state,
+            server,
+            client,
+        };
+        if config.peers.keys().next() == Some(&id) {
+            service.initialize(&config.peers).await?;
+        }
+        Ok(service)
+    }
+
+    async fn initialize(&self, peers: &BTreeMap<NodeId, String>) -> Result<(), ServiceError> {
+        let raft_error = |e: &dyn std::fmt::Display| ServiceError::Raft(e.to_string());
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| raft_error(&e))?
+        {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, Member> = peers
+            .iter()
+            .map(|(&id, addr)| (id, Member { addr: addr.clone() }))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(peers = ?peers, "initialized the cluster");
+                Ok(())
+            }
+            // Another start got there first: the log is no longer empty.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(raft_error(&e)),
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn state(&self) -> &StateMachineStore {
+        &self.state
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops serving, then stops Raft; each step is bounded.
+    pub async fn shutdown(self) -> Result<(), ServiceError> {
+        let served = self.server.shutdown().await;
+        let stopped = tokio::time::timeout(RAFT_SHUTDOWN_TIMEOUT, self.raft.shutdown()).await;
+        if let Ok(client) = Arc::try_unwrap(self.client) {
+            client.shutdown().await;
+        }
+        served?;
+        match stopped {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServiceError::Raft(e.to_string())),
+            Err(_) => Err(ServiceError::Raft(format!(
+                "did not stop within {RAFT_SHUTDOWN_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
+
+/// Serves one request, whichever kind.
+async fn answer(
+    raft: &Raft,
+    state: &StateMachineStore,
+    contacts: &Contacts,
+    request: &[u8],
+) -> Vec<u8> {
+    let reply = match api::decode::<Request>(request) {
+        Err(e) => Reply::Failed(format!("undecodable request: {e}")),
+        Ok(Request::Raft(rpc)) => Reply::Raft(crate::rpc::serve(raft, rpc).await),
+        Ok(Request::Write(bytes)) => match bytes.decode() {
+            Err(e) => Reply::Failed(e.to_string()),
+            Ok(cmd) => match client::write(raft, &cmd).await {
+                Ok(response) => Reply::Written(crate::Applied(response)),
+                Err(WriteError::ForwardToLeader { leader, address }) => {
+                    Reply::NotLeader { leader, address }
+                }
+                Err(e) => Reply::Failed(e.to_string()),
+            },
+        },
+        Ok(Request::Status) => status_reply(raft, state, contacts),
+    };
+    api::encode(&reply).unwrap_or_else(|e| {
+        let failed = Reply::Failed(format!("encoding the reply: {e}"));
+        api::encode(&failed).expect("a plain failure encodes")
+    })
+}
+
+/// The leader answers; a follower that knows the leader redirects, so the
+/// report carries the followers' health. Without a leader, the local view.
+fn status_reply(raft: &Raft, state: &StateMachineStore, contacts: &Contacts) -> Reply {
+    let metrics = raft.metrics().borrow().clone();
+    if let Some(leader) = metrics.current_leader
+        && leader != metrics.id
+        && let Some(node) = metrics.membership_config.membership().get_node(&leader)
+    {
+        return Reply::NotLeader {
+            leader: Some(leader),
+            address: Some(node.addr.clone()),
+        };
+    }
+    match status::report(raft, state, contacts) {
+        Ok(report) => Reply::Status(report),
+        Err(e) => Reply::Failed(e.to_string()),
+    }
+}

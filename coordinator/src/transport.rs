@@ -1,0 +1,256 @@
+//! Raft between replicas over QUIC: openraft's `RaftNetworkFactory` on the
+//! mutual-TLS `RpcClient` of `proto_schema::quic`. Each RPC is one
+//! `api::Request::Raft` envelope on its own stream, bounded by the
+//! deadline openraft gives (`RPCOption::hard_ttl`). A peer is dialled at
+//! its member address (`host:port`), and its certificate must name that
+//! host. A failed connection is dropped and dialled again on the next RPC.
+//! Successful exchanges are recorded per peer, for the leader's view of
+//! its followers' health in `status`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use proto_schema::quic::{RpcClient, RpcConnection, RpcError};
+
+use crate::api::{self, Reply, Request};
+use crate::rpc::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    RaftRpc, RaftRpcReply, VoteRequest, VoteResponse,
+};
+use crate::{Member, NodeId, TypeConfig};
+
+/// When each peer last answered an RPC.
+#[derive(Clone, Default)]
+pub struct Contacts(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Contacts {
+    fn record(&self, peer: NodeId) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(peer, Instant::now());
+    }
+
+    /// Time since `peer` last answered, if it ever did.
+    pub fn since(&self, peer: NodeId) -> Option<Duration> {
+        let contacts = self.0.lock().expect("not poisoned");
+        contacts.get(&peer).map(Instant::elapsed)
+    }
+}
+
+/// Makes a `PeerLink` per target replica; all share one QUIC endpoint.
+#[derive(Clone)]
+pub struct QuicNetwork {
+    id: NodeId,
+    client: Arc<RpcClient>,
+    contacts: Contacts,
+}
+
+impl QuicNetwork {
+    pub fn new(id: NodeId, client: Arc<RpcClient>, contacts: Contacts) -> Self {
+        Self {
+            id,
+            client,
+            contacts,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerLink {
+        PeerLink {
+            id: self.id,
+            target,
+            address: node.addr.clone(),
+            client: self.client.clone(),
+            connection: None,
+            contacts: self.contacts.clone(),
+        }
+    }
+}
+
+/// The host a member address names (without port or IPv6 brackets): the
+/// name its certificate must carry.
+pub fn server_name(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Resolves a member address to a socket address and a server name.
+pub async fn resolve(address: &str) -> std::io::Result<(SocketAddr, String)> {
+    let addr = tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{address} resolves to no address")))?;
+    Ok((addr, server_name(address).to_owned()))
+}
+
+/// Why an RPC failed, before openraft's error types.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    /// Could not reach the peer (resolve, handshake, lost connection).
+    #[error("replica unreachable: {0}")]
+    Unreachable(String),
+    /// Reached it, but the exchange failed.
+    #[error("RPC failed: {0}")]
+    Network(String),
+}
+
+impl From<RpcError> for LinkError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Connect { .. }
+            | RpcError::PeerRefused { .. }
+            | RpcError::RefusedByPeer { .. }
+            | RpcError::Handshake { .. }
+            | RpcError::Connection { .. }
+            | RpcError::Timeout { .. } => LinkError::Unreachable(e.to_string()),
+            other => LinkError::Network(other.to_string()),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+
+/// One replica's link to another.
+pub struct PeerLink {
+    id: NodeId,
+    target: NodeId,
+    address: String,
+    client: Arc<RpcClient>,
+    connection: Option<RpcConnection>,
+    contacts: Contacts,
+}
+
+impl PeerLink {
+    async fn connection(&mut self) -> Result<RpcConnection, LinkError> {
+        if let Some(connection) = self.connection.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let (addr, name) = resolve(&self.address)
+            .await
+            .map_err(|e| LinkError::Unreachable(format!("resolving {}: {e}", self.address)))?;
+        let connection = self.client.connect(addr, &name).await?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn exchange(&mut self, rpc: RaftRpc) -> Result<RaftRpcReply, LinkError> {
+        let request =
+            api::encode(&Request::Raft(rpc)).map_err(|e| LinkError::Network(e.to_string()))?;
+        let connection = self.connection().await?;
+        let bytes = connection.request(&request).await?;
+        match api::decode::<Reply>(&bytes) {
+            Ok(Reply::Raft(reply)) => Ok(reply),
+            Ok(Reply::Failed(reason)) => Err(LinkError::Network(reason)),
+            Ok(_) => Err(LinkError::Network(
+                "the replica answered another request".into(),
+            )),
+            Err(e) => Err(LinkError::Network(format!("undecodable reply: {e}"))),
+        }
+    }
+
+    /// Sends `rpc` within the option's hard deadline. Any failure drops
+    /// the connection, so the next RPC dials afresh.
+    async fn call<E: std::error::Error>(
+        &mut self,
+        rpc: RaftRpc,
+        option: &RPCOption,
+        action: RPCTypes,
+    ) -> RpcResult<RaftRpcReply, E> {
+        let ttl = option.hard_ttl();
+        let outcome = tokio::time::timeout(ttl, self.exchange(rpc)).await;
+        if !matches!(outcome, Ok(Ok(_))) {
+            self.connection = None;
+        }
+        match outcome {
+            Ok(Ok(reply)) => {
+                self.contacts.record(self.target);
+                Ok(reply)
+            }
+            Ok(Err(e @ LinkError::Unreachable(_))) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Ok(Err(e @ LinkError::Network(_))) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(_) => Err(RPCError::Timeout(Timeout {
+                action,
+                id: self.id,
+                target: self.target,
+                timeout: ttl,
+            })),
+        }
+    }
+
+    fn remote<T, E: std::error::Error>(
+        &self,
+        reply: Result<T, RaftError<NodeId, E>>,
+    ) -> RpcResult<T, E> {
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("replica answered a different RPC")]
+struct WrongReply;
+
+fn wrong_reply<T, E: std::error::Error>() -> RpcResult<T, E> {
+    Err(RPCError::Network(NetworkError::new(&WrongReply)))
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse> {
+        let rpc = RaftRpc::AppendEntries(rpc);
+        match self.call(rpc, &option, RPCTypes::AppendEntries).await? {
+            RaftRpcReply::AppendEntries(reply) => self.remote(reply),
+            _ => wrong_reply(),
+        }
+    }
+
+    /// One chunk of a snapshot; openraft sends the file chunk by chunk.
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse, InstallSnapshotError> {
+        let rpc = RaftRpc::InstallSnapshot(rpc);
+        match self.call(rpc, &option, RPCTypes::InstallSnapshot).await? {
+            RaftRpcReply::InstallSnapshot(reply) => self.remote(reply),
+            _ => wrong_reply(),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> RpcResult<VoteResponse> {
+        match self
+            .call(RaftRpc::Vote(rpc), &option, RPCTypes::Vote)
+            .await?
+        {
+            RaftRpcReply::Vote(reply) => self.remote(reply),
+            _ => wrong_reply(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address() {
+        assert_eq!(server_name("127.0.0.1:7001"), "127.0.0.1");
+        assert_eq!(server_name("coord-1.internal:7001"), "coord-1.internal");
+        assert_eq!(server_name("[::1]:7001"), "::1");
+    }
+}

@@ -1,0 +1,424 @@
+//! Three coordinator replicas as services on loopback ports, talking Raft
+//! and the client API over mutual-TLS QUIC with certificates from a CA
+//! made here: leader loss, catch-up through a streamed snapshot, a client
+//! sent to a follower, and peers from another CA refused.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coordinator::api::{ApiError, CoordinatorClient};
+use coordinator::client::ManifestChunks;
+use coordinator::service::{Service, ServiceConfig, ServiceError};
+use coordinator::{NodeId, Raft};
+use openraft::{Config, SnapshotPolicy};
+use proto_schema::ca::ClusterCa;
+use proto_schema::command::{
+    Command, CommandError, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+};
+use proto_schema::quic::RpcError;
+use proto_schema::tls::TlsIdentity;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn identity(ca: &ClusterCa, name: &str) -> TlsIdentity {
+    let issued = ca.issue(name, &["127.0.0.1".into()], 1).unwrap();
+    TlsIdentity::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
+}
+
+/// A loopback UDP port free right now.
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn raft_config() -> Arc<Config> {
+    let config = Config {
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
+        max_in_snapshot_log_to_keep: 5,
+        purge_batch_size: 1,
+        // Small chunks, so a snapshot travels as many RPCs.
+        snapshot_max_chunk_size: 16 * 1024,
+        ..coordinator::config::raft_config().unwrap()
+    };
+    Arc::new(config.validate().unwrap())
+}
+
+struct Cluster {
+    ca: ClusterCa,
+    dir: tempfile::TempDir,
+    peers: BTreeMap<NodeId, String>,
+    replicas: BTreeMap<NodeId, Service>,
+}
+
+impl Cluster {
+    async fn start(ids: &[NodeId]) -> Self {
+        let mut cluster = Self {
+            ca: ClusterCa::generate(1).unwrap(),
+            dir: tempfile::TempDir::new().unwrap(),
+            peers: ids
+                .iter()
+                .map(|&id| (id, format!("127.0.0.1:{}", free_port())))
+                .collect(),
+            replicas: BTreeMap::new(),
+        };
+        for &id in ids {
+            cluster.start_replica(id).await;
+        }
+        cluster.leader().await;
+        cluster
+    }
+
+    fn replica_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("replica-{id}"))
+    }
+
+    /// Starts a replica from its directories (fresh or left by `stop`).
+    async fn start_replica(&mut self, id: NodeId) {
+        let config = || ServiceConfig {
+            id,
+            listen: self.peers[&id].parse().unwrap(),
+            peers: self.peers.clone(),
+            data_dir: self.replica_dir(id),
+            identity: identity(&self.ca, &format!("coord-{id}")),
+            raft: raft_config(),
+        };
+        // The port of a replica stopped in this process can stay bound for
+        // tens of seconds after `shutdown` (quinn's endpoint driver task
+        // keeps the socket); a coordinator process that exits frees it.
+        let started = Instant::now();
+        let service = loop {
+            match Service::start(config()).await {
+                Err(ServiceError::Rpc(RpcError::Bind { .. })) if started.elapsed() < WAIT => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                started => break started.unwrap(),
+            }
+        };
+        eprintln!("replica {id} started after {:?}", started.elapsed());
+        self.replicas.insert(id, service);
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        let service = self.replicas.remove(&id).unwrap();
+        service.shutdown().await.unwrap();
+    }
+
+    fn raft(&self, id: NodeId) -> &Raft {
+        self.replicas[&id].raft()
+    }
+
+    /// A client of the cluster knowing `ids`' addresses.
+    fn client(&self, ids: &[NodeId]) -> CoordinatorClient {
+        let addresses = ids.iter().map(|id| self.peers[id].clone()).collect();
+        CoordinatorClient::new(&identity(&self.ca, "client"), addresses).unwrap()
+    }
+
+    /// The leader the live replicas agree on.
+    async fn leader(&self) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<Option<NodeId>> = self
+                .replicas
+                .values()
+                .map(|r| r.raft().metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(leader)) = leaders.first()
+                && leaders.iter().all(|l| *l == Some(*leader))
+                && self.replicas.contains_key(leader)
+            {
+                return *leader;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every live replica applied the leader's last entry.
+    async fn converge(&self) -> u64 {
+        let leader = self.leader().await;
+        let index = self.raft(leader).metrics().borrow().last_log_index.unwrap();
+        for replica in self.replicas.values() {
+            replica
+                .raft()
+                .wait(Some(WAIT))
+                .applied_index_at_least(Some(index), "converge")
+                .await
+                .unwrap();
+        }
+        index
+    }
+}
+
+fn node(id: u64) -> Command {
+    Command::RegisterNode(NodeInfo {
+        id,
+        address: format!("10.0.0.{id}:7000"),
+        cert_fingerprint: [id as u8; 32],
+    })
+}
+
+fn dataset(name: &str) -> Command {
+    Command::CreateDataset(DatasetSpec {
+        name: name.into(),
+        format: DatasetFormat::Lines,
+        key: KeySpec::WholeLine,
+    })
+}
+
+fn files(n: usize) -> Vec<FileEntry> {
+    (0..n)
+        .map(|i| FileEntry {
+            path: format!("/srv/logs/{:02}/{i:06}.log", i % 17),
+            size: 1000 + i as u64,
+            mtime_ns: i as i64,
+            checksum: Some(vec![i as u8; 16]),
+        })
+        .collect()
+}
+
+/// Submits a manifest in chunks of at most `chunk` files.
+async fn submit(
+    client: &mut CoordinatorClient,
+    name: &str,
+    files: Vec<FileEntry>,
+    chunk: usize,
+) -> u64 {
+    let begin = Command::BeginSubmission {
+        dataset: name.into(),
+        now_ms: 1,
+    };
+    let Response::SubmissionBegun { submission } = client.write(&begin).await.unwrap() else {
+        panic!()
+    };
+    for files in ManifestChunks::new(files.into_iter())
+        .flat_map(|c| c.chunks(chunk).map(<[_]>::to_vec).collect::<Vec<_>>())
+    {
+        let resp = client
+            .write(&Command::SubmitChunk {
+                dataset: name.into(),
+                submission,
+                files,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(resp, Response::ChunkApplied { .. }), "{resp:?}");
+    }
+    let finish = Command::FinishSubmission {
+        dataset: name.into(),
+        submission,
+    };
+    assert!(matches!(
+        client.write(&finish).await.unwrap(),
+        Response::SubmissionFinished { .. }
+    ));
+    submission
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_a_new_leader_is_elected_and_no_committed_command_is_lost() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut client = cluster.client(&[1, 2, 3]);
+    for id in 1..=20 {
+        assert_eq!(
+            client.write(&node(id)).await.unwrap(),
+            Response::NodeRegistered { id }
+        );
+    }
+    client.write(&dataset("ds")).await.unwrap();
+    let submission = submit(&mut client, "ds", files(300), 50).await;
+
+    let old = cluster.leader().await;
+    cluster.stop(old).await;
+    let started = Instant::now();
+    let new = cluster.leader().await;
+    eprintln!("new leader {new} after {:?}", started.elapsed());
+    assert_ne!(new, old);
+
+    // The client finds the new leader by itself, and every acknowledged
+    // command is in every live replica's state.
+    assert_eq!(
+        client.write(&node(21)).await.unwrap(),
+        Response::NodeRegistered { id: 21 }
+    );
+    assert_eq!(client.address(), cluster.peers[&new]);
+    cluster.converge().await;
+    for replica in cluster.replicas.values() {
+        for id in 1..=21 {
+            assert!(
+                replica.state().node(id).unwrap().is_some(),
+                "node {id} lost"
+            );
+        }
+        let job = replica.state().job(submission).unwrap().unwrap();
+        assert_eq!((job.counts.new, job.shards_total), (300, 300));
+    }
+    let digests: Vec<_> = cluster
+        .replicas
+        .values()
+        .map(|r| r.state().digest().unwrap())
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+
+    let status = client.status().await.unwrap();
+    assert_eq!((status.replica, status.leader), (new, Some(new)));
+    assert_eq!(status.members.len(), 3);
+    let down = status.members.iter().find(|m| m.id == old).unwrap();
+    let up = status
+        .members
+        .iter()
+        .find(|m| m.id != old && m.id != new)
+        .unwrap();
+    assert!(up.last_contact_ms.unwrap() < 5_000, "{up:?}");
+    assert!(up.matched_index.is_some());
+    assert!(
+        down.last_contact_ms
+            .is_none_or(|ms| ms > up.last_contact_ms.unwrap())
+    );
+    assert_eq!(status.jobs[0].shards_pending, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_a_follower_that_missed_purged_entries_catches_up_through_a_snapshot() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut client = cluster.client(&[1, 2, 3]);
+    client.write(&dataset("ds")).await.unwrap();
+    let leader = cluster.leader().await;
+    let follower = *cluster.replicas.keys().find(|&&id| id != leader).unwrap();
+    let missed_from = cluster.converge().await;
+    cluster.stop(follower).await;
+
+    // Far more entries than the snapshot policy keeps in the log.
+    for id in 1..=30 {
+        client.write(&node(id)).await.unwrap();
+    }
+    submit(&mut client, "ds", files(3000), 40).await;
+    let last = cluster.converge().await;
+    let leader = cluster.leader().await;
+    let leader_raft = cluster.raft(leader).clone();
+    let deadline = Instant::now() + WAIT;
+    let purged = loop {
+        let purged = leader_raft
+            .metrics()
+            .borrow()
+            .purged
+            .map_or(0, |id| id.index);
+        if purged > missed_from + 40 {
+            break purged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader purged only up to {purged}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let started = Instant::now();
+    cluster.start_replica(follower).await;
+    cluster
+        .raft(follower)
+        .wait(Some(WAIT))
+        .applied_index_at_least(Some(last), "catch up")
+        .await
+        .unwrap();
+    let snapshot = cluster
+        .raft(follower)
+        .metrics()
+        .borrow()
+        .snapshot
+        .expect("the follower installed a snapshot");
+    assert!(snapshot.index > missed_from);
+    let digest = cluster.replicas[&leader].state().digest().unwrap();
+    assert_eq!(
+        cluster.replicas[&follower].state().digest().unwrap(),
+        digest
+    );
+    eprintln!(
+        "follower caught up over QUIC in {:?} through the snapshot at index {} (log at {last}, purged to {purged}); {} records",
+        started.elapsed(),
+        snapshot.index,
+        digest.records
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_a_client_of_a_follower_is_redirected_to_the_leader() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let leader = cluster.leader().await;
+    let follower = *cluster.replicas.keys().find(|&&id| id != leader).unwrap();
+    let mut client = cluster.client(&[follower]);
+    assert_eq!(client.address(), cluster.peers[&follower]);
+    assert_eq!(
+        client.write(&node(1)).await.unwrap(),
+        Response::NodeRegistered { id: 1 }
+    );
+    assert_eq!(client.address(), cluster.peers[&leader]);
+    // A refusal by the state machine comes back as such, and reads clearly.
+    client.write(&dataset("ds")).await.unwrap();
+    assert!(matches!(
+        client.write(&dataset("ds")).await.unwrap(),
+        Response::Error(CommandError::DatasetExists { .. })
+    ));
+    let begin = Command::BeginSubmission {
+        dataset: "nope".into(),
+        now_ms: 1,
+    };
+    let Response::Error(unknown) = client.write(&begin).await.unwrap() else {
+        panic!("an unknown dataset was accepted")
+    };
+    assert_eq!(unknown.to_string(), "unknown dataset \"nope\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_another_cas_certificates_are_refused() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let leader = cluster.leader().await;
+    let term = cluster.raft(leader).metrics().borrow().current_term;
+
+    // A client with another cluster's certificate gets nothing done, even
+    // if it trusts this cluster's CA: the replica refuses it.
+    let other = ClusterCa::generate(1).unwrap();
+    let foreign = other.issue("client", &[], 1).unwrap();
+    let stranger =
+        TlsIdentity::from_pem(cluster.ca.cert_pem(), &foreign.cert_pem, &foreign.key_pem).unwrap();
+    let mut stranger = CoordinatorClient::new(&stranger, vec![cluster.peers[&leader].clone()])
+        .unwrap()
+        .with_retry_window(Duration::from_secs(1));
+    match stranger.write(&node(9)).await {
+        Err(ApiError::Unreachable { last, .. }) => {
+            assert!(last.contains("refused our certificate"), "{last}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // A replica with another CA's certificate, configured as the lowest id
+    // of the same cluster, initializes itself and campaigns: every vote
+    // request is refused at the handshake, so it never leads the others.
+    let mut peers = cluster.peers.clone();
+    peers.insert(0, format!("127.0.0.1:{}", free_port()));
+    let intruder = Service::start(ServiceConfig {
+        id: 0,
+        listen: peers[&0].parse().unwrap(),
+        peers,
+        data_dir: cluster.dir.path().join("intruder"),
+        identity: identity(&other, "coord-0"),
+        raft: raft_config(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = intruder.raft().metrics().borrow().clone();
+    assert_ne!(metrics.current_leader, Some(0));
+    assert!(metrics.current_term > 0, "it did campaign");
+    assert_eq!(cluster.leader().await, leader);
+    assert_eq!(cluster.raft(leader).metrics().borrow().current_term, term);
+    assert!(cluster.replicas[&leader].state().node(9).unwrap().is_none());
+    intruder.shutdown().await.unwrap();
+}

@@ -1,0 +1,85 @@
+//! `quern coordinator`: one coordinator replica as a process. Reads its
+//! identity (certificate named `coord-ID` by default) and peers, starts
+//! the service, and on Ctrl-C or SIGTERM shuts it down within a bound.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use coordinator::service::{Service, ServiceConfig};
+use proto_schema::tls::{CertPaths, TlsIdentity};
+
+use crate::args::CoordinatorArgs;
+
+/// Shutdown gives up after this long (each step has its own smaller bound).
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(15);
+
+pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let id = args
+        .id
+        .context("no replica id: give --id or [coordinator] id")?;
+    let listen = args
+        .listen
+        .context("no listen address: give --listen or [coordinator] listen")?;
+    let data_dir = args
+        .data_dir
+        .context("no data directory: give --data-dir or [coordinator] data_dir")?;
+    if args.peers.is_empty() {
+        bail!("no peers: give --peer ID=HOST:PORT for every replica, or [coordinator] peers");
+    }
+    let mut peers = BTreeMap::new();
+    for peer in args.peers {
+        if let Some(first) = peers.insert(peer.id, peer.address.clone()) {
+            bail!(
+                "peer {} is given twice ({first} and {})",
+                peer.id,
+                peer.address
+            );
+        }
+    }
+    let name = args.cert_name.unwrap_or_else(|| format!("coord-{id}"));
+    let identity =
+        TlsIdentity::load(&CertPaths::in_dir(&args.cert_dir, &name)).with_context(|| {
+            format!("loading certificate {name:?} (make one with `quern cert issue --name {name}`)")
+        })?;
+    let raft = Arc::new(coordinator::config::raft_config()?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async move {
+        let service = Service::start(ServiceConfig {
+            id,
+            listen,
+            peers: peers.clone(),
+            data_dir,
+            identity,
+            raft,
+        })
+        .await?;
+        eprintln!(
+            "coordinator {id} listening on {} (peers {peers:?})",
+            service.local_addr()
+        );
+        let signal = stop_signal().await?;
+        eprintln!("coordinator {id}: {signal}, shutting down");
+        match tokio::time::timeout(SHUTDOWN_BOUND, service.shutdown()).await {
+            Ok(result) => result.context("shutting down"),
+            Err(_) => bail!("shutdown did not finish within {SHUTDOWN_BOUND:?}"),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C or SIGTERM; says which.
+async fn stop_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.map(|()| "interrupted").map_err(Into::into),
+        _ = term.recv() => Ok("terminated"),
+    }
+}

@@ -1,0 +1,373 @@
+//! Reading what `quern submit` sends: a manifest file (TSV or JSONL) or a
+//! directory walk, as a stream of `FileEntry`s, one line or file at a
+//! time. A bad line is an error naming the file and the line number.
+//!
+//! - TSV: `path<TAB>size<TAB>mtime[<TAB>checksum]`
+//! - JSONL: `{"path": .., "size": .., "mtime": .., "checksum": ..}`
+//!
+//! `mtime` is seconds since the Unix epoch, with an optional fraction
+//! (kept to the nanosecond); `checksum` is hex (an MD5 is 32 digits) and
+//! may be empty or absent. The format is the file's extension (`.tsv`,
+//! `.jsonl`, `.ndjson`, `.json`) or else its first byte (`{` is JSONL).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use proto_schema::command::FileEntry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestFormat {
+    Tsv,
+    Jsonl,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{file}:{line}: {reason}")]
+    Line {
+        file: PathBuf,
+        line: u64,
+        reason: String,
+    },
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Walk { path: PathBuf, reason: String },
+}
+
+/// The longest checksum accepted, in bytes (SHA-512).
+const MAX_CHECKSUM: usize = 64;
+
+impl ManifestFormat {
+    /// The format of the manifest at `path`.
+    pub fn detect(path: &Path) -> Result<Self, ManifestError> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("tsv") => return Ok(Self::Tsv),
+            Some("jsonl" | "ndjson" | "json") => return Ok(Self::Jsonl),
+            _ => {}
+        }
+        let io = |error| ManifestError::Io {
+            path: path.to_owned(),
+            error,
+        };
+        let mut first = Vec::new();
+        File::open(path)
+            .map_err(io)?
+            .take(4096)
+            .read_to_end(&mut first)
+            .map_err(io)?;
+        let first = first.iter().find(|b| !b.is_ascii_whitespace());
+        Ok(if first == Some(&b'{') {
+            Self::Jsonl
+        } else {
+            Self::Tsv
+        })
+    }
+}
+
+/// The entries of a manifest file, read line by line.
+pub struct ManifestReader {
+    path: PathBuf,
+    format: ManifestFormat,
+    reader: BufReader<File>,
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl ManifestReader {
+    pub fn open(path: &Path, format: ManifestFormat) -> Result<Self, ManifestError> {
+        let file = File::open(path).map_err(|error| ManifestError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            format,
+            reader: BufReader::with_capacity(1 << 20, file),
+            line: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    fn parse(&self) -> Result<FileEntry, String> {
+        let mut line = &self.buf[..];
+        if let Some(rest) = line.strip_suffix(b"\n") {
+            line = rest.strip_suffix(b"\r").unwrap_or(rest);
+        }
+        let line = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
+        if line.trim().is_empty() {
+            return Err("empty line".into());
+        }
+        match self.format {
+            ManifestFormat::Tsv => parse_tsv(line),
+            ManifestFormat::Jsonl => parse_jsonl(line),
+        }
+    }
+}
+
+impl Iterator for ManifestReader {
+    type Item = Result<FileEntry, ManifestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.buf.clear();
+        match self.reader.read_until(b'\n', &mut self.buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                self.line += 1;
+                Some(self.parse().map_err(|reason| ManifestError::Line {
+                    file: self.path.clone(),
+                    line: self.line,
+                    reason,
+                }))
+            }
+            Err(error) => Some(Err(ManifestError::Io {
+                path: self.path.clone(),
+                error,
+            })),
+        }
+    }
+}
+
+fn parse_tsv(line: &str) -> Result<FileEntry, String> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    let [path, size, mtime, rest @ ..] = fields.as_slice() else {
+        return Err(format!(
+            "expected path<TAB>size<TAB>mtime[<TAB>checksum], found {} field(s)",
+            fields.len()
+        ));
+    };
+    let checksum = match rest {
+        [] => None,
+        [checksum] => parse_checksum(checksum)?,
+        _ => return Err(format!("{} fields, at most 4 expected", fields.len())),
+    };
+    Ok(FileEntry {
+        path: parse_path(path)?,
+        size: size
+            .parse()
+            .map_err(|_| format!("size {size:?} is not a whole number of bytes"))?,
+        mtime_ns: parse_mtime(mtime)?,
+        checksum,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct JsonEntry {
+    path: String,
+    size: u64,
+    mtime: serde_json::Number,
+    #[serde(default)]
+    checksum: Option<String>,
+}
+
+fn parse_jsonl(line: &str) -> Result<FileEntry, String> {
+    let entry: JsonEntry = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    Ok(FileEntry {
+        path: parse_path(&entry.path)?,
+        size: entry.size,
+        mtime_ns: parse_mtime(&entry.mtime.to_string())?,
+        checksum: match entry.checksum {
+            Some(hex) => parse_checksum(&hex)?,
+            None => None,
+        },
+    })
+}
+
+fn parse_path(path: &str) -> Result<String, String> {
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.contains(['\0', '\n']) {
+        return Err(format!("path {path:?} contains NUL or a newline"));
+    }
+    Ok(path.to_owned())
+}
+
+/// Seconds with an optional fraction, to nanoseconds, exactly.
+fn parse_mtime(text: &str) -> Result<i64, String> {
+    let bad = || format!("mtime {text:?} is not seconds since the epoch (e.g. 1700000000.25)");
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let seconds: i64 = whole.parse().map_err(|_| bad())?;
+    let nanos: i64 = format!("{fraction:0<9}").parse().map_err(|_| bad())?;
+    let nanos = if whole.starts_with('-') {
+        -nanos
+    } else {
+        nanos
+    };
+    seconds
+        .checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(nanos))
+        .ok_or_else(bad)
+}
+
+fn parse_checksum(hex: &str) -> Result<Option<Vec<u8>>, String> {
+    if hex.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("checksum {hex:?} is not hex digits (at most {MAX_CHECKSUM} bytes)");
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * MAX_CHECKSUM {
+        return Err(bad());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>, String>>()
+        .map(Some)
+}
+
+/// The regular files under `dir`, in name order, each stat'ed as it is
+/// reached; paths are absolute. Symbolic links are not followed.
+pub fn walk(
+    dir: &Path,
+) -> Result<impl Iterator<Item = Result<FileEntry, ManifestError>> + use<>, ManifestError> {
+    let root = dir.canonicalize().map_err(|error| ManifestError::Io {
+        path: dir.to_owned(),
+        error,
+    })?;
+    let walk = walkdir::WalkDir::new(root).sort_by_file_name().into_iter();
+    Ok(walk.filter_map(|item| {
+        let entry = match item {
+            Ok(entry) => entry,
+            Err(e) => {
+                let path = e.path().map_or_else(|| PathBuf::from("?"), Path::to_owned);
+                return Some(Err(ManifestError::Walk {
+                    path,
+                    reason: e.to_string(),
+                }));
+            }
+        };
+        if !entry.file_type().is_file() {
+            return None;
+        }
+        Some(file_entry(entry.path()))
+    }))
+}
+
+fn file_entry(path: &Path) -> Result<FileEntry, ManifestError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|error| ManifestError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    let text = path.to_str().ok_or_else(|| ManifestError::Walk {
+        path: path.to_owned(),
+        reason: "the path is not UTF-8".into(),
+    })?;
+    Ok(FileEntry {
+        path: text.to_owned(),
+        size: meta.len(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        checksum: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str, name: &str) -> Vec<Result<FileEntry, String>> {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let format = ManifestFormat::detect(&path).unwrap();
+        ManifestReader::open(&path, format)
+            .unwrap()
+            .map(|r| r.map_err(|e| e.to_string().replace(&*path.to_string_lossy(), "F")))
+            .collect()
+    }
+
+    #[test]
+    fn tsv_lines_become_entries() {
+        let entries = read(
+            "/a/b.log\t10\t1700000000\td41d8cd98f00b204e9800998ecf8427e\n/a/c.log\t0\t1700000000.5\t\r\n/d\t7\t-1.25\n",
+            "m.tsv",
+        );
+        let entries: Vec<FileEntry> = entries.into_iter().map(Result::unwrap).collect();
+        assert_eq!(entries[0].path, "/a/b.log");
+        assert_eq!(entries[0].size, 10);
+        assert_eq!(entries[0].mtime_ns, 1_700_000_000_000_000_000);
+        assert_eq!(entries[0].checksum.as_deref().unwrap()[..2], [0xd4, 0x1d]);
+        assert_eq!(
+            (entries[1].mtime_ns, entries[1].checksum.clone()),
+            (1_700_000_000_500_000_000, None)
+        );
+        assert_eq!(entries[2].mtime_ns, -1_250_000_000);
+    }
+
+    #[test]
+    fn jsonl_is_detected_by_extension_or_first_byte() {
+        let line = r#"{"path":"/x","size":3,"mtime":1.000000001,"checksum":"00ff"}"#;
+        for name in ["m.jsonl", "manifest"] {
+            let entries = read(
+                &format!("{line}\n{{\"path\":\"/y\",\"size\":1,\"mtime\":2}}\n"),
+                name,
+            );
+            let first = entries[0].as_ref().unwrap();
+            assert_eq!(
+                (first.mtime_ns, first.checksum.clone()),
+                (1_000_000_001, Some(vec![0, 255]))
+            );
+            assert_eq!(entries[1].as_ref().unwrap().checksum, None);
+        }
+    }
+
+    #[test]
+    fn bad_lines_name_the_file_and_line() {
+        let entries = read(
+            "/ok\t1\t1\n/a\tbig\t1\n/b\t1\n\n/c\t1\t1\txyz\n/d\t1\t1e9\n",
+            "m.tsv",
+        );
+        let errors: Vec<String> = entries.into_iter().filter_map(Result::err).collect();
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors[0].starts_with("F:2: size \"big\""), "{}", errors[0]);
+        assert!(errors[1].starts_with("F:3: expected path"), "{}", errors[1]);
+        assert!(errors[2].starts_with("F:4: empty line"), "{}", errors[2]);
+        assert!(errors[3].starts_with("F:5: checksum"), "{}", errors[3]);
+        assert!(errors[4].starts_with("F:6: mtime"), "{}", errors[4]);
+        let errors = read("{\"path\":\"/a\",\"size\":-1,\"mtime\":1}\n", "m.jsonl");
+        assert!(
+            errors[0].as_ref().unwrap_err().starts_with("F:1: "),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_walk_lists_regular_files_in_name_order() {
+        let dir = tempfile::TempDir::new().unwrap();
+        for name in ["b/2", "b/1", "a", "c/d/e"] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, name).unwrap();
+        }
+        let root = dir.path().canonicalize().unwrap();
+        let listed: Vec<(String, u64)> = walk(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.path
+                        .strip_prefix(root.to_str().unwrap())
+                        .unwrap()
+                        .to_owned(),
+                    e.size,
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("/a".into(), 1),
+                ("/b/1".into(), 3),
+                ("/b/2".into(), 3),
+                ("/c/d/e".into(), 5)
+            ]
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! `quern status`: the leader's view of the cluster (members' health,
+//! datasets, recent jobs with shard progress), as text or JSON.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use coordinator::status::StatusReport;
+
+use crate::args::StatusArgs;
+use crate::cluster_client;
+
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let runtime = cluster_client::runtime()?;
+    let report = runtime.block_on(async {
+        let mut client = cluster_client::connect(&args.client)?;
+        anyhow::Ok(client.status().await?)
+    })?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write_text(&mut out, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()> {
+    match report.leader {
+        Some(leader) => writeln!(out, "leader {leader}, term {}", report.term)?,
+        None => writeln!(
+            out,
+            "NO LEADER (term {}): replica {}'s view",
+            report.term, report.replica
+        )?,
+    }
+    writeln!(
+        out,
+        "log index {}, applied {}",
+        or_dash(report.last_log_index),
+        or_dash(report.last_applied)
+    )?;
+    writeln!(out, "\nmembers:")?;
+    writeln!(
+        out,
+        "  {:>4}  {:<24} {:<7} {:>10}  last contact",
+        "id", "address", "role", "matched"
+    )?;
+    for m in &report.members {
+        let role = if Some(m.id) == report.leader {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        let contact = m
+            .last_contact_ms
+            .map_or_else(|| "never".into(), |ms| format!("{ms} ms ago"));
+        writeln!(
+            out,
+            "  {:>4}  {:<24} {:<7} {:>10}  {contact}",
+            m.id,
+            m.address,
+            role,
+            or_dash(m.matched_index)
+        )?;
+    }
+    writeln!(out, "\ndatasets:")?;
+    if report.datasets.is_empty() {
+        writeln!(out, "  (none)")?;
+    }
+    for d in &report.datasets {
+        let open = d
+            .open_submission
+            .map_or_else(String::new, |s| format!(", submission {s} open"));
+        writeln!(out, "  {} ({}): {} files{open}", d.name, d.format, d.files)?;
+    }
+    writeln!(out, "\njobs (newest first):")?;
+    if report.jobs.is_empty() {
+        writeln!(out, "  (none)")?;
+    } else {
+        writeln!(
+            out,
+            "  {:>6}  {:<16} {:<10} {:>9} {:>9} {:>9} {:>9}  {:>9} {:>9} {:>9}",
+            "job",
+            "dataset",
+            "state",
+            "new",
+            "changed",
+            "unchanged",
+            "gone",
+            "pending",
+            "leased",
+            "done"
+        )?;
+    }
+    for j in &report.jobs {
+        writeln!(
+            out,
+            "  {:>6}  {:<16} {:<10} {:>9} {:>9} {:>9} {:>9}  {:>9} {:>9} {:>9}",
+            j.id,
+            j.dataset,
+            if j.submitting {
+                "submitting"
+            } else {
+                "submitted"
+            },
+            j.new,
+            j.changed,
+            j.unchanged,
+            j.gone,
+            j.shards_pending,
+            j.shards_leased,
+            j.shards_done
+        )?;
+    }
+    Ok(())
+}

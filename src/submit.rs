@@ -1,0 +1,238 @@
+//! `quern submit`: sends a dataset's inventory to the coordinators. A
+//! manifest is read twice, streaming: first to validate every line (so a
+//! bad line is reported with its number and nothing is applied), then to
+//! send it through the leader in bounded chunks (`ManifestChunks`). A
+//! directory is walked once, in name order, stat'ing each file. The
+//! dataset is created if missing. At the end: new, changed, unchanged and
+//! gone files, the shards made pending, elapsed time and files per second.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use coordinator::api::CoordinatorClient;
+use coordinator::client::ManifestChunks;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use proto_schema::command::{
+    Command, CommandError, DatasetFormat, DatasetSpec, DiffCounts, FileEntry, KeySpec, Response,
+};
+
+use crate::args::{FormatArg, SubmitArgs};
+use crate::cluster_client;
+use crate::manifest::{ManifestError, ManifestFormat, ManifestReader, walk};
+
+type Entries = Box<dyn Iterator<Item = Result<FileEntry, ManifestError>>>;
+
+pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (entries, total): (Entries, Option<u64>) = match (&args.manifest, &args.dir) {
+        (Some(path), _) => {
+            let format = ManifestFormat::detect(path)?;
+            let mut lines = 0;
+            for entry in ManifestReader::open(path, format)? {
+                entry?;
+                lines += 1;
+            }
+            (Box::new(ManifestReader::open(path, format)?), Some(lines))
+        }
+        (None, Some(dir)) => (Box::new(walk(dir)?), None),
+        (None, None) => bail!("give --manifest FILE or a directory"),
+    };
+    let runtime = cluster_client::runtime()?;
+    let summary = runtime.block_on(async {
+        let mut client = cluster_client::connect(&args.client)?;
+        ensure_dataset(&mut client, &args).await?;
+        let progress = progress_bar(total, !args.no_progress);
+        let summary = submit(&mut client, &args.dataset, entries, &progress).await;
+        progress.finish_and_clear();
+        summary
+    })?;
+    let elapsed = started.elapsed();
+    print_summary(&args.dataset, &summary, elapsed);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a finished submission reports.
+struct Summary {
+    submission: u64,
+    files: u64,
+    counts: DiffCounts,
+    gone: u64,
+    pending_shards: u64,
+}
+
+async fn ensure_dataset(client: &mut CoordinatorClient, args: &SubmitArgs) -> anyhow::Result<()> {
+    let (format, key) = match args.format {
+        FormatArg::Lines => (DatasetFormat::Lines, KeySpec::WholeLine),
+        FormatArg::Tsv => (
+            DatasetFormat::Tsv,
+            KeySpec::Field {
+                index: args.key_field,
+                delimiter: b'\t',
+            },
+        ),
+    };
+    let create = Command::CreateDataset(DatasetSpec {
+        name: args.dataset.clone(),
+        format,
+        key,
+    });
+    match client.write(&create).await? {
+        Response::DatasetCreated { id } => {
+            eprintln!("created dataset {:?} (id {id})", args.dataset);
+            Ok(())
+        }
+        Response::Error(CommandError::DatasetExists { .. }) => Ok(()),
+        other => Err(refused("creating the dataset", other)),
+    }
+}
+
+async fn submit(
+    client: &mut CoordinatorClient,
+    dataset: &str,
+    entries: Entries,
+    progress: &ProgressBar,
+) -> anyhow::Result<Summary> {
+    let begin = Command::BeginSubmission {
+        dataset: dataset.to_owned(),
+        now_ms: now_ms(),
+    };
+    let submission = match client.write(&begin).await? {
+        Response::SubmissionBegun { submission } => submission,
+        other => return Err(refused("beginning the submission", other)),
+    };
+    match send_submission(client, dataset, submission, entries, progress).await {
+        Ok(summary) => Ok(summary),
+        Err(error) => {
+            // Nothing of a failed submission may count, and it must not
+            // block the next one: abort it. The first error is the one to
+            // report; a failed abort is added to it.
+            let abort = Command::AbortSubmission {
+                dataset: dataset.to_owned(),
+                submission,
+            };
+            let outcome = match client.write(&abort).await {
+                Ok(Response::SubmissionAborted { .. }) => format!(
+                    "submission {submission} of dataset {dataset:?} was aborted: none of it counts"
+                ),
+                Ok(other) => format!(
+                    "submission {submission} of dataset {dataset:?} is left open: {}",
+                    refused("aborting it", other)
+                ),
+                Err(e) => format!(
+                    "submission {submission} of dataset {dataset:?} is left open: aborting it \
+                     failed: {e}"
+                ),
+            };
+            Err(error.context(outcome))
+        }
+    }
+}
+
+/// Sends the entries in chunks and finishes the submission.
+async fn send_submission(
+    client: &mut CoordinatorClient,
+    dataset: &str,
+    submission: u64,
+    entries: Entries,
+    progress: &ProgressBar,
+) -> anyhow::Result<Summary> {
+    // The walk's or manifest's first error stops the chunks; it is
+    // reported after the chunk in hand.
+    let mut failure = None;
+    let valid = entries.map_while(|entry| entry.map_err(|e| failure = Some(e)).ok());
+    let mut summary = Summary {
+        submission,
+        files: 0,
+        counts: DiffCounts::default(),
+        gone: 0,
+        pending_shards: 0,
+    };
+    for files in ManifestChunks::new(valid) {
+        let count = files.len() as u64;
+        let chunk = Command::SubmitChunk {
+            dataset: dataset.to_owned(),
+            submission,
+            files,
+        };
+        match client.write(&chunk).await? {
+            Response::ChunkApplied { shards_created, .. } => {
+                summary.files += count;
+                summary.pending_shards += shards_created;
+                progress.inc(count);
+            }
+            Response::Error(CommandError::DuplicatePath { path }) => {
+                bail!("{path:?} is listed twice (within the last {count} files sent, or earlier)")
+            }
+            other => return Err(refused("sending a chunk", other)),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(anyhow!(e));
+    }
+    let finish = Command::FinishSubmission {
+        dataset: dataset.to_owned(),
+        submission,
+    };
+    match client.write(&finish).await? {
+        Response::SubmissionFinished { counts, gone, .. } => {
+            summary.counts = counts;
+            summary.gone = gone;
+            Ok(summary)
+        }
+        other => Err(refused("finishing the submission", other)),
+    }
+}
+
+/// A response other than the expected one, as an error.
+fn refused(doing: &str, response: Response) -> anyhow::Error {
+    match response {
+        Response::Error(e) => anyhow!("{doing}: the coordinator refused: {e}"),
+        other => anyhow!("{doing}: unexpected answer {other:?}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn progress_bar(total: Option<u64>, wanted: bool) -> ProgressBar {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(total) => (
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
+            "{spinner} submit [{bar:28}] {human_pos}/{human_len} files {per_sec} eta {eta}",
+        ),
+        None => (
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            "{spinner} submit {human_pos} files {per_sec}",
+        ),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("progress template is valid")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn print_summary(dataset: &str, s: &Summary, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    println!(
+        "submission {} of dataset {dataset:?}: {} files in {seconds:.1} s ({:.0} files/s)",
+        s.submission,
+        s.files,
+        s.files as f64 / seconds.max(1e-9)
+    );
+    println!("  new             {}", s.counts.new);
+    println!("  changed         {}", s.counts.changed);
+    println!("  unchanged       {}", s.counts.unchanged);
+    println!("  gone            {}", s.gone);
+    println!("  pending shards  {}", s.pending_shards);
+}
