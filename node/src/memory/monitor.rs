@@ -87,11 +87,15 @@ fn sample_until_stopped(
         let usage = Usage::read();
         governor.observe(usage.total());
         peaks.record(&usage);
-        if tick.is_multiple_of(PUBLISH_EVERY) {
+        // The last sample is always published: a job shorter than one
+        // publishing interval would otherwise leave its actors' figures
+        // unpublished.
+        let last = *stopped;
+        if last || tick.is_multiple_of(PUBLISH_EVERY) {
             peaks.publish(&usage, external);
         }
         tick = tick.wrapping_add(1);
-        if *stopped {
+        if last {
             break;
         }
         stopped = wake
