@@ -43,36 +43,29 @@ def build(features=()):
     return release_dir()
 
 
-def generate_lines(bins, out, files, size):
-    """`files` files of `size` bytes of lines, 30% duplicates, seed 1;
-    reused when already there."""
+def generate(bins, out, args):
+    """Runs `quern-datagen ARGS --out OUT`, unless OUT already holds what
+    the same arguments made."""
     marker = out / ".complete"
-    spec = f"{files}x{size}"
+    spec = " ".join(map(str, args))
     if marker.exists() and marker.read_text() == spec:
         return
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run(
-        [bins / "quern-datagen", "lines", "--out", out, "--files", str(files),
-         "--size", f"{size}B", "--dup", "0.3", "--seed", "1"],
-        check=True,
-    )
+    subprocess.run([bins / "quern-datagen", *map(str, args), "--out", out], check=True)
     marker.write_text(spec)
+
+
+def generate_lines(bins, out, files, size):
+    """`files` files of `size` bytes of lines, 30% duplicates, seed 1."""
+    generate(bins, out, ["lines", "--files", files, "--size", f"{size}B", "--dup", "0.3",
+                         "--seed", "1"])
 
 
 def generate_inventory(bins, out, files, records):
     """`files` inventory files (path, size, mtime, md5) of `records` records
-    in all, 10% relisted paths, seed 1; reused when already there."""
-    marker = out / ".complete"
-    spec = f"{files}x{records // files}"
-    if marker.exists() and marker.read_text() == spec:
-        return
-    shutil.rmtree(out, ignore_errors=True)
-    subprocess.run(
-        [bins / "quern-datagen", "inventory", "--out", out, "--files", str(files),
-         "--records", str(records // files), "--relisted", "0.1", "--seed", "1"],
-        check=True,
-    )
-    marker.write_text(spec)
+    in all, 10% relisted paths, seed 1."""
+    generate(bins, out, ["inventory", "--files", files, "--records", records // files,
+                         "--relisted", "0.1", "--seed", "1"])
 
 
 def inputs(directory):

@@ -157,27 +157,26 @@ impl CoordinatorClient {
                     ApiError::NoLeader(self.retry_window)
                 });
             }
-            let connection = match self.connect().await {
-                Ok(connection) => connection,
-                Err(e) => {
-                    last_error = e.to_string();
-                    failed_addresses += 1;
-                    self.next_address();
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
+            // A failure to connect, or one that left the request unsent
+            // (or harmless to repeat), moves on to the next address.
+            let attempt = match self.connect().await {
+                Ok(connection) => match connection.request(&bytes).await {
+                    Ok(reply) => Ok(reply),
+                    Err(error) if !idempotent && !unsent(&error) => {
+                        self.connection = None;
+                        return Err(ApiError::Ambiguous {
+                            address: self.address().to_owned(),
+                            error,
+                        });
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
             };
-            let reply = match connection.request(&bytes).await {
+            let reply = match attempt {
                 Ok(reply) => decode::<Reply>(&reply)?,
-                Err(error) if !idempotent && !unsent(&error) => {
-                    self.connection = None;
-                    return Err(ApiError::Ambiguous {
-                        address: self.address().to_owned(),
-                        error,
-                    });
-                }
                 Err(e) => {
-                    last_error = e.to_string();
+                    last_error = e;
                     failed_addresses += 1;
                     self.next_address();
                     tokio::time::sleep(RETRY_PAUSE).await;

@@ -58,6 +58,11 @@ impl LeaseTable {
     /// full deadline from `now_ms`.
     pub fn take_over(&mut self, held: impl IntoIterator<Item = (u64, u64, u64)>, now_ms: u64) {
         self.leases.clear();
+        self.hold(held, now_ms);
+    }
+
+    /// Adds `held` leases, each with a full deadline from `now_ms`.
+    fn hold(&mut self, held: impl IntoIterator<Item = (u64, u64, u64)>, now_ms: u64) {
         let deadline_ms = now_ms + self.duration_ms;
         for (shard, node, epoch) in held {
             self.leases.insert(
@@ -79,23 +84,13 @@ impl LeaseTable {
     ) -> Result<usize, StateError> {
         const PAGE: usize = 1024;
         self.leases.clear();
-        let deadline_ms = now_ms + self.duration_ms;
         let mut after = 0;
         loop {
             let page = state.leased_shards(after, PAGE)?;
             let Some(&(last, _, _)) = page.last() else {
                 break;
             };
-            for (shard, node, epoch) in page {
-                self.leases.insert(
-                    shard,
-                    Lease {
-                        node,
-                        epoch,
-                        deadline_ms,
-                    },
-                );
-            }
+            self.hold(page, now_ms);
             after = last;
         }
         Ok(self.leases.len())

@@ -14,9 +14,11 @@ use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
-    Command, CommandError, DatasetFormat, DatasetSpec, DiffCounts, FileEntry, KeySpec,
-    MAX_CHUNK_FILES, NodeInfo, Response,
+    Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response,
 };
+
+mod common;
+use common::{dataset, files, node};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -159,33 +161,6 @@ impl Cluster {
         }
         index
     }
-}
-
-fn node(id: u64) -> Command {
-    Command::RegisterNode(NodeInfo {
-        id,
-        address: format!("10.0.0.{id}:7000"),
-        cert_fingerprint: [id as u8; 32],
-    })
-}
-
-fn dataset(name: &str) -> Command {
-    Command::CreateDataset(DatasetSpec {
-        name: name.into(),
-        format: DatasetFormat::Lines,
-        key: KeySpec::WholeLine,
-    })
-}
-
-fn files(n: usize) -> Vec<FileEntry> {
-    (0..n)
-        .map(|i| FileEntry {
-            path: format!("/srv/logs/{:02}/{i:06}.log", i % 17),
-            size: 1000 + i as u64,
-            mtime_ns: i as i64,
-            checksum: Some(vec![i as u8; 16]),
-        })
-        .collect()
 }
 
 /// Submits a manifest in chunks of at most `chunk` files.

@@ -14,11 +14,12 @@ use coordinator::service::{Service, ServiceConfig, ServiceError};
 use coordinator::{NodeId, Raft};
 use openraft::{Config, SnapshotPolicy};
 use proto_schema::ca::ClusterCa;
-use proto_schema::command::{
-    Command, CommandError, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
-};
+use proto_schema::command::{Command, CommandError, FileEntry, Response};
 use proto_schema::quic::RpcError;
 use proto_schema::tls::TlsIdentity;
+
+mod common;
+use common::{dataset, files, node};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -155,33 +156,6 @@ impl Cluster {
         }
         index
     }
-}
-
-fn node(id: u64) -> Command {
-    Command::RegisterNode(NodeInfo {
-        id,
-        address: format!("10.0.0.{id}:7000"),
-        cert_fingerprint: [id as u8; 32],
-    })
-}
-
-fn dataset(name: &str) -> Command {
-    Command::CreateDataset(DatasetSpec {
-        name: name.into(),
-        format: DatasetFormat::Lines,
-        key: KeySpec::WholeLine,
-    })
-}
-
-fn files(n: usize) -> Vec<FileEntry> {
-    (0..n)
-        .map(|i| FileEntry {
-            path: format!("/srv/logs/{:02}/{i:06}.log", i % 17),
-            size: 1000 + i as u64,
-            mtime_ns: i as i64,
-            checksum: Some(vec![i as u8; 16]),
-        })
-        .collect()
 }
 
 /// Submits a manifest in chunks of at most `chunk` files.

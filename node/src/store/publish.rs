@@ -235,15 +235,10 @@ mod tests {
     use crate::store::catalog::JobState;
     use proto_schema::Position;
 
-    fn write_job(store: &Store, scratch: &Path, keys: &[(&[u8], u64)]) -> JobInfo {
-        let ds = store.open_dataset("d", Format::Lines, Some(1)).unwrap();
-        let job = store.begin_job(&ds, vec![]).unwrap();
-        let mut sink = SstSink::new(scratch.to_path_buf(), 0, &job, 1 << 20, u64::MAX);
+    /// Writes `(key, offset)` records of partition 0, file 0.
+    fn write_keys<'a>(sink: &mut SstSink, keys: impl IntoIterator<Item = (&'a [u8], u64)>) {
         for (key, offset) in keys {
-            let position = Position {
-                file: 0,
-                offset: *offset,
-            };
+            let position = Position { file: 0, offset };
             sink.write(&Record {
                 partition: 0,
                 key,
@@ -252,6 +247,13 @@ mod tests {
             })
             .unwrap();
         }
+    }
+
+    fn write_job(store: &Store, scratch: &Path, keys: &[(&[u8], u64)]) -> JobInfo {
+        let ds = store.open_dataset("d", Format::Lines, Some(1)).unwrap();
+        let job = store.begin_job(&ds, vec![]).unwrap();
+        let mut sink = SstSink::new(scratch.to_path_buf(), 0, &job, 1 << 20, u64::MAX);
+        write_keys(&mut sink, keys.iter().map(|&(key, offset)| (key, offset)));
         let (files, written) = sink.finish().unwrap();
         assert_eq!(written, keys.len() as u64);
         let totals = JobTotals {
@@ -295,19 +297,10 @@ mod tests {
         let job = store.begin_job(&ds, vec![]).unwrap();
         let sink_with = |lane: usize, keys: &[Vec<u8>]| {
             let mut sink = SstSink::new(store.tmp_dir(), lane, &job, u64::MAX, 1000);
-            for (i, key) in keys.iter().enumerate() {
-                let position = Position {
-                    file: 0,
-                    offset: i as u64,
-                };
-                sink.write(&Record {
-                    partition: 0,
-                    key,
-                    value: b"",
-                    position,
-                })
-                .unwrap();
-            }
+            write_keys(
+                &mut sink,
+                keys.iter().zip(0..).map(|(key, i)| (&key[..], i)),
+            );
             sink
         };
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
