@@ -122,6 +122,12 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         Unit::Bytes,
         "Heap level above which no new shard starts.",
     ),
+    (
+        crate::store::publish::JOB_RECORD_FILES_METRIC,
+        Unit::Count,
+        "SST files holding job records, in the dataset last published (compacted into one \
+         past a small fixed limit, so they do not grow with the number of jobs).",
+    ),
 ];
 
 /// Counters: (name, help).

@@ -11,11 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use proto_schema::Record;
-use rocksdb::{DBCompressionType, IngestExternalFileOptions, Options, SstFileWriter};
+use rocksdb::{
+    BottommostLevelCompaction, CompactOptions, DBCompressionType, IngestExternalFileOptions,
+    Options, SstFileWriter,
+};
 
 use super::catalog::{JobInfo, JobTotals, WriteMode};
 use super::keys::{self, FirstSeen};
-use super::{Store, StoreError, data_cf_options, table_options};
+use super::{DATA_CF, Store, StoreError, data_cf_options, table_options};
 
 /// Writer options matching the data column family's table format, with
 /// LZ4 and without. Static because an `SstFileWriter` borrows its options
@@ -88,6 +91,12 @@ impl CompressionChoice {
 
 /// Counter of SST files written by jobs, by compression.
 pub const SST_FILES_METRIC: &str = "quern_sst_files_total";
+
+/// Job-record files one dataset may have before they are compacted into one.
+pub const JOB_RECORD_FILES_LIMIT: usize = 8;
+
+/// Gauge of the job-record files of the dataset last published.
+pub const JOB_RECORD_FILES_METRIC: &str = "quern_store_job_record_files";
 
 fn sst_error(path: &Path, source: rocksdb::Error) -> StoreError {
     StoreError::Rocks {
@@ -223,7 +232,51 @@ impl Store {
         opts.set_move_files(true);
         self.db()
             .ingest_external_file_cf_opts(self.data_cf(), &opts, files)
-            .map_err(|e| self.rocks_error(e))
+            .map_err(|e| self.rocks_error(e))?;
+        self.gather_job_records(job.dataset)
+    }
+
+    /// Every job's record arrives in its own tiny SST file, and nothing
+    /// overlaps it, so RocksDB would leave it on the last level forever: a
+    /// long-lived store would gain one file (and its table reader's memory)
+    /// per job. Once a dataset has more than `JOB_RECORD_FILES_LIMIT` of
+    /// them, they are compacted into one.
+    fn gather_job_records(&self, dataset: u32) -> Result<(), StoreError> {
+        let mut files = self.job_record_files(dataset)?;
+        if files > JOB_RECORD_FILES_LIMIT {
+            let mut opts = CompactOptions::default();
+            // They are on the last level, which a range compaction skips
+            // unless forced.
+            opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+            self.db().compact_range_cf_opt(
+                self.data_cf(),
+                Some(keys::job_record_key(dataset, 0)),
+                Some(keys::job_record_key(dataset, u32::MAX)),
+                &opts,
+            );
+            files = self.job_record_files(dataset)?;
+        }
+        metrics::gauge!(JOB_RECORD_FILES_METRIC).set(files as f64);
+        Ok(())
+    }
+
+    /// Live SST files holding nothing but `dataset`'s job records.
+    fn job_record_files(&self, dataset: u32) -> Result<usize, StoreError> {
+        let (first, last) = (
+            keys::job_record_key(dataset, 0),
+            keys::job_record_key(dataset, u32::MAX),
+        );
+        let in_range = |key: &Option<Vec<u8>>| {
+            key.as_deref()
+                .is_some_and(|k| k >= first.as_slice() && k <= last.as_slice())
+        };
+        let files = self.db().live_files().map_err(|e| self.rocks_error(e))?;
+        Ok(files
+            .iter()
+            .filter(|f| {
+                f.column_family_name == DATA_CF && in_range(&f.start_key) && in_range(&f.end_key)
+            })
+            .count())
     }
 }
 
@@ -347,6 +400,28 @@ mod tests {
                     .unwrap()
                     .is_some()
             );
+        }
+    }
+
+    #[test]
+    fn job_records_are_gathered_instead_of_piling_up_one_file_per_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
+        let scratch = store.tmp_dir();
+        let mut most = 0;
+        let mut jobs = Vec::new();
+        for n in 0..3 * JOB_RECORD_FILES_LIMIT as u64 {
+            let key = n.to_be_bytes();
+            jobs.push(write_job(&store, &scratch, &[(&key, n)]));
+            most = most.max(store.job_record_files(jobs[0].dataset).unwrap());
+        }
+        assert!(
+            (2..=JOB_RECORD_FILES_LIMIT).contains(&most),
+            "job-record files peaked at {most}, limit {JOB_RECORD_FILES_LIMIT}"
+        );
+        for job in &jobs {
+            let totals = store.committed_totals(job.dataset, job.id).unwrap();
+            assert_eq!(totals.map(|t| t.read), Some(1), "job {}", job.id);
         }
     }
 
