@@ -347,6 +347,12 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 1)]
     pub key_field: u32,
 
+    /// Manifest chunks (each at most 4096 files or 1 MiB) sent before the
+    /// first is answered: the leader replicates and applies one while the
+    /// next arrive. Client memory is about this many MiB.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub chunks_in_flight: u16,
+
     /// Plain log lines instead of a progress bar.
     #[arg(long)]
     pub no_progress: bool,

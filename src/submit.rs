@@ -44,7 +44,14 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         let mut client = cluster_client::connect(&args.client)?;
         ensure_dataset(&mut client, &args).await?;
         let progress = progress_bar(total, !args.no_progress);
-        let summary = submit(&mut client, &args.dataset, entries, &progress).await;
+        let summary = submit(
+            &mut client,
+            &args.dataset,
+            entries,
+            args.chunks_in_flight.into(),
+            &progress,
+        )
+        .await;
         progress.finish_and_clear();
         summary
     })?;
@@ -60,6 +67,28 @@ struct Summary {
     counts: DiffCounts,
     gone: u64,
     pending_shards: u64,
+}
+
+impl Summary {
+    /// Counts a chunk's answer, in whatever order the answers arrive.
+    fn add_chunk(&mut self, answer: Response, progress: &ProgressBar) -> anyhow::Result<()> {
+        match answer {
+            Response::ChunkApplied {
+                shards_created,
+                counts,
+            } => {
+                let files = counts.new + counts.changed + counts.unchanged;
+                self.files += files;
+                self.pending_shards += shards_created;
+                progress.inc(files);
+                Ok(())
+            }
+            Response::Error(CommandError::DuplicatePath { path }) => {
+                bail!("{path:?} is listed twice in the manifest")
+            }
+            other => Err(refused("sending a chunk", other)),
+        }
+    }
 }
 
 async fn ensure_dataset(client: &mut CoordinatorClient, args: &SubmitArgs) -> anyhow::Result<()> {
@@ -92,6 +121,7 @@ async fn submit(
     client: &mut CoordinatorClient,
     dataset: &str,
     entries: Entries,
+    chunks_in_flight: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<Summary> {
     let begin = Command::BeginSubmission {
@@ -102,7 +132,16 @@ async fn submit(
         Response::SubmissionBegun { submission } => submission,
         other => return Err(refused("beginning the submission", other)),
     };
-    match send_submission(client, dataset, submission, entries, progress).await {
+    match send_submission(
+        client,
+        dataset,
+        submission,
+        entries,
+        chunks_in_flight,
+        progress,
+    )
+    .await
+    {
         Ok(summary) => Ok(summary),
         Err(error) => {
             // Nothing of a failed submission may count, and it must not
@@ -136,6 +175,7 @@ async fn send_submission(
     dataset: &str,
     submission: u64,
     entries: Entries,
+    chunks_in_flight: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<Summary> {
     // The walk's or manifest's first error stops the chunks; it is
@@ -149,24 +189,19 @@ async fn send_submission(
         gone: 0,
         pending_shards: 0,
     };
+    let mut pipeline = client.pipeline(chunks_in_flight);
     for files in ManifestChunks::new(valid) {
-        let count = files.len() as u64;
         let chunk = Command::SubmitChunk {
             dataset: dataset.to_owned(),
             submission,
             files,
         };
-        match client.write(&chunk).await? {
-            Response::ChunkApplied { shards_created, .. } => {
-                summary.files += count;
-                summary.pending_shards += shards_created;
-                progress.inc(count);
-            }
-            Response::Error(CommandError::DuplicatePath { path }) => {
-                bail!("{path:?} is listed twice (within the last {count} files sent, or earlier)")
-            }
-            other => return Err(refused("sending a chunk", other)),
+        if let Some(answer) = pipeline.send(&chunk).await? {
+            summary.add_chunk(answer, progress)?;
         }
+    }
+    while let Some(answer) = pipeline.next().await? {
+        summary.add_chunk(answer, progress)?;
     }
     if let Some(e) = failure {
         return Err(anyhow!(e));

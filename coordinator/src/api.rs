@@ -17,6 +17,7 @@ use proto_schema::quic::{RpcClient, RpcConfig, RpcConnection, RpcError};
 use proto_schema::tls::TlsIdentity;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 
 use crate::rpc::{RaftRpc, RaftRpcReply};
 use crate::status::StatusReport;
@@ -128,6 +129,18 @@ impl CoordinatorClient {
         }
     }
 
+    /// A pipeline of writes to the replica this client reached last (the
+    /// leader, once a write has been redirected there), with up to
+    /// `window` in flight. Use it after a plain `write`, so the client
+    /// already talks to the leader.
+    pub fn pipeline(&mut self, window: usize) -> Pipeline<'_> {
+        Pipeline {
+            client: self,
+            window: window.max(1),
+            in_flight: JoinSet::new(),
+        }
+    }
+
     /// The leader's status report (a replica's own when there is none).
     pub async fn status(&mut self) -> Result<StatusReport, ApiError> {
         match self.call(&Request::Status, true).await? {
@@ -225,6 +238,59 @@ impl CoordinatorClient {
                 self.addresses.len() - 1
             }
         };
+    }
+}
+
+/// Writes sent without waiting for each other's answer: a manifest's
+/// chunks are independent, and one at a time leaves the leader idle while
+/// each chunk is replicated and applied. Answers arrive in any order. A
+/// write that meets anything but an answer (a lost connection, a leader
+/// that stepped down) ends the pipeline with an error: the caller aborts
+/// what it was doing rather than resend a command that may have been
+/// applied. Dropping the pipeline abandons the writes still in flight.
+pub struct Pipeline<'c> {
+    client: &'c mut CoordinatorClient,
+    window: usize,
+    in_flight: JoinSet<Result<Response, ApiError>>,
+}
+
+impl Pipeline<'_> {
+    /// Sends `cmd`; when the window is full, first waits for one answer,
+    /// which it returns.
+    pub async fn send(&mut self, cmd: &Command) -> Result<Option<Response>, ApiError> {
+        let answered = if self.in_flight.len() >= self.window {
+            self.next().await?
+        } else {
+            None
+        };
+        let bytes = encode(&Request::Write(CommandBytes::encode(cmd)))?;
+        let connection = self.client.connect().await?;
+        let address = self.client.address().to_owned();
+        self.in_flight.spawn(async move {
+            let reply = connection
+                .request(&bytes)
+                .await
+                .map_err(|error| ApiError::Ambiguous { address, error })?;
+            match decode::<Reply>(&reply)? {
+                Reply::Written(Applied(response)) => Ok(response),
+                Reply::NotLeader { address, .. } => Err(ApiError::Failed(format!(
+                    "the leader changed (now {}) while writes were in flight",
+                    address.as_deref().unwrap_or("unknown")
+                ))),
+                Reply::Failed(reason) => Err(ApiError::Failed(reason)),
+                _ => Err(ApiError::Unexpected),
+            }
+        });
+        Ok(answered)
+    }
+
+    /// The next answer, or `None` once every write has been answered.
+    pub async fn next(&mut self) -> Result<Option<Response>, ApiError> {
+        match self.in_flight.join_next().await {
+            None => Ok(None),
+            Some(Ok(answer)) => answer.map(Some),
+            Some(Err(e)) => Err(ApiError::Failed(format!("a write's task failed: {e}"))),
+        }
     }
 }
 

@@ -123,7 +123,7 @@ impl StateMachineStore {
         let mut cfs = vec![CF_RAFT];
         cfs.extend(STATE_CFS);
         let budget = Budget {
-            cache_bytes: 32 << 20,
+            cache_bytes: 64 << 20,
             memtable_bytes: 16 << 20,
         };
         let db = rocks::open(&dir.join("db"), Kind::State, budget, &cfs)?;
