@@ -123,15 +123,15 @@ impl Service {
             .await
             .map_err(|e| ServiceError::Raft(e.to_string()))?;
         let handler = {
-            let replica = Arc::new(Answering {
+            let answering = Arc::new(Answering {
                 raft: raft.clone(),
                 state: state.clone(),
                 contacts,
                 raft_peers: RaftPeers::new(config.peers.keys().copied()),
             });
             move |peer: Peer, request: Vec<u8>| {
-                let replica = replica.clone();
-                async move { replica.answer(&peer, &request).await }
+                let answering = answering.clone();
+                async move { answering.answer(&peer, &request).await }
             }
         };
         let server = match RpcServer::bind(config.listen, server_tls, api::rpc_config(), handler) {
