@@ -260,7 +260,8 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "QUERN_CERT_DIR", default_value = "quern-certs")]
     pub cert_dir: PathBuf,
 
-    /// The certificate's name [default: coord-ID].
+    /// The certificate's file name [default: coord-ID]. The certificate
+    /// itself must be named coord-ID: peers take Raft RPCs from no other.
     #[arg(long)]
     pub cert_name: Option<String>,
 }

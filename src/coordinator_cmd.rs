@@ -39,7 +39,9 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let name = args.cert_name.unwrap_or_else(|| format!("coord-{id}"));
+    let name = args
+        .cert_name
+        .unwrap_or_else(|| coordinator::raft_peers::certificate_name(id));
     let identity =
         TlsIdentity::load(&CertPaths::in_dir(&args.cert_dir, &name)).with_context(|| {
             format!("loading certificate {name:?} (make one with `quern cert issue --name {name}`)")

@@ -1,6 +1,7 @@
-//! `--metrics ADDR`: the Prometheus text endpoint. Every metric the node
-//! records (`quern_*`: memory shares, per-actor heap, edges, governor,
-//! RocksDB, process RSS) is served from it while the command runs.
+//! `--metrics ADDR`: the Prometheus text endpoint. Every metric the
+//! command records (`quern_*`: a node's memory shares, per-actor heap,
+//! edges, governor, RocksDB, process RSS; a coordinator's refused Raft
+//! RPCs; the transport's refused peers) is served from it while it runs.
 
 use std::net::SocketAddr;
 
@@ -30,6 +31,7 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
     };
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
     node::metric_catalog::describe();
+    coordinator::raft_peers::describe_metrics();
     runtime.spawn(exporter);
     eprintln!("quern: metrics on http://{addr}/metrics");
     Ok(MetricsEndpoint { _runtime: runtime })

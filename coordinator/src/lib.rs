@@ -5,8 +5,9 @@
 //! datasets, jobs, the file catalogue, shards and their leases, the
 //! partition map) with streamed snapshots, the leader-local lease table, the
 //! RPC seam, Raft and the client API over mutual-TLS QUIC (`transport`,
-//! `api`), and a replica as a running service (`service`). Commands
-//! themselves are the rkyv types of `proto_schema::command`.
+//! `api`; Raft RPCs only from the peers' certificates, `raft_peers`), and a
+//! replica as a running service (`service`). Commands themselves are the
+//! rkyv types of `proto_schema::command`.
 
 // openraft's traits fix the error types (`StorageError`, `RPCError`) that
 // our implementations return; they are large, and not ours to box.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod lease;
 pub mod log_store;
+pub mod raft_peers;
 mod rocks;
 pub mod router;
 pub mod rpc;

@@ -26,6 +26,17 @@ pub enum RaftRpc {
     InstallSnapshot(InstallSnapshotRequest),
 }
 
+impl RaftRpc {
+    /// Its name in logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RaftRpc::AppendEntries(_) => "append_entries",
+            RaftRpc::Vote(_) => "vote",
+            RaftRpc::InstallSnapshot(_) => "install_snapshot",
+        }
+    }
+}
+
 /// The target replica's answer, including its Raft-level refusals.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRpcReply {

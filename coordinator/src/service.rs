@@ -1,6 +1,7 @@
 //! A coordinator replica as a running service: its RocksDB stores, its
 //! Raft, and one QUIC endpoint (mutual TLS, cluster CA) serving both the
-//! other replicas' Raft RPCs and the client API. The lowest-id member of
+//! other replicas' Raft RPCs (from their certificates only, see
+//! `raft_peers`) and the client API. The lowest-id member of
 //! the configured peers initializes the cluster when its log is empty, so
 //! starting the same configuration on every replica forms the cluster, and
 //! restarting it changes nothing.
@@ -18,6 +19,7 @@ use proto_schema::tls::TlsIdentity;
 
 use crate::api::{self, Reply, Request};
 use crate::client::{self, WriteError};
+use crate::raft_peers::{self, RaftPeers};
 use crate::state::StateError;
 use crate::status;
 use crate::transport::{Contacts, QuicNetwork};
@@ -39,6 +41,15 @@ pub struct ServiceConfig {
 pub enum ServiceError {
     #[error("replica {id} is not among the peers {peers:?}")]
     NotAPeer { id: NodeId, peers: Vec<NodeId> },
+    #[error(
+        "replica {id}'s certificate is named {found:?}, but its peers take Raft RPCs only \
+         from a certificate named {expected:?} (`quern cert issue --name {expected}`)"
+    )]
+    CertName {
+        id: NodeId,
+        expected: String,
+        found: Option<String>,
+    },
     #[error("opening the Raft log in {dir}: {error}")]
     Log {
         dir: PathBuf,
@@ -76,6 +87,16 @@ impl Service {
                 peers: config.peers.keys().copied().collect(),
             });
         }
+        // Refused here rather than by every peer, one RPC at a time.
+        let expected = raft_peers::certificate_name(id);
+        let found = config.identity.name();
+        if found.as_ref() != Some(&expected) {
+            return Err(ServiceError::CertName {
+                id,
+                expected,
+                found,
+            });
+        }
         let log_dir = config.data_dir.join("log");
         let log = LogStore::open(&log_dir).map_err(|error| ServiceError::Log {
             dir: log_dir,
@@ -102,10 +123,15 @@ impl Service {
             .await
             .map_err(|e| ServiceError::Raft(e.to_string()))?;
         let handler = {
-            let (raft, state) = (raft.clone(), state.clone());
-            move |_peer: Peer, request: Vec<u8>| {
-                let (raft, state, contacts) = (raft.clone(), state.clone(), contacts.clone());
-                async move { answer(&raft, &state, &contacts, &request).await }
+            let answering = Arc::new(Answering {
+                raft: raft.clone(),
+                state: state.clone(),
+                contacts,
+                raft_peers: RaftPeers::new(config.peers.keys().copied()),
+            });
+            move |peer: Peer, request: Vec<u8>| {
+                let answering = answering.clone();
+                async move { answering.answer(&peer, &request).await }
             }
         };
         let server = match RpcServer::bind(config.listen, server_tls, api::rpc_config(), handler) {
@@ -183,32 +209,42 @@ impl Service {
     }
 }
 
-/// Serves one request, whichever kind.
-async fn answer(
-    raft: &Raft,
-    state: &StateMachineStore,
-    contacts: &Contacts,
-    request: &[u8],
-) -> Vec<u8> {
-    let reply = match api::decode::<Request>(request) {
-        Err(e) => Reply::Failed(format!("undecodable request: {e}")),
-        Ok(Request::Raft(rpc)) => Reply::Raft(crate::rpc::serve(raft, rpc).await),
-        Ok(Request::Write(bytes)) => match bytes.decode() {
-            Err(e) => Reply::Failed(e.to_string()),
-            Ok(cmd) => match client::write(raft, &cmd).await {
-                Ok(response) => Reply::Written(crate::Applied(response)),
-                Err(WriteError::ForwardToLeader { leader, address }) => {
-                    Reply::NotLeader { leader, address }
-                }
-                Err(e) => Reply::Failed(e.to_string()),
+/// What the endpoint's requests are served from.
+struct Answering {
+    raft: Raft,
+    state: StateMachineStore,
+    contacts: Contacts,
+    raft_peers: RaftPeers,
+}
+
+impl Answering {
+    /// Serves one request, whichever kind: Raft RPCs from the peers only,
+    /// client requests from any certificate of the cluster.
+    async fn answer(&self, peer: &Peer, request: &[u8]) -> Vec<u8> {
+        let raft = &self.raft;
+        let reply = match api::decode::<Request>(request) {
+            Err(e) => Reply::Failed(format!("undecodable request: {e}")),
+            Ok(Request::Raft(rpc)) => match self.raft_peers.admit(peer, &rpc) {
+                Ok(()) => Reply::Raft(crate::rpc::serve(raft, rpc).await),
+                Err(refused) => Reply::Failed(refused.to_string()),
             },
-        },
-        Ok(Request::Status) => status_reply(raft, state, contacts),
-    };
-    api::encode(&reply).unwrap_or_else(|e| {
-        let failed = Reply::Failed(format!("encoding the reply: {e}"));
-        api::encode(&failed).expect("a plain failure encodes")
-    })
+            Ok(Request::Write(bytes)) => match bytes.decode() {
+                Err(e) => Reply::Failed(e.to_string()),
+                Ok(cmd) => match client::write(raft, &cmd).await {
+                    Ok(response) => Reply::Written(crate::Applied(response)),
+                    Err(WriteError::ForwardToLeader { leader, address }) => {
+                        Reply::NotLeader { leader, address }
+                    }
+                    Err(e) => Reply::Failed(e.to_string()),
+                },
+            },
+            Ok(Request::Status) => status_reply(raft, &self.state, &self.contacts),
+        };
+        api::encode(&reply).unwrap_or_else(|e| {
+            let failed = Reply::Failed(format!("encoding the reply: {e}"));
+            api::encode(&failed).expect("a plain failure encodes")
+        })
+    }
 }
 
 /// The leader answers; a follower that knows the leader redirects, so the

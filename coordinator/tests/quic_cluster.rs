@@ -1,21 +1,28 @@
 //! Three coordinator replicas as services on loopback ports, talking Raft
 //! and the client API over mutual-TLS QUIC with certificates from a CA
 //! made here: leader loss, catch-up through a streamed snapshot, a client
-//! sent to a follower, and peers from another CA refused.
+//! sent to a follower, peers from another CA refused, and Raft RPCs from a
+//! client's certificate refused.
+//!
+//! The refusal test reads the process's metrics recorder and log, which
+//! this binary installs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use coordinator::api::{ApiError, CoordinatorClient};
+use coordinator::api::{self, ApiError, CoordinatorClient, Reply, Request};
 use coordinator::client::ManifestChunks;
+use coordinator::raft_peers::RAFT_RPC_REFUSED_METRIC;
+use coordinator::rpc::{AppendEntriesRequest, RaftRpc, VoteRequest};
 use coordinator::service::{Service, ServiceConfig, ServiceError};
 use coordinator::{NodeId, Raft};
-use openraft::{Config, SnapshotPolicy};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use openraft::{CommittedLeaderId, Config, LogId, SnapshotPolicy, Vote};
 use proto_schema::ca::ClusterCa;
 use proto_schema::command::{Command, CommandError, FileEntry, Response};
-use proto_schema::quic::RpcError;
+use proto_schema::quic::{RpcClient, RpcConfig, RpcError};
 use proto_schema::tls::TlsIdentity;
 
 mod common;
@@ -24,8 +31,60 @@ use common::{dataset, files, node};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn identity(ca: &ClusterCa, name: &str) -> TlsIdentity {
-    let issued = ca.issue(name, &["127.0.0.1".into()], 1).unwrap();
+    identity_with_sans(ca, name, &["127.0.0.1"])
+}
+
+fn identity_with_sans(ca: &ClusterCa, name: &str, sans: &[&str]) -> TlsIdentity {
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let issued = ca.issue(name, &sans, 1).unwrap();
     TlsIdentity::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
+}
+
+fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new().install_recorder().unwrap();
+        coordinator::raft_peers::describe_metrics();
+        handle
+    })
+}
+
+/// The Raft refusal counter's value for one kind of RPC.
+fn raft_refusals(rpc: &str) -> u64 {
+    let series = format!("{RAFT_RPC_REFUSED_METRIC}{{rpc=\"{rpc}\"}} ");
+    let text = metrics().render();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.parse().unwrap())
+}
+
+/// Warnings logged by every test of this binary, as text.
+fn warnings() -> String {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .init();
+        log
+    });
+    String::from_utf8_lossy(&log.lock().unwrap()).into_owned()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A loopback UDP port free right now.
@@ -395,4 +454,115 @@ async fn peers_with_another_cas_certificates_are_refused() {
     assert_eq!(cluster.raft(leader).metrics().borrow().current_term, term);
     assert!(cluster.replicas[&leader].state().node(9).unwrap().is_none());
     intruder.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_rpcs_from_a_client_certificate_are_refused() {
+    warnings();
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut client = cluster.client(&[1, 2, 3]);
+    client.write(&node(1)).await.unwrap();
+    let index = cluster.converge().await;
+    let leader = cluster.leader().await;
+    let votes = |c: &Cluster| -> Vec<_> {
+        c.replicas
+            .values()
+            .map(|r| r.raft().metrics().borrow().vote)
+            .collect()
+    };
+    let before = votes(&cluster);
+    let refused_before = (raft_refusals("vote"), raft_refusals("append_entries"));
+
+    // A client of the same CA, even one whose certificate also lists a
+    // replica's name among its hosts, forges what would depose the leader
+    // if served: a vote for replica 2 and a heartbeat from it, far ahead
+    // in term and log.
+    let alice = identity_with_sans(&cluster.ca, "alice", &["127.0.0.1", "coord-2"]);
+    let term = cluster.raft(leader).metrics().borrow().current_term + 1000;
+    let ahead = LogId::new(CommittedLeaderId::new(term, 2), index + 1000);
+    let forged = || {
+        [
+            RaftRpc::Vote(VoteRequest::new(Vote::new(term, 2), Some(ahead))),
+            RaftRpc::AppendEntries(AppendEntriesRequest {
+                vote: Vote::new_committed(term, 2),
+                prev_log_id: Some(ahead),
+                entries: Vec::new(),
+                leader_commit: Some(ahead),
+            }),
+        ]
+    };
+    let rpc = RpcClient::new(
+        "127.0.0.1:0".parse().unwrap(),
+        alice.client_config().unwrap(),
+        RpcConfig::default(),
+    )
+    .unwrap();
+    for address in cluster.peers.values() {
+        let connection = rpc
+            .connect(address.parse().unwrap(), "127.0.0.1")
+            .await
+            .unwrap();
+        for request in forged() {
+            let kind = request.kind();
+            let bytes = api::encode(&Request::Raft(request)).unwrap();
+            let reply = api::decode::<Reply>(&connection.request(&bytes).await.unwrap()).unwrap();
+            let Reply::Failed(reason) = reply else {
+                panic!("a forged {kind} was served: {reply:?}")
+            };
+            assert!(
+                reason.contains(&format!("refused a Raft {kind}"))
+                    && reason.contains("\"alice\"")
+                    && reason.contains(&alice.fingerprint().to_string())
+                    && reason.contains("only from coord-1, coord-2, coord-3"),
+                "{reason}"
+            );
+        }
+    }
+    rpc.shutdown().await;
+    assert_eq!(
+        (raft_refusals("vote"), raft_refusals("append_entries")),
+        (refused_before.0 + 3, refused_before.1 + 3)
+    );
+    let log = warnings();
+    let warning = log
+        .lines()
+        .find(|line| line.contains("refused a Raft RPC") && line.contains("name=\"alice\""))
+        .unwrap_or_else(|| panic!("no warning in {log}"));
+    assert!(
+        warning.contains(&alice.fingerprint().to_string()) && warning.contains("remote=127.0.0.1:"),
+        "{warning}"
+    );
+    assert!(
+        metrics()
+            .render()
+            .contains(&format!("# HELP {RAFT_RPC_REFUSED_METRIC}")),
+        "no help text"
+    );
+
+    // Several election timeouts later nothing moved, and the cluster
+    // still serves its clients.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.leader().await, leader);
+    assert_eq!(votes(&cluster), before);
+    assert_eq!(
+        client.write(&node(2)).await.unwrap(),
+        Response::NodeRegistered { id: 2 }
+    );
+
+    // A replica whose own certificate would be refused does not start.
+    let misnamed = Service::start(ServiceConfig {
+        id: 1,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        peers: cluster.peers.clone(),
+        data_dir: cluster.dir.path().join("misnamed"),
+        identity: identity(&cluster.ca, "coord-1.example"),
+        raft: raft_config(),
+    })
+    .await;
+    match misnamed {
+        Err(e @ ServiceError::CertName { .. }) => {
+            assert!(e.to_string().contains("named \"coord-1\""), "{e}")
+        }
+        other => panic!("started with a misnamed certificate: {:?}", other.err()),
+    }
 }

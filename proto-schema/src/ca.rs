@@ -16,6 +16,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use time::{Duration, OffsetDateTime};
 
+use crate::cert_name::certificate_name;
 use crate::tls::{Fingerprint, TlsError, provider, read_file};
 
 /// How long a new cluster CA is valid.
@@ -84,11 +85,7 @@ impl ClusterCa {
         })?;
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| bad_cert(e.to_string()))?;
-        let subject = webpki_anchor(&cert_der)
-            .map_err(|e| bad_cert(e.to_string()))?
-            .subject
-            .to_vec();
-        let common_name = single_common_name(&subject)
+        let common_name = certificate_name(&cert_der)
             .filter(|cn| cn.starts_with(CA_COMMON_NAME))
             .ok_or_else(|| bad_cert("not a cluster CA made by `quern cert init`".into()))?;
         let ca = Self {
@@ -181,46 +178,6 @@ fn ca_params(common_name: String, days: u32) -> CertificateParams {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     set_validity(&mut params, days);
     params
-}
-
-fn webpki_anchor(
-    cert: &CertificateDer<'_>,
-) -> Result<rustls::pki_types::TrustAnchor<'static>, rustls::Error> {
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.clone().into_owned())?;
-    Ok(roots.roots.swap_remove(0))
-}
-
-/// The common name of a subject holding exactly one attribute, a UTF-8
-/// common name, as `quern cert init` writes it. `subject` is the DER
-/// content of the Name sequence: SET { SEQUENCE { OID 2.5.4.3, UTF8String } }.
-fn single_common_name(subject: &[u8]) -> Option<String> {
-    /// Splits one DER element with `tag` off the front: (content, rest).
-    fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (&found, input) = input.split_first()?;
-        let (&first, mut input) = input.split_first()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 2 || input.len() < n {
-                return None;
-            }
-            let (bytes, rest) = input.split_at(n);
-            input = rest;
-            bytes.iter().fold(0, |acc, &b| acc << 8 | usize::from(b))
-        };
-        (found == tag && input.len() >= len).then(|| input.split_at(len))
-    }
-    const COMMON_NAME_OID: &[u8] = &[0x55, 0x04, 0x03];
-    let (set, rest) = element(subject, 0x31)?;
-    let (attribute, set_rest) = element(set, 0x30)?;
-    let (oid, value) = element(attribute, 0x06)?;
-    let (text, value_rest) = element(value, 0x0c)?;
-    let single = rest.is_empty() && set_rest.is_empty() && value_rest.is_empty();
-    (single && oid == COMMON_NAME_OID)
-        .then(|| String::from_utf8(text.to_vec()).ok())
-        .flatten()
 }
 
 /// A name is also a file name (`NAME.pem`) and a DNS name: letters,

@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod ca;
+pub mod cert_name;
 pub mod command;
 pub mod frame;
 pub mod partition;

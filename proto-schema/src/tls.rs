@@ -170,6 +170,12 @@ impl TlsIdentity {
         Fingerprint::of(&self.chain[0])
     }
 
+    /// The name of the certificate this process presents
+    /// ([`certificate_name`](crate::cert_name::certificate_name)).
+    pub fn name(&self) -> Option<String> {
+        crate::cert_name::certificate_name(&self.chain[0])
+    }
+
     /// The fingerprint of the cluster CA this process trusts.
     pub fn ca_fingerprint(&self) -> Fingerprint {
         Fingerprint::of(&self.ca)

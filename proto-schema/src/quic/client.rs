@@ -10,7 +10,7 @@ use quinn::{Endpoint, ReadError, ReadExactError, VarInt, WriteError};
 use tokio::time::timeout;
 
 use super::refusal::{self, Role};
-use super::server::peer_fingerprint;
+use super::server::peer_certificate;
 use super::{RpcConfig, RpcError, wire};
 use crate::tls::Fingerprint;
 
@@ -173,7 +173,7 @@ impl RpcConnection {
 
     /// The fingerprint of the certificate the server presented.
     pub fn server_fingerprint(&self) -> Option<Fingerprint> {
-        peer_fingerprint(&self.connection)
+        peer_certificate(&self.connection).map(|cert| Fingerprint::of(&cert))
     }
 
     /// Whether the connection has ended (closed by either side or lost):

@@ -84,13 +84,15 @@ impl RpcConfig {
     }
 }
 
-/// Who sent a request: the address it came from and the fingerprint of
-/// the certificate it presented (issued by the cluster CA, or the
-/// handshake would have failed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who sent a request: the address it came from, and the fingerprint and
+/// name ([`certificate_name`](crate::cert_name::certificate_name)) of the
+/// certificate it presented (issued by the cluster CA, or the handshake
+/// would have failed). Read once per connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub address: SocketAddr,
     pub fingerprint: Fingerprint,
+    pub name: Option<Arc<str>>,
 }
 
 /// Answers requests. The future may be dropped at an await point: when the

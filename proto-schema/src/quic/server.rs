@@ -15,6 +15,7 @@ use tokio::time::{timeout, timeout_at};
 
 use super::refusal::{self, Role};
 use super::{Handler, Peer, RpcConfig, RpcError, wire};
+use crate::cert_name::certificate_name;
 use crate::tls::Fingerprint;
 
 /// Application close codes.
@@ -143,7 +144,7 @@ async fn serve_connection<H: Handler>(incoming: Incoming, shared: Arc<Shared<H>>
             return;
         }
     };
-    let Some(fingerprint) = peer_fingerprint(&connection) else {
+    let Some(cert) = peer_certificate(&connection) else {
         // Unreachable while client certificates are mandatory.
         tracing::warn!(remote = %addr, "a peer without a certificate got through; closing");
         connection.close(VarInt::from_u32(CLOSE_NO_IDENTITY), b"no certificate");
@@ -151,15 +152,16 @@ async fn serve_connection<H: Handler>(incoming: Incoming, shared: Arc<Shared<H>>
     };
     let peer = Peer {
         address: addr,
-        fingerprint,
+        fingerprint: Fingerprint::of(&cert),
+        name: certificate_name(&cert).map(Arc::from),
     };
-    tracing::debug!(remote = %addr, %fingerprint, "peer connected");
+    tracing::debug!(remote = %addr, fingerprint = %peer.fingerprint, name = ?peer.name, "peer connected");
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
             stream = connection.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    requests.spawn(serve_request(send, recv, peer, shared.clone()));
+                    requests.spawn(serve_request(send, recv, peer.clone(), shared.clone()));
                 }
                 Err(e) => {
                     tracing::debug!(remote = %addr, error = %e, "connection ended");
@@ -179,13 +181,13 @@ async fn serve_connection<H: Handler>(incoming: Incoming, shared: Arc<Shared<H>>
     requests.shutdown().await;
 }
 
-/// The fingerprint of the first certificate the peer presented.
-pub(super) fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
+/// The first certificate the peer presented (its own; the rest is chain).
+pub(super) fn peer_certificate(connection: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let certs = connection
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    certs.first().map(Fingerprint::of)
+    certs.into_iter().next()
 }
 
 async fn serve_request<H: Handler>(
@@ -195,13 +197,14 @@ async fn serve_request<H: Handler>(
     shared: Arc<Shared<H>>,
 ) {
     let limit = shared.config.request_timeout;
+    let remote = peer.address;
     match timeout(limit, exchange(&mut send, &mut recv, peer, &shared)).await {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => {
-            tracing::debug!(remote = %peer.address, %reason, "request stream failed");
+            tracing::debug!(%remote, %reason, "request stream failed");
         }
         Err(_) => {
-            tracing::warn!(remote = %peer.address, after = ?limit, "request not answered in time; stream reset");
+            tracing::warn!(%remote, after = ?limit, "request not answered in time; stream reset");
             let _ = send.reset(VarInt::from_u32(RESET_TIMEOUT));
         }
     }
@@ -230,6 +233,7 @@ async fn exchange<H: Handler>(
     let request = wire::read_payload(recv, len)
         .await
         .map_err(|e| e.to_string())?;
+    let remote = peer.address;
     let response = shared.handler.handle(peer, request).await;
     if response.len() > max as usize {
         let error = RpcError::TooLarge {
@@ -237,7 +241,7 @@ async fn exchange<H: Handler>(
             len: response.len() as u64,
             max,
         };
-        tracing::warn!(remote = %peer.address, %error, "the handler's answer is too large");
+        tracing::warn!(%remote, %error, "the handler's answer is too large");
         return refuse(send, &error.to_string()).await;
     }
     wire::write_response(send, wire::STATUS_OK, &response)

@@ -1,0 +1,201 @@
+//! Who may send Raft RPCs. The TLS handshake admits any certificate from
+//! the cluster CA, clients' included, so on its own the endpoint would let
+//! a client (`quern cert issue --name alice`) vote, append entries or
+//! install a snapshot. A replica therefore serves a Raft RPC only from a
+//! connection whose certificate is named `coord-ID`
+//! (`proto_schema::cert_name`) for an ID among its configured peers.
+//! Names rather than fingerprints: only the CA's key can put a name in a
+//! certificate, and a replica's certificate can be reissued without
+//! reconfiguring the others. Client requests are not checked here.
+//!
+//! A refusal is answered (the sender's error says why), counted in
+//! `quern_raft_rpc_refused_total{rpc}` and logged. A misconfigured replica
+//! retries several times a second, so the log speaks at most once per
+//! `LOG_INTERVAL` and says how many refusals it left out.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto_schema::quic::Peer;
+use proto_schema::tls::Fingerprint;
+
+use crate::NodeId;
+use crate::rpc::RaftRpc;
+
+/// Counter of Raft RPCs refused because the sender's certificate is not a
+/// configured peer's (label `rpc`: `append_entries`, `vote`,
+/// `install_snapshot`).
+pub const RAFT_RPC_REFUSED_METRIC: &str = "quern_raft_rpc_refused_total";
+
+/// The least time between two refusal warnings.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The name of replica `id`'s certificate, the only one its peers take
+/// Raft RPCs from.
+pub fn certificate_name(id: NodeId) -> String {
+    format!("coord-{id}")
+}
+
+/// Gives the refusal counter its help text; call once the recorder is
+/// installed.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        RAFT_RPC_REFUSED_METRIC,
+        "Raft RPCs refused because the sender's certificate is not named coord-ID for a \
+         configured peer (label rpc: append_entries, vote, install_snapshot)."
+    );
+}
+
+/// The certificate names a replica takes Raft RPCs from.
+#[derive(Clone)]
+pub struct RaftPeers {
+    names: Arc<[String]>,
+    log: Arc<Mutex<LogLimit>>,
+}
+
+/// A Raft RPC from a connection that is not a configured peer's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refused a Raft {rpc} from {address}: its certificate ({name}, fingerprint {fingerprint}) \
+     is not a configured peer's; Raft RPCs are accepted only from {allowed}"
+)]
+pub struct Refused {
+    rpc: &'static str,
+    address: std::net::SocketAddr,
+    name: CertName,
+    fingerprint: Fingerprint,
+    allowed: String,
+}
+
+/// A certificate's name as logs and errors print it.
+#[derive(Debug)]
+struct CertName(Option<Arc<str>>);
+
+impl fmt::Display for CertName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(name) => write!(f, "{name:?}"),
+            None => f.write_str("no name"),
+        }
+    }
+}
+
+impl RaftPeers {
+    /// Peers `ids` (this replica's own id among them, harmlessly).
+    pub fn new(ids: impl IntoIterator<Item = NodeId>) -> Self {
+        Self {
+            names: ids.into_iter().map(certificate_name).collect(),
+            log: Arc::default(),
+        }
+    }
+
+    /// Whether `peer` may send `rpc`; a refusal is counted and logged.
+    pub fn admit(&self, peer: &Peer, rpc: &RaftRpc) -> Result<(), Refused> {
+        if let Some(name) = peer.name.as_deref()
+            && self.names.iter().any(|allowed| allowed == name)
+        {
+            return Ok(());
+        }
+        let refused = Refused {
+            rpc: rpc.kind(),
+            address: peer.address,
+            name: CertName(peer.name.clone()),
+            fingerprint: peer.fingerprint,
+            allowed: self.names.join(", "),
+        };
+        metrics::counter!(RAFT_RPC_REFUSED_METRIC, "rpc" => refused.rpc).increment(1);
+        let left_out = self.log.lock().expect("not poisoned").speak(Instant::now());
+        if let Some(left_out) = left_out {
+            tracing::warn!(
+                remote = %peer.address,
+                name = %refused.name,
+                fingerprint = %peer.fingerprint,
+                rpc = refused.rpc,
+                left_out,
+                "refused a Raft RPC: the certificate is not a configured peer's"
+            );
+        }
+        Err(refused)
+    }
+}
+
+/// Lets a warning through at most once per `LOG_INTERVAL`.
+#[derive(Default)]
+struct LogLimit {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl LogLimit {
+    /// `Some(refusals left out since the last warning)` when one may be
+    /// logged at `now`.
+    fn speak(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < LOG_INTERVAL)
+        {
+            self.left_out += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.left_out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote;
+
+    use super::*;
+    use crate::rpc::VoteRequest;
+
+    fn peer(name: Option<&str>) -> Peer {
+        Peer {
+            address: "127.0.0.1:7000".parse().unwrap(),
+            fingerprint: Fingerprint([7; 32]),
+            name: name.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn only_the_configured_peers_certificates_may_send_raft_rpcs() {
+        let peers = RaftPeers::new([1, 2, 3]);
+        let vote = RaftRpc::Vote(VoteRequest::new(Vote::new(9, 1), None));
+        for name in ["coord-1", "coord-3"] {
+            assert!(peers.admit(&peer(Some(name)), &vote).is_ok(), "{name}");
+        }
+        for name in [
+            Some("alice"),
+            Some("coord-4"),
+            Some("coord-01"),
+            Some(""),
+            None,
+        ] {
+            let refused = peers.admit(&peer(name), &vote).unwrap_err().to_string();
+            assert!(
+                refused.contains("refused a Raft vote from 127.0.0.1:7000")
+                    && refused.contains(&Fingerprint([7; 32]).to_string())
+                    && refused.contains("only from coord-1, coord-2, coord-3"),
+                "{refused}"
+            );
+        }
+        let refused = peers.admit(&peer(Some("alice")), &vote).unwrap_err();
+        assert!(refused.to_string().contains("(\"alice\", "), "{refused}");
+        let refused = peers.admit(&peer(None), &vote).unwrap_err();
+        assert!(refused.to_string().contains("(no name, "), "{refused}");
+    }
+
+    #[test]
+    fn warnings_are_spaced_and_count_what_they_left_out() {
+        let mut limit = LogLimit::default();
+        let start = Instant::now();
+        assert_eq!(limit.speak(start), Some(0));
+        for i in 1..=5 {
+            assert_eq!(limit.speak(start + Duration::from_secs(i)), None);
+        }
+        assert_eq!(limit.speak(start + LOG_INTERVAL), Some(5));
+        assert_eq!(limit.speak(start + LOG_INTERVAL), None);
+        assert_eq!(limit.speak(start + 2 * LOG_INTERVAL), Some(1));
+    }
+}
