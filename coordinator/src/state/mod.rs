@@ -124,7 +124,7 @@ impl StateMachineStore {
         cfs.extend(STATE_CFS);
         let budget = Budget {
             cache_bytes: 64 << 20,
-            memtable_bytes: 16 << 20,
+            memtable_bytes: 32 << 20,
         };
         let db = rocks::open(&dir.join("db"), Kind::State, budget, &cfs)?;
         if db.get_cf(cf(&db, CF_RAFT), keys::INSTALLING)?.is_some() {
