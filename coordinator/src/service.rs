@@ -204,6 +204,14 @@ async fn answer(
             },
         },
         Ok(Request::Status) => status_reply(raft, state, contacts),
+        Ok(Request::Replica) => {
+            let (raft, state) = (raft.clone(), state.clone());
+            match tokio::task::spawn_blocking(move || status::replica_report(&raft, &state)).await {
+                Ok(Ok(report)) => Reply::Replica(report),
+                Ok(Err(e)) => Reply::Failed(e.to_string()),
+                Err(e) => Reply::Failed(format!("reading the state: {e}")),
+            }
+        }
     };
     api::encode(&reply).unwrap_or_else(|e| {
         let failed = Reply::Failed(format!("encoding the reply: {e}"));
