@@ -111,6 +111,12 @@ async fn submit(
                 Ok(Response::SubmissionAborted { .. }) => format!(
                     "submission {submission} of dataset {dataset:?} was aborted: none of it counts"
                 ),
+                // Only this command closes its submission: it finished,
+                // and the answer was lost.
+                Ok(Response::Error(CommandError::UnknownSubmission { .. })) => format!(
+                    "submission {submission} of dataset {dataset:?} had finished, but its \
+                     answer was lost: submit the same manifest again to see it unchanged"
+                ),
                 Ok(other) => format!(
                     "submission {submission} of dataset {dataset:?} is left open: {}",
                     refused("aborting it", other)

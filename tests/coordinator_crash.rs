@@ -190,11 +190,11 @@ impl Crashes {
             "completed".to_owned()
         } else {
             // A failed submission was aborted, or had finished before its
-            // answer was lost (its abort is then refused), or had not begun
-            // (the kill cut the dataset's creation): never half.
+            // answer was lost, or had not begun (the kill cut the
+            // dataset's creation): never half.
             assert!(
                 stderr.contains("was aborted")
-                    || stderr.contains("is left open")
+                    || stderr.contains("had finished")
                     || !stderr.contains("submission"),
                 "round {round}: {stderr}"
             );
