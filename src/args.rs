@@ -316,6 +316,12 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+
+    /// Ask every coordinator for its own view instead (applied index and a
+    /// digest of its state), to check that the replicas agree. Reads each
+    /// replica's whole state.
+    #[arg(long)]
+    pub replicas: bool,
 }
 
 #[derive(Args, Debug)]

@@ -1,15 +1,22 @@
 //! `quern status`: the leader's view of the cluster (members' health,
-//! datasets, recent jobs with shard progress), as text or JSON.
+//! datasets, recent jobs with shard progress), as text or JSON. With
+//! `--replicas`, each coordinator's own view instead (applied index, state
+//! digest) and whether they agree.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
-use coordinator::status::StatusReport;
+use coordinator::api::ApiError;
+use coordinator::status::{ReplicaReport, StatusReport};
 
 use crate::args::StatusArgs;
 use crate::cluster_client;
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.replicas {
+        return replicas(&args);
+    }
     let runtime = cluster_client::runtime()?;
     let report = runtime.block_on(async {
         let mut client = cluster_client::connect(&args.client)?;
@@ -120,4 +127,79 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
         )?;
     }
     Ok(())
+}
+
+type Answers = Vec<(String, Result<ReplicaReport, ApiError>)>;
+
+fn replicas(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let runtime = cluster_client::runtime()?;
+    let answers = runtime.block_on(async {
+        let client = cluster_client::connect(&args.client)?;
+        anyhow::Ok(client.replicas().await)
+    })?;
+    let verdict = verdict(&answers);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let replicas: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|(address, answer)| match answer {
+                Ok(report) => {
+                    let mut value = serde_json::to_value(report).expect("a report serializes");
+                    value["address"] = address.as_str().into();
+                    value
+                }
+                Err(e) => serde_json::json!({ "address": address, "error": e.to_string() }),
+            })
+            .collect();
+        let report = serde_json::json!({ "verdict": verdict, "replicas": replicas });
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{:<24} {:>7} {:>6} {:>6} {:>10} {:>10} {:>10}  state hash",
+            "address", "replica", "term", "leader", "log index", "applied", "records"
+        )?;
+        for (address, answer) in &answers {
+            match answer {
+                Ok(r) => writeln!(
+                    out,
+                    "{address:<24} {:>7} {:>6} {:>6} {:>10} {:>10} {:>10}  {:016x}",
+                    r.replica,
+                    r.term,
+                    or_dash(r.leader),
+                    or_dash(r.last_log_index),
+                    or_dash(r.last_applied),
+                    r.state_records,
+                    r.state_hash
+                )?,
+                Err(e) => writeln!(out, "{address:<24} unreachable: {e}")?,
+            }
+        }
+        writeln!(out, "replicas: {verdict}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the replicas agree: `agree` (same applied index, same state),
+/// `diverged` (some at the same index with different states),
+/// `catching up` (different indexes, no conflict), or `unreachable`.
+fn verdict(answers: &Answers) -> &'static str {
+    let mut seen: BTreeMap<Option<u64>, (u64, u64)> = BTreeMap::new();
+    for r in answers
+        .iter()
+        .filter_map(|(_, answer)| answer.as_ref().ok())
+    {
+        let state = (r.state_records, r.state_hash);
+        if *seen.entry(r.last_applied).or_insert(state) != state {
+            return "diverged";
+        }
+    }
+    if answers.iter().any(|(_, answer)| answer.is_err()) {
+        "unreachable"
+    } else if seen.len() == 1 {
+        "agree"
+    } else {
+        "catching up"
+    }
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use coordinator::api::CoordinatorClient;
+use coordinator::api::{ApiError, CoordinatorClient};
 use coordinator::client::ManifestChunks;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use proto_schema::command::{
@@ -107,7 +107,13 @@ async fn ensure_dataset(client: &mut CoordinatorClient, args: &SubmitArgs) -> an
         format,
         key,
     });
-    match client.write(&create).await? {
+    // Creating is idempotent (an existing dataset is fine): a write whose
+    // answer was lost is sent again.
+    let mut answer = client.write(&create).await;
+    if let Err(ApiError::Ambiguous { .. }) = answer {
+        answer = client.write(&create).await;
+    }
+    match answer? {
         Response::DatasetCreated { id } => {
             eprintln!("created dataset {:?} (id {id})", args.dataset);
             Ok(())
@@ -124,14 +130,7 @@ async fn submit(
     chunks_in_flight: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<Summary> {
-    let begin = Command::BeginSubmission {
-        dataset: dataset.to_owned(),
-        now_ms: now_ms(),
-    };
-    let submission = match client.write(&begin).await? {
-        Response::SubmissionBegun { submission } => submission,
-        other => return Err(refused("beginning the submission", other)),
-    };
+    let submission = begin(client, dataset).await?;
     match send_submission(
         client,
         dataset,
@@ -147,13 +146,15 @@ async fn submit(
             // Nothing of a failed submission may count, and it must not
             // block the next one: abort it. The first error is the one to
             // report; a failed abort is added to it.
-            let abort = Command::AbortSubmission {
-                dataset: dataset.to_owned(),
-                submission,
-            };
-            let outcome = match client.write(&abort).await {
+            let outcome = match abort(client, dataset, submission).await {
                 Ok(Response::SubmissionAborted { .. }) => format!(
                     "submission {submission} of dataset {dataset:?} was aborted: none of it counts"
+                ),
+                // Only this command closes its submission: it finished,
+                // and the answer was lost.
+                Ok(Response::Error(CommandError::UnknownSubmission { .. })) => format!(
+                    "submission {submission} of dataset {dataset:?} had finished, but its \
+                     answer was lost: submit the same manifest again to see it unchanged"
                 ),
                 Ok(other) => format!(
                     "submission {submission} of dataset {dataset:?} is left open: {}",
@@ -167,6 +168,66 @@ async fn submit(
             Err(error.context(outcome))
         }
     }
+}
+
+/// Begins a submission. A `BeginSubmission` whose answer was lost (the
+/// leader died) may have been applied: the dataset then holds an open
+/// submission that nobody would abort, and that refuses every later one.
+/// So it is sent again, and if the dataset's open submission is the one
+/// it began (the job carries this client's `now_ms`), that one is aborted
+/// and a new one begun.
+async fn begin(client: &mut CoordinatorClient, dataset: &str) -> anyhow::Result<u64> {
+    let began_ms = now_ms();
+    let begin = Command::BeginSubmission {
+        dataset: dataset.to_owned(),
+        now_ms: began_ms,
+    };
+    let mut maybe_applied = false;
+    for _ in 0..BEGIN_TRIES {
+        match client.write(&begin).await {
+            Ok(Response::SubmissionBegun { submission }) => return Ok(submission),
+            Ok(Response::Error(CommandError::SubmissionOpen { submission, .. }))
+                if maybe_applied && began_at(client, submission).await? == Some(began_ms) =>
+            {
+                match abort(client, dataset, submission).await? {
+                    Response::SubmissionAborted { .. } => eprintln!(
+                        "aborted submission {submission}, begun by this command before the \
+                         coordinator's answer was lost"
+                    ),
+                    other => return Err(refused("aborting the lost submission", other)),
+                }
+            }
+            Ok(other) => return Err(refused("beginning the submission", other)),
+            Err(ApiError::Ambiguous { .. }) => maybe_applied = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("beginning the submission: no answer after {BEGIN_TRIES} tries")
+}
+
+/// How many times `begin` sends `BeginSubmission`.
+const BEGIN_TRIES: usize = 3;
+
+/// When job `submission` began, if it is among the recent jobs.
+async fn began_at(client: &mut CoordinatorClient, submission: u64) -> anyhow::Result<Option<u64>> {
+    let status = client.status().await?;
+    Ok(status
+        .jobs
+        .iter()
+        .find(|job| job.id == submission)
+        .map(|job| job.began_ms))
+}
+
+async fn abort(
+    client: &mut CoordinatorClient,
+    dataset: &str,
+    submission: u64,
+) -> Result<Response, ApiError> {
+    let abort = Command::AbortSubmission {
+        dataset: dataset.to_owned(),
+        submission,
+    };
+    client.write(&abort).await
 }
 
 /// Sends the entries in chunks and finishes the submission.

@@ -1,11 +1,14 @@
-"""Shared by the scripts in bench/: building the release binaries,
-generating datasets with quern-datagen, and sampling a process's resident
-memory from /proc."""
+"""Shared by the scripts in bench/ and chaos/: building the binaries,
+generating datasets with quern-datagen, sampling a process's resident
+memory from /proc, and running three `quern coordinator`s on loopback."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -41,6 +44,15 @@ def build(features=()):
         cmd += ["--features", ",".join(features)]
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
     return release_dir()
+
+
+def binaries(debug):
+    """Builds the workspace's binaries (release, or debug with `debug`);
+    returns their directory."""
+    if not debug:
+        return build()
+    subprocess.run(["cargo", "build", "--workspace", "--locked"], cwd=REPO, check=True)
+    return release_dir().parent / "debug"
 
 
 def generate(bins, out, args):
@@ -134,3 +146,91 @@ def run_measured(cmd, stdout=None, env=None):
     child.returncode = os.waitstatus_to_exitcode(status)
     return (child.returncode, wall, usage.ru_utime + usage.ru_stime,
             usage.ru_maxrss * 1024, stderr)
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def figure(summary, label):
+    """The number after `label` in `quern submit`'s summary."""
+    for line in summary.splitlines():
+        rest = line.strip()
+        if rest.startswith(label):
+            return int(rest[len(label):].strip())
+    raise ValueError(f"no {label!r} in {summary}")
+
+
+class Coordinators:
+    """Three `quern coordinator`s on loopback ports under `run` (emptied
+    first): a cluster CA and certificates from `quern cert`, one config,
+    data directory and log (`coord-ID.log`, appended across restarts) per
+    replica. `client` holds the flags client commands need."""
+
+    def __init__(self, quern, run):
+        self.quern = str(quern)
+        self.run = Path(run)
+        shutil.rmtree(self.run, ignore_errors=True)
+        self.run.mkdir(parents=True)
+        certs = self.run / "certs"
+        subprocess.run([self.quern, "cert", "init", "--dir", certs], check=True,
+                       stdout=subprocess.DEVNULL)
+        for name in ["coord-1", "coord-2", "coord-3", "client"]:
+            subprocess.run([self.quern, "cert", "issue", "--dir", certs, "--name", name,
+                            "--san", "127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+        addresses = [f"127.0.0.1:{free_udp_port()}" for _ in range(3)]
+        peers = ", ".join(f'{i + 1} = "{a}"' for i, a in enumerate(addresses))
+        for i in range(3):
+            (self.run / f"coord-{i + 1}.toml").write_text(
+                f'[cert]\ndir = "{certs}"\n[coordinator]\nid = {i + 1}\n'
+                f'listen = "{addresses[i]}"\ndata_dir = "{self.run / f"coord-{i + 1}"}"\n'
+                f"peers = {{ {peers} }}\n")
+        self.client = ["--coordinator", ",".join(addresses), "--cert-dir", str(certs)]
+        self.children = {}
+
+    def start(self, replica):
+        """Starts replica 1, 2 or 3 (again, on its data directory)."""
+        with open(self.run / f"coord-{replica}.log", "a") as log:
+            self.children[replica] = subprocess.Popen(
+                [self.quern, "--config", self.run / f"coord-{replica}.toml", "coordinator"],
+                stdout=log, stderr=log)
+        return self.children[replica]
+
+    def start_all(self):
+        for replica in (1, 2, 3):
+            self.start(replica)
+
+    def kill(self, replica):
+        """SIGKILLs a replica and reaps it."""
+        child = self.children[replica]
+        child.kill()
+        child.wait()
+
+    def stop(self):
+        """SIGTERMs every running replica and waits for it."""
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self.children.values():
+            child.wait(timeout=30)
+
+    def command(self, *args):
+        return [self.quern, *map(str, args), *self.client]
+
+    def status(self, *flags):
+        """`quern status --json` (with `flags`), or None if it failed."""
+        out = subprocess.run(self.command("status", "--json", *flags), capture_output=True)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def wait_for_leader(self, timeout):
+        """The leader's status once there is a leader."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status and status["leader"] is not None:
+                return status
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no leader within {timeout} s: {status}")
+            time.sleep(0.2)

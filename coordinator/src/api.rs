@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::rpc::{RaftRpc, RaftRpcReply};
-use crate::status::StatusReport;
+use crate::status::{ReplicaReport, StatusReport};
 use crate::transport::resolve;
 use crate::{Applied, CommandBytes, NodeId};
 
@@ -31,6 +31,8 @@ pub enum Request {
     /// A command to propose; answered once applied, by the leader only.
     Write(CommandBytes),
     Status,
+    /// The answering replica's own view (`ReplicaReport`), never redirected.
+    Replica,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +45,7 @@ pub enum Reply {
         address: Option<String>,
     },
     Status(StatusReport),
+    Replica(ReplicaReport),
     /// The request could not be served (undecodable, Raft shut down, ...).
     Failed(String),
 }
@@ -149,6 +152,28 @@ impl CoordinatorClient {
         }
     }
 
+    /// Each known coordinator's own view, asked directly (no redirect, no
+    /// retry), in the order of the addresses; an unreachable one is an
+    /// error in its place.
+    pub async fn replicas(&self) -> Vec<(String, Result<ReplicaReport, ApiError>)> {
+        let mut out = Vec::with_capacity(self.addresses.len());
+        for address in &self.addresses {
+            let report = self.ask_replica(address).await;
+            out.push((address.clone(), report));
+        }
+        out
+    }
+
+    async fn ask_replica(&self, address: &str) -> Result<ReplicaReport, ApiError> {
+        let connection = dial(&self.client, address).await?;
+        let reply = connection.request(&encode(&Request::Replica)?).await?;
+        match decode::<Reply>(&reply)? {
+            Reply::Replica(report) => Ok(report),
+            Reply::Failed(reason) => Err(ApiError::Failed(reason)),
+            _ => Err(ApiError::Unexpected),
+        }
+    }
+
     /// The address requests go to now (the leader, once redirected).
     pub fn address(&self) -> &str {
         &self.addresses[self.current]
@@ -214,12 +239,7 @@ impl CoordinatorClient {
         if let Some(connection) = self.connection.as_ref().filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
-        let address = self.address().to_owned();
-        let (addr, name) = resolve(&address).await.map_err(|e| ApiError::Unreachable {
-            addresses: vec![address.clone()],
-            last: e.to_string(),
-        })?;
-        let connection = self.client.connect(addr, &name).await?;
+        let connection = dial(&self.client, self.address()).await?;
         self.connection = Some(connection.clone());
         Ok(connection)
     }
@@ -294,6 +314,15 @@ impl Pipeline<'_> {
     }
 }
 
+/// A new connection to `address` (`host:port`).
+async fn dial(client: &RpcClient, address: &str) -> Result<RpcConnection, ApiError> {
+    let (addr, name) = resolve(address).await.map_err(|e| ApiError::Unreachable {
+        addresses: vec![address.to_owned()],
+        last: e.to_string(),
+    })?;
+    Ok(client.connect(addr, &name).await?)
+}
+
 /// Failures that prove the request was not served: the handshake did
 /// not complete, or the request was refused whole.
 fn unsent(error: &RpcError) -> bool {
@@ -321,9 +350,17 @@ pub fn rpc_config() -> RpcConfig {
 }
 
 /// A client waits longer than a replica: a write returns once applied.
+/// But it gives up on a silent connection sooner: a coordinator killed
+/// while answering a write sends nothing more, and the client learns it
+/// only from the idle timeout (with the transport's 30 s, `quern submit`
+/// sat 30 s after a SIGKILLed leader). Keep-alives, every third of it,
+/// keep a live connection busy however long the write takes.
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn client_rpc_config() -> RpcConfig {
     RpcConfig {
         request_timeout: Duration::from_secs(60),
+        idle_timeout: CLIENT_IDLE_TIMEOUT,
         ..rpc_config()
     }
 }

@@ -239,6 +239,16 @@ impl Answering {
                 },
             },
             Ok(Request::Status) => status_reply(raft, &self.state, &self.contacts),
+            Ok(Request::Replica) => {
+                let (raft, state) = (raft.clone(), self.state.clone());
+                match tokio::task::spawn_blocking(move || status::replica_report(&raft, &state))
+                    .await
+                {
+                    Ok(Ok(report)) => Reply::Replica(report),
+                    Ok(Err(e)) => Reply::Failed(e.to_string()),
+                    Err(e) => Reply::Failed(format!("reading the state: {e}")),
+                }
+            }
         };
         api::encode(&reply).unwrap_or_else(|e| {
             let failed = Reply::Failed(format!("encoding the reply: {e}"));

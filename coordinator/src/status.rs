@@ -3,6 +3,10 @@
 //! recent jobs with pending / leased / done shards). Built by the replica
 //! that answers, from its Raft metrics and its applied state; only the
 //! leader knows its followers' health, so other replicas redirect.
+//!
+//! `ReplicaReport` is one replica's own view, which every replica answers
+//! without redirecting: the index its state has applied and a digest of
+//! that state, so replicas can be compared (equal indexes, equal digests).
 
 use std::collections::BTreeMap;
 
@@ -54,6 +58,9 @@ pub struct DatasetStatus {
 pub struct JobStatus {
     pub id: u64,
     pub dataset: String,
+    /// The submitter's clock when it began the submission (ms since the
+    /// epoch); a submitter recognises its own submission by it.
+    pub began_ms: u64,
     pub submitting: bool,
     pub new: u64,
     pub changed: u64,
@@ -62,6 +69,38 @@ pub struct JobStatus {
     pub shards_pending: u64,
     pub shards_leased: u64,
     pub shards_done: u64,
+}
+
+/// One replica's own view of itself, for comparing replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub replica: NodeId,
+    /// The leader this replica knows of.
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    /// The last log index applied to the state the digest covers.
+    pub last_applied: Option<u64>,
+    /// Records in the replicated state (catalogue entries, jobs, shards, ...).
+    pub state_records: u64,
+    /// XXH3 of the replicated state's records.
+    pub state_hash: u64,
+}
+
+/// This replica's own view. Reads the whole state: blocking, and seconds
+/// for millions of catalogue entries.
+pub fn replica_report(raft: &Raft, state: &StateMachineStore) -> Result<ReplicaReport, StateError> {
+    let metrics = raft.metrics().borrow().clone();
+    let (last_applied, digest) = state.applied_digest()?;
+    Ok(ReplicaReport {
+        replica: metrics.id,
+        leader: metrics.current_leader,
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index,
+        last_applied,
+        state_records: digest.records,
+        state_hash: digest.hash,
+    })
 }
 
 /// This replica's report.
@@ -131,6 +170,7 @@ fn job_status(job: &Job, names: &BTreeMap<u32, String>, leased: u64) -> JobStatu
     JobStatus {
         id: job.id,
         dataset: names.get(&job.dataset_id).cloned().unwrap_or_default(),
+        began_ms: job.began_ms,
         submitting: job.state == JobState::Submitting,
         new: job.counts.new,
         changed: job.counts.changed,

@@ -305,7 +305,22 @@ impl StateMachineStore {
 
     /// Digest of every state column family, read from one RocksDB snapshot.
     pub fn digest(&self) -> Result<StateDigest, StateError> {
+        Ok(self.applied_digest()?.1)
+    }
+
+    /// The digest and the index of the last entry applied to the state it
+    /// covers, both read from one RocksDB snapshot (never half an install):
+    /// replicas at the same index must have the same digest. Reads the
+    /// whole state.
+    pub fn applied_digest(&self) -> Result<(Option<u64>, StateDigest), StateError> {
+        let guard = self.inner.install.read().expect("not poisoned");
         let snap = self.db().snapshot();
+        drop(guard);
+        let last_applied: Option<LogId<NodeId>> =
+            match snap.get_cf(cf(self.db(), CF_RAFT), keys::LAST_APPLIED)? {
+                Some(b) => serde_json::from_slice(&b)?,
+                None => None,
+            };
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut records = 0;
         for (i, name) in STATE_CFS.iter().enumerate() {
@@ -319,10 +334,11 @@ impl StateMachineStore {
                 records += 1;
             }
         }
-        Ok(StateDigest {
+        let digest = StateDigest {
             records,
             hash: hasher.digest(),
-        })
+        };
+        Ok((last_applied.map(|l| l.index), digest))
     }
 
     /// Size of the last snapshot this replica built.

@@ -1,0 +1,232 @@
+//! Three `quern coordinator` processes on loopback, from config files,
+//! with certificates from `quern cert`; clients through `quern status` and
+//! `quern submit`. Replicas can be SIGKILLed and restarted on their data
+//! directories. Each replica's log is appended to `coord-ID.log`; a test
+//! that panics keeps the cluster's directory and prints where it is.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use super::{quern, run};
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    /// Replica `id` is `children[id - 1]`.
+    pub children: Vec<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let data = dir.path().join("data");
+        run(quern(&data).args(["cert", "init", "--dir"]).arg(&certs), 0);
+        for name in ["coord-1", "coord-2", "coord-3", "client"] {
+            run(
+                quern(&data)
+                    .args([
+                        "cert",
+                        "issue",
+                        "--san",
+                        "127.0.0.1",
+                        "--name",
+                        name,
+                        "--dir",
+                    ])
+                    .arg(&certs),
+                0,
+            );
+        }
+        let addresses: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers: Vec<String> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{} = \"{a}\"", i + 1))
+            .collect();
+        for id in 1..=3 {
+            std::fs::write(
+                dir.path().join(format!("coord-{id}.toml")),
+                format!(
+                    "[cert]\ndir = {certs:?}\n[coordinator]\nid = {id}\nlisten = \"{}\"\ndata_dir = {:?}\npeers = {{ {} }}\n",
+                    addresses[id - 1],
+                    dir.path().join(format!("coord-{id}")),
+                    peers.join(", ")
+                ),
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            dir.path().join("client.toml"),
+            format!("[cert]\ndir = {certs:?}\n[client]\ncoordinators = {addresses:?}\n"),
+        )
+        .unwrap();
+        let mut cluster = Self {
+            dir,
+            children: Vec::new(),
+        };
+        for id in 1..=3 {
+            let child = cluster.spawn(id);
+            cluster.children.push(child);
+        }
+        cluster
+    }
+
+    fn spawn(&self, id: u64) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("coord-{id}.log")))
+            .unwrap();
+        quern(&self.path("data"))
+            .env("RUST_LOG", "warn,coordinator=info")
+            .arg("--config")
+            .arg(self.path(&format!("coord-{id}.toml")))
+            .arg("coordinator")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGKILLs replica `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let child = &mut self.children[id as usize - 1];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts replica `id` again on its data directory.
+    pub fn restart(&mut self, id: u64) {
+        let i = id as usize - 1;
+        assert!(
+            self.children[i].try_wait().unwrap().is_some(),
+            "replica {id} is still running"
+        );
+        self.children[i] = self.spawn(id);
+    }
+
+    pub fn client(&self, args: &[&str]) -> Command {
+        let mut cmd = quern(&self.path("data"));
+        cmd.arg("--config").arg(self.path("client.toml")).args(args);
+        cmd
+    }
+
+    /// `quern status --json`: the leader's report.
+    pub fn status(&self) -> serde_json::Value {
+        let out = run(&mut self.client(&["status", "--json"]), 0);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The leader's status, once there is a leader.
+    pub fn wait_for_leader(&self, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.status();
+            if !status["leader"].is_null() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {within:?}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `quern status --replicas --json`: every replica's own view.
+    pub fn replicas(&self) -> serde_json::Value {
+        let out = run(&mut self.client(&["status", "--replicas", "--json"]), 0);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Every replica's view once all three have applied the same index
+    /// to equal states. Fails at once if two replicas at the same index
+    /// hold different states.
+    pub fn wait_until_replicas_agree(&self, within: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let replicas = self.replicas();
+            match replicas["verdict"].as_str() {
+                Some("agree") => return replicas["replicas"].as_array().unwrap().clone(),
+                Some("diverged") => panic!("replicas diverged: {replicas:#}"),
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not agree within {within:?}: {replicas:#}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("kept the cluster's files in {}", dir.keep().display());
+        }
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The number after `label` in `submit`'s summary.
+pub fn figure(summary: &str, label: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {summary}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A manifest line for file `i`: size `100 + i`, the given mtime, a
+/// checksum, and a path that `pad` more bytes of directory name lengthen
+/// (fewer files then fill a chunk's bytes).
+pub fn tsv_line(i: usize, mtime: u64, pad: usize) -> String {
+    format!(
+        "/srv/data/{:03}{}/file-{i:06}.log\t{}\t{mtime}\t{:032x}\n",
+        i % 37,
+        "d".repeat(pad),
+        100 + i,
+        i
+    )
+}
+
+/// Files `0..n`, those in `changed` with a later mtime.
+pub fn write_tsv(path: &Path, n: usize, changed: &[usize]) {
+    let text: String = (0..n)
+        .map(|i| {
+            let mtime = if changed.contains(&i) {
+                1_800_000_000
+            } else {
+                1_700_000_000
+            };
+            tsv_line(i, mtime, 0)
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
