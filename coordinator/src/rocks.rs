@@ -108,6 +108,11 @@ pub(crate) fn open(
                 let mut levels = [DBCompressionType::Lz4; 7];
                 levels[..2].fill(DBCompressionType::None);
                 opts.set_compression_per_level(&levels);
+                // Most catalogue lookups of a first submission miss: a
+                // Bloom filter over the memtables answers them without
+                // walking two skip lists (~2% of the memtable budget).
+                opts.set_memtable_whole_key_filtering(true);
+                opts.set_memtable_prefix_bloom_ratio(0.02);
             }
         }
         ColumnFamilyDescriptor::new(*name, opts)
