@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use coordinator::api::{self, ApiError, CoordinatorClient, Reply, Request};
@@ -25,7 +25,10 @@ use proto_schema::command::{Command, CommandError, FileEntry, Response};
 use proto_schema::quic::{RpcClient, RpcConfig, RpcError};
 use proto_schema::tls::TlsIdentity;
 
+#[path = "../../proto-schema/tests/support/captured_log.rs"]
+mod captured_log;
 mod common;
+use captured_log::warnings;
 use common::{dataset, files, node};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -56,35 +59,6 @@ fn raft_refusals(rpc: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(&series))
         .map_or(0, |value| value.parse().unwrap())
-}
-
-/// Warnings logged by every test of this binary, as text.
-fn warnings() -> String {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    let log = LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(sink.clone()))
-            .init();
-        log
-    });
-    String::from_utf8_lossy(&log.lock().unwrap()).into_owned()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A loopback UDP port free right now.

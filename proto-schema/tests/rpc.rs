@@ -6,7 +6,7 @@
 //! and log subscriber.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -14,6 +14,10 @@ use proto_schema::ca::ClusterCa;
 use proto_schema::quic::{PEER_REFUSED_METRIC, Peer, RpcClient, RpcConfig, RpcError, RpcServer};
 use proto_schema::tls::{ALPN, TlsIdentity, provider};
 use rustls::pki_types::pem::PemObject;
+
+#[path = "support/captured_log.rs"]
+mod captured_log;
+use captured_log::warnings;
 
 const SERVER_NAME: &str = "coord-1";
 
@@ -24,35 +28,6 @@ fn any_port() -> SocketAddr {
 fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
-}
-
-/// Warnings logged by every test of this binary, as text.
-fn warnings() -> String {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    let log = LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(sink.clone()))
-            .init();
-        log
-    });
-    String::from_utf8_lossy(&log.lock().unwrap()).into_owned()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The refusal counter's value for one reason and role.
