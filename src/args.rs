@@ -57,6 +57,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Submit a manifest (or a directory's files) to the coordinators.
     Submit(SubmitArgs),
+    /// Abort a dataset's open submission (one whose `quern submit` died):
+    /// none of it counts, and the dataset takes submissions again.
+    Abort(AbortArgs),
 }
 
 #[derive(Args, Debug)]
@@ -363,6 +366,21 @@ pub struct SubmitArgs {
     /// Plain log lines instead of a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AbortArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Dataset whose open submission is aborted.
+    #[arg(long, env = "QUERN_DATASET")]
+    pub dataset: String,
+
+    /// Abort only if the open submission is this one (as `quern status`
+    /// shows it), so a submission begun meanwhile is left alone.
+    #[arg(long)]
+    pub submission: Option<u64>,
 }
 
 /// Parses a size with an optional binary suffix: K, M, G, T, with or

@@ -113,7 +113,7 @@ struct CoordinatorSection {
     peers: std::collections::BTreeMap<u64, String>,
 }
 
-/// Options of the client commands (`quern status`, `quern submit`).
+/// Options of the client commands (`quern status`, `quern submit`, `quern abort`).
 /// `cert_dir` falls back to `[cert] dir`.
 #[derive(Deserialize, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -231,7 +231,7 @@ impl ConfigFile {
             ),
             ("cert_name", client.cert_name.clone()),
         ];
-        for name in ["status", "submit"] {
+        for name in ["status", "submit", "abort"] {
             command = command.mut_subcommand(name, |mut sub| {
                 sub = with_defaults(sub, client_values.clone());
                 if !client.coordinators.is_empty() {

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         args::Command::Coordinator(args) => coordinator_cmd::run(args),
         args::Command::Status(args) => status::run(args),
         args::Command::Submit(args) => submit::run(args),
+        args::Command::Abort(args) => submit::abort_open(args),
     };
     result.unwrap_or_else(|e| {
         if is_broken_pipe(&e) {

@@ -18,7 +18,7 @@ use proto_schema::command::{
     Command, CommandError, DatasetFormat, DatasetSpec, DiffCounts, FileEntry, KeySpec, Response,
 };
 
-use crate::args::{FormatArg, SubmitArgs};
+use crate::args::{AbortArgs, FormatArg, SubmitArgs};
 use crate::cluster_client;
 use crate::manifest::{ManifestError, ManifestFormat, ManifestReader, walk};
 
@@ -58,6 +58,38 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
     print_summary(&args.dataset, &summary, elapsed);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `quern abort`: aborts the dataset's open submission, if it has one.
+pub fn abort_open(args: AbortArgs) -> anyhow::Result<ExitCode> {
+    let runtime = cluster_client::runtime()?;
+    runtime.block_on(async {
+        let mut client = cluster_client::connect(&args.client)?;
+        let status = client.status().await?;
+        let dataset = &args.dataset;
+        let Some(found) = status.datasets.iter().find(|d| d.name == *dataset) else {
+            bail!("the cluster has no dataset {dataset:?}");
+        };
+        let submission = match (found.open_submission, args.submission) {
+            (None, _) => {
+                eprintln!("dataset {dataset:?} has no open submission: nothing to abort");
+                return Ok(ExitCode::SUCCESS);
+            }
+            (Some(open), Some(asked)) if open != asked => {
+                bail!("dataset {dataset:?}'s open submission is {open}, not {asked}: left alone")
+            }
+            (Some(open), _) => open,
+        };
+        match abort(&mut client, dataset, submission).await? {
+            Response::SubmissionAborted { .. } => {
+                eprintln!(
+                    "submission {submission} of dataset {dataset:?} was aborted: none of it counts"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            other => Err(refused(&format!("aborting submission {submission}"), other)),
+        }
+    })
 }
 
 /// What a finished submission reports.

@@ -2,13 +2,14 @@
 //! config files with certificates from `quern cert`, `quern status`, and
 //! `quern submit` of manifests and a directory; bad manifests rejected
 //! with their line and nothing applied; the replicas agree on what they
-//! applied; SIGTERM stops a coordinator within its bound.
+//! applied; `quern abort` closes a submission whose `submit` was killed;
+//! SIGTERM stops a coordinator within its bound.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, figure, text, write_tsv};
+use common::cluster::{Cluster, figure, text, tsv_line, write_tsv};
 use common::run;
 
 #[test]
@@ -135,6 +136,94 @@ fn a_three_coordinator_cluster_takes_submissions_and_reports_status() {
     let out = run(&mut cluster.client(&["status", "--replicas"]), 0);
     let shown = text(&out.stdout);
     assert!(shown.ends_with("replicas: agree\n"), "{shown}");
+}
+
+/// A `quern submit` killed mid-way leaves its submission open, and the
+/// dataset refuses the next one, until `quern abort` closes it; what the
+/// killed submit sent never counts.
+#[test]
+fn quern_abort_closes_a_submission_whose_submit_died() {
+    let cluster = Cluster::start();
+    cluster.wait_for_leader(Duration::from_secs(30));
+    // Long paths, so the manifest takes many chunks and some seconds.
+    let manifest = cluster.path("big.tsv");
+    let lines: String = (0..100_000)
+        .map(|i| tsv_line(i, 1_700_000_000, 200))
+        .collect();
+    std::fs::write(&manifest, lines).unwrap();
+    let open_submission = || cluster.status()["datasets"][0]["open_submission"].as_u64();
+
+    let mut submit = cluster
+        .client(&["submit", "--no-progress", "--dataset", "big", "--manifest"])
+        .arg(&manifest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let open = loop {
+        if let Some(open) = open_submission() {
+            break open;
+        }
+        assert!(
+            submit.try_wait().unwrap().is_none(),
+            "submit ended before it could be killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no submission opened within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    submit.kill().unwrap();
+    submit.wait().unwrap();
+
+    let small = cluster.path("small.tsv");
+    write_tsv(&small, 10, &[]);
+    let out = run(
+        cluster
+            .client(&["submit", "--dataset", "big", "--manifest"])
+            .arg(&small),
+        1,
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("open submission {open}")),
+        "{stderr}"
+    );
+
+    let other = (open + 1).to_string();
+    let out = run(
+        &mut cluster.client(&["abort", "--dataset", "big", "--submission", &other]),
+        1,
+    );
+    assert!(
+        text(&out.stderr).contains("left alone"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(open_submission(), Some(open));
+
+    let out = run(&mut cluster.client(&["abort", "--dataset", "big"]), 0);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("submission {open} of dataset \"big\" was aborted")),
+        "{stderr}"
+    );
+    assert_eq!(open_submission(), None);
+    let out = run(&mut cluster.client(&["abort", "--dataset", "big"]), 0);
+    assert!(text(&out.stderr).contains("nothing to abort"));
+
+    // Nothing the killed submit sent counts.
+    let out = run(
+        cluster
+            .client(&["submit", "--dataset", "big", "--manifest"])
+            .arg(&manifest),
+        0,
+    );
+    let summary = text(&out.stdout);
+    assert_eq!(figure(&summary, "new"), 100_000, "{summary}");
+    assert_eq!(figure(&summary, "unchanged"), 0, "{summary}");
 }
 
 #[test]
