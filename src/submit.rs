@@ -82,9 +82,7 @@ pub fn abort_open(args: AbortArgs) -> anyhow::Result<ExitCode> {
         };
         match abort(&mut client, dataset, submission).await? {
             Response::SubmissionAborted { .. } => {
-                eprintln!(
-                    "submission {submission} of dataset {dataset:?} was aborted: none of it counts"
-                );
+                eprintln!("{}", aborted(dataset, submission));
                 Ok(ExitCode::SUCCESS)
             }
             other => Err(refused(&format!("aborting submission {submission}"), other)),
@@ -179,9 +177,7 @@ async fn submit(
             // block the next one: abort it. The first error is the one to
             // report; a failed abort is added to it.
             let outcome = match abort(client, dataset, submission).await {
-                Ok(Response::SubmissionAborted { .. }) => format!(
-                    "submission {submission} of dataset {dataset:?} was aborted: none of it counts"
-                ),
+                Ok(Response::SubmissionAborted { .. }) => aborted(dataset, submission),
                 // Only this command closes its submission: it finished,
                 // and the answer was lost.
                 Ok(Response::Error(CommandError::UnknownSubmission { .. })) => format!(
@@ -248,6 +244,11 @@ async fn began_at(client: &mut CoordinatorClient, submission: u64) -> anyhow::Re
         .iter()
         .find(|job| job.id == submission)
         .map(|job| job.began_ms))
+}
+
+/// What an aborted submission means, as both `submit` and `abort` say it.
+fn aborted(dataset: &str, submission: u64) -> String {
+    format!("submission {submission} of dataset {dataset:?} was aborted: none of it counts")
 }
 
 async fn abort(

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use proto_schema::ca::ClusterCa;
-use proto_schema::quic::{PEER_REFUSED_METRIC, Peer, RpcClient, RpcConfig, RpcError, RpcServer};
+use proto_schema::quic::{
+    Handler, PEER_REFUSED_METRIC, Peer, RpcClient, RpcConfig, RpcConnection, RpcError, RpcServer,
+};
 use proto_schema::tls::{ALPN, TlsIdentity, provider};
 use rustls::pki_types::pem::PemObject;
 
@@ -71,11 +73,37 @@ async fn echo(peer: Peer, request: Vec<u8>) -> Vec<u8> {
     out
 }
 
-fn serve_echo(cluster: &Cluster, config: RpcConfig) -> (RpcServer, TlsIdentity) {
+/// A server of `handler` presenting the `SERVER_NAME` certificate.
+fn serve(cluster: &Cluster, config: RpcConfig, handler: impl Handler) -> (RpcServer, TlsIdentity) {
     let identity = cluster.identity(SERVER_NAME);
-    let server =
-        RpcServer::bind(any_port(), identity.server_config().unwrap(), config, echo).unwrap();
+    let server = RpcServer::bind(
+        any_port(),
+        identity.server_config().unwrap(),
+        config,
+        handler,
+    )
+    .unwrap();
     (server, identity)
+}
+
+fn serve_echo(cluster: &Cluster, config: RpcConfig) -> (RpcServer, TlsIdentity) {
+    serve(cluster, config, echo)
+}
+
+/// A client with certificate `name`, connected to `server`. The client is
+/// returned too: dropping it closes its endpoint.
+async fn connect(
+    cluster: &Cluster,
+    name: &str,
+    config: RpcConfig,
+    server: &RpcServer,
+) -> (RpcClient, RpcConnection) {
+    let client = client(&cluster.identity(name), config);
+    let conn = client
+        .connect(server.local_addr(), SERVER_NAME)
+        .await
+        .unwrap();
+    (client, conn)
 }
 
 fn client(identity: &TlsIdentity, config: RpcConfig) -> RpcClient {
@@ -189,11 +217,7 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused_and_counted() {
     );
 
     // The server still serves members of the cluster.
-    let member = self::client(&cluster.identity("node-2"), RpcConfig::default());
-    let conn = member
-        .connect(server.local_addr(), SERVER_NAME)
-        .await
-        .unwrap();
+    let (_member, conn) = connect(&cluster, "node-2", RpcConfig::default(), &server).await;
     assert!(
         conn.request(b"still here")
             .await
@@ -230,11 +254,7 @@ async fn oversized_messages_are_refused_and_the_connection_keeps_serving() {
     };
     let (server, _) = serve_echo(&cluster, small.clone());
     // A client with a larger limit than the server's.
-    let client = client(&cluster.identity("node-1"), RpcConfig::default());
-    let conn = client
-        .connect(server.local_addr(), SERVER_NAME)
-        .await
-        .unwrap();
+    let (_client, conn) = connect(&cluster, "node-1", RpcConfig::default(), &server).await;
 
     let err = conn.request(&pattern(3 << 20)).await.unwrap_err();
     assert!(matches!(err, RpcError::Refused { .. }), "{err}");
@@ -249,11 +269,7 @@ async fn oversized_messages_are_refused_and_the_connection_keeps_serving() {
     // A response over the client's own limit: the echo of 1 MiB is 32
     // bytes longer than a 1 MiB client accepts.
     let (server, _) = serve_echo(&cluster, RpcConfig::default());
-    let strict = self::client(&cluster.identity("node-2"), small);
-    let conn = strict
-        .connect(server.local_addr(), SERVER_NAME)
-        .await
-        .unwrap();
+    let (_strict, conn) = connect(&cluster, "node-2", small, &server).await;
     let err = conn.request(&pattern(1 << 20)).await.unwrap_err();
     assert!(
         matches!(
@@ -284,29 +300,18 @@ async fn oversized_messages_are_refused_and_the_connection_keeps_serving() {
 #[tokio::test]
 async fn a_request_to_an_unresponsive_handler_times_out() {
     let cluster = Cluster::new();
-    let identity = cluster.identity(SERVER_NAME);
     let handler = |_peer: Peer, request: Vec<u8>| async move {
         if request == b"hang" {
             std::future::pending::<()>().await;
         }
         request
     };
-    let server = RpcServer::bind(
-        any_port(),
-        identity.server_config().unwrap(),
-        RpcConfig::default(),
-        handler,
-    )
-    .unwrap();
+    let (server, _) = serve(&cluster, RpcConfig::default(), handler);
     let config = RpcConfig {
         request_timeout: Duration::from_millis(300),
         ..RpcConfig::default()
     };
-    let client = client(&cluster.identity("node-1"), config);
-    let conn = client
-        .connect(server.local_addr(), SERVER_NAME)
-        .await
-        .unwrap();
+    let (_client, conn) = connect(&cluster, "node-1", config, &server).await;
     let started = Instant::now();
     let err = conn.request(b"hang").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -323,23 +328,12 @@ async fn a_request_to_an_unresponsive_handler_times_out() {
 #[tokio::test]
 async fn a_panicking_handler_fails_its_request_at_once_and_nothing_else() {
     let cluster = Cluster::new();
-    let identity = cluster.identity(SERVER_NAME);
     let handler = |_peer: Peer, request: Vec<u8>| async move {
         assert_ne!(request, b"boom", "this handler panics on purpose");
         request
     };
-    let server = RpcServer::bind(
-        any_port(),
-        identity.server_config().unwrap(),
-        RpcConfig::default(),
-        handler,
-    )
-    .unwrap();
-    let client = client(&cluster.identity("node-1"), RpcConfig::default());
-    let conn = client
-        .connect(server.local_addr(), SERVER_NAME)
-        .await
-        .unwrap();
+    let (server, _) = serve(&cluster, RpcConfig::default(), handler);
+    let (_client, conn) = connect(&cluster, "node-1", RpcConfig::default(), &server).await;
     let started = Instant::now();
     let err = conn.request(b"boom").await.unwrap_err();
     assert!(matches!(err, RpcError::Stream { .. }), "{err}");
@@ -351,23 +345,12 @@ async fn a_panicking_handler_fails_its_request_at_once_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_one_connection() {
     let cluster = Cluster::new();
-    let identity = cluster.identity(SERVER_NAME);
     let handler = |_peer: Peer, request: Vec<u8>| async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
         request
     };
-    let server = RpcServer::bind(
-        any_port(),
-        identity.server_config().unwrap(),
-        RpcConfig::default(),
-        handler,
-    )
-    .unwrap();
-    let client = client(&cluster.identity("node-1"), RpcConfig::default());
-    let conn = client
-        .connect(server.local_addr(), SERVER_NAME)
-        .await
-        .unwrap();
+    let (server, _) = serve(&cluster, RpcConfig::default(), handler);
+    let (_client, conn) = connect(&cluster, "node-1", RpcConfig::default(), &server).await;
     let started = Instant::now();
     let mut requests = tokio::task::JoinSet::new();
     for i in 0..50u32 {
@@ -394,11 +377,7 @@ async fn connections_over_the_limit_are_refused() {
         ..RpcConfig::default()
     };
     let (server, _) = serve_echo(&cluster, config);
-    let first = client(&cluster.identity("node-1"), RpcConfig::default());
-    let conn = first
-        .connect(server.local_addr(), SERVER_NAME)
-        .await
-        .unwrap();
+    let (_first, conn) = connect(&cluster, "node-1", RpcConfig::default(), &server).await;
     assert!(conn.request(b"a").await.is_ok());
     let second = client(&cluster.identity("node-2"), RpcConfig::default());
     let err = second
@@ -414,7 +393,6 @@ async fn connections_over_the_limit_are_refused() {
 #[tokio::test]
 async fn shutdown_joins_every_task_within_its_bound() {
     let cluster = Cluster::new();
-    let identity = cluster.identity(SERVER_NAME);
     let handler = |_peer: Peer, request: Vec<u8>| async move {
         if request == b"hang" {
             std::future::pending::<()>().await;
@@ -425,13 +403,7 @@ async fn shutdown_joins_every_task_within_its_bound() {
         shutdown_timeout: Duration::from_secs(2),
         ..RpcConfig::default()
     };
-    let server = RpcServer::bind(
-        any_port(),
-        identity.server_config().unwrap(),
-        config,
-        handler,
-    )
-    .unwrap();
+    let (server, _) = serve(&cluster, config, handler);
     let addr = server.local_addr();
     let client = client(&cluster.identity("node-1"), RpcConfig::default());
     let conn = client.connect(addr, SERVER_NAME).await.unwrap();
@@ -474,22 +446,11 @@ async fn shutdown_joins_every_task_within_its_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_of_a_64_mib_stream_of_requests() {
     let cluster = Cluster::new();
-    let identity = cluster.identity(SERVER_NAME);
     let handler = |_peer: Peer, request: Vec<u8>| async move {
         (request.len() as u32).to_le_bytes().to_vec()
     };
-    let server = RpcServer::bind(
-        any_port(),
-        identity.server_config().unwrap(),
-        RpcConfig::default(),
-        handler,
-    )
-    .unwrap();
-    let client = client(&cluster.identity("node-1"), RpcConfig::default());
-    let conn = client
-        .connect(server.local_addr(), SERVER_NAME)
-        .await
-        .unwrap();
+    let (server, _) = serve(&cluster, RpcConfig::default(), handler);
+    let (_client, conn) = connect(&cluster, "node-1", RpcConfig::default(), &server).await;
     let request = Arc::new(pattern(1 << 20));
     for in_flight in [1, 8] {
         let started = Instant::now();
