@@ -363,9 +363,29 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub chunks_in_flight: u16,
 
+    /// Memory for putting a manifest (or a walk) in path order before it
+    /// is sent; more is spilled to --temp-dir in sorted runs. A manifest
+    /// already in path order is not sorted.
+    #[arg(long, env = "QUERN_SORT_MEMORY", default_value = "64M", value_parser = parse_sort_memory)]
+    pub sort_memory: u64,
+
+    /// Where the sort spills (default: the system's temporary directory).
+    #[arg(long, env = "QUERN_TEMP_DIR", value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
+
     /// Plain log lines instead of a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// A sort memory of at least 1 MiB: smaller runs would only multiply
+/// merge passes.
+fn parse_sort_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 1 << 20 {
+        return Err(format!("{text} is less than the 1M a sort needs"));
+    }
+    Ok(bytes)
 }
 
 #[derive(Args, Debug)]

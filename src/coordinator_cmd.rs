@@ -17,6 +17,7 @@ use crate::args::CoordinatorArgs;
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(15);
 
 pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    node::memory::configure_for_service();
     let id = args
         .id
         .context("no replica id: give --id or [coordinator] id")?;

@@ -10,6 +10,7 @@ mod ingest;
 mod logging;
 mod manifest;
 mod metrics_endpoint;
+mod path_order;
 mod progress;
 mod query;
 mod report;

@@ -1,12 +1,17 @@
-//! `quern submit`: sends a dataset's inventory to the coordinators. A
-//! manifest is read twice, streaming: first to validate every line (so a
-//! bad line is reported with its number and nothing is applied), then to
-//! send it through the leader in bounded chunks (`ManifestChunks`). A
-//! directory is walked once, in name order, stat'ing each file. The
-//! dataset is created if missing. At the end: new, changed, unchanged and
-//! gone files, the shards made pending, elapsed time and files per second.
+//! `quern submit`: sends a dataset's inventory to the coordinators, in
+//! path order (see `path_order` for why). A manifest is read first to
+//! validate every line (so a bad line is reported with its number and
+//! nothing is applied); a manifest already in path order is then read
+//! again and sent as it streams, any other is sorted in that same first
+//! pass and sent from the sort. A directory is walked, stat'ing each file,
+//! into the sort. The entries go through the leader in bounded chunks
+//! (`ManifestChunks`). The dataset is created if missing. At the end: new,
+//! changed, unchanged and gone files, the shards made pending, elapsed
+//! time and files per second.
 
+use std::cmp::Ordering;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -20,23 +25,20 @@ use proto_schema::command::{
 
 use crate::args::{AbortArgs, FormatArg, SubmitArgs};
 use crate::cluster_client;
-use crate::manifest::{ManifestError, ManifestFormat, ManifestReader, walk};
+use crate::manifest::{ManifestFormat, ManifestReader, walk};
+use crate::path_order::{PathOrderError, PathSorter, SortMemory};
 
-type Entries = Box<dyn Iterator<Item = Result<FileEntry, ManifestError>>>;
+type Entries = Box<dyn Iterator<Item = anyhow::Result<FileEntry>>>;
 
 pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (entries, total): (Entries, Option<u64>) = match (&args.manifest, &args.dir) {
-        (Some(path), _) => {
-            let format = ManifestFormat::detect(path)?;
-            let mut lines = 0;
-            for entry in ManifestReader::open(path, format)? {
-                entry?;
-                lines += 1;
-            }
-            (Box::new(ManifestReader::open(path, format)?), Some(lines))
-        }
-        (None, Some(dir)) => (Box::new(walk(dir)?), None),
+    let memory = SortMemory {
+        run_bytes: usize::try_from(args.sort_memory).unwrap_or(usize::MAX),
+        temp_dir: args.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let (entries, total) = match (&args.manifest, &args.dir) {
+        (Some(path), _) => read_manifest(path, &memory)?,
+        (None, Some(dir)) => read_walk(dir, &memory)?,
         (None, None) => bail!("give --manifest FILE or a directory"),
     };
     let runtime = cluster_client::runtime()?;
@@ -58,6 +60,118 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
     print_summary(&args.dataset, &summary, elapsed);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a manifest through once, validating every line, and returns its
+/// entries in path order with their count. While the paths come in order,
+/// nothing is kept (the file is read again to send it); at the first path
+/// out of order, the lines before it are read again into a sort and the
+/// rest follow them there.
+fn read_manifest(path: &Path, memory: &SortMemory) -> anyhow::Result<(Entries, u64)> {
+    let format = ManifestFormat::detect(path)?;
+    let mut lines = 0;
+    let mut last: Option<String> = None;
+    let mut sorter: Option<PathSorter> = None;
+    for entry in ManifestReader::open(path, format)? {
+        let entry = entry?;
+        lines += 1;
+        if let Some(sorter) = &mut sorter {
+            sorter
+                .push(&entry, lines)
+                .map_err(|e| in_manifest(path, format, e))?;
+            continue;
+        }
+        match last.as_deref().map(|l| l.cmp(&entry.path)) {
+            Some(Ordering::Equal) => {
+                return Err(repeated(path, &entry.path, lines - 1, lines));
+            }
+            Some(Ordering::Greater) => {
+                let mut started = PathSorter::new(memory)?;
+                let earlier = ManifestReader::open(path, format)?.take(lines as usize - 1);
+                for (n, entry) in earlier.chain([Ok(entry)]).enumerate() {
+                    started
+                        .push(&entry?, n as u64 + 1)
+                        .map_err(|e| in_manifest(path, format, e))?;
+                }
+                sorter = Some(started);
+            }
+            _ => last = Some(entry.path),
+        }
+    }
+    let entries: Entries = match sorter {
+        None => Box::new(ManifestReader::open(path, format)?.map(|e| e.map_err(Into::into))),
+        Some(sorter) => {
+            let sorted = sorter.finish().map_err(|e| in_manifest(path, format, e))?;
+            let manifest = path.to_owned();
+            Box::new(sorted.map(move |e| e.map_err(|e| in_manifest(&manifest, format, e))))
+        }
+    };
+    Ok((entries, lines))
+}
+
+/// Walks a directory into the sort.
+fn read_walk(dir: &Path, memory: &SortMemory) -> anyhow::Result<(Entries, u64)> {
+    let mut sorter = PathSorter::new(memory)?;
+    let mut files = 0;
+    for entry in walk(dir)? {
+        files += 1;
+        sorter.push(&entry?, files)?;
+    }
+    let sorted = sorter.finish()?;
+    Ok((Box::new(sorted.map(|e| e.map_err(Into::into))), files))
+}
+
+/// A sort error in terms of the manifest: a repeated path with its line
+/// numbers, found again in the file when the sort knew only the later one.
+fn in_manifest(path: &Path, format: ManifestFormat, error: PathOrderError) -> anyhow::Error {
+    let PathOrderError::Repeated {
+        path: repeated_path,
+        first,
+        again,
+    } = error
+    else {
+        return anyhow!("{}: {error}", path.display());
+    };
+    let found = || -> anyhow::Result<(String, u64)> {
+        let listed = |n: u64| -> anyhow::Result<FileEntry> {
+            let mut entries = ManifestReader::open(path, format)?.skip(n as usize - 1);
+            Ok(entries
+                .next()
+                .ok_or_else(|| anyhow!("line {n} is gone"))??)
+        };
+        let repeated_path = match repeated_path {
+            Some(p) => p,
+            None => listed(again)?.path,
+        };
+        let first = match first {
+            Some(first) => first,
+            None => {
+                let mut first = None;
+                for (n, entry) in ManifestReader::open(path, format)?.enumerate() {
+                    if entry?.path == repeated_path {
+                        first = Some(n as u64 + 1);
+                        break;
+                    }
+                }
+                first.ok_or_else(|| anyhow!("the first listing is gone"))?
+            }
+        };
+        Ok((repeated_path, first))
+    };
+    match found() {
+        Ok((repeated_path, first)) => repeated(path, &repeated_path, first, again),
+        Err(e) => anyhow!(
+            "{}:{again}: the path is listed on an earlier line too (reading it again: {e})",
+            path.display()
+        ),
+    }
+}
+
+fn repeated(manifest: &Path, path: &str, first: u64, again: u64) -> anyhow::Error {
+    anyhow!(
+        "{}:{again}: {path:?} is listed twice in the manifest (first on line {first})",
+        manifest.display()
+    )
 }
 
 /// `quern abort`: aborts the dataset's open submission, if it has one.
@@ -298,7 +412,7 @@ async fn send_submission(
         summary.add_chunk(answer, progress)?;
     }
     if let Some(e) = failure {
-        return Err(anyhow!(e));
+        return Err(e);
     }
     let finish = Command::FinishSubmission {
         dataset: dataset.to_owned(),
@@ -328,24 +442,17 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn progress_bar(total: Option<u64>, wanted: bool) -> ProgressBar {
+fn progress_bar(total: u64, wanted: bool) -> ProgressBar {
     if !wanted || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let (bar, template) = match total {
-        Some(total) => (
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
-            "{spinner} submit [{bar:28}] {human_pos}/{human_len} files {per_sec} eta {eta}",
-        ),
-        None => (
-            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-            "{spinner} submit {human_pos} files {per_sec}",
-        ),
-    };
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template(template)
-            .expect("progress template is valid")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} submit [{bar:28}] {human_pos}/{human_len} files {per_sec} eta {eta}",
+        )
+        .expect("progress template is valid")
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar

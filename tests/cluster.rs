@@ -64,32 +64,76 @@ fn a_three_coordinator_cluster_takes_submissions_and_reports_status() {
     let status = cluster.status();
     assert_eq!(status["jobs"].as_array().unwrap().len(), jobs_before);
 
-    // A duplicate path is refused by name.
-    let dup = cluster.path("dup.jsonl");
-    std::fs::write(
-        &dup,
-        "{\"path\":\"/x\",\"size\":1,\"mtime\":1}\n{\"path\":\"/x\",\"size\":2,\"mtime\":1}\n",
-    )
-    .unwrap();
+    // A duplicate path is refused by name and lines. In a manifest in path
+    // order it is found before anything is sent; in one that had to be
+    // sorted, the two may meet only in the sort's final merge, while the
+    // submission is sent: it is then aborted, and none of it counts.
+    let line =
+        |path: &str, size: u64| format!("{{\"path\":\"{path}\",\"size\":{size},\"mtime\":1}}\n");
+    let dup_sorted = [line("/x", 1), line("/x", 2), line("/y", 1)];
+    let dup_unsorted = [line("/x", 1), line("/a", 2), line("/x", 3)];
+    for (name, lines, aborted) in [
+        ("dup.jsonl", dup_sorted, false),
+        ("dup-unsorted.jsonl", dup_unsorted, true),
+    ] {
+        let jobs_before = cluster.status()["jobs"].as_array().unwrap().len();
+        let dup = cluster.path(name);
+        std::fs::write(&dup, lines.concat()).unwrap();
+        let out = run(
+            cluster
+                .client(&["submit", "--dataset", "other", "--manifest"])
+                .arg(&dup),
+            1,
+        );
+        let stderr = text(&out.stderr);
+        let line_numbers = if aborted { (3, 1) } else { (2, 1) };
+        let expected = format!(
+            "{name}:{}: \"/x\" is listed twice in the manifest (first on line {})",
+            line_numbers.0, line_numbers.1
+        );
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert_eq!(stderr.contains("was aborted"), aborted, "{stderr}");
+        let jobs = cluster.status()["jobs"].as_array().unwrap().len();
+        assert_eq!(jobs, jobs_before + usize::from(aborted));
+    }
+
+    // A manifest out of path order is sorted, in runs spilled to
+    // --temp-dir when they outgrow --sort-memory.
+    let unsorted = cluster.path("unsorted.jsonl");
+    let files: Vec<String> = (0..20_000u64)
+        .map(|n| line(&format!("/u/{}", n * 7919 % 20_000), n))
+        .collect();
+    std::fs::write(&unsorted, files.concat()).unwrap();
+    let spill = cluster.path("spill");
+    std::fs::create_dir_all(&spill).unwrap();
     let out = run(
         cluster
-            .client(&["submit", "--dataset", "other", "--manifest"])
-            .arg(&dup),
-        1,
-    );
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains("\"/x\" is listed twice"), "{stderr}");
-    assert!(stderr.contains("was aborted"), "{stderr}");
-    // The aborted submission neither counts nor blocks the next one.
-    let fixed = cluster.path("fixed.jsonl");
-    std::fs::write(&fixed, "{\"path\":\"/x\",\"size\":1,\"mtime\":1}\n").unwrap();
-    let out = run(
-        cluster
-            .client(&["submit", "--dataset", "other", "--manifest"])
-            .arg(&fixed),
+            .client(&[
+                "submit",
+                "--dataset",
+                "other",
+                "--sort-memory",
+                "1M",
+                "--temp-dir",
+            ])
+            .arg(&spill)
+            .arg("--manifest")
+            .arg(&unsorted),
         0,
     );
-    assert_eq!(figure(&text(&out.stdout), "new"), 1);
+    assert_eq!(figure(&text(&out.stdout), "new"), 20_000);
+    assert_eq!(
+        std::fs::read_dir(&spill).unwrap().count(),
+        0,
+        "runs left behind"
+    );
+    let out = run(
+        cluster
+            .client(&["submit", "--dataset", "other", "--manifest"])
+            .arg(&unsorted),
+        0,
+    );
+    assert_eq!(figure(&text(&out.stdout), "unchanged"), 20_000);
 
     // A directory, walked.
     let tree = cluster.path("tree");

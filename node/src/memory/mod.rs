@@ -27,6 +27,25 @@ pub fn configure_allocators() {
     system_malloc::configure();
 }
 
+/// For a long-running service that churns through large buffers back to
+/// back (a coordinator applies commands of up to ~1 MiB, and RocksDB's
+/// write batches grow as large): freed pages are kept
+/// `SERVICE_PURGE_DELAY_MS` before returning to the OS, and glibc serves
+/// blocks up to `SERVICE_MMAP_THRESHOLD` from its arenas. Returned at once
+/// (the ingest settings), every such buffer was faulted in and zeroed
+/// again: a third of a coordinator's CPU (1M files submitted: 50 s of CPU
+/// in three coordinators, 32 s with these settings; peak anonymous memory
+/// +~40 MiB). Environment variables set by the user win.
+pub fn configure_for_service() {
+    TrackingAllocator::set_purge_delay(SERVICE_PURGE_DELAY_MS);
+    system_malloc::set_mmap_threshold(SERVICE_MMAP_THRESHOLD);
+}
+
+/// How long a service keeps freed pages (mimalloc's purge delay).
+pub const SERVICE_PURGE_DELAY_MS: i64 = 100;
+/// Blocks a service's glibc malloc maps on their own: this size or more.
+pub const SERVICE_MMAP_THRESHOLD: i32 = 8 << 20;
+
 /// Gives memory freed by a finished job back to the OS: this thread's
 /// mimalloc pages and glibc's free pages. The job's own threads have
 /// already exited, which frees theirs.

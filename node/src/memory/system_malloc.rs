@@ -44,6 +44,19 @@ pub fn configure() {
     }
 }
 
+/// Serves blocks below `bytes` from the arenas instead of mapping each on
+/// its own, unless the user tuned glibc's malloc.
+pub fn set_mmap_threshold(bytes: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if USER_SETTINGS.iter().any(|v| std::env::var_os(v).is_some()) {
+            return;
+        }
+        // SAFETY: as in `configure`.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) };
+    }
+}
+
 /// Returns free pages inside glibc's arenas to the OS.
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

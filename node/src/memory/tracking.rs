@@ -166,11 +166,6 @@ impl TrackingAllocator {
     /// does so from `.init_array`): the first arena is made with the
     /// settings of its time.
     pub(super) fn configure_for_bounded_memory() {
-        // Option numbers of mimalloc 3.x's `mi_option_e`; the Rust crate's
-        // constants are mimalloc 2's numbering.
-        const ARENA_EAGER_COMMIT: i32 = 4;
-        const PURGE_DELAY: i32 = 15;
-        const ALLOW_THP: i32 = 43;
         for (option, value) in [(PURGE_DELAY, 0), (ALLOW_THP, 0), (ARENA_EAGER_COMMIT, 0)] {
             // SAFETY: setting an option is always allowed; an environment
             // variable (MIMALLOC_*) set by the user still takes precedence
@@ -178,7 +173,28 @@ impl TrackingAllocator {
             unsafe { libmimalloc_sys::mi_option_set_default(option, value) }
         }
     }
+
+    /// Keeps freed pages `millis` before returning them to the OS, unless
+    /// the user set `MIMALLOC_PURGE_DELAY`. Takes effect at once.
+    pub(super) fn set_purge_delay(millis: i64) {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: setting an option is always allowed.
+            unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, millis as _) }
+        }
+    }
+
+    /// How long freed pages are kept before they return to the OS.
+    pub fn purge_delay_ms() -> i64 {
+        // SAFETY: reading an option is always allowed.
+        unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) as i64 }
+    }
 }
+
+// Option numbers of mimalloc 3.x's `mi_option_e`; the Rust crate's
+// constants are mimalloc 2's numbering.
+const ARENA_EAGER_COMMIT: i32 = 4;
+const PURGE_DELAY: i32 = 15;
+const ALLOW_THP: i32 = 43;
 
 fn header_offset(align: usize) -> usize {
     align.max(HEADER_BYTES)
