@@ -267,6 +267,11 @@ pub struct CoordinatorArgs {
     /// itself must be named coord-ID: peers take Raft RPCs from no other.
     #[arg(long)]
     pub cert_name: Option<String>,
+
+    /// How long a node's lease of a shard lasts without a renewal; an
+    /// expired lease is granted again, at the next epoch.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_time: std::time::Duration,
 }
 
 /// One `--peer ID=HOST:PORT`.

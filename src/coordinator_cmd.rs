@@ -60,6 +60,7 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             data_dir,
             identity,
             raft,
+            lease_ms: args.lease_time.as_millis() as u64,
         })
         .await?;
         eprintln!(

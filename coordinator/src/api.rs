@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+use crate::lease_desk::LeaseReply;
 use crate::rpc::{RaftRpc, RaftRpcReply};
 use crate::status::{ReplicaReport, StatusReport};
 use crate::transport::resolve;
@@ -33,6 +34,16 @@ pub enum Request {
     Status,
     /// The answering replica's own view (`ReplicaReport`), never redirected.
     Replica,
+    /// A node asks the leader for a shard to work on (`LeaseDesk::lease`).
+    Lease {
+        node: u64,
+    },
+    /// A node extends its lease; no log write (`LeaseDesk::renew`).
+    Renew {
+        node: u64,
+        shard: u64,
+        epoch: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +57,7 @@ pub enum Reply {
     },
     Status(StatusReport),
     Replica(ReplicaReport),
+    Lease(LeaseReply),
     /// The request could not be served (undecodable, Raft shut down, ...).
     Failed(String),
 }
@@ -141,6 +153,31 @@ impl CoordinatorClient {
             client: self,
             window: window.max(1),
             in_flight: JoinSet::new(),
+        }
+    }
+
+    /// Asks the leader for a shard for `node` to work on.
+    pub async fn lease(&mut self, node: u64) -> Result<LeaseReply, ApiError> {
+        self.lease_call(&Request::Lease { node }).await
+    }
+
+    /// Renews `node`'s lease of `shard` at `epoch`.
+    pub async fn renew(
+        &mut self,
+        node: u64,
+        shard: u64,
+        epoch: u64,
+    ) -> Result<LeaseReply, ApiError> {
+        self.lease_call(&Request::Renew { node, shard, epoch })
+            .await
+    }
+
+    /// A grant goes through the log: like a write, it is not resent once
+    /// sent. A renewal is, but one lost renewal only costs a retry.
+    async fn lease_call(&mut self, request: &Request) -> Result<LeaseReply, ApiError> {
+        match self.call(request, false).await? {
+            Reply::Lease(reply) => Ok(reply),
+            _ => Err(ApiError::Unexpected),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod app_data;
 pub mod client;
 pub mod config;
 pub mod lease;
+pub mod lease_desk;
 pub mod log_store;
 pub mod raft_peers;
 mod rocks;

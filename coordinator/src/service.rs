@@ -19,6 +19,7 @@ use proto_schema::tls::TlsIdentity;
 
 use crate::api::{self, Reply, Request};
 use crate::client::{self, WriteError};
+use crate::lease_desk::{DeskError, LeaseDesk, LeaseReply};
 use crate::raft_peers::{self, RaftPeers};
 use crate::state::StateError;
 use crate::status;
@@ -35,6 +36,8 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     pub identity: TlsIdentity,
     pub raft: Arc<Config>,
+    /// How long a lease lasts without a renewal.
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,7 @@ impl Service {
             .map_err(|e| ServiceError::Raft(e.to_string()))?;
         let handler = {
             let answering = Arc::new(Answering {
+                desk: LeaseDesk::new(raft.clone(), state.clone(), config.lease_ms),
                 raft: raft.clone(),
                 state: state.clone(),
                 contacts,
@@ -211,6 +215,7 @@ impl Service {
 
 /// What the endpoint's requests are served from.
 struct Answering {
+    desk: LeaseDesk,
     raft: Raft,
     state: StateMachineStore,
     contacts: Contacts,
@@ -239,6 +244,10 @@ impl Answering {
                 },
             },
             Ok(Request::Status) => status_reply(raft, &self.state, &self.contacts),
+            Ok(Request::Lease { node }) => desk_reply(self.desk.lease(node).await),
+            Ok(Request::Renew { node, shard, epoch }) => {
+                desk_reply(self.desk.renew(node, shard, epoch).await)
+            }
             Ok(Request::Replica) => {
                 let (raft, state) = (raft.clone(), self.state.clone());
                 match tokio::task::spawn_blocking(move || status::replica_report(&raft, &state))
@@ -254,6 +263,16 @@ impl Answering {
             let failed = Reply::Failed(format!("encoding the reply: {e}"));
             api::encode(&failed).expect("a plain failure encodes")
         })
+    }
+}
+
+fn desk_reply(answer: Result<LeaseReply, DeskError>) -> Reply {
+    match answer {
+        Ok(reply) => Reply::Lease(reply),
+        Err(DeskError::Write(WriteError::ForwardToLeader { leader, address })) => {
+            Reply::NotLeader { leader, address }
+        }
+        Err(e) => Reply::Failed(e.to_string()),
     }
 }
 

@@ -2,7 +2,9 @@
 //! and the client API over mutual-TLS QUIC with certificates from a CA
 //! made here: leader loss, catch-up through a streamed snapshot, a client
 //! sent to a follower, peers from another CA refused, and Raft RPCs from a
-//! client's certificate refused.
+//! client's certificate refused, and shards leased to nodes: renewed
+//! without a log write, re-granted at the next epoch once expired, held
+//! across a change of leader.
 //!
 //! The refusal test reads the process's metrics recorder and log, which
 //! this binary installs.
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use coordinator::api::{self, ApiError, CoordinatorClient, Reply, Request};
 use coordinator::client::ManifestChunks;
+use coordinator::lease_desk::{LEASE_GRANTS_METRIC, LeaseReply, LeasedShard};
 use coordinator::raft_peers::RAFT_RPC_REFUSED_METRIC;
 use coordinator::rpc::{AppendEntriesRequest, RaftRpc, VoteRequest};
 use coordinator::service::{Service, ServiceConfig, ServiceError};
@@ -32,6 +35,8 @@ use captured_log::warnings;
 use common::{dataset, files, node};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// Leases in these tests last 2 s without a renewal.
+const LEASE_MS: u64 = 2_000;
 
 fn identity(ca: &ClusterCa, name: &str) -> TlsIdentity {
     identity_with_sans(ca, name, &["127.0.0.1"])
@@ -54,7 +59,12 @@ fn metrics() -> &'static PrometheusHandle {
 
 /// The Raft refusal counter's value for one kind of RPC.
 fn raft_refusals(rpc: &str) -> u64 {
-    let series = format!("{RAFT_RPC_REFUSED_METRIC}{{rpc=\"{rpc}\"}} ");
+    counter(&format!("{RAFT_RPC_REFUSED_METRIC}{{rpc=\"{rpc}\"}}"))
+}
+
+/// A counter's value in this process's metrics (0 before its first use).
+fn counter(series: &str) -> u64 {
+    let series = format!("{series} ");
     let text = metrics().render();
     text.lines()
         .find_map(|line| line.strip_prefix(&series))
@@ -123,6 +133,7 @@ impl Cluster {
             data_dir: self.replica_dir(id),
             identity: identity(&self.ca, &format!("coord-{id}")),
             raft: raft_config(),
+            lease_ms: LEASE_MS,
         };
         // The port of a replica stopped in this process can stay bound for
         // tens of seconds after `shutdown` (quinn's endpoint driver task
@@ -417,6 +428,7 @@ async fn peers_with_another_cas_certificates_are_refused() {
         data_dir: cluster.dir.path().join("intruder"),
         identity: identity(&other, "coord-0"),
         raft: raft_config(),
+        lease_ms: LEASE_MS,
     })
     .await
     .unwrap();
@@ -531,6 +543,7 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
         data_dir: cluster.dir.path().join("misnamed"),
         identity: identity(&cluster.ca, "coord-1.example"),
         raft: raft_config(),
+        lease_ms: LEASE_MS,
     })
     .await;
     match misnamed {
@@ -539,4 +552,109 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
         }
         other => panic!("started with a misnamed certificate: {:?}", other.err()),
     }
+}
+
+async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
+    match client.lease(node).await.unwrap() {
+        LeaseReply::Leased(shard) => shard,
+        other => panic!("node {node} got no lease: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expired() {
+    metrics();
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut client = cluster.client(&[1, 2, 3]);
+    for id in [7, 8] {
+        client.write(&node(id)).await.unwrap();
+    }
+    client.write(&dataset("ds")).await.unwrap();
+    let submission = submit(&mut client, "ds", files(3), 3).await;
+
+    // Three files, three shards; an unknown node gets none.
+    let unknown = client.lease(99).await.unwrap();
+    assert!(
+        matches!(&unknown, LeaseReply::Refused(r) if r.contains("unknown node")),
+        "{unknown:?}"
+    );
+    let a = leased(&mut client, 7).await;
+    let b = leased(&mut client, 7).await;
+    assert_ne!(a.shard, b.shard);
+    assert_eq!(
+        (a.job, a.epoch, a.start, a.checkpoint),
+        (submission, 1, 0, 0)
+    );
+    assert_eq!(
+        a.end,
+        cluster.replicas[&cluster.leader().await]
+            .state()
+            .shard(a.shard)
+            .unwrap()
+            .unwrap()
+            .end
+    );
+
+    // Renewals move the deadline and write nothing to the log.
+    let leader = cluster.leader().await;
+    let log_before = cluster.raft(leader).metrics().borrow().last_log_index;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(LEASE_MS / 2)).await;
+        let renewed = client.renew(7, a.shard, a.epoch).await.unwrap();
+        assert!(
+            matches!(renewed, LeaseReply::Renewed { deadline_ms } if deadline_ms > a.deadline_ms),
+            "{renewed:?}"
+        );
+    }
+    assert_eq!(
+        cluster.raft(leader).metrics().borrow().last_log_index,
+        log_before
+    );
+
+    // b was not renewed: it expired, and goes to the next node asking, at
+    // the next epoch, before the third pending shard.
+    let expired_grants = format!("{LEASE_GRANTS_METRIC}{{kind=\"expired\"}}");
+    let expired_before = counter(&expired_grants);
+    let regranted = leased(&mut client, 8).await;
+    assert_eq!(counter(&expired_grants), expired_before + 1);
+    assert_eq!((regranted.shard, regranted.epoch), (b.shard, b.epoch + 1));
+    let late = client.renew(7, b.shard, b.epoch).await.unwrap();
+    assert!(matches!(&late, LeaseReply::Refused(_)), "{late:?}");
+    let fenced = client
+        .write(&Command::CompleteShard {
+            shard: b.shard,
+            node: 7,
+            epoch: b.epoch,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(fenced, Response::Error(CommandError::StaleEpoch { .. })),
+        "{fenced:?}"
+    );
+
+    // The last pending shard, then nothing.
+    let c = leased(&mut client, 8).await;
+    assert!(![a.shard, b.shard].contains(&c.shard));
+    assert_eq!(client.lease(8).await.unwrap(), LeaseReply::NoWork);
+    let done = client
+        .write(&Command::CompleteShard {
+            shard: a.shard,
+            node: 7,
+            epoch: a.epoch,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(done, Response::ShardCompleted { .. }), "{done:?}");
+
+    // A new leader takes the leases over with full deadlines: the holders
+    // renew on, and nothing is granted twice.
+    cluster.stop(leader).await;
+    let new = cluster.leader().await;
+    assert_ne!(new, leader);
+    for lease in [&regranted, &c] {
+        let renewed = client.renew(8, lease.shard, lease.epoch).await.unwrap();
+        assert!(matches!(renewed, LeaseReply::Renewed { .. }), "{renewed:?}");
+    }
+    assert_eq!(client.lease(7).await.unwrap(), LeaseReply::NoWork);
 }

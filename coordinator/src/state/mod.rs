@@ -267,6 +267,17 @@ impl StateMachineStore {
 
     /// One page of leased shards as `(shard, node, epoch)`, from shard ids
     /// above `after`: what a new leader loads into its lease table.
+    /// Up to `limit` shards with ids above `after`, in id order.
+    pub fn shards_after(&self, after: u64, limit: usize) -> Result<Vec<Shard>, StateError> {
+        let start = keys::id(after.saturating_add(1));
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        self.db()
+            .iterator_cf(cf(self.db(), CF_SHARDS), mode)
+            .take(limit)
+            .map(|item| Ok(Shard::decode(&item?.1)?))
+            .collect()
+    }
+
     pub fn leased_shards(
         &self,
         after: u64,
