@@ -561,6 +561,16 @@ async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
     }
 }
 
+/// `node` reports `lease`'s shard complete, at the lease's epoch.
+async fn complete(client: &mut CoordinatorClient, node: u64, lease: &LeasedShard) -> Response {
+    let complete = Command::CompleteShard {
+        shard: lease.shard,
+        node,
+        epoch: lease.epoch,
+    };
+    client.write(&complete).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expired() {
     metrics();
@@ -620,14 +630,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     assert_eq!((regranted.shard, regranted.epoch), (b.shard, b.epoch + 1));
     let late = client.renew(7, b.shard, b.epoch).await.unwrap();
     assert!(matches!(&late, LeaseReply::Refused(_)), "{late:?}");
-    let fenced = client
-        .write(&Command::CompleteShard {
-            shard: b.shard,
-            node: 7,
-            epoch: b.epoch,
-        })
-        .await
-        .unwrap();
+    let fenced = complete(&mut client, 7, &b).await;
     assert!(
         matches!(fenced, Response::Error(CommandError::StaleEpoch { .. })),
         "{fenced:?}"
@@ -637,14 +640,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let c = leased(&mut client, 8).await;
     assert!(![a.shard, b.shard].contains(&c.shard));
     assert_eq!(client.lease(8).await.unwrap(), LeaseReply::NoWork);
-    let done = client
-        .write(&Command::CompleteShard {
-            shard: a.shard,
-            node: 7,
-            epoch: a.epoch,
-        })
-        .await
-        .unwrap();
+    let done = complete(&mut client, 7, &a).await;
     assert!(matches!(done, Response::ShardCompleted { .. }), "{done:?}");
 
     // A new leader takes the leases over with full deadlines: the holders
