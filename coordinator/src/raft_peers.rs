@@ -3,7 +3,10 @@
 //! a client (`quern cert issue --name alice`) vote, append entries or
 //! install a snapshot. A replica therefore serves a Raft RPC only from a
 //! connection whose certificate is named `coord-ID`
-//! (`proto_schema::cert_name`) for an ID among its configured peers.
+//! (`proto_schema::cert_name`) for an ID among its configured peers, and
+//! only if the RPC speaks for that same ID (a vote's candidate, an
+//! append's leader): one replica's certificate cannot vote or lead as
+//! another.
 //! Names rather than fingerprints: only the CA's key can put a name in a
 //! certificate, and a replica's certificate can be reissued without
 //! reconfiguring the others. Client requests are not checked here.
@@ -57,11 +60,13 @@ pub struct RaftPeers {
 /// A Raft RPC from a connection that is not a configured peer's.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "refused a Raft {rpc} from {address}: its certificate ({name}, fingerprint {fingerprint}) \
-     is not a configured peer's; Raft RPCs are accepted only from {allowed}"
+    "refused a Raft {rpc} from {address} speaking for replica {claimed:?}: its certificate \
+     ({name}, fingerprint {fingerprint}) is not that configured peer's; Raft RPCs are accepted \
+     only from {allowed}, each speaking for its own id"
 )]
 pub struct Refused {
     rpc: &'static str,
+    claimed: Option<NodeId>,
     address: std::net::SocketAddr,
     name: CertName,
     fingerprint: Fingerprint,
@@ -92,13 +97,16 @@ impl RaftPeers {
 
     /// Whether `peer` may send `rpc`; a refusal is counted and logged.
     pub fn admit(&self, peer: &Peer, rpc: &RaftRpc) -> Result<(), Refused> {
+        let claimed = rpc.sender();
         if let Some(name) = peer.name.as_deref()
             && self.names.iter().any(|allowed| allowed == name)
+            && claimed.is_some_and(|id| certificate_name(id) == name)
         {
             return Ok(());
         }
         let refused = Refused {
             rpc: rpc.kind(),
+            claimed,
             address: peer.address,
             name: CertName(peer.name.clone()),
             fingerprint: peer.fingerprint,
@@ -112,8 +120,9 @@ impl RaftPeers {
                 name = %refused.name,
                 fingerprint = %peer.fingerprint,
                 rpc = refused.rpc,
+                claimed = ?refused.claimed,
                 left_out,
-                "refused a Raft RPC: the certificate is not a configured peer's"
+                "refused a Raft RPC: the certificate is not the configured peer's it speaks for"
             );
         }
         Err(refused)
@@ -158,12 +167,19 @@ mod tests {
         }
     }
 
+    fn vote_for(candidate: NodeId) -> RaftRpc {
+        RaftRpc::Vote(VoteRequest::new(Vote::new(9, candidate), None))
+    }
+
     #[test]
     fn only_the_configured_peers_certificates_may_send_raft_rpcs() {
         let peers = RaftPeers::new([1, 2, 3]);
-        let vote = RaftRpc::Vote(VoteRequest::new(Vote::new(9, 1), None));
-        for name in ["coord-1", "coord-3"] {
-            assert!(peers.admit(&peer(Some(name)), &vote).is_ok(), "{name}");
+        let vote = vote_for(1);
+        for (name, id) in [("coord-1", 1), ("coord-3", 3)] {
+            assert!(
+                peers.admit(&peer(Some(name)), &vote_for(id)).is_ok(),
+                "{name}"
+            );
         }
         for name in [
             Some("alice"),
@@ -174,8 +190,9 @@ mod tests {
         ] {
             let refused = peers.admit(&peer(name), &vote).unwrap_err().to_string();
             assert!(
-                refused.contains("refused a Raft vote from 127.0.0.1:7000")
-                    && refused.contains(&Fingerprint([7; 32]).to_string())
+                refused.contains(
+                    "refused a Raft vote from 127.0.0.1:7000 speaking for replica Some(1)"
+                ) && refused.contains(&Fingerprint([7; 32]).to_string())
                     && refused.contains("only from coord-1, coord-2, coord-3"),
                 "{refused}"
             );
@@ -184,6 +201,28 @@ mod tests {
         assert!(refused.to_string().contains("(\"alice\", "), "{refused}");
         let refused = peers.admit(&peer(None), &vote).unwrap_err();
         assert!(refused.to_string().contains("(no name, "), "{refused}");
+    }
+
+    /// A peer's certificate is good for its own id only: coord-2 can
+    /// neither stand as candidate 1 nor send entries as leader 3.
+    #[test]
+    fn a_peer_cannot_speak_for_another_replica() {
+        let peers = RaftPeers::new([1, 2, 3]);
+        let coord_2 = peer(Some("coord-2"));
+        assert!(peers.admit(&coord_2, &vote_for(2)).is_ok());
+        let refused = peers.admit(&coord_2, &vote_for(1)).unwrap_err();
+        assert!(
+            refused.to_string().contains("speaking for replica Some(1)"),
+            "{refused}"
+        );
+        let append = RaftRpc::AppendEntries(crate::rpc::AppendEntriesRequest {
+            vote: Vote::new_committed(9, 3),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        });
+        assert!(peers.admit(&coord_2, &append).is_err());
+        assert!(peers.admit(&peer(Some("coord-3")), &append).is_ok());
     }
 
     #[test]

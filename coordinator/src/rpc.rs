@@ -35,6 +35,17 @@ impl RaftRpc {
             RaftRpc::InstallSnapshot(_) => "install_snapshot",
         }
     }
+
+    /// The replica the RPC says it comes from: a vote's candidate, the
+    /// leader of an append or a snapshot.
+    pub fn sender(&self) -> Option<NodeId> {
+        let vote = match self {
+            RaftRpc::AppendEntries(req) => &req.vote,
+            RaftRpc::Vote(req) => &req.vote,
+            RaftRpc::InstallSnapshot(req) => &req.vote,
+        };
+        vote.leader_id().voted_for()
+    }
 }
 
 /// The target replica's answer, including its Raft-level refusals.
