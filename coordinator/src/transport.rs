@@ -2,8 +2,10 @@
 //! mutual-TLS `RpcClient` of `proto_schema::quic`. Each RPC is one
 //! `api::Request::Raft` envelope on its own stream, bounded by the
 //! deadline openraft gives (`RPCOption::hard_ttl`). A peer is dialled at
-//! its member address (`host:port`), and its certificate must name that
-//! host. A failed connection is dropped and dialled again on the next RPC.
+//! its member address (`host:port`); its certificate must name that host
+//! (TLS) and be named `coord-<target>` (checked here), so an address
+//! pointing at another replica, or any other holder of a cluster
+//! certificate, never receives the entries meant for `target`. A failed connection is dropped and dialled again on the next RPC.
 //! Successful exchanges are recorded per peer, for the leader's view of
 //! its followers' health in `status`.
 
@@ -19,6 +21,7 @@ use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use proto_schema::quic::{RpcClient, RpcConnection, RpcError};
 
 use crate::api::{self, Reply, Request};
+use crate::raft_peers;
 use crate::rpc::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     RaftRpc, RaftRpcReply, VoteRequest, VoteResponse,
@@ -140,6 +143,16 @@ impl PeerLink {
             .await
             .map_err(|e| LinkError::Unreachable(format!("resolving {}: {e}", self.address)))?;
         let connection = self.client.connect(addr, &name).await?;
+        let expected = raft_peers::certificate_name(self.target);
+        let presented = connection.server_name();
+        if presented.as_deref() != Some(expected.as_str()) {
+            connection.close();
+            return Err(LinkError::Unreachable(format!(
+                "{} presented a certificate named {presented:?}, not {expected:?}: it is not \
+                 replica {}",
+                self.address, self.target
+            )));
+        }
         self.connection = Some(connection.clone());
         Ok(connection)
     }

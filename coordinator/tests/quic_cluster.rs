@@ -2,7 +2,8 @@
 //! and the client API over mutual-TLS QUIC with certificates from a CA
 //! made here: leader loss, catch-up through a streamed snapshot, a client
 //! sent to a follower, peers from another CA refused, and Raft RPCs from a
-//! client's certificate refused, and shards leased to nodes: renewed
+//! client's certificate refused, a replica dialled under another's id
+//! sent nothing, and shards leased to nodes: renewed
 //! without a log write, re-granted at the next epoch once expired, held
 //! across a change of leader.
 //!
@@ -20,8 +21,10 @@ use coordinator::lease_desk::{LEASE_GRANTS_METRIC, LeaseReply, LeasedShard};
 use coordinator::raft_peers::RAFT_RPC_REFUSED_METRIC;
 use coordinator::rpc::{AppendEntriesRequest, RaftRpc, VoteRequest};
 use coordinator::service::{Service, ServiceConfig, ServiceError};
-use coordinator::{NodeId, Raft};
+use coordinator::transport::{Contacts, QuicNetwork};
+use coordinator::{Member, NodeId, Raft};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::{CommittedLeaderId, Config, LogId, SnapshotPolicy, Vote};
 use proto_schema::ca::ClusterCa;
 use proto_schema::command::{Command, CommandError, FileEntry, Response};
@@ -653,4 +656,41 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
         assert!(matches!(renewed, LeaseReply::Renewed { .. }), "{renewed:?}");
     }
     assert_eq!(client.lease(7).await.unwrap(), LeaseReply::NoWork);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_dialled_as_another_is_sent_nothing() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let tls = identity(&cluster.ca, "coord-1").client_config().unwrap();
+    let bind = "127.0.0.1:0".parse().unwrap();
+    let client = Arc::new(RpcClient::new(bind, tls, api::rpc_config()).unwrap());
+    let mut network = QuicNetwork::new(1, client, Contacts::default());
+    let at_2 = Member {
+        addr: cluster.peers[&2].clone(),
+    };
+    let option = RPCOption::new(Duration::from_secs(5));
+
+    // Replica 1 misconfigured: it believes replica 3 lives at 2's address.
+    // A vote far ahead, had it been sent, would have changed 2's term.
+    let term_before = cluster.raft(2).metrics().borrow().current_term;
+    let mut link = network.new_client(3, &at_2).await;
+    let refused = link
+        .vote(VoteRequest::new(Vote::new(1000, 1), None), option.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("presented a certificate named Some(\"coord-2\"), not \"coord-3\""),
+        "{refused}"
+    );
+    assert_eq!(cluster.raft(2).metrics().borrow().current_term, term_before);
+
+    // Dialled as itself, replica 2 answers (a stale vote, not granted).
+    let mut link = network.new_client(2, &at_2).await;
+    let answer = link
+        .vote(VoteRequest::new(Vote::new(0, 1), None), option)
+        .await
+        .unwrap();
+    assert!(!answer.vote_granted);
 }

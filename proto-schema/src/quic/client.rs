@@ -176,6 +176,13 @@ impl RpcConnection {
         peer_certificate(&self.connection).map(|cert| Fingerprint::of(&cert))
     }
 
+    /// The name of the certificate the server presented
+    /// (`cert_name::certificate_name`).
+    pub fn server_name(&self) -> Option<String> {
+        peer_certificate(&self.connection)
+            .and_then(|cert| crate::cert_name::certificate_name(&cert))
+    }
+
     /// Whether the connection has ended (closed by either side or lost):
     /// a request on it would fail before anything is sent.
     pub fn is_closed(&self) -> bool {
