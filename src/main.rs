@@ -13,6 +13,7 @@ mod metrics_endpoint;
 mod path_order;
 mod progress;
 mod query;
+mod read_ahead;
 mod report;
 mod status;
 mod submit;

@@ -27,6 +27,7 @@ use crate::args::{AbortArgs, FormatArg, SubmitArgs};
 use crate::cluster_client;
 use crate::manifest::{ManifestFormat, ManifestReader, walk};
 use crate::path_order::{PathOrderError, PathSorter, SortMemory};
+use crate::read_ahead::read_ahead;
 
 type Entries = Box<dyn Iterator<Item = anyhow::Result<FileEntry>>>;
 
@@ -72,7 +73,7 @@ fn read_manifest(path: &Path, memory: &SortMemory) -> anyhow::Result<(Entries, u
     let mut lines = 0;
     let mut last: Option<String> = None;
     let mut sorter: Option<PathSorter> = None;
-    for entry in ManifestReader::open(path, format)? {
+    for entry in read_ahead(ManifestReader::open(path, format)?)? {
         let entry = entry?;
         lines += 1;
         if let Some(sorter) = &mut sorter {
@@ -99,7 +100,9 @@ fn read_manifest(path: &Path, memory: &SortMemory) -> anyhow::Result<(Entries, u
         }
     }
     let entries: Entries = match sorter {
-        None => Box::new(ManifestReader::open(path, format)?.map(|e| e.map_err(Into::into))),
+        None => Box::new(
+            read_ahead(ManifestReader::open(path, format)?)?.map(|e| e.map_err(Into::into)),
+        ),
         Some(sorter) => {
             let sorted = sorter.finish().map_err(|e| in_manifest(path, format, e))?;
             let manifest = path.to_owned();
@@ -113,7 +116,7 @@ fn read_manifest(path: &Path, memory: &SortMemory) -> anyhow::Result<(Entries, u
 fn read_walk(dir: &Path, memory: &SortMemory) -> anyhow::Result<(Entries, u64)> {
     let mut sorter = PathSorter::new(memory)?;
     let mut files = 0;
-    for entry in walk(dir)? {
+    for entry in read_ahead(walk(dir)?)? {
         files += 1;
         sorter.push(&entry?, files)?;
     }
