@@ -3,7 +3,8 @@
 //! `quern submit` of manifests and a directory; bad manifests rejected
 //! with their line and nothing applied; the replicas agree on what they
 //! applied; `quern abort` closes a submission whose `submit` was killed;
-//! SIGTERM stops a coordinator within its bound.
+//! SIGTERM stops a coordinator within its bound; with two replicas down a
+//! submit fails within a bound instead of hanging.
 
 mod common;
 
@@ -287,4 +288,46 @@ fn sigterm_stops_a_coordinator_within_its_bound() {
     };
     assert!(status.success(), "{status:?}");
     eprintln!("stopped in {:?}", started.elapsed());
+}
+
+/// Two of three replicas down: no quorum. A submit must not hang: it
+/// fails within a bound, saying why; once a second replica is back, the
+/// dataset works again and nothing was counted twice.
+#[test]
+fn with_two_replicas_down_submit_fails_within_a_bound_and_recovers() {
+    let mut cluster = Cluster::start();
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let manifest = cluster.path("inventory.tsv");
+    write_tsv(&manifest, 1_000, &[]);
+    let submit = |cluster: &Cluster, status: i32| {
+        run(
+            cluster
+                .client(&["submit", "--no-progress", "--dataset", "inv", "--manifest"])
+                .arg(&manifest),
+            status,
+        )
+    };
+    submit(&cluster, 0);
+
+    cluster.kill(1);
+    cluster.kill(2);
+    let started = Instant::now();
+    let out = submit(&cluster, 1);
+    let waited = started.elapsed();
+    let stderr = text(&out.stderr);
+    eprintln!("without quorum, submit failed after {waited:?}: {stderr}");
+    assert!(waited < Duration::from_secs(90), "submit took {waited:?}");
+    assert!(
+        stderr.contains("cannot reach any coordinator") || stderr.contains("no leader"),
+        "{stderr}"
+    );
+
+    cluster.restart(1);
+    cluster.wait_for_leader(Duration::from_secs(60));
+    // A Begin sent without quorum may have been committed since: close it.
+    run(&mut cluster.client(&["abort", "--dataset", "inv"]), 0);
+    let out = submit(&cluster, 0);
+    let summary = text(&out.stdout);
+    assert_eq!(figure(&summary, "unchanged"), 1_000, "{summary}");
+    assert_eq!(figure(&summary, "new"), 0, "{summary}");
 }
