@@ -24,10 +24,13 @@ use rand_chacha::ChaCha8Rng;
 
 /// Files of the first round's manifest; each round lists `NEW_PER_ROUND`
 /// more, and changes the mtime of every 41st.
-const FILES: usize = 6_000;
+const FILES: usize = 16_000;
 const NEW_PER_ROUND: usize = 150;
 /// About 1 KiB paths: a chunk (at most 1 MiB) holds about 1000 files, so
-/// a manifest is sent in 6 or more chunks.
+/// a manifest is sent in 16 or more chunks: twice `submit`'s default
+/// window, so the submission still runs when the first chunks are applied
+/// (with 6 chunks, all in flight at once, it sometimes ended between two
+/// looks at the status).
 const PAD: usize = 1_000;
 const DATASET: &str = "crash";
 /// Bounds every wait for the cluster: elections, a client noticing a dead
