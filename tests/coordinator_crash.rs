@@ -254,11 +254,16 @@ impl Crashes {
                 if job["submitting"] == true && sent >= files {
                     break;
                 }
-                assert!(
-                    submit.try_wait().unwrap().is_none(),
-                    "the submission ended before {files} files were applied: \
-                     make the manifest longer"
-                );
+                if let Some(status) = submit.try_wait().unwrap() {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = submit.stderr.take() {
+                        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+                    }
+                    panic!(
+                        "the submission ended ({status}) before {files} files were applied \
+                         (make the manifest longer if it succeeded): {stderr}"
+                    );
+                }
                 assert!(
                     Instant::now() < deadline,
                     "{files} files not applied within {PATIENCE:?}: {status}"
