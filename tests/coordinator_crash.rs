@@ -27,10 +27,7 @@ use rand_chacha::ChaCha8Rng;
 const FILES: usize = 16_000;
 const NEW_PER_ROUND: usize = 150;
 /// About 1 KiB paths: a chunk (at most 1 MiB) holds about 1000 files, so
-/// a manifest is sent in 16 or more chunks: twice `submit`'s default
-/// window, so the submission still runs when the first chunks are applied
-/// (with 6 chunks, all in flight at once, it sometimes ended between two
-/// looks at the status).
+/// a manifest is sent in 16 or more chunks.
 const PAD: usize = 1_000;
 const DATASET: &str = "crash";
 /// Bounds every wait for the cluster: elections, a client noticing a dead
@@ -120,16 +117,19 @@ struct Crashes {
     /// The round whose manifest the last finished submission listed.
     finished: Option<u64>,
     kills_mid_submission: u32,
+    /// `quern submit --chunks-in-flight`.
+    chunks_in_flight: &'static str,
 }
 
 impl Crashes {
-    fn start() -> Self {
+    fn start(chunks_in_flight: &'static str) -> Self {
         let cluster = Cluster::start();
         cluster.wait_for_leader(PATIENCE);
         Self {
             cluster,
             finished: None,
             kills_mid_submission: 0,
+            chunks_in_flight,
         }
     }
 
@@ -149,6 +149,8 @@ impl Crashes {
             .client(&[
                 "submit",
                 "--no-progress",
+                "--chunks-in-flight",
+                self.chunks_in_flight,
                 "--dataset",
                 DATASET,
                 "--manifest",
@@ -325,7 +327,11 @@ fn wait_for_exit(mut child: Child) -> Output {
 
 #[test]
 fn leader_and_follower_killed_mid_submission() {
-    let mut crashes = Crashes::start();
+    // One chunk in flight: the submission lasts 16 Raft round trips, so the
+    // kill after the first applied chunk lands mid-way however fast the
+    // replicas are (with 8 in flight, a loaded machine's status polls
+    // sometimes saw the submission only once it had ended).
+    let mut crashes = Crashes::start("1");
     // A first submission, so the next ones have a catalogue to compare.
     crashes.round(0, Victim::Follower, Moment::AfterFiles(1), false);
     crashes.round(1, Victim::Leader, Moment::AfterFiles(1), true);
@@ -341,7 +347,7 @@ fn leader_and_follower_killed_at_random_moments() {
         .unwrap_or(20_261_203);
     eprintln!("seed {seed} (QUERN_CRASH_SEED={seed} replays it)");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut crashes = Crashes::start();
+    let mut crashes = Crashes::start("8");
     // Leader and follower, each restarted at once and after the
     // submission, at random moments of it (about 1 s in a debug build).
     for round in 0..4 {
