@@ -172,8 +172,8 @@ impl CoordinatorClient {
             .await
     }
 
-    /// A grant goes through the log: like a write, it is not resent once
-    /// sent. A renewal is, but one lost renewal only costs a retry.
+    /// Neither request is resent once sent: a grant goes through the log
+    /// like a write, and a lost renewal costs only the node's next one.
     async fn lease_call(&mut self, request: &Request) -> Result<LeaseReply, ApiError> {
         match self.call(request, false).await? {
             Reply::Lease(reply) => Ok(reply),

@@ -45,6 +45,21 @@ pub struct Submitted {
     pub shards_created: u64,
 }
 
+/// `ForwardToLeader` if this replica is not the leader (with the leader's
+/// id and address when known), from its Raft metrics; `None` if it leads.
+pub fn not_the_leader(raft: &Raft) -> Option<WriteError> {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.current_leader == Some(metrics.id) {
+        return None;
+    }
+    let leader = metrics.current_leader;
+    let address = leader.and_then(|id| {
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&id).map(|node| node.addr.clone())
+    });
+    Some(WriteError::ForwardToLeader { leader, address })
+}
+
 /// Proposes `cmd` and waits until it is committed and applied here.
 pub async fn write(raft: &Raft, cmd: &Command) -> Result<Response, WriteError> {
     match raft.client_write(CommandBytes::encode(cmd)).await {

@@ -24,7 +24,7 @@ use crate::client::{self, WriteError};
 use crate::lease::LeaseTable;
 use crate::state::StateError;
 use crate::state::records::{JobState, ShardState};
-use crate::{NodeId, Raft, StateMachineStore};
+use crate::{Raft, StateMachineStore};
 
 /// How long a lease lasts without a renewal, unless configured.
 pub const DEFAULT_LEASE_MS: u64 = 30_000;
@@ -224,19 +224,11 @@ impl LeaseDesk {
     /// A new leader term starts a fresh table from the state machine. A
     /// replica that is not the leader refuses (the caller redirects).
     async fn take_over_if_new_term(&self, desk: &mut Desk, now: u64) -> Result<(), DeskError> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(metrics.id) {
-            let leader: Option<NodeId> = metrics.current_leader;
-            let address = leader.and_then(|l| {
-                metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
-            return Err(WriteError::ForwardToLeader { leader, address }.into());
+        if let Some(forward) = client::not_the_leader(&self.raft) {
+            return Err(forward.into());
         }
-        if desk.term != Some(metrics.current_term) {
+        let term = self.raft.metrics().borrow().current_term;
+        if desk.term != Some(term) {
             // Everything the last leader committed is applied first, so
             // no grant of its is missing from the table.
             self.raft
@@ -244,8 +236,8 @@ impl LeaseDesk {
                 .await
                 .map_err(|e| WriteError::Raft(e.to_string()))?;
             let held = desk.table.take_over_from(&self.state, now)?;
-            tracing::info!(term = metrics.current_term, held, "lease desk taken over");
-            desk.term = Some(metrics.current_term);
+            tracing::info!(term, held, "lease desk taken over");
+            desk.term = Some(term);
             desk.cursor = 0;
         }
         Ok(())

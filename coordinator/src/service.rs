@@ -237,10 +237,7 @@ impl Answering {
                 Err(e) => Reply::Failed(e.to_string()),
                 Ok(cmd) => match client::write(raft, &cmd).await {
                     Ok(response) => Reply::Written(crate::Applied(response)),
-                    Err(WriteError::ForwardToLeader { leader, address }) => {
-                        Reply::NotLeader { leader, address }
-                    }
-                    Err(e) => Reply::Failed(e.to_string()),
+                    Err(e) => write_refused(e),
                 },
             },
             Ok(Request::Status) => status_reply(raft, &self.state, &self.contacts),
@@ -266,12 +263,18 @@ impl Answering {
     }
 }
 
+/// A failed write as the client sees it: a redirect, or the reason.
+fn write_refused(error: WriteError) -> Reply {
+    match error {
+        WriteError::ForwardToLeader { leader, address } => Reply::NotLeader { leader, address },
+        e => Reply::Failed(e.to_string()),
+    }
+}
+
 fn desk_reply(answer: Result<LeaseReply, DeskError>) -> Reply {
     match answer {
         Ok(reply) => Reply::Lease(reply),
-        Err(DeskError::Write(WriteError::ForwardToLeader { leader, address })) => {
-            Reply::NotLeader { leader, address }
-        }
+        Err(DeskError::Write(e)) => write_refused(e),
         Err(e) => Reply::Failed(e.to_string()),
     }
 }
@@ -279,14 +282,14 @@ fn desk_reply(answer: Result<LeaseReply, DeskError>) -> Reply {
 /// The leader answers; a follower that knows the leader redirects, so the
 /// report carries the followers' health. Without a leader, the local view.
 fn status_reply(raft: &Raft, state: &StateMachineStore, contacts: &Contacts) -> Reply {
-    let metrics = raft.metrics().borrow().clone();
-    if let Some(leader) = metrics.current_leader
-        && leader != metrics.id
-        && let Some(node) = metrics.membership_config.membership().get_node(&leader)
+    if let Some(WriteError::ForwardToLeader {
+        leader: Some(leader),
+        address: Some(address),
+    }) = client::not_the_leader(raft)
     {
         return Reply::NotLeader {
             leader: Some(leader),
-            address: Some(node.addr.clone()),
+            address: Some(address),
         };
     }
     match status::report(raft, state, contacts) {

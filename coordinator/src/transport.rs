@@ -5,7 +5,8 @@
 //! its member address (`host:port`); its certificate must name that host
 //! (TLS) and be named `coord-<target>` (checked here), so an address
 //! pointing at another replica, or any other holder of a cluster
-//! certificate, never receives the entries meant for `target`. A failed connection is dropped and dialled again on the next RPC.
+//! certificate, never receives the entries meant for `target`. A failed
+//! connection is dropped and dialled again on the next RPC.
 //! Successful exchanges are recorded per peer, for the leader's view of
 //! its followers' health in `status`.
 
