@@ -11,6 +11,7 @@ use std::io::Cursor;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use node::config::Format;
+use node::input::read_buffers::ReadBuffer;
 use node::input::records::{Event, RecordReader};
 use node::sort::MERGE_ORDER;
 use node::sort::merge::{KMerge, SortedSource};
@@ -48,7 +49,7 @@ fn reader(data: &[u8]) -> RecordReader {
         None,
         None,
         1 << 20,
-        1 << 20,
+        ReadBuffer::unpooled(RecordReader::buffer_len(1 << 20, 1 << 20)),
     )
     .expect("reader over memory")
 }

@@ -14,7 +14,7 @@ use rocksdb::{DBRawIterator, ReadOptions};
 
 use crate::config::Format;
 use crate::sort::SortError;
-use crate::sort::merge::{KMerge, MergeOrder, SortedSource, bytes_prefix};
+use crate::sort::merge::{KMerge, MergeOrder, SortedSource};
 use crate::store::catalog::DatasetInfo;
 use crate::store::keys::{self, DATA_KEY_PREFIX_LEN};
 use crate::store::{Store, StoreError};
@@ -80,10 +80,7 @@ impl SortedSource for PartitionCursor<'_> {
 }
 
 /// Partitions hold disjoint keys, so the key alone orders the merge.
-const BY_KEY: MergeOrder = MergeOrder {
-    compare: |a, b| a.key.cmp(b.key),
-    prefix: |r| bytes_prefix(r.key),
-};
+const BY_KEY: MergeOrder = MergeOrder::Key;
 
 /// Threads that each merge a share of the partitions. Reading RocksDB and
 /// merging 64 iterators is the export's cost, on one core; split over

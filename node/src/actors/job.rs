@@ -1,9 +1,10 @@
 //! The job actor: supervisor of one ingest job.
 //!
-//! It spawns the lanes and scanners, feeds scanners shards from the manifest
-//! walker (a blocking thread that waits for an idle scanner before listing
-//! further, so the manifest is never held whole), sends end-of-stream down
-//! the pipeline in order, and publishes the job when every lane has written.
+//! It spawns the lanes and scanners, feeds scanners bundles of shards from
+//! the manifest walker (a blocking thread that waits for an idle scanner
+//! before listing further, so the manifest is never held whole), sends
+//! end-of-stream down the pipeline in order, and publishes the job when
+//! every lane has written.
 //!
 //! Any stage failure, or an abort, ends the job: its reason names the stage
 //! and the cause; every edge is closed so no stage waits on a dead one; the
@@ -33,8 +34,9 @@ use crate::quarantine::FileProblem;
 use crate::store::catalog::JobTotals;
 
 pub enum JobMsg {
-    /// From the walker: the next shard, sent only once a scanner is idle.
-    ShardAvailable(Shard),
+    /// From the walker: the next bundle of shards, sent only once a scanner
+    /// is idle.
+    ShardsAvailable(Vec<Shard>),
     /// From the walker: the manifest is complete (or could not be written).
     ManifestDone(Result<(), String>),
     ShardDone {
@@ -71,6 +73,14 @@ const EDGE_MESSAGES: usize = 64;
 const WALKER: &str = "manifest walker";
 /// Files registered in the ledger per write while walking.
 const FILES_PER_WRITE: usize = 1024;
+/// A scanner is handed shards in bundles of up to this many shards or
+/// [`BUNDLE_BYTES`] of listed file bytes, whichever comes first: handing
+/// over each small file on its own cost a message, a wake-up of the walker
+/// and of a scanner, and a partly filled batch per lane, per file.
+const BUNDLE_SHARDS: usize = 256;
+/// See [`BUNDLE_SHARDS`]. Small enough that scanners finish together at
+/// the end of a job.
+const BUNDLE_BYTES: u64 = 4 << 20;
 
 struct Stage {
     name: String,
@@ -148,12 +158,12 @@ impl JobState {
         }
     }
 
-    fn dispatch(&mut self, shard: Shard) -> Result<(), ActorProcessingErr> {
+    fn dispatch(&mut self, shards: Vec<Shard>) -> Result<(), ActorProcessingErr> {
         let scanner = self
             .idle
             .pop()
-            .ok_or("a shard arrived with no idle scanner: demand accounting is broken")?;
-        self.scanners[scanner].cast(ScanMsg::Scan(shard))?;
+            .ok_or("shards arrived with no idle scanner: demand accounting is broken")?;
+        self.scanners[scanner].cast(ScanMsg::Scan(shards))?;
         Ok(())
     }
 
@@ -310,7 +320,7 @@ impl Actor for JobActor {
                     return Ok(()); // The job has ended; late messages change nothing.
                 }
                 match msg {
-                    JobMsg::ShardAvailable(shard) => state.dispatch(shard)?,
+                    JobMsg::ShardsAvailable(shards) => state.dispatch(shards)?,
                     JobMsg::ShardDone { scanner } => {
                         state.idle.push(scanner);
                         state.demand.add_permits(1);
@@ -436,7 +446,7 @@ impl Actor for JobActor {
 }
 
 /// Lists the inputs, registers each file in the ledger, and hands out
-/// shards one idle scanner at a time. Runs on a blocking thread.
+/// bundles of shards one idle scanner at a time. Runs on a blocking thread.
 fn walk_manifest(
     ctx: &JobContext,
     inputs: &[PathBuf],
@@ -451,6 +461,8 @@ fn walk_manifest(
         runtime,
         next_seq: 0,
         unwritten: Vec::with_capacity(FILES_PER_WRITE),
+        bundle: Vec::new(),
+        bundle_bytes: 0,
     };
     // Never read the store's own files back as input.
     let excluded = Excluded::dirs(&[ctx.store.db_dir(), ctx.store.tmp_dir()]);
@@ -463,7 +475,10 @@ fn walk_manifest(
     });
     match failure {
         Some(failure) => Err(failure),
-        None => manifest.write_files(),
+        None => {
+            manifest.hand_out_bundle();
+            manifest.write_files()
+        }
     }
 }
 
@@ -475,6 +490,9 @@ struct ManifestWalk<'a> {
     next_seq: u32,
     /// Listed files not yet registered in the ledger.
     unwritten: Vec<InputFile>,
+    /// Shards not yet handed out, and their listed bytes.
+    bundle: Vec<Shard>,
+    bundle_bytes: u64,
 }
 
 impl ManifestWalk<'_> {
@@ -526,19 +544,33 @@ impl ManifestWalk<'_> {
             return Ok(ControlFlow::Continue(()));
         }
         for shard in plan_shards(Arc::new(file), ctx.config.split_bytes) {
-            // The semaphore is closed when the job ends: stop listing.
-            let Ok(permit) = self.runtime.block_on(self.demand.acquire()) else {
-                return Ok(ControlFlow::Break(()));
-            };
-            permit.forget();
-            if !self.wait_for_admission() {
-                return Ok(ControlFlow::Break(()));
-            }
-            if self.job.cast(JobMsg::ShardAvailable(shard)).is_err() {
+            self.bundle_bytes += shard.listed_bytes();
+            self.bundle.push(shard);
+            let full = self.bundle.len() >= BUNDLE_SHARDS || self.bundle_bytes >= BUNDLE_BYTES;
+            if full && !self.hand_out_bundle() {
                 return Ok(ControlFlow::Break(()));
             }
         }
         Ok(ControlFlow::Continue(()))
+    }
+
+    /// Sends the bundle to the next idle scanner, waiting for one. Returns
+    /// `false` if the job ended meanwhile.
+    fn hand_out_bundle(&mut self) -> bool {
+        if self.bundle.is_empty() {
+            return true;
+        }
+        // The semaphore is closed when the job ends: stop listing.
+        let Ok(permit) = self.runtime.block_on(self.demand.acquire()) else {
+            return false;
+        };
+        permit.forget();
+        if !self.wait_for_admission() {
+            return false;
+        }
+        self.bundle_bytes = 0;
+        let bundle = std::mem::take(&mut self.bundle);
+        self.job.cast(JobMsg::ShardsAvailable(bundle)).is_ok()
     }
 
     /// Holds the next shard back while the heap is at the governor's hard

@@ -1,5 +1,11 @@
-//! Scan: reads one shard at a time, splits it into records, finds each
+//! Scan: reads bundles of shards, splits them into records, finds each
 //! record's key and partition, and sends per-lane batches to sort-merge.
+//!
+//! The work per file is kept small, since a tree of small files is mostly
+//! that: a bundle is read in one blocking section until a batch fills, so
+//! threads hand over per batch rather than per file; batches fill across
+//! files and are sent when full (or at `Finish`); the read buffers come
+//! from the scanner's pool.
 //!
 //! Problems with the input are not failures of this stage: a file that
 //! cannot be opened, corrupt compressed data, a file that shrinks or changes
@@ -21,6 +27,7 @@ use crate::counters::{FileTally, JobCounters};
 use crate::edge::Edge;
 use crate::input::format::extract;
 use crate::input::manifest::{InputFile, Shard};
+use crate::input::read_buffers::ReadBuffers;
 use crate::input::records::{Event, ReadFailure};
 use crate::input::source::Compression;
 use crate::input::{OpenError, OpenShard};
@@ -28,8 +35,10 @@ use crate::memory::Account;
 use crate::quarantine::{FileProblem, RejectedRecord, Rejection, excerpt};
 
 pub enum ScanMsg {
-    Scan(Shard),
-    /// No more shards: write out tallies and report.
+    /// Shards to read in order (several small files, or one large range).
+    Scan(Vec<Shard>),
+    /// No more shards: send the partly filled batches, write out tallies
+    /// and report.
     Finish,
 }
 
@@ -47,6 +56,16 @@ pub struct ScanState {
     /// One batch being filled per lane.
     batches: Vec<RecordBatch>,
     rejected: Vec<RejectedRecord>,
+    /// Read buffers, reused from shard to shard.
+    buffers: ReadBuffers,
+}
+
+/// The shard being read, between two blocking sections.
+struct Reading {
+    shard: Shard,
+    opened: OpenShard,
+    /// File bytes already added to the job's `bytes_scanned`.
+    bytes_counted: u64,
 }
 
 /// Rejected records are written to the ledger in batches of this many.
@@ -68,6 +87,7 @@ impl Actor for Scan {
             tally: args.ctx.tally(),
             batches: args.lanes.iter().map(|_| RecordBatch::new()).collect(),
             rejected: Vec::new(),
+            buffers: ReadBuffers::default(),
             args,
         })
     }
@@ -82,13 +102,16 @@ impl Actor for Scan {
         account
             .attribute(async move {
                 match msg {
-                    ScanMsg::Scan(shard) => {
-                        state.scan(&shard).await?;
+                    ScanMsg::Scan(shards) => {
+                        state.scan(shards).await?;
                         state.args.job.cast(JobMsg::ShardDone {
                             scanner: state.args.index,
                         })?;
                     }
                     ScanMsg::Finish => {
+                        for lane in 0..state.batches.len() {
+                            state.send(lane).await?;
+                        }
                         state.flush_rejected()?;
                         blocking(|| state.tally.flush())?;
                         state.args.job.cast(JobMsg::ScannerFinished {
@@ -111,55 +134,95 @@ enum Filled {
 }
 
 impl ScanState {
-    async fn scan(&mut self, shard: &Shard) -> Result<(), ActorProcessingErr> {
-        let ctx = self.args.ctx.clone();
-        let file = &shard.file;
-        let opened = blocking(|| {
-            fail::fail_point!("scan-shard");
-            OpenShard::open(shard, ctx.config.max_record_bytes)
-        });
-        let mut opened = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                let offset = match &e {
-                    OpenError::Read(failure) => Some(self.quarantine_fragment(file.seq, failure)),
-                    OpenError::Open(_) => None,
-                };
-                return self.problem(file, offset, e.to_string());
-            }
-        };
-        let mut bytes_counted = opened.file_bytes.get();
+    /// Reads `shards` in order. Batches that are not full stay for the
+    /// next bundle.
+    async fn scan(&mut self, shards: Vec<Shard>) -> Result<(), ActorProcessingErr> {
+        let mut shards = shards.into_iter();
+        let mut reading = None;
         loop {
-            let filled = blocking(|| self.fill(&mut opened, file.seq));
-            let read_now = opened.file_bytes.get();
-            JobCounters::add(&ctx.counters.bytes_scanned, read_now - bytes_counted);
-            bytes_counted = read_now;
+            let filled = blocking(|| self.read_bundle(&mut reading, &mut shards))?;
             match filled {
-                Filled::Batch(lane) => self.send(lane).await?,
-                Filled::End => break,
+                Some(lane) => self.send(lane).await?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads on from `reading`, opening the next of `shards` as each ends,
+    /// until a lane's batch is full (its lane is returned) or the shards
+    /// are done (`None`).
+    fn read_bundle(
+        &mut self,
+        reading: &mut Option<Reading>,
+        shards: &mut impl Iterator<Item = Shard>,
+    ) -> Result<Option<usize>, ActorProcessingErr> {
+        let ctx = self.args.ctx.clone();
+        let outcome = loop {
+            let current = match reading {
+                Some(current) => current,
+                None => match shards.next() {
+                    None => break None,
+                    Some(shard) => match self.open(shard)? {
+                        Some(opened) => reading.insert(opened),
+                        None => continue,
+                    },
+                },
+            };
+            let filled = self.fill(&mut current.opened, current.shard.file.seq);
+            let read_now = current.opened.file_bytes.get();
+            JobCounters::add(
+                &ctx.counters.bytes_scanned,
+                read_now - current.bytes_counted,
+            );
+            current.bytes_counted = read_now;
+            match filled {
+                Filled::Batch(lane) => break Some(lane),
+                Filled::End => {}
                 Filled::Failed(failure) => {
+                    let file = current.shard.file.clone();
                     let offset = Some(self.quarantine_fragment(file.seq, &failure));
-                    let message = match opened.compression {
+                    let message = match current.opened.compression {
                         Compression::Plain => failure.to_string(),
                         c => format!(
                             "{c} data is corrupt or truncated near compressed byte {}: {failure}",
-                            opened.file_bytes.get()
+                            current.opened.file_bytes.get()
                         ),
                     };
-                    self.problem(file, offset, message)?;
-                    break;
+                    self.problem(&file, offset, message)?;
                 }
             }
-            self.publish()?;
-        }
-        for lane in 0..self.batches.len() {
-            self.send(lane).await?;
-        }
+            // The shard has ended, whole or cut short.
+            let file = current.shard.file.clone();
+            *reading = None;
+            if let Some(change) = changed_since_listed(&file) {
+                self.problem(&file, None, change)?;
+            }
+        };
         self.publish()?;
-        if let Some(change) = changed_since_listed(file) {
-            self.problem(file, None, change)?;
+        Ok(outcome)
+    }
+
+    /// Opens `shard`, or records why it cannot be read and returns `None`.
+    fn open(&mut self, shard: Shard) -> Result<Option<Reading>, ActorProcessingErr> {
+        let max_record = self.args.ctx.config.max_record_bytes;
+        fail::fail_point!("scan-shard");
+        match OpenShard::open(&shard, max_record, &self.buffers) {
+            Ok(opened) => Ok(Some(Reading {
+                bytes_counted: opened.file_bytes.get(),
+                opened,
+                shard,
+            })),
+            Err(e) => {
+                let offset = match &e {
+                    OpenError::Read(failure) => {
+                        Some(self.quarantine_fragment(shard.file.seq, failure))
+                    }
+                    OpenError::Open(_) => None,
+                };
+                self.problem(&shard.file, offset, e.to_string())?;
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     /// Reads records into the lanes' batches until one is full or the shard

@@ -195,6 +195,17 @@ pub struct Shard {
     pub range: ShardRange,
 }
 
+impl Shard {
+    /// The file bytes this shard covers, as listed (compressed bytes for a
+    /// compressed file).
+    pub fn listed_bytes(&self) -> u64 {
+        match self.range {
+            ShardRange::Whole => self.file.size,
+            ShardRange::Bytes { start, end } => end - start,
+        }
+    }
+}
+
 /// Cuts a file into shards: plain files larger than `split_bytes` into
 /// ranges scanned in parallel; compressed and small files whole.
 pub fn plan_shards(file: Arc<InputFile>, split_bytes: u64) -> impl Iterator<Item = Shard> {

@@ -3,17 +3,22 @@
 
 pub mod format;
 pub mod manifest;
+pub mod read_buffers;
 pub mod records;
 pub mod source;
 
 use std::io::{self, Read};
 
 use manifest::{Shard, ShardRange};
+use read_buffers::ReadBuffers;
 use records::{ReadFailure, RecordReader};
 use source::{Compression, FileBytesRead, Source};
 
 /// How much a reader asks of the file system at once.
 const READ_CHUNK_BYTES: usize = 1 << 20;
+/// File bytes buffered in front of a decompressor (and of the magic-byte
+/// check of every whole file).
+const DECOMPRESS_INPUT_BYTES: usize = 256 << 10;
 
 /// A shard opened for reading.
 pub struct OpenShard {
@@ -31,11 +36,13 @@ pub enum OpenError {
 }
 
 impl OpenShard {
-    pub fn open(shard: &Shard, max_record: u64) -> Result<Self, OpenError> {
+    /// Opens `shard` with buffers from `buffers`, which get them back when
+    /// the shard is dropped.
+    pub fn open(shard: &Shard, max_record: u64, buffers: &ReadBuffers) -> Result<Self, OpenError> {
         let file = &shard.file;
         let (source, start, mid_record, end) = match shard.range {
             ShardRange::Whole => {
-                let source = Source::open_whole(&file.path)?;
+                let source = Source::open_whole(&file.path, buffers.take(DECOMPRESS_INPUT_BYTES))?;
                 // A plain file is read up to its listed size, so a file that
                 // grows while we read gives the same records as before it grew
                 // (the change is reported separately).
@@ -72,7 +79,7 @@ impl OpenShard {
             end,
             expected_len,
             max_record,
-            READ_CHUNK_BYTES,
+            buffers.take(RecordReader::buffer_len(READ_CHUNK_BYTES, max_record)),
         )?;
         Ok(Self {
             records,

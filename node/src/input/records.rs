@@ -13,6 +13,8 @@ use std::io::{self, Read};
 
 use memchr::memchr;
 
+use super::read_buffers::ReadBuffer;
+
 /// What the reader found next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -63,7 +65,7 @@ impl ReadFailure {
 
 pub struct RecordReader {
     source: Box<dyn Read + Send>,
-    buf: Vec<u8>,
+    buf: ReadBuffer,
     /// Unconsumed bytes are `buf[head..tail]`.
     head: usize,
     tail: usize,
@@ -85,7 +87,7 @@ impl RecordReader {
     /// A reader over `source`, which is positioned at stream offset `start`.
     /// If `start` is inside a record (the byte before it is not `\n`), that
     /// record belongs to the previous shard: pass `starts_mid_record` and it
-    /// is skipped.
+    /// is skipped. `buf` must be [`buffer_len`](Self::buffer_len) long.
     pub fn new(
         source: Box<dyn Read + Send>,
         start: u64,
@@ -93,14 +95,15 @@ impl RecordReader {
         end: Option<u64>,
         expected_len: Option<u64>,
         max_record: u64,
-        chunk_bytes: usize,
+        buf: ReadBuffer,
     ) -> Result<Self, ReadFailure> {
-        // The buffer must hold a whole record of the maximum length plus its
-        // newline; anything longer is skipped, not buffered.
-        let capacity = chunk_bytes.max(max_record as usize + 1);
+        assert!(
+            buf.len() as u64 > max_record,
+            "a record buffer holds a whole record and its newline"
+        );
         let mut reader = Self {
             source,
-            buf: vec![0; capacity],
+            buf,
             head: 0,
             tail: 0,
             scan_from: 0,
@@ -115,6 +118,13 @@ impl RecordReader {
             reader.skip_past_newline()?;
         }
         Ok(reader)
+    }
+
+    /// The buffer a reader needs: reads of `chunk_bytes`, and room for a
+    /// whole record of the maximum length plus its newline (anything longer
+    /// is skipped, not buffered).
+    pub fn buffer_len(chunk_bytes: usize, max_record: u64) -> usize {
+        chunk_bytes.max(max_record as usize + 1)
     }
 
     /// Stream offset of the next unconsumed byte.
@@ -244,6 +254,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn buffer(chunk: usize, max_record: u64) -> ReadBuffer {
+        ReadBuffer::unpooled(RecordReader::buffer_len(chunk, max_record))
+    }
+
     /// The reference: how `sort` splits a byte string into lines.
     fn reference_lines(data: &[u8]) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
@@ -277,7 +291,7 @@ mod tests {
             Some(end as u64),
             Some(data.len() as u64),
             max,
-            chunk,
+            buffer(chunk, max),
         )
         .unwrap();
         let mut out = Vec::new();
@@ -338,7 +352,8 @@ mod tests {
     fn shrinking_is_detected_with_the_cut_fragment() {
         let data = b"one\ntwo\nthr".to_vec();
         let source = Box::new(io::Cursor::new(data.clone()));
-        let mut reader = RecordReader::new(source, 0, false, Some(20), Some(20), 100, 4).unwrap();
+        let mut reader =
+            RecordReader::new(source, 0, false, Some(20), Some(20), 100, buffer(4, 100)).unwrap();
         let mut records = Vec::new();
         let failure = loop {
             match reader.next_event() {
@@ -379,7 +394,8 @@ mod tests {
     #[test]
     fn a_read_error_keeps_earlier_records_and_names_the_offset() {
         let source = Box::new(FailAfter(b"a\nbb\ncc".to_vec()));
-        let mut reader = RecordReader::new(source, 0, false, None, None, 100, 64).unwrap();
+        let mut reader =
+            RecordReader::new(source, 0, false, None, None, 100, buffer(64, 100)).unwrap();
         assert_eq!(
             reader.next_event().unwrap(),
             Some(Event::Record {

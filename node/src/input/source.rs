@@ -2,12 +2,14 @@
 //! magic bytes rather than by file name.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+
+use super::read_buffers::{BufferedReader, ReadBuffer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,14 +67,15 @@ pub struct Source {
 }
 
 impl Source {
-    /// Opens the whole file, decompressing if its magic bytes say so.
-    pub fn open_whole(path: &Path) -> io::Result<Source> {
+    /// Opens the whole file, decompressing if its magic bytes say so;
+    /// `buffer` holds file bytes in front of the decompressor.
+    pub fn open_whole(path: &Path, buffer: ReadBuffer) -> io::Result<Source> {
         let file_bytes = Arc::new(AtomicU64::new(0));
         let counted = CountingReader {
             inner: File::open(path)?,
             count: file_bytes.clone(),
         };
-        let mut buffered = BufReader::with_capacity(256 * 1024, counted);
+        let mut buffered = BufferedReader::new(counted, buffer);
         let compression = detect(buffered.fill_buf()?);
         let reader: Box<dyn Read + Send> = match compression {
             Compression::Plain => Box::new(buffered),
@@ -137,7 +140,7 @@ mod tests {
     use std::io::Write;
 
     fn read_all(path: &Path) -> (Compression, Vec<u8>) {
-        let mut source = Source::open_whole(path).unwrap();
+        let mut source = Source::open_whole(path, ReadBuffer::unpooled(64)).unwrap();
         let mut out = Vec::new();
         source.reader.read_to_end(&mut out).unwrap();
         (source.compression, out)

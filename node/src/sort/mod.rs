@@ -6,6 +6,7 @@
 //! (and reported, so counters reconcile); the final merge streams every
 //! remaining record to the dedup stage, which decides first occurrences.
 
+pub mod digits;
 pub mod merge;
 pub mod run;
 pub mod run_file;
@@ -57,22 +58,8 @@ impl SortLimits {
     }
 }
 
-fn merge_order(a: &Record<'_>, b: &Record<'_>) -> std::cmp::Ordering {
-    a.merge_order(b)
-}
-
-/// Partition in the top 16 bits, then the first 6 key bytes, zero-padded.
-/// Comparing prefixes agrees with [`Record::merge_order`] whenever they
-/// differ: a zero pad sorts a shorter key first, as memcmp does.
-fn merge_prefix(record: &Record<'_>) -> u64 {
-    (u64::from(record.partition) << 48) | (merge::bytes_prefix(record.key) >> 16)
-}
-
-/// The order of runs and of a lane's output.
-pub const MERGE_ORDER: MergeOrder = MergeOrder {
-    compare: merge_order,
-    prefix: merge_prefix,
-};
+/// The order of runs and of a lane's output: [`Record::merge_order`].
+pub const MERGE_ORDER: MergeOrder = MergeOrder::PartitionThenKey;
 
 /// Counts of the work a lane's sort did, for the job summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -262,25 +249,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use proto_schema::BatchView;
-    use std::cmp::Ordering;
-
-    proptest! {
-        /// The prefix never contradicts the full order.
-        #[test]
-        fn prefix_agrees_with_merge_order(
-            a in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..9),
-            b in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..9),
-            pa in 0u16..3, pb in 0u16..3,
-        ) {
-            let ra = Record { partition: pa, key: &a, value: b"", position: Position { file: 0, offset: 0 } };
-            let rb = Record { partition: pb, key: &b, value: b"", position: Position { file: 0, offset: 1 } };
-            let by_prefix = merge_prefix(&ra).cmp(&merge_prefix(&rb));
-            if by_prefix != Ordering::Equal {
-                prop_assert_eq!(by_prefix, ra.merge_order(&rb));
-            }
-        }
-
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
