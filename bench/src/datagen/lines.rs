@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::alphabet::push_printable;
 use super::pool::Pool;
-use super::sink::{Compression, LineWriter};
+use super::sink::{Compression, LineWriter, cycled, part_path};
 use super::{GeneratedDataset, check_ratio, invalid_input, rng_for};
 
 /// Shape of a line dataset. The same spec always produces the same bytes.
@@ -58,11 +58,7 @@ impl LinesSpec {
     }
 
     fn compression_of(&self, file: usize) -> Compression {
-        if self.compression.is_empty() {
-            Compression::Plain
-        } else {
-            self.compression[file % self.compression.len()]
-        }
+        cycled(&self.compression, file)
     }
 
     fn validate(&self) -> io::Result<()> {
@@ -99,8 +95,7 @@ pub fn write_lines_dataset(dir: &Path, spec: &LinesSpec) -> io::Result<Generated
     let mut files = Vec::with_capacity(spec.files);
     for (i, &role) in roles.iter().enumerate() {
         let compression = spec.compression_of(i);
-        let path = dir.join(format!("part-{i:05}.txt{}", compression.extension()));
-        let mut out = LineWriter::create(path, compression)?;
+        let mut out = LineWriter::create(part_path(dir, i, compression), compression)?;
         match role {
             Role::Empty => {}
             Role::NewlinesOnly => {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use flate2::write::GzEncoder;
@@ -27,6 +27,22 @@ impl Compression {
             Self::Zstd => ".zst",
         }
     }
+}
+
+/// The compression of file `index` when `cycle` is cycled over files (all
+/// plain if it is empty).
+pub(crate) fn cycled(cycle: &[Compression], index: usize) -> Compression {
+    if cycle.is_empty() {
+        Compression::Plain
+    } else {
+        cycle[index % cycle.len()]
+    }
+}
+
+/// `dir/part-00000.txt`, `dir/part-00001.txt.gz`, ...: the name of file
+/// `index` of a line dataset.
+pub(crate) fn part_path(dir: &Path, index: usize, compression: Compression) -> PathBuf {
+    dir.join(format!("part-{index:05}.txt{}", compression.extension()))
 }
 
 impl FromStr for Compression {
