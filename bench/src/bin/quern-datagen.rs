@@ -3,6 +3,7 @@
 //! ```text
 //! quern-datagen lines --out /tmp/g --files 10 --size 200MiB --dup 0.3 --seed 1
 //! quern-datagen urls --out /tmp/u --files 10 --size 200MiB --dup 0.3 --compress plain,gzip
+//! quern-datagen smallfiles --out /tmp/s --files 1000000 --size 1KiB
 //! quern-datagen tsv --out /tmp/t --files 4 --records 1000000 --key-field 2
 //! quern-datagen inventory --out /tmp/i --files 10 --records 1000000 --relisted 0.1
 //! ```
@@ -12,8 +13,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bench::datagen::{
-    Compression, DatasetTotals, InventorySpec, LinesSpec, Shape, ShapeSpec, TsvSpec,
-    write_inventory_dataset, write_lines_dataset, write_shape_dataset, write_tsv_dataset,
+    Compression, DatasetTotals, InventorySpec, LinesSpec, Shape, ShapeSpec, SmallFilesSpec,
+    TsvSpec, write_inventory_dataset, write_lines_dataset, write_shape_dataset, write_small_files,
+    write_tsv_dataset,
 };
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
@@ -61,6 +63,22 @@ enum Command {
     Paths(ShapeArgs),
     /// Log lines of several services, timestamps growing through each file.
     Logs(ShapeArgs),
+    /// Many small files of lines, at most 1000 entries per directory.
+    Smallfiles {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = SmallFilesSpec::sample().files)]
+        files: u64,
+        /// Approximate size per file.
+        #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+        size: u64,
+        /// Fraction of records repeating an earlier record.
+        #[arg(long, default_value_t = SmallFilesSpec::sample().duplicate_ratio)]
+        dup: f64,
+        #[arg(long, default_value_t = SmallFilesSpec::sample().seed)]
+        seed: u64,
+    },
     /// A file inventory: path, size, mtime and md5 per line, keyed by path.
     Inventory {
         /// Output directory (created if missing).
@@ -174,6 +192,23 @@ fn main() -> Result<()> {
         Command::Urls(args) => args.write(Shape::Urls)?,
         Command::Paths(args) => args.write(Shape::Paths)?,
         Command::Logs(args) => args.write(Shape::Logs)?,
+        Command::Smallfiles {
+            out,
+            files,
+            size,
+            dup,
+            seed,
+        } => {
+            let spec = SmallFilesSpec {
+                files,
+                bytes_per_file: size,
+                duplicate_ratio: dup,
+                seed,
+            };
+            let totals = write_small_files(&out, &spec)
+                .with_context(|| format!("writing small files to {}", out.display()))?;
+            (out, totals)
+        }
         Command::Inventory {
             out,
             files,

@@ -172,7 +172,7 @@ const EDGE_ONE_IN: u32 = 512;
 /// both at both ends.
 const PADS: [&[u8]; 4] = [b" \t", b"\t ", b" \t ", b"\t \t"];
 
-struct LinesGenerator<'a> {
+pub(crate) struct LinesGenerator<'a> {
     spec: &'a LinesSpec,
     rng: ChaCha8Rng,
     pool: Pool,
@@ -181,7 +181,7 @@ struct LinesGenerator<'a> {
 }
 
 impl<'a> LinesGenerator<'a> {
-    fn new(spec: &'a LinesSpec) -> Self {
+    pub(crate) fn new(spec: &'a LinesSpec) -> Self {
         Self {
             spec,
             rng: rng_for(spec.seed),
@@ -190,7 +190,14 @@ impl<'a> LinesGenerator<'a> {
         }
     }
 
-    fn fill_file(&mut self, out: &mut LineWriter, first: bool, last: bool) -> io::Result<()> {
+    /// Fills `out` to the spec's size; `first` and `last` place the edge
+    /// cases that need a first or last file.
+    pub(crate) fn fill_file(
+        &mut self,
+        out: &mut LineWriter,
+        first: bool,
+        last: bool,
+    ) -> io::Result<()> {
         if self.spec.edge_cases {
             if first {
                 // Guarantee each record-level case however small the files.

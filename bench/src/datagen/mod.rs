@@ -14,8 +14,8 @@
 //! log copies wait in a bounded buffer, see `logs.rs`).
 //!
 //! Shapes: random printable `lines` (with edge cases), real-shaped URLs,
-//! paths and log lines (`shaped.rs`, skewed by `vocab.rs`), keyed TSV
-//! and file inventories.
+//! paths and log lines (`shaped.rs`, skewed by `vocab.rs`), many small
+//! files of lines (`smallfiles.rs`), keyed TSV and file inventories.
 
 mod alphabet;
 mod inventory;
@@ -25,6 +25,7 @@ mod paths;
 mod pool;
 mod shaped;
 mod sink;
+mod smallfiles;
 mod tsv;
 mod urls;
 mod vocab;
@@ -39,6 +40,7 @@ pub use inventory::{InventorySpec, PATH_LEN, write_inventory_dataset};
 pub use lines::{LinesSpec, write_lines_dataset};
 pub use shaped::{Shape, ShapeSpec, write_shape_dataset};
 pub use sink::Compression;
+pub use smallfiles::{SmallFilesSpec, write_small_files};
 pub use tsv::{TsvSpec, write_tsv_dataset};
 
 /// One file written by a generator.
@@ -67,6 +69,14 @@ pub struct DatasetTotals {
     pub files: u64,
     pub records: u64,
     pub uncompressed_bytes: u64,
+}
+
+impl DatasetTotals {
+    fn add(&mut self, file: &GeneratedFile) {
+        self.files += 1;
+        self.records += file.records;
+        self.uncompressed_bytes += file.uncompressed_bytes;
+    }
 }
 
 impl GeneratedDataset {

@@ -92,15 +92,25 @@ pub(crate) struct LineWriter {
 
 impl LineWriter {
     pub(crate) fn create(path: PathBuf, compression: Compression) -> io::Result<Self> {
+        Self::with_buffer(path, compression, BUFFER_BYTES)
+    }
+
+    /// A writer buffering `buffer` bytes: small files want a small buffer,
+    /// not a megabyte allocated and freed per file.
+    pub(crate) fn with_buffer(
+        path: PathBuf,
+        compression: Compression,
+        buffer: usize,
+    ) -> io::Result<Self> {
         let file = File::create(&path)?;
         let out = match compression {
-            Compression::Plain => Encoder::Plain(BufWriter::with_capacity(BUFFER_BYTES, file)),
+            Compression::Plain => Encoder::Plain(BufWriter::with_capacity(buffer, file)),
             Compression::Gzip => Encoder::Gzip(BufWriter::with_capacity(
-                BUFFER_BYTES,
+                buffer,
                 GzEncoder::new(file, flate2::Compression::fast()),
             )),
             Compression::Zstd => Encoder::Zstd(BufWriter::with_capacity(
-                BUFFER_BYTES,
+                buffer,
                 zstd::Encoder::new(file, ZSTD_LEVEL)?,
             )),
         };
