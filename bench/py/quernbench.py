@@ -1,6 +1,7 @@
 """Shared by the scripts in bench/ and chaos/: building the binaries,
-generating datasets with quern-datagen, sampling a process's resident
-memory from /proc, and running three `quern coordinator`s on loopback."""
+generating datasets with quern-datagen, listing files in quern's manifest
+order, sampling a process's resident memory from /proc, and running three
+`quern coordinator`s on loopback."""
 
 import hashlib
 import json
@@ -69,7 +70,20 @@ def generate(bins, out, args):
 
 def generate_lines(bins, out, files, size):
     """`files` files of `size` bytes of lines, 30% duplicates, seed 1."""
-    generate(bins, out, ["lines", "--files", files, "--size", f"{size}B", "--dup", "0.3",
+    generate_shape(bins, out, "lines", files, size)
+
+
+def generate_shape(bins, out, shape, files, size):
+    """`files` plain files of `size` bytes of a line shape (lines, urls,
+    paths, logs), 30% duplicates, seed 1."""
+    generate(bins, out, [shape, "--files", files, "--size", f"{size}B", "--dup", "0.3",
+                         "--seed", "1"])
+
+
+def generate_small_files(bins, out, files):
+    """`files` files of ~1 KiB of lines (30% duplicates, seed 1) under
+    `out`, at most 1000 entries per directory."""
+    generate(bins, out, ["smallfiles", "--files", files, "--size", "1KiB", "--dup", "0.3",
                          "--seed", "1"])
 
 
@@ -82,6 +96,30 @@ def generate_inventory(bins, out, files, records):
 
 def inputs(directory):
     return sorted(p for p in Path(directory).iterdir() if not p.name.startswith("."))
+
+
+def manifest(paths):
+    """The files quern ingests for PATH arguments, in its manifest order:
+    arguments in the order given (a symlink given as an argument is
+    followed); directories walked depth first, each directory's entries
+    sorted bytewise by name; symlinked directories inside a walk not
+    entered, symlinked files read. Yields bytes paths; only the entries of
+    the directories being walked are held."""
+    for path in map(os.fsencode, paths):
+        if os.path.isdir(path):
+            yield from _walk(path)
+        else:
+            yield path
+
+
+def _walk(directory):
+    with os.scandir(directory) as entries:
+        entries = sorted(entries, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path)
+        elif not entry.is_dir():  # not a symlink to a directory
+            yield entry.path
 
 
 def sha256(path):

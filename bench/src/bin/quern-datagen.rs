@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! quern-datagen lines --out /tmp/g --files 10 --size 200MiB --dup 0.3 --seed 1
+//! quern-datagen urls --out /tmp/u --files 10 --size 200MiB --dup 0.3 --compress plain,gzip
+//! quern-datagen smallfiles --out /tmp/s --files 1000000 --size 1KiB
 //! quern-datagen tsv --out /tmp/t --files 4 --records 1000000 --key-field 2
 //! quern-datagen inventory --out /tmp/i --files 10 --records 1000000 --relisted 0.1
 //! ```
@@ -11,11 +13,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bench::datagen::{
-    Compression, GeneratedDataset, InventorySpec, LinesSpec, TsvSpec, write_inventory_dataset,
-    write_lines_dataset, write_tsv_dataset,
+    Compression, DatasetTotals, InventorySpec, LinesSpec, Shape, ShapeSpec, SmallFilesSpec,
+    TsvSpec, write_inventory_dataset, write_lines_dataset, write_shape_dataset, write_small_files,
+    write_tsv_dataset,
 };
 use bytesize::ByteSize;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(about = "Generate deterministic datasets for Quern benchmarks and tests")]
@@ -52,6 +55,28 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "plain")]
         compress: Vec<Compression>,
         #[arg(long, default_value_t = LinesSpec::sample().seed)]
+        seed: u64,
+    },
+    /// URLs, mostly sharing the `https://www.` prefix, with skewed domains.
+    Urls(ShapeArgs),
+    /// Absolute paths in a deep tree with skewed fan-out, mostly under /srv.
+    Paths(ShapeArgs),
+    /// Log lines of several services, timestamps growing through each file.
+    Logs(ShapeArgs),
+    /// Many small files of lines, at most 1000 entries per directory.
+    Smallfiles {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = SmallFilesSpec::sample().files)]
+        files: u64,
+        /// Approximate size per file.
+        #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+        size: u64,
+        /// Fraction of records repeating an earlier record.
+        #[arg(long, default_value_t = SmallFilesSpec::sample().duplicate_ratio)]
+        dup: f64,
+        #[arg(long, default_value_t = SmallFilesSpec::sample().seed)]
         seed: u64,
     },
     /// A file inventory: path, size, mtime and md5 per line, keyed by path.
@@ -94,13 +119,51 @@ enum Command {
     },
 }
 
+/// The options of the real-shaped line datasets (whose sample specs differ
+/// only in their shape).
+#[derive(Args)]
+struct ShapeArgs {
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = ShapeSpec::sample(Shape::Urls).files)]
+    files: usize,
+    /// Approximate uncompressed size per file: 4096, 256KiB, 200MiB, 1G.
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    size: u64,
+    /// Fraction of records repeating an earlier record (below 1 for logs).
+    #[arg(long, default_value_t = ShapeSpec::sample(Shape::Urls).duplicate_ratio)]
+    dup: f64,
+    /// Compression cycled over files, e.g. plain,gzip,zstd.
+    #[arg(long, value_delimiter = ',', default_value = "plain")]
+    compress: Vec<Compression>,
+    #[arg(long, default_value_t = ShapeSpec::sample(Shape::Urls).seed)]
+    seed: u64,
+}
+
+impl ShapeArgs {
+    fn write(self, shape: Shape) -> Result<(PathBuf, DatasetTotals)> {
+        let spec = ShapeSpec {
+            shape,
+            files: self.files,
+            bytes_per_file: self.size,
+            duplicate_ratio: self.dup,
+            compression: self.compress,
+            seed: self.seed,
+        };
+        let dataset = write_shape_dataset(&self.out, &spec)
+            .with_context(|| format!("writing {shape} dataset to {}", self.out.display()))?;
+        Ok((self.out, dataset.totals()))
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     s.parse::<ByteSize>().map(|b| b.as_u64())
 }
 
 fn main() -> Result<()> {
     let started = Instant::now();
-    let (out, dataset) = match Cli::parse().command {
+    let (out, totals) = match Cli::parse().command {
         Command::Lines {
             out,
             files,
@@ -124,7 +187,27 @@ fn main() -> Result<()> {
             };
             let dataset = write_lines_dataset(&out, &spec)
                 .with_context(|| format!("writing lines dataset to {}", out.display()))?;
-            (out, dataset)
+            (out, dataset.totals())
+        }
+        Command::Urls(args) => args.write(Shape::Urls)?,
+        Command::Paths(args) => args.write(Shape::Paths)?,
+        Command::Logs(args) => args.write(Shape::Logs)?,
+        Command::Smallfiles {
+            out,
+            files,
+            size,
+            dup,
+            seed,
+        } => {
+            let spec = SmallFilesSpec {
+                files,
+                bytes_per_file: size,
+                duplicate_ratio: dup,
+                seed,
+            };
+            let totals = write_small_files(&out, &spec)
+                .with_context(|| format!("writing small files to {}", out.display()))?;
+            (out, totals)
         }
         Command::Inventory {
             out,
@@ -141,7 +224,7 @@ fn main() -> Result<()> {
             };
             let dataset = write_inventory_dataset(&out, &spec)
                 .with_context(|| format!("writing inventory to {}", out.display()))?;
-            (out, dataset)
+            (out, dataset.totals())
         }
         Command::Tsv {
             out,
@@ -162,26 +245,27 @@ fn main() -> Result<()> {
             };
             let dataset = write_tsv_dataset(&out, &spec)
                 .with_context(|| format!("writing TSV dataset to {}", out.display()))?;
-            (out, dataset)
+            (out, dataset.totals())
         }
     };
     println!(
         "{}",
-        summary(&out, &dataset, started.elapsed().as_secs_f64())
+        summary(&out, &totals, started.elapsed().as_secs_f64())
     );
     Ok(())
 }
 
-fn summary(out: &Path, dataset: &GeneratedDataset, seconds: f64) -> String {
-    let rate = dataset.uncompressed_bytes as f64 / seconds.max(1e-9);
+fn summary(out: &Path, totals: &DatasetTotals, seconds: f64) -> String {
+    let seconds = seconds.max(1e-9);
     format!(
-        "{}: {} files, {} records, {} bytes ({}) uncompressed in {seconds:.2}s ({}/s)",
+        "{}: {} files, {} records, {} bytes ({}) uncompressed in {seconds:.2}s ({}/s, {:.0} files/s)",
         out.display(),
-        dataset.files.len(),
-        dataset.records,
-        dataset.uncompressed_bytes,
-        ByteSize(dataset.uncompressed_bytes),
-        ByteSize(rate as u64),
+        totals.files,
+        totals.records,
+        totals.uncompressed_bytes,
+        ByteSize(totals.uncompressed_bytes),
+        ByteSize((totals.uncompressed_bytes as f64 / seconds) as u64),
+        totals.files as f64 / seconds,
     )
 }
 
@@ -224,5 +308,30 @@ mod tests {
             [Compression::Plain, Compression::Gzip, Compression::Zstd]
         );
         assert_eq!(size, 256 << 10);
+    }
+
+    #[test]
+    fn parses_each_shape_with_the_shared_options() {
+        for shape in ["urls", "paths", "logs"] {
+            let cli = Cli::try_parse_from([
+                "quern-datagen",
+                shape,
+                "--out",
+                "/tmp/x",
+                "--files",
+                "3",
+                "--size",
+                "1MiB",
+                "--dup",
+                "0.2",
+            ])
+            .unwrap();
+            let (Command::Urls(args) | Command::Paths(args) | Command::Logs(args)) = cli.command
+            else {
+                panic!("expected a shape");
+            };
+            assert_eq!((args.files, args.size, args.dup), (3, 1 << 20, 0.2));
+            assert_eq!(args.compress, [Compression::Plain]);
+        }
     }
 }

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::alphabet::push_printable;
 use super::pool::Pool;
-use super::sink::{Compression, LineWriter};
+use super::sink::{Compression, LineWriter, cycled, part_path};
 use super::{GeneratedDataset, check_ratio, invalid_input, rng_for};
 
 /// Shape of a line dataset. The same spec always produces the same bytes.
@@ -58,11 +58,7 @@ impl LinesSpec {
     }
 
     fn compression_of(&self, file: usize) -> Compression {
-        if self.compression.is_empty() {
-            Compression::Plain
-        } else {
-            self.compression[file % self.compression.len()]
-        }
+        cycled(&self.compression, file)
     }
 
     fn validate(&self) -> io::Result<()> {
@@ -99,8 +95,7 @@ pub fn write_lines_dataset(dir: &Path, spec: &LinesSpec) -> io::Result<Generated
     let mut files = Vec::with_capacity(spec.files);
     for (i, &role) in roles.iter().enumerate() {
         let compression = spec.compression_of(i);
-        let path = dir.join(format!("part-{i:05}.txt{}", compression.extension()));
-        let mut out = LineWriter::create(path, compression)?;
+        let mut out = LineWriter::create(part_path(dir, i, compression), compression)?;
         match role {
             Role::Empty => {}
             Role::NewlinesOnly => {
@@ -177,7 +172,7 @@ const EDGE_ONE_IN: u32 = 512;
 /// both at both ends.
 const PADS: [&[u8]; 4] = [b" \t", b"\t ", b" \t ", b"\t \t"];
 
-struct LinesGenerator<'a> {
+pub(crate) struct LinesGenerator<'a> {
     spec: &'a LinesSpec,
     rng: ChaCha8Rng,
     pool: Pool,
@@ -186,7 +181,7 @@ struct LinesGenerator<'a> {
 }
 
 impl<'a> LinesGenerator<'a> {
-    fn new(spec: &'a LinesSpec) -> Self {
+    pub(crate) fn new(spec: &'a LinesSpec) -> Self {
         Self {
             spec,
             rng: rng_for(spec.seed),
@@ -195,7 +190,14 @@ impl<'a> LinesGenerator<'a> {
         }
     }
 
-    fn fill_file(&mut self, out: &mut LineWriter, first: bool, last: bool) -> io::Result<()> {
+    /// Fills `out` to the spec's size; `first` and `last` place the edge
+    /// cases that need a first or last file.
+    pub(crate) fn fill_file(
+        &mut self,
+        out: &mut LineWriter,
+        first: bool,
+        last: bool,
+    ) -> io::Result<()> {
         if self.spec.edge_cases {
             if first {
                 // Guarantee each record-level case however small the files.

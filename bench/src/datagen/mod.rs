@@ -10,14 +10,25 @@
 //!
 //! Memory stays bounded regardless of output size: records stream through
 //! buffered (optionally compressing) writers, and duplicates are drawn from
-//! a bounded pool of earlier records (ring plus reservoir, see `pool.rs`).
+//! a bounded pool of earlier records (ring plus reservoir, see `pool.rs`;
+//! log copies wait in a bounded buffer, see `logs.rs`).
+//!
+//! Shapes: random printable `lines` (with edge cases), real-shaped URLs,
+//! paths and log lines (`shaped.rs`, skewed by `vocab.rs`), many small
+//! files of lines (`smallfiles.rs`), keyed TSV and file inventories.
 
 mod alphabet;
 mod inventory;
 mod lines;
+mod logs;
+mod paths;
 mod pool;
+mod shaped;
 mod sink;
+mod smallfiles;
 mod tsv;
+mod urls;
+mod vocab;
 
 use std::io;
 use std::path::PathBuf;
@@ -27,7 +38,9 @@ use rand_chacha::ChaCha8Rng;
 
 pub use inventory::{InventorySpec, PATH_LEN, write_inventory_dataset};
 pub use lines::{LinesSpec, write_lines_dataset};
+pub use shaped::{Shape, ShapeSpec, write_shape_dataset};
 pub use sink::Compression;
+pub use smallfiles::{SmallFilesSpec, write_small_files};
 pub use tsv::{TsvSpec, write_tsv_dataset};
 
 /// One file written by a generator.
@@ -50,7 +63,31 @@ pub struct GeneratedDataset {
     pub uncompressed_bytes: u64,
 }
 
+/// Counts over a dataset, for generators that do not list every file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatasetTotals {
+    pub files: u64,
+    pub records: u64,
+    pub uncompressed_bytes: u64,
+}
+
+impl DatasetTotals {
+    fn add(&mut self, file: &GeneratedFile) {
+        self.files += 1;
+        self.records += file.records;
+        self.uncompressed_bytes += file.uncompressed_bytes;
+    }
+}
+
 impl GeneratedDataset {
+    pub fn totals(&self) -> DatasetTotals {
+        DatasetTotals {
+            files: self.files.len() as u64,
+            records: self.records,
+            uncompressed_bytes: self.uncompressed_bytes,
+        }
+    }
+
     fn from_files(files: Vec<GeneratedFile>) -> Self {
         let records = files.iter().map(|f| f.records).sum();
         let uncompressed_bytes = files.iter().map(|f| f.uncompressed_bytes).sum();

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use flate2::write::GzEncoder;
@@ -27,6 +27,22 @@ impl Compression {
             Self::Zstd => ".zst",
         }
     }
+}
+
+/// The compression of file `index` when `cycle` is cycled over files (all
+/// plain if it is empty).
+pub(crate) fn cycled(cycle: &[Compression], index: usize) -> Compression {
+    if cycle.is_empty() {
+        Compression::Plain
+    } else {
+        cycle[index % cycle.len()]
+    }
+}
+
+/// `dir/part-00000.txt`, `dir/part-00001.txt.gz`, ...: the name of file
+/// `index` of a line dataset.
+pub(crate) fn part_path(dir: &Path, index: usize, compression: Compression) -> PathBuf {
+    dir.join(format!("part-{index:05}.txt{}", compression.extension()))
 }
 
 impl FromStr for Compression {
@@ -76,15 +92,25 @@ pub(crate) struct LineWriter {
 
 impl LineWriter {
     pub(crate) fn create(path: PathBuf, compression: Compression) -> io::Result<Self> {
+        Self::with_buffer(path, compression, BUFFER_BYTES)
+    }
+
+    /// A writer buffering `buffer` bytes: small files want a small buffer,
+    /// not a megabyte allocated and freed per file.
+    pub(crate) fn with_buffer(
+        path: PathBuf,
+        compression: Compression,
+        buffer: usize,
+    ) -> io::Result<Self> {
         let file = File::create(&path)?;
         let out = match compression {
-            Compression::Plain => Encoder::Plain(BufWriter::with_capacity(BUFFER_BYTES, file)),
+            Compression::Plain => Encoder::Plain(BufWriter::with_capacity(buffer, file)),
             Compression::Gzip => Encoder::Gzip(BufWriter::with_capacity(
-                BUFFER_BYTES,
+                buffer,
                 GzEncoder::new(file, flate2::Compression::fast()),
             )),
             Compression::Zstd => Encoder::Zstd(BufWriter::with_capacity(
-                BUFFER_BYTES,
+                buffer,
                 zstd::Encoder::new(file, ZSTD_LEVEL)?,
             )),
         };
