@@ -14,13 +14,20 @@ use bench::datagen::{Compression, LinesSpec};
 /// environment.
 pub fn quern(data: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quern"));
+    isolate(&mut cmd);
+    cmd.arg("--data").arg(data);
+    cmd
+}
+
+/// Removes the caller's `QUERN_*` settings from `cmd`'s environment and
+/// logs warnings only.
+pub fn isolate(cmd: &mut Command) {
     for (key, _) in std::env::vars() {
         if key.starts_with("QUERN_") {
             cmd.env_remove(key);
         }
     }
-    cmd.env("RUST_LOG", "warn").arg("--data").arg(data);
-    cmd
+    cmd.env("RUST_LOG", "warn");
 }
 
 /// Runs and returns the output, failing the test with stderr if the exit
