@@ -79,9 +79,16 @@ pub enum FormatArg {
 
 #[derive(Args, Debug)]
 pub struct IngestArgs {
-    /// Files, directories (walked in name order) or quoted globs.
+    /// Files, directories (walked in name order) or quoted globs. Symbolic
+    /// links named here are read; links inside directories need --follow.
     #[arg(required_unless_present = "sample", conflicts_with = "sample")]
     pub paths: Vec<PathBuf>,
+
+    /// Follow symbolic links inside directories (a link that leads back to
+    /// a directory being walked is reported as a problem). Without it they
+    /// are skipped, and the summary counts them.
+    #[arg(short = 'L', long)]
+    pub follow: bool,
 
     /// Ingest a small generated sample dataset (into dataset "sample"
     /// unless --dataset is given).

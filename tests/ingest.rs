@@ -279,3 +279,69 @@ fn the_store_is_never_read_back_as_input() {
     let stats = stats_json(&data, "default", None);
     assert_eq!(stats["jobs"][1]["totals"]["files"], 1, "{}", stats["files"]);
 }
+
+#[test]
+fn links_inside_directories_are_read_only_with_follow() {
+    let (input, data) = (tempdir(), tempdir());
+    let d = input.path();
+    let (tree, elsewhere) = (d.join("tree"), d.join("elsewhere"));
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(tree.join("a.txt"), "a\nshared\n").unwrap();
+    std::fs::write(elsewhere.join("e.txt"), "e\nshared\n").unwrap();
+    std::fs::write(d.join("single.txt"), "single\n").unwrap();
+    let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, tree.join(name));
+    link(&elsewhere, "dir-link").unwrap();
+    link(&d.join("single.txt"), "file-link").unwrap();
+
+    // Skipped and counted, but not input files: not listed, no records.
+    let out = ingest(data.path(), &["--dataset", "skip"], &[&tree]);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains(
+            "skipped 2 symbolic links inside directories (not input files); --follow reads them"
+        ),
+        "{summary}"
+    );
+    assert_eq!(export(data.path(), "skip"), sort_u(&[tree.join("a.txt")]));
+    assert_eq!(
+        stats_json(data.path(), "skip", None)["files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A link named on the command line is read.
+    ingest(
+        data.path(),
+        &["--dataset", "named"],
+        &[&tree.join("file-link")],
+    );
+    assert_eq!(export(data.path(), "named"), b"single\n");
+
+    // Followed, with a loop reported by its path and never walked again.
+    link(&tree, "loop").unwrap();
+    let out = ingest_expecting(
+        data.path(),
+        &["--dataset", "follow", "--follow"],
+        &[&tree],
+        3,
+    );
+    let summary = String::from_utf8_lossy(&out.stderr);
+    let loop_problem = format!(
+        "problem: {}: cannot read: symbolic link loop: it leads back to {}, which is being walked",
+        tree.join("loop").display(),
+        tree.display()
+    );
+    assert!(summary.contains(&loop_problem), "{summary}");
+    assert!(!summary.contains("skipped"), "{summary}");
+    assert_eq!(
+        export(data.path(), "follow"),
+        sort_u(&[
+            tree.join("a.txt"),
+            elsewhere.join("e.txt"),
+            d.join("single.txt")
+        ])
+    );
+}
