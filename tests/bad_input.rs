@@ -218,6 +218,41 @@ fn the_configuration_file_gives_defaults_that_env_and_flags_override() {
     );
 }
 
+#[test]
+fn bad_standard_input_is_named_dash() {
+    let (cwd, data) = (tempdir(), tempdir());
+    let lines: String = (0..20_000).map(|i| format!("piped-{i:06}\n")).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(lines.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let truncated = gz[..gz.len() / 2].to_vec();
+    let recovered = recoverable_lines(&truncated);
+
+    let out = ingest_piped(data.path(), cwd.path(), &["-"], truncated, 3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("problem: -: at byte") && err.contains("gzip data is corrupt or truncated"),
+        "{err}"
+    );
+    let want: Vec<u8> = recovered
+        .iter()
+        .flat_map(|l| [l, &b"\n"[..]].concat())
+        .collect();
+    assert!(
+        export(data.path(), "default") == want,
+        "export is not the readable records"
+    );
+    let stats = stats_json(data.path(), "default", None);
+    let piped = &stats["files"][0];
+    assert_eq!(piped["path"], "-");
+    assert_eq!(n(&piped["unique"]), recovered.len() as u64);
+    assert_eq!(
+        n(&piped["read"]),
+        n(&piped["unique"]) + n(&piped["rejected"]),
+        "{piped}"
+    );
+}
+
 /// With a warning to log (a missing path): plain text when stderr is a
 /// pipe; colour on a terminal (script(1), from util-linux, gives the
 /// command one), unless `NO_COLOR` is set.

@@ -11,7 +11,8 @@
 //! command line (or matched by a glob) is read even if it is a link, while
 //! links met inside a directory are skipped and counted unless the walk
 //! follows links; a followed link that leads back to a directory being
-//! walked is reported, never walked again.
+//! walked is reported, never walked again. `-` stands for standard input,
+//! in its place among the arguments.
 
 use std::ops::ControlFlow;
 use std::os::unix::fs::MetadataExt;
@@ -23,19 +24,33 @@ use walkdir::{DirEntryExt, WalkDir};
 
 use super::source::{self, Compression};
 
+/// The PATH argument that stands for standard input, and its name in the
+/// ledger, as `sort` and `cat` take it.
+pub const STDIN: &str = "-";
+
 /// An input file as listed, before reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputFile {
     /// Position in manifest order within the job.
     pub seq: u32,
     pub path: PathBuf,
+    /// 0 for standard input, whose size is unknown until it is read.
     pub size: u64,
     pub modified: Option<SystemTime>,
+}
+
+impl InputFile {
+    /// Whether this is standard input rather than a file. The walk never
+    /// lists a file under the bare name `-` (a glob match `-` becomes `./-`).
+    pub fn is_stdin(&self) -> bool {
+        self.path.as_os_str() == STDIN
+    }
 }
 
 /// What the walk found at one place.
 #[derive(Debug)]
 pub enum Listed {
+    /// A file to read, or standard input (path `-`, size 0, no time).
     File {
         path: PathBuf,
         size: u64,
@@ -106,7 +121,13 @@ impl Walk {
         visit: &mut dyn FnMut(Listed) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
         for input in inputs {
-            if std::fs::symlink_metadata(input).is_err()
+            if input.as_os_str() == STDIN {
+                visit(Listed::File {
+                    path: input.clone(),
+                    size: 0,
+                    modified: None,
+                })?;
+            } else if std::fs::symlink_metadata(input).is_err()
                 && let Some(pattern) = input.to_str().filter(|s| is_glob(s))
             {
                 self.walk_glob(input, pattern, visit)?;
@@ -136,6 +157,10 @@ impl Walk {
         for entry in matches {
             any = true;
             match entry {
+                // A file named `-` must not pass for standard input.
+                Ok(path) if path.as_os_str() == STDIN => {
+                    self.walk_named(&Path::new(".").join(path), visit)?
+                }
                 Ok(path) => self.walk_named(&path, visit)?,
                 Err(e) => visit(Listed::Unreadable {
                     path: e.path().to_path_buf(),
@@ -252,12 +277,14 @@ pub struct Shard {
 }
 
 /// Cuts a file into shards: plain files larger than `split_bytes` into
-/// ranges scanned in parallel; compressed and small files whole.
+/// ranges scanned in parallel; compressed and small files, and standard
+/// input (which can be read only once, in order), whole.
 pub fn plan_shards(file: Arc<InputFile>, split_bytes: u64) -> impl Iterator<Item = Shard> {
     let size = file.size;
     // A file we cannot open now is scanned whole, and the scan reports why.
-    let split =
-        size > split_bytes && source::sniff(&file.path).is_ok_and(|c| c == Compression::Plain);
+    let split = size > split_bytes
+        && !file.is_stdin()
+        && source::sniff(&file.path).is_ok_and(|c| c == Compression::Plain);
     let count = if split { size.div_ceil(split_bytes) } else { 1 };
     (0..count).map(move |i| Shard {
         file: file.clone(),
@@ -397,6 +424,36 @@ mod tests {
             ]
         );
         assert_eq!(skipped, 0);
+    }
+
+    #[test]
+    fn stdin_takes_its_place_among_the_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("a"), "a").unwrap();
+        fs::write(d.join("-"), "a file named -").unwrap();
+        let got = listed(&[d.join("a"), PathBuf::from(STDIN), d.join("-")]);
+        assert_eq!(
+            got,
+            vec![
+                format!("{} 1", d.join("a").display()),
+                "- 0".to_string(),
+                format!("{} 14", d.join("-").display()),
+            ]
+        );
+        let input = |path: &str| InputFile {
+            seq: 0,
+            path: PathBuf::from(path),
+            size: 5000,
+            modified: None,
+        };
+        assert!(input("-").is_stdin());
+        assert!(!input("./-").is_stdin());
+        // Never split, and never sniffed (which would open a file named `-`).
+        let ranges: Vec<_> = plan_shards(Arc::new(input("-")), 10)
+            .map(|s| s.range)
+            .collect();
+        assert_eq!(ranges, vec![ShardRange::Whole]);
     }
 
     #[test]

@@ -34,6 +34,8 @@ impl OpenShard {
     pub fn open(shard: &Shard, max_record: u64) -> Result<Self, OpenError> {
         let file = &shard.file;
         let (source, start, mid_record, end) = match shard.range {
+            // Standard input has no listed size: it is read to its end.
+            ShardRange::Whole if file.is_stdin() => (Source::stdin()?, 0, false, None),
             ShardRange::Whole => {
                 let source = Source::open_whole(&file.path)?;
                 // A plain file is read up to its listed size, so a file that
@@ -62,7 +64,8 @@ impl OpenShard {
                 (source, start, before[0] != b'\n', Some(end))
             }
         };
-        let expected_len = (source.compression == Compression::Plain).then_some(file.size);
+        let expected_len =
+            (source.compression == Compression::Plain && !file.is_stdin()).then_some(file.size);
         let compression = source.compression;
         let file_bytes = source.file_bytes();
         let records = RecordReader::new(
