@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use node::input::manifest::STDIN;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,9 +40,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The rules of usage clap cannot express.
+    pub fn check_usage(&self) -> Result<(), String> {
+        match &self.command {
+            Command::Ingest(ingest) => ingest.check_usage(),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Ingest files, directories or globs into a dataset.
+    /// Ingest files, directories, globs or standard input into a dataset.
     Ingest(IngestArgs),
     /// Write a dataset's records to stdout (or a file) in sorted order.
     Export(ExportArgs),
@@ -79,9 +90,17 @@ pub enum FormatArg {
 
 #[derive(Args, Debug)]
 pub struct IngestArgs {
-    /// Files, directories (walked in name order) or quoted globs.
+    /// Files, directories (walked in name order), quoted globs, or `-` for
+    /// standard input (at most once; a file named - is ./-). Symbolic links
+    /// named here are read; links inside directories need --follow.
     #[arg(required_unless_present = "sample", conflicts_with = "sample")]
     pub paths: Vec<PathBuf>,
+
+    /// Follow symbolic links inside directories (a link that leads back to
+    /// a directory being walked is reported as a problem). Without it they
+    /// are skipped, and the summary counts them.
+    #[arg(short = 'L', long)]
+    pub follow: bool,
 
     /// Ingest a small generated sample dataset (into dataset "sample"
     /// unless --dataset is given).
@@ -121,6 +140,19 @@ pub struct IngestArgs {
 
     #[command(flatten)]
     pub tuning: TuningArgs,
+}
+
+impl IngestArgs {
+    /// Standard input can be read only once.
+    fn check_usage(&self) -> Result<(), String> {
+        let stdin = self.paths.iter().filter(|p| p.as_os_str() == STDIN);
+        if stdin.count() > 1 {
+            return Err(format!(
+                "{STDIN} (standard input) can be given only once; name a file called {STDIN} as ./{STDIN}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Limits most jobs never need to change.
@@ -469,6 +501,15 @@ mod tests {
         for bad in ["2", "x=h:1", "2=h", "2=:7001", "2=h:port"] {
             assert!(parse_peer(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn standard_input_is_given_at_most_once() {
+        let check = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().check_usage();
+        assert_eq!(check(&["quern", "ingest", "a", "-", "b", "./-"]), Ok(()));
+        assert_eq!(check(&["quern", "ingest", "--follow", "-"]), Ok(()));
+        let twice = check(&["quern", "ingest", "-", "a", "-"]).unwrap_err();
+        assert!(twice.contains("can be given only once"), "{twice}");
     }
 
     #[test]

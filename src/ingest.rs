@@ -41,6 +41,7 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
         max_record_bytes: args.max_record,
         batch_bytes: args.tuning.batch_bytes,
         split_bytes: args.tuning.split_bytes,
+        follow_links: args.follow,
         max_open_runs: args.tuning.max_open_runs,
         sst_target_bytes: args.tuning.sst_target,
         shutdown_timeout: args.tuning.shutdown_timeout,

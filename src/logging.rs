@@ -1,6 +1,8 @@
-//! Log lines to stderr that do not tear through the progress bar.
+//! Log lines to stderr that do not tear through the progress bar, in
+//! colour only for a person at a terminal.
 
-use std::io::Write;
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
 use indicatif::ProgressBar;
@@ -67,10 +69,34 @@ pub fn init(verbose: u8) -> LogTarget {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let target = LogTarget::default();
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(target.clone())
         .with_target(false)
+        .with_ansi(colour)
         .init();
     target
+}
+
+/// Colour escapes would litter a redirected log; `NO_COLOR` set to
+/// anything but the empty string turns them off (no-color.org).
+fn use_colour(stderr_is_terminal: bool, no_color: Option<OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
+    }
 }

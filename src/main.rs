@@ -70,7 +70,8 @@ fn main() -> ExitCode {
 }
 
 /// Parses the command line over the defaults of the configuration file,
-/// if one is named. clap prints its own errors and exits.
+/// if one is named, and checks the rules clap cannot express. clap prints
+/// its own errors and exits.
 fn parse_command_line() -> anyhow::Result<args::Cli> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let file = match ConfigFile::path_from(&argv, std::env::var_os(config_file::ENV)) {
@@ -78,7 +79,9 @@ fn parse_command_line() -> anyhow::Result<args::Cli> {
         None => ConfigFile::default(),
     };
     let matches = file.apply(args::Cli::command()).get_matches_from(argv);
-    Ok(args::Cli::from_arg_matches(&matches)?)
+    let cli = args::Cli::from_arg_matches(&matches)?;
+    cli.check_usage().map_err(anyhow::Error::msg)?;
+    Ok(cli)
 }
 
 /// Bad usage, as clap exits with.

@@ -90,6 +90,10 @@ pub fn ingest_summary(
         count(JobCounters::get(&counters.merge_passes))
     )?;
     write_memory(&mut err, &outcome.memory)?;
+    let links_skipped = JobCounters::get(&counters.links_skipped);
+    if links_skipped > 0 {
+        writeln!(err, "  {}", skipped_links_note(links_skipped))?;
+    }
     if t.files == 0 {
         writeln!(
             err,
@@ -113,6 +117,16 @@ pub fn ingest_summary(
         )?;
     }
     Ok(clean)
+}
+
+/// Links inside directories are not input files (not listed, no
+/// records), so they are told apart from the counted figures.
+fn skipped_links_note(n: u64) -> String {
+    let links = if n == 1 { "link" } else { "links" };
+    format!(
+        "skipped {} symbolic {links} inside directories (not input files); --follow reads them",
+        count(n)
+    )
 }
 
 /// Peak figures of the job, and what the process holds now it is over.
@@ -355,7 +369,16 @@ fn write_json_element(
 
 #[cfg(test)]
 mod tests {
-    use super::count;
+    use super::{count, skipped_links_note};
+
+    #[test]
+    fn skipped_links_are_counted_in_words() {
+        assert_eq!(
+            skipped_links_note(1),
+            "skipped 1 symbolic link inside directories (not input files); --follow reads them"
+        );
+        assert!(skipped_links_note(1200).starts_with("skipped 1,200 symbolic links "));
+    }
 
     #[test]
     fn counts_have_thousands_separators() {

@@ -217,3 +217,79 @@ fn the_configuration_file_gives_defaults_that_env_and_flags_override() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_standard_input_is_named_dash() {
+    let (cwd, data) = (tempdir(), tempdir());
+    let lines: String = (0..20_000).map(|i| format!("piped-{i:06}\n")).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(lines.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let truncated = gz[..gz.len() / 2].to_vec();
+    let recovered = recoverable_lines(&truncated);
+
+    let out = ingest_piped(data.path(), cwd.path(), &["-"], truncated, 3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("problem: -: at byte") && err.contains("gzip data is corrupt or truncated"),
+        "{err}"
+    );
+    let want: Vec<u8> = recovered
+        .iter()
+        .flat_map(|l| [l, &b"\n"[..]].concat())
+        .collect();
+    assert!(
+        export(data.path(), "default") == want,
+        "export is not the readable records"
+    );
+    let stats = stats_json(data.path(), "default", None);
+    let piped = &stats["files"][0];
+    assert_eq!(piped["path"], "-");
+    assert_eq!(n(&piped["unique"]), recovered.len() as u64);
+    assert_eq!(
+        n(&piped["read"]),
+        n(&piped["unique"]) + n(&piped["rejected"]),
+        "{piped}"
+    );
+}
+
+/// With a warning to log (a missing path): plain text when stderr is a
+/// pipe; colour on a terminal (script(1), from util-linux, gives the
+/// command one), unless `NO_COLOR` is set.
+#[test]
+fn log_lines_carry_colour_only_on_a_terminal() {
+    let data = tempdir();
+    let missing = data.path().join("missing.txt");
+    let out = ingest_expecting(data.path(), &[], &[&missing], 3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARN") && err.contains("missing.txt"), "{err}");
+    assert!(!err.contains("\x1b["), "{err:?}");
+
+    let on_terminal = |no_color: Option<&str>| {
+        let line = format!(
+            "'{}' --data '{}' ingest --no-progress '{}'",
+            env!("CARGO_BIN_EXE_quern"),
+            data.path().display(),
+            missing.display()
+        );
+        let mut cmd = std::process::Command::new("script");
+        isolate(&mut cmd);
+        cmd.args(["-qec", &line, "/dev/null"])
+            .stdin(std::process::Stdio::null());
+        match no_color {
+            Some(value) => cmd.env("NO_COLOR", value),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        String::from_utf8_lossy(&run(&mut cmd, 3).stdout).into_owned()
+    };
+    let coloured = on_terminal(None);
+    assert!(
+        coloured.contains("missing.txt") && coloured.contains("\x1b["),
+        "{coloured:?}"
+    );
+    let plain = on_terminal(Some("1"));
+    assert!(
+        plain.contains("missing.txt") && !plain.contains("\x1b["),
+        "{plain:?}"
+    );
+}

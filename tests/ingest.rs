@@ -279,3 +279,141 @@ fn the_store_is_never_read_back_as_input() {
     let stats = stats_json(&data, "default", None);
     assert_eq!(stats["jobs"][1]["totals"]["files"], 1, "{}", stats["files"]);
 }
+
+/// Lines of standard input in the stdin tests: more than `--split-bytes
+/// 1M`, with duplicates, a key shared with a file before it and one with
+/// a file after it, and a last line without a newline.
+fn piped_lines() -> Vec<u8> {
+    let mut lines: Vec<u8> = (0..150_000)
+        .flat_map(|i| format!("piped-{:06}\n", i % 100_000).into_bytes())
+        .collect();
+    lines.extend_from_slice(b"shared-before\nshared-after\nno-newline-at-end");
+    lines
+}
+
+#[test]
+fn standard_input_is_read_whole_in_its_place_among_the_paths() {
+    let (input, oracle) = (tempdir(), tempdir());
+    let dir = input.path();
+    std::fs::write(dir.join("before.txt"), "shared-before\nbefore-only\n").unwrap();
+    // A file named `-`, matched by a glob: a file, not standard input.
+    std::fs::write(dir.join("-"), "shared-after\nafter-only\n").unwrap();
+    let piped = piped_lines();
+    let piped_copy = oracle.path().join("piped");
+    std::fs::write(&piped_copy, &piped).unwrap();
+    let expected = sort_u(&[dir.join("before.txt"), piped_copy, dir.join("-")]);
+    let zstd = zstd::encode_all(&piped[..], 3).unwrap();
+
+    for (label, stdin) in [("plain", piped.clone()), ("zstd", zstd)] {
+        let data = tempdir();
+        let args = ["--split-bytes", "1M", "before.txt", "-", "[-]"];
+        let out = ingest_piped(data.path(), dir, &args, stdin, 0);
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(!summary.contains("changed while"), "{label}: {summary}");
+        assert_same_lines(label, &export(data.path(), "default"), &expected);
+
+        // Manifest order is argument order; standard input is `-`, size
+        // unknown (0), and its records are counted like a file's.
+        let stats = stats_json(data.path(), "default", None);
+        let files = stats["files"].as_array().unwrap();
+        let n = |v: &serde_json::Value| v.as_u64().unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, ["before.txt", "-", "./-"], "{label}");
+        assert_eq!(n(&files[1]["size"]), 0, "{label}");
+        assert_eq!(n(&files[1]["read"]), 150_003, "{label}");
+        for f in files {
+            assert_eq!(
+                n(&f["read"]),
+                n(&f["unique"]) + n(&f["duplicates"]) + n(&f["rejected"]),
+                "{label}: {f}"
+            );
+        }
+        let seen = |key: &[u8]| provenance(data.path(), "default", key);
+        assert!(seen(b"shared-before").contains("first seen at before.txt:0"));
+        let after_offset = piped.len() - "shared-after\nno-newline-at-end".len();
+        assert!(
+            seen(b"shared-after").contains(&format!("first seen at -:{after_offset} ")),
+            "{label}: {}",
+            seen(b"shared-after")
+        );
+    }
+}
+
+#[test]
+fn standard_input_given_twice_is_bad_usage() {
+    let (input, data) = (tempdir(), tempdir());
+    let out = ingest_piped(data.path(), input.path(), &["-", "-"], b"x\n".to_vec(), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("- (standard input) can be given only once"),
+        "{err}"
+    );
+    let made: Vec<_> = std::fs::read_dir(data.path()).unwrap().collect();
+    assert!(made.is_empty(), "bad usage opens no store: {made:?}");
+}
+
+#[test]
+fn links_inside_directories_are_read_only_with_follow() {
+    let (input, data) = (tempdir(), tempdir());
+    let d = input.path();
+    let (tree, elsewhere) = (d.join("tree"), d.join("elsewhere"));
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(tree.join("a.txt"), "a\nshared\n").unwrap();
+    std::fs::write(elsewhere.join("e.txt"), "e\nshared\n").unwrap();
+    std::fs::write(d.join("single.txt"), "single\n").unwrap();
+    let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, tree.join(name));
+    link(&elsewhere, "dir-link").unwrap();
+    link(&d.join("single.txt"), "file-link").unwrap();
+
+    // Skipped and counted, but not input files: not listed, no records.
+    let out = ingest(data.path(), &["--dataset", "skip"], &[&tree]);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains(
+            "skipped 2 symbolic links inside directories (not input files); --follow reads them"
+        ),
+        "{summary}"
+    );
+    assert_eq!(export(data.path(), "skip"), sort_u(&[tree.join("a.txt")]));
+    assert_eq!(
+        stats_json(data.path(), "skip", None)["files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A link named on the command line is read.
+    ingest(
+        data.path(),
+        &["--dataset", "named"],
+        &[&tree.join("file-link")],
+    );
+    assert_eq!(export(data.path(), "named"), b"single\n");
+
+    // Followed, with a loop reported by its path and never walked again.
+    link(&tree, "loop").unwrap();
+    let out = ingest_expecting(
+        data.path(),
+        &["--dataset", "follow", "--follow"],
+        &[&tree],
+        3,
+    );
+    let summary = String::from_utf8_lossy(&out.stderr);
+    let loop_problem = format!(
+        "problem: {}: cannot read: symbolic link loop: it leads back to {}, which is being walked",
+        tree.join("loop").display(),
+        tree.display()
+    );
+    assert!(summary.contains(&loop_problem), "{summary}");
+    assert!(!summary.contains("skipped"), "{summary}");
+    assert_eq!(
+        export(data.path(), "follow"),
+        sort_u(&[
+            tree.join("a.txt"),
+            elsewhere.join("e.txt"),
+            d.join("single.txt")
+        ])
+    );
+}

@@ -49,6 +49,9 @@ pub struct IngestConfig {
     /// Plain files larger than this are split into newline-aligned ranges
     /// scanned in parallel.
     pub split_bytes: u64,
+    /// Follow symbolic links met inside walked directories (links named as
+    /// inputs are always read).
+    pub follow_links: bool,
     /// Sorted runs merged at once; more runs mean a multi-pass merge.
     pub max_open_runs: usize,
     /// Size at which a lane rolls over to a new SST file.
@@ -78,6 +81,7 @@ impl Default for IngestConfig {
             max_record_bytes: MIB,
             batch_bytes: 256 * KIB,
             split_bytes: 64 * MIB,
+            follow_links: false,
             max_open_runs: 64,
             sst_target_bytes: 256 * MIB,
             shutdown_timeout: Duration::from_secs(10),

@@ -18,6 +18,9 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Default)]
 pub struct JobCounters {
     pub files_listed: AtomicU64,
+    /// Symbolic links met inside directories and not followed: not input
+    /// files, so never listed and without records.
+    pub links_skipped: AtomicU64,
     pub bytes_listed: AtomicU64,
     pub bytes_scanned: AtomicU64,
     pub problem_files: AtomicU64,

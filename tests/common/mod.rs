@@ -14,13 +14,20 @@ use bench::datagen::{Compression, LinesSpec};
 /// environment.
 pub fn quern(data: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quern"));
+    isolate(&mut cmd);
+    cmd.arg("--data").arg(data);
+    cmd
+}
+
+/// Removes the caller's `QUERN_*` settings from `cmd`'s environment and
+/// logs warnings only.
+pub fn isolate(cmd: &mut Command) {
     for (key, _) in std::env::vars() {
         if key.starts_with("QUERN_") {
             cmd.env_remove(key);
         }
     }
-    cmd.env("RUST_LOG", "warn").arg("--data").arg(data);
-    cmd
+    cmd.env("RUST_LOG", "warn");
 }
 
 /// Runs and returns the output, failing the test with stderr if the exit
@@ -48,6 +55,41 @@ pub fn ingest_expecting(data: &Path, args: &[&str], inputs: &[&Path], status: i3
         .args(args)
         .args(inputs);
     run(&mut cmd, status)
+}
+
+/// `quern ingest` run in `cwd` with `stdin` written into its standard
+/// input through a pipe, as `zcat big.gz | quern ingest -` does.
+pub fn ingest_piped(
+    data: &Path,
+    cwd: &Path,
+    args: &[&str],
+    stdin: Vec<u8>,
+    expected: i32,
+) -> Output {
+    let mut cmd = quern(data);
+    cmd.current_dir(cwd)
+        .args(["ingest", "--no-progress"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("quern runs");
+    let mut pipe = child.stdin.take().unwrap();
+    // Dropping the pipe at the end is the end of input. A quern that
+    // stops reading early (bad usage) closes it: that is not our failure.
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&stdin);
+    });
+    let out = child.wait_with_output().expect("quern runs");
+    writer.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(expected),
+        "{cmd:?} exited {:?}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 pub fn export(data: &Path, dataset: &str) -> Vec<u8> {

@@ -27,7 +27,7 @@ use super::sort_merge::{SortMerge, SortMergeArgs, SortMergeMsg};
 use super::{JobContext, blocking};
 use crate::counters::JobCounters;
 use crate::edge::{Edge, EdgeClosed, EdgeCloser};
-use crate::input::manifest::{Excluded, InputFile, Listed, Shard, plan_shards, walk};
+use crate::input::manifest::{Excluded, InputFile, Listed, Shard, Walk, plan_shards};
 use crate::memory::Account;
 use crate::memory::monitor::SAMPLE_INTERVAL;
 use crate::quarantine::FileProblem;
@@ -466,13 +466,15 @@ fn walk_manifest(
     };
     // Never read the store's own files back as input.
     let excluded = Excluded::dirs(&[ctx.store.db_dir(), ctx.store.tmp_dir()]);
+    let mut walk = Walk::new(excluded, ctx.config.follow_links);
     let mut failure = None;
-    let _ = walk(inputs, &excluded, &mut |listed| {
+    let _ = walk.run(inputs, &mut |listed| {
         manifest.visit(listed).unwrap_or_else(|e| {
             failure = Some(e);
             ControlFlow::Break(())
         })
     });
+    JobCounters::add(&ctx.counters.links_skipped, walk.links_skipped());
     match failure {
         Some(failure) => Err(failure),
         None => {

@@ -365,6 +365,9 @@ impl ScanState {
 
 /// How a file differs from when it was listed, if it does.
 fn changed_since_listed(file: &InputFile) -> Option<String> {
+    if file.is_stdin() {
+        return None; // nothing was listed to compare with
+    }
     let now = match std::fs::metadata(&file.path) {
         Ok(m) => m,
         Err(e) => {

@@ -41,6 +41,13 @@ impl OpenShard {
     pub fn open(shard: &Shard, max_record: u64, buffers: &ReadBuffers) -> Result<Self, OpenError> {
         let file = &shard.file;
         let (source, start, mid_record, end) = match shard.range {
+            // Standard input has no listed size: it is read to its end.
+            ShardRange::Whole if file.is_stdin() => (
+                Source::stdin(buffers.take(DECOMPRESS_INPUT_BYTES))?,
+                0,
+                false,
+                None,
+            ),
             ShardRange::Whole => {
                 let source = Source::open_whole(&file.path, buffers.take(DECOMPRESS_INPUT_BYTES))?;
                 // A plain file is read up to its listed size, so a file that
@@ -69,7 +76,8 @@ impl OpenShard {
                 (source, start, before[0] != b'\n', Some(end))
             }
         };
-        let expected_len = (source.compression == Compression::Plain).then_some(file.size);
+        let expected_len =
+            (source.compression == Compression::Plain && !file.is_stdin()).then_some(file.size);
         let compression = source.compression;
         let file_bytes = source.file_bytes();
         let records = RecordReader::new(

@@ -45,16 +45,17 @@ pub fn detect(head: &[u8]) -> Compression {
 
 /// Reads the magic bytes of a file.
 pub fn sniff(path: &Path) -> io::Result<Compression> {
-    let mut head = [0u8; 4];
-    let mut file = File::open(path)?;
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(detect(&head[..filled]))
+    Ok(detect(&read_magic(&mut File::open(path)?)?))
+}
+
+/// The first bytes of a stream, as many as the longest magic (fewer only
+/// at its end), however few each read returns.
+fn read_magic(stream: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(ZSTD_MAGIC.len());
+    stream
+        .take(ZSTD_MAGIC.len() as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// A decompressed byte stream over a file, with a count of the file bytes
@@ -70,9 +71,28 @@ impl Source {
     /// Opens the whole file, decompressing if its magic bytes say so;
     /// `buffer` holds file bytes in front of the decompressor.
     pub fn open_whole(path: &Path, buffer: ReadBuffer) -> io::Result<Source> {
+        Self::decompressing(File::open(path)?, buffer)
+    }
+
+    /// Standard input, decompressed if its magic bytes say so.
+    pub fn stdin(buffer: ReadBuffer) -> io::Result<Source> {
+        Self::open_stream(io::stdin(), buffer)
+    }
+
+    /// A pipe may deliver fewer bytes than the magic at first, so they are
+    /// gathered before the stream goes on behind them.
+    fn open_stream(
+        mut stream: impl Read + Send + 'static,
+        buffer: ReadBuffer,
+    ) -> io::Result<Source> {
+        let head = read_magic(&mut stream)?;
+        Self::decompressing(io::Cursor::new(head).chain(stream), buffer)
+    }
+
+    fn decompressing(inner: impl Read + Send + 'static, buffer: ReadBuffer) -> io::Result<Source> {
         let file_bytes = Arc::new(AtomicU64::new(0));
         let counted = CountingReader {
-            inner: File::open(path)?,
+            inner,
             count: file_bytes.clone(),
         };
         let mut buffered = BufferedReader::new(counted, buffer);
@@ -169,6 +189,42 @@ mod tests {
         std::fs::write(&zst, zstd::encode_all(&content[..], 1).unwrap()).unwrap();
         assert_eq!(read_all(&zst), (Compression::Zstd, content));
         assert_eq!(sniff(&zst).unwrap(), Compression::Zstd);
+    }
+
+    /// A pipe that delivers one byte per read.
+    struct Trickle(io::Cursor<Vec<u8>>);
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let end = buf.len().min(1);
+            self.0.read(&mut buf[..end])
+        }
+    }
+
+    #[test]
+    fn a_stream_is_detected_by_magic_however_it_trickles_in() {
+        let content = b"b\na\n".repeat(1000);
+        let zst = zstd::encode_all(&content[..], 1).unwrap();
+        let mut source = Source::open_stream(
+            Trickle(io::Cursor::new(zst.clone())),
+            ReadBuffer::unpooled(64),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        source.reader.read_to_end(&mut out).unwrap();
+        assert_eq!((source.compression, out), (Compression::Zstd, content));
+        assert_eq!(source.file_bytes().get(), zst.len() as u64);
+
+        let mut source = Source::open_stream(
+            Trickle(io::Cursor::new(b"x".to_vec())),
+            ReadBuffer::unpooled(64),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        source.reader.read_to_end(&mut out).unwrap();
+        assert_eq!(
+            (source.compression, out),
+            (Compression::Plain, b"x".to_vec())
+        );
     }
 
     #[test]
