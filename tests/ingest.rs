@@ -50,8 +50,10 @@ fn sort_work(summary: &str) -> (u64, u64) {
         .lines()
         .find(|l| l.contains("runs spilled"))
         .expect("summary reports sort work");
+    // Counts are printed with thousands separators.
     let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
+        .split(|c: char| !c.is_ascii_digit() && c != ',')
+        .map(|s| s.replace(',', ""))
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().unwrap())
         .collect();

@@ -27,10 +27,11 @@ impl ReadBuffers {
     pub fn take(&self, len: usize) -> ReadBuffer {
         let reused = {
             let mut free = self.free.lock().expect("read buffers lock");
-            // The smallest that fits: a scanner takes buffers of two sizes,
-            // and a small request must not take (and shrink) the large one.
+            // One of the same size class: a scanner takes buffers of two
+            // sizes, and a small request must not take the large one (the
+            // next large request would then allocate another).
             let fit = (free.iter().enumerate())
-                .filter(|(_, b)| b.capacity() >= len)
+                .filter(|(_, b)| (len..=len.saturating_mul(2)).contains(&b.capacity()))
                 .min_by_key(|(_, b)| b.capacity());
             fit.map(|(i, _)| i).map(|i| free.swap_remove(i))
         };
@@ -157,10 +158,13 @@ mod tests {
         assert_ne!(other.as_ptr(), address);
         drop((again, other));
         assert_eq!(pool.free_count(), 2);
-        // The smallest buffer that fits is reused; a larger request never
-        // gets a smaller buffer.
-        let small = pool.take(5);
-        assert_eq!((small.len(), pool.free_count()), (5, 1));
+        // A buffer of the same size class is reused: the 10-byte one for 6
+        // bytes, but not the 1000-byte one for 5 bytes; a larger request
+        // never gets a smaller buffer.
+        let small = pool.take(6);
+        assert_eq!((small.len(), pool.free_count()), (6, 1));
+        let tiny = pool.take(5);
+        assert_eq!((tiny.len(), pool.free_count()), (5, 1));
         assert_eq!(pool.take(5000).len(), 5000);
         ReadBuffer::unpooled(3);
         assert_eq!(pool.free_count(), 2);
