@@ -153,6 +153,9 @@ pub fn validate_dataset_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Gauge of the bytes of each scanner's cache of recent keys.
+pub const RECENT_KEYS_BYTES_METRIC: &str = "quern_scan_recent_keys_bytes";
+
 /// The memory budget divided into named shares, each printed at start-up.
 ///
 /// - `rocksdb`: half for the block cache, with the memtables charged to it
@@ -183,6 +186,9 @@ pub struct MemoryPlan {
     /// Per lane: keys in one SST file, so its writer stays within the
     /// lane's part of the RocksDB share.
     pub sst_file_keys: u64,
+    /// Per scanner: its cache of recent keys (`recent_keys`), taken from
+    /// the in-flight share.
+    pub recent_keys_bytes: u64,
 }
 
 /// Memory an SST writer holds per key until the file is finished (filter
@@ -191,6 +197,9 @@ pub struct MemoryPlan {
 const SST_WRITER_BYTES_PER_KEY: u64 = 24;
 /// Files smaller than this many keys would only multiply files.
 const MIN_SST_FILE_KEYS: u64 = 16 * 1024;
+/// Bounds of a scanner's cache of recent keys (`recent_keys`).
+const MIN_RECENT_KEYS_BYTES: u64 = 64 * KIB;
+const MAX_RECENT_KEYS_BYTES: u64 = MIB;
 
 impl MemoryPlan {
     /// RocksDB's share of a budget: known before the store is opened, so it
@@ -231,6 +240,8 @@ impl MemoryPlan {
         let writers = rocksdb - Self::rocksdb_cache_bytes(budget);
         let sst_file_keys =
             (writers / lanes as u64 / SST_WRITER_BYTES_PER_KEY).max(MIN_SST_FILE_KEYS);
+        let recent_keys_bytes =
+            (in_flight / 8 / lanes as u64).clamp(MIN_RECENT_KEYS_BYTES, MAX_RECENT_KEYS_BYTES);
         Self {
             budget,
             rocksdb,
@@ -242,6 +253,7 @@ impl MemoryPlan {
             run_bytes,
             spill_frame_bytes,
             sst_file_keys,
+            recent_keys_bytes,
         }
     }
 }
@@ -263,6 +275,7 @@ impl MemoryPlan {
         ] {
             metrics::gauge!("quern_memory_share_bytes", "share" => share).set(bytes as f64);
         }
+        metrics::gauge!(RECENT_KEYS_BYTES_METRIC).set(self.recent_keys_bytes as f64);
     }
 }
 
@@ -272,7 +285,8 @@ impl std::fmt::Display for MemoryPlan {
         write!(
             f,
             "memory budget {:.0} MiB: sort {:.1} MiB ({} lanes x {:.1} MiB runs), \
-             in-flight {:.1} MiB (edges of {:.2} MiB, batches of {} KiB), \
+             in-flight {:.1} MiB (edges of {:.2} MiB, batches of {} KiB, \
+             recent keys {} KiB per scanner), \
              rocksdb {:.1} MiB (half cache, half SST writers: files of {} keys)",
             mib(self.budget),
             mib(self.sort),
@@ -281,6 +295,7 @@ impl std::fmt::Display for MemoryPlan {
             mib(self.in_flight),
             mib(self.edge_capacity),
             self.batch_bytes / KIB,
+            self.recent_keys_bytes / KIB,
             mib(self.rocksdb),
             self.sst_file_keys,
         )

@@ -15,5 +15,6 @@ pub mod lookup;
 pub mod memory;
 pub mod metric_catalog;
 pub mod quarantine;
+pub mod recent_keys;
 pub mod sort;
 pub mod store;

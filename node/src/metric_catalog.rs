@@ -123,6 +123,11 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "Heap level above which no new shard starts.",
     ),
     (
+        crate::config::RECENT_KEYS_BYTES_METRIC,
+        Unit::Bytes,
+        "Bytes of each scanner's cache of recent keys (exact early dedup), from the in-flight share.",
+    ),
+    (
         crate::store::publish::JOB_RECORD_FILES_METRIC,
         Unit::Count,
         "SST files holding job records, in the dataset last published (compacted into one \
@@ -132,6 +137,11 @@ const GAUGES: &[(&str, Unit, &str)] = &[
 
 /// Counters: (name, help).
 const COUNTERS: &[(&str, &str)] = &[
+    (
+        crate::actors::scan::REPEATS_DROPPED_METRIC,
+        "Records the scanners counted as duplicates at once, their key having been met at an \
+         earlier position in their cache of recent keys (exact: whole keys compared).",
+    ),
     (
         "quern_governor_shards_held_total",
         "Times a shard's start was held back because the heap was over the hard limit.",

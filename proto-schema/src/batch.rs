@@ -14,7 +14,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// Where a record was first seen inside one job: the file's sequence number
 /// in manifest order, then the byte offset of the record's first byte in the
 /// (decompressed) file. Ordering by position is ordering by input order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
     pub file: u32,
     pub offset: u64,

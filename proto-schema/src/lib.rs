@@ -21,4 +21,4 @@ pub mod tls;
 
 pub use batch::{BatchShape, BatchView, Position, Record, RecordBatch, RunTrailer, ValidBatch};
 pub use frame::{Frame, FrameError, FrameKind, FrameReader, write_frame};
-pub use partition::partition_of;
+pub use partition::{key_hash, partition_of, partition_of_hash};

@@ -9,8 +9,19 @@ use xxhash_rust::xxh3::xxh3_64;
 /// XXH3-64 (seed 0) is a published, frozen algorithm, so the mapping never
 /// changes under us. `partitions` must be at least 1.
 pub fn partition_of(key: &[u8], partitions: u16) -> u16 {
+    partition_of_hash(key_hash(key), partitions)
+}
+
+/// The hash a key's partition is taken from, for callers that use it
+/// for more than the partition.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64(key)
+}
+
+/// The partition of a key whose [`key_hash`] is `hash`.
+pub fn partition_of_hash(hash: u64, partitions: u16) -> u16 {
     debug_assert!(partitions > 0, "partition count must be positive");
-    (xxh3_64(key) % u64::from(partitions)) as u16
+    (hash % u64::from(partitions)) as u16
 }
 
 #[cfg(test)]

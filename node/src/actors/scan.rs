@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use proto_schema::{Position, Record, RecordBatch, partition_of};
+use proto_schema::{Position, Record, RecordBatch, key_hash, partition_of_hash};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::job::JobMsg;
@@ -33,6 +33,7 @@ use crate::input::source::Compression;
 use crate::input::{OpenError, OpenShard};
 use crate::memory::Account;
 use crate::quarantine::{FileProblem, RejectedRecord, Rejection, excerpt};
+use crate::recent_keys::{RecentKeys, Seen};
 
 pub enum ScanMsg {
     /// Shards to read in order (several small files, or one large range).
@@ -58,7 +59,12 @@ pub struct ScanState {
     rejected: Vec<RejectedRecord>,
     /// Read buffers, reused from shard to shard.
     buffers: ReadBuffers,
+    /// Keys sent recently: a repeat is counted as a duplicate at once.
+    recent: RecentKeys,
 }
+
+/// Counter of records the scanners counted as duplicates from their caches.
+pub const REPEATS_DROPPED_METRIC: &str = "quern_scan_repeats_dropped_total";
 
 /// The shard being read, between two blocking sections.
 struct Reading {
@@ -88,6 +94,7 @@ impl Actor for Scan {
             batches: args.lanes.iter().map(|_| RecordBatch::new()).collect(),
             rejected: Vec::new(),
             buffers: ReadBuffers::default(),
+            recent: RecentKeys::new(args.ctx.plan.recent_keys_bytes as usize),
             args,
         })
     }
@@ -231,7 +238,7 @@ impl ScanState {
         let ctx = &self.args.ctx;
         let (format, partitions) = (ctx.dataset.format, ctx.dataset.partitions);
         let (max_record, batch_bytes) = (ctx.config.max_record_bytes, ctx.batch_bytes());
-        let mut read = 0;
+        let (mut read, mut repeats) = (0, 0);
         let outcome = loop {
             let event = match opened.records.next_event() {
                 Ok(Some(event)) => event,
@@ -242,10 +249,16 @@ impl ScanState {
             let (offset, rejection, bytes) = match event {
                 Event::Record { offset, bytes } => match extract(format, bytes) {
                     Ok((key, value)) => {
-                        let partition = partition_of(key, partitions);
+                        let hash = key_hash(key);
+                        let position = Position { file, offset };
+                        if self.recent.check(hash, key, position) == Seen::Before {
+                            self.tally.duplicate(file);
+                            repeats += 1;
+                            continue;
+                        }
+                        let partition = partition_of_hash(hash, partitions);
                         let lane = ctx.lanes.lane_of(partition);
                         let batch = &mut self.batches[lane];
-                        let position = Position { file, offset };
                         batch.push(Record {
                             partition,
                             key,
@@ -277,6 +290,7 @@ impl ScanState {
             });
         };
         self.tally.read(file, read);
+        metrics::counter!(REPEATS_DROPPED_METRIC).increment(repeats);
         outcome
     }
 
