@@ -16,8 +16,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use node::batch_pool::BatchPool;
-use node::sort::{LaneMerge, LaneSorter, SortError, SortLimits};
+use external_sort::batch_pool::BatchPool;
+use external_sort::{LaneMerge, LaneSorter, SortError, SortLimits};
 use proto_schema::command::{FileEntry, MAX_CHUNK_BYTES};
 use proto_schema::{BatchView, Position, Record, RecordBatch};
 use tempfile::TempDir;

@@ -10,12 +10,12 @@ use std::hint::black_box;
 use std::io::Cursor;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use external_sort::MERGE_ORDER;
+use external_sort::merge::{KMerge, SortedSource};
+use external_sort::run::{RunBuffer, SortedRun};
 use node::config::Format;
 use node::input::read_buffers::ReadBuffer;
 use node::input::records::{Event, RecordReader};
-use node::sort::MERGE_ORDER;
-use node::sort::merge::{KMerge, SortedSource};
-use node::sort::run::{RunBuffer, SortedRun};
 use node::store::publish::SstSink;
 use node::store::{Access, Store};
 use proto_schema::{BatchView, Position, Record, RecordBatch, partition_of};

@@ -13,11 +13,11 @@ use proto_schema::{BatchView, Record, RecordBatch};
 use rocksdb::{DBRawIterator, ReadOptions};
 
 use crate::config::Format;
-use crate::sort::SortError;
-use crate::sort::merge::{KMerge, MergeOrder, SortedSource};
 use crate::store::catalog::DatasetInfo;
 use crate::store::keys::{self, DATA_KEY_PREFIX_LEN};
 use crate::store::{Store, StoreError};
+use external_sort::SortError;
+use external_sort::merge::{KMerge, MergeOrder, SortedSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {

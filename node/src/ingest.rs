@@ -12,7 +12,6 @@ use tokio::sync::oneshot;
 
 use crate::actors::job::{JobActor, JobArgs, JobMsg};
 use crate::actors::{JobContext, LaneMap};
-use crate::batch_pool::BatchPool;
 use crate::config::{ConfigError, IngestConfig, MemoryPlan};
 use crate::counters::JobCounters;
 use crate::job_runtime;
@@ -20,6 +19,7 @@ use crate::memory::monitor::MemoryPeaks;
 use crate::memory::{self, Governor, GovernorLimits, Monitor};
 use crate::store::catalog::{DatasetInfo, JobInfo, JobState, JobTotals};
 use crate::store::{Store, StoreError};
+use external_sort::batch_pool::BatchPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

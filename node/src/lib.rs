@@ -2,10 +2,8 @@
 //! actors), its memory plan, and the node's RocksDB store.
 
 pub mod actors;
-pub mod batch_pool;
 pub mod config;
 pub mod counters;
-pub mod dedup;
 pub mod edge;
 pub mod export;
 pub mod ingest;
@@ -16,5 +14,4 @@ pub mod memory;
 pub mod metric_catalog;
 pub mod quarantine;
 pub mod recent_keys;
-pub mod sort;
 pub mod store;

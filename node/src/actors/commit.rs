@@ -10,10 +10,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::job::JobMsg;
 use super::{JobContext, blocking};
-use crate::batch_pool::BatchPool;
 use crate::edge::Credit;
 use crate::memory::Account;
 use crate::store::publish::SstSink;
+use external_sort::batch_pool::BatchPool;
 
 // A batch message is moved once, into the mailbox; boxing it would add an
 // allocation per batch and save nothing.

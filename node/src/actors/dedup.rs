@@ -9,11 +9,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::commit::CommitMsg;
 use super::{JobContext, blocking};
-use crate::batch_pool::BatchPool;
 use crate::counters::FileTally;
-use crate::dedup::FirstOccurrence;
 use crate::edge::{Credit, Edge};
 use crate::memory::Account;
+use external_sort::batch_pool::BatchPool;
+use external_sort::dedup::FirstOccurrence;
 
 // A batch message is moved once, into the mailbox; boxing it would add an
 // allocation per batch and save nothing.

@@ -21,12 +21,12 @@ pub mod sort_merge;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::batch_pool::BatchPool;
 use crate::config::{IngestConfig, MemoryPlan};
 use crate::counters::{FileTally, JobCounters};
 use crate::memory::Governor;
 use crate::store::Store;
 use crate::store::catalog::{DatasetInfo, JobInfo};
+use external_sort::batch_pool::BatchPool;
 
 /// What every actor of one job shares.
 pub struct JobContext {

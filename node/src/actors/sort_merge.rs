@@ -12,7 +12,7 @@ use super::{JobContext, blocking};
 use crate::counters::{FileTally, JobCounters};
 use crate::edge::{Credit, Edge};
 use crate::memory::Account;
-use crate::sort::{LaneSorter, SortLimits};
+use external_sort::{LaneSorter, SortLimits};
 
 // A batch message is moved once, into the mailbox; boxing it would add an
 // allocation per batch and save nothing.

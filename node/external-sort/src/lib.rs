@@ -1,11 +1,16 @@
-//! External sort for one lane: gather records into a run within the memory
-//! share, sort and spill it, and finally merge every run, with a bounded
-//! number of runs open at once (extra merge passes when there are more).
+//! Quern's external sort, plain synchronous code shared by the node (a
+//! lane's sort-merge) and the coordinator client (manifests put in path
+//! order): gather records into a run within a memory share, sort and spill
+//! it, and finally merge every run, with a bounded number of runs open at
+//! once (extra merge passes when there are more). Also the batch pool the
+//! stages recycle batches through, and the exact dedup of a sorted stream.
 //!
 //! Duplicates met while spilling or in intermediate passes are dropped early
 //! (and reported, so counters reconcile); the final merge streams every
 //! remaining record to the dedup stage, which decides first occurrences.
 
+pub mod batch_pool;
+pub mod dedup;
 pub mod digits;
 pub mod merge;
 pub mod run;
@@ -18,8 +23,8 @@ use std::sync::Arc;
 
 use proto_schema::{BatchShape, BatchView, Position, Record, RecordBatch};
 
-use crate::batch_pool::BatchPool;
-use crate::dedup::FirstOccurrence;
+use batch_pool::BatchPool;
+use dedup::FirstOccurrence;
 use merge::{KMerge, MergeOrder, SortedSource};
 use run::{RunBuffer, SortedRun};
 use run_file::{RunFile, RunReader, RunWriter, run_path};
