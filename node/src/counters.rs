@@ -1,10 +1,11 @@
 //! Counting every record (invariant 3): read = unique + duplicates +
 //! rejected, per job and per file.
 //!
-//! Each stage keeps a [`FileTally`] of per-file deltas and writes it to the
-//! job's ledger as merge operands when it grows past a bound or the stage
-//! ends, so memory stays bounded however many files a job has. Job totals
-//! are shared atomics, published once per batch rather than per record.
+//! Each stage keeps a [`FileTally`] of per-file deltas and spills it as a
+//! sorted run ([`TallyRuns`]) when it grows past a bound or the stage ends,
+//! so memory stays bounded however many files a job has; the job writes
+//! each file's total to its ledger once, at the end. Job totals are shared
+//! atomics, published once per batch rather than per record.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustc_hash::FxHashMap;
 
 use crate::store::ledger::FileCounts;
-use crate::store::{Store, StoreError};
+use crate::tally_runs::{TallyError, TallyRuns};
 
 /// Live job-wide counters, read by progress reporting and the summary.
 #[derive(Debug, Default)]
@@ -50,11 +51,9 @@ impl JobCounters {
 /// out.
 const TALLY_FLUSH_FILES: usize = 4096;
 
-/// One stage's per-file counts, not yet written to the ledger.
+/// One stage's per-file counts, not yet spilled.
 pub struct FileTally {
-    store: Arc<Store>,
-    dataset: u32,
-    job: u32,
+    runs: Arc<TallyRuns>,
     counters: Arc<JobCounters>,
     /// Looked up for every record by dedup and sort: a fast hasher for
     /// small integer keys (SipHash was 1.5% of an ingest's CPU).
@@ -64,11 +63,9 @@ pub struct FileTally {
 }
 
 impl FileTally {
-    pub fn new(store: Arc<Store>, dataset: u32, job: u32, counters: Arc<JobCounters>) -> Self {
+    pub fn new(runs: Arc<TallyRuns>, counters: Arc<JobCounters>) -> Self {
         Self {
-            store,
-            dataset,
-            job,
+            runs,
             counters,
             files: FxHashMap::default(),
             unpublished: FileCounts::default(),
@@ -121,9 +118,9 @@ impl FileTally {
         );
     }
 
-    /// Adds the pending totals to the job counters, and writes the per-file
-    /// counts to the ledger if they have grown past their bound.
-    pub fn publish(&mut self) -> Result<(), StoreError> {
+    /// Adds the pending totals to the job counters, and spills the per-file
+    /// counts if they have grown past their bound.
+    pub fn publish(&mut self) -> Result<(), TallyError> {
         self.publish_totals();
         if self.files.len() >= TALLY_FLUSH_FILES {
             self.flush()?;
@@ -131,15 +128,13 @@ impl FileTally {
         Ok(())
     }
 
-    /// Publishes everything: job counters and every per-file count.
-    pub fn flush(&mut self) -> Result<(), StoreError> {
+    /// Publishes everything: job counters, and every per-file count
+    /// spilled.
+    pub fn flush(&mut self) -> Result<(), TallyError> {
         self.publish_totals();
-        if self.files.is_empty() {
-            return Ok(());
-        }
         let mut files: Vec<_> = self.files.drain().collect();
         files.sort_unstable_by_key(|(file, _)| *file);
-        self.store.add_file_counts(self.dataset, self.job, files)
+        self.runs.add(&files)
     }
 
     fn publish_totals(&mut self) {
@@ -154,15 +149,16 @@ impl FileTally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Access;
+    use crate::store::{Access, Store};
 
     #[test]
     fn tallies_reach_the_ledger_and_the_job_counters() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap());
+        let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
+        let runs = Arc::new(TallyRuns::new(dir.path().join("counts")));
         let counters = Arc::new(JobCounters::default());
-        let mut scan = FileTally::new(store.clone(), 1, 1, counters.clone());
-        let mut dedup = FileTally::new(store.clone(), 1, 1, counters.clone());
+        let mut scan = FileTally::new(runs.clone(), counters.clone());
+        let mut dedup = FileTally::new(runs.clone(), counters.clone());
         for file in 0..(TALLY_FLUSH_FILES as u32 + 10) {
             scan.read(file, 3);
             scan.rejected(file);
@@ -178,6 +174,7 @@ mod tests {
         );
         scan.flush().unwrap();
         dedup.flush().unwrap();
+        runs.write_to(&store, 1, 1).unwrap();
         let counts = store.file_counts(1, 1, 7).unwrap();
         assert_eq!(
             counts,

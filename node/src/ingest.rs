@@ -19,6 +19,7 @@ use crate::memory::monitor::MemoryPeaks;
 use crate::memory::{self, Governor, GovernorLimits, Monitor};
 use crate::store::catalog::{DatasetInfo, JobInfo, JobState, JobTotals};
 use crate::store::{Store, StoreError};
+use crate::tally_runs::TallyRuns;
 use external_sort::batch_pool::BatchPool;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,7 @@ pub fn prepare(
         pool: Arc::new(BatchPool::new(plan.heap_bytes())),
         lanes,
         counters,
+        tally_runs: Arc::new(TallyRuns::new(scratch.join("counts"))),
         scratch,
         hung_stages: Mutex::new(Vec::new()),
     };

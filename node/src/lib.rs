@@ -15,3 +15,4 @@ pub mod metric_catalog;
 pub mod quarantine;
 pub mod recent_keys;
 pub mod store;
+pub mod tally_runs;

@@ -23,6 +23,8 @@ pub const HEADER_LEN: usize = 16;
 pub enum FrameKind {
     RecordBatch = 1,
     RunTrailer = 2,
+    /// Per-file counters spilled by a node (its ledger's runs).
+    FileCounts = 3,
 }
 
 impl FrameKind {
@@ -30,6 +32,7 @@ impl FrameKind {
         match value {
             1 => Some(Self::RecordBatch),
             2 => Some(Self::RunTrailer),
+            3 => Some(Self::FileCounts),
             _ => None,
         }
     }
@@ -105,6 +108,13 @@ impl Frame {
             offset: self.offset,
             source,
         })
+    }
+
+    /// The payload of a frame of `expected` kind, for formats that check
+    /// their own payload.
+    pub fn into_payload(self, expected: FrameKind) -> Result<AlignedVec, FrameError> {
+        self.expect_kind(expected)?;
+        Ok(self.payload)
     }
 
     fn expect_kind(&self, expected: FrameKind) -> Result<(), FrameError> {

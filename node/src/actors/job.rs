@@ -184,6 +184,11 @@ impl JobState {
     fn publish(&mut self) -> Result<JobTotals, String> {
         let ctx = &self.ctx;
         let c = &ctx.counters;
+        blocking(|| {
+            ctx.tally_runs
+                .write_to(&ctx.store, ctx.dataset.id, ctx.job.id)
+        })
+        .map_err(|e| e.to_string())?;
         let outputs: Vec<LaneOutput> = self.lanes.iter_mut().filter_map(Option::take).collect();
         let keys: u64 = outputs.iter().map(|o| o.keys).sum();
         let totals = JobTotals {

@@ -26,6 +26,7 @@ use crate::counters::{FileTally, JobCounters};
 use crate::memory::Governor;
 use crate::store::Store;
 use crate::store::catalog::{DatasetInfo, JobInfo};
+use crate::tally_runs::TallyRuns;
 use external_sort::batch_pool::BatchPool;
 
 /// What every actor of one job shares.
@@ -41,6 +42,9 @@ pub struct JobContext {
     pub pool: Arc<BatchPool>,
     pub lanes: LaneMap,
     pub counters: Arc<JobCounters>,
+    /// Per-file counts spilled by the stages, written to the ledger when
+    /// the job publishes.
+    pub tally_runs: Arc<TallyRuns>,
     /// The job's scratch directory: spilled runs and SST files.
     pub scratch: PathBuf,
     /// Stages that did not stop within the shutdown timeout.
@@ -49,12 +53,7 @@ pub struct JobContext {
 
 impl JobContext {
     pub fn tally(&self) -> FileTally {
-        FileTally::new(
-            self.store.clone(),
-            self.dataset.id,
-            self.job.id,
-            self.counters.clone(),
-        )
+        FileTally::new(self.tally_runs.clone(), self.counters.clone())
     }
 
     pub fn batch_bytes(&self) -> usize {

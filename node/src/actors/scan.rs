@@ -26,7 +26,7 @@ use super::{JobContext, blocking};
 use crate::counters::{FileTally, JobCounters};
 use crate::edge::Edge;
 use crate::input::format::extract;
-use crate::input::manifest::{InputFile, Shard};
+use crate::input::manifest::{InputFile, Shard, ShardRange};
 use crate::input::read_buffers::ReadBuffers;
 use crate::input::records::{Event, ReadFailure};
 use crate::input::source::Compression;
@@ -215,7 +215,12 @@ impl ScanState {
         fail::fail_point!("scan-shard");
         match OpenShard::open(&shard, max_record, &self.buffers) {
             Ok(opened) => Ok(Some(Reading {
-                bytes_counted: opened.file_bytes.get(),
+                // Opening already read the head of the file (its magic
+                // bytes, a whole small file): it counts as scanned too.
+                bytes_counted: match shard.range {
+                    ShardRange::Whole => 0,
+                    ShardRange::Bytes { start, .. } => start,
+                },
                 opened,
                 shard,
             })),
