@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use ractor::Actor;
 use tokio::sync::oneshot;
 
-use crate::actors::job::{JobActor, JobArgs, JobMsg};
+use crate::actors::job::{JobActor, JobArgs};
+use crate::actors::messages::JobMsg;
 use crate::actors::{JobContext, LaneMap};
 use crate::config::{ConfigError, IngestConfig, MemoryPlan};
 use crate::counters::JobCounters;

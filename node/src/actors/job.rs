@@ -20,10 +20,11 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use super::commit::{Commit, CommitArgs, LaneOutput};
+use super::commit::{Commit, CommitArgs};
 use super::dedup::{Dedup, DedupArgs};
-use super::scan::{Scan, ScanArgs, ScanMsg};
-use super::sort_merge::{SortMerge, SortMergeArgs, SortMergeMsg};
+use super::messages::{JobMsg, LaneOutput, ScanMsg, SortMergeMsg};
+use super::scan::{Scan, ScanArgs};
+use super::sort_merge::{SortMerge, SortMergeArgs};
 use super::{JobContext, blocking};
 use crate::counters::JobCounters;
 use crate::edge::{Edge, EdgeClosed, EdgeCloser};
@@ -32,29 +33,6 @@ use crate::memory::Account;
 use crate::memory::monitor::SAMPLE_INTERVAL;
 use crate::quarantine::FileProblem;
 use crate::store::catalog::JobTotals;
-
-pub enum JobMsg {
-    /// From the walker: the next bundle of shards, sent only once a scanner
-    /// is idle.
-    ShardsAvailable(Vec<Shard>),
-    /// From the walker: the manifest is complete (or could not be written).
-    ManifestDone(Result<(), String>),
-    ShardDone {
-        scanner: usize,
-    },
-    ScannerFinished {
-        scanner: usize,
-    },
-    LaneWritten {
-        lane: usize,
-        output: LaneOutput,
-    },
-    /// Stop the job, e.g. on Ctrl-C.
-    Abort(String),
-    /// A stage failed only because a stage it feeds had stopped; if that
-    /// stage's own report has not ended the job by now, end it with this.
-    SettleConsequence,
-}
 
 /// The job's end: its totals once published, or why it failed.
 pub type JobResult = Result<JobTotals, String>;

@@ -20,8 +20,7 @@ use std::time::SystemTime;
 use proto_schema::{Position, Record, RecordBatch, key_hash, partition_of_hash};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::job::JobMsg;
-use super::sort_merge::SortMergeMsg;
+use super::messages::{JobMsg, ScanMsg, SortMergeMsg};
 use super::{JobContext, blocking};
 use crate::counters::{FileTally, JobCounters};
 use crate::edge::Edge;
@@ -34,14 +33,6 @@ use crate::input::{OpenError, OpenShard};
 use crate::memory::Account;
 use crate::quarantine::{FileProblem, RejectedRecord, Rejection, excerpt};
 use crate::recent_keys::{RecentKeys, Seen};
-
-pub enum ScanMsg {
-    /// Shards to read in order (several small files, or one large range).
-    Scan(Vec<Shard>),
-    /// No more shards: send the partly filled batches, write out tallies
-    /// and report.
-    Finish,
-}
 
 pub struct ScanArgs {
     pub ctx: Arc<JobContext>,
