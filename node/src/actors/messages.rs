@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use proto_schema::RecordBatch;
 
 use crate::edge::Credit;
-use crate::input::manifest::Shard;
+use crate::input::shard::Shard;
 
 /// To a scanner, from the job.
 pub enum ScanMsg {
