@@ -51,15 +51,18 @@ pub enum CommitMsg {
     Finish,
 }
 
-/// To the job (the supervisor), from the manifest walker and the stages.
+/// To the job (the supervisor), from its shard feed and the stages.
 pub enum JobMsg {
-    /// From the walker: the next bundle of shards, sent only once a scanner
+    /// From the feed: the next bundle of shards, sent only once a scanner
     /// is idle.
     ShardsAvailable(Vec<Shard>),
-    /// From the walker: the manifest is complete (or could not be written).
-    ManifestDone(Result<(), String>),
-    ShardDone {
+    /// From the feed: every shard is handed out, or the feed failed (the
+    /// reason names what failed).
+    FeedEnded(Result<(), String>),
+    /// From a scanner: it has read its bundle whole and is idle.
+    ShardsScanned {
         scanner: usize,
+        shards: Vec<Shard>,
     },
     ScannerFinished {
         scanner: usize,

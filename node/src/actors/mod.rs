@@ -1,8 +1,8 @@
 //! The ingest pipeline as supervised ractor actors.
 //!
 //! ```text
-//!            ┌──────────────── job (supervisor) ◄── manifest walker (thread)
-//!            │ shards
+//!            ┌──────────────── job (supervisor) ◄── shard feed (thread)
+//!            │ bundles of shards
 //!   scan × threads ──► sort-merge ──► dedup ──► commit      (one lane per
 //!                 └──► sort-merge ──► dedup ──► commit       partition range)
 //! ```
@@ -18,6 +18,7 @@
 
 pub mod commit;
 pub mod dedup;
+pub mod feed;
 pub mod job;
 pub mod messages;
 pub mod scan;

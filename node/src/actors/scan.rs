@@ -101,9 +101,10 @@ impl Actor for Scan {
             .attribute(async move {
                 match msg {
                     ScanMsg::Scan(shards) => {
-                        state.scan(shards).await?;
-                        state.args.job.cast(JobMsg::ShardDone {
+                        state.scan(&shards).await?;
+                        state.args.job.cast(JobMsg::ShardsScanned {
                             scanner: state.args.index,
+                            shards,
                         })?;
                     }
                     ScanMsg::Finish => {
@@ -134,8 +135,8 @@ enum Filled {
 impl ScanState {
     /// Reads `shards` in order. Batches that are not full stay for the
     /// next bundle.
-    async fn scan(&mut self, shards: Vec<Shard>) -> Result<(), ActorProcessingErr> {
-        let mut shards = shards.into_iter();
+    async fn scan(&mut self, shards: &[Shard]) -> Result<(), ActorProcessingErr> {
+        let mut shards = shards.iter().cloned();
         let mut reading = None;
         loop {
             let filled = blocking(|| self.read_bundle(&mut reading, &mut shards))?;
