@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use node::input::manifest::STDIN;
+use node::input::listing::STDIN;
 
 #[derive(Parser, Debug)]
 #[command(

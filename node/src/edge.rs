@@ -8,12 +8,16 @@
 //! receiver drops it, which it does once the bytes are really freed or handed
 //! to another budget. Bounding by count alone lets large messages blow
 //! memory; bounding by bytes alone lets tiny messages pile up; so both.
+//!
+//! Where an edge ends is an [`EdgeTarget`]: a local actor's mailbox today,
+//! and any receiver that keeps a message's credit until it has taken the
+//! message's bytes off the edge's budget (a remote owner's stream, say).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::Gauge;
-use ractor::{ActorRef, Message};
+use ractor::ActorRef;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// How often a sender held back by a moving limit (see
@@ -32,6 +36,28 @@ pub struct EdgeClosed {
     pub edge: String,
 }
 
+/// Where an edge delivers its messages.
+///
+/// A data message holds the [`Credit`] it took; the target keeps it with
+/// the message until the bytes are freed or handed to another budget, and
+/// only then drops it. Delivering must not wait: the edge has already
+/// waited for room.
+pub trait EdgeTarget<M>: Send + Sync + 'static {
+    /// Hands `message` to the receiver, or fails if the receiver is gone.
+    fn deliver(&self, message: M) -> Result<(), ReceiverGone>;
+}
+
+/// The receiver at an edge's end has stopped taking messages.
+#[derive(Debug)]
+pub struct ReceiverGone;
+
+/// An actor on this node: the message goes into its mailbox.
+impl<M: ractor::Message> EdgeTarget<M> for ActorRef<M> {
+    fn deliver(&self, message: M) -> Result<(), ReceiverGone> {
+        self.cast(message).map_err(|_| ReceiverGone)
+    }
+}
+
 struct EdgeState {
     name: String,
     capacity_bytes: u32,
@@ -46,13 +72,13 @@ struct EdgeState {
     wait_seconds: Gauge,
 }
 
-/// A sender's side of a bounded edge to one actor. Cheap to clone.
-pub struct Edge<M: Message> {
-    target: ActorRef<M>,
+/// A sender's side of a bounded edge to one receiver. Cheap to clone.
+pub struct Edge<M> {
+    target: Arc<dyn EdgeTarget<M>>,
     state: Arc<EdgeState>,
 }
 
-impl<M: Message> Clone for Edge<M> {
+impl<M> Clone for Edge<M> {
     fn clone(&self) -> Self {
         Self {
             target: self.target.clone(),
@@ -83,11 +109,11 @@ impl std::fmt::Debug for Credit {
     }
 }
 
-impl<M: Message> Edge<M> {
+impl<M: 'static> Edge<M> {
     /// An edge named `name` (used in metrics and errors) into `target`.
     pub fn new(
         name: String,
-        target: ActorRef<M>,
+        target: impl EdgeTarget<M>,
         capacity_bytes: u64,
         capacity_messages: usize,
     ) -> Self {
@@ -105,7 +131,7 @@ impl<M: Message> Edge<M> {
             name,
         };
         Self {
-            target,
+            target: Arc::new(target),
             state: Arc::new(state),
         }
     }
@@ -115,7 +141,7 @@ impl<M: Message> Edge<M> {
     /// gone, so a sender never waits on a dead stage.
     pub async fn send(&self, bytes: u64, make: impl FnOnce(Credit) -> M) -> Result<(), EdgeClosed> {
         let credit = self.acquire(bytes).await?;
-        self.target.cast(make(credit)).map_err(|_| self.closed())
+        self.deliver(make(credit))
     }
 
     /// As [`send`](Self::send), but first waits while the edge already
@@ -156,7 +182,11 @@ impl<M: Message> Edge<M> {
     /// credit: it carries no data, and it queues behind the data already
     /// sent.
     pub fn send_control(&self, message: M) -> Result<(), EdgeClosed> {
-        self.target.cast(message).map_err(|_| self.closed())
+        self.deliver(message)
+    }
+
+    fn deliver(&self, message: M) -> Result<(), EdgeClosed> {
+        self.target.deliver(message).map_err(|_| self.closed())
     }
 
     async fn acquire(&self, bytes: u64) -> Result<Credit, EdgeClosed> {
@@ -400,6 +430,49 @@ mod tests {
             .unwrap();
         wait_for(&received, 900).await;
         actor.stop(None);
+    }
+
+    /// A receiver that is not an actor, as a remote owner's stream will be.
+    impl EdgeTarget<Held> for tokio::sync::mpsc::UnboundedSender<Held> {
+        fn deliver(&self, message: Held) -> Result<(), ReceiverGone> {
+            self.send(message).map_err(|_| ReceiverGone)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_edge_bounds_a_receiver_that_is_not_an_actor() {
+        let (channel, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let edge = Edge::new("to-channel".into(), channel, 100, 8);
+        edge.send(60, |c| Held(60, c)).await.unwrap();
+        let waiting = {
+            let edge = edge.clone();
+            tokio::spawn(async move { edge.send(60, |c| Held(60, c)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "60 + 60 bytes is over the edge's 100"
+        );
+        let first = received.recv().await.unwrap();
+        assert_eq!(first.0, 60);
+        // The receiver is done with the bytes: their credit goes back.
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the freed room lets the sender through")
+            .unwrap()
+            .unwrap();
+        drop(received.recv().await.unwrap());
+        assert_eq!(edge.queued_bytes(), 0);
+
+        drop(received);
+        let err = edge.send(10, |c| Held(10, c)).await.unwrap_err();
+        assert_eq!(err.edge, "to-channel");
+        assert_eq!(
+            edge.queued_bytes(),
+            0,
+            "an undelivered message gives its room back"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use ractor::Actor;
 use tokio::sync::oneshot;
 
-use crate::actors::job::{JobActor, JobArgs, JobMsg};
+use crate::actors::feed::ShardFeed;
+use crate::actors::feed::walk::WalkFeed;
+use crate::actors::job::{JobActor, JobArgs};
+use crate::actors::messages::JobMsg;
 use crate::actors::{JobContext, LaneMap};
 use crate::config::{ConfigError, IngestConfig, MemoryPlan};
 use crate::counters::JobCounters;
@@ -48,7 +51,7 @@ pub enum IngestError {
 /// A job registered and ready to run.
 pub struct PreparedJob {
     ctx: Arc<JobContext>,
-    inputs: Vec<PathBuf>,
+    feed: Arc<dyn ShardFeed>,
 }
 
 /// How a job that committed went.
@@ -78,11 +81,26 @@ impl PreparedJob {
     }
 }
 
-/// Validates the job and registers it as running.
+/// Validates the job and registers it as running, with its shards from a
+/// walk of the PATH arguments `inputs`.
 pub fn prepare(
     store: Arc<Store>,
     config: IngestConfig,
     inputs: Vec<PathBuf>,
+    counters: Arc<JobCounters>,
+) -> Result<PreparedJob, IngestError> {
+    let shown_inputs = inputs.iter().map(|p| p.display().to_string()).collect();
+    let feed = Arc::new(WalkFeed::new(inputs));
+    prepare_with_feed(store, config, shown_inputs, feed, counters)
+}
+
+/// As [`prepare`], with the job's shards from `feed`; `shown_inputs` are
+/// recorded with the job as what it ingests.
+pub fn prepare_with_feed(
+    store: Arc<Store>,
+    config: IngestConfig,
+    shown_inputs: Vec<String>,
+    feed: Arc<dyn ShardFeed>,
     counters: Arc<JobCounters>,
 ) -> Result<PreparedJob, IngestError> {
     config.validate()?;
@@ -96,7 +114,6 @@ pub fn prepare(
         plan.batch_bytes,
         plan.run_bytes,
     ));
-    let shown_inputs = inputs.iter().map(|p| p.display().to_string()).collect();
     let job = store.begin_job(&dataset, shown_inputs)?;
     let scratch = store
         .tmp_dir()
@@ -130,7 +147,7 @@ pub fn prepare(
     };
     Ok(PreparedJob {
         ctx: Arc::new(ctx),
-        inputs,
+        feed,
     })
 }
 
@@ -156,14 +173,14 @@ async fn supervise(
     cancel: impl Future<Output = String>,
 ) -> Result<IngestOutcome, IngestError> {
     let started = Instant::now();
-    let PreparedJob { ctx, inputs } = prepared;
+    let PreparedJob { ctx, feed } = prepared;
     let store = ctx.store.clone();
     let monitor = Monitor::start(ctx.governor.clone(), Box::new(move || store.memory_usage()))
         .map_err(IngestError::Monitor)?;
     let (reply, mut result) = oneshot::channel();
     let args = JobArgs {
         ctx: ctx.clone(),
-        inputs,
+        feed,
         reply,
     };
     let ended = match Actor::spawn(None, JobActor, args).await {

@@ -2,26 +2,16 @@
 //! files. The job publishes every lane's files in one atomic ingest once all
 //! lanes are done, so this stage only reports what it wrote.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use proto_schema::{BatchView, RecordBatch};
+use proto_schema::BatchView;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::job::JobMsg;
+use super::messages::{CommitMsg, JobMsg, LaneOutput};
 use super::{JobContext, blocking};
-use crate::edge::Credit;
 use crate::memory::Account;
 use crate::store::publish::SstSink;
 use external_sort::batch_pool::BatchPool;
-
-// A batch message is moved once, into the mailbox; boxing it would add an
-// allocation per batch and save nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum CommitMsg {
-    Batch(RecordBatch, Credit),
-    Finish,
-}
 
 pub struct CommitArgs {
     pub ctx: Arc<JobContext>,
@@ -37,13 +27,6 @@ pub struct CommitState {
     job: ActorRef<JobMsg>,
     /// `None` once finished.
     sink: Option<SstSink>,
-}
-
-/// What a lane wrote.
-#[derive(Debug)]
-pub struct LaneOutput {
-    pub files: Vec<PathBuf>,
-    pub keys: u64,
 }
 
 pub struct Commit;

@@ -7,21 +7,13 @@ use std::sync::Arc;
 use proto_schema::{BatchView, RecordBatch};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::commit::CommitMsg;
+use super::messages::{CommitMsg, DedupMsg};
 use super::{JobContext, blocking};
 use crate::counters::FileTally;
-use crate::edge::{Credit, Edge};
+use crate::edge::Edge;
 use crate::memory::Account;
 use external_sort::batch_pool::BatchPool;
 use external_sort::dedup::FirstOccurrence;
-
-// A batch message is moved once, into the mailbox; boxing it would add an
-// allocation per batch and save nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum DedupMsg {
-    Batch(RecordBatch, Credit),
-    Finish,
-}
 
 pub struct DedupArgs {
     pub ctx: Arc<JobContext>,

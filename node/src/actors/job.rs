@@ -1,10 +1,10 @@
 //! The job actor: supervisor of one ingest job.
 //!
-//! It spawns the lanes and scanners, feeds scanners bundles of shards from
-//! the manifest walker (a blocking thread that waits for an idle scanner
-//! before listing further, so the manifest is never held whole), sends
-//! end-of-stream down the pipeline in order, and publishes the job when
-//! every lane has written.
+//! It spawns the lanes and scanners, runs the job's [`ShardFeed`] on a
+//! blocking thread and passes each bundle of shards it hands out to an idle
+//! scanner, sends end-of-stream down the pipeline in order once the feed
+//! has ended and every scanner is idle, and publishes the job when every
+//! lane has written. How shards are found is the feed's business.
 //!
 //! Any stage failure, or an abort, ends the job: its reason names the stage
 //! and the cause; every edge is closed so no stage waits on a dead one; the
@@ -12,56 +12,31 @@
 //! stop are named.
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use super::commit::{Commit, CommitArgs, LaneOutput};
+use super::commit::{Commit, CommitArgs};
 use super::dedup::{Dedup, DedupArgs};
-use super::scan::{Scan, ScanArgs, ScanMsg};
-use super::sort_merge::{SortMerge, SortMergeArgs, SortMergeMsg};
+use super::feed::{Scanners, ShardFeed};
+use super::messages::{JobMsg, LaneOutput, ScanMsg, SortMergeMsg};
+use super::scan::{Scan, ScanArgs};
+use super::sort_merge::{SortMerge, SortMergeArgs};
 use super::{JobContext, blocking};
 use crate::counters::JobCounters;
 use crate::edge::{Edge, EdgeClosed, EdgeCloser};
-use crate::input::manifest::{Excluded, InputFile, Listed, Shard, Walk, plan_shards};
+use crate::input::shard::Shard;
 use crate::memory::Account;
-use crate::memory::monitor::SAMPLE_INTERVAL;
-use crate::quarantine::FileProblem;
 use crate::store::catalog::JobTotals;
-
-pub enum JobMsg {
-    /// From the walker: the next bundle of shards, sent only once a scanner
-    /// is idle.
-    ShardsAvailable(Vec<Shard>),
-    /// From the walker: the manifest is complete (or could not be written).
-    ManifestDone(Result<(), String>),
-    ShardDone {
-        scanner: usize,
-    },
-    ScannerFinished {
-        scanner: usize,
-    },
-    LaneWritten {
-        lane: usize,
-        output: LaneOutput,
-    },
-    /// Stop the job, e.g. on Ctrl-C.
-    Abort(String),
-    /// A stage failed only because a stage it feeds had stopped; if that
-    /// stage's own report has not ended the job by now, end it with this.
-    SettleConsequence,
-}
 
 /// The job's end: its totals once published, or why it failed.
 pub type JobResult = Result<JobTotals, String>;
 
 pub struct JobArgs {
     pub ctx: Arc<JobContext>,
-    pub inputs: Vec<PathBuf>,
+    pub feed: Arc<dyn ShardFeed>,
     pub reply: oneshot::Sender<JobResult>,
 }
 
@@ -69,18 +44,6 @@ pub struct JobArgs {
 const CAUSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Messages a data edge may hold besides its byte bound.
 const EDGE_MESSAGES: usize = 64;
-/// The manifest walker's name, in errors and memory accounts.
-const WALKER: &str = "manifest walker";
-/// Files registered in the ledger per write while walking.
-const FILES_PER_WRITE: usize = 1024;
-/// A scanner is handed shards in bundles of up to this many shards or
-/// [`BUNDLE_BYTES`] of listed file bytes, whichever comes first: handing
-/// over each small file on its own cost a message, a wake-up of the walker
-/// and of a scanner, and a partly filled batch per lane, per file.
-const BUNDLE_SHARDS: usize = 256;
-/// See [`BUNDLE_SHARDS`]. Small enough that scanners finish together at
-/// the end of a job.
-const BUNDLE_BYTES: u64 = 4 << 20;
 
 struct Stage {
     name: String,
@@ -91,20 +54,22 @@ struct Stage {
 pub struct JobState {
     account: Account,
     ctx: Arc<JobContext>,
-    inputs: Vec<PathBuf>,
+    feed: Arc<dyn ShardFeed>,
     stages: Vec<Stage>,
     names: HashMap<ActorId, String>,
     edges: Vec<EdgeCloser>,
     scanners: Vec<ActorRef<ScanMsg>>,
-    /// Scanners without a shard. The walker sends a shard only after taking
-    /// a `demand` permit, one per idle scanner, so a shard always finds one.
+    /// Scanners without a bundle. The feed hands out a bundle only after
+    /// taking a `demand` permit, one per idle scanner, so a bundle always
+    /// finds one.
     idle: Vec<usize>,
     sorters: Vec<ActorRef<SortMergeMsg>>,
-    /// Permits = idle scanners not yet promised a shard; the walker takes
-    /// one before each shard it lists.
+    /// Permits = idle scanners not yet promised a bundle; the feed takes
+    /// one before each bundle it hands out.
     demand: Arc<Semaphore>,
-    walker: Option<JoinHandle<()>>,
-    manifest_done: bool,
+    /// The feed's thread, until it is joined at shutdown.
+    feed_thread: Option<JoinHandle<()>>,
+    feed_ended: bool,
     scanners_finishing: bool,
     scanners_finished: usize,
     lanes: Vec<Option<LaneOutput>>,
@@ -167,11 +132,11 @@ impl JobState {
         Ok(())
     }
 
-    /// Once the manifest is done and every scanner idle, tells scanners to
-    /// finish.
+    /// Once the feed has ended and every scanner is idle, tells scanners
+    /// to finish.
     fn maybe_finish_scanning(&mut self) -> Result<(), ActorProcessingErr> {
         let all_idle = self.idle.len() == self.scanners.len();
-        if self.manifest_done && all_idle && !self.scanners_finishing {
+        if self.feed_ended && all_idle && !self.scanners_finishing {
             self.scanners_finishing = true;
             for scanner in &self.scanners {
                 scanner.cast(ScanMsg::Finish)?;
@@ -234,7 +199,7 @@ impl Actor for JobActor {
         let threads = ctx.config.threads;
         let mut state = JobState {
             account: Account::named("job"),
-            inputs: args.inputs,
+            feed: args.feed,
             stages: Vec::new(),
             names: HashMap::new(),
             edges: Vec::new(),
@@ -242,8 +207,8 @@ impl Actor for JobActor {
             idle: (0..threads).rev().collect(),
             sorters: Vec::new(),
             demand: Arc::new(Semaphore::new(threads)),
-            walker: None,
-            manifest_done: false,
+            feed_thread: None,
+            feed_ended: false,
             scanners_finishing: false,
             scanners_finished: 0,
             lanes: (0..ctx.lanes.lanes).map(|_| None).collect(),
@@ -301,13 +266,17 @@ impl Actor for JobActor {
         myself: ActorRef<JobMsg>,
         state: &mut JobState,
     ) -> Result<(), ActorProcessingErr> {
-        let (ctx, demand) = (state.ctx.clone(), state.demand.clone());
-        let inputs = std::mem::take(&mut state.inputs);
-        let runtime = tokio::runtime::Handle::current();
-        state.walker = Some(tokio::task::spawn_blocking(move || {
-            let result = Account::named(WALKER)
-                .enter(|| walk_manifest(&ctx, &inputs, &myself, &demand, &runtime));
-            let _ = myself.cast(JobMsg::ManifestDone(result));
+        let (ctx, feed) = (state.ctx.clone(), state.feed.clone());
+        let scanners = Scanners::new(
+            state.demand.clone(),
+            state.scanners.len(),
+            ctx.governor.clone(),
+            tokio::runtime::Handle::current(),
+            myself.clone(),
+        );
+        state.feed_thread = Some(tokio::task::spawn_blocking(move || {
+            let result = Account::named(feed.name()).enter(|| feed.run(&ctx, &scanners));
+            let _ = myself.cast(JobMsg::FeedEnded(result));
         }));
         Ok(())
     }
@@ -326,18 +295,17 @@ impl Actor for JobActor {
                 }
                 match msg {
                     JobMsg::ShardsAvailable(shards) => state.dispatch(shards)?,
-                    JobMsg::ShardDone { scanner } => {
+                    JobMsg::ShardsScanned { scanner, shards } => {
+                        state.feed.scanned(&shards);
                         state.idle.push(scanner);
                         state.demand.add_permits(1);
                         state.maybe_finish_scanning()?;
                     }
-                    JobMsg::ManifestDone(Ok(())) => {
-                        state.manifest_done = true;
+                    JobMsg::FeedEnded(Ok(())) => {
+                        state.feed_ended = true;
                         state.maybe_finish_scanning()?;
                     }
-                    JobMsg::ManifestDone(Err(reason)) => {
-                        state.fail(&myself, format!("listing the input failed: {reason}"))
-                    }
+                    JobMsg::FeedEnded(Err(reason)) => state.fail(&myself, reason),
                     JobMsg::ScannerFinished { .. } => {
                         state.scanners_finished += 1;
                         if state.scanners_finished == state.scanners.len() {
@@ -428,10 +396,12 @@ impl Actor for JobActor {
                 hung.push(stage.name);
             }
         }
-        if let Some(walker) = state.walker.take()
-            && tokio::time::timeout_at(deadline, walker).await.is_err()
+        if let Some(feed_thread) = state.feed_thread.take()
+            && tokio::time::timeout_at(deadline, feed_thread)
+                .await
+                .is_err()
         {
-            hung.push(WALKER.to_string());
+            hung.push(state.feed.name().to_string());
         }
         if !hung.is_empty() {
             tracing::error!(
@@ -446,169 +416,6 @@ impl Actor for JobActor {
             .lock()
             .expect("hung stages lock")
             .extend(hung);
-        Ok(())
-    }
-}
-
-/// Lists the inputs, registers each file in the ledger, and hands out
-/// bundles of shards one idle scanner at a time. Runs on a blocking thread.
-fn walk_manifest(
-    ctx: &JobContext,
-    inputs: &[PathBuf],
-    job: &ActorRef<JobMsg>,
-    demand: &Semaphore,
-    runtime: &tokio::runtime::Handle,
-) -> Result<(), String> {
-    let mut manifest = ManifestWalk {
-        ctx,
-        job,
-        demand,
-        runtime,
-        next_seq: 0,
-        unwritten: Vec::with_capacity(FILES_PER_WRITE),
-        bundle: Vec::new(),
-        bundle_bytes: 0,
-    };
-    // Never read the store's own files back as input.
-    let excluded = Excluded::dirs(&[ctx.store.db_dir(), ctx.store.tmp_dir()]);
-    let mut walk = Walk::new(excluded, ctx.config.follow_links);
-    let mut failure = None;
-    let _ = walk.run(inputs, &mut |listed| {
-        manifest.visit(listed).unwrap_or_else(|e| {
-            failure = Some(e);
-            ControlFlow::Break(())
-        })
-    });
-    JobCounters::add(&ctx.counters.links_skipped, walk.links_skipped());
-    match failure {
-        Some(failure) => Err(failure),
-        None => {
-            manifest.hand_out_bundle();
-            manifest.write_files()
-        }
-    }
-}
-
-struct ManifestWalk<'a> {
-    ctx: &'a JobContext,
-    job: &'a ActorRef<JobMsg>,
-    demand: &'a Semaphore,
-    runtime: &'a tokio::runtime::Handle,
-    next_seq: u32,
-    /// Listed files not yet registered in the ledger.
-    unwritten: Vec<InputFile>,
-    /// Shards not yet handed out, and their listed bytes.
-    bundle: Vec<Shard>,
-    bundle_bytes: u64,
-}
-
-impl ManifestWalk<'_> {
-    fn visit(&mut self, listed: Listed) -> Result<ControlFlow<()>, String> {
-        let ctx = self.ctx;
-        let seq = self.next_seq;
-        self.next_seq = seq
-            .checked_add(1)
-            .ok_or("more than 4 billion input files")?;
-        let (file, problem) = match listed {
-            Listed::File {
-                path,
-                size,
-                modified,
-            } => (
-                InputFile {
-                    seq,
-                    path,
-                    size,
-                    modified,
-                },
-                None,
-            ),
-            Listed::Unreadable { path, error } => {
-                let file = InputFile {
-                    seq,
-                    path,
-                    size: 0,
-                    modified: None,
-                };
-                let problem = FileProblem {
-                    offset: None,
-                    message: format!("cannot read: {error}"),
-                };
-                (file, Some(problem))
-            }
-        };
-        JobCounters::add(&ctx.counters.files_listed, 1);
-        JobCounters::add(&ctx.counters.bytes_listed, file.size);
-        self.unwritten.push(file.clone());
-        if self.unwritten.len() >= FILES_PER_WRITE {
-            self.write_files()?;
-        }
-        if let Some(problem) = problem {
-            tracing::warn!(path = %file.path.display(), "{}", problem.message);
-            ctx.store
-                .put_problem(ctx.dataset.id, ctx.job.id, seq, &problem)
-                .map_err(|e| e.to_string())?;
-            return Ok(ControlFlow::Continue(()));
-        }
-        for shard in plan_shards(Arc::new(file), ctx.config.split_bytes) {
-            self.bundle_bytes += shard.listed_bytes();
-            self.bundle.push(shard);
-            let full = self.bundle.len() >= BUNDLE_SHARDS || self.bundle_bytes >= BUNDLE_BYTES;
-            if full && !self.hand_out_bundle() {
-                return Ok(ControlFlow::Break(()));
-            }
-        }
-        Ok(ControlFlow::Continue(()))
-    }
-
-    /// Sends the bundle to the next idle scanner, waiting for one. Returns
-    /// `false` if the job ended meanwhile.
-    fn hand_out_bundle(&mut self) -> bool {
-        if self.bundle.is_empty() {
-            return true;
-        }
-        // The semaphore is closed when the job ends: stop listing.
-        let Ok(permit) = self.runtime.block_on(self.demand.acquire()) else {
-            return false;
-        };
-        permit.forget();
-        if !self.wait_for_admission() {
-            return false;
-        }
-        self.bundle_bytes = 0;
-        let bundle = std::mem::take(&mut self.bundle);
-        self.job.cast(JobMsg::ShardsAvailable(bundle)).is_ok()
-    }
-
-    /// Holds the next shard back while the heap is at the governor's hard
-    /// limit, so nothing new starts; the shards already being scanned run
-    /// on and bring memory down. If every scanner is idle, nothing running
-    /// could free memory, so the shard goes anyway rather than hang the
-    /// job. Returns `false` if the job ended meanwhile.
-    fn wait_for_admission(&self) -> bool {
-        let governor = &self.ctx.governor;
-        let mut held = false;
-        // This walker holds one scanner's permit, taken for this shard.
-        let busy = || self.demand.available_permits() + 1 < self.ctx.config.threads;
-        while !governor.admits_new_work() && busy() {
-            if self.demand.is_closed() {
-                return false;
-            }
-            if !held {
-                held = true;
-                metrics::counter!("quern_governor_shards_held_total").increment(1);
-            }
-            std::thread::sleep(SAMPLE_INTERVAL);
-        }
-        true
-    }
-
-    fn write_files(&mut self) -> Result<(), String> {
-        let ctx = self.ctx;
-        ctx.store
-            .put_files(ctx.dataset.id, ctx.job.id, &self.unwritten)
-            .map_err(|e| e.to_string())?;
-        self.unwritten.clear();
         Ok(())
     }
 }

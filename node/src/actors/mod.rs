@@ -1,8 +1,8 @@
 //! The ingest pipeline as supervised ractor actors.
 //!
 //! ```text
-//!            ┌──────────────── job (supervisor) ◄── manifest walker (thread)
-//!            │ shards
+//!            ┌──────────────── job (supervisor) ◄── shard feed (thread)
+//!            │ bundles of shards
 //!   scan × threads ──► sort-merge ──► dedup ──► commit      (one lane per
 //!                 └──► sort-merge ──► dedup ──► commit       partition range)
 //! ```
@@ -11,10 +11,16 @@
 //! each stage knows its input is complete. A failing stage is reported to the
 //! job actor with its name and cause; the job then closes every edge (no
 //! sender waits on a dead stage), stops the rest, and fails cleanly.
+//!
+//! Each actor has its own file, with its tests at the bottom. What they
+//! say to each other is in [`messages`]: an actor's file imports the
+//! messages it receives and sends, never another actor's file.
 
 pub mod commit;
 pub mod dedup;
+pub mod feed;
 pub mod job;
+pub mod messages;
 pub mod scan;
 pub mod sort_merge;
 

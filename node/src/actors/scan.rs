@@ -20,28 +20,19 @@ use std::time::SystemTime;
 use proto_schema::{Position, Record, RecordBatch, key_hash, partition_of_hash};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::job::JobMsg;
-use super::sort_merge::SortMergeMsg;
+use super::messages::{JobMsg, ScanMsg, SortMergeMsg};
 use super::{JobContext, blocking};
 use crate::counters::{FileTally, JobCounters};
 use crate::edge::Edge;
 use crate::input::format::extract;
-use crate::input::manifest::{InputFile, Shard, ShardRange};
 use crate::input::read_buffers::ReadBuffers;
 use crate::input::records::{Event, ReadFailure};
+use crate::input::shard::{InputFile, Shard, ShardRange};
 use crate::input::source::Compression;
 use crate::input::{OpenError, OpenShard};
 use crate::memory::Account;
 use crate::quarantine::{FileProblem, RejectedRecord, Rejection, excerpt};
 use crate::recent_keys::{RecentKeys, Seen};
-
-pub enum ScanMsg {
-    /// Shards to read in order (several small files, or one large range).
-    Scan(Vec<Shard>),
-    /// No more shards: send the partly filled batches, write out tallies
-    /// and report.
-    Finish,
-}
 
 pub struct ScanArgs {
     pub ctx: Arc<JobContext>,
@@ -110,9 +101,10 @@ impl Actor for Scan {
             .attribute(async move {
                 match msg {
                     ScanMsg::Scan(shards) => {
-                        state.scan(shards).await?;
-                        state.args.job.cast(JobMsg::ShardDone {
+                        state.scan(&shards).await?;
+                        state.args.job.cast(JobMsg::ShardsScanned {
                             scanner: state.args.index,
+                            shards,
                         })?;
                     }
                     ScanMsg::Finish => {
@@ -143,8 +135,8 @@ enum Filled {
 impl ScanState {
     /// Reads `shards` in order. Batches that are not full stay for the
     /// next bundle.
-    async fn scan(&mut self, shards: Vec<Shard>) -> Result<(), ActorProcessingErr> {
-        let mut shards = shards.into_iter();
+    async fn scan(&mut self, shards: &[Shard]) -> Result<(), ActorProcessingErr> {
+        let mut shards = shards.iter().cloned();
         let mut reading = None;
         loop {
             let filled = blocking(|| self.read_bundle(&mut reading, &mut shards))?;

@@ -4,24 +4,15 @@
 
 use std::sync::Arc;
 
-use proto_schema::{BatchView, RecordBatch};
+use proto_schema::BatchView;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::dedup::DedupMsg;
+use super::messages::{DedupMsg, SortMergeMsg};
 use super::{JobContext, blocking};
 use crate::counters::{FileTally, JobCounters};
-use crate::edge::{Credit, Edge};
+use crate::edge::Edge;
 use crate::memory::Account;
 use external_sort::{LaneSorter, SortLimits};
-
-// A batch message is moved once, into the mailbox; boxing it would add an
-// allocation per batch and save nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum SortMergeMsg {
-    Batch(RecordBatch, Credit),
-    /// Every scan is done: merge and pass everything on.
-    Finish,
-}
 
 pub struct SortMergeArgs {
     pub ctx: Arc<JobContext>,

@@ -2,16 +2,17 @@
 //! how a shard becomes a stream of records.
 
 pub mod format;
-pub mod manifest;
+pub mod listing;
 pub mod read_buffers;
 pub mod records;
+pub mod shard;
 pub mod source;
 
 use std::io::{self, Read};
 
-use manifest::{Shard, ShardRange};
 use read_buffers::ReadBuffers;
 use records::{ReadFailure, RecordReader};
+use shard::{Shard, ShardRange};
 use source::{Compression, FileBytesRead, Source};
 
 /// How much a reader asks of the file system at once.

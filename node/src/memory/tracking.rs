@@ -9,9 +9,9 @@
 //! every poll, so `.await` points and thread hops inside a handler stay
 //! attributed); anything else lands in [`Account::UNATTRIBUTED`].
 //!
-//! Counters are sharded by thread: one shared atomic per allocation costs
+//! Counters are striped by thread: one shared atomic per allocation costs
 //! ~40 ns under contention (DEPENDENCIES.md), a thread's own cache line a
-//! few. Readers fold the shards.
+//! few. Readers fold the stripes.
 //!
 //! RocksDB's C++ allocations do not pass through here; the store reports
 //! them from its cache and WriteBufferManager.
@@ -29,24 +29,24 @@ use mimalloc::MiMalloc;
 /// Accounts that can be named, including [`Account::UNATTRIBUTED`]; names
 /// past the limit share [`Account::OTHER`].
 pub const MAX_ACCOUNTS: usize = 64;
-/// Counter shards; threads beyond this many share shards (still exact,
+/// Counter stripes; threads beyond this many share stripes (still exact,
 /// only slower).
-const SHARDS: usize = 32;
+const STRIPES: usize = 32;
 /// Header in front of every allocation (more when the alignment is larger),
 /// holding the account id.
 const HEADER_BYTES: usize = 16;
 
 #[repr(align(128))]
-struct Shard {
+struct Stripe {
     live: [AtomicI64; MAX_ACCOUNTS],
 }
 
-static COUNTERS: [Shard; SHARDS] = [const {
-    Shard {
+static COUNTERS: [Stripe; STRIPES] = [const {
+    Stripe {
         live: [const { AtomicI64::new(0) }; MAX_ACCOUNTS],
     }
-}; SHARDS];
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+}; STRIPES];
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// Names by account id. Registration happens at actor start, never inside
 /// the allocator.
@@ -54,19 +54,19 @@ static NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 thread_local! {
     static CURRENT: Cell<u16> = const { Cell::new(0) };
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
 fn charge(account: u16, bytes: isize) {
-    let shard = SHARD.with(|shard| {
-        let mut index = shard.get();
+    let stripe = STRIPE.with(|stripe| {
+        let mut index = stripe.get();
         if index == usize::MAX {
-            index = NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS;
-            shard.set(index);
+            index = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
+            stripe.set(index);
         }
         index
     });
-    COUNTERS[shard].live[usize::from(account)].fetch_add(bytes as i64, Relaxed);
+    COUNTERS[stripe].live[usize::from(account)].fetch_add(bytes as i64, Relaxed);
 }
 
 /// The tracking allocator. Install it with [`install_tracking_allocator!`]
@@ -358,7 +358,7 @@ impl Account {
     pub fn live_bytes(self) -> i64 {
         COUNTERS
             .iter()
-            .map(|shard| shard.live[usize::from(self.0)].load(Relaxed))
+            .map(|stripe| stripe.live[usize::from(self.0)].load(Relaxed))
             .sum()
     }
 }
@@ -389,7 +389,7 @@ impl<F: Future> Future for Attributed<F> {
     }
 }
 
-/// Live bytes per account at one moment (shards folded).
+/// Live bytes per account at one moment (stripes folded).
 #[derive(Debug, Clone)]
 pub struct Usage {
     live: [i64; MAX_ACCOUNTS],
@@ -398,8 +398,8 @@ pub struct Usage {
 impl Usage {
     pub fn read() -> Usage {
         let mut live = [0i64; MAX_ACCOUNTS];
-        for shard in &COUNTERS {
-            for (sum, counter) in live.iter_mut().zip(&shard.live) {
+        for stripe in &COUNTERS {
+            for (sum, counter) in live.iter_mut().zip(&stripe.live) {
                 *sum += counter.load(Relaxed);
             }
         }

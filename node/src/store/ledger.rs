@@ -10,7 +10,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::keys::meta;
 use super::{Store, StoreError};
-use crate::input::manifest::InputFile;
+use crate::input::shard::InputFile;
 use crate::quarantine::{FileProblem, RejectedRecord};
 
 /// Per-file record counters. `read = unique + duplicates + rejected`.
@@ -186,7 +186,7 @@ impl Store {
         ))
     }
 
-    /// A job's files in manifest order, with their counters and problems.
+    /// A job's files in input order, with their counters and problems.
     pub fn files(
         &self,
         dataset: u32,
