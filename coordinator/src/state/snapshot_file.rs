@@ -10,7 +10,9 @@
 
 use std::io::{self, Read, Write};
 
-pub const MAGIC: &[u8; 8] = b"QRNSNAP1";
+/// The version is the state's layout (`LAYOUT` in `state`): a replica
+/// refuses a snapshot of another layout.
+pub const MAGIC: &[u8; 8] = b"QRNSNAP2";
 const END: u8 = 0xFF;
 /// Bounds on one record: far above any real key or value, far below what
 /// could exhaust memory.
