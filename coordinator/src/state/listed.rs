@@ -56,8 +56,8 @@ pub fn forget(batch: &mut WriteBatch, db: &DB, dataset: u32, from: u64, to: u64)
 
 /// One chunk's record: its path range and its paths.
 pub struct Record<'a> {
-    pub first: &'a [u8],
-    pub last: &'a [u8],
+    first: &'a [u8],
+    last: &'a [u8],
     pub paths: PathList<'a>,
 }
 
@@ -93,7 +93,7 @@ impl<'a> Listing<'a> {
     }
 
     /// Whether the submission listed `path`; cheapest for paths in order.
-    pub fn contains(&mut self, path: &[u8]) -> Result<bool, StateError> {
+    fn contains(&mut self, path: &[u8]) -> Result<bool, StateError> {
         let holds = |r: &Record<'_>| r.first <= path && path <= r.last;
         if !record_at(&self.records)?.as_ref().is_some_and(holds) {
             self.seek(path)?;

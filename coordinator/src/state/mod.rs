@@ -21,11 +21,11 @@
 pub mod apply;
 pub mod keys;
 pub mod listed;
-mod listing;
 pub mod path_list;
 pub mod records;
 pub mod snapshot_file;
 mod sorted_lookup;
+mod status_reads;
 
 use std::fs;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};

@@ -91,9 +91,14 @@ impl<R: Read> SnapshotReader<R> {
         let mut magic = [0u8; 8];
         read_exact(&mut input, &mut magic, 0)?;
         if &magic != MAGIC {
+            let reason = if magic[..7] == MAGIC[..7] {
+                "a snapshot of another state layout (from another quern version)"
+            } else {
+                "not a Quern snapshot (bad magic)"
+            };
             return Err(SnapshotError::Corrupt {
                 offset: 0,
-                reason: "not a Quern snapshot (bad magic)".into(),
+                reason: reason.into(),
             });
         }
         Ok(Self {
@@ -223,5 +228,13 @@ mod tests {
             bad[i] ^= 0x20;
             assert!(read_all(&bad).is_err(), "flipped byte {i} was accepted");
         }
+    }
+
+    #[test]
+    fn a_snapshot_of_another_layout_says_so() {
+        let mut bytes = sample();
+        bytes[..8].copy_from_slice(b"QRNSNAP1");
+        let err = read_all(&bytes).unwrap_err().to_string();
+        assert!(err.contains("another state layout"), "{err}");
     }
 }
