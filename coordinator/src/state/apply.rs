@@ -1226,6 +1226,10 @@ mod tests {
                         chunks.rotate_left(by);
                     }
                     let submission = sm.send_chunks("ds", chunks).await;
+                    if let Some((job, gone)) = &last {
+                        // An open submission changes no finished one's gone files.
+                        prop_assert_eq!(&sm.state().gone_files(job, None, 1000).unwrap(), gone);
+                    }
                     sm.finish("ds", submission).await;
                     let job = sm.state().job(submission).unwrap().unwrap();
                     prop_assert_eq!(job.counts, expect);

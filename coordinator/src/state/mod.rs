@@ -293,9 +293,15 @@ impl StateMachineStore {
             if !key.starts_with(&prefix) || out.len() == limit {
                 break;
             }
-            let Some(entry) = aborted.settle(records::CatalogEntry::decode(&value)?)? else {
-                continue;
+            let entry = records::CatalogEntry::decode(&value)?;
+            // As the job left it: a version catalogued since, by an open or
+            // an aborted submission, counts as what it replaced.
+            let entry = if entry.since > job.id {
+                entry.replaced()
+            } else {
+                aborted.settle(entry)?
             };
+            let Some(entry) = entry else { continue };
             let path = String::from_utf8_lossy(keys::file_path(&key));
             if before.lists(&entry, &path)? && !now.lists(&entry, &path)? {
                 out.push(path.into_owned());

@@ -101,12 +101,17 @@ impl CatalogEntry {
     /// catalogued it was aborted, what it replaced (`None`: the aborted
     /// submission catalogued the file first).
     pub fn settled(self, since_aborted: bool) -> Option<CatalogEntry> {
-        if !since_aborted {
-            return Some(CatalogEntry {
-                prior: None,
-                ..self
-            });
+        if since_aborted {
+            return self.replaced();
         }
+        Some(CatalogEntry {
+            prior: None,
+            ..self
+        })
+    }
+
+    /// The entry this version replaced, if any.
+    pub fn replaced(self) -> Option<CatalogEntry> {
         self.prior.map(|v| CatalogEntry {
             size: v.size,
             mtime_ns: v.mtime_ns,
