@@ -2,8 +2,8 @@
 //!
 //! Generates an inventory of N files (paths 60-110 bytes in a directory
 //! tree, size, mtime, a 16-byte md5-sized checksum), submits it through
-//! the leader of three in-process replicas, then re-submits it with 1% of
-//! the files changed. Prints files/s, the pending shards the re-submission
+//! the leader of three in-process replicas in path order, as `quern submit`
+//! sends it, then re-submits it with 1% of the files changed. Prints files/s, the pending shards the re-submission
 //! created, and the process's anonymous RSS (now and peak, sampled), which
 //! covers all three replicas. The inventory is generated as it is sent,
 //! never held whole.
@@ -30,21 +30,25 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-const HOSTS: [&str; 4] = ["ingest-a", "ingest-b", "edge-eu-west", "edge-us-east-2"];
+/// Sorted, so that path order is file order.
+const HOSTS: [&str; 4] = ["edge-eu-west", "edge-us-east-2", "ingest-a", "ingest-b"];
 const KINDS: [&str; 3] = ["access", "application-events", "audit"];
 
-/// File `i` of the inventory; `changed` files get a newer mtime and checksum.
-fn file(i: u64, changed: bool) -> FileEntry {
+/// File `i` of `n`, in path order; `changed` files get a newer mtime and
+/// checksum.
+fn file(i: u64, n: u64, changed: bool) -> FileEntry {
     let r = mix(i);
-    // 50 files per directory, directories nested host/kind/day/hour.
+    // Directories nested host/kind/day/hour, 50 files each.
+    let block = (i * (HOSTS.len() * KINDS.len()) as u64 / n) as usize;
+    let host = HOSTS[block / KINDS.len()];
+    let kind = KINDS[block % KINDS.len()];
     let dir = i / 50;
-    let host = HOSTS[(dir / 20_000) as usize % HOSTS.len()];
-    let kind = KINDS[(dir / 2000) as usize % KINDS.len()];
-    let day = dir / 24 % 2000;
+    let day = dir / 24;
     let hour = dir % 24;
     let pad = "x".repeat((r % 41) as usize);
     let path = format!(
-        "/srv/archive/{host}/{kind}/2025-{:02}-{:02}/h{hour:02}/part-{i:010}-{pad}.log.zst",
+        "/srv/archive/{host}/{kind}/{}-{:02}-{:02}/h{hour:02}/part-{i:010}-{pad}.log.zst",
+        2025 + day / 336,
         day / 28 % 12 + 1,
         day % 28 + 1
     );
@@ -144,7 +148,7 @@ async fn main() {
 
     let run = |label: &'static str, changed_every: Option<u64>| async move {
         let started = Instant::now();
-        let entries = (0..n).map(|i| file(i, changed_every.is_some_and(|k| i % k == 0)));
+        let entries = (0..n).map(|i| file(i, n, changed_every.is_some_and(|k| i % k == 0)));
         let done: Submitted = client::submit(raft, "inventory", 1, entries, window).await?;
         let secs = started.elapsed().as_secs_f64();
         println!(

@@ -75,7 +75,9 @@ pub enum Command {
         dataset: String,
         now_ms: u64,
     },
-    /// A bounded chunk of the manifest, applied atomically.
+    /// A bounded chunk of the manifest, applied atomically. The chunks of
+    /// a submission cover disjoint path ranges (a manifest sent in path
+    /// order does); within a chunk, any order.
     SubmitChunk {
         dataset: String,
         submission: u64,
@@ -188,6 +190,13 @@ pub enum CommandError {
     Malformed {
         reason: String,
     },
+    /// The chunk's paths (`first` to `last`) overlap the range of an
+    /// earlier chunk of the same submission: manifests are sent in path
+    /// order.
+    ChunkOverlaps {
+        first: String,
+        last: String,
+    },
 }
 
 impl std::fmt::Display for CommandError {
@@ -240,6 +249,10 @@ impl std::fmt::Display for CommandError {
                 )
             }
             Self::Malformed { reason } => write!(f, "malformed command: {reason}"),
+            Self::ChunkOverlaps { first, last } => write!(
+                f,
+                "manifest chunk {first:?} to {last:?} overlaps the paths of an earlier chunk: a manifest must be sent in path order"
+            ),
         }
     }
 }

@@ -7,29 +7,32 @@
 //! replica. Work per command is bounded by the command's size (a manifest
 //! chunk is at most `MAX_CHUNK_FILES` files), never by the catalogue's.
 //!
-//! Aborting a submission is one write too: a submission that rewrites a
-//! catalogue entry keeps what it replaced in the entry (`Prior`), and an
-//! entry last rewritten by an aborted submission counts as its prior
-//! (`Aborted::settle`). The next rewrite drops the stale version.
+//! A file listed again unchanged is not written: each chunk records what
+//! it listed as one record (`listed`), and whether a file is still live is
+//! read from the last finished submission's listing.
+//!
+//! Aborting a submission is one write too, plus one range deletion of its
+//! listing: a submission that rewrites a catalogue entry keeps what it
+//! replaced in the entry (`prior`), and an entry last rewritten by an
+//! aborted submission counts as its prior (`Aborted::settle`). The next
+//! rewrite drops the stale version.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use proto_schema::command::{
     Command, CommandError, DatasetSpec, DiffCounts, FileEntry, MAX_CHUNK_BYTES, MAX_CHUNK_FILES,
     NodeInfo, Response,
 };
 use rocksdb::{DB, WriteBatch};
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use super::StateError;
 use super::keys::{
     self, CF_COUNTERS, CF_DATASETS, CF_FILES, CF_JOBS, CF_LEASED, CF_NODES, CF_PARTITIONS,
     CF_SHARDS,
 };
-use super::records::{
-    CatalogEntry, Dataset, FileStatus, Job, JobState, Prior, PriorVersion, Shard, ShardState,
-    Stored,
-};
+use super::listed::{self, Listing};
+use super::records::{CatalogEntry, Dataset, FileStatus, Job, JobState, Shard, ShardState, Stored};
+use super::sorted_lookup::SortedLookup;
 
 /// The command's answer, or a storage failure (fatal for the replica,
 /// unlike a `CommandError`).
@@ -114,7 +117,7 @@ impl<'a> Aborted<'a> {
 
     /// The catalogue entry that counts (see `CatalogEntry::settled`).
     pub fn settle(&mut self, entry: CatalogEntry) -> Result<Option<CatalogEntry>, StateError> {
-        let aborted = self.is_aborted(entry.generation)?;
+        let aborted = self.is_aborted(entry.since)?;
         Ok(entry.settled(aborted))
     }
 }
@@ -250,20 +253,20 @@ pub enum Diff {
     Unchanged,
 }
 
-/// The catalogue rule: a file is unchanged only if it was listed by the
-/// last finished submission with the same size, mtime and checksum.
-pub fn diff(entry: &FileEntry, known: Option<&CatalogEntry>, last_generation: u64) -> Diff {
-    match known {
-        Some(k) if last_generation != 0 && k.generation == last_generation => {
-            if k.size == entry.size && k.mtime_ns == entry.mtime_ns && k.checksum == entry.checksum
-            {
-                Diff::Unchanged
-            } else {
-                Diff::Changed
-            }
+/// The catalogue rule: a file is unchanged only if the last finished
+/// submission listed it (`live`: its entry then) with the same size, mtime
+/// and checksum. A file unknown, or gone and back, is new.
+pub fn diff(entry: &FileEntry, live: Option<&CatalogEntry>) -> Diff {
+    match live {
+        Some(k)
+            if k.size == entry.size
+                && k.mtime_ns == entry.mtime_ns
+                && k.checksum == entry.checksum =>
+        {
+            Diff::Unchanged
         }
-        // Unknown, or gone in an earlier submission and back now.
-        _ => Diff::New,
+        Some(_) => Diff::Changed,
+        None => Diff::New,
     }
 }
 
@@ -279,47 +282,50 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
             bytes: bytes as u64,
         }));
     }
-    // XXH3 rather than SipHash: the paths are the client's, but a chunk is
-    // bounded, so collisions cost at most one chunk's time.
-    let mut seen = HashSet::with_capacity_and_hasher(files.len(), Xxh3DefaultBuilder::new());
-    if let Some(dup) = files.iter().find(|f| !seen.insert(f.path.as_str())) {
+    // In path order: the chunk's listing is stored sorted, and its
+    // catalogue entries are read by stepping through the catalogue.
+    let mut files: Vec<&FileEntry> = files.iter().collect();
+    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    if let Some(pair) = files.windows(2).find(|pair| pair[0].path == pair[1].path) {
         return Ok(Err(CommandError::DuplicatePath {
-            path: dup.path.clone(),
+            path: pair[0].path.clone(),
         }));
+    }
+    if files.is_empty() {
+        return Ok(Ok(Response::ChunkApplied {
+            counts: DiffCounts::default(),
+            shards_created: 0,
+        }));
+    }
+    if let Some(refusal) = overlap_refusal(tx.db, dataset.id, submission, &files)? {
+        return Ok(Err(refusal));
     }
 
     let file_keys: Vec<Vec<u8>> = files
         .iter()
         .map(|f| keys::file(dataset.id, &f.path))
         .collect();
-    let files_cf = tx.cf(CF_FILES);
     let mut aborted = Aborted::new(tx.db);
+    let mut last_listing = Listing::new(tx.db, dataset.id, dataset.last_generation);
+    let mut catalogue = SortedLookup::new(tx.db, tx.cf(CF_FILES), &file_keys[files.len() - 1]);
+    // Each file's entry as it counts, and whether it is live.
     let mut known = Vec::with_capacity(files.len());
-    for (found, file) in tx
-        .db
-        .multi_get_cf(file_keys.iter().map(|k| (files_cf, k)))
-        .into_iter()
-        .zip(files)
-    {
-        let stored = found?
-            .map(|bytes| CatalogEntry::decode(&bytes))
-            .transpose()?;
-        if stored.as_ref().is_some_and(|e| e.generation == submission) {
-            // Listed by an earlier chunk of this same submission.
-            return Ok(Err(CommandError::DuplicatePath {
-                path: file.path.clone(),
-            }));
-        }
-        known.push(match stored {
-            Some(entry) => aborted.settle(entry)?,
+    for (key, file) in file_keys.iter().zip(&files) {
+        let settled = match catalogue.get(key)? {
+            Some(bytes) => aborted.settle(CatalogEntry::decode(bytes)?)?,
             None => None,
-        });
+        };
+        let live = match &settled {
+            Some(entry) => last_listing.lists(entry, &file.path)?,
+            None => false,
+        };
+        known.push((settled, live));
     }
 
     let diffs: Vec<Diff> = files
         .iter()
         .zip(&known)
-        .map(|(f, k)| diff(f, k.as_ref(), dataset.last_generation))
+        .map(|(f, (entry, live))| diff(f, entry.as_ref().filter(|_| *live)))
         .collect();
     let work = diffs.iter().filter(|d| **d != Diff::Unchanged).count() as u64;
     let mut next_shard = if work > 0 {
@@ -328,69 +334,77 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
         0
     };
     let mut counts = DiffCounts::default();
-    for (((file, key), known), diff) in files.iter().zip(&file_keys).zip(known).zip(diffs) {
-        let entry = match (diff, known) {
-            (Diff::Unchanged, Some(k)) => {
+    for (((file, key), (known, _)), diff) in files.iter().zip(&file_keys).zip(known).zip(diffs) {
+        match diff {
+            Diff::Unchanged => {
                 counts.unchanged += 1;
-                CatalogEntry {
-                    generation: submission,
-                    prior: Some(Prior::Restamped {
-                        generation: k.generation,
-                    }),
-                    ..k
-                }
+                continue;
             }
-            (_, known) => {
-                if diff == Diff::New {
-                    counts.new += 1;
-                } else {
-                    counts.changed += 1;
-                }
-                let shard = Shard {
-                    id: next_shard,
-                    job: submission,
-                    dataset_id: dataset.id,
-                    path: file.path.clone(),
-                    start: 0,
-                    end: file.size,
-                    state: ShardState::Pending,
-                    holder: None,
-                    epoch: 0,
-                    deadline_ms: 0,
-                    checkpoint: 0,
-                };
-                tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
-                next_shard += 1;
-                // A new file needs no prior: unknown and gone count alike.
-                let prior = known.filter(|_| diff == Diff::Changed).map(|k| {
-                    Prior::Replaced(PriorVersion {
-                        size: k.size,
-                        mtime_ns: k.mtime_ns,
-                        checksum: k.checksum,
-                        status: k.status,
-                        generation: k.generation,
-                        shard: k.shard,
-                    })
-                });
-                CatalogEntry {
-                    size: file.size,
-                    mtime_ns: file.mtime_ns,
-                    checksum: file.checksum.clone(),
-                    status: FileStatus::Pending,
-                    generation: submission,
-                    shard: shard.id,
-                    prior,
-                }
-            }
+            Diff::New => counts.new += 1,
+            Diff::Changed => counts.changed += 1,
+        }
+        let shard = Shard {
+            id: next_shard,
+            job: submission,
+            dataset_id: dataset.id,
+            path: file.path.clone(),
+            start: 0,
+            end: file.size,
+            state: ShardState::Pending,
+            holder: None,
+            epoch: 0,
+            deadline_ms: 0,
+            checkpoint: 0,
+        };
+        tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
+        next_shard += 1;
+        let entry = CatalogEntry {
+            size: file.size,
+            mtime_ns: file.mtime_ns,
+            checksum: file.checksum.clone(),
+            status: FileStatus::Pending,
+            since: submission,
+            shard: shard.id,
+            prior: known.map(|k| Box::new(k.into())),
         };
         tx.put(CF_FILES, key, &entry);
     }
+    let paths = files.iter().map(|f| f.path.as_str());
+    listed::record(&mut tx.batch, tx.db, dataset.id, submission, paths);
     job.counts.add(counts);
     job.shards_total += work;
     tx.put(CF_JOBS, &keys::id(submission), &job);
     Ok(Ok(Response::ChunkApplied {
         counts,
         shards_created: work,
+    }))
+}
+
+/// Why a chunk (sorted, not empty) is refused if its path range overlaps
+/// an earlier chunk's: a path both list, or the order. A submission's
+/// chunks must cover disjoint ranges so that its listing finds any path
+/// with one seek; `quern submit` sends manifests in path order.
+fn overlap_refusal(
+    db: &DB,
+    dataset: u32,
+    submission: u64,
+    files: &[&FileEntry],
+) -> Result<Option<CommandError>, StateError> {
+    let (first, last) = (&files[0].path, &files[files.len() - 1].path);
+    let mut own = Listing::new(db, dataset, submission);
+    let Some(earlier) = own.overlapping(first.as_bytes(), last.as_bytes())? else {
+        return Ok(None);
+    };
+    for file in files {
+        if earlier.paths.contains(file.path.as_bytes())? {
+            return Ok(Some(CommandError::DuplicatePath {
+                path: file.path.clone(),
+            }));
+        }
+    }
+    Ok(Some(CommandError::ChunkOverlaps {
+        first: first.clone(),
+        last: last.clone(),
     }))
 }
 
@@ -407,6 +421,9 @@ fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
     dataset.open_submission = None;
     dataset.last_generation = submission;
     dataset.live_files = job.counts.new + seen_again;
+    // From now on diffs read this submission's listing, and its gone
+    // listing the previous one's too: older listings are never read again.
+    listed::forget(&mut tx.batch, tx.db, dataset.id, 0, job.previous_generation);
     tx.put(CF_JOBS, &keys::id(submission), &job);
     tx.put(CF_DATASETS, name.as_bytes(), &dataset);
     Ok(Ok(Response::SubmissionFinished {
@@ -416,9 +433,9 @@ fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
     }))
 }
 
-/// Marks the job aborted and frees the dataset. Nothing else is written:
-/// entries the submission rewrote settle to their priors, and its shards
-/// are refused leases.
+/// Marks the job aborted, frees the dataset and forgets what the
+/// submission listed. No catalogue entry is written: entries it rewrote
+/// settle to their priors, and its shards are refused leases.
 fn abort_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
     let (mut dataset, mut job) = match open_submission(tx, name, submission)? {
         Ok(found) => found,
@@ -426,6 +443,7 @@ fn abort_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
     };
     job.state = JobState::Aborted;
     dataset.open_submission = None;
+    listed::forget(&mut tx.batch, tx.db, dataset.id, submission, submission + 1);
     tx.put(CF_JOBS, &keys::id(submission), &job);
     tx.put(CF_DATASETS, name.as_bytes(), &dataset);
     Ok(Ok(Response::SubmissionAborted { submission }))
@@ -533,7 +551,7 @@ fn complete_file(tx: &mut Tx<'_>, shard: &Shard) -> Result<(), StateError> {
     if let Some(mut entry) = tx.get::<CatalogEntry>(CF_FILES, &key)? {
         let status = match &mut entry.prior {
             _ if entry.shard == shard.id => Some(&mut entry.status),
-            Some(Prior::Replaced(v)) if v.shard == shard.id => Some(&mut v.status),
+            Some(v) if v.shard == shard.id => Some(&mut v.status),
             _ => None,
         };
         if let Some(status) = status {
@@ -564,14 +582,15 @@ fn assign_partitions(tx: &mut Tx<'_>, assignments: &[(u32, u64)]) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use proptest::prelude::*;
     use proto_schema::command::{
         Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response,
     };
 
-    use super::super::records::{FileStatus, JobState};
+    use super::super::StateError;
+    use super::super::records::{FileStatus, Job, JobState};
     use super::super::test_support::{Applier, setup_dataset};
 
     fn file(path: &str, size: u64, mtime_ns: i64, checksum: Option<u8>) -> FileEntry {
@@ -681,6 +700,11 @@ mod tests {
         assert_eq!(page1, vec!["a".to_string(), "b".to_string()]);
         let page2 = sm.state().gone_files(&job3, Some("b"), 2).unwrap();
         assert_eq!(page2, vec!["c".to_string()]);
+        // Only the last finished submission's: older listings are gone.
+        assert!(matches!(
+            sm.state().gone_files(&job2, None, 10),
+            Err(StateError::GoneListingExpired { job }) if job == s2
+        ));
 
         // A file gone earlier and listed again is new.
         let s4 = sm
@@ -939,6 +963,75 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_cover_disjoint_path_ranges_in_any_order() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1]).await;
+        let unsorted = |paths: &[&str]| -> Vec<FileEntry> {
+            paths.iter().map(|p| file(p, 1, 1, None)).collect()
+        };
+        // Each chunk in any order inside, the chunks in any order.
+        let s1 = sm
+            .send_chunks(
+                "ds",
+                [
+                    unsorted(&["x", "y"]),
+                    unsorted(&["c", "a"]),
+                    unsorted(&["d", "e"]),
+                ],
+            )
+            .await;
+        let before = sm.state().digest().unwrap();
+        let overlapping = Command::SubmitChunk {
+            dataset: "ds".into(),
+            submission: s1,
+            files: unsorted(&["f", "b"]),
+        };
+        assert_eq!(
+            sm.apply(overlapping).await,
+            Response::Error(CommandError::ChunkOverlaps {
+                first: "b".into(),
+                last: "f".into()
+            }),
+            "b..f overlaps a..c and d..e"
+        );
+        let inside = Command::SubmitChunk {
+            dataset: "ds".into(),
+            submission: s1,
+            files: unsorted(&["b"]),
+        };
+        assert_eq!(
+            sm.apply(inside).await,
+            Response::Error(CommandError::ChunkOverlaps {
+                first: "b".into(),
+                last: "b".into()
+            }),
+            "b lies between a and c"
+        );
+        assert_eq!(
+            sm.state().digest().unwrap(),
+            before,
+            "refusals write nothing"
+        );
+        sm.finish("ds", s1).await;
+
+        // The same files in other chunks, other order: all unchanged.
+        let again = unsorted(&["a", "c", "d", "e", "x", "y"]);
+        let s2 = sm
+            .send_chunks(
+                "ds",
+                [
+                    again[4..].to_vec(),
+                    again[..1].to_vec(),
+                    again[1..4].to_vec(),
+                ],
+            )
+            .await;
+        sm.finish("ds", s2).await;
+        let job = sm.state().job(s2).unwrap().unwrap();
+        assert_eq!((job.counts.unchanged, job.counts.new, job.gone), (6, 0, 0));
+    }
+
     /// What a file in the second inventory is, relative to the first.
     #[derive(Debug, Clone, Copy)]
     enum Change {
@@ -957,6 +1050,51 @@ mod tests {
             1 => Just(Change::Checksum),
             1 => Just(Change::Drop),
         ]
+    }
+
+    /// A file's size, mtime and checksum byte.
+    type Attrs = (u64, i64, Option<u8>);
+
+    fn attrs() -> impl Strategy<Value = Attrs> {
+        (0u64..4, 0i64..4, proptest::option::of(0u8..4))
+    }
+
+    fn inventory(m: &BTreeMap<String, Attrs>) -> Vec<FileEntry> {
+        m.iter().map(|(p, &(s, t, c))| file(p, s, t, c)).collect()
+    }
+
+    /// One submission in a dataset's history: how each file the last one
+    /// listed changes (in path order, cycling), which paths are listed
+    /// besides, the submissions that die before it, and how it is sent:
+    /// chunks of `chunk_files`, rotated so they arrive out of order.
+    #[derive(Debug, Clone)]
+    struct Step {
+        changes: Vec<Change>,
+        added: BTreeMap<String, Attrs>,
+        aborted: Vec<BTreeMap<String, Attrs>>,
+        chunk_files: usize,
+        rotation: prop::sample::Index,
+    }
+
+    /// Few paths, so files go, come back and are relisted by aborted
+    /// submissions often.
+    const PATHS: &str = "[a-c]/[a-d]{1,2}";
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            proptest::collection::vec(change(), 1..30),
+            proptest::collection::btree_map(PATHS, attrs(), 0..12),
+            proptest::collection::vec(proptest::collection::btree_map(PATHS, attrs(), 0..30), 0..3),
+            1usize..6,
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(changes, added, aborted, chunk_files, rotation)| Step {
+                changes,
+                added,
+                aborted,
+                chunk_files,
+                rotation,
+            })
     }
 
     proptest! {
@@ -1028,6 +1166,91 @@ mod tests {
                 }
                 should_be_pending.sort();
                 prop_assert_eq!(marked, should_be_pending);
+                Ok(())
+            })?;
+        }
+
+        /// A history of submissions: each is diffed against the last
+        /// finished one (unchanged files written nowhere, however long ago
+        /// they were catalogued), counts and lists its gone files exactly,
+        /// and aborted submissions in between, which may relist gone files
+        /// or change live ones, change neither the next diff nor the last
+        /// gone listing.
+        #[test]
+        fn a_history_of_submissions_is_diffed_exactly(steps in proptest::collection::vec(step(), 1..5)) {
+            rt().block_on(async {
+                let mut sm = Applier::new();
+                setup_dataset(&mut sm, "ds", &[1]).await;
+                let mut live: BTreeMap<String, Attrs> = BTreeMap::new();
+                let mut last: Option<(Job, Vec<String>)> = None;
+                for step in &steps {
+                    for abandoned in &step.aborted {
+                        sm.send_and_abort("ds", inventory(abandoned)).await;
+                    }
+                    if let Some((job, gone)) = &last {
+                        prop_assert_eq!(&sm.state().gone_files(job, None, 1000).unwrap(), gone);
+                    }
+
+                    let mut next = BTreeMap::new();
+                    let mut expect = DiffCounts::default();
+                    let mut gone = Vec::new();
+                    let mut pending = BTreeSet::new();
+                    for ((path, &(size, mtime, sum)), change) in live.iter().zip(step.changes.iter().cycle()) {
+                        let attrs = match change {
+                            Change::Keep => (size, mtime, sum),
+                            Change::Size => (size + 1, mtime, sum),
+                            Change::Mtime => (size, mtime + 1, sum),
+                            Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
+                            Change::Drop => { gone.push(path.clone()); continue; }
+                        };
+                        if matches!(change, Change::Keep) {
+                            expect.unchanged += 1;
+                        } else {
+                            expect.changed += 1;
+                            pending.insert(path.clone());
+                        }
+                        next.insert(path.clone(), attrs);
+                    }
+                    for (path, &attrs) in &step.added {
+                        if !live.contains_key(path) {
+                            expect.new += 1;
+                            pending.insert(path.clone());
+                            next.insert(path.clone(), attrs);
+                        }
+                    }
+
+                    let files = inventory(&next);
+                    let mut chunks: Vec<Vec<FileEntry>> = files.chunks(step.chunk_files).map(<[_]>::to_vec).collect();
+                    if !chunks.is_empty() {
+                        let by = step.rotation.index(chunks.len());
+                        chunks.rotate_left(by);
+                    }
+                    let submission = sm.send_chunks("ds", chunks).await;
+                    if let Some((job, gone)) = &last {
+                        // An open submission changes no finished one's gone files.
+                        prop_assert_eq!(&sm.state().gone_files(job, None, 1000).unwrap(), gone);
+                    }
+                    sm.finish("ds", submission).await;
+                    let job = sm.state().job(submission).unwrap().unwrap();
+                    prop_assert_eq!(job.counts, expect);
+                    prop_assert_eq!(job.gone, gone.len() as u64);
+                    prop_assert_eq!(job.shards_total, expect.new + expect.changed);
+                    prop_assert_eq!(&sm.state().gone_files(&job, None, 1000).unwrap(), &gone);
+
+                    let dataset = sm.state().dataset("ds").unwrap().unwrap();
+                    prop_assert_eq!(dataset.live_files, next.len() as u64);
+                    for (path, &(size, mtime, sum)) in &next {
+                        let entry = sm.state().catalog_entry(dataset.id, path).unwrap().unwrap();
+                        prop_assert_eq!((entry.size, entry.mtime_ns, entry.checksum), (size, mtime, sum.map(|c| vec![c; 16])));
+                        let shard = sm.state().shard(entry.shard).unwrap().unwrap();
+                        prop_assert_eq!(shard.job == submission, pending.contains(path), "{}", path);
+                    }
+                    if let Some((older, _)) = &last {
+                        prop_assert!(sm.state().gone_files(older, None, 1000).is_err());
+                    }
+                    live = next;
+                    last = Some((job, gone));
+                }
                 Ok(())
             })?;
         }

@@ -20,9 +20,12 @@
 
 pub mod apply;
 pub mod keys;
-mod listing;
+pub mod listed;
+pub mod path_list;
 pub mod records;
 pub mod snapshot_file;
+mod sorted_lookup;
+mod status_reads;
 
 use std::fs;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -39,6 +42,8 @@ use proto_schema::command::{CommandError, Response};
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use self::keys::{CF_FILES, CF_JOBS, CF_RAFT, CF_SHARDS, STATE_CFS};
+use self::listed::Listing;
+use self::path_list::CorruptPathList;
 use self::records::{CorruptRecord, Dataset, Job, Shard, ShardState, Stored};
 use self::snapshot_file::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::rocks::{self, Budget, Kind};
@@ -47,12 +52,19 @@ use crate::{Applied, Member, NodeId, TypeConfig};
 /// Most bytes of records one install write batch holds.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
+/// The layout of the state this build reads and writes. Layout 2: a file
+/// listed again unchanged is no longer restamped, submissions' listings
+/// say what they saw (`listed`).
+const LAYOUT: u64 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]
     Rocks(#[from] rocksdb::Error),
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
+    #[error(transparent)]
+    CorruptList(#[from] CorruptPathList),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("snapshot record names column family {0}, which does not exist")]
@@ -63,6 +75,17 @@ pub enum StateError {
     Io(#[from] std::io::Error),
     #[error("inconsistent state: {0}")]
     Inconsistent(String),
+    #[error(
+        "the state holds layout {found}, written by an older quern; this one reads layout \
+         {LAYOUT} only and does not convert it: remove the data directories of all \
+         coordinators, start them afresh and submit the manifests again"
+    )]
+    OlderLayout { found: u64 },
+    #[error(
+        "job {job} is not its dataset's last finished submission: only that one's gone \
+         files are listed"
+    )]
+    GoneListingExpired { job: u64 },
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -116,7 +139,8 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 impl StateMachineStore {
     /// Opens (or creates) the state DB and snapshot directory under `dir`.
     /// A snapshot install that a crash interrupted is rolled back to an
-    /// empty state, which Raft then refills.
+    /// empty state, which Raft then refills. A state kept in another
+    /// layout is refused (`OlderLayout`), never read.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let snapshot_dir = dir.join("snapshots");
         fs::create_dir_all(&snapshot_dir)?;
@@ -141,6 +165,7 @@ impl StateMachineStore {
             }
             db.write(batch)?;
         }
+        check_layout(&db)?;
         let store = Self {
             inner: Arc::new(Inner {
                 db,
@@ -227,14 +252,24 @@ impl StateMachineStore {
         Ok(owner.as_deref().and_then(keys::decode_u64))
     }
 
-    /// One page of the files a finished job found gone: paths after `after`,
-    /// at most `limit`. Memory is bounded by the page, not the catalogue.
+    /// One page of the files a dataset's last finished submission found
+    /// gone: listed by the submission before it, not by it. Paths after
+    /// `after`, at most `limit`; memory is bounded by the page, not the
+    /// catalogue. Older jobs' are refused: their listings are forgotten.
     pub fn gone_files(
         &self,
         job: &Job,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StateError> {
+        let last = self
+            .datasets()?
+            .into_iter()
+            .find(|d| d.id == job.dataset_id)
+            .map(|d| d.last_generation);
+        if last != Some(job.id) {
+            return Err(StateError::GoneListingExpired { job: job.id });
+        }
         let prefix = keys::dataset_prefix(job.dataset_id);
         let start = match after {
             Some(path) => {
@@ -244,10 +279,13 @@ impl StateMachineStore {
             }
             None => prefix.to_vec(),
         };
+        let db = self.db();
+        let mut before = Listing::new(db, job.dataset_id, job.previous_generation);
+        let mut now = Listing::new(db, job.dataset_id, job.id);
+        let mut aborted = apply::Aborted::new(db);
         let mut out = Vec::new();
-        let mut aborted = apply::Aborted::new(self.db());
-        let iter = self.db().iterator_cf(
-            cf(self.db(), CF_FILES),
+        let iter = db.iterator_cf(
+            cf(db, CF_FILES),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         for item in iter {
@@ -255,11 +293,18 @@ impl StateMachineStore {
             if !key.starts_with(&prefix) || out.len() == limit {
                 break;
             }
-            let entry = aborted.settle(records::CatalogEntry::decode(&value)?)?;
-            if job.previous_generation != 0
-                && entry.is_some_and(|e| e.generation == job.previous_generation)
-            {
-                out.push(String::from_utf8_lossy(keys::file_path(&key)).into_owned());
+            let entry = records::CatalogEntry::decode(&value)?;
+            // As the job left it: a version catalogued since, by an open or
+            // an aborted submission, counts as what it replaced.
+            let entry = if entry.since > job.id {
+                entry.replaced()
+            } else {
+                aborted.settle(entry)?
+            };
+            let Some(entry) = entry else { continue };
+            let path = String::from_utf8_lossy(keys::file_path(&key));
+            if before.lists(&entry, &path)? && !now.lists(&entry, &path)? {
+                out.push(path.into_owned());
             }
         }
         Ok(out)
@@ -524,6 +569,39 @@ fn synced() -> WriteOptions {
     opts
 }
 
+/// Accepts a state in this build's `LAYOUT`, and marks a new one as such.
+fn check_layout(db: &DB) -> Result<(), StateError> {
+    let raft = cf(db, CF_RAFT);
+    match db.get_cf(raft, keys::LAYOUT)?.as_deref() {
+        Some(found) => match keys::decode_u64(found) {
+            Some(LAYOUT) => Ok(()),
+            Some(found) => Err(StateError::OlderLayout { found }),
+            None => Err(StateError::Inconsistent(format!("layout {found:02x?}"))),
+        },
+        // Layout 1 did not record itself.
+        None if has_state(db)? => Err(StateError::OlderLayout { found: 1 }),
+        None => Ok(db.put_cf_opt(raft, keys::LAYOUT, keys::id(LAYOUT), &synced())?),
+    }
+}
+
+/// Whether anything was ever applied to or installed in this state.
+fn has_state(db: &DB) -> Result<bool, rocksdb::Error> {
+    if db.get_cf(cf(db, CF_RAFT), keys::LAST_APPLIED)?.is_some() {
+        return Ok(true);
+    }
+    for name in STATE_CFS {
+        if db
+            .iterator_cf(cf(db, name), IteratorMode::Start)
+            .next()
+            .transpose()?
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Deletes every key of every state column family, as range deletions.
 fn clear_state(db: &DB) -> Result<(), rocksdb::Error> {
     let mut batch = WriteBatch::default();
@@ -746,6 +824,16 @@ pub(crate) mod test_support {
         /// Begins a submission and sends a whole manifest in chunks, without
         /// finishing it; returns the submission id.
         pub async fn send(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
+            self.send_chunks(dataset, ManifestChunks::new(files.into_iter()))
+                .await
+        }
+
+        /// Begins a submission and sends these chunks, in this order.
+        pub async fn send_chunks(
+            &mut self,
+            dataset: &str,
+            chunks: impl IntoIterator<Item = Vec<FileEntry>>,
+        ) -> u64 {
             let begin = Command::BeginSubmission {
                 dataset: dataset.into(),
                 now_ms: 1,
@@ -753,7 +841,7 @@ pub(crate) mod test_support {
             let Response::SubmissionBegun { submission } = self.apply(begin).await else {
                 panic!("begin refused")
             };
-            for files in ManifestChunks::new(files.into_iter()) {
+            for files in chunks {
                 let chunk = Command::SubmitChunk {
                     dataset: dataset.into(),
                     submission,
@@ -782,6 +870,11 @@ pub(crate) mod test_support {
         /// Submits a whole manifest in chunks; returns the submission id.
         pub async fn submit(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
             let submission = self.send(dataset, files).await;
+            self.finish(dataset, submission).await;
+            submission
+        }
+
+        pub async fn finish(&mut self, dataset: &str, submission: u64) {
             let finish = Command::FinishSubmission {
                 dataset: dataset.into(),
                 submission,
@@ -791,7 +884,6 @@ pub(crate) mod test_support {
                 matches!(resp, Response::SubmissionFinished { .. }),
                 "{resp:?}"
             );
-            submission
         }
     }
 
@@ -823,7 +915,7 @@ pub(crate) mod test_support {
 mod tests {
     use std::time::Instant;
 
-    use proto_schema::command::FileEntry;
+    use proto_schema::command::{FileEntry, MAX_CHUNK_FILES};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::test_support::{Applier, setup_dataset};
@@ -860,7 +952,7 @@ mod tests {
         let mut source = Applier::new();
         setup_dataset(&mut source, "ds", &[1, 2]).await;
         let files = (0..FILES).map(|i| FileEntry {
-            path: format!("/data/{:03}/file-{i:08}.log", i % 977),
+            path: format!("/data/{:03}/file-{i:08}.log", i / 20),
             size: i as u64,
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
             checksum: Some(vec![(i % 251) as u8; 16]),
@@ -877,8 +969,10 @@ mod tests {
             .unwrap();
         let build_time = started.elapsed();
         let stats = leader.last_snapshot_stats().unwrap();
-        // Catalogue and shard records, plus datasets, jobs, nodes, counters.
-        assert_eq!(stats.records, 2 * FILES as u64 + 1 + 1 + 2 + 3);
+        // Catalogue and shard records, a listing record per chunk, plus
+        // datasets, jobs, nodes, counters.
+        let chunks = FILES.div_ceil(MAX_CHUNK_FILES) as u64;
+        assert_eq!(stats.records, 2 * FILES as u64 + chunks + 1 + 1 + 2 + 3);
 
         let dir = tempfile::TempDir::new().unwrap();
         let mut follower = StateMachineStore::open(dir.path()).unwrap();
@@ -962,5 +1056,36 @@ mod tests {
         assert_eq!(reopened.applied_state().await.unwrap().0, None);
         assert_eq!(reopened.digest().unwrap().records, 0);
         assert!(reopened.get_current_snapshot().await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_state_in_an_older_layout_is_refused_not_read() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state");
+        drop(StateMachineStore::open(&path).unwrap());
+        // A fresh state is marked with this layout and opens again.
+        let store = StateMachineStore::open(&path).unwrap();
+        let mut sm = store.clone();
+        sm.apply([openraft::Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Blank,
+        }])
+        .await
+        .unwrap();
+        // Layout 1 did not record itself.
+        store
+            .db()
+            .delete_cf(cf(store.db(), CF_RAFT), keys::LAYOUT)
+            .unwrap();
+        drop((store, sm));
+        let refused = StateMachineStore::open(&path).err().expect("refused");
+        assert!(
+            matches!(refused, StateError::OlderLayout { found: 1 }),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("remove the data directories"),
+            "{refused}"
+        );
     }
 }

@@ -24,7 +24,8 @@ pub struct Dataset {
 pub enum JobState {
     Submitting,
     Submitted,
-    /// Abandoned before it finished: its catalogue stamps do not count.
+    /// Abandoned before it finished: what it catalogued and listed does
+    /// not count.
     Aborted,
 }
 
@@ -34,8 +35,8 @@ pub struct Job {
     pub id: u64,
     pub dataset_id: u32,
     pub began_ms: u64,
-    /// The dataset's `last_generation` when this job began: catalogue
-    /// entries still stamped with it after the job finished are gone.
+    /// The dataset's `last_generation` when this job began: the files it
+    /// listed that this job did not are gone.
     pub previous_generation: u64,
     pub state: JobState,
     pub counts: DiffCounts,
@@ -51,29 +52,24 @@ pub enum FileStatus {
 }
 
 /// What the catalogue remembers of a file, keyed by dataset and path.
+///
+/// Only a new or changed file is written: a file listed again unchanged
+/// keeps its entry, and the submission's listing (see `listed`) says it
+/// was seen.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CatalogEntry {
     pub size: u64,
     pub mtime_ns: i64,
     pub checksum: Option<Vec<u8>>,
     pub status: FileStatus,
-    /// The last submission that listed the file.
-    pub generation: u64,
+    /// The submission that catalogued this version of the file.
+    pub since: u64,
     /// The shard that ingests (or ingested) this version of the file.
     pub shard: u64,
-    /// What submission `generation` replaced when it rewrote the entry.
-    /// Should that submission be aborted, this is the entry that counts: an
-    /// abort rewrites no catalogue entry.
-    pub prior: Option<Prior>,
-}
-
-/// A catalogue entry's state before a submission rewrote it.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum Prior {
-    /// The file was unchanged: only the generation stamp was rewritten.
-    Restamped { generation: u64 },
-    /// The file had changed: the version it replaced.
-    Replaced(PriorVersion),
+    /// The entry submission `since` replaced (a changed file's last
+    /// version, or a gone file's). Should that submission be aborted, this
+    /// is the entry that counts: an abort rewrites no catalogue entry.
+    pub prior: Option<Box<PriorVersion>>,
 }
 
 /// A replaced version of a file (a `CatalogEntry` without its own prior).
@@ -83,37 +79,48 @@ pub struct PriorVersion {
     pub mtime_ns: i64,
     pub checksum: Option<Vec<u8>>,
     pub status: FileStatus,
-    pub generation: u64,
+    pub since: u64,
     pub shard: u64,
 }
 
+impl From<CatalogEntry> for PriorVersion {
+    fn from(entry: CatalogEntry) -> Self {
+        Self {
+            size: entry.size,
+            mtime_ns: entry.mtime_ns,
+            checksum: entry.checksum,
+            status: entry.status,
+            since: entry.since,
+            shard: entry.shard,
+        }
+    }
+}
+
 impl CatalogEntry {
-    /// The entry that counts: itself, or if the submission that last
-    /// rewrote it was aborted, what it replaced (`None`: the aborted
-    /// submission listed the file first).
-    pub fn settled(self, generation_aborted: bool) -> Option<CatalogEntry> {
-        if !generation_aborted {
-            return Some(CatalogEntry {
-                prior: None,
-                ..self
-            });
+    /// The entry that counts: itself, or if the submission that
+    /// catalogued it was aborted, what it replaced (`None`: the aborted
+    /// submission catalogued the file first).
+    pub fn settled(self, since_aborted: bool) -> Option<CatalogEntry> {
+        if since_aborted {
+            return self.replaced();
         }
-        match self.prior? {
-            Prior::Restamped { generation } => Some(CatalogEntry {
-                generation,
-                prior: None,
-                ..self
-            }),
-            Prior::Replaced(v) => Some(CatalogEntry {
-                size: v.size,
-                mtime_ns: v.mtime_ns,
-                checksum: v.checksum,
-                status: v.status,
-                generation: v.generation,
-                shard: v.shard,
-                prior: None,
-            }),
-        }
+        Some(CatalogEntry {
+            prior: None,
+            ..self
+        })
+    }
+
+    /// The entry this version replaced, if any.
+    pub fn replaced(self) -> Option<CatalogEntry> {
+        self.prior.map(|v| CatalogEntry {
+            size: v.size,
+            mtime_ns: v.mtime_ns,
+            checksum: v.checksum,
+            status: v.status,
+            since: v.since,
+            shard: v.shard,
+            prior: None,
+        })
     }
 }
 

@@ -10,7 +10,9 @@
 
 use std::io::{self, Read, Write};
 
-pub const MAGIC: &[u8; 8] = b"QRNSNAP1";
+/// The version is the state's layout (`LAYOUT` in `state`): a replica
+/// refuses a snapshot of another layout.
+pub const MAGIC: &[u8; 8] = b"QRNSNAP2";
 const END: u8 = 0xFF;
 /// Bounds on one record: far above any real key or value, far below what
 /// could exhaust memory.
@@ -89,9 +91,14 @@ impl<R: Read> SnapshotReader<R> {
         let mut magic = [0u8; 8];
         read_exact(&mut input, &mut magic, 0)?;
         if &magic != MAGIC {
+            let reason = if magic[..7] == MAGIC[..7] {
+                "a snapshot of another state layout (from another quern version)"
+            } else {
+                "not a Quern snapshot (bad magic)"
+            };
             return Err(SnapshotError::Corrupt {
                 offset: 0,
-                reason: "not a Quern snapshot (bad magic)".into(),
+                reason: reason.into(),
             });
         }
         Ok(Self {
@@ -221,5 +228,13 @@ mod tests {
             bad[i] ^= 0x20;
             assert!(read_all(&bad).is_err(), "flipped byte {i} was accepted");
         }
+    }
+
+    #[test]
+    fn a_snapshot_of_another_layout_says_so() {
+        let mut bytes = sample();
+        bytes[..8].copy_from_slice(b"QRNSNAP1");
+        let err = read_all(&bytes).unwrap_err().to_string();
+        assert!(err.contains("another state layout"), "{err}");
     }
 }

@@ -19,10 +19,11 @@ pub fn dataset(name: &str) -> Command {
     })
 }
 
+/// `n` files in path order, as `quern submit` sends a manifest.
 pub fn files(n: usize) -> Vec<FileEntry> {
     (0..n)
         .map(|i| FileEntry {
-            path: format!("/srv/logs/{:02}/{i:06}.log", i % 17),
+            path: format!("/srv/logs/{:02}/{i:06}.log", i / 1000),
             size: 1000 + i as u64,
             mtime_ns: i as i64,
             checksum: Some(vec![i as u8; 16]),

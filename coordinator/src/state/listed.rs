@@ -1,0 +1,140 @@
+//! What each submission listed, so that a file listed again unchanged costs
+//! no write of its own.
+//!
+//! Every applied chunk stores its paths, sorted and front-coded, as one
+//! record keyed by dataset, submission and the chunk's last path. The
+//! chunks of one submission must not overlap in path range (a chunk that
+//! does is refused), so the only record that can hold a path is the first
+//! whose key is at or after it: one seek, and lookups in path order read
+//! each record once.
+//!
+//! A catalogue entry names the submission that catalogued its version
+//! (`since`). A file is live in a finished submission G if G catalogued it,
+//! or an earlier one did and G listed it: a file that was gone in between
+//! and listed again is catalogued again, as new, so listed by G means
+//! listed by every submission since.
+//!
+//! Diffs read only the last finished submission's listing, and the gone
+//! listing also the one before it; finishing a submission forgets older
+//! ones, aborting one forgets its own, each with one range deletion.
+
+use rocksdb::{DB, DBRawIterator, ReadOptions, WriteBatch};
+
+use super::StateError;
+use super::keys::{self, CF_LISTED};
+use super::path_list::{self, PathList, Position};
+use super::records::CatalogEntry;
+
+fn cf(db: &DB) -> &rocksdb::ColumnFamily {
+    db.cf_handle(CF_LISTED)
+        .expect("column family created at open")
+}
+
+/// Records that `submission` listed `paths` (sorted, distinct, at least one).
+pub fn record<'p>(
+    batch: &mut WriteBatch,
+    db: &DB,
+    dataset: u32,
+    submission: u64,
+    paths: impl Iterator<Item = &'p str> + Clone,
+) {
+    let last = paths.clone().last().expect("a chunk lists paths");
+    let key = keys::listed(dataset, submission, last.as_bytes());
+    batch.put_cf(cf(db), key, path_list::encode(paths.map(str::as_bytes)));
+}
+
+/// Forgets what `dataset`'s submissions `from..to` listed.
+pub fn forget(batch: &mut WriteBatch, db: &DB, dataset: u32, from: u64, to: u64) {
+    if from < to {
+        batch.delete_range_cf(
+            cf(db),
+            keys::listed_prefix(dataset, from),
+            keys::listed_prefix(dataset, to),
+        );
+    }
+}
+
+/// One chunk's record: its path range and its paths.
+pub struct Record<'a> {
+    first: &'a [u8],
+    last: &'a [u8],
+    pub paths: PathList<'a>,
+}
+
+/// One submission's listing, read through a cursor: the record found for
+/// one path, and the position reached in it, are kept for the next.
+pub struct Listing<'a> {
+    dataset: u32,
+    submission: u64,
+    records: DBRawIterator<'a>,
+    /// Where lookups stand in the current record.
+    at: Position,
+}
+
+impl<'a> Listing<'a> {
+    /// `submission` 0 (none yet) lists nothing.
+    pub fn new(db: &'a DB, dataset: u32, submission: u64) -> Self {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(keys::listed_prefix(dataset, submission));
+        opts.set_iterate_upper_bound(keys::listed_prefix(dataset, submission.saturating_add(1)));
+        Self {
+            dataset,
+            submission,
+            records: db.raw_iterator_cf_opt(cf(db), opts),
+            at: Position::default(),
+        }
+    }
+
+    /// Whether the file whose catalogue entry (as it counts) is `entry` is
+    /// live in this submission, which finished.
+    pub fn lists(&mut self, entry: &CatalogEntry, path: &str) -> Result<bool, StateError> {
+        Ok(entry.since == self.submission
+            || (entry.since < self.submission && self.contains(path.as_bytes())?))
+    }
+
+    /// Whether the submission listed `path`; cheapest for paths in order.
+    fn contains(&mut self, path: &[u8]) -> Result<bool, StateError> {
+        let holds = |r: &Record<'_>| r.first <= path && path <= r.last;
+        if !record_at(&self.records)?.as_ref().is_some_and(holds) {
+            self.seek(path)?;
+        }
+        match record_at(&self.records)?.filter(holds) {
+            Some(record) => Ok(record.paths.contains_from(&mut self.at, path)?),
+            None => Ok(false),
+        }
+    }
+
+    /// The first record whose range overlaps `first..=last`, if any.
+    pub fn overlapping(
+        &mut self,
+        first: &[u8],
+        last: &[u8],
+    ) -> Result<Option<Record<'_>>, StateError> {
+        self.seek(first)?;
+        Ok(record_at(&self.records)?.filter(|r| r.first <= last))
+    }
+
+    /// Moves to the first record whose last path is at or after `path`.
+    fn seek(&mut self, path: &[u8]) -> Result<(), StateError> {
+        self.records
+            .seek(keys::listed(self.dataset, self.submission, path));
+        self.at = Position::default();
+        Ok(self.records.status()?)
+    }
+}
+
+/// The record the iterator is at, if any.
+fn record_at<'r>(records: &'r DBRawIterator<'_>) -> Result<Option<Record<'r>>, StateError> {
+    let (Some(key), Some(value)) = (records.key(), records.value()) else {
+        return Ok(None);
+    };
+    let paths = PathList::parse(value)?;
+    let first = paths
+        .first()?
+        .ok_or_else(|| StateError::Inconsistent(format!("empty listing record {key:02x?}")))?;
+    Ok(Some(Record {
+        first,
+        last: keys::listed_last_path(key),
+        paths,
+    }))
+}
