@@ -2,7 +2,7 @@
 //! connection to the coordinators with the client's certificate.
 
 use anyhow::{Context, ensure};
-use coordinator::api::CoordinatorClient;
+use coordinator_client::CoordinatorClient;
 use proto_schema::tls::{CertPaths, TlsIdentity};
 
 use crate::args::ClientArgs;
@@ -29,7 +29,7 @@ pub fn connect(args: &ClientArgs) -> anyhow::Result<CoordinatorClient> {
             args.cert_name, args.cert_name
         )
     })?;
-    Ok(CoordinatorClient::new(
+    Ok(CoordinatorClient::quic(
         &identity,
         args.coordinators.clone(),
     )?)

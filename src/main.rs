@@ -1,5 +1,6 @@
 //! `quern`: the command-line front of Quern. Parsing, progress and output
-//! live here; the work is done by the `node` crate.
+//! live here; the work is done by the `node` crate (ingest) and the
+//! `coordinator` and `coordinator-client` crates (the cluster).
 
 mod args;
 mod cert;
@@ -8,12 +9,9 @@ mod config_file;
 mod coordinator_cmd;
 mod ingest;
 mod logging;
-mod manifest;
 mod metrics_endpoint;
-mod path_order;
 mod progress;
 mod query;
-mod read_ahead;
 mod report;
 mod status;
 mod submit;

@@ -3,12 +3,11 @@
 //! `--replicas`, each coordinator's own view instead (applied index, state
 //! digest) and whether they agree.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
-use coordinator::api::ApiError;
-use coordinator::status::{ReplicaReport, StatusReport};
+use coordinator_client::replicas::verdict;
+use proto_schema::coordinator_api::StatusReport;
 
 use crate::args::StatusArgs;
 use crate::cluster_client;
@@ -129,8 +128,6 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
     Ok(())
 }
 
-type Answers = Vec<(String, Result<ReplicaReport, ApiError>)>;
-
 fn replicas(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let runtime = cluster_client::runtime()?;
     let answers = runtime.block_on(async {
@@ -179,27 +176,4 @@ fn replicas(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "replicas: {verdict}")?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Whether the replicas agree: `agree` (same applied index, same state),
-/// `diverged` (some at the same index with different states),
-/// `catching up` (different indexes, no conflict), or `unreachable`.
-fn verdict(answers: &Answers) -> &'static str {
-    let mut seen: BTreeMap<Option<u64>, (u64, u64)> = BTreeMap::new();
-    for r in answers
-        .iter()
-        .filter_map(|(_, answer)| answer.as_ref().ok())
-    {
-        let state = (r.state_records, r.state_hash);
-        if *seen.entry(r.last_applied).or_insert(state) != state {
-            return "diverged";
-        }
-    }
-    if answers.iter().any(|(_, answer)| answer.is_err()) {
-        "unreachable"
-    } else if seen.len() == 1 {
-        "agree"
-    } else {
-        "catching up"
-    }
 }

@@ -1,9 +1,11 @@
 //! Submission throughput of three coordinator replicas in one process.
 //!
 //! Generates an inventory of N files (paths 60-110 bytes in a directory
-//! tree, size, mtime, a 16-byte md5-sized checksum), submits it through
-//! the leader of three in-process replicas in path order, as `quern submit`
-//! sends it, then re-submits it with 1% of the files changed. Prints files/s, the pending shards the re-submission
+//! tree, size, mtime, a 16-byte md5-sized checksum), in path order, and
+//! submits it with `coordinator_client`'s submission protocol (the one
+//! `quern submit` runs) to three replicas on the in-process router, then
+//! re-submits it with 1% of the files changed. Prints files/s, the pending
+//! shards the re-submission
 //! created, and the process's anonymous RSS (now and peak, sampled), which
 //! covers all three replicas. The inventory is generated as it is sent,
 //! never held whole.
@@ -15,12 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use coordinator::client::{self, Submitted};
+use coordinator::client_api::ClientApi;
+use coordinator::contacts::Contacts;
+use coordinator::lease_desk::DEFAULT_LEASE_MS;
 use coordinator::router::Router;
 use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
-use proto_schema::command::{
-    Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
-};
+use coordinator_client::CoordinatorClient;
+use coordinator_client::submission::{self, SubmitError, SubmitOptions, Summary};
+use proto_schema::command::{Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo};
 
 /// SplitMix64: a seeded, dependency-free source of file attributes.
 fn mix(mut x: u64) -> u64 {
@@ -62,6 +66,11 @@ fn file(i: u64, n: u64, changed: bool) -> FileEntry {
     }
 }
 
+/// A replica's member address, as clients and redirects name it.
+fn address(id: NodeId) -> String {
+    format!("replica-{id}")
+}
+
 fn anon_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -73,10 +82,6 @@ fn anon_rss() -> u64 {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
-}
-
-async fn write(raft: &Raft, cmd: Command) -> Response {
-    client::write(raft, &cmd).await.expect("leader accepts")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -105,51 +110,46 @@ async fn main() {
         let base = dir.path().join(format!("replica-{id}"));
         let log = LogStore::open(&base.join("log")).unwrap();
         let state = StateMachineStore::open(&base.join("state")).unwrap();
-        let raft = Raft::new(id, config.clone(), router.clone(), log, state)
+        let raft = Raft::new(id, config.clone(), router.clone(), log, state.clone())
             .await
             .unwrap();
-        router.add(id, raft.clone());
+        let api = ClientApi::new(raft.clone(), state, DEFAULT_LEASE_MS, Contacts::default());
+        router.add(id, address(id), api);
         rafts.insert(id, raft);
     }
     let members: BTreeMap<NodeId, Member> = (1..=3)
-        .map(|id| {
-            let addr = format!("replica-{id}");
-            (id, Member { addr })
-        })
+        .map(|id| (id, Member { addr: address(id) }))
         .collect();
     rafts[&1].initialize(members).await.unwrap();
-    let leader = rafts[&1]
-        .wait(Some(Duration::from_secs(20)))
-        .metrics(|m| m.current_leader.is_some(), "leader")
-        .await
-        .unwrap()
-        .current_leader
-        .unwrap();
-    let raft = &rafts[&leader];
-    write(
-        raft,
-        Command::RegisterNode(NodeInfo {
-            id: 1,
-            address: "10.0.0.1:7000".into(),
-            cert_fingerprint: [1; 32],
-        }),
-    )
-    .await;
+    let mut client = CoordinatorClient::new(router.clone(), (1..=3).map(address).collect());
+    let node = Command::RegisterNode(NodeInfo {
+        id: 1,
+        address: "10.0.0.1:7000".into(),
+        cert_fingerprint: [1; 32],
+    });
+    client.write(&node).await.expect("the leader accepts");
     let spec = DatasetSpec {
         name: "inventory".into(),
         format: DatasetFormat::Lines,
         key: KeySpec::WholeLine,
     };
-    write(raft, Command::CreateDataset(spec)).await;
+    submission::ensure_dataset(&mut client, spec)
+        .await
+        .expect("the leader accepts");
+    let options = SubmitOptions {
+        chunks_in_flight: window,
+        ..SubmitOptions::default()
+    };
     println!(
         "{n} files, {window} chunks in flight, 3 replicas; anon RSS before: {:.0} MiB",
         mib(anon_rss())
     );
 
-    let run = |label: &'static str, changed_every: Option<u64>| async move {
+    let mut run = async |label: &'static str, changed_every: Option<u64>| {
         let started = Instant::now();
-        let entries = (0..n).map(|i| file(i, n, changed_every.is_some_and(|k| i % k == 0)));
-        let done: Submitted = client::submit(raft, "inventory", 1, entries, window).await?;
+        let entries = (0..n).map(|i| Ok(file(i, n, changed_every.is_some_and(|k| i % k == 0))));
+        let done: Summary =
+            submission::submit(&mut client, "inventory", entries, &options, |_| {}).await?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "{label}: {secs:.1} s, {:.0} files/s; new {} changed {} unchanged {} gone {}, pending shards {}; anon RSS {:.0} MiB",
@@ -158,18 +158,18 @@ async fn main() {
             done.counts.changed,
             done.counts.unchanged,
             done.gone,
-            done.shards_created,
+            done.pending_shards,
             mib(anon_rss())
         );
-        Ok::<_, client::SubmitError>(done)
+        Ok::<_, SubmitError>(done)
     };
     let outcome = async {
         let first = run("first submission", None).await?;
         assert_eq!(first.counts.new, n);
         let second = run("1% changed", Some(100)).await?;
-        assert_eq!(second.shards_created, n.div_ceil(100));
-        assert_eq!(second.counts.changed, second.shards_created);
-        Ok::<_, client::SubmitError>(())
+        assert_eq!(second.pending_shards, n.div_ceil(100));
+        assert_eq!(second.counts.changed, second.pending_shards);
+        Ok::<_, SubmitError>(())
     }
     .await;
 

@@ -5,7 +5,8 @@
 //! lease expired, else grants the next pending one, through the Raft log
 //! (`GrantLease` moves the shard to the next epoch, which fences the old
 //! holder). Renewals (`renew`) touch only the leader's `LeaseTable`: no
-//! log write. Reports and completion are ordinary commands.
+//! log write. Reports and completion are ordinary commands. The answers
+//! are `proto_schema::coordinator_api::LeaseReply`s.
 //!
 //! The desk belongs to one leader term. On the first request of a new
 //! term it takes the leases over from the state machine, each with a full
@@ -17,11 +18,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto_schema::command::{CommandError, Response};
-use serde::{Deserialize, Serialize};
+use proto_schema::coordinator_api::{LeaseReply, LeasedShard};
 use tokio::sync::Mutex;
 
-use crate::client::{self, WriteError};
 use crate::lease::LeaseTable;
+use crate::propose::{self, ProposeError};
 use crate::state::StateError;
 use crate::state::records::{JobState, ShardState};
 use crate::{Raft, StateMachineStore};
@@ -52,39 +53,10 @@ pub fn describe_metrics() {
     );
 }
 
-/// A shard leased to the asking node: what to read and the epoch to
-/// present in renewals and reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeasedShard {
-    pub shard: u64,
-    pub job: u64,
-    pub dataset_id: u32,
-    pub path: String,
-    pub start: u64,
-    pub end: u64,
-    /// Where a previous holder got to: resume from here.
-    pub checkpoint: u64,
-    pub epoch: u64,
-    pub deadline_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LeaseReply {
-    Leased(LeasedShard),
-    /// Nothing pending or expired now; ask again later.
-    NoWork,
-    Renewed {
-        deadline_ms: u64,
-    },
-    /// The grant or renewal was refused (unknown node, stale epoch, not
-    /// the holder, expired).
-    Refused(String),
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeskError {
     #[error(transparent)]
-    Write(#[from] WriteError),
+    Propose(#[from] ProposeError),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -179,7 +151,7 @@ impl LeaseDesk {
         now: u64,
     ) -> Result<Option<LeaseReply>, DeskError> {
         let command = desk.table.grant(shard, node, epoch, now);
-        match client::write(&self.raft, &command).await? {
+        match propose::propose(&self.raft, &command).await? {
             Response::LeaseGranted {
                 epoch, deadline_ms, ..
             } => {
@@ -224,7 +196,7 @@ impl LeaseDesk {
     /// A new leader term starts a fresh table from the state machine. A
     /// replica that is not the leader refuses (the caller redirects).
     async fn take_over_if_new_term(&self, desk: &mut Desk, now: u64) -> Result<(), DeskError> {
-        if let Some(forward) = client::not_the_leader(&self.raft) {
+        if let Some(forward) = propose::not_the_leader(&self.raft) {
             return Err(forward.into());
         }
         let term = self.raft.metrics().borrow().current_term;
@@ -234,7 +206,7 @@ impl LeaseDesk {
             self.raft
                 .ensure_linearizable()
                 .await
-                .map_err(|e| WriteError::Raft(e.to_string()))?;
+                .map_err(|e| ProposeError::Raft(e.to_string()))?;
             let held = desk.table.take_over_from(&self.state, now)?;
             tracing::info!(term, held, "lease desk taken over");
             desk.term = Some(term);

@@ -1,44 +1,60 @@
-//! An in-process Raft transport: replicas in one process call each other's
-//! `Raft` directly, through the same `RaftRpc` / `serve` seam a network
-//! transport uses. Tests use it to build clusters, and take replicas off it
-//! to make them unreachable.
+//! An in-process network: replicas in one process reach each other's
+//! `Raft` directly, through the same `RaftRpc` / `serve` seam the QUIC
+//! transport uses, and clients reach a replica's `ClientApi` directly,
+//! as `coordinator_client`'s `Transport`: tests and a single-process
+//! cluster run the same client code as a user over QUIC. Taking a replica
+//! off the router makes it unreachable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use coordinator_client::{Connection, Transport, TransportError};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use proto_schema::coordinator_api::{Reply, Request};
 
+use crate::client_api::ClientApi;
 use crate::rpc::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     RaftRpc, RaftRpcReply, VoteRequest, VoteResponse, serve,
 };
-use crate::{Member, NodeId, Raft, TypeConfig};
+use crate::{Member, NodeId, TypeConfig};
 
-/// The replicas reachable in this process.
+/// The replicas reachable in this process, by id (from their peers) and
+/// by member address (from clients, as redirects name them).
 #[derive(Clone, Default)]
 pub struct Router {
-    replicas: Arc<Mutex<HashMap<NodeId, Raft>>>,
+    replicas: Arc<Mutex<Replicas>>,
+}
+
+#[derive(Default)]
+struct Replicas {
+    by_id: HashMap<NodeId, Arc<ClientApi>>,
+    by_address: HashMap<String, NodeId>,
 }
 
 impl Router {
-    pub fn add(&self, id: NodeId, raft: Raft) {
-        self.replicas.lock().expect("not poisoned").insert(id, raft);
+    /// Puts replica `id` on the network at its member `address`.
+    pub fn add(&self, id: NodeId, address: impl Into<String>, api: ClientApi) {
+        let mut replicas = self.replicas.lock().expect("not poisoned");
+        replicas.by_id.insert(id, Arc::new(api));
+        replicas.by_address.insert(address.into(), id);
     }
 
-    /// Makes `id` unreachable; returns its handle.
-    pub fn remove(&self, id: NodeId) -> Option<Raft> {
-        self.replicas.lock().expect("not poisoned").remove(&id)
-    }
-
-    fn get(&self, id: NodeId) -> Option<Raft> {
+    /// Makes `id` unreachable.
+    pub fn remove(&self, id: NodeId) {
         self.replicas
             .lock()
             .expect("not poisoned")
-            .get(&id)
-            .cloned()
+            .by_id
+            .remove(&id);
+    }
+
+    fn get(&self, id: NodeId) -> Option<Arc<ClientApi>> {
+        let replicas = self.replicas.lock().expect("not poisoned");
+        replicas.by_id.get(&id).cloned()
     }
 }
 
@@ -47,19 +63,23 @@ impl Router {
 struct NotReachable(NodeId);
 
 #[derive(Debug, thiserror::Error)]
+#[error("no replica at {0:?}")]
+struct UnknownAddress(String);
+
+#[derive(Debug, thiserror::Error)]
 #[error("replica answered a different RPC")]
 struct WrongReply;
 
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
-/// A connection from one replica to `target`.
-pub struct Connection {
+/// A link from one replica's Raft to `target`.
+pub struct RaftLink {
     router: Router,
     target: NodeId,
 }
 
-impl Connection {
+impl RaftLink {
     async fn call<E>(
         &self,
         rpc: RaftRpc,
@@ -67,11 +87,11 @@ impl Connection {
     where
         E: std::error::Error,
     {
-        let raft = self
+        let replica = self
             .router
             .get(self.target)
             .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&NotReachable(self.target))))?;
-        Ok(serve(&raft, rpc).await)
+        Ok(serve(replica.raft(), rpc).await)
     }
 
     fn remote<T, E: std::error::Error>(
@@ -86,7 +106,7 @@ fn wrong_reply<T, E: std::error::Error>() -> RpcResult<T, E> {
     Err(RPCError::Network(NetworkError::new(&WrongReply)))
 }
 
-impl RaftNetwork<TypeConfig> for Connection {
+impl RaftNetwork<TypeConfig> for RaftLink {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest,
@@ -118,12 +138,54 @@ impl RaftNetwork<TypeConfig> for Connection {
 }
 
 impl RaftNetworkFactory<TypeConfig> for Router {
-    type Network = Connection;
+    type Network = RaftLink;
 
-    async fn new_client(&mut self, target: NodeId, _node: &Member) -> Connection {
-        Connection {
+    async fn new_client(&mut self, target: NodeId, _node: &Member) -> RaftLink {
+        RaftLink {
             router: self.clone(),
             target,
         }
+    }
+}
+
+/// A client's link to one replica; it breaks when the replica leaves the
+/// router.
+#[derive(Clone)]
+pub struct ClientLink {
+    router: Router,
+    target: NodeId,
+}
+
+impl Transport for Router {
+    type Connection = ClientLink;
+
+    async fn connect(&self, address: &str) -> Result<ClientLink, TransportError> {
+        let target = {
+            let replicas = self.replicas.lock().expect("not poisoned");
+            let id = replicas.by_address.get(address).copied();
+            id.ok_or_else(|| TransportError::NotSent(Box::new(UnknownAddress(address.into()))))?
+        };
+        let link = ClientLink {
+            router: self.clone(),
+            target,
+        };
+        if link.is_closed() {
+            return Err(TransportError::NotSent(Box::new(NotReachable(target))));
+        }
+        Ok(link)
+    }
+}
+
+impl Connection for ClientLink {
+    async fn request(&self, request: &Request) -> Result<Reply, TransportError> {
+        let replica = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| TransportError::NotSent(Box::new(NotReachable(self.target))))?;
+        Ok(replica.answer(request).await)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.router.get(self.target).is_none()
     }
 }

@@ -1,11 +1,15 @@
 //! The Raft RPCs between coordinator replicas, as a transport carries them.
 //!
-//! A transport (the in-process `router` today, QUIC later) moves a
-//! `RaftRpc` to the target replica and a `RaftRpcReply` back; on the target,
-//! `serve` hands the request to the local `Raft`. Both enums are serde
-//! types, so a network transport only has to frame them.
+//! A transport (the in-process `router`, or QUIC in `transport`) moves a
+//! `RaftRpc` to the target replica and a `RaftRpcReply` back; on the
+//! target, `serve` hands the request to the local `Raft`. Both enums are
+//! serde types over openraft's own; on the network they are postcard,
+//! carried in the API envelope as an opaque `RaftMessage` (`to_message`,
+//! `from_message`), so only this crate knows openraft's types.
 
 use openraft::error::{InstallSnapshotError, RaftError};
+use proto_schema::coordinator_api::RaftMessage;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::{NodeId, Raft, TypeConfig};
@@ -56,6 +60,16 @@ pub enum RaftRpcReply {
     InstallSnapshot(Result<InstallSnapshotResponse, RaftError<NodeId, InstallSnapshotError>>),
 }
 
+/// An RPC or a reply as the envelope carries it.
+pub fn to_message<T: Serialize>(rpc: &T) -> Result<RaftMessage, postcard::Error> {
+    postcard::to_stdvec(rpc).map(RaftMessage)
+}
+
+/// An RPC or a reply back from the envelope; bad bytes are an error.
+pub fn from_message<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, postcard::Error> {
+    postcard::from_bytes(&message.0)
+}
+
 /// Serves one RPC on the target replica.
 pub async fn serve(raft: &Raft, rpc: RaftRpc) -> RaftRpcReply {
     match rpc {
@@ -71,6 +85,7 @@ pub async fn serve(raft: &Raft, rpc: RaftRpc) -> RaftRpcReply {
 mod tests {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
     use proto_schema::command::Command;
+    use proto_schema::coordinator_api::{self, Request};
 
     use super::*;
     use crate::CommandBytes;
@@ -110,5 +125,38 @@ mod tests {
             panic!("wrong variant")
         };
         assert!(back.vote_granted);
+    }
+
+    #[test]
+    fn a_snapshot_chunk_costs_its_bytes_and_a_few_more() {
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 256) as u8).collect();
+        let rpc = RaftRpc::InstallSnapshot(InstallSnapshotRequest {
+            vote: Vote::new_committed(3, 1),
+            meta: Default::default(),
+            offset: 5 << 20,
+            data: data.clone(),
+            done: false,
+        });
+        let request = Request::Raft(to_message(&rpc).unwrap());
+        let bytes = coordinator_api::encode(&request).unwrap();
+        assert!(bytes.len() < (1 << 20) + 128, "{} bytes", bytes.len());
+        let Request::Raft(message) = coordinator_api::decode(&bytes).unwrap() else {
+            panic!("wrong variant")
+        };
+        let RaftRpc::InstallSnapshot(back) = from_message(&message).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!((back.offset, back.data), (5 << 20, data));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let rpc = |bytes: &[u8]| match coordinator_api::decode::<Request>(bytes)? {
+            Request::Raft(message) => from_message::<RaftRpc>(&message).map(drop),
+            _ => Ok(()),
+        };
+        for bytes in [&[][..], &[0xff; 7], &[0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]] {
+            assert!(rpc(bytes).is_err());
+        }
     }
 }

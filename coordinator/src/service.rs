@@ -1,7 +1,7 @@
 //! A coordinator replica as a running service: its RocksDB stores, its
 //! Raft, and one QUIC endpoint (mutual TLS, cluster CA) serving both the
 //! other replicas' Raft RPCs (from their certificates only, see
-//! `raft_peers`) and the client API. The lowest-id member of
+//! `raft_peers`) and the client API (`client_api`). The lowest-id member of
 //! the configured peers initializes the cluster when its log is empty, so
 //! starting the same configuration on every replica forms the cluster, and
 //! restarting it changes nothing.
@@ -14,16 +14,16 @@ use std::time::Duration;
 
 use openraft::Config;
 use openraft::error::{InitializeError, RaftError};
-use proto_schema::quic::{Peer, RpcClient, RpcError, RpcServer};
+use proto_schema::coordinator_api::{self, Reply, Request};
+use proto_schema::quic::{Peer, RpcClient, RpcConfig, RpcError, RpcServer};
 use proto_schema::tls::TlsIdentity;
 
-use crate::api::{self, Reply, Request};
-use crate::client::{self, WriteError};
-use crate::lease_desk::{DeskError, LeaseDesk, LeaseReply};
+use crate::client_api::ClientApi;
+use crate::contacts::Contacts;
 use crate::raft_peers::{self, RaftPeers};
+use crate::rpc::{self, RaftRpc};
 use crate::state::StateError;
-use crate::status;
-use crate::transport::{Contacts, QuicNetwork};
+use crate::transport::QuicNetwork;
 use crate::{LogStore, Member, NodeId, Raft, StateMachineStore};
 
 pub struct ServiceConfig {
@@ -66,6 +66,18 @@ pub enum ServiceError {
     Rpc(#[from] RpcError),
     #[error("raft: {0}")]
     Raft(String),
+}
+
+/// Limits of the coordinators' endpoints. Messages stay within the
+/// transport's 16 MiB: a replication payload holds at most
+/// `MAX_PAYLOAD_ENTRIES` manifest chunks of about 1.2 MiB encoded. A write
+/// is answered once committed and applied, which a busy cluster may take
+/// longer than the transport's default 10 s for.
+pub fn rpc_config() -> RpcConfig {
+    RpcConfig {
+        request_timeout: Duration::from_secs(30),
+        ..RpcConfig::default()
+    }
 }
 
 /// How long shutdown waits for Raft to stop.
@@ -117,7 +129,7 @@ impl Service {
         let client = Arc::new(RpcClient::new(
             bind.parse().expect("valid address"),
             config.identity.client_config()?,
-            api::rpc_config(),
+            rpc_config(),
         )?);
         let server_tls = config.identity.server_config()?;
         let contacts = Contacts::default();
@@ -126,19 +138,16 @@ impl Service {
             .await
             .map_err(|e| ServiceError::Raft(e.to_string()))?;
         let handler = {
-            let answering = Arc::new(Answering {
-                desk: LeaseDesk::new(raft.clone(), state.clone(), config.lease_ms),
-                raft: raft.clone(),
-                state: state.clone(),
-                contacts,
+            let endpoint = Arc::new(Endpoint {
+                api: ClientApi::new(raft.clone(), state.clone(), config.lease_ms, contacts),
                 raft_peers: RaftPeers::new(config.peers.keys().copied()),
             });
             move |peer: Peer, request: Vec<u8>| {
-                let answering = answering.clone();
-                async move { answering.answer(&peer, &request).await }
+                let endpoint = endpoint.clone();
+                async move { endpoint.answer(&peer, &request).await }
             }
         };
-        let server = match RpcServer::bind(config.listen, server_tls, api::rpc_config(), handler) {
+        let server = match RpcServer::bind(config.listen, server_tls, rpc_config(), handler) {
             Ok(server) => server,
             Err(e) => {
                 // A Raft left running would keep the stores open.
@@ -214,86 +223,32 @@ impl Service {
 }
 
 /// What the endpoint's requests are served from.
-struct Answering {
-    desk: LeaseDesk,
-    raft: Raft,
-    state: StateMachineStore,
-    contacts: Contacts,
+struct Endpoint {
+    api: ClientApi,
     raft_peers: RaftPeers,
 }
 
-impl Answering {
+impl Endpoint {
     /// Serves one request, whichever kind: Raft RPCs from the peers only,
     /// client requests from any certificate of the cluster.
     async fn answer(&self, peer: &Peer, request: &[u8]) -> Vec<u8> {
-        let raft = &self.raft;
-        let reply = match api::decode::<Request>(request) {
+        let reply = match coordinator_api::decode::<Request>(request) {
             Err(e) => Reply::Failed(format!("undecodable request: {e}")),
-            Ok(Request::Raft(rpc)) => match self.raft_peers.admit(peer, &rpc) {
-                Ok(()) => Reply::Raft(crate::rpc::serve(raft, rpc).await),
-                Err(refused) => Reply::Failed(refused.to_string()),
-            },
-            Ok(Request::Write(bytes)) => match bytes.decode() {
-                Err(e) => Reply::Failed(e.to_string()),
-                Ok(cmd) => match client::write(raft, &cmd).await {
-                    Ok(response) => Reply::Written(crate::Applied(response)),
-                    Err(e) => write_refused(e),
+            Ok(Request::Raft(message)) => match rpc::from_message::<RaftRpc>(&message) {
+                Err(e) => Reply::Failed(format!("undecodable request: {e}")),
+                Ok(rpc) => match self.raft_peers.admit(peer, &rpc) {
+                    Ok(()) => match rpc::to_message(&rpc::serve(self.api.raft(), rpc).await) {
+                        Ok(reply) => Reply::Raft(reply),
+                        Err(e) => Reply::Failed(format!("encoding the reply: {e}")),
+                    },
+                    Err(refused) => Reply::Failed(refused.to_string()),
                 },
             },
-            Ok(Request::Status) => status_reply(raft, &self.state, &self.contacts),
-            Ok(Request::Lease { node }) => desk_reply(self.desk.lease(node).await),
-            Ok(Request::Renew { node, shard, epoch }) => {
-                desk_reply(self.desk.renew(node, shard, epoch).await)
-            }
-            Ok(Request::Replica) => {
-                let (raft, state) = (raft.clone(), self.state.clone());
-                match tokio::task::spawn_blocking(move || status::replica_report(&raft, &state))
-                    .await
-                {
-                    Ok(Ok(report)) => Reply::Replica(report),
-                    Ok(Err(e)) => Reply::Failed(e.to_string()),
-                    Err(e) => Reply::Failed(format!("reading the state: {e}")),
-                }
-            }
+            Ok(request) => self.api.answer(&request).await,
         };
-        api::encode(&reply).unwrap_or_else(|e| {
+        coordinator_api::encode(&reply).unwrap_or_else(|e| {
             let failed = Reply::Failed(format!("encoding the reply: {e}"));
-            api::encode(&failed).expect("a plain failure encodes")
+            coordinator_api::encode(&failed).expect("a plain failure encodes")
         })
-    }
-}
-
-/// A failed write as the client sees it: a redirect, or the reason.
-fn write_refused(error: WriteError) -> Reply {
-    match error {
-        WriteError::ForwardToLeader { leader, address } => Reply::NotLeader { leader, address },
-        e => Reply::Failed(e.to_string()),
-    }
-}
-
-fn desk_reply(answer: Result<LeaseReply, DeskError>) -> Reply {
-    match answer {
-        Ok(reply) => Reply::Lease(reply),
-        Err(DeskError::Write(e)) => write_refused(e),
-        Err(e) => Reply::Failed(e.to_string()),
-    }
-}
-
-/// The leader answers; a follower that knows the leader redirects, so the
-/// report carries the followers' health. Without a leader, the local view.
-fn status_reply(raft: &Raft, state: &StateMachineStore, contacts: &Contacts) -> Reply {
-    if let Some(WriteError::ForwardToLeader {
-        leader: Some(leader),
-        address: Some(address),
-    }) = client::not_the_leader(raft)
-    {
-        return Reply::NotLeader {
-            leader: Some(leader),
-            address: Some(address),
-        };
-    }
-    match status::report(raft, state, contacts) {
-        Ok(report) => Reply::Status(report),
-        Err(e) => Reply::Failed(e.to_string()),
     }
 }

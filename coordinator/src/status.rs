@@ -1,91 +1,20 @@
-//! What `quern status` shows: the Raft view (leader, term, members with
-//! the leader's matched index and last contact) and the work (datasets,
-//! recent jobs with pending / leased / done shards). Built by the replica
-//! that answers, from its Raft metrics and its applied state; only the
-//! leader knows its followers' health, so other replicas redirect.
-//!
-//! `ReplicaReport` is one replica's own view, which every replica answers
-//! without redirecting: the index its state has applied and a digest of
-//! that state, so replicas can be compared (equal indexes, equal digests).
+//! Building what `quern status` shows (`StatusReport`: the Raft view and
+//! the work) and a replica's own view (`ReplicaReport`), from this
+//! replica's Raft metrics and its applied state.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use proto_schema::coordinator_api::{
+    DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport,
+};
 
+use crate::contacts::Contacts;
 use crate::state::records::{Job, JobState};
 use crate::state::{StateError, StateMachineStore};
-use crate::transport::Contacts;
 use crate::{NodeId, Raft};
 
 /// Jobs listed, newest first, across all datasets.
 pub const RECENT_JOBS: usize = 50;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusReport {
-    /// The replica that answered.
-    pub replica: NodeId,
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub last_applied: Option<u64>,
-    pub members: Vec<MemberStatus>,
-    pub datasets: Vec<DatasetStatus>,
-    pub jobs: Vec<JobStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberStatus {
-    pub id: NodeId,
-    pub address: String,
-    pub voter: bool,
-    /// The last log index the leader knows this member holds.
-    pub matched_index: Option<u64>,
-    /// Milliseconds since the leader last heard from it (0 for itself).
-    pub last_contact_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetStatus {
-    pub name: String,
-    pub id: u32,
-    pub format: String,
-    pub open_submission: Option<u64>,
-    /// Files the last finished submission listed.
-    pub files: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobStatus {
-    pub id: u64,
-    pub dataset: String,
-    /// The submitter's clock when it began the submission (ms since the
-    /// epoch); a submitter recognises its own submission by it.
-    pub began_ms: u64,
-    pub submitting: bool,
-    pub new: u64,
-    pub changed: u64,
-    pub unchanged: u64,
-    pub gone: u64,
-    pub shards_pending: u64,
-    pub shards_leased: u64,
-    pub shards_done: u64,
-}
-
-/// One replica's own view of itself, for comparing replicas.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReplicaReport {
-    pub replica: NodeId,
-    /// The leader this replica knows of.
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    /// The last log index applied to the state the digest covers.
-    pub last_applied: Option<u64>,
-    /// Records in the replicated state (catalogue entries, jobs, shards, ...).
-    pub state_records: u64,
-    /// XXH3 of the replicated state's records.
-    pub state_hash: u64,
-}
 
 /// This replica's own view. Reads the whole state: blocking, and seconds
 /// for millions of catalogue entries.

@@ -1,6 +1,6 @@
 //! Raft between replicas over QUIC: openraft's `RaftNetworkFactory` on the
 //! mutual-TLS `RpcClient` of `proto_schema::quic`. Each RPC is one
-//! `api::Request::Raft` envelope on its own stream, bounded by the
+//! `Request::Raft` envelope on its own stream, bounded by the
 //! deadline openraft gives (`RPCOption::hard_ttl`). A peer is dialled at
 //! its member address (`host:port`); its certificate must name that host
 //! (TLS) and be named `coord-<target>` (checked here), so an address
@@ -10,43 +10,22 @@
 //! Successful exchanges are recorded per peer, for the leader's view of
 //! its followers' health in `status`.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
-use proto_schema::quic::{RpcClient, RpcConnection, RpcError};
+use proto_schema::coordinator_api::{self, Reply, Request};
+use proto_schema::quic::{RpcClient, RpcConnection, RpcError, resolve};
 
-use crate::api::{self, Reply, Request};
+use crate::contacts::Contacts;
 use crate::raft_peers;
 use crate::rpc::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    RaftRpc, RaftRpcReply, VoteRequest, VoteResponse,
+    self, AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+    InstallSnapshotResponse, RaftRpc, RaftRpcReply, VoteRequest, VoteResponse,
 };
 use crate::{Member, NodeId, TypeConfig};
-
-/// When each peer last answered an RPC.
-#[derive(Clone, Default)]
-pub struct Contacts(Arc<Mutex<HashMap<NodeId, Instant>>>);
-
-impl Contacts {
-    fn record(&self, peer: NodeId) {
-        self.0
-            .lock()
-            .expect("not poisoned")
-            .insert(peer, Instant::now());
-    }
-
-    /// Time since `peer` last answered, if it ever did.
-    pub fn since(&self, peer: NodeId) -> Option<Duration> {
-        let contacts = self.0.lock().expect("not poisoned");
-        contacts.get(&peer).map(Instant::elapsed)
-    }
-}
 
 /// Makes a `PeerLink` per target replica; all share one QUIC endpoint.
 #[derive(Clone)]
@@ -79,22 +58,6 @@ impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
             contacts: self.contacts.clone(),
         }
     }
-}
-
-/// The host a member address names (without port or IPv6 brackets): the
-/// name its certificate must carry.
-pub fn server_name(address: &str) -> &str {
-    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// Resolves a member address to a socket address and a server name.
-pub async fn resolve(address: &str) -> std::io::Result<(SocketAddr, String)> {
-    let addr = tokio::net::lookup_host(address)
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{address} resolves to no address")))?;
-    Ok((addr, server_name(address).to_owned()))
 }
 
 /// Why an RPC failed, before openraft's error types.
@@ -159,17 +122,21 @@ impl PeerLink {
     }
 
     async fn exchange(&mut self, rpc: RaftRpc) -> Result<RaftRpcReply, LinkError> {
+        let encode = |e: postcard::Error| LinkError::Network(e.to_string());
         let request =
-            api::encode(&Request::Raft(rpc)).map_err(|e| LinkError::Network(e.to_string()))?;
+            coordinator_api::encode(&Request::Raft(rpc::to_message(&rpc).map_err(encode)?))
+                .map_err(encode)?;
         let connection = self.connection().await?;
         let bytes = connection.request(&request).await?;
-        match api::decode::<Reply>(&bytes) {
-            Ok(Reply::Raft(reply)) => Ok(reply),
+        let undecodable =
+            |e: postcard::Error| LinkError::Network(format!("undecodable reply: {e}"));
+        match coordinator_api::decode::<Reply>(&bytes) {
+            Ok(Reply::Raft(reply)) => rpc::from_message(&reply).map_err(undecodable),
             Ok(Reply::Failed(reason)) => Err(LinkError::Network(reason)),
             Ok(_) => Err(LinkError::Network(
                 "the replica answered another request".into(),
             )),
-            Err(e) => Err(LinkError::Network(format!("undecodable reply: {e}"))),
+            Err(e) => Err(undecodable(e)),
         }
     }
 
@@ -254,17 +221,5 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             RaftRpcReply::Vote(reply) => self.remote(reply),
             _ => wrong_reply(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_server_name_is_the_host_of_the_address() {
-        assert_eq!(server_name("127.0.0.1:7001"), "127.0.0.1");
-        assert_eq!(server_name("coord-1.internal:7001"), "coord-1.internal");
-        assert_eq!(server_name("[::1]:7001"), "::1");
     }
 }

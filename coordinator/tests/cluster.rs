@@ -1,16 +1,23 @@
-//! Three coordinator replicas in one process over the in-process router:
-//! leader loss, catch-up through a streamed snapshot, and redirects.
+//! Three coordinator replicas in one process over the in-process router,
+//! written to by `coordinator_client` (the client and submission protocol
+//! users run): leader loss, catch-up through a streamed snapshot, and
+//! redirects.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coordinator::client::{self, ManifestChunks, SubmitError, WriteError};
+use coordinator::client_api::ClientApi;
+use coordinator::contacts::Contacts;
 use coordinator::lease::{Lease, LeaseTable};
+use coordinator::lease_desk::DEFAULT_LEASE_MS;
+use coordinator::propose::{self, ProposeError};
 use coordinator::router::Router;
 use coordinator::state::records::JobState;
 use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
+use coordinator_client::CoordinatorClient;
+use coordinator_client::submission::{self, AbortOutcome, SubmitError, SubmitOptions};
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
@@ -91,7 +98,13 @@ impl Cluster {
         )
         .await
         .unwrap();
-        self.router.add(id, raft.clone());
+        let api = ClientApi::new(
+            raft.clone(),
+            state.clone(),
+            DEFAULT_LEASE_MS,
+            Contacts::default(),
+        );
+        self.router.add(id, member(id).addr, api);
         self.replicas.insert(id, Replica { raft, state, log });
     }
 
@@ -126,25 +139,15 @@ impl Cluster {
         }
     }
 
+    /// A client knowing every live replica's address.
+    fn client(&self) -> CoordinatorClient<Router> {
+        let addresses = self.replicas.keys().map(|&id| member(id).addr).collect();
+        CoordinatorClient::new(self.router.clone(), addresses).with_retry_window(WAIT)
+    }
+
     /// Writes through the leader, following redirects.
     async fn write(&self, cmd: &Command) -> Response {
-        let mut target = *self.replicas.keys().next().unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match client::write(self.raft(target), cmd).await {
-                Ok(resp) => return resp,
-                Err(WriteError::ForwardToLeader {
-                    leader: Some(leader),
-                    ..
-                }) if self.replicas.contains_key(&leader) => {
-                    target = leader;
-                }
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "write failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        self.client().write(cmd).await.expect("write")
     }
 
     /// Waits until every live replica applied the leader's last entry.
@@ -165,35 +168,15 @@ impl Cluster {
 
 /// Submits a manifest in chunks of at most `chunk` files.
 async fn submit(cluster: &Cluster, name: &str, files: Vec<FileEntry>, chunk: usize) -> u64 {
-    let begin = Command::BeginSubmission {
-        dataset: name.into(),
-        now_ms: 1,
+    let options = SubmitOptions {
+        max_chunk_files: chunk,
+        ..SubmitOptions::default()
     };
-    let Response::SubmissionBegun { submission } = cluster.write(&begin).await else {
-        panic!()
-    };
-    // Smaller chunks than `ManifestChunks` cuts, for more log entries.
-    for files in ManifestChunks::new(files.into_iter())
-        .flat_map(|c| c.chunks(chunk).map(<[_]>::to_vec).collect::<Vec<_>>())
-    {
-        let resp = cluster
-            .write(&Command::SubmitChunk {
-                dataset: name.into(),
-                submission,
-                files,
-            })
-            .await;
-        assert!(matches!(resp, Response::ChunkApplied { .. }), "{resp:?}");
-    }
-    let finish = Command::FinishSubmission {
-        dataset: name.into(),
-        submission,
-    };
-    assert!(matches!(
-        cluster.write(&finish).await,
-        Response::SubmissionFinished { .. }
-    ));
-    submission
+    let entries = files.into_iter().map(Ok);
+    let done = submission::submit(&mut cluster.client(), name, entries, &options, |_| {})
+        .await
+        .expect("submitted");
+    done.submission
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,15 +294,15 @@ async fn a_write_to_a_follower_is_redirected_to_the_leader() {
     let cluster = Cluster::start(&[1, 2, 3]).await;
     let leader = cluster.leader().await;
     let follower = *cluster.replicas.keys().find(|&&id| id != leader).unwrap();
-    match client::write(cluster.raft(follower), &node(1)).await {
-        Err(WriteError::ForwardToLeader {
+    match propose::propose(cluster.raft(follower), &node(1)).await {
+        Err(ProposeError::ForwardToLeader {
             leader: Some(to),
             address,
         }) => {
             assert_eq!(to, leader);
             assert_eq!(address, Some(member(leader).addr));
             assert_eq!(
-                client::write(cluster.raft(to), &node(1)).await.unwrap(),
+                propose::propose(cluster.raft(to), &node(1)).await.unwrap(),
                 Response::NodeRegistered { id: 1 }
             );
         }
@@ -332,31 +315,36 @@ async fn a_refused_chunk_aborts_the_submission_and_frees_the_dataset() {
     let cluster = Cluster::start(&[1, 2, 3]).await;
     cluster.write(&node(1)).await;
     cluster.write(&dataset("ds")).await;
-    let leader = cluster.leader().await;
+    let mut client = cluster.client();
+    let options = SubmitOptions {
+        chunks_in_flight: 4,
+        ..SubmitOptions::default()
+    };
 
     // Two chunks in flight at once; one of them repeats a path of the other.
     let mut manifest = files(MAX_CHUNK_FILES + 100);
     manifest.push(manifest[10].clone());
-    let refused = client::submit(cluster.raft(leader), "ds", 1, manifest.into_iter(), 4).await;
+    let entries = manifest.into_iter().map(Ok);
+    let refused = submission::submit(&mut client, "ds", entries, &options, |_| {}).await;
     match refused {
-        Err(SubmitError::Refused(CommandError::DuplicatePath { path })) => {
-            assert_eq!(path, files(11)[10].path)
-        }
-        other => panic!("expected a duplicate path, got {other:?}"),
+        Err(SubmitError::Abandoned {
+            outcome: AbortOutcome::Aborted,
+            error,
+            ..
+        }) => match *error {
+            SubmitError::DuplicatePath { path } => assert_eq!(path, files(11)[10].path),
+            other => panic!("expected a duplicate path, got {other:?}"),
+        },
+        other => panic!("expected an aborted submission, got {other:?}"),
     }
 
     let n = MAX_CHUNK_FILES as u64 + 100;
-    let done = client::submit(
-        cluster.raft(leader),
-        "ds",
-        2,
-        files(n as usize).into_iter(),
-        4,
-    )
-    .await
-    .unwrap();
+    let entries = files(n as usize).into_iter().map(Ok);
+    let done = submission::submit(&mut client, "ds", entries, &options, |_| {})
+        .await
+        .unwrap();
     assert_eq!(
-        (done.counts, done.gone, done.shards_created),
+        (done.counts, done.gone, done.pending_shards),
         (
             DiffCounts {
                 new: n,
@@ -449,28 +437,17 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
             ..
         }
     ));
-    let stale = Command::ReportProgress {
-        shard,
-        node: 1,
-        epoch: 1,
-        offset: 10,
-    };
+    let mut client = cluster.client();
     assert_eq!(
-        cluster.write(&stale).await,
+        client.report_progress(1, shard, 1, 10).await.unwrap(),
         Response::Error(CommandError::StaleEpoch {
             shard,
             presented: 1,
             current: 2
         })
     );
-    let current = Command::ReportProgress {
-        shard,
-        node: 2,
-        epoch: 2,
-        offset: 10,
-    };
     assert_eq!(
-        cluster.write(&current).await,
+        client.report_progress(2, shard, 2, 10).await.unwrap(),
         Response::ProgressRecorded {
             shard,
             checkpoint: 10

@@ -15,19 +15,21 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use coordinator::api::{self, ApiError, CoordinatorClient, Reply, Request};
-use coordinator::client::ManifestChunks;
-use coordinator::lease_desk::{LEASE_GRANTS_METRIC, LeaseReply, LeasedShard};
+use coordinator::contacts::Contacts;
+use coordinator::lease_desk::LEASE_GRANTS_METRIC;
 use coordinator::raft_peers::RAFT_RPC_REFUSED_METRIC;
-use coordinator::rpc::{AppendEntriesRequest, RaftRpc, VoteRequest};
-use coordinator::service::{Service, ServiceConfig, ServiceError};
-use coordinator::transport::{Contacts, QuicNetwork};
+use coordinator::rpc::{self, AppendEntriesRequest, RaftRpc, VoteRequest};
+use coordinator::service::{self, Service, ServiceConfig, ServiceError};
+use coordinator::transport::QuicNetwork;
 use coordinator::{Member, NodeId, Raft};
+use coordinator_client::submission::{self, SubmitOptions};
+use coordinator_client::{ClientError, CoordinatorClient};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::{CommittedLeaderId, Config, LogId, SnapshotPolicy, Vote};
 use proto_schema::ca::ClusterCa;
 use proto_schema::command::{Command, CommandError, FileEntry, Response};
+use proto_schema::coordinator_api::{self, LeaseReply, LeasedShard, Reply, Request};
 use proto_schema::quic::{RpcClient, RpcConfig, RpcError};
 use proto_schema::tls::TlsIdentity;
 
@@ -166,7 +168,7 @@ impl Cluster {
     /// A client of the cluster knowing `ids`' addresses.
     fn client(&self, ids: &[NodeId]) -> CoordinatorClient {
         let addresses = ids.iter().map(|id| self.peers[id].clone()).collect();
-        CoordinatorClient::new(&identity(&self.ca, "client"), addresses).unwrap()
+        CoordinatorClient::quic(&identity(&self.ca, "client"), addresses).unwrap()
     }
 
     /// The leader the live replicas agree on.
@@ -212,35 +214,15 @@ async fn submit(
     files: Vec<FileEntry>,
     chunk: usize,
 ) -> u64 {
-    let begin = Command::BeginSubmission {
-        dataset: name.into(),
-        now_ms: 1,
+    let options = SubmitOptions {
+        max_chunk_files: chunk,
+        ..SubmitOptions::default()
     };
-    let Response::SubmissionBegun { submission } = client.write(&begin).await.unwrap() else {
-        panic!()
-    };
-    for files in ManifestChunks::new(files.into_iter())
-        .flat_map(|c| c.chunks(chunk).map(<[_]>::to_vec).collect::<Vec<_>>())
-    {
-        let resp = client
-            .write(&Command::SubmitChunk {
-                dataset: name.into(),
-                submission,
-                files,
-            })
-            .await
-            .unwrap();
-        assert!(matches!(resp, Response::ChunkApplied { .. }), "{resp:?}");
-    }
-    let finish = Command::FinishSubmission {
-        dataset: name.into(),
-        submission,
-    };
-    assert!(matches!(
-        client.write(&finish).await.unwrap(),
-        Response::SubmissionFinished { .. }
-    ));
-    submission
+    let entries = files.into_iter().map(Ok);
+    let done = submission::submit(client, name, entries, &options, |_| {})
+        .await
+        .expect("submitted");
+    done.submission
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,11 +391,11 @@ async fn peers_with_another_cas_certificates_are_refused() {
     let foreign = other.issue("client", &[], 1).unwrap();
     let stranger =
         TlsIdentity::from_pem(cluster.ca.cert_pem(), &foreign.cert_pem, &foreign.key_pem).unwrap();
-    let mut stranger = CoordinatorClient::new(&stranger, vec![cluster.peers[&leader].clone()])
+    let mut stranger = CoordinatorClient::quic(&stranger, vec![cluster.peers[&leader].clone()])
         .unwrap()
         .with_retry_window(Duration::from_secs(1));
     match stranger.write(&node(9)).await {
-        Err(ApiError::Unreachable { last, .. }) => {
+        Err(ClientError::Unreachable { last, .. }) => {
             assert!(last.contains("refused our certificate"), "{last}")
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -493,8 +475,10 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
             .unwrap();
         for request in forged() {
             let kind = request.kind();
-            let bytes = api::encode(&Request::Raft(request)).unwrap();
-            let reply = api::decode::<Reply>(&connection.request(&bytes).await.unwrap()).unwrap();
+            let message = rpc::to_message(&request).unwrap();
+            let bytes = coordinator_api::encode(&Request::Raft(message)).unwrap();
+            let answer = connection.request(&bytes).await.unwrap();
+            let reply = coordinator_api::decode::<Reply>(&answer).unwrap();
             let Reply::Failed(reason) = reply else {
                 panic!("a forged {kind} was served: {reply:?}")
             };
@@ -566,12 +550,10 @@ async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
 
 /// `node` reports `lease`'s shard complete, at the lease's epoch.
 async fn complete(client: &mut CoordinatorClient, node: u64, lease: &LeasedShard) -> Response {
-    let complete = Command::CompleteShard {
-        shard: lease.shard,
-        node,
-        epoch: lease.epoch,
-    };
-    client.write(&complete).await.unwrap()
+    client
+        .complete_shard(node, lease.shard, lease.epoch)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,7 +645,7 @@ async fn a_replica_dialled_as_another_is_sent_nothing() {
     let cluster = Cluster::start(&[1, 2, 3]).await;
     let tls = identity(&cluster.ca, "coord-1").client_config().unwrap();
     let bind = "127.0.0.1:0".parse().unwrap();
-    let client = Arc::new(RpcClient::new(bind, tls, api::rpc_config()).unwrap());
+    let client = Arc::new(RpcClient::new(bind, tls, service::rpc_config()).unwrap());
     let mut network = QuicNetwork::new(1, client, Contacts::default());
     let at_2 = Member {
         addr: cluster.peers[&2].clone(),

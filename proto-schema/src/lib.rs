@@ -1,8 +1,9 @@
 //! The protocol shared by every Quern process: record batches, the framing
 //! that carries them through spill files, the partition function every node
-//! must agree on, the coordinator's replicated commands, and the cluster's
-//! transport: mutual TLS from a cluster CA and request/response RPC over
-//! QUIC.
+//! must agree on, the coordinator's replicated commands and its API's
+//! envelope (requests, replies, status and lease reports), and the
+//! cluster's transport: mutual TLS from a cluster CA and request/response
+//! RPC over QUIC.
 //!
 //! Everything here treats bytes from outside as hostile: decoding checks the
 //! frame header, the checksum, rkyv's structural validation and the batch's
@@ -14,6 +15,7 @@ pub mod batch;
 pub mod ca;
 pub mod cert_name;
 pub mod command;
+pub mod coordinator_api;
 pub mod frame;
 pub mod partition;
 pub mod quic;

@@ -10,7 +10,10 @@
 //!   requests, many at once if wanted.
 //! - `wire`: the bytes of one exchange.
 //! - `refusal`: failed handshakes, logged and counted.
+//! - `address`: `host:port` to a socket address and the name the
+//!   server's certificate must carry.
 
+mod address;
 mod client;
 mod refusal;
 mod server;
@@ -21,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use address::{resolve, server_name};
 pub use client::{RpcClient, RpcConnection};
 pub use refusal::PEER_REFUSED_METRIC;
 pub use server::RpcServer;

@@ -1,5 +1,5 @@
 //! Runs an iterator on a thread of its own, a few batches ahead of its
-//! consumer: `quern submit` parses manifest lines on one core while the
+//! consumer: a submission parses manifest lines on one core while the
 //! other sorts or sends them (10M lines: reading, validating and sorting
 //! took 12.2 s on one thread). Bounded: at most `BATCHES_AHEAD` batches of
 //! `BATCH` items wait at a time. Dropping the consumer stops the thread

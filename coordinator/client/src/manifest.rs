@@ -1,4 +1,4 @@
-//! Reading what `quern submit` sends: a manifest file (TSV or JSONL) or a
+//! Reading what a submission sends: a manifest file (TSV or JSONL) or a
 //! directory walk, as a stream of `FileEntry`s, one line or file at a
 //! time. A bad line is an error naming the file and the line number.
 //!

@@ -1,4 +1,4 @@
-//! Puts a manifest's entries in path order before `quern submit` sends
+//! Puts a manifest's entries in path order before a submission sends
 //! them. The coordinators' catalogue is keyed by path: chunks whose paths
 //! arrive in order each touch one narrow key range, so the catalogue grows
 //! by runs that RocksDB moves down its levels without rewriting them, where
@@ -7,11 +7,12 @@
 //! random order and 146 s in path order.
 //!
 //! Memory stays bounded whatever the manifest's size: this is the node's
-//! external sort (`node::sort`), with runs of `--sort-memory` spilled to a
-//! temporary directory and merged with a bounded number open. An entry is
-//! a record whose key is its path, whose value is size, mtime and
-//! checksum, and whose position is its line (or, for a walk, its place in
-//! the walk), so entries with the same path meet and name their lines.
+//! external sort (the `external-sort` crate), with runs of `--sort-memory`
+//! spilled to a temporary directory and merged with a bounded number
+//! open. An entry is a record whose key is its path, whose value is size,
+//! mtime and checksum, and whose position is its line (or, for a walk,
+//! its place in the walk), so entries with the same path meet and name
+//! their lines.
 
 use std::path::PathBuf;
 use std::sync::Arc;

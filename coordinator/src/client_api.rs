@@ -1,0 +1,102 @@
+//! The client API one replica serves, whatever carried the request (the
+//! QUIC endpoint in `service`, or the in-process `router`): writes are
+//! proposed through Raft and answered once applied, by the leader only
+//! (others redirect with `NotLeader`); status comes from the leader;
+//! `Replica` from any replica; leases from the leader's `LeaseDesk`.
+//! Raft RPCs are not client requests: transports serve them apart.
+
+use proto_schema::coordinator_api::{Applied, LeaseReply, Reply, Request};
+
+use crate::contacts::Contacts;
+use crate::lease_desk::{DeskError, LeaseDesk};
+use crate::propose::{self, ProposeError};
+use crate::{Raft, StateMachineStore, status};
+
+pub struct ClientApi {
+    raft: Raft,
+    state: StateMachineStore,
+    desk: LeaseDesk,
+    contacts: Contacts,
+}
+
+impl ClientApi {
+    /// Serves `raft`'s replica, reading `state`; leases last `lease_ms`
+    /// without a renewal; `contacts` are the peers' last answers, as the
+    /// replica's network records them.
+    pub fn new(raft: Raft, state: StateMachineStore, lease_ms: u64, contacts: Contacts) -> Self {
+        Self {
+            desk: LeaseDesk::new(raft.clone(), state.clone(), lease_ms),
+            raft,
+            state,
+            contacts,
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub async fn answer(&self, request: &Request) -> Reply {
+        match request {
+            Request::Raft(_) => Reply::Failed("a Raft RPC is not a client request".into()),
+            Request::Write(bytes) => match bytes.decode() {
+                Err(e) => Reply::Failed(e.to_string()),
+                Ok(cmd) => match propose::propose(&self.raft, &cmd).await {
+                    Ok(response) => Reply::Written(Applied(response)),
+                    Err(e) => write_refused(e),
+                },
+            },
+            Request::Status => self.status(),
+            Request::Lease { node } => desk_reply(self.desk.lease(*node).await),
+            Request::Renew { node, shard, epoch } => {
+                desk_reply(self.desk.renew(*node, *shard, *epoch).await)
+            }
+            Request::Replica => {
+                let (raft, state) = (self.raft.clone(), self.state.clone());
+                match tokio::task::spawn_blocking(move || status::replica_report(&raft, &state))
+                    .await
+                {
+                    Ok(Ok(report)) => Reply::Replica(report),
+                    Ok(Err(e)) => Reply::Failed(e.to_string()),
+                    Err(e) => Reply::Failed(format!("reading the state: {e}")),
+                }
+            }
+        }
+    }
+
+    /// The leader answers; a follower that knows the leader redirects, so
+    /// the report carries the followers' health. Without a leader, the
+    /// local view.
+    fn status(&self) -> Reply {
+        if let Some(ProposeError::ForwardToLeader {
+            leader: Some(leader),
+            address: Some(address),
+        }) = propose::not_the_leader(&self.raft)
+        {
+            return Reply::NotLeader {
+                leader: Some(leader),
+                address: Some(address),
+            };
+        }
+        match status::report(&self.raft, &self.state, &self.contacts) {
+            Ok(report) => Reply::Status(report),
+            Err(e) => Reply::Failed(e.to_string()),
+        }
+    }
+}
+
+/// A failed write as the client sees it: a redirect, or the reason.
+fn write_refused(error: ProposeError) -> Reply {
+    match error {
+        ProposeError::ForwardToLeader { leader, address } => Reply::NotLeader { leader, address },
+        e => Reply::Failed(e.to_string()),
+    }
+}
+
+fn desk_reply(answer: Result<LeaseReply, DeskError>) -> Reply {
+    match answer {
+        Ok(reply) => Reply::Lease(reply),
+        Err(DeskError::Propose(e)) => write_refused(e),
+        Err(e) => Reply::Failed(e.to_string()),
+    }
+}

@@ -1,0 +1,50 @@
+//! Proposing a command through this replica's Raft, as the client API and
+//! the lease desk do: encode, propose, wait until applied here, and turn
+//! "not the leader" into a redirect the caller passes on.
+
+use openraft::error::{ClientWriteError, RaftError};
+use proto_schema::command::{Command, Response};
+use proto_schema::coordinator_api::CommandBytes;
+
+use crate::{NodeId, Raft};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This replica is not the leader: send the command to `leader`.
+    #[error("not the leader; the leader is {leader:?} at {address:?}")]
+    ForwardToLeader {
+        leader: Option<NodeId>,
+        address: Option<String>,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// `ForwardToLeader` if this replica is not the leader (with the leader's
+/// id and address when known), from its Raft metrics; `None` if it leads.
+pub fn not_the_leader(raft: &Raft) -> Option<ProposeError> {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.current_leader == Some(metrics.id) {
+        return None;
+    }
+    let leader = metrics.current_leader;
+    let address = leader.and_then(|id| {
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&id).map(|node| node.addr.clone())
+    });
+    Some(ProposeError::ForwardToLeader { leader, address })
+}
+
+/// Proposes `cmd` and waits until it is committed and applied here.
+pub async fn propose(raft: &Raft, cmd: &Command) -> Result<Response, ProposeError> {
+    match raft.client_write(CommandBytes::encode(cmd)).await {
+        Ok(written) => Ok(written.data.0),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(ProposeError::ForwardToLeader {
+                leader: forward.leader_id,
+                address: forward.leader_node.map(|n| n.addr),
+            })
+        }
+        Err(e) => Err(ProposeError::Raft(e.to_string())),
+    }
+}

@@ -1,0 +1,97 @@
+//! The coordinators' API on the wire: the one envelope a replica's
+//! endpoint serves (`Request` / `Reply`), so a replica listens on one
+//! port for its peers' Raft RPCs and for every client (the CLI, nodes).
+//!
+//! Codec: envelopes are postcard (compact; byte payloads are written as
+//! one length and the bytes). What they carry keeps its own encoding:
+//! a command and its response travel as their rkyv bytes (`CommandBytes`,
+//! `Applied`), exactly as the Raft log stores and replicates them, and a
+//! Raft RPC as opaque bytes (`RaftMessage`) that only the coordinator
+//! decodes, so neither this crate nor a client links openraft.
+//!
+//! A replica that is not the leader answers a client with `NotLeader`
+//! naming the leader's address; clients follow it.
+
+mod lease;
+mod payload;
+mod status;
+
+pub use lease::{LeaseReply, LeasedShard};
+pub use payload::{Applied, CommandBytes, RaftMessage};
+pub use status::{DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A coordinator replica's id in the Raft group.
+pub type ReplicaId = u64;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// From another replica's Raft (served only from the peers'
+    /// certificates).
+    Raft(RaftMessage),
+    /// A command to propose; answered once applied, by the leader only.
+    Write(CommandBytes),
+    Status,
+    /// The answering replica's own view (`ReplicaReport`), never redirected.
+    Replica,
+    /// A node asks the leader for a shard to work on.
+    Lease {
+        node: u64,
+    },
+    /// A node extends its lease; no log write.
+    Renew {
+        node: u64,
+        shard: u64,
+        epoch: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    Raft(RaftMessage),
+    Written(Applied),
+    /// Ask the leader instead (unknown during an election).
+    NotLeader {
+        leader: Option<ReplicaId>,
+        address: Option<String>,
+    },
+    Status(StatusReport),
+    Replica(ReplicaReport),
+    Lease(LeaseReply),
+    /// The request could not be served (undecodable, Raft shut down, ...).
+    Failed(String),
+}
+
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(message)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{CommandError, Response};
+
+    #[test]
+    fn a_write_costs_its_bytes_and_a_few_more() {
+        let write = Request::Write(CommandBytes(vec![9; 1 << 20]));
+        assert!(encode(&write).unwrap().len() < (1 << 20) + 16);
+        let reply = Reply::Written(Applied(Response::SubmissionBegun { submission: 4 }));
+        let Reply::Written(Applied(back)) = decode(&encode(&reply).unwrap()).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(back, Response::SubmissionBegun { submission: 4 });
+        let refused = Reply::Written(Applied(Response::Error(CommandError::UnknownNode {
+            id: 4,
+        })));
+        let Reply::Written(back) = decode(&encode(&refused).unwrap()).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(back.0, Response::Error(CommandError::UnknownNode { id: 4 }));
+    }
+}
