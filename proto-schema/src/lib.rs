@@ -17,10 +17,12 @@ pub mod cert_name;
 pub mod command;
 pub mod coordinator_api;
 pub mod frame;
+pub mod ids;
 pub mod partition;
 pub mod quic;
 pub mod tls;
 
 pub use batch::{BatchShape, BatchView, Position, Record, RecordBatch, RunTrailer, ValidBatch};
 pub use frame::{Frame, FrameError, FrameKind, FrameReader, write_frame};
+pub use ids::{DatasetId, Epoch, JobId, NodeId, PartitionId, ShardId};
 pub use partition::{key_hash, partition_of, partition_of_hash};
