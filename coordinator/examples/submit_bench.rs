@@ -21,7 +21,7 @@ use coordinator::client_api::ClientApi;
 use coordinator::contacts::Contacts;
 use coordinator::lease_desk::DEFAULT_LEASE_MS;
 use coordinator::router::Router;
-use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
+use coordinator::{LogStore, Member, Raft, ReplicaId, StateMachineStore};
 use coordinator_client::CoordinatorClient;
 use coordinator_client::submission::{self, SubmitError, SubmitOptions, Summary};
 use proto_schema::command::{Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo};
@@ -67,7 +67,7 @@ fn file(i: u64, n: u64, changed: bool) -> FileEntry {
 }
 
 /// A replica's member address, as clients and redirects name it.
-fn address(id: NodeId) -> String {
+fn address(id: ReplicaId) -> String {
     format!("replica-{id}")
 }
 
@@ -117,7 +117,7 @@ async fn main() {
         router.add(id, address(id), api);
         rafts.insert(id, raft);
     }
-    let members: BTreeMap<NodeId, Member> = (1..=3)
+    let members: BTreeMap<ReplicaId, Member> = (1..=3)
         .map(|id| (id, Member { addr: address(id) }))
         .collect();
     rafts[&1].initialize(members).await.unwrap();

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::NodeId;
+use crate::ReplicaId;
 
 #[derive(Clone, Default)]
-pub struct Contacts(Arc<Mutex<HashMap<NodeId, Instant>>>);
+pub struct Contacts(Arc<Mutex<HashMap<ReplicaId, Instant>>>);
 
 impl Contacts {
-    pub fn record(&self, peer: NodeId) {
+    pub fn record(&self, peer: ReplicaId) {
         self.0
             .lock()
             .expect("not poisoned")
@@ -20,7 +20,7 @@ impl Contacts {
     }
 
     /// Time since `peer` last answered, if it ever did.
-    pub fn since(&self, peer: NodeId) -> Option<Duration> {
+    pub fn since(&self, peer: ReplicaId) -> Option<Duration> {
         let contacts = self.0.lock().expect("not poisoned");
         contacts.get(&peer).map(Instant::elapsed)
     }

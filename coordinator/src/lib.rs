@@ -44,8 +44,9 @@ mod client {
     pub(crate) use coordinator_client::ManifestChunks;
 }
 
-/// A coordinator replica's id in the Raft group.
-pub type NodeId = proto_schema::coordinator_api::ReplicaId;
+/// A coordinator replica's id in the Raft group (never a `NodeId`: nodes
+/// are the cluster's workers, replicas its coordinators).
+pub use proto_schema::coordinator_api::ReplicaId;
 
 /// The address a replica is reached at; the transport decides its meaning.
 pub type Member = openraft::BasicNode;
@@ -56,7 +57,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = CommandBytes,
         R = Applied,
-        NodeId = NodeId,
+        NodeId = ReplicaId,
         Node = Member,
         SnapshotData = tokio::fs::File,
 );

@@ -26,7 +26,7 @@ use openraft::{
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
 use crate::rocks::{self, Budget, Kind};
-use crate::{CommandBytes, NodeId, TypeConfig};
+use crate::{CommandBytes, ReplicaId, TypeConfig};
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
@@ -39,7 +39,7 @@ const KIND_NORMAL: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
 const HEADER_LEN: usize = 1 + 8 + 8 + 8;
 
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type StorageResult<T> = Result<T, StorageError<ReplicaId>>;
 
 /// A log entry whose bytes do not decode.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +156,7 @@ fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, serde_json::Error>
     Ok(out)
 }
 
-fn decode_log_id(key: &[u8], bytes: &[u8]) -> Result<LogId<NodeId>, CorruptEntry> {
+fn decode_log_id(key: &[u8], bytes: &[u8]) -> Result<LogId<ReplicaId>, CorruptEntry> {
     let corrupt = |reason: &str| CorruptEntry {
         key: key.to_vec(),
         reason: reason.to_string(),
@@ -225,7 +225,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged_log_id = self.get_meta::<LogId<NodeId>>(KEY_LAST_PURGED)?;
+        let last_purged_log_id = self.get_meta::<LogId<ReplicaId>>(KEY_LAST_PURGED)?;
         let last = match self
             .db
             .iterator_cf(self.cf(CF_LOG), IteratorMode::End)
@@ -247,21 +247,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+    async fn save_vote(&mut self, vote: &Vote<ReplicaId>) -> StorageResult<()> {
         self.put_meta(KEY_VOTE, vote)
     }
 
-    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<ReplicaId>>> {
         self.get_meta(KEY_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+    async fn save_committed(&mut self, committed: Option<LogId<ReplicaId>>) -> StorageResult<()> {
         self.put_meta(KEY_COMMITTED, &committed)
     }
 
-    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<ReplicaId>>> {
         Ok(self
-            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
+            .get_meta::<Option<LogId<ReplicaId>>>(KEY_COMMITTED)?
             .flatten())
     }
 
@@ -291,7 +291,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+    async fn truncate(&mut self, log_id: LogId<ReplicaId>) -> StorageResult<()> {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.cf(CF_LOG),
@@ -304,7 +304,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+    async fn purge(&mut self, log_id: LogId<ReplicaId>) -> StorageResult<()> {
         let mut batch = WriteBatch::default();
         let purged = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write(&e))?;
         batch.put_cf(self.cf(CF_META), KEY_LAST_PURGED, purged);

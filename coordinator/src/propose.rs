@@ -6,14 +6,14 @@ use openraft::error::{ClientWriteError, RaftError};
 use proto_schema::command::{Command, Response};
 use proto_schema::coordinator_api::CommandBytes;
 
-use crate::{NodeId, Raft};
+use crate::{Raft, ReplicaId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
     /// This replica is not the leader: send the command to `leader`.
     #[error("not the leader; the leader is {leader:?} at {address:?}")]
     ForwardToLeader {
-        leader: Option<NodeId>,
+        leader: Option<ReplicaId>,
         address: Option<String>,
     },
     #[error("raft: {0}")]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use proto_schema::quic::Peer;
 use proto_schema::tls::Fingerprint;
 
-use crate::NodeId;
+use crate::ReplicaId;
 use crate::rpc::RaftRpc;
 
 /// Counter of Raft RPCs refused because the sender's certificate is not a
@@ -36,7 +36,7 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The name of replica `id`'s certificate, the only one its peers take
 /// Raft RPCs from.
-pub fn certificate_name(id: NodeId) -> String {
+pub fn certificate_name(id: ReplicaId) -> String {
     format!("coord-{id}")
 }
 
@@ -66,7 +66,7 @@ pub struct RaftPeers {
 )]
 pub struct Refused {
     rpc: &'static str,
-    claimed: Option<NodeId>,
+    claimed: Option<ReplicaId>,
     address: std::net::SocketAddr,
     name: CertName,
     fingerprint: Fingerprint,
@@ -88,7 +88,7 @@ impl fmt::Display for CertName {
 
 impl RaftPeers {
     /// Peers `ids` (this replica's own id among them, harmlessly).
-    pub fn new(ids: impl IntoIterator<Item = NodeId>) -> Self {
+    pub fn new(ids: impl IntoIterator<Item = ReplicaId>) -> Self {
         Self {
             names: ids.into_iter().map(certificate_name).collect(),
             log: Arc::default(),
@@ -167,7 +167,7 @@ mod tests {
         }
     }
 
-    fn vote_for(candidate: NodeId) -> RaftRpc {
+    fn vote_for(candidate: ReplicaId) -> RaftRpc {
         RaftRpc::Vote(VoteRequest::new(Vote::new(9, candidate), None))
     }
 

@@ -20,7 +20,7 @@ use crate::rpc::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     RaftRpc, RaftRpcReply, VoteRequest, VoteResponse, serve,
 };
-use crate::{Member, NodeId, TypeConfig};
+use crate::{Member, ReplicaId, TypeConfig};
 
 /// The replicas reachable in this process, by id (from their peers) and
 /// by member address (from clients, as redirects name them).
@@ -31,20 +31,20 @@ pub struct Router {
 
 #[derive(Default)]
 struct Replicas {
-    by_id: HashMap<NodeId, Arc<ClientApi>>,
-    by_address: HashMap<String, NodeId>,
+    by_id: HashMap<ReplicaId, Arc<ClientApi>>,
+    by_address: HashMap<String, ReplicaId>,
 }
 
 impl Router {
     /// Puts replica `id` on the network at its member `address`.
-    pub fn add(&self, id: NodeId, address: impl Into<String>, api: ClientApi) {
+    pub fn add(&self, id: ReplicaId, address: impl Into<String>, api: ClientApi) {
         let mut replicas = self.replicas.lock().expect("not poisoned");
         replicas.by_id.insert(id, Arc::new(api));
         replicas.by_address.insert(address.into(), id);
     }
 
     /// Makes `id` unreachable.
-    pub fn remove(&self, id: NodeId) {
+    pub fn remove(&self, id: ReplicaId) {
         self.replicas
             .lock()
             .expect("not poisoned")
@@ -52,7 +52,7 @@ impl Router {
             .remove(&id);
     }
 
-    fn get(&self, id: NodeId) -> Option<Arc<ClientApi>> {
+    fn get(&self, id: ReplicaId) -> Option<Arc<ClientApi>> {
         let replicas = self.replicas.lock().expect("not poisoned");
         replicas.by_id.get(&id).cloned()
     }
@@ -60,7 +60,7 @@ impl Router {
 
 #[derive(Debug, thiserror::Error)]
 #[error("replica {0} is not reachable")]
-struct NotReachable(NodeId);
+struct NotReachable(ReplicaId);
 
 #[derive(Debug, thiserror::Error)]
 #[error("no replica at {0:?}")]
@@ -71,19 +71,19 @@ struct UnknownAddress(String);
 struct WrongReply;
 
 type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+    Result<T, RPCError<ReplicaId, Member, RaftError<ReplicaId, E>>>;
 
 /// A link from one replica's Raft to `target`.
 pub struct RaftLink {
     router: Router,
-    target: NodeId,
+    target: ReplicaId,
 }
 
 impl RaftLink {
     async fn call<E>(
         &self,
         rpc: RaftRpc,
-    ) -> Result<RaftRpcReply, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    ) -> Result<RaftRpcReply, RPCError<ReplicaId, Member, RaftError<ReplicaId, E>>>
     where
         E: std::error::Error,
     {
@@ -96,7 +96,7 @@ impl RaftLink {
 
     fn remote<T, E: std::error::Error>(
         &self,
-        reply: Result<T, RaftError<NodeId, E>>,
+        reply: Result<T, RaftError<ReplicaId, E>>,
     ) -> RpcResult<T, E> {
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -140,7 +140,7 @@ impl RaftNetwork<TypeConfig> for RaftLink {
 impl RaftNetworkFactory<TypeConfig> for Router {
     type Network = RaftLink;
 
-    async fn new_client(&mut self, target: NodeId, _node: &Member) -> RaftLink {
+    async fn new_client(&mut self, target: ReplicaId, _node: &Member) -> RaftLink {
         RaftLink {
             router: self.clone(),
             target,
@@ -153,7 +153,7 @@ impl RaftNetworkFactory<TypeConfig> for Router {
 #[derive(Clone)]
 pub struct ClientLink {
     router: Router,
-    target: NodeId,
+    target: ReplicaId,
 }
 
 impl Transport for Router {

@@ -12,14 +12,14 @@ use proto_schema::coordinator_api::RaftMessage;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, Raft, TypeConfig};
+use crate::{Raft, ReplicaId, TypeConfig};
 
 pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
-pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;
-pub type VoteRequest = openraft::raft::VoteRequest<NodeId>;
-pub type VoteResponse = openraft::raft::VoteResponse<NodeId>;
+pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<ReplicaId>;
+pub type VoteRequest = openraft::raft::VoteRequest<ReplicaId>;
+pub type VoteResponse = openraft::raft::VoteResponse<ReplicaId>;
 pub type InstallSnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
-pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
+pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<ReplicaId>;
 
 /// A request from one replica's Raft to another's.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ impl RaftRpc {
 
     /// The replica the RPC says it comes from: a vote's candidate, the
     /// leader of an append or a snapshot.
-    pub fn sender(&self) -> Option<NodeId> {
+    pub fn sender(&self) -> Option<ReplicaId> {
         let vote = match self {
             RaftRpc::AppendEntries(req) => &req.vote,
             RaftRpc::Vote(req) => &req.vote,
@@ -55,9 +55,9 @@ impl RaftRpc {
 /// The target replica's answer, including its Raft-level refusals.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRpcReply {
-    AppendEntries(Result<AppendEntriesResponse, RaftError<NodeId>>),
-    Vote(Result<VoteResponse, RaftError<NodeId>>),
-    InstallSnapshot(Result<InstallSnapshotResponse, RaftError<NodeId, InstallSnapshotError>>),
+    AppendEntries(Result<AppendEntriesResponse, RaftError<ReplicaId>>),
+    Vote(Result<VoteResponse, RaftError<ReplicaId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse, RaftError<ReplicaId, InstallSnapshotError>>),
 }
 
 /// An RPC or a reply as the envelope carries it.

@@ -24,14 +24,14 @@ use crate::raft_peers::{self, RaftPeers};
 use crate::rpc::{self, RaftRpc};
 use crate::state::StateError;
 use crate::transport::QuicNetwork;
-use crate::{LogStore, Member, NodeId, Raft, StateMachineStore};
+use crate::{LogStore, Member, Raft, ReplicaId, StateMachineStore};
 
 pub struct ServiceConfig {
-    pub id: NodeId,
+    pub id: ReplicaId,
     /// Where this replica listens (port 0 picks one).
     pub listen: SocketAddr,
     /// Every voter of the cluster, this replica included: id -> `host:port`.
-    pub peers: BTreeMap<NodeId, String>,
+    pub peers: BTreeMap<ReplicaId, String>,
     /// Holds `log/` and `state/`.
     pub data_dir: PathBuf,
     pub identity: TlsIdentity,
@@ -43,13 +43,16 @@ pub struct ServiceConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("replica {id} is not among the peers {peers:?}")]
-    NotAPeer { id: NodeId, peers: Vec<NodeId> },
+    NotAPeer {
+        id: ReplicaId,
+        peers: Vec<ReplicaId>,
+    },
     #[error(
         "replica {id}'s certificate is named {found:?}, but its peers take Raft RPCs only \
          from a certificate named {expected:?} (`quern cert issue --name {expected}`)"
     )]
     CertName {
-        id: NodeId,
+        id: ReplicaId,
         expected: String,
         found: Option<String>,
     },
@@ -167,7 +170,7 @@ impl Service {
         Ok(service)
     }
 
-    async fn initialize(&self, peers: &BTreeMap<NodeId, String>) -> Result<(), ServiceError> {
+    async fn initialize(&self, peers: &BTreeMap<ReplicaId, String>) -> Result<(), ServiceError> {
         let raft_error = |e: &dyn std::fmt::Display| ServiceError::Raft(e.to_string());
         if self
             .raft
@@ -177,7 +180,7 @@ impl Service {
         {
             return Ok(());
         }
-        let members: BTreeMap<NodeId, Member> = peers
+        let members: BTreeMap<ReplicaId, Member> = peers
             .iter()
             .map(|(&id, addr)| (id, Member { addr: addr.clone() }))
             .collect();

@@ -11,7 +11,7 @@ use proto_schema::coordinator_api::{
 use crate::contacts::Contacts;
 use crate::state::records::{Job, JobState};
 use crate::state::{StateError, StateMachineStore};
-use crate::{NodeId, Raft};
+use crate::{Raft, ReplicaId};
 
 /// Jobs listed, newest first, across all datasets.
 pub const RECENT_JOBS: usize = 50;
@@ -40,7 +40,7 @@ pub fn report(
 ) -> Result<StatusReport, StateError> {
     let metrics = raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let voters: Vec<ReplicaId> = membership.voter_ids().collect();
     let members = membership
         .nodes()
         .map(|(&id, node)| {

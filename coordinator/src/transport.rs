@@ -25,18 +25,18 @@ use crate::rpc::{
     self, AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
     InstallSnapshotResponse, RaftRpc, RaftRpcReply, VoteRequest, VoteResponse,
 };
-use crate::{Member, NodeId, TypeConfig};
+use crate::{Member, ReplicaId, TypeConfig};
 
 /// Makes a `PeerLink` per target replica; all share one QUIC endpoint.
 #[derive(Clone)]
 pub struct QuicNetwork {
-    id: NodeId,
+    id: ReplicaId,
     client: Arc<RpcClient>,
     contacts: Contacts,
 }
 
 impl QuicNetwork {
-    pub fn new(id: NodeId, client: Arc<RpcClient>, contacts: Contacts) -> Self {
+    pub fn new(id: ReplicaId, client: Arc<RpcClient>, contacts: Contacts) -> Self {
         Self {
             id,
             client,
@@ -48,7 +48,7 @@ impl QuicNetwork {
 impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
     type Network = PeerLink;
 
-    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerLink {
+    async fn new_client(&mut self, target: ReplicaId, node: &Member) -> PeerLink {
         PeerLink {
             id: self.id,
             target,
@@ -86,12 +86,12 @@ impl From<RpcError> for LinkError {
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+    Result<T, RPCError<ReplicaId, Member, RaftError<ReplicaId, E>>>;
 
 /// One replica's link to another.
 pub struct PeerLink {
-    id: NodeId,
-    target: NodeId,
+    id: ReplicaId,
+    target: ReplicaId,
     address: String,
     client: Arc<RpcClient>,
     connection: Option<RpcConnection>,
@@ -173,7 +173,7 @@ impl PeerLink {
 
     fn remote<T, E: std::error::Error>(
         &self,
-        reply: Result<T, RaftError<NodeId, E>>,
+        reply: Result<T, RaftError<ReplicaId, E>>,
     ) -> RpcResult<T, E> {
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }

@@ -15,7 +15,7 @@ use coordinator::lease_desk::DEFAULT_LEASE_MS;
 use coordinator::propose::{self, ProposeError};
 use coordinator::router::Router;
 use coordinator::state::records::JobState;
-use coordinator::{LogStore, Member, NodeId, Raft, StateMachineStore};
+use coordinator::{LogStore, Member, Raft, ReplicaId, StateMachineStore};
 use coordinator_client::CoordinatorClient;
 use coordinator_client::submission::{self, AbortOutcome, SubmitError, SubmitOptions};
 use openraft::storage::RaftLogStorage;
@@ -39,17 +39,17 @@ struct Cluster {
     router: Router,
     config: Arc<Config>,
     dir: tempfile::TempDir,
-    replicas: BTreeMap<NodeId, Replica>,
+    replicas: BTreeMap<ReplicaId, Replica>,
 }
 
-fn member(id: NodeId) -> Member {
+fn member(id: ReplicaId) -> Member {
     Member {
         addr: format!("replica-{id}"),
     }
 }
 
 impl Cluster {
-    async fn start(ids: &[NodeId]) -> Self {
+    async fn start(ids: &[ReplicaId]) -> Self {
         let config = Config {
             heartbeat_interval: 50,
             election_timeout_min: 300,
@@ -70,7 +70,7 @@ impl Cluster {
         for &id in ids {
             cluster.start_replica(id).await;
         }
-        let members: BTreeMap<NodeId, Member> = ids.iter().map(|&id| (id, member(id))).collect();
+        let members: BTreeMap<ReplicaId, Member> = ids.iter().map(|&id| (id, member(id))).collect();
         cluster.replicas[&ids[0]]
             .raft
             .initialize(members)
@@ -80,12 +80,12 @@ impl Cluster {
         cluster
     }
 
-    fn replica_dir(&self, id: NodeId) -> PathBuf {
+    fn replica_dir(&self, id: ReplicaId) -> PathBuf {
         self.dir.path().join(format!("replica-{id}"))
     }
 
     /// Starts a replica from its directories (fresh or left by `stop`).
-    async fn start_replica(&mut self, id: NodeId) {
+    async fn start_replica(&mut self, id: ReplicaId) {
         let dir = self.replica_dir(id);
         let log = LogStore::open(&dir.join("log")).unwrap();
         let state = StateMachineStore::open(&dir.join("state")).unwrap();
@@ -109,21 +109,21 @@ impl Cluster {
     }
 
     /// Takes a replica off the network and shuts it down.
-    async fn stop(&mut self, id: NodeId) {
+    async fn stop(&mut self, id: ReplicaId) {
         self.router.remove(id);
         let replica = self.replicas.remove(&id).unwrap();
         replica.raft.shutdown().await.unwrap();
     }
 
-    fn raft(&self, id: NodeId) -> &Raft {
+    fn raft(&self, id: ReplicaId) -> &Raft {
         &self.replicas[&id].raft
     }
 
     /// The leader the live replicas agree on.
-    async fn leader(&self) -> NodeId {
+    async fn leader(&self) -> ReplicaId {
         let deadline = Instant::now() + WAIT;
         loop {
-            let leaders: Vec<Option<NodeId>> = self
+            let leaders: Vec<Option<ReplicaId>> = self
                 .replicas
                 .values()
                 .map(|r| r.raft.metrics().borrow().current_leader)

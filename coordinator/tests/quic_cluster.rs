@@ -21,7 +21,7 @@ use coordinator::raft_peers::RAFT_RPC_REFUSED_METRIC;
 use coordinator::rpc::{self, AppendEntriesRequest, RaftRpc, VoteRequest};
 use coordinator::service::{self, Service, ServiceConfig, ServiceError};
 use coordinator::transport::QuicNetwork;
-use coordinator::{Member, NodeId, Raft};
+use coordinator::{Member, Raft, ReplicaId};
 use coordinator_client::submission::{self, SubmitOptions};
 use coordinator_client::{ClientError, CoordinatorClient};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -103,12 +103,12 @@ fn raft_config() -> Arc<Config> {
 struct Cluster {
     ca: ClusterCa,
     dir: tempfile::TempDir,
-    peers: BTreeMap<NodeId, String>,
-    replicas: BTreeMap<NodeId, Service>,
+    peers: BTreeMap<ReplicaId, String>,
+    replicas: BTreeMap<ReplicaId, Service>,
 }
 
 impl Cluster {
-    async fn start(ids: &[NodeId]) -> Self {
+    async fn start(ids: &[ReplicaId]) -> Self {
         let mut cluster = Self {
             ca: ClusterCa::generate(1).unwrap(),
             dir: tempfile::TempDir::new().unwrap(),
@@ -125,12 +125,12 @@ impl Cluster {
         cluster
     }
 
-    fn replica_dir(&self, id: NodeId) -> PathBuf {
+    fn replica_dir(&self, id: ReplicaId) -> PathBuf {
         self.dir.path().join(format!("replica-{id}"))
     }
 
     /// Starts a replica from its directories (fresh or left by `stop`).
-    async fn start_replica(&mut self, id: NodeId) {
+    async fn start_replica(&mut self, id: ReplicaId) {
         let config = || ServiceConfig {
             id,
             listen: self.peers[&id].parse().unwrap(),
@@ -156,26 +156,26 @@ impl Cluster {
         self.replicas.insert(id, service);
     }
 
-    async fn stop(&mut self, id: NodeId) {
+    async fn stop(&mut self, id: ReplicaId) {
         let service = self.replicas.remove(&id).unwrap();
         service.shutdown().await.unwrap();
     }
 
-    fn raft(&self, id: NodeId) -> &Raft {
+    fn raft(&self, id: ReplicaId) -> &Raft {
         self.replicas[&id].raft()
     }
 
     /// A client of the cluster knowing `ids`' addresses.
-    fn client(&self, ids: &[NodeId]) -> CoordinatorClient {
+    fn client(&self, ids: &[ReplicaId]) -> CoordinatorClient {
         let addresses = ids.iter().map(|id| self.peers[id].clone()).collect();
         CoordinatorClient::quic(&identity(&self.ca, "client"), addresses).unwrap()
     }
 
     /// The leader the live replicas agree on.
-    async fn leader(&self) -> NodeId {
+    async fn leader(&self) -> ReplicaId {
         let deadline = Instant::now() + WAIT;
         loop {
-            let leaders: Vec<Option<NodeId>> = self
+            let leaders: Vec<Option<ReplicaId>> = self
                 .replicas
                 .values()
                 .map(|r| r.raft().metrics().borrow().current_leader)

@@ -47,7 +47,7 @@ use self::path_list::CorruptPathList;
 use self::records::{CorruptRecord, Dataset, Job, Shard, ShardState, Stored};
 use self::snapshot_file::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::rocks::{self, Budget, Kind};
-use crate::{Applied, Member, NodeId, TypeConfig};
+use crate::{Applied, Member, ReplicaId, TypeConfig};
 
 /// Most bytes of records one install write batch holds.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -88,7 +88,7 @@ pub enum StateError {
     GoneListingExpired { job: u64 },
 }
 
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type StorageResult<T> = Result<T, StorageError<ReplicaId>>;
 
 /// What a snapshot build wrote, for logs and measurements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +100,8 @@ pub struct SnapshotStats {
 /// A snapshot file just written: the log position and membership it
 /// reflects, and its size.
 type Written = (
-    Option<LogId<NodeId>>,
-    StoredMembership<NodeId, Member>,
+    Option<LogId<ReplicaId>>,
+    StoredMembership<ReplicaId, Member>,
     SnapshotStats,
 );
 
@@ -132,7 +132,7 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name).expect("column family created at open")
 }
 
-fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+fn io_err(e: impl std::error::Error + 'static) -> StorageError<ReplicaId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
@@ -372,7 +372,7 @@ impl StateMachineStore {
         let guard = self.inner.install.read().expect("not poisoned");
         let snap = self.db().snapshot();
         drop(guard);
-        let last_applied: Option<LogId<NodeId>> =
+        let last_applied: Option<LogId<ReplicaId>> =
             match snap.get_cf(cf(self.db(), CF_RAFT), keys::LAST_APPLIED)? {
                 Some(b) => serde_json::from_slice(&b)?,
                 None => None,
@@ -406,7 +406,7 @@ impl StateMachineStore {
         self.inner.snapshot_dir.join(format!("{id}.snap"))
     }
 
-    fn current_snapshot_meta(&self) -> Result<Option<SnapshotMeta<NodeId, Member>>, StateError> {
+    fn current_snapshot_meta(&self) -> Result<Option<SnapshotMeta<ReplicaId, Member>>, StateError> {
         self.get_json(keys::SNAPSHOT_META)
     }
 
@@ -414,7 +414,7 @@ impl StateMachineStore {
     /// deletes the file of the one it replaces.
     fn set_current_snapshot(
         &self,
-        meta: &SnapshotMeta<NodeId, Member>,
+        meta: &SnapshotMeta<ReplicaId, Member>,
         batch: &mut WriteBatch,
     ) -> Result<(), StateError> {
         let previous = self.current_snapshot_meta()?;
@@ -442,11 +442,12 @@ impl StateMachineStore {
         // the entries that produced it.
         flush_state(db)?;
         let raft_cf = cf(db, CF_RAFT);
-        let last_applied: Option<LogId<NodeId>> = match snap.get_cf(raft_cf, keys::LAST_APPLIED)? {
-            Some(b) => serde_json::from_slice(&b)?,
-            None => None,
-        };
-        let membership: StoredMembership<NodeId, Member> =
+        let last_applied: Option<LogId<ReplicaId>> =
+            match snap.get_cf(raft_cf, keys::LAST_APPLIED)? {
+                Some(b) => serde_json::from_slice(&b)?,
+                None => None,
+            };
+        let membership: StoredMembership<ReplicaId, Member> =
             match snap.get_cf(raft_cf, keys::MEMBERSHIP)? {
                 Some(b) => serde_json::from_slice(&b)?,
                 None => StoredMembership::default(),
@@ -472,7 +473,7 @@ impl StateMachineStore {
         &self,
         input: impl Read,
         keep: &Path,
-        meta: &SnapshotMeta<NodeId, Member>,
+        meta: &SnapshotMeta<ReplicaId, Member>,
     ) -> Result<(), StateError> {
         let db = self.db();
         let _guard = self.inner.install.write().expect("not poisoned");
@@ -684,11 +685,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+    ) -> StorageResult<(
+        Option<LogId<ReplicaId>>,
+        StoredMembership<ReplicaId, Member>,
+    )> {
         let this = self.clone();
         blocking(move || {
             let last_applied = this
-                .get_json::<Option<LogId<NodeId>>>(keys::LAST_APPLIED)?
+                .get_json::<Option<LogId<ReplicaId>>>(keys::LAST_APPLIED)?
                 .flatten();
             let membership = this.get_json(keys::MEMBERSHIP)?.unwrap_or_default();
             Ok((last_applied, membership))
@@ -735,7 +739,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, Member>,
+        meta: &SnapshotMeta<ReplicaId, Member>,
         snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
         let mut file = snapshot.into_std().await;
@@ -802,7 +806,7 @@ pub(crate) mod test_support {
 
         /// Log entries applied so far, as the state machine records it.
         pub fn applied_count(&self) -> u64 {
-            let applied: Option<LogId<NodeId>> =
+            let applied: Option<LogId<ReplicaId>> =
                 self.sm.get_json(keys::LAST_APPLIED).unwrap().flatten();
             applied.map_or(0, |id| id.index)
         }
