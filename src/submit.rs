@@ -15,6 +15,7 @@ use coordinator_client::path_order::SortMemory;
 use coordinator_client::submission::{self, AbortedOpen, SubmitEvent, SubmitOptions, Summary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use proto_schema::command::{DatasetFormat, DatasetSpec, KeySpec};
+use proto_schema::ids::JobId;
 
 use crate::args::{AbortArgs, FormatArg, SubmitArgs};
 use crate::cluster_client;
@@ -83,7 +84,7 @@ pub fn abort_open(args: AbortArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut client = cluster_client::connect(&args.client)?;
         let dataset = &args.dataset;
-        match submission::abort_open(&mut client, dataset, args.submission).await? {
+        match submission::abort_open(&mut client, dataset, args.submission.map(JobId)).await? {
             AbortedOpen::NothingOpen => {
                 eprintln!("dataset {dataset:?} has no open submission: nothing to abort")
             }

@@ -25,6 +25,7 @@ use coordinator::{LogStore, Member, Raft, ReplicaId, StateMachineStore};
 use coordinator_client::CoordinatorClient;
 use coordinator_client::submission::{self, SubmitError, SubmitOptions, Summary};
 use proto_schema::command::{Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo};
+use proto_schema::ids::NodeId;
 
 /// SplitMix64: a seeded, dependency-free source of file attributes.
 fn mix(mut x: u64) -> u64 {
@@ -123,7 +124,7 @@ async fn main() {
     rafts[&1].initialize(members).await.unwrap();
     let mut client = CoordinatorClient::new(router.clone(), (1..=3).map(address).collect());
     let node = Command::RegisterNode(NodeInfo {
-        id: 1,
+        id: NodeId(1),
         address: "10.0.0.1:7000".into(),
         cert_fingerprint: [1; 32],
     });

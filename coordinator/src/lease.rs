@@ -12,37 +12,38 @@
 use std::collections::BTreeMap;
 
 use proto_schema::command::Command;
+use proto_schema::ids::{Epoch, NodeId, ShardId};
 
 use crate::state::{StateError, StateMachineStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
-    pub node: u64,
-    pub epoch: u64,
+    pub node: NodeId,
+    pub epoch: Epoch,
     pub deadline_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenewError {
     #[error("shard {shard} has no lease")]
-    NoLease { shard: u64 },
+    NoLease { shard: ShardId },
     #[error("shard {shard}: stale epoch {presented} (current {current})")]
     StaleEpoch {
-        shard: u64,
-        presented: u64,
-        current: u64,
+        shard: ShardId,
+        presented: Epoch,
+        current: Epoch,
     },
     #[error("shard {shard} is not leased to node {node}")]
-    NotHolder { shard: u64, node: u64 },
+    NotHolder { shard: ShardId, node: NodeId },
     #[error("shard {shard}: lease expired at {deadline_ms} ms")]
-    Expired { shard: u64, deadline_ms: u64 },
+    Expired { shard: ShardId, deadline_ms: u64 },
 }
 
 /// The leader's lease deadlines, by shard.
 #[derive(Debug)]
 pub struct LeaseTable {
     duration_ms: u64,
-    leases: BTreeMap<u64, Lease>,
+    leases: BTreeMap<ShardId, Lease>,
 }
 
 impl LeaseTable {
@@ -56,13 +57,17 @@ impl LeaseTable {
     /// On becoming leader: `held` are the `(shard, node, epoch)` leases the
     /// state machine holds (`StateMachineStore::leased_shards`); each gets a
     /// full deadline from `now_ms`.
-    pub fn take_over(&mut self, held: impl IntoIterator<Item = (u64, u64, u64)>, now_ms: u64) {
+    pub fn take_over(
+        &mut self,
+        held: impl IntoIterator<Item = (ShardId, NodeId, Epoch)>,
+        now_ms: u64,
+    ) {
         self.leases.clear();
         self.hold(held, now_ms);
     }
 
     /// Adds `held` leases, each with a full deadline from `now_ms`.
-    fn hold(&mut self, held: impl IntoIterator<Item = (u64, u64, u64)>, now_ms: u64) {
+    fn hold(&mut self, held: impl IntoIterator<Item = (ShardId, NodeId, Epoch)>, now_ms: u64) {
         let deadline_ms = now_ms + self.duration_ms;
         for (shard, node, epoch) in held {
             self.leases.insert(
@@ -84,7 +89,7 @@ impl LeaseTable {
     ) -> Result<usize, StateError> {
         const PAGE: usize = 1024;
         self.leases.clear();
-        let mut after = 0;
+        let mut after = ShardId(0);
         loop {
             let page = state.leased_shards(after, PAGE)?;
             let Some(&(last, _, _)) = page.last() else {
@@ -97,7 +102,13 @@ impl LeaseTable {
     }
 
     /// The command that leases `shard` (now at `current_epoch`) to `node`.
-    pub fn grant(&self, shard: u64, node: u64, current_epoch: u64, now_ms: u64) -> Command {
+    pub fn grant(
+        &self,
+        shard: ShardId,
+        node: NodeId,
+        current_epoch: Epoch,
+        now_ms: u64,
+    ) -> Command {
         Command::GrantLease {
             shard,
             node,
@@ -107,7 +118,7 @@ impl LeaseTable {
     }
 
     /// Records a grant once it is committed (`Response::LeaseGranted`).
-    pub fn granted(&mut self, shard: u64, node: u64, epoch: u64, deadline_ms: u64) {
+    pub fn granted(&mut self, shard: ShardId, node: NodeId, epoch: Epoch, deadline_ms: u64) {
         self.leases.insert(
             shard,
             Lease {
@@ -119,11 +130,11 @@ impl LeaseTable {
     }
 
     /// Forgets a shard that completed.
-    pub fn completed(&mut self, shard: u64) {
+    pub fn completed(&mut self, shard: ShardId) {
         self.leases.remove(&shard);
     }
 
-    pub fn get(&self, shard: u64) -> Option<Lease> {
+    pub fn get(&self, shard: ShardId) -> Option<Lease> {
         self.leases.get(&shard).copied()
     }
 
@@ -131,9 +142,9 @@ impl LeaseTable {
     /// its shard is due for a re-grant.
     pub fn renew(
         &mut self,
-        shard: u64,
-        node: u64,
-        epoch: u64,
+        shard: ShardId,
+        node: NodeId,
+        epoch: Epoch,
         now_ms: u64,
     ) -> Result<u64, RenewError> {
         let duration = self.duration_ms;
@@ -162,7 +173,7 @@ impl LeaseTable {
     }
 
     /// A node's heartbeat: extends all its unexpired leases; returns how many.
-    pub fn heartbeat(&mut self, node: u64, now_ms: u64) -> usize {
+    pub fn heartbeat(&mut self, node: NodeId, now_ms: u64) -> usize {
         let mut renewed = 0;
         for lease in self
             .leases
@@ -177,7 +188,7 @@ impl LeaseTable {
 
     /// Leases past their deadline, as `(shard, epoch)`: each is re-granted
     /// with `grant(shard, other_node, epoch, now_ms)`.
-    pub fn expired(&self, now_ms: u64) -> Vec<(u64, u64)> {
+    pub fn expired(&self, now_ms: u64) -> Vec<(ShardId, Epoch)> {
         self.leases
             .iter()
             .filter(|(_, l)| now_ms >= l.deadline_ms)
@@ -192,41 +203,47 @@ mod tests {
 
     use super::*;
     use crate::state::test_support::{Applier, setup_dataset};
+    use proto_schema::ids::JobId;
 
     #[test]
     fn renewals_extend_in_memory_and_check_the_epoch() {
         let mut table = LeaseTable::new(1_000);
-        table.granted(7, 1, 3, 1_000);
-        assert_eq!(table.renew(7, 1, 3, 500), Ok(1_500));
+        let (s7, s8) = (ShardId(7), ShardId(8));
+        let (n1, n2) = (NodeId(1), NodeId(2));
+        table.granted(s7, n1, Epoch(3), 1_000);
+        assert_eq!(table.renew(s7, n1, Epoch(3), 500), Ok(1_500));
         assert_eq!(
-            table.renew(7, 1, 2, 600),
+            table.renew(s7, n1, Epoch(2), 600),
             Err(RenewError::StaleEpoch {
-                shard: 7,
-                presented: 2,
-                current: 3
+                shard: s7,
+                presented: Epoch(2),
+                current: Epoch(3)
             })
         );
         assert_eq!(
-            table.renew(7, 2, 3, 600),
-            Err(RenewError::NotHolder { shard: 7, node: 2 })
+            table.renew(s7, n2, Epoch(3), 600),
+            Err(RenewError::NotHolder {
+                shard: s7,
+                node: n2
+            })
         );
         assert_eq!(
-            table.renew(8, 1, 1, 600),
-            Err(RenewError::NoLease { shard: 8 })
+            table.renew(s8, n1, Epoch(1), 600),
+            Err(RenewError::NoLease { shard: s8 })
         );
-        assert_eq!(table.heartbeat(1, 1_400), 1);
-        assert_eq!(table.get(7).unwrap().deadline_ms, 2_400);
+        assert_eq!(table.heartbeat(n1, 1_400), 1);
+        assert_eq!(table.get(s7).unwrap().deadline_ms, 2_400);
         assert!(table.expired(2_399).is_empty());
-        assert_eq!(table.expired(2_400), vec![(7, 3)]);
+        assert_eq!(table.expired(2_400), vec![(s7, Epoch(3))]);
         assert_eq!(
-            table.renew(7, 1, 3, 2_400),
+            table.renew(s7, n1, Epoch(3), 2_400),
             Err(RenewError::Expired {
-                shard: 7,
+                shard: s7,
                 deadline_ms: 2_400
             })
         );
         assert_eq!(
-            table.heartbeat(1, 2_500),
+            table.heartbeat(n1, 2_500),
             0,
             "an expired lease is not revived by a heartbeat"
         );
@@ -235,22 +252,32 @@ mod tests {
     #[test]
     fn a_new_leader_gives_every_held_lease_a_full_deadline() {
         let mut table = LeaseTable::new(1_000);
-        table.granted(1, 9, 1, 10);
-        table.take_over([(4, 1, 2), (5, 2, 1)], 50_000);
-        assert_eq!(table.get(1), None, "the old leader's table is not kept");
+        table.granted(ShardId(1), NodeId(9), Epoch(1), 10);
+        table.take_over(
+            [
+                (ShardId(4), NodeId(1), Epoch(2)),
+                (ShardId(5), NodeId(2), Epoch(1)),
+            ],
+            50_000,
+        );
         assert_eq!(
-            table.get(4),
+            table.get(ShardId(1)),
+            None,
+            "the old leader's table is not kept"
+        );
+        assert_eq!(
+            table.get(ShardId(4)),
             Some(Lease {
-                node: 1,
-                epoch: 2,
+                node: NodeId(1),
+                epoch: Epoch(2),
                 deadline_ms: 51_000
             })
         );
         assert_eq!(
-            table.get(5),
+            table.get(ShardId(5)),
             Some(Lease {
-                node: 2,
-                epoch: 1,
+                node: NodeId(2),
+                epoch: Epoch(1),
                 deadline_ms: 51_000
             })
         );
@@ -269,11 +296,12 @@ mod tests {
             checksum: None,
         };
         let submission = sm.submit("ds", vec![file]).await;
-        assert_eq!(submission, 1);
-        let shard = 1;
+        assert_eq!(submission, JobId(1));
+        let shard = ShardId(1);
+        let (n1, n2) = (NodeId(1), NodeId(2));
 
         let mut table = LeaseTable::new(1_000);
-        let grant = table.grant(shard, 1, 0, 10_000);
+        let grant = table.grant(shard, n1, Epoch(0), 10_000);
         let Response::LeaseGranted {
             epoch,
             deadline_ms,
@@ -283,11 +311,11 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((node, epoch, deadline_ms), (1, 1, 11_000));
+        assert_eq!((node, epoch, deadline_ms), (n1, Epoch(1), 11_000));
         table.granted(shard, node, epoch, deadline_ms);
 
         let log_before = sm.applied_count();
-        assert_eq!(table.renew(shard, 1, 1, 10_900), Ok(11_900));
+        assert_eq!(table.renew(shard, n1, Epoch(1), 10_900), Ok(11_900));
         assert_eq!(
             sm.applied_count(),
             log_before,
@@ -295,8 +323,8 @@ mod tests {
         );
         let progress = Command::ReportProgress {
             shard,
-            node: 1,
-            epoch: 1,
+            node: n1,
+            epoch: Epoch(1),
             offset: 40,
         };
         assert_eq!(
@@ -309,19 +337,19 @@ mod tests {
 
         // Node 1 goes quiet; its lease expires and node 2 gets the shard.
         let expired = table.expired(12_000);
-        assert_eq!(expired, vec![(shard, 1)]);
-        let regrant = table.grant(shard, 2, expired[0].1, 12_000);
+        assert_eq!(expired, vec![(shard, Epoch(1))]);
+        let regrant = table.grant(shard, n2, expired[0].1, 12_000);
         let Response::LeaseGranted {
             epoch, deadline_ms, ..
         } = sm.apply(regrant.clone()).await
         else {
             panic!()
         };
-        assert_eq!(epoch, 2);
-        table.granted(shard, 2, epoch, deadline_ms);
+        assert_eq!(epoch, Epoch(2));
+        table.granted(shard, n2, epoch, deadline_ms);
         assert_eq!(
-            sm.state().leased_shards(0, 10).unwrap(),
-            vec![(shard, 2, 2)]
+            sm.state().leased_shards(ShardId(0), 10).unwrap(),
+            vec![(shard, n2, Epoch(2))]
         );
         assert_eq!(
             sm.state().shard(shard).unwrap().unwrap().checkpoint,
@@ -334,71 +362,72 @@ mod tests {
             sm.apply(regrant).await,
             Response::Error(CommandError::StaleEpoch {
                 shard,
-                presented: 1,
-                current: 2
+                presented: Epoch(1),
+                current: Epoch(2)
             })
         );
         // The old holder's reports are refused; the new holder's are taken.
         for stale in [
             Command::ReportProgress {
                 shard,
-                node: 1,
-                epoch: 1,
+                node: n1,
+                epoch: Epoch(1),
                 offset: 90,
             },
             Command::CompleteShard {
                 shard,
-                node: 1,
-                epoch: 1,
+                node: n1,
+                epoch: Epoch(1),
             },
         ] {
             assert_eq!(
                 sm.apply(stale).await,
                 Response::Error(CommandError::StaleEpoch {
                     shard,
-                    presented: 1,
-                    current: 2
+                    presented: Epoch(1),
+                    current: Epoch(2)
                 })
             );
         }
         assert_eq!(
             sm.apply(Command::ReportProgress {
                 shard,
-                node: 1,
-                epoch: 2,
+                node: n1,
+                epoch: Epoch(2),
                 offset: 90
             })
             .await,
-            Response::Error(CommandError::NotLeaseHolder { shard, node: 1 })
+            Response::Error(CommandError::NotLeaseHolder { shard, node: n1 })
         );
         assert_eq!(
-            table.renew(shard, 1, 1, 12_100),
+            table.renew(shard, n1, Epoch(1), 12_100),
             Err(RenewError::StaleEpoch {
                 shard,
-                presented: 1,
-                current: 2
+                presented: Epoch(1),
+                current: Epoch(2)
             })
         );
         assert_eq!(
             sm.apply(Command::CompleteShard {
                 shard,
-                node: 2,
-                epoch: 2
+                node: n2,
+                epoch: Epoch(2)
             })
             .await,
             Response::ShardCompleted { shard }
         );
         assert!(
-            sm.state().leased_shards(0, 10).unwrap().is_empty(),
+            sm.state().leased_shards(ShardId(0), 10).unwrap().is_empty(),
             "a completed shard is not leased"
         );
         assert_eq!(
-            sm.apply(table.grant(shard, 1, 2, 13_000)).await,
+            sm.apply(table.grant(shard, n1, Epoch(2), 13_000)).await,
             Response::Error(CommandError::ShardDone { shard })
         );
         assert_eq!(
-            sm.apply(table.grant(shard, 99, 2, 13_000)).await,
-            Response::Error(CommandError::UnknownNode { id: 99 })
+            sm.apply(table.grant(shard, NodeId(99), Epoch(2), 13_000))
+                .await,
+            Response::Error(CommandError::UnknownNode { id: NodeId(99) })
         );
     }
 }

@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto_schema::command::{CommandError, Response};
 use proto_schema::coordinator_api::{LeaseReply, LeasedShard};
+use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 use tokio::sync::Mutex;
 
 use crate::lease::LeaseTable;
@@ -66,7 +67,7 @@ struct Desk {
     term: Option<u64>,
     table: LeaseTable,
     /// No pending shard has an id below this.
-    cursor: u64,
+    cursor: ShardId,
 }
 
 pub struct LeaseDesk {
@@ -83,14 +84,14 @@ impl LeaseDesk {
             desk: Mutex::new(Desk {
                 term: None,
                 table: LeaseTable::new(lease_ms),
-                cursor: 0,
+                cursor: ShardId(0),
             }),
         }
     }
 
     /// Leases a shard to `node`: an expired one first, else the next
     /// pending one.
-    pub async fn lease(&self, node: u64) -> Result<LeaseReply, DeskError> {
+    pub async fn lease(&self, node: NodeId) -> Result<LeaseReply, DeskError> {
         let mut desk = self.desk.lock().await;
         let now = now_ms();
         self.take_over_if_new_term(&mut desk, now).await?;
@@ -127,7 +128,12 @@ impl LeaseDesk {
     }
 
     /// Extends `node`'s lease of `shard` at `epoch`; no log write.
-    pub async fn renew(&self, node: u64, shard: u64, epoch: u64) -> Result<LeaseReply, DeskError> {
+    pub async fn renew(
+        &self,
+        node: NodeId,
+        shard: ShardId,
+        epoch: Epoch,
+    ) -> Result<LeaseReply, DeskError> {
         let mut desk = self.desk.lock().await;
         let now = now_ms();
         self.take_over_if_new_term(&mut desk, now).await?;
@@ -145,9 +151,9 @@ impl LeaseDesk {
     async fn grant(
         &self,
         desk: &mut Desk,
-        shard: u64,
-        epoch: u64,
-        node: u64,
+        shard: ShardId,
+        epoch: Epoch,
+        node: NodeId,
         now: u64,
     ) -> Result<Option<LeaseReply>, DeskError> {
         let command = desk.table.grant(shard, node, epoch, now);
@@ -186,7 +192,7 @@ impl LeaseDesk {
         }
     }
 
-    fn aborted(&self, job: u64) -> Result<bool, StateError> {
+    fn aborted(&self, job: JobId) -> Result<bool, StateError> {
         Ok(self
             .state
             .job(job)?
@@ -210,7 +216,7 @@ impl LeaseDesk {
             let held = desk.table.take_over_from(&self.state, now)?;
             tracing::info!(term, held, "lease desk taken over");
             desk.term = Some(term);
-            desk.cursor = 0;
+            desk.cursor = ShardId(0);
         }
         Ok(())
     }

@@ -36,14 +36,6 @@ pub use log_store::LogStore;
 pub use proto_schema::coordinator_api::{Applied, CommandBytes};
 pub use state::StateMachineStore;
 
-/// `state`'s tests cut manifests with the client's chunker under its old
-/// path. The state module is being changed on another branch: this alias
-/// goes once those tests import `coordinator_client` themselves.
-#[cfg(test)]
-mod client {
-    pub(crate) use coordinator_client::ManifestChunks;
-}
-
 /// A coordinator replica's id in the Raft group (never a `NodeId`: nodes
 /// are the cluster's workers, replicas its coordinators).
 pub use proto_schema::coordinator_api::ReplicaId;

@@ -86,6 +86,7 @@ mod tests {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
     use proto_schema::command::Command;
     use proto_schema::coordinator_api::{self, Request};
+    use proto_schema::ids::{Epoch, NodeId, ShardId};
 
     use super::*;
     use crate::CommandBytes;
@@ -94,9 +95,9 @@ mod tests {
     #[test]
     fn rpcs_survive_serialization() {
         let cmd = Command::CompleteShard {
-            shard: 3,
-            node: 2,
-            epoch: 7,
+            shard: ShardId(3),
+            node: NodeId(2),
+            epoch: Epoch(7),
         };
         let log_id = LogId::new(CommittedLeaderId::new(4, 1), 10);
         let rpc = RaftRpc::AppendEntries(AppendEntriesRequest {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use proto_schema::coordinator_api::{
     DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport,
 };
+use proto_schema::ids::DatasetId;
 
 use crate::contacts::Contacts;
 use crate::state::records::{Job, JobState};
@@ -64,7 +65,7 @@ pub fn report(
         })
         .collect();
     let datasets = state.datasets()?;
-    let names: BTreeMap<u32, String> = datasets
+    let names: BTreeMap<DatasetId, String> = datasets
         .iter()
         .map(|d| (d.id, d.spec.name.clone()))
         .collect();
@@ -95,7 +96,7 @@ pub fn report(
     })
 }
 
-fn job_status(job: &Job, names: &BTreeMap<u32, String>, leased: u64) -> JobStatus {
+fn job_status(job: &Job, names: &BTreeMap<DatasetId, String>, leased: u64) -> JobStatus {
     JobStatus {
         id: job.id,
         dataset: names.get(&job.dataset_id).cloned().unwrap_or_default(),

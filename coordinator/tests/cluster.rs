@@ -23,6 +23,7 @@ use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
     Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response,
 };
+use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
 mod common;
 use common::{dataset, files, node};
@@ -167,7 +168,7 @@ impl Cluster {
 }
 
 /// Submits a manifest in chunks of at most `chunk` files.
-async fn submit(cluster: &Cluster, name: &str, files: Vec<FileEntry>, chunk: usize) -> u64 {
+async fn submit(cluster: &Cluster, name: &str, files: Vec<FileEntry>, chunk: usize) -> JobId {
     let options = SubmitOptions {
         max_chunk_files: chunk,
         ..SubmitOptions::default()
@@ -185,7 +186,7 @@ async fn a_new_leader_is_elected_and_no_committed_command_is_lost() {
     for id in 1..=20 {
         assert_eq!(
             cluster.write(&node(id)).await,
-            Response::NodeRegistered { id }
+            Response::NodeRegistered { id: NodeId(id) }
         );
     }
     cluster.write(&dataset("ds")).await;
@@ -202,12 +203,13 @@ async fn a_new_leader_is_elected_and_no_committed_command_is_lost() {
     // cluster keeps taking writes.
     assert_eq!(
         cluster.write(&node(21)).await,
-        Response::NodeRegistered { id: 21 }
+        Response::NodeRegistered { id: NodeId(21) }
     );
     cluster.converge().await;
     for replica in cluster.replicas.values() {
         for id in 1..=21 {
-            assert!(replica.state.node(id).unwrap().is_some(), "node {id} lost");
+            let known = replica.state.node(NodeId(id)).unwrap();
+            assert!(known.is_some(), "node {id} lost");
         }
         let job = replica.state.job(submission).unwrap().unwrap();
         assert_eq!((job.counts.new, job.shards_total), (300, 300));
@@ -303,7 +305,7 @@ async fn a_write_to_a_follower_is_redirected_to_the_leader() {
             assert_eq!(address, Some(member(leader).addr));
             assert_eq!(
                 propose::propose(cluster.raft(to), &node(1)).await.unwrap(),
-                Response::NodeRegistered { id: 1 }
+                Response::NodeRegistered { id: NodeId(1) }
             );
         }
         other => panic!("expected a redirect, got {other:?}"),
@@ -358,7 +360,8 @@ async fn a_refused_chunk_aborts_the_submission_and_frees_the_dataset() {
     );
     cluster.converge().await;
     for replica in cluster.replicas.values() {
-        let aborted = replica.state.job(done.submission - 1).unwrap().unwrap();
+        let before = JobId(done.submission.get() - 1);
+        let aborted = replica.state.job(before).unwrap().unwrap();
         assert_eq!(aborted.state, JobState::Aborted);
         let dataset = replica.state.dataset("ds").unwrap().unwrap();
         assert_eq!(
@@ -380,7 +383,7 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
     }
     cluster.write(&dataset("ds")).await;
     submit(&cluster, "ds", files(3), 3).await;
-    let shard = 1;
+    let shard = ShardId(1);
 
     let old = cluster.leader().await;
     let mut table = LeaseTable::new(10_000);
@@ -389,7 +392,9 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
         epoch,
         deadline_ms,
         ..
-    } = cluster.write(&table.grant(shard, 1, 0, 1_000)).await
+    } = cluster
+        .write(&table.grant(shard, NodeId(1), Epoch(0), 1_000))
+        .await
     else {
         panic!("grant refused")
     };
@@ -410,8 +415,8 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
     assert_eq!(
         table.get(shard),
         Some(Lease {
-            node: 1,
-            epoch: 1,
+            node: NodeId(1),
+            epoch: Epoch(1),
             deadline_ms: 60_000
         })
     );
@@ -419,7 +424,7 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
     // Renewals touch no log.
     let log_index = cluster.raft(new).metrics().borrow().last_log_index;
     for now in [55_000, 60_000, 65_000] {
-        table.renew(shard, 1, 1, now).unwrap();
+        table.renew(shard, NodeId(1), Epoch(1), now).unwrap();
     }
     assert_eq!(
         cluster.raft(new).metrics().borrow().last_log_index,
@@ -427,27 +432,33 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
     );
 
     // Node 1 goes quiet; the shard goes to node 2 at epoch 2.
-    assert_eq!(table.expired(75_000), vec![(shard, 1)]);
-    let regrant = table.grant(shard, 2, 1, 75_000);
+    assert_eq!(table.expired(75_000), vec![(shard, Epoch(1))]);
+    let regrant = table.grant(shard, NodeId(2), Epoch(1), 75_000);
     assert!(matches!(
         cluster.write(&regrant).await,
         Response::LeaseGranted {
-            epoch: 2,
-            node: 2,
+            epoch: Epoch(2),
+            node: NodeId(2),
             ..
         }
     ));
     let mut client = cluster.client();
     assert_eq!(
-        client.report_progress(1, shard, 1, 10).await.unwrap(),
+        client
+            .report_progress(NodeId(1), shard, Epoch(1), 10)
+            .await
+            .unwrap(),
         Response::Error(CommandError::StaleEpoch {
             shard,
-            presented: 1,
-            current: 2
+            presented: Epoch(1),
+            current: Epoch(2)
         })
     );
     assert_eq!(
-        client.report_progress(2, shard, 2, 10).await.unwrap(),
+        client
+            .report_progress(NodeId(2), shard, Epoch(2), 10)
+            .await
+            .unwrap(),
         Response::ProgressRecorded {
             shard,
             checkpoint: 10

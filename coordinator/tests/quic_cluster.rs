@@ -30,6 +30,7 @@ use openraft::{CommittedLeaderId, Config, LogId, SnapshotPolicy, Vote};
 use proto_schema::ca::ClusterCa;
 use proto_schema::command::{Command, CommandError, FileEntry, Response};
 use proto_schema::coordinator_api::{self, LeaseReply, LeasedShard, Reply, Request};
+use proto_schema::ids::{Epoch, JobId, NodeId};
 use proto_schema::quic::{RpcClient, RpcConfig, RpcError};
 use proto_schema::tls::TlsIdentity;
 
@@ -213,7 +214,7 @@ async fn submit(
     name: &str,
     files: Vec<FileEntry>,
     chunk: usize,
-) -> u64 {
+) -> JobId {
     let options = SubmitOptions {
         max_chunk_files: chunk,
         ..SubmitOptions::default()
@@ -232,7 +233,7 @@ async fn over_quic_a_new_leader_is_elected_and_no_committed_command_is_lost() {
     for id in 1..=20 {
         assert_eq!(
             client.write(&node(id)).await.unwrap(),
-            Response::NodeRegistered { id }
+            Response::NodeRegistered { id: NodeId(id) }
         );
     }
     client.write(&dataset("ds")).await.unwrap();
@@ -249,14 +250,14 @@ async fn over_quic_a_new_leader_is_elected_and_no_committed_command_is_lost() {
     // command is in every live replica's state.
     assert_eq!(
         client.write(&node(21)).await.unwrap(),
-        Response::NodeRegistered { id: 21 }
+        Response::NodeRegistered { id: NodeId(21) }
     );
     assert_eq!(client.address(), cluster.peers[&new]);
     cluster.converge().await;
     for replica in cluster.replicas.values() {
         for id in 1..=21 {
             assert!(
-                replica.state().node(id).unwrap().is_some(),
+                replica.state().node(NodeId(id)).unwrap().is_some(),
                 "node {id} lost"
             );
         }
@@ -360,7 +361,7 @@ async fn over_quic_a_client_of_a_follower_is_redirected_to_the_leader() {
     assert_eq!(client.address(), cluster.peers[&follower]);
     assert_eq!(
         client.write(&node(1)).await.unwrap(),
-        Response::NodeRegistered { id: 1 }
+        Response::NodeRegistered { id: NodeId(1) }
     );
     assert_eq!(client.address(), cluster.peers[&leader]);
     // A refusal by the state machine comes back as such, and reads clearly.
@@ -423,7 +424,13 @@ async fn peers_with_another_cas_certificates_are_refused() {
     assert!(metrics.current_term > 0, "it did campaign");
     assert_eq!(cluster.leader().await, leader);
     assert_eq!(cluster.raft(leader).metrics().borrow().current_term, term);
-    assert!(cluster.replicas[&leader].state().node(9).unwrap().is_none());
+    assert!(
+        cluster.replicas[&leader]
+            .state()
+            .node(NodeId(9))
+            .unwrap()
+            .is_none()
+    );
     intruder.shutdown().await.unwrap();
 }
 
@@ -519,7 +526,7 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
     assert_eq!(votes(&cluster), before);
     assert_eq!(
         client.write(&node(2)).await.unwrap(),
-        Response::NodeRegistered { id: 2 }
+        Response::NodeRegistered { id: NodeId(2) }
     );
 
     // A replica whose own certificate would be refused does not start.
@@ -542,7 +549,7 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
 }
 
 async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
-    match client.lease(node).await.unwrap() {
+    match client.lease(NodeId(node)).await.unwrap() {
         LeaseReply::Leased(shard) => shard,
         other => panic!("node {node} got no lease: {other:?}"),
     }
@@ -551,7 +558,7 @@ async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
 /// `node` reports `lease`'s shard complete, at the lease's epoch.
 async fn complete(client: &mut CoordinatorClient, node: u64, lease: &LeasedShard) -> Response {
     client
-        .complete_shard(node, lease.shard, lease.epoch)
+        .complete_shard(NodeId(node), lease.shard, lease.epoch)
         .await
         .unwrap()
 }
@@ -568,7 +575,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let submission = submit(&mut client, "ds", files(3), 3).await;
 
     // Three files, three shards; an unknown node gets none.
-    let unknown = client.lease(99).await.unwrap();
+    let unknown = client.lease(NodeId(99)).await.unwrap();
     assert!(
         matches!(&unknown, LeaseReply::Refused(r) if r.contains("unknown node")),
         "{unknown:?}"
@@ -578,7 +585,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     assert_ne!(a.shard, b.shard);
     assert_eq!(
         (a.job, a.epoch, a.start, a.checkpoint),
-        (submission, 1, 0, 0)
+        (submission, Epoch(1), 0, 0)
     );
     assert_eq!(
         a.end,
@@ -595,7 +602,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let log_before = cluster.raft(leader).metrics().borrow().last_log_index;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(LEASE_MS / 2)).await;
-        let renewed = client.renew(7, a.shard, a.epoch).await.unwrap();
+        let renewed = client.renew(NodeId(7), a.shard, a.epoch).await.unwrap();
         assert!(
             matches!(renewed, LeaseReply::Renewed { deadline_ms } if deadline_ms > a.deadline_ms),
             "{renewed:?}"
@@ -612,8 +619,11 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let expired_before = counter(&expired_grants);
     let regranted = leased(&mut client, 8).await;
     assert_eq!(counter(&expired_grants), expired_before + 1);
-    assert_eq!((regranted.shard, regranted.epoch), (b.shard, b.epoch + 1));
-    let late = client.renew(7, b.shard, b.epoch).await.unwrap();
+    assert_eq!(
+        (regranted.shard, regranted.epoch),
+        (b.shard, b.epoch.next())
+    );
+    let late = client.renew(NodeId(7), b.shard, b.epoch).await.unwrap();
     assert!(matches!(&late, LeaseReply::Refused(_)), "{late:?}");
     let fenced = complete(&mut client, 7, &b).await;
     assert!(
@@ -624,7 +634,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     // The last pending shard, then nothing.
     let c = leased(&mut client, 8).await;
     assert!(![a.shard, b.shard].contains(&c.shard));
-    assert_eq!(client.lease(8).await.unwrap(), LeaseReply::NoWork);
+    assert_eq!(client.lease(NodeId(8)).await.unwrap(), LeaseReply::NoWork);
     let done = complete(&mut client, 7, &a).await;
     assert!(matches!(done, Response::ShardCompleted { .. }), "{done:?}");
 
@@ -634,10 +644,13 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let new = cluster.leader().await;
     assert_ne!(new, leader);
     for lease in [&regranted, &c] {
-        let renewed = client.renew(8, lease.shard, lease.epoch).await.unwrap();
+        let renewed = client
+            .renew(NodeId(8), lease.shard, lease.epoch)
+            .await
+            .unwrap();
         assert!(matches!(renewed, LeaseReply::Renewed { .. }), "{renewed:?}");
     }
-    assert_eq!(client.lease(7).await.unwrap(), LeaseReply::NoWork);
+    assert_eq!(client.lease(NodeId(7)).await.unwrap(), LeaseReply::NoWork);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
+
 /// Most file entries one manifest chunk may carry.
 pub const MAX_CHUNK_FILES: usize = 4096;
 /// Most bytes of paths and checksums one manifest chunk may carry.
@@ -20,7 +22,7 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 /// A cluster member that can hold shard leases.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
-    pub id: u64,
+    pub id: NodeId,
     pub address: String,
     /// SHA-256 of the node's cluster certificate (DER).
     pub cert_fingerprint: [u8; 32],
@@ -80,44 +82,46 @@ pub enum Command {
     /// order does); within a chunk, any order.
     SubmitChunk {
         dataset: String,
-        submission: u64,
+        submission: JobId,
         files: Vec<FileEntry>,
     },
     /// Closes the submission: files not seen in it are reported gone.
     FinishSubmission {
         dataset: String,
-        submission: u64,
+        submission: JobId,
     },
     /// Abandons an open submission (its submitter failed): the catalogue
     /// counts as the last finished submission left it, its shards are never
     /// leased, and the dataset is free for a new submission.
     AbortSubmission {
         dataset: String,
-        submission: u64,
+        submission: JobId,
     },
     /// Leases a shard to a node at the shard's next epoch. `expected_epoch`
     /// is the epoch the leader saw (0 for a never-leased shard): the grant
     /// is refused if another grant got there first.
     GrantLease {
-        shard: u64,
-        node: u64,
-        expected_epoch: u64,
+        shard: ShardId,
+        node: NodeId,
+        expected_epoch: Epoch,
         deadline_ms: u64,
     },
     /// A scanner's checkpoint: the shard is done up to `offset`.
     ReportProgress {
-        shard: u64,
-        node: u64,
-        epoch: u64,
+        shard: ShardId,
+        node: NodeId,
+        epoch: Epoch,
         offset: u64,
     },
     CompleteShard {
-        shard: u64,
-        node: u64,
-        epoch: u64,
+        shard: ShardId,
+        node: NodeId,
+        epoch: Epoch,
     },
+    /// Partition (the coordinator's u32 numbering, wider than a store's
+    /// `PartitionId`; kept as it is on the wire) to owning node.
     AssignPartitions {
-        assignments: Vec<(u32, u64)>,
+        assignments: Vec<(u32, NodeId)>,
     },
 }
 
@@ -146,19 +150,19 @@ pub enum CommandError {
         name: String,
     },
     UnknownNode {
-        id: u64,
+        id: NodeId,
     },
     UnknownShard {
-        id: u64,
+        id: ShardId,
     },
     UnknownSubmission {
         dataset: String,
-        submission: u64,
+        submission: JobId,
     },
     /// The dataset already has an open submission; finish that one first.
     SubmissionOpen {
         dataset: String,
-        submission: u64,
+        submission: JobId,
     },
     /// A path appears twice in one submission (within or across chunks).
     DuplicatePath {
@@ -170,21 +174,21 @@ pub enum CommandError {
     },
     /// Fencing: the report or grant names an epoch that is no longer current.
     StaleEpoch {
-        shard: u64,
-        presented: u64,
-        current: u64,
+        shard: ShardId,
+        presented: Epoch,
+        current: Epoch,
     },
     NotLeaseHolder {
-        shard: u64,
-        node: u64,
+        shard: ShardId,
+        node: NodeId,
     },
     ShardDone {
-        shard: u64,
+        shard: ShardId,
     },
     /// The shard belongs to an aborted submission.
     SubmissionAborted {
-        shard: u64,
-        submission: u64,
+        shard: ShardId,
+        submission: JobId,
     },
     /// The entry's bytes were not a valid command.
     Malformed {
@@ -264,38 +268,38 @@ pub enum Response {
     /// Raft's own entries (blank, membership) change no state of ours.
     Nothing,
     NodeRegistered {
-        id: u64,
+        id: NodeId,
     },
     DatasetCreated {
-        id: u32,
+        id: DatasetId,
     },
     SubmissionBegun {
-        submission: u64,
+        submission: JobId,
     },
     ChunkApplied {
         counts: DiffCounts,
         shards_created: u64,
     },
     SubmissionFinished {
-        submission: u64,
+        submission: JobId,
         counts: DiffCounts,
         gone: u64,
     },
     SubmissionAborted {
-        submission: u64,
+        submission: JobId,
     },
     LeaseGranted {
-        shard: u64,
-        node: u64,
-        epoch: u64,
+        shard: ShardId,
+        node: NodeId,
+        epoch: Epoch,
         deadline_ms: u64,
     },
     ProgressRecorded {
-        shard: u64,
+        shard: ShardId,
         checkpoint: u64,
     },
     ShardCompleted {
-        shard: u64,
+        shard: ShardId,
     },
     PartitionsAssigned {
         count: u64,
@@ -359,7 +363,7 @@ mod tests {
             (any::<u64>(), ".{0,20}", any::<[u8; 32]>()).prop_map(
                 |(id, address, cert_fingerprint)| {
                     Command::RegisterNode(NodeInfo {
-                        id,
+                        id: NodeId(id),
                         address,
                         cert_fingerprint,
                     })
@@ -377,7 +381,7 @@ mod tests {
             (".{0,20}", any::<u64>()).prop_map(|(dataset, submission)| {
                 Command::AbortSubmission {
                     dataset,
-                    submission,
+                    submission: JobId(submission),
                 }
             }),
             (
@@ -387,26 +391,26 @@ mod tests {
             )
                 .prop_map(|(dataset, submission, files)| Command::SubmitChunk {
                     dataset,
-                    submission,
+                    submission: JobId(submission),
                     files
                 }),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
                 |(shard, node, expected_epoch, deadline_ms)| Command::GrantLease {
-                    shard,
-                    node,
-                    expected_epoch,
+                    shard: ShardId(shard),
+                    node: NodeId(node),
+                    expected_epoch: Epoch(expected_epoch),
                     deadline_ms
                 }
             ),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
                 |(shard, node, epoch, offset)| Command::ReportProgress {
-                    shard,
-                    node,
-                    epoch,
+                    shard: ShardId(shard),
+                    node: NodeId(node),
+                    epoch: Epoch(epoch),
                     offset
                 }
             ),
-            proptest::collection::vec((any::<u32>(), any::<u64>()), 0..10)
+            proptest::collection::vec((any::<u32>(), any::<u64>().prop_map(NodeId)), 0..10)
                 .prop_map(|assignments| Command::AssignPartitions { assignments }),
         ]
     }
@@ -436,11 +440,170 @@ mod tests {
     #[test]
     fn error_response_round_trips() {
         let resp = Response::Error(CommandError::StaleEpoch {
-            shard: 7,
-            presented: 1,
-            current: 2,
+            shard: ShardId(7),
+            presented: Epoch(1),
+            current: Epoch(2),
         });
         assert_eq!(Response::from_bytes(&resp.to_bytes()).unwrap(), resp);
         assert!(Command::from_bytes(b"not an archive").is_err());
+    }
+
+    /// One of each command and response that carries an id, as the log
+    /// and the wire hold them. The ids are newtypes over the integers the
+    /// log held before they were; these digests were taken from the bytes
+    /// of that build, so a type change that moves a byte fails here.
+    fn log_samples() -> (Vec<Command>, Vec<Response>) {
+        let commands = vec![
+            Command::RegisterNode(NodeInfo {
+                id: 7u64.into(),
+                address: "10.0.0.7:7000".into(),
+                cert_fingerprint: [3; 32],
+            }),
+            Command::SubmitChunk {
+                dataset: "d".into(),
+                submission: 9u64.into(),
+                files: vec![FileEntry {
+                    path: "a/b".into(),
+                    size: 10,
+                    mtime_ns: -1,
+                    checksum: Some(vec![1, 2]),
+                }],
+            },
+            Command::FinishSubmission {
+                dataset: "d".into(),
+                submission: 9u64.into(),
+            },
+            Command::AbortSubmission {
+                dataset: "d".into(),
+                submission: 9u64.into(),
+            },
+            Command::GrantLease {
+                shard: 11u64.into(),
+                node: 7u64.into(),
+                expected_epoch: 2u64.into(),
+                deadline_ms: 1_000,
+            },
+            Command::ReportProgress {
+                shard: 11u64.into(),
+                node: 7u64.into(),
+                epoch: 3u64.into(),
+                offset: 4096,
+            },
+            Command::CompleteShard {
+                shard: 11u64.into(),
+                node: 7u64.into(),
+                epoch: 3u64.into(),
+            },
+            Command::AssignPartitions {
+                assignments: vec![(1, 7u64.into()), (2, 8u64.into())],
+            },
+        ];
+        let responses = vec![
+            Response::NodeRegistered { id: 7u64.into() },
+            Response::DatasetCreated { id: 5u32.into() },
+            Response::SubmissionBegun {
+                submission: 9u64.into(),
+            },
+            Response::SubmissionFinished {
+                submission: 9u64.into(),
+                counts: DiffCounts {
+                    new: 1,
+                    changed: 2,
+                    unchanged: 3,
+                },
+                gone: 4,
+            },
+            Response::SubmissionAborted {
+                submission: 9u64.into(),
+            },
+            Response::LeaseGranted {
+                shard: 11u64.into(),
+                node: 7u64.into(),
+                epoch: 3u64.into(),
+                deadline_ms: 1_000,
+            },
+            Response::ProgressRecorded {
+                shard: 11u64.into(),
+                checkpoint: 4096,
+            },
+            Response::ShardCompleted {
+                shard: 11u64.into(),
+            },
+            Response::Error(CommandError::UnknownNode { id: 7u64.into() }),
+            Response::Error(CommandError::UnknownShard { id: 11u64.into() }),
+            Response::Error(CommandError::UnknownSubmission {
+                dataset: "d".into(),
+                submission: 9u64.into(),
+            }),
+            Response::Error(CommandError::SubmissionOpen {
+                dataset: "d".into(),
+                submission: 9u64.into(),
+            }),
+            Response::Error(CommandError::StaleEpoch {
+                shard: 11u64.into(),
+                presented: 2u64.into(),
+                current: 3u64.into(),
+            }),
+            Response::Error(CommandError::NotLeaseHolder {
+                shard: 11u64.into(),
+                node: 7u64.into(),
+            }),
+            Response::Error(CommandError::ShardDone {
+                shard: 11u64.into(),
+            }),
+            Response::Error(CommandError::SubmissionAborted {
+                shard: 11u64.into(),
+                submission: 9u64.into(),
+            }),
+        ];
+        (commands, responses)
+    }
+
+    fn digests() -> (Vec<u64>, Vec<u64>) {
+        let (commands, responses) = log_samples();
+        let digest = |bytes: &[u8]| xxhash_rust::xxh3::xxh3_64(bytes);
+        (
+            commands.iter().map(|c| digest(&c.to_bytes())).collect(),
+            responses.iter().map(|r| digest(&r.to_bytes())).collect(),
+        )
+    }
+
+    #[test]
+    fn the_log_holds_ids_as_it_always_did() {
+        let (commands, responses) = digests();
+        assert_eq!(
+            commands,
+            [
+                0xc458f91c4b4312b3,
+                0xc97235bebb75a2a4,
+                0x4be0728f95a4546a,
+                0x104d6f3dfd19d11d,
+                0x3671213af1eb39f5,
+                0xd6fb29327f7719b1,
+                0x92368d1bf6773eb8,
+                0x1fd9f1919da3f704,
+            ]
+        );
+        assert_eq!(
+            responses,
+            [
+                0x346a6f8ff04dc605,
+                0x7a9dd1e4be346966,
+                0x8e153b8a177fe8f1,
+                0xb5833787140fd5ae,
+                0x9943b685e781274e,
+                0x8f3d560cae94b77f,
+                0x154b1b7e24435383,
+                0x25925f1ae3a69222,
+                0x5724256651a4ee05,
+                0xda8afce1e54829e4,
+                0x6532c1e0c7a90ade,
+                0x6a7bb2f34c1ad7c5,
+                0xc8f43c23010eec2e,
+                0x2c3ef0f7473dcf22,
+                0x204335806c28d33f,
+                0xa8f3d5f8240f390e,
+            ]
+        );
     }
 }

@@ -21,6 +21,11 @@ macro_rules! id_type {
             pub const fn get(self) -> $inner {
                 self.0
             }
+
+            /// The id after this one (ids are handed out in order).
+            pub const fn next(self) -> Self {
+                Self(self.0 + 1)
+            }
         }
 
         impl std::fmt::Display for $name {
@@ -32,6 +37,12 @@ macro_rules! id_type {
         impl From<$inner> for $name {
             fn from(value: $inner) -> Self {
                 Self(value)
+            }
+        }
+
+        impl From<$name> for $inner {
+            fn from(id: $name) -> Self {
+                id.0
             }
         }
     };

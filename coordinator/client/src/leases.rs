@@ -5,22 +5,23 @@
 
 use proto_schema::command::{Command, Response};
 use proto_schema::coordinator_api::{LeaseReply, Reply, Request};
+use proto_schema::ids::{Epoch, NodeId, ShardId};
 
 use crate::client::{ClientError, CoordinatorClient};
 use crate::transport::Transport;
 
 impl<T: Transport> CoordinatorClient<T> {
     /// Asks the leader for a shard for `node` to work on.
-    pub async fn lease(&mut self, node: u64) -> Result<LeaseReply, ClientError> {
+    pub async fn lease(&mut self, node: NodeId) -> Result<LeaseReply, ClientError> {
         self.lease_call(&Request::Lease { node }).await
     }
 
     /// Renews `node`'s lease of `shard` at `epoch`.
     pub async fn renew(
         &mut self,
-        node: u64,
-        shard: u64,
-        epoch: u64,
+        node: NodeId,
+        shard: ShardId,
+        epoch: Epoch,
     ) -> Result<LeaseReply, ClientError> {
         self.lease_call(&Request::Renew { node, shard, epoch })
             .await
@@ -30,9 +31,9 @@ impl<T: Transport> CoordinatorClient<T> {
     /// `epoch`.
     pub async fn report_progress(
         &mut self,
-        node: u64,
-        shard: u64,
-        epoch: u64,
+        node: NodeId,
+        shard: ShardId,
+        epoch: Epoch,
         offset: u64,
     ) -> Result<Response, ClientError> {
         let report = Command::ReportProgress {
@@ -47,9 +48,9 @@ impl<T: Transport> CoordinatorClient<T> {
     /// Records that `node` finished `shard` under the lease's `epoch`.
     pub async fn complete_shard(
         &mut self,
-        node: u64,
-        shard: u64,
-        epoch: u64,
+        node: NodeId,
+        shard: ShardId,
+        epoch: Epoch,
     ) -> Result<Response, ClientError> {
         let complete = Command::CompleteShard { shard, node, epoch };
         self.write(&complete).await

@@ -12,6 +12,7 @@
 //! The caller sees progress through `SubmitEvent`s; nothing is printed.
 
 use proto_schema::command::{Command, CommandError, DatasetSpec, DiffCounts, FileEntry, Response};
+use proto_schema::ids::{DatasetId, JobId};
 
 use crate::chunks::ManifestChunks;
 use crate::client::{ClientError, CoordinatorClient};
@@ -48,13 +49,13 @@ pub enum SubmitEvent {
     ChunkApplied { files: u64 },
     /// An open submission that this submission's own lost Begin had made
     /// was aborted, and a new one begun.
-    LostBeginAborted { submission: u64 },
+    LostBeginAborted { submission: JobId },
 }
 
 /// What a finished submission found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
-    pub submission: u64,
+    pub submission: JobId,
     pub files: u64,
     pub counts: DiffCounts,
     pub gone: u64,
@@ -80,7 +81,7 @@ pub enum SubmitError {
     #[error("{}", abort_outcome(dataset, *submission, outcome))]
     Abandoned {
         dataset: String,
-        submission: u64,
+        submission: JobId,
         outcome: AbortOutcome,
         #[source]
         error: Box<SubmitError>,
@@ -90,8 +91,8 @@ pub enum SubmitError {
     #[error("dataset {dataset:?}'s open submission is {open}, not {asked}: left alone")]
     OtherSubmissionOpen {
         dataset: String,
-        open: u64,
-        asked: u64,
+        open: JobId,
+        asked: JobId,
     },
 }
 
@@ -107,11 +108,11 @@ pub enum AbortOutcome {
 }
 
 /// What an aborted submission means, as `submit` and `abort_open` say it.
-pub fn aborted(dataset: &str, submission: u64) -> String {
+pub fn aborted(dataset: &str, submission: JobId) -> String {
     format!("submission {submission} of dataset {dataset:?} was aborted: none of it counts")
 }
 
-fn abort_outcome(dataset: &str, submission: u64, outcome: &AbortOutcome) -> String {
+fn abort_outcome(dataset: &str, submission: JobId, outcome: &AbortOutcome) -> String {
     let left_open = format!("submission {submission} of dataset {dataset:?} is left open");
     match outcome {
         AbortOutcome::Aborted => aborted(dataset, submission),
@@ -146,7 +147,7 @@ fn refused(doing: impl Into<String>, response: Response) -> SubmitError {
 pub async fn ensure_dataset<T: Transport>(
     client: &mut CoordinatorClient<T>,
     spec: DatasetSpec,
-) -> Result<Option<u32>, SubmitError> {
+) -> Result<Option<DatasetId>, SubmitError> {
     let create = Command::CreateDataset(spec);
     let mut answer = client.write(&create).await;
     if let Err(ClientError::Ambiguous { .. }) = answer {
@@ -199,7 +200,7 @@ async fn begin<T: Transport>(
     client: &mut CoordinatorClient<T>,
     dataset: &str,
     on_event: &mut impl FnMut(SubmitEvent),
-) -> Result<u64, SubmitError> {
+) -> Result<JobId, SubmitError> {
     let began_ms = now_ms();
     let begin = Command::BeginSubmission {
         dataset: dataset.to_owned(),
@@ -230,7 +231,7 @@ async fn begin<T: Transport>(
 /// When job `submission` began, if it is among the recent jobs.
 async fn began_at<T: Transport>(
     client: &mut CoordinatorClient<T>,
-    submission: u64,
+    submission: JobId,
 ) -> Result<Option<u64>, ClientError> {
     let status = client.status().await?;
     Ok(status
@@ -244,7 +245,7 @@ async fn began_at<T: Transport>(
 pub async fn abort<T: Transport>(
     client: &mut CoordinatorClient<T>,
     dataset: &str,
-    submission: u64,
+    submission: JobId,
 ) -> Result<Response, ClientError> {
     let abort = Command::AbortSubmission {
         dataset: dataset.to_owned(),
@@ -257,7 +258,7 @@ pub async fn abort<T: Transport>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbortedOpen {
     NothingOpen,
-    Aborted { submission: u64 },
+    Aborted { submission: JobId },
 }
 
 /// Aborts the dataset's open submission (one whose submitter died), if
@@ -265,7 +266,7 @@ pub enum AbortedOpen {
 pub async fn abort_open<T: Transport>(
     client: &mut CoordinatorClient<T>,
     dataset: &str,
-    only: Option<u64>,
+    only: Option<JobId>,
 ) -> Result<AbortedOpen, SubmitError> {
     let status = client.status().await?;
     let Some(found) = status.datasets.iter().find(|d| d.name == dataset) else {
@@ -292,7 +293,7 @@ pub async fn abort_open<T: Transport>(
 async fn send_submission<T: Transport>(
     client: &mut CoordinatorClient<T>,
     dataset: &str,
-    submission: u64,
+    submission: JobId,
     entries: impl Iterator<Item = Result<FileEntry, InventoryError>>,
     options: &SubmitOptions,
     on_event: &mut impl FnMut(SubmitEvent),

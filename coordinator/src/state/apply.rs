@@ -23,6 +23,7 @@ use proto_schema::command::{
     Command, CommandError, DatasetSpec, DiffCounts, FileEntry, MAX_CHUNK_BYTES, MAX_CHUNK_FILES,
     NodeInfo, Response,
 };
+use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, WriteBatch};
 
 use super::StateError;
@@ -88,7 +89,7 @@ impl<'a> Tx<'a> {
 /// (or per read) and remembered: a chunk's entries carry few generations.
 pub struct Aborted<'a> {
     db: &'a DB,
-    known: HashMap<u64, bool>,
+    known: HashMap<JobId, bool>,
 }
 
 impl<'a> Aborted<'a> {
@@ -99,7 +100,7 @@ impl<'a> Aborted<'a> {
         }
     }
 
-    fn is_aborted(&mut self, generation: u64) -> Result<bool, StateError> {
+    fn is_aborted(&mut self, generation: JobId) -> Result<bool, StateError> {
         if let Some(&aborted) = self.known.get(&generation) {
             return Ok(aborted);
         }
@@ -175,11 +176,12 @@ fn create_dataset(tx: &mut Tx<'_>, spec: DatasetSpec) -> Outcome {
         return Ok(Err(CommandError::DatasetExists { name: spec.name }));
     }
     let id = u32::try_from(tx.reserve(keys::NEXT_DATASET, 1)?).expect("fewer than 2^32 datasets");
+    let id = DatasetId(id);
     let dataset = Dataset {
         id,
         spec,
         open_submission: None,
-        last_generation: 0,
+        last_generation: JobId(0),
         live_files: 0,
     };
     tx.put(CF_DATASETS, dataset.spec.name.as_bytes(), &dataset);
@@ -203,7 +205,7 @@ fn begin_submission(tx: &mut Tx<'_>, name: &str, now_ms: u64) -> Outcome {
             submission,
         }));
     }
-    let submission = tx.reserve(keys::NEXT_SUBMISSION, 1)?;
+    let submission = JobId(tx.reserve(keys::NEXT_SUBMISSION, 1)?);
     let job = Job {
         id: submission,
         dataset_id: dataset.id,
@@ -225,7 +227,7 @@ fn begin_submission(tx: &mut Tx<'_>, name: &str, now_ms: u64) -> Outcome {
 fn open_submission(
     tx: &Tx<'_>,
     name: &str,
-    submission: u64,
+    submission: JobId,
 ) -> Result<Result<(Dataset, Job), CommandError>, StateError> {
     let dataset = match dataset(tx, name)? {
         Ok(d) => d,
@@ -270,7 +272,7 @@ pub fn diff(entry: &FileEntry, live: Option<&CatalogEntry>) -> Diff {
     }
 }
 
-fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry]) -> Outcome {
+fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: JobId, files: &[FileEntry]) -> Outcome {
     let (dataset, mut job) = match open_submission(tx, name, submission)? {
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
@@ -328,11 +330,11 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
         .map(|(f, (entry, live))| diff(f, entry.as_ref().filter(|_| *live)))
         .collect();
     let work = diffs.iter().filter(|d| **d != Diff::Unchanged).count() as u64;
-    let mut next_shard = if work > 0 {
+    let mut next_shard = ShardId(if work > 0 {
         tx.reserve(keys::NEXT_SHARD, work)?
     } else {
         0
-    };
+    });
     let mut counts = DiffCounts::default();
     for (((file, key), (known, _)), diff) in files.iter().zip(&file_keys).zip(known).zip(diffs) {
         match diff {
@@ -352,12 +354,12 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
             end: file.size,
             state: ShardState::Pending,
             holder: None,
-            epoch: 0,
+            epoch: Epoch(0),
             deadline_ms: 0,
             checkpoint: 0,
         };
         tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
-        next_shard += 1;
+        next_shard = next_shard.next();
         let entry = CatalogEntry {
             size: file.size,
             mtime_ns: file.mtime_ns,
@@ -386,8 +388,8 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: u64, files: &[FileEntry
 /// with one seek; `quern submit` sends manifests in path order.
 fn overlap_refusal(
     db: &DB,
-    dataset: u32,
-    submission: u64,
+    dataset: DatasetId,
+    submission: JobId,
     files: &[&FileEntry],
 ) -> Result<Option<CommandError>, StateError> {
     let (first, last) = (&files[0].path, &files[files.len() - 1].path);
@@ -408,7 +410,7 @@ fn overlap_refusal(
     }))
 }
 
-fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
+fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: JobId) -> Outcome {
     let (mut dataset, mut job) = match open_submission(tx, name, submission)? {
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
@@ -423,7 +425,13 @@ fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
     dataset.live_files = job.counts.new + seen_again;
     // From now on diffs read this submission's listing, and its gone
     // listing the previous one's too: older listings are never read again.
-    listed::forget(&mut tx.batch, tx.db, dataset.id, 0, job.previous_generation);
+    listed::forget(
+        &mut tx.batch,
+        tx.db,
+        dataset.id,
+        JobId(0),
+        job.previous_generation,
+    );
     tx.put(CF_JOBS, &keys::id(submission), &job);
     tx.put(CF_DATASETS, name.as_bytes(), &dataset);
     Ok(Ok(Response::SubmissionFinished {
@@ -436,20 +444,26 @@ fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
 /// Marks the job aborted, frees the dataset and forgets what the
 /// submission listed. No catalogue entry is written: entries it rewrote
 /// settle to their priors, and its shards are refused leases.
-fn abort_submission(tx: &mut Tx<'_>, name: &str, submission: u64) -> Outcome {
+fn abort_submission(tx: &mut Tx<'_>, name: &str, submission: JobId) -> Outcome {
     let (mut dataset, mut job) = match open_submission(tx, name, submission)? {
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
     };
     job.state = JobState::Aborted;
     dataset.open_submission = None;
-    listed::forget(&mut tx.batch, tx.db, dataset.id, submission, submission + 1);
+    listed::forget(
+        &mut tx.batch,
+        tx.db,
+        dataset.id,
+        submission,
+        submission.next(),
+    );
     tx.put(CF_JOBS, &keys::id(submission), &job);
     tx.put(CF_DATASETS, name.as_bytes(), &dataset);
     Ok(Ok(Response::SubmissionAborted { submission }))
 }
 
-fn shard(tx: &Tx<'_>, id: u64) -> Result<Result<Shard, CommandError>, StateError> {
+fn shard(tx: &Tx<'_>, id: ShardId) -> Result<Result<Shard, CommandError>, StateError> {
     Ok(tx
         .get::<Shard>(CF_SHARDS, &keys::id(id))?
         .ok_or(CommandError::UnknownShard { id }))
@@ -457,9 +471,9 @@ fn shard(tx: &Tx<'_>, id: u64) -> Result<Result<Shard, CommandError>, StateError
 
 fn grant_lease(
     tx: &mut Tx<'_>,
-    id: u64,
-    node: u64,
-    expected_epoch: u64,
+    id: ShardId,
+    node: NodeId,
+    expected_epoch: Epoch,
     deadline_ms: u64,
 ) -> Outcome {
     if tx.get::<NodeInfo>(CF_NODES, &keys::id(node))?.is_none() {
@@ -488,7 +502,7 @@ fn grant_lease(
             current: shard.epoch,
         }));
     }
-    shard.epoch += 1;
+    shard.epoch = shard.epoch.next();
     shard.holder = Some(node);
     shard.state = ShardState::Leased;
     shard.deadline_ms = deadline_ms;
@@ -504,7 +518,13 @@ fn grant_lease(
 }
 
 /// A progress report (`offset`) or completion (`None`) from a lease holder.
-fn report(tx: &mut Tx<'_>, id: u64, node: u64, epoch: u64, offset: Option<u64>) -> Outcome {
+fn report(
+    tx: &mut Tx<'_>,
+    id: ShardId,
+    node: NodeId,
+    epoch: Epoch,
+    offset: Option<u64>,
+) -> Outcome {
     let mut shard = match shard(tx, id)? {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
@@ -566,7 +586,7 @@ fn complete_file(tx: &mut Tx<'_>, shard: &Shard) -> Result<(), StateError> {
     Ok(())
 }
 
-fn assign_partitions(tx: &mut Tx<'_>, assignments: &[(u32, u64)]) -> Outcome {
+fn assign_partitions(tx: &mut Tx<'_>, assignments: &[(u32, NodeId)]) -> Outcome {
     for &(partition, node) in assignments {
         if tx.get::<NodeInfo>(CF_NODES, &keys::id(node))?.is_none() {
             return Ok(Err(CommandError::UnknownNode { id: node }));
@@ -588,6 +608,8 @@ mod tests {
     use proto_schema::command::{
         Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response,
     };
+
+    use proto_schema::ids::{Epoch, NodeId, ShardId};
 
     use super::super::StateError;
     use super::super::records::{FileStatus, Job, JobState};
@@ -636,21 +658,24 @@ mod tests {
         );
 
         // Ingest everything the first job created.
-        for shard in 1..=4 {
+        for shard in (1..=4).map(ShardId) {
             let grant = Command::GrantLease {
                 shard,
-                node: 1,
-                expected_epoch: 0,
+                node: NodeId(1),
+                expected_epoch: Epoch(0),
                 deadline_ms: 9,
             };
             assert!(matches!(
                 sm.apply(grant).await,
-                Response::LeaseGranted { epoch: 1, .. }
+                Response::LeaseGranted {
+                    epoch: Epoch(1),
+                    ..
+                }
             ));
             let done = Command::CompleteShard {
                 shard,
-                node: 1,
-                epoch: 1,
+                node: NodeId(1),
+                epoch: Epoch(1),
             };
             assert_eq!(sm.apply(done).await, Response::ShardCompleted { shard });
         }
@@ -732,11 +757,11 @@ mod tests {
             file("d", 40, 4, None),
         ];
         let s1 = sm.submit("ds", first.clone()).await;
-        for shard in 1..=2 {
+        for shard in (1..=2).map(ShardId) {
             let grant = Command::GrantLease {
                 shard,
-                node: 1,
-                expected_epoch: 0,
+                node: NodeId(1),
+                expected_epoch: Epoch(0),
                 deadline_ms: 9,
             };
             assert!(matches!(
@@ -745,8 +770,8 @@ mod tests {
             ));
             let done = Command::CompleteShard {
                 shard,
-                node: 1,
-                epoch: 1,
+                node: NodeId(1),
+                epoch: Epoch(1),
             };
             assert_eq!(sm.apply(done).await, Response::ShardCompleted { shard });
         }
@@ -784,15 +809,15 @@ mod tests {
             (None, s1)
         );
         // Its shards are never leased.
-        let aborted_shard = 5;
+        let aborted_shard = ShardId(5);
         assert_eq!(
             sm.state().shard(aborted_shard).unwrap().unwrap().job,
             aborted
         );
         let grant = Command::GrantLease {
             shard: aborted_shard,
-            node: 1,
-            expected_epoch: 0,
+            node: NodeId(1),
+            expected_epoch: Epoch(0),
             deadline_ms: 9,
         };
         assert_eq!(
@@ -862,11 +887,11 @@ mod tests {
             })
         );
         let assign = Command::AssignPartitions {
-            assignments: vec![(0, 1), (1, 7)],
+            assignments: vec![(0, NodeId(1)), (1, NodeId(7))],
         };
         assert_eq!(
             sm.apply(assign).await,
-            Response::Error(CommandError::UnknownNode { id: 7 })
+            Response::Error(CommandError::UnknownNode { id: NodeId(7) })
         );
         assert_eq!(
             sm.state().partition_owner(0).unwrap(),
@@ -874,14 +899,14 @@ mod tests {
             "a refused command wrote nothing"
         );
         let grant = Command::GrantLease {
-            shard: 5,
-            node: 1,
-            expected_epoch: 0,
+            shard: ShardId(5),
+            node: NodeId(1),
+            expected_epoch: Epoch(0),
             deadline_ms: 0,
         };
         assert_eq!(
             sm.apply(grant).await,
-            Response::Error(CommandError::UnknownShard { id: 5 })
+            Response::Error(CommandError::UnknownShard { id: ShardId(5) })
         );
         let garbage = sm
             .apply_bytes(b"definitely not an rkyv command".to_vec())
@@ -952,13 +977,13 @@ mod tests {
         );
         let wrong = Command::FinishSubmission {
             dataset: "ds".into(),
-            submission: submission + 1,
+            submission: submission.next(),
         };
         assert_eq!(
             sm.apply(wrong).await,
             Response::Error(CommandError::UnknownSubmission {
                 dataset: "ds".into(),
-                submission: submission + 1
+                submission: submission.next()
             })
         );
     }

@@ -3,6 +3,8 @@
 //! Integers are big-endian so key order is numeric order; catalogue keys
 //! start with the dataset id, so one dataset's files are one key range.
 
+use proto_schema::ids::{DatasetId, JobId};
+
 /// Raft's bookkeeping: last applied log id, membership, current snapshot.
 /// Not part of a snapshot's data (the snapshot's meta carries it).
 pub const CF_RAFT: &str = "raft";
@@ -46,21 +48,22 @@ pub const NEXT_DATASET: &[u8] = b"next_dataset";
 pub const NEXT_SUBMISSION: &[u8] = b"next_submission";
 pub const NEXT_SHARD: &[u8] = b"next_shard";
 
-pub fn id(id: u64) -> [u8; 8] {
-    id.to_be_bytes()
+/// An id's key (shards, jobs, nodes) or a counter's value.
+pub fn id(id: impl Into<u64>) -> [u8; 8] {
+    id.into().to_be_bytes()
 }
 
 pub fn partition(p: u32) -> [u8; 4] {
     p.to_be_bytes()
 }
 
-pub fn dataset_prefix(dataset: u32) -> [u8; 4] {
-    dataset.to_be_bytes()
+pub fn dataset_prefix(dataset: DatasetId) -> [u8; 4] {
+    dataset.get().to_be_bytes()
 }
 
-pub fn file(dataset: u32, path: &str) -> Vec<u8> {
+pub fn file(dataset: DatasetId, path: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + path.len());
-    key.extend_from_slice(&dataset.to_be_bytes());
+    key.extend_from_slice(&dataset_prefix(dataset));
     key.extend_from_slice(path.as_bytes());
     key
 }
@@ -71,16 +74,16 @@ pub fn file_path(key: &[u8]) -> &[u8] {
 }
 
 /// Where a submission's listing records start: dataset, then submission.
-pub fn listed_prefix(dataset: u32, submission: u64) -> [u8; 12] {
+pub fn listed_prefix(dataset: DatasetId, submission: JobId) -> [u8; 12] {
     let mut key = [0; 12];
-    key[..4].copy_from_slice(&dataset.to_be_bytes());
-    key[4..].copy_from_slice(&submission.to_be_bytes());
+    key[..4].copy_from_slice(&dataset_prefix(dataset));
+    key[4..].copy_from_slice(&id(submission));
     key
 }
 
 /// A listing record's key: the submission's prefix, then the last path of
 /// the chunk it holds.
-pub fn listed(dataset: u32, submission: u64, last_path: &[u8]) -> Vec<u8> {
+pub fn listed(dataset: DatasetId, submission: JobId, last_path: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(12 + last_path.len());
     key.extend_from_slice(&listed_prefix(dataset, submission));
     key.extend_from_slice(last_path);

@@ -18,6 +18,7 @@
 //! listing also the one before it; finishing a submission forgets older
 //! ones, aborting one forgets its own, each with one range deletion.
 
+use proto_schema::ids::{DatasetId, JobId};
 use rocksdb::{DB, DBRawIterator, ReadOptions, WriteBatch};
 
 use super::StateError;
@@ -34,8 +35,8 @@ fn cf(db: &DB) -> &rocksdb::ColumnFamily {
 pub fn record<'p>(
     batch: &mut WriteBatch,
     db: &DB,
-    dataset: u32,
-    submission: u64,
+    dataset: DatasetId,
+    submission: JobId,
     paths: impl Iterator<Item = &'p str> + Clone,
 ) {
     let last = paths.clone().last().expect("a chunk lists paths");
@@ -44,7 +45,7 @@ pub fn record<'p>(
 }
 
 /// Forgets what `dataset`'s submissions `from..to` listed.
-pub fn forget(batch: &mut WriteBatch, db: &DB, dataset: u32, from: u64, to: u64) {
+pub fn forget(batch: &mut WriteBatch, db: &DB, dataset: DatasetId, from: JobId, to: JobId) {
     if from < to {
         batch.delete_range_cf(
             cf(db),
@@ -64,8 +65,8 @@ pub struct Record<'a> {
 /// One submission's listing, read through a cursor: the record found for
 /// one path, and the position reached in it, are kept for the next.
 pub struct Listing<'a> {
-    dataset: u32,
-    submission: u64,
+    dataset: DatasetId,
+    submission: JobId,
     records: DBRawIterator<'a>,
     /// Where lookups stand in the current record.
     at: Position,
@@ -73,10 +74,11 @@ pub struct Listing<'a> {
 
 impl<'a> Listing<'a> {
     /// `submission` 0 (none yet) lists nothing.
-    pub fn new(db: &'a DB, dataset: u32, submission: u64) -> Self {
+    pub fn new(db: &'a DB, dataset: DatasetId, submission: JobId) -> Self {
         let mut opts = ReadOptions::default();
         opts.set_iterate_lower_bound(keys::listed_prefix(dataset, submission));
-        opts.set_iterate_upper_bound(keys::listed_prefix(dataset, submission.saturating_add(1)));
+        let past = JobId(submission.get().saturating_add(1));
+        opts.set_iterate_upper_bound(keys::listed_prefix(dataset, past));
         Self {
             dataset,
             submission,

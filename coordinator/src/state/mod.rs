@@ -39,6 +39,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use proto_schema::command::{CommandError, Response};
+use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use self::keys::{CF_FILES, CF_JOBS, CF_RAFT, CF_SHARDS, STATE_CFS};
@@ -85,7 +86,7 @@ pub enum StateError {
         "job {job} is not its dataset's last finished submission: only that one's gone \
          files are listed"
     )]
-    GoneListingExpired { job: u64 },
+    GoneListingExpired { job: JobId },
 }
 
 type StorageResult<T> = Result<T, StorageError<ReplicaId>>;
@@ -215,7 +216,7 @@ impl StateMachineStore {
         }
     }
 
-    pub fn node(&self, id: u64) -> Result<Option<proto_schema::command::NodeInfo>, StateError> {
+    pub fn node(&self, id: NodeId) -> Result<Option<proto_schema::command::NodeInfo>, StateError> {
         self.get(keys::CF_NODES, &keys::id(id))
     }
 
@@ -223,11 +224,11 @@ impl StateMachineStore {
         self.get(keys::CF_DATASETS, name.as_bytes())
     }
 
-    pub fn job(&self, id: u64) -> Result<Option<Job>, StateError> {
+    pub fn job(&self, id: JobId) -> Result<Option<Job>, StateError> {
         self.get(CF_JOBS, &keys::id(id))
     }
 
-    pub fn shard(&self, id: u64) -> Result<Option<Shard>, StateError> {
+    pub fn shard(&self, id: ShardId) -> Result<Option<Shard>, StateError> {
         self.get(CF_SHARDS, &keys::id(id))
     }
 
@@ -235,7 +236,7 @@ impl StateMachineStore {
     /// by an aborted submission counts as what it replaced).
     pub fn catalog_entry(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         path: &str,
     ) -> Result<Option<records::CatalogEntry>, StateError> {
         match self.get(CF_FILES, &keys::file(dataset, path))? {
@@ -244,12 +245,12 @@ impl StateMachineStore {
         }
     }
 
-    pub fn partition_owner(&self, partition: u32) -> Result<Option<u64>, StateError> {
+    pub fn partition_owner(&self, partition: u32) -> Result<Option<NodeId>, StateError> {
         let owner = self.db().get_pinned_cf(
             cf(self.db(), keys::CF_PARTITIONS),
             keys::partition(partition),
         )?;
-        Ok(owner.as_deref().and_then(keys::decode_u64))
+        Ok(owner.as_deref().and_then(keys::decode_u64).map(NodeId))
     }
 
     /// One page of the files a dataset's last finished submission found
@@ -313,8 +314,8 @@ impl StateMachineStore {
     /// One page of leased shards as `(shard, node, epoch)`, from shard ids
     /// above `after`: what a new leader loads into its lease table.
     /// Up to `limit` shards with ids above `after`, in id order.
-    pub fn shards_after(&self, after: u64, limit: usize) -> Result<Vec<Shard>, StateError> {
-        let start = keys::id(after.saturating_add(1));
+    pub fn shards_after(&self, after: ShardId, limit: usize) -> Result<Vec<Shard>, StateError> {
+        let start = keys::id(after.get().saturating_add(1));
         let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
         self.db()
             .iterator_cf(cf(self.db(), CF_SHARDS), mode)
@@ -325,10 +326,10 @@ impl StateMachineStore {
 
     pub fn leased_shards(
         &self,
-        after: u64,
+        after: ShardId,
         limit: usize,
-    ) -> Result<Vec<(u64, u64, u64)>, StateError> {
-        let start = keys::id(after.saturating_add(1));
+    ) -> Result<Vec<(ShardId, NodeId, Epoch)>, StateError> {
+        let start = keys::id(after.get().saturating_add(1));
         let mut out = Vec::new();
         let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
         for item in self
@@ -338,7 +339,7 @@ impl StateMachineStore {
         {
             let (key, _) = item?;
             let shard = keys::decode_u64(&key)
-                .map(|id| self.shard(id))
+                .map(|id| self.shard(ShardId(id)))
                 .transpose()?
                 .flatten();
             match shard {
@@ -781,7 +782,7 @@ pub(crate) mod test_support {
 
     use super::*;
     use crate::CommandBytes;
-    use crate::client::ManifestChunks;
+    use coordinator_client::ManifestChunks;
 
     pub struct Applier {
         sm: StateMachineStore,
@@ -827,7 +828,7 @@ pub(crate) mod test_support {
 
         /// Begins a submission and sends a whole manifest in chunks, without
         /// finishing it; returns the submission id.
-        pub async fn send(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
+        pub async fn send(&mut self, dataset: &str, files: Vec<FileEntry>) -> JobId {
             self.send_chunks(dataset, ManifestChunks::new(files.into_iter()))
                 .await
         }
@@ -837,7 +838,7 @@ pub(crate) mod test_support {
             &mut self,
             dataset: &str,
             chunks: impl IntoIterator<Item = Vec<FileEntry>>,
-        ) -> u64 {
+        ) -> JobId {
             let begin = Command::BeginSubmission {
                 dataset: dataset.into(),
                 now_ms: 1,
@@ -858,7 +859,7 @@ pub(crate) mod test_support {
         }
 
         /// Sends a manifest and aborts the submission; returns its id.
-        pub async fn send_and_abort(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
+        pub async fn send_and_abort(&mut self, dataset: &str, files: Vec<FileEntry>) -> JobId {
             let submission = self.send(dataset, files).await;
             let abort = Command::AbortSubmission {
                 dataset: dataset.into(),
@@ -872,13 +873,13 @@ pub(crate) mod test_support {
         }
 
         /// Submits a whole manifest in chunks; returns the submission id.
-        pub async fn submit(&mut self, dataset: &str, files: Vec<FileEntry>) -> u64 {
+        pub async fn submit(&mut self, dataset: &str, files: Vec<FileEntry>) -> JobId {
             let submission = self.send(dataset, files).await;
             self.finish(dataset, submission).await;
             submission
         }
 
-        pub async fn finish(&mut self, dataset: &str, submission: u64) {
+        pub async fn finish(&mut self, dataset: &str, submission: JobId) {
             let finish = Command::FinishSubmission {
                 dataset: dataset.into(),
                 submission,
@@ -894,13 +895,13 @@ pub(crate) mod test_support {
     pub async fn setup_dataset(sm: &mut Applier, name: &str, nodes: &[u64]) {
         for &id in nodes {
             let node = NodeInfo {
-                id,
+                id: NodeId(id),
                 address: format!("10.0.0.{id}:7000"),
                 cert_fingerprint: [id as u8; 32],
             };
             assert_eq!(
                 sm.apply(Command::RegisterNode(node)).await,
-                Response::NodeRegistered { id }
+                Response::NodeRegistered { id: NodeId(id) }
             );
         }
         let spec = DatasetSpec {

@@ -4,18 +4,19 @@
 //! rkyv before use, like every other byte Quern did not just produce itself.
 
 use proto_schema::command::{DatasetSpec, DiffCounts, NodeInfo};
+use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Dataset {
-    pub id: u32,
+    pub id: DatasetId,
     pub spec: DatasetSpec,
     /// The submission being received, if any (at most one at a time).
-    pub open_submission: Option<u64>,
-    /// The last finished submission; 0 before the first.
-    pub last_generation: u64,
+    pub open_submission: Option<JobId>,
+    /// The last finished submission; `JobId(0)` before the first.
+    pub last_generation: JobId,
     /// Files the last finished submission listed.
     pub live_files: u64,
 }
@@ -32,12 +33,12 @@ pub enum JobState {
 /// One submission of a dataset's manifest and the work it created.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    pub id: u64,
-    pub dataset_id: u32,
+    pub id: JobId,
+    pub dataset_id: DatasetId,
     pub began_ms: u64,
     /// The dataset's `last_generation` when this job began: the files it
     /// listed that this job did not are gone.
-    pub previous_generation: u64,
+    pub previous_generation: JobId,
     pub state: JobState,
     pub counts: DiffCounts,
     pub gone: u64,
@@ -63,9 +64,9 @@ pub struct CatalogEntry {
     pub checksum: Option<Vec<u8>>,
     pub status: FileStatus,
     /// The submission that catalogued this version of the file.
-    pub since: u64,
+    pub since: JobId,
     /// The shard that ingests (or ingested) this version of the file.
-    pub shard: u64,
+    pub shard: ShardId,
     /// The entry submission `since` replaced (a changed file's last
     /// version, or a gone file's). Should that submission be aborted, this
     /// is the entry that counts: an abort rewrites no catalogue entry.
@@ -79,8 +80,8 @@ pub struct PriorVersion {
     pub mtime_ns: i64,
     pub checksum: Option<Vec<u8>>,
     pub status: FileStatus,
-    pub since: u64,
-    pub shard: u64,
+    pub since: JobId,
+    pub shard: ShardId,
 }
 
 impl From<CatalogEntry> for PriorVersion {
@@ -136,15 +137,15 @@ pub enum ShardState {
 /// only in the leader's memory (see `lease`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
-    pub id: u64,
-    pub job: u64,
-    pub dataset_id: u32,
+    pub id: ShardId,
+    pub job: JobId,
+    pub dataset_id: DatasetId,
     pub path: String,
     pub start: u64,
     pub end: u64,
     pub state: ShardState,
-    pub holder: Option<u64>,
-    pub epoch: u64,
+    pub holder: Option<NodeId>,
+    pub epoch: Epoch,
     pub deadline_ms: u64,
     pub checkpoint: u64,
 }
@@ -185,3 +186,106 @@ stored!(
     Shard => "shard",
     NodeInfo => "node",
 );
+
+#[cfg(test)]
+mod tests {
+    use proto_schema::command::{DatasetFormat, KeySpec};
+
+    use super::*;
+
+    /// One record of each kind with every id set, as the state DB and
+    /// snapshots hold them.
+    fn samples() -> Vec<AlignedVec> {
+        let prior = PriorVersion {
+            size: 10,
+            mtime_ns: -1,
+            checksum: None,
+            status: FileStatus::Ingested,
+            since: 8u64.into(),
+            shard: 10u64.into(),
+        };
+        vec![
+            Dataset {
+                id: 5u32.into(),
+                spec: DatasetSpec {
+                    name: "d".into(),
+                    format: DatasetFormat::Tsv,
+                    key: KeySpec::Field {
+                        index: 2,
+                        delimiter: b'\t',
+                    },
+                },
+                open_submission: Some(9u64.into()),
+                last_generation: 8u64.into(),
+                live_files: 3,
+            }
+            .encode(),
+            Job {
+                id: 9u64.into(),
+                dataset_id: 5u32.into(),
+                began_ms: 1,
+                previous_generation: 8u64.into(),
+                state: JobState::Submitting,
+                counts: DiffCounts {
+                    new: 1,
+                    changed: 2,
+                    unchanged: 3,
+                },
+                gone: 4,
+                shards_total: 5,
+                shards_done: 6,
+            }
+            .encode(),
+            CatalogEntry {
+                size: 11,
+                mtime_ns: 2,
+                checksum: Some(vec![1; 16]),
+                status: FileStatus::Pending,
+                since: 9u64.into(),
+                shard: 11u64.into(),
+                prior: Some(Box::new(prior)),
+            }
+            .encode(),
+            Shard {
+                id: 11u64.into(),
+                job: 9u64.into(),
+                dataset_id: 5u32.into(),
+                path: "a/b".into(),
+                start: 0,
+                end: 11,
+                state: ShardState::Leased,
+                holder: Some(7u64.into()),
+                epoch: 3u64.into(),
+                deadline_ms: 1_000,
+                checkpoint: 4,
+            }
+            .encode(),
+            NodeInfo {
+                id: 7u64.into(),
+                address: "10.0.0.7:7000".into(),
+                cert_fingerprint: [3; 32],
+            }
+            .encode(),
+        ]
+    }
+
+    /// Digests taken from the bytes of the build before the ids were
+    /// newtypes: the state DB and snapshots hold ids as they always did.
+    #[test]
+    fn records_hold_ids_as_they_always_did() {
+        let digests: Vec<u64> = samples()
+            .iter()
+            .map(|b| xxhash_rust::xxh3::xxh3_64(b))
+            .collect();
+        assert_eq!(
+            digests,
+            [
+                0xd797576ca60c30,
+                0xa196afa2ba017921,
+                0x4d9e173fad3c9589,
+                0x557c15604ceb4105,
+                0x6bc4b35739bdf381,
+            ]
+        );
+    }
+}

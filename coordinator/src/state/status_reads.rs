@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use proto_schema::ids::{JobId, ShardId};
 use rocksdb::IteratorMode;
 
 use super::keys::{self, CF_DATASETS, CF_JOBS, CF_LEASED};
@@ -30,13 +31,13 @@ impl StateMachineStore {
     }
 
     /// Leased shards per job id.
-    pub fn leased_per_job(&self) -> Result<BTreeMap<u64, u64>, StateError> {
+    pub fn leased_per_job(&self) -> Result<BTreeMap<JobId, u64>, StateError> {
         let db = self.db();
         let mut counts = BTreeMap::new();
         for item in db.iterator_cf(cf(db, CF_LEASED), IteratorMode::Start) {
             let (key, _) = item?;
             let shard = keys::decode_u64(&key)
-                .map(|id| self.shard(id))
+                .map(|id| self.shard(ShardId(id)))
                 .transpose()?
                 .flatten()
                 .ok_or_else(|| StateError::Inconsistent(format!("lease index key {key:02x?}")))?;

@@ -2,10 +2,11 @@
 //! and QUIC).
 
 use proto_schema::command::{Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo};
+use proto_schema::ids::NodeId;
 
 pub fn node(id: u64) -> Command {
     Command::RegisterNode(NodeInfo {
-        id,
+        id: NodeId(id),
         address: format!("10.0.0.{id}:7000"),
         cert_fingerprint: [id as u8; 32],
     })

@@ -3,19 +3,21 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{DatasetId, Epoch, JobId, ShardId};
+
 /// A shard leased to the asking node: what to read and the epoch to
 /// present in renewals and reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeasedShard {
-    pub shard: u64,
-    pub job: u64,
-    pub dataset_id: u32,
+    pub shard: ShardId,
+    pub job: JobId,
+    pub dataset_id: DatasetId,
     pub path: String,
     pub start: u64,
     pub end: u64,
     /// Where a previous holder got to: resume from here.
     pub checkpoint: u64,
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub deadline_ms: u64,
 }
 

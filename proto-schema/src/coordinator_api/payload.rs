@@ -123,17 +123,18 @@ impl<'de> serde::de::Visitor<'de> for ByteBuf {
 mod tests {
     use super::*;
     use crate::command::CommandError;
+    use crate::ids::{JobId, NodeId};
 
     #[test]
     fn responses_serialize_as_validated_rkyv_bytes() {
-        let applied = Applied(Response::Error(CommandError::UnknownNode { id: 4 }));
+        let applied = Applied(Response::Error(CommandError::UnknownNode { id: NodeId(4) }));
         let json = serde_json::to_vec(&applied).unwrap();
         assert_eq!(serde_json::from_slice::<Applied>(&json).unwrap(), applied);
         assert!(serde_json::from_slice::<Applied>(b"[1,2,3]").is_err());
 
         let cmd = Command::FinishSubmission {
             dataset: "d".into(),
-            submission: 2,
+            submission: JobId(2),
         };
         let bytes = CommandBytes::encode(&cmd);
         assert_eq!(bytes.decode().unwrap(), cmd);

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ReplicaId;
+use crate::ids::{DatasetId, JobId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -39,16 +40,16 @@ pub struct MemberStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetStatus {
     pub name: String,
-    pub id: u32,
+    pub id: DatasetId,
     pub format: String,
-    pub open_submission: Option<u64>,
+    pub open_submission: Option<JobId>,
     /// Files the last finished submission listed.
     pub files: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
-    pub id: u64,
+    pub id: JobId,
     pub dataset: String,
     /// The submitter's clock when it began the submission (ms since the
     /// epoch); a submitter recognises its own submission by it.
