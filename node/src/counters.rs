@@ -150,6 +150,7 @@ impl FileTally {
 mod tests {
     use super::*;
     use crate::store::{Access, Store};
+    use proto_schema::DatasetId;
 
     #[test]
     fn tallies_reach_the_ledger_and_the_job_counters() {
@@ -174,8 +175,8 @@ mod tests {
         );
         scan.flush().unwrap();
         dedup.flush().unwrap();
-        runs.write_to(&store, 1, 1).unwrap();
-        let counts = store.file_counts(1, 1, 7).unwrap();
+        runs.write_to(&store, DatasetId(1), 1).unwrap();
+        let counts = store.file_counts(DatasetId(1), 1, 7).unwrap();
         assert_eq!(
             counts,
             FileCounts {

@@ -25,7 +25,7 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use proto_schema::{FrameError, FrameKind, FrameReader, write_frame};
+use proto_schema::{DatasetId, FrameError, FrameKind, FrameReader, write_frame};
 use rkyv::util::AlignedVec;
 
 use crate::store::ledger::FileCounts;
@@ -127,7 +127,7 @@ impl TallyRuns {
 
     /// Merges every run and writes each file's summed counts to the
     /// ledger of `job`, once per file and in key order; deletes the runs.
-    pub fn write_to(&self, store: &Store, dataset: u32, job: u32) -> Result<(), TallyError> {
+    pub fn write_to(&self, store: &Store, dataset: DatasetId, job: u32) -> Result<(), TallyError> {
         let levels = std::mem::take(&mut self.runs.lock().expect("tally runs lock").levels);
         let paths: Vec<PathBuf> = levels.into_iter().flatten().collect();
         let mut batch = Vec::with_capacity(WRITE_BATCH_FILES);
@@ -361,9 +361,9 @@ mod tests {
                 prop_assert!(levels.iter().all(|l| l.len() < RUNS_PER_LEVEL));
             }
             let store = Store::open(&dir.path().join("store"), 8 << 20, Access::ReadWrite).unwrap();
-            runs.write_to(&store, 1, 7).unwrap();
+            runs.write_to(&store, DatasetId(1), 7).unwrap();
             for (&file, &c) in &want {
-                prop_assert_eq!(store.file_counts(1, 7, file).unwrap(), c);
+                prop_assert_eq!(store.file_counts(DatasetId(1), 7, file).unwrap(), c);
             }
             let left = std::fs::read_dir(dir.path().join("counts")).map_or(0, |d| d.count());
             prop_assert_eq!(left, 0);
@@ -381,7 +381,10 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let store = Store::open(&dir.path().join("store"), 8 << 20, Access::ReadWrite).unwrap();
-        let err = runs.write_to(&store, 1, 1).unwrap_err().to_string();
+        let err = runs
+            .write_to(&store, DatasetId(1), 1)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("counts-000001.qrun") && err.contains("checksum"),
             "{err}"

@@ -13,6 +13,7 @@ use node::counters::JobCounters;
 use node::ingest::{IngestError, IngestOutcome};
 use node::store::catalog::JobState;
 use node::store::{Access, Store};
+use proto_schema::DatasetId;
 
 fn lines_file(dir: &Path, name: &str, lines: usize) -> PathBuf {
     let path = dir.join(name);
@@ -86,13 +87,13 @@ fn a_crashing_stage_is_named_and_the_job_fails_cleanly() {
         );
         assert!(message.contains("nothing was committed"), "{message}");
 
-        let job = store.jobs(1).unwrap().pop().unwrap();
+        let job = store.jobs(DatasetId(1)).unwrap().pop().unwrap();
         assert!(
             matches!(&job.state, JobState::Failed { reason } if reason.contains("injected crash")),
             "{job:?}"
         );
         assert!(
-            store.files(1, job.id).next().is_none(),
+            store.files(DatasetId(1), job.id).next().is_none(),
             "a failed job's ledger is removed"
         );
         let scratch: Vec<_> = std::fs::read_dir(store.tmp_dir()).unwrap().collect();
@@ -144,7 +145,7 @@ fn a_file_that_shrinks_while_read_is_flagged_and_every_record_counted() {
         (5, 4, 1, 1),
         "{t:?}"
     );
-    let row = store.files(1, 1).next().unwrap().unwrap();
+    let row = store.files(DatasetId(1), 1).next().unwrap().unwrap();
     let messages: Vec<_> = row.problems.iter().map(|p| p.to_string()).collect();
     assert!(
         messages.iter().any(|m| m.contains(
@@ -158,7 +159,7 @@ fn a_file_that_shrinks_while_read_is_flagged_and_every_record_counted() {
             .any(|m| m.contains("12000 bytes when listed, 55 bytes now")),
         "{messages:?}"
     );
-    let rejected = store.rejections(1, 1).next().unwrap().unwrap();
+    let rejected = store.rejections(DatasetId(1), 1).next().unwrap().unwrap();
     assert_eq!(
         (
             rejected.offset,

@@ -5,6 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use proto_schema::DatasetId;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,7 @@ use crate::config::Format;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetInfo {
-    pub id: u32,
+    pub id: DatasetId,
     pub name: String,
     pub format: Format,
     pub partitions: u16,
@@ -64,7 +65,7 @@ impl JobTotals {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobInfo {
-    pub dataset: u32,
+    pub dataset: DatasetId,
     pub id: u32,
     #[serde(flatten)]
     pub state: JobState,
@@ -170,16 +171,18 @@ impl Store {
             }
             return Ok(existing);
         }
-        let id = match self
-            .db()
-            .get_cf(self.meta_cf(), meta::NEXT_DATASET)
-            .map_err(|e| self.rocks_error(e))?
-        {
-            Some(bytes) => u32::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Catalog("catalogue's next dataset id is unreadable".into())
-            })?),
-            None => 1,
-        };
+        let id = DatasetId(
+            match self
+                .db()
+                .get_cf(self.meta_cf(), meta::NEXT_DATASET)
+                .map_err(|e| self.rocks_error(e))?
+            {
+                Some(bytes) => u32::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                    StoreError::Catalog("catalogue's next dataset id is unreadable".into())
+                })?),
+                None => 1,
+            },
+        );
         let dataset = DatasetInfo {
             id,
             name: name.to_string(),
@@ -188,14 +191,18 @@ impl Store {
             created_unix: unix_now(),
         };
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.meta_cf(), meta::NEXT_DATASET, (id + 1).to_be_bytes());
+        batch.put_cf(
+            self.meta_cf(),
+            meta::NEXT_DATASET,
+            id.next().get().to_be_bytes(),
+        );
         batch.put_cf(self.meta_cf(), meta::dataset(name), to_json(&dataset));
         self.write_batch(batch)?;
         Ok(dataset)
     }
 
     /// All jobs of a dataset, oldest first.
-    pub fn jobs(&self, dataset: u32) -> Result<Vec<JobInfo>, StoreError> {
+    pub fn jobs(&self, dataset: DatasetId) -> Result<Vec<JobInfo>, StoreError> {
         let (start, end) = meta::jobs_of(dataset);
         self.meta_range(&start, end)
             .map(|item| item.and_then(|(key, value)| self.parse_json(&key, &value)))
@@ -258,7 +265,7 @@ impl Store {
     /// The totals in a job's commit record, if the job committed.
     pub(crate) fn committed_totals(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         job: u32,
     ) -> Result<Option<JobTotals>, StoreError> {
         let key = keys::job_record_key(dataset, job);
@@ -288,7 +295,7 @@ impl Store {
                 Some(totals) => self.end_job(&job, JobState::Committed, Some(totals))?,
                 None => {
                     tracing::warn!(
-                        dataset = job.dataset,
+                        dataset = job.dataset.get(),
                         job = job.id,
                         "job was interrupted before it committed; none of its records are in the store"
                     );
@@ -315,11 +322,11 @@ mod tests {
     fn datasets_keep_their_format_and_partitions() {
         let (_dir, store) = store();
         let logs = store.open_dataset("logs", Format::Lines, None).unwrap();
-        assert_eq!((logs.id, logs.partitions), (1, 64));
+        assert_eq!((logs.id, logs.partitions), (DatasetId(1), 64));
         let users = store
             .open_dataset("users", Format::Tsv { key_field: 2 }, Some(8))
             .unwrap();
-        assert_eq!((users.id, users.partitions), (2, 8));
+        assert_eq!((users.id, users.partitions), (DatasetId(2), 8));
         assert_eq!(
             store.open_dataset("logs", Format::Lines, Some(64)).unwrap(),
             logs
@@ -383,7 +390,7 @@ mod tests {
             store.begin_job(&ds, vec![]).unwrap();
         }
         let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
-        let jobs = store.jobs(1).unwrap();
+        let jobs = store.jobs(DatasetId(1)).unwrap();
         assert_eq!(jobs[0].state, JobState::Committed);
         assert_eq!(jobs[0].totals.unwrap().read, 3);
         assert_eq!(jobs[1].state, JobState::Interrupted);

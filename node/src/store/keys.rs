@@ -20,27 +20,27 @@
 //! 'Q' | dataset | job | file | offset     -> rejected record (JSON)
 //! ```
 
-use proto_schema::Position;
+use proto_schema::{DatasetId, Position};
 
 pub const JOB_RECORD_PARTITION: u16 = u16::MAX;
 pub const DATA_KEY_PREFIX_LEN: usize = 6;
 pub const POSITION_LEN: usize = 16;
 
-pub fn partition_prefix(dataset: u32, partition: u16) -> [u8; DATA_KEY_PREFIX_LEN] {
+pub fn partition_prefix(dataset: DatasetId, partition: u16) -> [u8; DATA_KEY_PREFIX_LEN] {
     let mut out = [0u8; DATA_KEY_PREFIX_LEN];
-    out[..4].copy_from_slice(&dataset.to_be_bytes());
+    out[..4].copy_from_slice(&dataset.get().to_be_bytes());
     out[4..].copy_from_slice(&partition.to_be_bytes());
     out
 }
 
 /// Writes the store key of a record into `out`, replacing its contents.
-pub fn data_key(dataset: u32, partition: u16, key: &[u8], out: &mut Vec<u8>) {
+pub fn data_key(dataset: DatasetId, partition: u16, key: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&partition_prefix(dataset, partition));
     out.extend_from_slice(key);
 }
 
-pub fn job_record_key(dataset: u32, job: u32) -> Vec<u8> {
+pub fn job_record_key(dataset: DatasetId, job: u32) -> Vec<u8> {
     let mut out = partition_prefix(dataset, JOB_RECORD_PARTITION).to_vec();
     out.extend_from_slice(&job.to_be_bytes());
     out
@@ -81,6 +81,8 @@ pub fn parse_data_value(bytes: &[u8]) -> Option<(FirstSeen, &[u8])> {
 }
 
 pub mod meta {
+    use proto_schema::DatasetId;
+
     pub const NEXT_DATASET: &[u8] = b"N";
     pub const DATASET: u8 = b'D';
     pub const JOB: u8 = b'J';
@@ -98,27 +100,27 @@ pub mod meta {
         out
     }
 
-    pub fn job(dataset: u32, job: u32) -> Vec<u8> {
+    pub fn job(dataset: DatasetId, job: u32) -> Vec<u8> {
         scoped(JOB, dataset, &[job])
     }
 
     /// All jobs of a dataset: `[start, end)`.
-    pub fn jobs_of(dataset: u32) -> (Vec<u8>, Vec<u8>) {
+    pub fn jobs_of(dataset: DatasetId) -> (Vec<u8>, Vec<u8>) {
         prefix_range(scoped(JOB, dataset, &[]))
     }
 
-    pub fn file_scoped(tag: u8, dataset: u32, job: u32, file: u32) -> Vec<u8> {
+    pub fn file_scoped(tag: u8, dataset: DatasetId, job: u32, file: u32) -> Vec<u8> {
         scoped(tag, dataset, &[job, file])
     }
 
-    pub fn rejected(dataset: u32, job: u32, file: u32, offset: u64) -> Vec<u8> {
+    pub fn rejected(dataset: DatasetId, job: u32, file: u32, offset: u64) -> Vec<u8> {
         let mut out = scoped(REJECTED, dataset, &[job, file]);
         out.extend_from_slice(&offset.to_be_bytes());
         out
     }
 
     /// Every key of `tag` for one job: `[start, end)`.
-    pub fn job_range(tag: u8, dataset: u32, job: u32) -> (Vec<u8>, Vec<u8>) {
+    pub fn job_range(tag: u8, dataset: DatasetId, job: u32) -> (Vec<u8>, Vec<u8>) {
         prefix_range(scoped(tag, dataset, &[job]))
     }
 
@@ -134,10 +136,10 @@ pub mod meta {
         (prefix, end)
     }
 
-    fn scoped(tag: u8, dataset: u32, ids: &[u32]) -> Vec<u8> {
+    fn scoped(tag: u8, dataset: DatasetId, ids: &[u32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(5 + 4 * ids.len());
         out.push(tag);
-        out.extend_from_slice(&dataset.to_be_bytes());
+        out.extend_from_slice(&dataset.get().to_be_bytes());
         for id in ids {
             out.extend_from_slice(&id.to_be_bytes());
         }
@@ -184,8 +186,8 @@ mod tests {
             b in (0u32..3, 0u16..3, proptest::collection::vec(any::<u8>(), 0..6)),
         ) {
             let (mut ka, mut kb) = (Vec::new(), Vec::new());
-            data_key(a.0, a.1, &a.2, &mut ka);
-            data_key(b.0, b.1, &b.2, &mut kb);
+            data_key(DatasetId(a.0), a.1, &a.2, &mut ka);
+            data_key(DatasetId(b.0), b.1, &b.2, &mut kb);
             prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
         }
     }
@@ -193,18 +195,25 @@ mod tests {
     #[test]
     fn job_records_sort_after_every_partition() {
         let mut last_partition = Vec::new();
-        data_key(7, JOB_RECORD_PARTITION - 1, &[0xff; 8], &mut last_partition);
-        assert!(job_record_key(7, 0) > last_partition);
-        assert!(job_record_key(7, u32::MAX) < partition_prefix(8, 0).to_vec());
+        data_key(
+            DatasetId(7),
+            JOB_RECORD_PARTITION - 1,
+            &[0xff; 8],
+            &mut last_partition,
+        );
+        assert!(job_record_key(DatasetId(7), 0) > last_partition);
+        assert!(
+            job_record_key(DatasetId(7), u32::MAX) < partition_prefix(DatasetId(8), 0).to_vec()
+        );
         assert_eq!(parse_data_value(&[0; 15]), None);
     }
 
     #[test]
     fn meta_keys_expose_their_file_and_offset() {
-        let key = meta::rejected(1, 2, 3, 4);
+        let key = meta::rejected(DatasetId(1), 2, 3, 4);
         assert_eq!(meta::file_of(&key), Some(3));
         assert_eq!(meta::offset_of(&key), Some(4));
-        let (start, end) = meta::job_range(meta::REJECTED, 1, 2);
+        let (start, end) = meta::job_range(meta::REJECTED, DatasetId(1), 2);
         assert!(start <= key && key < end);
     }
 }

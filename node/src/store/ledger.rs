@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use proto_schema::DatasetId;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::keys::meta;
@@ -106,7 +107,12 @@ impl Store {
         self.db().write(batch).map_err(|e| self.rocks_error(e))
     }
 
-    pub fn put_files(&self, dataset: u32, job: u32, files: &[InputFile]) -> Result<(), StoreError> {
+    pub fn put_files(
+        &self,
+        dataset: DatasetId,
+        job: u32,
+        files: &[InputFile],
+    ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for file in files {
             let key = meta::file_scoped(meta::FILE, dataset, job, file.seq);
@@ -118,7 +124,7 @@ impl Store {
     /// Adds to files' counters (merge operands, so writers never read).
     pub fn add_file_counts(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         job: u32,
         counts: impl IntoIterator<Item = (u32, FileCounts)>,
     ) -> Result<(), StoreError> {
@@ -132,7 +138,7 @@ impl Store {
 
     pub fn put_problem(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         job: u32,
         file: u32,
         problem: &FileProblem,
@@ -147,7 +153,7 @@ impl Store {
 
     pub fn put_rejections(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         job: u32,
         rejected: &[RejectedRecord],
     ) -> Result<(), StoreError> {
@@ -189,7 +195,7 @@ impl Store {
     /// A job's files in input order, with their counters and problems.
     pub fn files(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         job: u32,
     ) -> impl Iterator<Item = Result<FileRow, StoreError>> + '_ {
         let (start, end) = meta::job_range(meta::FILE, dataset, job);
@@ -209,7 +215,12 @@ impl Store {
         })
     }
 
-    pub fn file_counts(&self, dataset: u32, job: u32, file: u32) -> Result<FileCounts, StoreError> {
+    pub fn file_counts(
+        &self,
+        dataset: DatasetId,
+        job: u32,
+        file: u32,
+    ) -> Result<FileCounts, StoreError> {
         let key = meta::file_scoped(meta::COUNTS, dataset, job, file);
         let value = self
             .db()
@@ -220,7 +231,7 @@ impl Store {
 
     fn file_problems(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         job: u32,
         file: u32,
     ) -> Result<Vec<FileProblem>, StoreError> {
@@ -235,7 +246,7 @@ impl Store {
     }
 
     /// The number of files of a job with at least one problem.
-    pub fn problem_file_count(&self, dataset: u32, job: u32) -> Result<u64, StoreError> {
+    pub fn problem_file_count(&self, dataset: DatasetId, job: u32) -> Result<u64, StoreError> {
         let (start, end) = meta::job_range(meta::PROBLEM, dataset, job);
         let (mut count, mut last) = (0, None);
         for item in self.meta_range(&start, end) {
@@ -251,7 +262,7 @@ impl Store {
     /// The path of a job's file.
     pub fn file_path(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         job: u32,
         file: u32,
     ) -> Result<Option<PathBuf>, StoreError> {
@@ -272,7 +283,7 @@ impl Store {
     /// A job's rejected records in file and offset order.
     pub fn rejections(
         &self,
-        dataset: u32,
+        dataset: DatasetId,
         job: u32,
     ) -> impl Iterator<Item = Result<RejectedRecord, StoreError>> + '_ {
         let (start, end) = meta::job_range(meta::REJECTED, dataset, job);
@@ -283,7 +294,7 @@ impl Store {
     }
 
     /// Removes a job's ledger (for jobs that left nothing in the store).
-    pub(super) fn delete_ledger(&self, dataset: u32, job: u32) -> Result<(), StoreError> {
+    pub(super) fn delete_ledger(&self, dataset: DatasetId, job: u32) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for tag in meta::JOB_SCOPED {
             let (start, end) = meta::job_range(tag, dataset, job);
@@ -318,7 +329,7 @@ mod tests {
                 modified: None,
             },
         ];
-        store.put_files(1, 1, &files).unwrap();
+        store.put_files(DatasetId(1), 1, &files).unwrap();
         let c = |read, unique, duplicates, rejected| FileCounts {
             read,
             unique,
@@ -326,14 +337,16 @@ mod tests {
             rejected,
         };
         store
-            .add_file_counts(1, 1, [(0, c(5, 0, 0, 1)), (1, c(1, 1, 0, 0))])
+            .add_file_counts(DatasetId(1), 1, [(0, c(5, 0, 0, 1)), (1, c(1, 1, 0, 0))])
             .unwrap();
-        store.add_file_counts(1, 1, [(0, c(0, 3, 1, 0))]).unwrap();
+        store
+            .add_file_counts(DatasetId(1), 1, [(0, c(0, 3, 1, 0))])
+            .unwrap();
         let problem = FileProblem {
             offset: Some(7),
             message: "corrupt gzip data".into(),
         };
-        store.put_problem(1, 1, 0, &problem).unwrap();
+        store.put_problem(DatasetId(1), 1, 0, &problem).unwrap();
         let rejected = RejectedRecord {
             file: 0,
             offset: 3,
@@ -341,14 +354,17 @@ mod tests {
             excerpt: "x".into(),
         };
         store
-            .put_rejections(1, 1, std::slice::from_ref(&rejected))
+            .put_rejections(DatasetId(1), 1, std::slice::from_ref(&rejected))
             .unwrap();
         // Another job's ledger stays separate.
         store
-            .add_file_counts(1, 2, [(0, c(100, 100, 0, 0))])
+            .add_file_counts(DatasetId(1), 2, [(0, c(100, 100, 0, 0))])
             .unwrap();
 
-        let rows: Vec<FileRow> = store.files(1, 1).collect::<Result<_, _>>().unwrap();
+        let rows: Vec<FileRow> = store
+            .files(DatasetId(1), 1)
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(
             (rows[0].counts, rows[0].modified),
@@ -360,15 +376,18 @@ mod tests {
             (rows[1].path.clone(), rows[1].modified),
             (odd_name.clone(), None)
         );
-        assert_eq!(store.file_path(1, 1, 1).unwrap(), Some(odd_name));
+        assert_eq!(store.file_path(DatasetId(1), 1, 1).unwrap(), Some(odd_name));
 
-        let seen: Vec<RejectedRecord> = store.rejections(1, 1).collect::<Result<_, _>>().unwrap();
+        let seen: Vec<RejectedRecord> = store
+            .rejections(DatasetId(1), 1)
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(seen, vec![rejected]);
-        assert_eq!(store.problem_file_count(1, 1).unwrap(), 1);
+        assert_eq!(store.problem_file_count(DatasetId(1), 1).unwrap(), 1);
 
-        store.delete_ledger(1, 1).unwrap();
-        assert_eq!(store.files(1, 1).count(), 0);
-        assert_eq!(store.problem_file_count(1, 1).unwrap(), 0);
-        assert_eq!(store.file_counts(1, 2, 0).unwrap().read, 100);
+        store.delete_ledger(DatasetId(1), 1).unwrap();
+        assert_eq!(store.files(DatasetId(1), 1).count(), 0);
+        assert_eq!(store.problem_file_count(DatasetId(1), 1).unwrap(), 0);
+        assert_eq!(store.file_counts(DatasetId(1), 2, 0).unwrap().read, 100);
     }
 }

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use proto_schema::Record;
+use proto_schema::{DatasetId, Record};
 use rocksdb::{
     BottommostLevelCompaction, CompactOptions, DBCompressionType, IngestExternalFileOptions,
     Options, SstFileWriter,
@@ -110,7 +110,7 @@ fn sst_error(path: &Path, source: rocksdb::Error) -> StoreError {
 pub struct SstSink {
     dir: PathBuf,
     lane: usize,
-    dataset: u32,
+    dataset: DatasetId,
     job: u32,
     mode: WriteMode,
     target_bytes: u64,
@@ -241,7 +241,7 @@ impl Store {
     /// long-lived store would gain one file (and its table reader's memory)
     /// per job. Once a dataset has more than `JOB_RECORD_FILES_LIMIT` of
     /// them, they are compacted into one.
-    fn gather_job_records(&self, dataset: u32) -> Result<(), StoreError> {
+    fn gather_job_records(&self, dataset: DatasetId) -> Result<(), StoreError> {
         let mut files = self.job_record_files(dataset)?;
         if files > JOB_RECORD_FILES_LIMIT {
             let mut opts = CompactOptions::default();
@@ -261,7 +261,7 @@ impl Store {
     }
 
     /// Live SST files holding nothing but `dataset`'s job records.
-    fn job_record_files(&self, dataset: u32) -> Result<usize, StoreError> {
+    fn job_record_files(&self, dataset: DatasetId) -> Result<usize, StoreError> {
         let (first, last) = (
             keys::job_record_key(dataset, 0),
             keys::job_record_key(dataset, u32::MAX),
@@ -437,7 +437,7 @@ mod tests {
 
         let get = |key: &[u8]| {
             let mut k = Vec::new();
-            keys::data_key(1, 0, key, &mut k);
+            keys::data_key(DatasetId(1), 0, key, &mut k);
             let v = store.db().get_cf(store.data_cf(), &k).unwrap().unwrap();
             let (seen, _) = keys::parse_data_value(&v).unwrap();
             (seen.job, seen.position.offset)
@@ -449,7 +449,14 @@ mod tests {
         );
         assert_eq!(get(b"b"), (1, 20));
         assert_eq!(get(b"c"), (2, 5));
-        assert_eq!(store.committed_totals(1, 2).unwrap().unwrap().read, 2);
+        assert_eq!(
+            store
+                .committed_totals(DatasetId(1), 2)
+                .unwrap()
+                .unwrap()
+                .read,
+            2
+        );
         // The moved files are gone from the scratch directory.
         let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
