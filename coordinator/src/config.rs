@@ -1,7 +1,7 @@
 //! Raft settings for a coordinator replica, chosen for bounded memory.
 //!
 //! openraft's defaults send up to 300 entries per AppendEntries; with
-//! manifest chunks of up to 1 MiB that is 300 MiB in flight per follower.
+//! submission chunks of up to 1 MiB that is 300 MiB in flight per follower.
 //! openraft 0.9 bounds a payload by entries only, so the bound in bytes is
 //! entries times the largest entry: a chunk's rkyv archive is at most
 //! `MAX_CHUNK_BYTES` plus ~40 bytes per file, ~1.2 MiB. openraft also gives

@@ -3,7 +3,7 @@
 //! Two column families: `log` (big-endian index -> encoded entry, so index
 //! order is key order) and `meta` (vote, committed log id, last purged log
 //! id). Entries are encoded by hand rather than with serde: a command's
-//! rkyv bytes go in as they are, so a 1 MiB manifest chunk costs 1 MiB, and
+//! rkyv bytes go in as they are, so a 1 MiB submission chunk costs 1 MiB, and
 //! reading an entry's log id needs only its fixed-size header.
 //!
 //! Appends are group-committed: `append` writes the entries (visible to

@@ -6,7 +6,7 @@
 //! column families it has and however large the catalogue grows.
 //!
 //! The two DBs differ in what they keep. Log entries are written once and
-//! purged after the next snapshot, and manifest chunks (paths, checksums)
+//! purged after the next snapshot, and submission chunks (paths, checksums)
 //! barely compress: the log is not compressed. The state is long-lived and
 //! is written without a WAL (see `state`), so its column families flush
 //! atomically, and only the levels below L1 are compressed: flushes and

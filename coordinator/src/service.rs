@@ -73,7 +73,7 @@ pub enum ServiceError {
 
 /// Limits of the coordinators' endpoints. Messages stay within the
 /// transport's 16 MiB: a replication payload holds at most
-/// `MAX_PAYLOAD_ENTRIES` manifest chunks of about 1.2 MiB encoded. A write
+/// `MAX_PAYLOAD_ENTRIES` submission chunks of about 1.2 MiB encoded. A write
 /// is answered once committed and applied, which a busy cluster may take
 /// longer than the transport's default 10 s for.
 pub fn rpc_config() -> RpcConfig {

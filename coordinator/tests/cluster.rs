@@ -367,7 +367,7 @@ async fn a_refused_chunk_aborts_the_submission_and_frees_the_dataset() {
         assert_eq!(
             (
                 dataset.open_submission,
-                dataset.last_generation,
+                dataset.last_finished,
                 dataset.live_files
             ),
             (None, done.submission, n)

@@ -1,6 +1,6 @@
 //! The coordinator's replicated commands and their typed responses.
 //!
-//! Every change to the cluster's control state (nodes, datasets, manifest
+//! Every change to the cluster's control state (nodes, datasets,
 //! submissions, shard leases and progress, the partition map) is one
 //! `Command`, carried through the Raft log as rkyv bytes and applied by every
 //! coordinator replica. Applying must be deterministic, so commands carry
@@ -14,9 +14,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 
-/// Most file entries one manifest chunk may carry.
+/// Most file entries one chunk of a submission may carry.
 pub const MAX_CHUNK_FILES: usize = 4096;
-/// Most bytes of paths and checksums one manifest chunk may carry.
+/// Most bytes of paths and checksums one chunk of a submission may carry.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 
 /// A cluster member that can hold shard leases.
@@ -51,7 +51,8 @@ pub struct DatasetSpec {
     pub key: KeySpec,
 }
 
-/// One line of a manifest: a file and what identifies its content.
+/// One file of an inventory (a line of a manifest): a file and what
+/// identifies its content.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
     pub path: String,
@@ -77,8 +78,8 @@ pub enum Command {
         dataset: String,
         now_ms: u64,
     },
-    /// A bounded chunk of the manifest, applied atomically. The chunks of
-    /// a submission cover disjoint path ranges (a manifest sent in path
+    /// A bounded chunk of the inventory, applied atomically. The chunks of
+    /// a submission cover disjoint path ranges (an inventory sent in path
     /// order does); within a chunk, any order.
     SubmitChunk {
         dataset: String,
@@ -195,7 +196,7 @@ pub enum CommandError {
         reason: String,
     },
     /// The chunk's paths (`first` to `last`) overlap the range of an
-    /// earlier chunk of the same submission: manifests are sent in path
+    /// earlier chunk of the same submission: inventories are sent in path
     /// order.
     ChunkOverlaps {
         first: String,
@@ -230,7 +231,7 @@ impl std::fmt::Display for CommandError {
             }
             Self::ChunkTooLarge { files, bytes } => write!(
                 f,
-                "manifest chunk of {files} files / {bytes} bytes exceeds {MAX_CHUNK_FILES} files / {MAX_CHUNK_BYTES} bytes"
+                "chunk of {files} files / {bytes} bytes exceeds {MAX_CHUNK_FILES} files / {MAX_CHUNK_BYTES} bytes"
             ),
             Self::StaleEpoch {
                 shard,
@@ -255,7 +256,7 @@ impl std::fmt::Display for CommandError {
             Self::Malformed { reason } => write!(f, "malformed command: {reason}"),
             Self::ChunkOverlaps { first, last } => write!(
                 f,
-                "manifest chunk {first:?} to {last:?} overlaps the paths of an earlier chunk: a manifest must be sent in path order"
+                "chunk {first:?} to {last:?} overlaps the paths of an earlier chunk: an inventory must be sent in path order"
             ),
         }
     }

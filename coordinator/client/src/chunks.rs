@@ -4,12 +4,12 @@
 
 use proto_schema::command::{FileEntry, MAX_CHUNK_BYTES, MAX_CHUNK_FILES};
 
-pub struct ManifestChunks<I: Iterator> {
+pub struct InventoryChunks<I: Iterator> {
     entries: std::iter::Peekable<I>,
     max_files: usize,
 }
 
-impl<I: Iterator<Item = FileEntry>> ManifestChunks<I> {
+impl<I: Iterator<Item = FileEntry>> InventoryChunks<I> {
     /// Chunks as large as a command may carry.
     pub fn new(entries: I) -> Self {
         Self::with_max_files(entries, MAX_CHUNK_FILES)
@@ -25,7 +25,7 @@ impl<I: Iterator<Item = FileEntry>> ManifestChunks<I> {
     }
 }
 
-impl<I: Iterator<Item = FileEntry>> Iterator for ManifestChunks<I> {
+impl<I: Iterator<Item = FileEntry>> Iterator for InventoryChunks<I> {
     type Item = Vec<FileEntry>;
 
     fn next(&mut self) -> Option<Vec<FileEntry>> {
@@ -58,18 +58,18 @@ mod tests {
 
     #[test]
     fn chunks_stay_within_files_and_bytes() {
-        let sizes: Vec<usize> = ManifestChunks::new((0..MAX_CHUNK_FILES + 1).map(|_| entry(8)))
+        let sizes: Vec<usize> = InventoryChunks::new((0..MAX_CHUNK_FILES + 1).map(|_| entry(8)))
             .map(|c| c.len())
             .collect();
         assert_eq!(sizes, [MAX_CHUNK_FILES, 1]);
 
         let big = MAX_CHUNK_BYTES / 3 + 1;
-        let sizes: Vec<usize> = ManifestChunks::new((0..5).map(|_| entry(big)))
+        let sizes: Vec<usize> = InventoryChunks::new((0..5).map(|_| entry(big)))
             .map(|c| c.len())
             .collect();
         assert_eq!(sizes, [2, 2, 1]);
 
-        let sizes: Vec<usize> = ManifestChunks::with_max_files((0..7).map(|_| entry(8)), 3)
+        let sizes: Vec<usize> = InventoryChunks::with_max_files((0..7).map(|_| entry(8)), 3)
             .map(|c| c.len())
             .collect();
         assert_eq!(sizes, [3, 3, 1]);

@@ -31,7 +31,7 @@ pub mod replicas;
 pub mod submission;
 pub mod transport;
 
-pub use chunks::ManifestChunks;
+pub use chunks::InventoryChunks;
 pub use client::{ClientError, CoordinatorClient, DEFAULT_RETRY_WINDOW};
 pub use quic::QuicTransport;
 pub use transport::{Connection, Transport, TransportError};

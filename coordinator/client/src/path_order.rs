@@ -33,7 +33,7 @@ pub enum PathOrderError {
         first: Option<u64>,
         again: u64,
     },
-    #[error("path of entry {entry} is {bytes} bytes, more than a manifest chunk holds")]
+    #[error("path of entry {entry} is {bytes} bytes, more than a chunk of a submission holds")]
     TooLong { entry: u64, bytes: usize },
     #[error("creating a directory for the sort's runs in {dir}: {source}")]
     TempDir {

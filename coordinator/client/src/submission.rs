@@ -14,7 +14,7 @@
 use proto_schema::command::{Command, CommandError, DatasetSpec, DiffCounts, FileEntry, Response};
 use proto_schema::ids::{DatasetId, JobId};
 
-use crate::chunks::ManifestChunks;
+use crate::chunks::InventoryChunks;
 use crate::client::{ClientError, CoordinatorClient};
 use crate::inventory::InventoryError;
 use crate::transport::Transport;
@@ -310,7 +310,7 @@ async fn send_submission<T: Transport>(
         pending_shards: 0,
     };
     let mut pipeline = client.pipeline(options.chunks_in_flight);
-    for files in ManifestChunks::with_max_files(valid, options.max_chunk_files) {
+    for files in InventoryChunks::with_max_files(valid, options.max_chunk_files) {
         let chunk = Command::SubmitChunk {
             dataset: dataset.to_owned(),
             submission,

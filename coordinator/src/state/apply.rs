@@ -86,7 +86,7 @@ impl<'a> Tx<'a> {
 }
 
 /// Which submissions were aborted, read from their jobs once per command
-/// (or per read) and remembered: a chunk's entries carry few generations.
+/// (or per read) and remembered: a chunk's entries name few jobs.
 pub struct Aborted<'a> {
     db: &'a DB,
     known: HashMap<JobId, bool>,
@@ -100,19 +100,19 @@ impl<'a> Aborted<'a> {
         }
     }
 
-    fn is_aborted(&mut self, generation: JobId) -> Result<bool, StateError> {
-        if let Some(&aborted) = self.known.get(&generation) {
+    fn is_aborted(&mut self, job: JobId) -> Result<bool, StateError> {
+        if let Some(&aborted) = self.known.get(&job) {
             return Ok(aborted);
         }
         let cf = self
             .db
             .cf_handle(CF_JOBS)
             .expect("column family created at open");
-        let aborted = match self.db.get_pinned_cf(cf, keys::id(generation))? {
+        let aborted = match self.db.get_pinned_cf(cf, keys::id(job))? {
             Some(bytes) => Job::decode(&bytes)?.state == JobState::Aborted,
             None => false,
         };
-        self.known.insert(generation, aborted);
+        self.known.insert(job, aborted);
         Ok(aborted)
     }
 
@@ -181,7 +181,7 @@ fn create_dataset(tx: &mut Tx<'_>, spec: DatasetSpec) -> Outcome {
         id,
         spec,
         open_submission: None,
-        last_generation: JobId(0),
+        last_finished: JobId(0),
         live_files: 0,
     };
     tx.put(CF_DATASETS, dataset.spec.name.as_bytes(), &dataset);
@@ -210,7 +210,7 @@ fn begin_submission(tx: &mut Tx<'_>, name: &str, now_ms: u64) -> Outcome {
         id: submission,
         dataset_id: dataset.id,
         began_ms: now_ms,
-        previous_generation: dataset.last_generation,
+        previous_finished: dataset.last_finished,
         state: JobState::Submitting,
         counts: DiffCounts::default(),
         gone: 0,
@@ -308,7 +308,7 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: JobId, files: &[FileEnt
         .map(|f| keys::file(dataset.id, &f.path))
         .collect();
     let mut aborted = Aborted::new(tx.db);
-    let mut last_listing = Listing::new(tx.db, dataset.id, dataset.last_generation);
+    let mut last_listing = Listing::new(tx.db, dataset.id, dataset.last_finished);
     let mut catalogue = SortedLookup::new(tx.db, tx.cf(CF_FILES), &file_keys[files.len() - 1]);
     // Each file's entry as it counts, and whether it is live.
     let mut known = Vec::with_capacity(files.len());
@@ -415,13 +415,13 @@ fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: JobId) -> Outcome 
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
     };
-    // Files of the last generation seen again were counted as changed or
-    // unchanged; the rest of that generation is gone.
+    // Files of the last finished submission seen again were counted as
+    // changed or unchanged; the rest of its files are gone.
     let seen_again = job.counts.changed + job.counts.unchanged;
     job.gone = dataset.live_files.saturating_sub(seen_again);
     job.state = JobState::Submitted;
     dataset.open_submission = None;
-    dataset.last_generation = submission;
+    dataset.last_finished = submission;
     dataset.live_files = job.counts.new + seen_again;
     // From now on diffs read this submission's listing, and its gone
     // listing the previous one's too: older listings are never read again.
@@ -430,7 +430,7 @@ fn finish_submission(tx: &mut Tx<'_>, name: &str, submission: JobId) -> Outcome 
         tx.db,
         dataset.id,
         JobId(0),
-        job.previous_generation,
+        job.previous_finished,
     );
     tx.put(CF_JOBS, &keys::id(submission), &job);
     tx.put(CF_DATASETS, name.as_bytes(), &dataset);
@@ -700,7 +700,7 @@ mod tests {
         );
         assert_eq!((job2.gone, job2.shards_total), (1, 3));
         let dataset = sm.state().dataset("ds").unwrap().unwrap();
-        assert_eq!((dataset.live_files, dataset.last_generation), (4, s2));
+        assert_eq!((dataset.live_files, dataset.last_finished), (4, s2));
         let status = |path: &str| {
             sm.state()
                 .catalog_entry(dataset.id, path)
@@ -805,7 +805,7 @@ mod tests {
         assert!(sm.state().catalog_entry(dataset.id, "x").unwrap().is_none());
         let dataset_now = sm.state().dataset("ds").unwrap().unwrap();
         assert_eq!(
-            (dataset_now.open_submission, dataset_now.last_generation),
+            (dataset_now.open_submission, dataset_now.last_finished),
             (None, s1)
         );
         // Its shards are never leased.

@@ -267,7 +267,7 @@ impl StateMachineStore {
             .datasets()?
             .into_iter()
             .find(|d| d.id == job.dataset_id)
-            .map(|d| d.last_generation);
+            .map(|d| d.last_finished);
         if last != Some(job.id) {
             return Err(StateError::GoneListingExpired { job: job.id });
         }
@@ -281,7 +281,7 @@ impl StateMachineStore {
             None => prefix.to_vec(),
         };
         let db = self.db();
-        let mut before = Listing::new(db, job.dataset_id, job.previous_generation);
+        let mut before = Listing::new(db, job.dataset_id, job.previous_finished);
         let mut now = Listing::new(db, job.dataset_id, job.id);
         let mut aborted = apply::Aborted::new(db);
         let mut out = Vec::new();
@@ -782,7 +782,7 @@ pub(crate) mod test_support {
 
     use super::*;
     use crate::CommandBytes;
-    use coordinator_client::ManifestChunks;
+    use coordinator_client::InventoryChunks;
 
     pub struct Applier {
         sm: StateMachineStore,
@@ -829,7 +829,7 @@ pub(crate) mod test_support {
         /// Begins a submission and sends a whole manifest in chunks, without
         /// finishing it; returns the submission id.
         pub async fn send(&mut self, dataset: &str, files: Vec<FileEntry>) -> JobId {
-            self.send_chunks(dataset, ManifestChunks::new(files.into_iter()))
+            self.send_chunks(dataset, InventoryChunks::new(files.into_iter()))
                 .await
         }
 

@@ -16,7 +16,7 @@ pub struct Dataset {
     /// The submission being received, if any (at most one at a time).
     pub open_submission: Option<JobId>,
     /// The last finished submission; `JobId(0)` before the first.
-    pub last_generation: JobId,
+    pub last_finished: JobId,
     /// Files the last finished submission listed.
     pub live_files: u64,
 }
@@ -36,9 +36,9 @@ pub struct Job {
     pub id: JobId,
     pub dataset_id: DatasetId,
     pub began_ms: u64,
-    /// The dataset's `last_generation` when this job began: the files it
-    /// listed that this job did not are gone.
-    pub previous_generation: JobId,
+    /// The dataset's `last_finished` when this job began: the files that
+    /// job listed and this one did not are gone.
+    pub previous_finished: JobId,
     pub state: JobState,
     pub counts: DiffCounts,
     pub gone: u64,
@@ -216,7 +216,7 @@ mod tests {
                     },
                 },
                 open_submission: Some(9u64.into()),
-                last_generation: 8u64.into(),
+                last_finished: 8u64.into(),
                 live_files: 3,
             }
             .encode(),
@@ -224,7 +224,7 @@ mod tests {
                 id: 9u64.into(),
                 dataset_id: 5u32.into(),
                 began_ms: 1,
-                previous_generation: 8u64.into(),
+                previous_finished: 8u64.into(),
                 state: JobState::Submitting,
                 counts: DiffCounts {
                     new: 1,

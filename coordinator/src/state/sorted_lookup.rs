@@ -1,6 +1,6 @@
 //! Point lookups of ascending keys through one iterator.
 //!
-//! A manifest chunk lists paths in order, and the catalogue keeps them in
+//! A submission chunk lists paths in order, and the catalogue keeps them in
 //! the same order: the entry for the next path is usually the next key.
 //! Stepping to it costs far less than a lookup of its own (no filter
 //! probe, no index search per level), so the iterator steps forward a few
