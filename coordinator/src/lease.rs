@@ -70,14 +70,7 @@ impl LeaseTable {
     fn hold(&mut self, held: impl IntoIterator<Item = (ShardId, NodeId, Epoch)>, now_ms: u64) {
         let deadline_ms = now_ms + self.duration_ms;
         for (shard, node, epoch) in held {
-            self.leases.insert(
-                shard,
-                Lease {
-                    node,
-                    epoch,
-                    deadline_ms,
-                },
-            );
+            self.granted(shard, node, epoch, deadline_ms);
         }
     }
 
