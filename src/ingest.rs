@@ -111,18 +111,12 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
     Ok(ExitCode::from(code))
 }
 
-/// The generated sample input under the data directory, made on first use
-/// (and remade if a previous generation did not finish: the marker beside
-/// the directory is written last).
+/// The generated sample input under the data directory, made on first use.
 fn sample_input(data: &Path) -> anyhow::Result<PathBuf> {
     let dir = data.join("sample-input");
-    let done = data.join("sample-input.complete");
-    if !done.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        let spec = bench::datagen::LinesSpec::sample();
-        let generated = bench::datagen::write_lines_dataset(&dir, &spec)
-            .with_context(|| format!("generating sample data in {}", dir.display()))?;
-        std::fs::write(&done, b"")?;
+    let generated = bench::datagen::ensure_sample_dataset(&dir)
+        .with_context(|| format!("generating sample data in {}", dir.display()))?;
+    if let Some(generated) = generated {
         eprintln!(
             "quern: generated sample data: {} files, {} records, {} uncompressed, in {}",
             generated.files.len(),

@@ -304,6 +304,25 @@ impl<'a> LinesGenerator<'a> {
     }
 }
 
+/// The sample dataset (`LinesSpec::sample`) in `dir`, generated on first
+/// use: what was written when this call generated it, `None` when a
+/// complete one was already there. One whose generation did not finish is
+/// generated again: its marker (`dir` + `.complete`) is written last.
+pub fn ensure_sample_dataset(dir: &Path) -> io::Result<Option<GeneratedDataset>> {
+    let mut done = dir.as_os_str().to_owned();
+    done.push(".complete");
+    if Path::new(&done).exists() {
+        return Ok(None);
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let generated = write_lines_dataset(dir, &LinesSpec::sample())?;
+    fs::write(&done, b"")?;
+    Ok(Some(generated))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
@@ -452,6 +471,34 @@ mod tests {
                 .any(|c| !c.is_empty() && c.iter().all(|&b| b == b'\n')),
             "newlines-only file"
         );
+    }
+
+    #[test]
+    fn the_sample_is_generated_once_and_again_if_unfinished() {
+        let root = TempDir::new().unwrap();
+        let dir = root.path().join("sample-input");
+        let first = ensure_sample_dataset(&dir).unwrap().expect("generated");
+        assert_eq!(first.files.len(), LinesSpec::sample().files);
+        let written = fs::metadata(&first.files[0].path)
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(ensure_sample_dataset(&dir).unwrap(), None, "kept");
+        assert_eq!(
+            fs::metadata(&first.files[0].path)
+                .unwrap()
+                .modified()
+                .unwrap(),
+            written
+        );
+        // A generation cut short (no marker, a stray file) starts over.
+        fs::remove_file(root.path().join("sample-input.complete")).unwrap();
+        fs::write(dir.join("stray"), b"x").unwrap();
+        let again = ensure_sample_dataset(&dir)
+            .unwrap()
+            .expect("generated again");
+        assert_eq!(again, first);
+        assert!(!dir.join("stray").exists());
     }
 
     #[test]

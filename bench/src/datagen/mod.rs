@@ -37,7 +37,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use inventory::{InventorySpec, PATH_LEN, write_inventory_dataset};
-pub use lines::{LinesSpec, write_lines_dataset};
+pub use lines::{LinesSpec, ensure_sample_dataset, write_lines_dataset};
 pub use shaped::{Shape, ShapeSpec, write_shape_dataset};
 pub use sink::Compression;
 pub use smallfiles::{SmallFilesSpec, write_small_files};
