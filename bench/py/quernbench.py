@@ -102,9 +102,9 @@ def manifest(paths):
     """The files quern ingests for PATH arguments, in its manifest order:
     arguments in the order given (a symlink given as an argument is
     followed); directories walked depth first, each directory's entries
-    sorted bytewise by name; symlinked directories inside a walk not
-    entered, symlinked files read. Yields bytes paths; only the entries of
-    the directories being walked are held."""
+    sorted bytewise by name; symbolic links inside a walk skipped (quern
+    skips and counts them unless --follow). Yields bytes paths; only the
+    entries of the directories being walked are held."""
     for path in map(os.fsencode, paths):
         if os.path.isdir(path):
             yield from _walk(path)
@@ -116,9 +116,11 @@ def _walk(directory):
     with os.scandir(directory) as entries:
         entries = sorted(entries, key=lambda e: e.name)
     for entry in entries:
+        if entry.is_symlink():
+            continue
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(entry.path)
-        elif not entry.is_dir():  # not a symlink to a directory
+        else:
             yield entry.path
 
 

@@ -23,6 +23,7 @@ pub mod lease;
 pub mod lease_desk;
 pub mod log_store;
 pub mod propose;
+pub mod raft_metrics;
 pub mod raft_peers;
 mod rocks;
 pub mod router;
@@ -35,6 +36,19 @@ pub mod transport;
 pub use log_store::LogStore;
 pub use proto_schema::coordinator_api::{Applied, CommandBytes};
 pub use state::StateMachineStore;
+
+/// The name of every metric a coordinator records (besides the process
+/// and memory gauges it shares with nodes, in `node::metric_catalog`).
+pub fn metric_names() -> impl Iterator<Item = &'static str> {
+    [
+        lease_desk::LEASE_GRANTS_METRIC,
+        lease_desk::LEASE_RENEWALS_METRIC,
+        raft_peers::RAFT_RPC_REFUSED_METRIC,
+        proto_schema::quic::PEER_REFUSED_METRIC,
+    ]
+    .into_iter()
+    .chain(raft_metrics::METRICS)
+}
 
 /// A coordinator replica's id in the Raft group (never a `NodeId`: nodes
 /// are the cluster's workers, replicas its coordinators).

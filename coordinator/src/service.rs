@@ -20,6 +20,7 @@ use proto_schema::tls::TlsIdentity;
 
 use crate::client_api::ClientApi;
 use crate::contacts::Contacts;
+use crate::raft_metrics::{self, RaftMetricsTask};
 use crate::raft_peers::{self, RaftPeers};
 use crate::rpc::{self, RaftRpc};
 use crate::state::StateError;
@@ -88,6 +89,7 @@ pub const RAFT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Service {
     raft: Raft,
+    raft_metrics: RaftMetricsTask,
     state: StateMachineStore,
     server: RpcServer,
     client: Arc<RpcClient>,
@@ -159,6 +161,7 @@ impl Service {
             }
         };
         let service = Self {
+            raft_metrics: raft_metrics::publish(&raft),
             raft,
             state,
             server,
@@ -211,6 +214,7 @@ impl Service {
     pub async fn shutdown(self) -> Result<(), ServiceError> {
         let served = self.server.shutdown().await;
         let stopped = tokio::time::timeout(RAFT_SHUTDOWN_TIMEOUT, self.raft.shutdown()).await;
+        self.raft_metrics.stop().await;
         if let Ok(client) = Arc::try_unwrap(self.client) {
             client.shutdown().await;
         }

@@ -15,7 +15,18 @@ use rustc_hash::FxHashMap;
 use crate::store::ledger::FileCounts;
 use crate::tally_runs::{TallyError, TallyRuns};
 
-/// Live job-wide counters, read by progress reporting and the summary.
+/// Gauge: bytes of the current job's input (label phase: listed, scanned).
+pub const JOB_BYTES_METRIC: &str = "quern_job_bytes";
+/// Gauge: records of the current job (label outcome: read, unique,
+/// duplicate, rejected, merged).
+pub const JOB_RECORDS_METRIC: &str = "quern_job_records";
+/// Gauge: files listed for the current job.
+pub const JOB_FILES_METRIC: &str = "quern_job_files";
+/// How often a running job's progress gauges are set.
+pub const JOB_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Live job-wide counters, read by progress reporting, the summary and the
+/// job progress gauges.
 #[derive(Debug, Default)]
 pub struct JobCounters {
     pub files_listed: AtomicU64,
@@ -38,6 +49,28 @@ pub struct JobCounters {
 impl JobCounters {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Sets the job progress gauges (`JOB_BYTES_METRIC` by phase,
+    /// `JOB_RECORDS_METRIC` by outcome) from the counters.
+    pub fn publish_progress(&self) {
+        for (phase, counter) in [
+            ("listed", &self.bytes_listed),
+            ("scanned", &self.bytes_scanned),
+        ] {
+            metrics::gauge!(JOB_BYTES_METRIC, "phase" => phase).set(Self::get(counter) as f64);
+        }
+        for (outcome, counter) in [
+            ("read", &self.read),
+            ("unique", &self.unique),
+            ("duplicate", &self.duplicates),
+            ("rejected", &self.rejected),
+            ("merged", &self.merged),
+        ] {
+            metrics::gauge!(JOB_RECORDS_METRIC, "outcome" => outcome)
+                .set(Self::get(counter) as f64);
+        }
+        metrics::gauge!(JOB_FILES_METRIC).set(Self::get(&self.files_listed) as f64);
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {

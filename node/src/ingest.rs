@@ -16,7 +16,7 @@ use crate::actors::job::{JobActor, JobArgs};
 use crate::actors::messages::JobMsg;
 use crate::actors::{JobContext, LaneMap};
 use crate::config::{ConfigError, IngestConfig, MemoryPlan};
-use crate::counters::JobCounters;
+use crate::counters::{JOB_PROGRESS_INTERVAL, JobCounters};
 use crate::job_runtime;
 use crate::memory::monitor::MemoryPeaks;
 use crate::memory::{self, Governor, GovernorLimits, Monitor};
@@ -177,6 +177,16 @@ async fn supervise(
     let store = ctx.store.clone();
     let monitor = Monitor::start(ctx.governor.clone(), Box::new(move || store.memory_usage()))
         .map_err(IngestError::Monitor)?;
+    let progress = {
+        let counters = ctx.counters.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(JOB_PROGRESS_INTERVAL);
+            loop {
+                every.tick().await;
+                counters.publish_progress();
+            }
+        })
+    };
     let (reply, mut result) = oneshot::channel();
     let args = JobArgs {
         ctx: ctx.clone(),
@@ -206,6 +216,9 @@ async fn supervise(
             ended
         }
     };
+    progress.abort();
+    let _ = progress.await;
+    ctx.counters.publish_progress();
     let _ = std::fs::remove_dir_all(&ctx.scratch);
     let memory = monitor.stop();
     let hung_stages = std::mem::take(&mut *ctx.hung_stages.lock().expect("hung stages lock"));

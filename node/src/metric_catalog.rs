@@ -128,6 +128,21 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "Bytes of each scanner's cache of recent keys (exact early dedup), from the in-flight share.",
     ),
     (
+        crate::counters::JOB_BYTES_METRIC,
+        Unit::Bytes,
+        "Bytes of the current job's input (label phase: listed, scanned): its progress.",
+    ),
+    (
+        crate::counters::JOB_RECORDS_METRIC,
+        Unit::Count,
+        "Records of the current job (label outcome: read, unique, duplicate, rejected, merged).",
+    ),
+    (
+        crate::counters::JOB_FILES_METRIC,
+        Unit::Count,
+        "Files listed for the current job.",
+    ),
+    (
         crate::store::publish::JOB_RECORD_FILES_METRIC,
         Unit::Count,
         "SST files holding job records, in the dataset last published (compacted into one \
@@ -161,6 +176,14 @@ const COUNTERS: &[(&str, &str)] = &[
 
 /// Describes every metric above to the installed recorder. Call once,
 /// after installing it.
+/// The name of every metric a node records.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    GAUGES
+        .iter()
+        .map(|&(name, ..)| name)
+        .chain(COUNTERS.iter().map(|&(name, _)| name))
+}
+
 pub fn describe() {
     for &(name, unit, help) in GAUGES {
         describe_gauge!(name, unit, help);

@@ -14,9 +14,11 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     /// Replica `id` is `children[id - 1]`.
     pub children: Vec<Child>,
+    /// Where replica `id` serves its metrics: `metrics[id - 1]`.
+    pub metrics: Vec<String>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -74,6 +76,9 @@ impl Cluster {
         let mut cluster = Self {
             dir,
             children: Vec::new(),
+            metrics: (0..3)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect(),
         };
         for id in 1..=3 {
             let child = cluster.spawn(id);
@@ -93,6 +98,8 @@ impl Cluster {
             .arg("--config")
             .arg(self.path(&format!("coord-{id}.toml")))
             .arg("coordinator")
+            .arg("--metrics")
+            .arg(&self.metrics[id as usize - 1])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
