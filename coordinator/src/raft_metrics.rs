@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use openraft::{RaftMetrics, ServerState};
 use tokio::task::JoinHandle;
 
-use crate::{Member, ReplicaId, Raft};
+use crate::{Member, Raft, ReplicaId};
 
 /// Gauge: the replica's current Raft term.
 pub const RAFT_TERM_METRIC: &str = "quern_raft_term";
