@@ -84,7 +84,10 @@ pub struct StreamEnd {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum StreamReply {
     /// Every batch was checked and handed to the owner's pipeline.
-    Accepted { batches: u64, records: u64 },
+    Accepted {
+        batches: u64,
+        records: u64,
+    },
     Refused(Refusal),
 }
 
@@ -185,7 +188,9 @@ impl StreamReply {
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let reply = Self::from_bytes(bytes).map_err(|e| e.to_string())?;
         match &reply {
-            StreamReply::Refused(Refusal::Damaged { reason }) if reason.len() > MAX_REASON_BYTES => {
+            StreamReply::Refused(Refusal::Damaged { reason })
+                if reason.len() > MAX_REASON_BYTES =>
+            {
                 Err(format!(
                     "a refusal's reason of {} bytes is over the limit of {MAX_REASON_BYTES}",
                     reason.len()
@@ -251,7 +256,9 @@ impl StreamCheck {
             FrameKind::RecordBatch => {
                 let batch = frame.into_batch().map_err(Refusal::damaged)?;
                 let range = self.header.partitions;
-                if let Some(i) = (0..batch.len()).find(|&i| !range.contains(batch.record(i).partition)) {
+                if let Some(i) =
+                    (0..batch.len()).find(|&i| !range.contains(batch.record(i).partition))
+                {
                     let partition = batch.record(i).partition;
                     return Err(damaged(format!(
                         "record {i} is in partition {partition}, outside the stream's {range}"
@@ -262,7 +269,8 @@ impl StreamCheck {
                 Ok(StreamEvent::Batch(batch))
             }
             FrameKind::StreamEnd => {
-                let end = StreamEnd::from_bytes(&frame.payload).map_err(|e| damaged(e.to_string()))?;
+                let end =
+                    StreamEnd::from_bytes(&frame.payload).map_err(|e| damaged(e.to_string()))?;
                 if (end.batches, end.records) != (self.batches, self.records) {
                     return Err(damaged(format!(
                         "the end counts {} batches and {} records, {} and {} arrived",
@@ -465,7 +473,10 @@ mod tests {
     fn refusal_of(bytes: &[u8]) -> String {
         match receive(bytes) {
             Err(Refusal::Damaged { reason }) => reason,
-            other => panic!("expected a damaged-stream refusal, got {:?}", other.map(|_| ())),
+            other => panic!(
+                "expected a damaged-stream refusal, got {:?}",
+                other.map(|_| ())
+            ),
         }
     }
 
@@ -473,23 +484,44 @@ mod tests {
     fn a_record_outside_the_range_is_refused() {
         let bytes = encode_stream(&header(4, 8), &[one_record(5), one_record(8)]);
         let reason = refusal_of(&bytes);
-        assert!(reason.contains("partition 8, outside the stream's partitions 4..8"), "{reason}");
+        assert!(
+            reason.contains("partition 8, outside the stream's partitions 4..8"),
+            "{reason}"
+        );
     }
 
     #[test]
     fn frames_out_of_place_are_refused() {
         // No header first.
         let mut bytes = Vec::new();
-        write_frame(&mut bytes, FrameKind::RecordBatch, &one_record(0).to_archive()).unwrap();
+        write_frame(
+            &mut bytes,
+            FrameKind::RecordBatch,
+            &one_record(0).to_archive(),
+        )
+        .unwrap();
         assert!(refusal_of(&bytes).contains("must open with its header"));
         // A frame after the end.
         let mut bytes = encode_stream(&header(0, 1), &[]);
-        write_frame(&mut bytes, FrameKind::RecordBatch, &one_record(0).to_archive()).unwrap();
+        write_frame(
+            &mut bytes,
+            FrameKind::RecordBatch,
+            &one_record(0).to_archive(),
+        )
+        .unwrap();
         assert!(refusal_of(&bytes).contains("after the end"));
         // A spill trailer inside a stream.
         let mut bytes = Vec::new();
-        write_frame(&mut bytes, FrameKind::StreamHeader, &header(0, 1).to_bytes()).unwrap();
-        let trailer = crate::RunTrailer { records: 0, frames: 0 };
+        write_frame(
+            &mut bytes,
+            FrameKind::StreamHeader,
+            &header(0, 1).to_bytes(),
+        )
+        .unwrap();
+        let trailer = crate::RunTrailer {
+            records: 0,
+            frames: 0,
+        };
         write_frame(&mut bytes, FrameKind::RunTrailer, &trailer.to_archive()).unwrap();
         assert!(refusal_of(&bytes).contains("RunTrailer frame inside a stream"));
     }
@@ -497,13 +529,32 @@ mod tests {
     #[test]
     fn end_counts_must_match() {
         let mut bytes = Vec::new();
-        write_frame(&mut bytes, FrameKind::StreamHeader, &header(0, 1).to_bytes()).unwrap();
-        write_frame(&mut bytes, FrameKind::RecordBatch, &one_record(0).to_archive()).unwrap();
-        let end = StreamEnd { batches: 2, records: 2 };
+        write_frame(
+            &mut bytes,
+            FrameKind::StreamHeader,
+            &header(0, 1).to_bytes(),
+        )
+        .unwrap();
+        write_frame(
+            &mut bytes,
+            FrameKind::RecordBatch,
+            &one_record(0).to_archive(),
+        )
+        .unwrap();
+        let end = StreamEnd {
+            batches: 2,
+            records: 2,
+        };
         write_frame(&mut bytes, FrameKind::StreamEnd, &end.to_bytes()).unwrap();
         let reason = refusal_of(&bytes);
-        assert!(reason.contains("2 batches and 2 records, 1 and 1 arrived"), "{reason}");
-        assert!(reason.contains(&format!("frame at byte {}", 2 * HEADER_LEN + header(0, 1).to_bytes().len() + one_record(0).to_archive().len())));
+        assert!(
+            reason.contains("2 batches and 2 records, 1 and 1 arrived"),
+            "{reason}"
+        );
+        assert!(reason.contains(&format!(
+            "frame at byte {}",
+            2 * HEADER_LEN + header(0, 1).to_bytes().len() + one_record(0).to_archive().len()
+        )));
     }
 
     #[test]

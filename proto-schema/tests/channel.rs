@@ -16,13 +16,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use proto_schema::frame::{FrameKind, FrameReader, HEADER_LEN, write_frame};
 use proto_schema::quic::Peer;
 use proto_schema::quic::channel::{
-    BatchSink, ChannelConfig, ChannelEndpoint, ChannelError, Link, REFUSED_METRIC,
-    RECEIVED_BYTES_METRIC, SENT_BYTES_METRIC, StreamHandler,
+    BatchSink, ChannelConfig, ChannelEndpoint, ChannelError, Link, RECEIVED_BYTES_METRIC,
+    REFUSED_METRIC, SENT_BYTES_METRIC, StreamHandler,
 };
 use proto_schema::shuffle::{PartitionRange, Refusal, StreamEnd, StreamHeader, StreamReply};
-use proto_schema::{
-    BatchView, Epoch, JobId, NodeId, Position, Record, RecordBatch, ValidBatch,
-};
+use proto_schema::{BatchView, Epoch, JobId, NodeId, Position, Record, RecordBatch, ValidBatch};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[path = "support/cluster_ca.rs"]
@@ -109,7 +107,10 @@ impl StreamHandler for Owner {
             });
         }
         let batches = Arc::new(Mutex::new(Vec::new()));
-        self.streams.lock().unwrap().push((*header, batches.clone()));
+        self.streams
+            .lock()
+            .unwrap()
+            .push((*header, batches.clone()));
         Ok(OwnerSink {
             batches,
             gate: self.gate.clone(),
@@ -189,13 +190,14 @@ async fn pair(
 ) -> (ChannelEndpoint, ChannelEndpoint, Link) {
     let receiving =
         ChannelEndpoint::bind(any_port(), &cluster.identity(name), config.clone(), owner).unwrap();
-    let sending =
-        ChannelEndpoint::bind(any_port(), &cluster.identity(sender), config, Owner::default())
-            .unwrap();
-    let link = sending
-        .connect(receiving.local_addr(), name)
-        .await
-        .unwrap();
+    let sending = ChannelEndpoint::bind(
+        any_port(),
+        &cluster.identity(sender),
+        config,
+        Owner::default(),
+    )
+    .unwrap();
+    let link = sending.connect(receiving.local_addr(), name).await.unwrap();
     (receiving, sending, link)
 }
 
@@ -204,8 +206,14 @@ async fn batches_arrive_intact_and_in_order_per_stream() {
     metrics();
     let cluster = Cluster::new();
     let owner = Owner::default();
-    let (receiving, sending, link) =
-        pair(&cluster, "node-1", owner.clone(), ChannelConfig::default(), "node-2").await;
+    let (receiving, sending, link) = pair(
+        &cluster,
+        "node-1",
+        owner.clone(),
+        ChannelConfig::default(),
+        "node-2",
+    )
+    .await;
     let ranges = [(0u16, 4u16), (4, 9), (9, 64)];
     let mut senders = Vec::new();
     for (stream, &(start, end)) in ranges.iter().enumerate() {
@@ -215,13 +223,21 @@ async fn batches_arrive_intact_and_in_order_per_stream() {
             let mut sent = Vec::new();
             let mut out = link.open(header).await.unwrap();
             for i in 0..40 {
-                let b = batch(stream as u32 * 1000 + i, 50 + i as usize, 20, header.partitions);
+                let b = batch(
+                    stream as u32 * 1000 + i,
+                    50 + i as usize,
+                    20,
+                    header.partitions,
+                );
                 out.send(&b).await.unwrap();
                 sent.push(b);
             }
             let receipt = out.finish().await.unwrap();
             assert_eq!(receipt.batches, 40);
-            assert_eq!(receipt.records, sent.iter().map(|b| b.len() as u64).sum::<u64>());
+            assert_eq!(
+                receipt.records,
+                sent.iter().map(|b| b.len() as u64).sum::<u64>()
+            );
             (header, sent)
         }));
     }
@@ -296,11 +312,19 @@ async fn a_slow_owner_holds_its_sender_back_with_bounded_bytes_in_flight() {
         pair(&cluster, "node-3", owner.clone(), config.clone(), "node-4").await;
     let sent = Arc::new(AtomicU64::new(0));
     let frames = 200; // ~5 MiB, ten times the windows
-    let task = tokio::spawn(send_until_blocked(link, header(4, 0, 8), frames, sent.clone()));
+    let task = tokio::spawn(send_until_blocked(
+        link,
+        header(4, 0, 8),
+        frames,
+        sent.clone(),
+    ));
 
     let first = settled(&sent, Duration::from_millis(300)).await;
     let delivered = owner.delivered_bytes.load(Ordering::SeqCst);
-    let frame = (HEADER_LEN + batch(0, 400, 60, header(4, 0, 8).partitions).to_archive().len()) as u64;
+    let frame = (HEADER_LEN
+        + batch(0, 400, 60, header(4, 0, 8).partitions)
+            .to_archive()
+            .len()) as u64;
     let in_flight = first.saturating_sub(delivered);
     // The stream's window, plus the frame whose header the owner read
     // before it waited for room.
@@ -309,10 +333,20 @@ async fn a_slow_owner_holds_its_sender_back_with_bounded_bytes_in_flight() {
         in_flight <= bound,
         "{in_flight} bytes in flight, over the bound of {bound}"
     );
-    assert!(first < u64::from(frames) * frame / 4, "the sender was not held back");
-    assert!(!task.is_finished(), "the sender waits while the owner has no room");
+    assert!(
+        first < u64::from(frames) * frame / 4,
+        "the sender was not held back"
+    );
+    assert!(
+        !task.is_finished(),
+        "the sender waits while the owner has no room"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sent.load(Ordering::SeqCst), first, "a blocked sender sends nothing more");
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        first,
+        "a blocked sender sends nothing more"
+    );
 
     // Room again: everything arrives.
     owner.gate.as_ref().unwrap().add_permits(frames as usize);
@@ -332,9 +366,13 @@ async fn an_owners_windows_do_not_grow_with_its_links() {
     let cluster = Cluster::new();
     let config = small_windows();
     let owner = Owner::gated(0);
-    let receiving =
-        ChannelEndpoint::bind(any_port(), &cluster.identity("node-5"), config.clone(), owner.clone())
-            .unwrap();
+    let receiving = ChannelEndpoint::bind(
+        any_port(),
+        &cluster.identity("node-5"),
+        config.clone(),
+        owner.clone(),
+    )
+    .unwrap();
     let sent = Arc::new(AtomicU64::new(0));
     let links = 6u64;
     // The owner knows its peers: their windows are their share from the
@@ -350,14 +388,22 @@ async fn an_owners_windows_do_not_grow_with_its_links() {
             Owner::default(),
         )
         .unwrap();
-        let link = sending.connect(receiving.local_addr(), "node-5").await.unwrap();
+        let link = sending
+            .connect(receiving.local_addr(), "node-5")
+            .await
+            .unwrap();
         senders.push((sending, link));
     }
     let tasks: Vec<_> = senders
         .iter()
         .zip(100..)
         .map(|((_, link), n)| {
-            tokio::spawn(send_until_blocked(link.clone(), header(n, 0, 8), 100, sent.clone()))
+            tokio::spawn(send_until_blocked(
+                link.clone(),
+                header(n, 0, 8),
+                100,
+                sent.clone(),
+            ))
         })
         .collect();
     let held = settled(&sent, Duration::from_millis(400)).await;
@@ -365,17 +411,27 @@ async fn an_owners_windows_do_not_grow_with_its_links() {
     assert_eq!(receiving.link_window(), config.receive_budget / links);
     // Nothing is delivered, so everything sent sits in the owner's
     // windows: their sum, not links x the stream window.
-    let frame = (HEADER_LEN + batch(0, 400, 60, header(0, 0, 8).partitions).to_archive().len()) as u64;
+    let frame = (HEADER_LEN
+        + batch(0, 400, 60, header(0, 0, 8).partitions)
+            .to_archive()
+            .len()) as u64;
     let bound = config.receive_budget + links * frame;
     assert!(
         held <= bound,
         "{held} bytes held by {links} links, over the bound of {bound}"
     );
-    assert!(links * config.stream_window > bound, "the test must tell the two apart");
+    assert!(
+        links * config.stream_window > bound,
+        "the test must tell the two apart"
+    );
     for t in &tasks {
         assert!(!t.is_finished());
     }
-    owner.gate.as_ref().unwrap().add_permits(100 * links as usize);
+    owner
+        .gate
+        .as_ref()
+        .unwrap()
+        .add_permits(100 * links as usize);
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(30), t)
             .await
@@ -412,8 +468,14 @@ async fn stale_epochs_unknown_jobs_and_stray_records_are_refused_and_counted() {
     let _serial = refusal_lock().await;
     let cluster = Cluster::new();
     let owner = Owner::default();
-    let (receiving, sending, link) =
-        pair(&cluster, "node-6", owner.clone(), ChannelConfig::default(), "node-7").await;
+    let (receiving, sending, link) = pair(
+        &cluster,
+        "node-6",
+        owner.clone(),
+        ChannelConfig::default(),
+        "node-7",
+    )
+    .await;
     let range = PartitionRange::new(0, 4).unwrap();
     let b = batch(1, 10, 8, range);
 
@@ -448,7 +510,10 @@ async fn stale_epochs_unknown_jobs_and_stray_records_are_refused_and_counted() {
     let stray = batch(2, 10, 8, PartitionRange::new(4, 5).unwrap());
     match refusal(one_batch(&link, header(7, 0, 4), &stray).await) {
         Refusal::Damaged { reason } => {
-            assert!(reason.contains("outside the stream's partitions 0..4"), "{reason}")
+            assert!(
+                reason.contains("outside the stream's partitions 0..4"),
+                "{reason}"
+            )
         }
         other => panic!("expected a damaged stream, got {other}"),
     }
@@ -485,7 +550,10 @@ async fn raw_stream(cluster: &Cluster, to: &ChannelEndpoint, name: &str, bytes: 
 }
 
 fn decode_reply(bytes: &[u8]) -> StreamReply {
-    let frame = FrameReader::new(bytes, 1 << 16).next_frame().unwrap().unwrap();
+    let frame = FrameReader::new(bytes, 1 << 16)
+        .next_frame()
+        .unwrap()
+        .unwrap();
     StreamReply::decode(&frame.into_payload(FrameKind::StreamReply).unwrap()).unwrap()
 }
 
@@ -495,23 +563,45 @@ async fn a_damaged_frame_is_refused_with_its_reason_and_counted() {
     let _serial = refusal_lock().await;
     let cluster = Cluster::new();
     let owner = Owner::default();
-    let receiving =
-        ChannelEndpoint::bind(any_port(), &cluster.identity("node-8"), ChannelConfig::default(), owner.clone())
-            .unwrap();
+    let receiving = ChannelEndpoint::bind(
+        any_port(),
+        &cluster.identity("node-8"),
+        ChannelConfig::default(),
+        owner.clone(),
+    )
+    .unwrap();
     let range = PartitionRange::new(0, 4).unwrap();
     let mut stream = Vec::new();
-    write_frame(&mut stream, FrameKind::StreamHeader, &header(9, 0, 4).to_bytes()).unwrap();
+    write_frame(
+        &mut stream,
+        FrameKind::StreamHeader,
+        &header(9, 0, 4).to_bytes(),
+    )
+    .unwrap();
     let first = stream.len();
-    write_frame(&mut stream, FrameKind::RecordBatch, &batch(1, 10, 8, range).to_archive()).unwrap();
+    write_frame(
+        &mut stream,
+        FrameKind::RecordBatch,
+        &batch(1, 10, 8, range).to_archive(),
+    )
+    .unwrap();
     let second = stream.len();
-    write_frame(&mut stream, FrameKind::RecordBatch, &batch(2, 10, 8, range).to_archive()).unwrap();
+    write_frame(
+        &mut stream,
+        FrameKind::RecordBatch,
+        &batch(2, 10, 8, range).to_archive(),
+    )
+    .unwrap();
     // One flipped bit in the second batch's payload.
     stream[second + HEADER_LEN + 5] ^= 0x10;
 
     let before = refusals("damaged");
     match decode_reply(&raw_stream(&cluster, &receiving, "node-8", &stream).await) {
         StreamReply::Refused(Refusal::Damaged { reason }) => {
-            assert!(reason.contains(&format!("checksum mismatch in frame at byte {second}")), "{reason}");
+            assert!(
+                reason.contains(&format!("checksum mismatch in frame at byte {second}")),
+                "{reason}"
+            );
         }
         other => panic!("expected a damaged-frame refusal, got {other:?}"),
     }
@@ -546,10 +636,21 @@ async fn a_closed_link_fails_a_blocked_sender_at_once() {
     metrics();
     let cluster = Cluster::new();
     let owner = Owner::gated(0);
-    let (receiving, sending, link) =
-        pair(&cluster, "node-10", owner.clone(), small_windows(), "node-11").await;
+    let (receiving, sending, link) = pair(
+        &cluster,
+        "node-10",
+        owner.clone(),
+        small_windows(),
+        "node-11",
+    )
+    .await;
     let sent = Arc::new(AtomicU64::new(0));
-    let task = tokio::spawn(send_until_blocked(link, header(11, 0, 8), 100, sent.clone()));
+    let task = tokio::spawn(send_until_blocked(
+        link,
+        header(11, 0, 8),
+        100,
+        sent.clone(),
+    ));
     settled(&sent, Duration::from_millis(300)).await;
     assert!(!task.is_finished());
     let start = Instant::now();
@@ -577,17 +678,34 @@ fn a_silent_peer_fails_a_blocked_sender_within_the_idle_timeout() {
     // killed or paused process sends no close.
     let owner_runtime = tokio::runtime::Runtime::new().unwrap();
     let receiving = owner_runtime.block_on(async {
-        ChannelEndpoint::bind(any_port(), &cluster.identity("node-12"), config.clone(), Owner::gated(0))
-            .unwrap()
+        ChannelEndpoint::bind(
+            any_port(),
+            &cluster.identity("node-12"),
+            config.clone(),
+            Owner::gated(0),
+        )
+        .unwrap()
     });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let sending =
-            ChannelEndpoint::bind(any_port(), &cluster.identity("node-13"), config.clone(), Owner::default())
-                .unwrap();
-        let link = sending.connect(receiving.local_addr(), "node-12").await.unwrap();
+        let sending = ChannelEndpoint::bind(
+            any_port(),
+            &cluster.identity("node-13"),
+            config.clone(),
+            Owner::default(),
+        )
+        .unwrap();
+        let link = sending
+            .connect(receiving.local_addr(), "node-12")
+            .await
+            .unwrap();
         let sent = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(send_until_blocked(link, header(13, 0, 8), 100, sent.clone()));
+        let task = tokio::spawn(send_until_blocked(
+            link,
+            header(13, 0, 8),
+            100,
+            sent.clone(),
+        ));
         settled(&sent, Duration::from_millis(300)).await;
         assert!(!task.is_finished());
         let start = Instant::now();
@@ -615,7 +733,12 @@ fn a_silent_peer_fails_a_blocked_sender_within_the_idle_timeout() {
 /// `/proc/self/stat` (in clock ticks of 1/100 s).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0
 }
@@ -633,8 +756,14 @@ async fn throughput() {
         only_count: true,
         ..Owner::default()
     };
-    let (receiving, sending, link) =
-        pair(&cluster, "node-14", owner.clone(), ChannelConfig::default(), "node-15").await;
+    let (receiving, sending, link) = pair(
+        &cluster,
+        "node-14",
+        owner.clone(),
+        ChannelConfig::default(),
+        "node-15",
+    )
+    .await;
     let header = header(15, 0, 64);
     let b = batch(1, 3000, 80, header.partitions);
     let frame = b.to_archive().len() as u64;
@@ -656,7 +785,10 @@ async fn throughput() {
         cpu / gib
     );
     assert_eq!(receipt.batches, frames);
-    assert_eq!(owner.delivered_bytes.load(Ordering::SeqCst), frames * (frame + HEADER_LEN as u64));
+    assert_eq!(
+        owner.delivered_bytes.load(Ordering::SeqCst),
+        frames * (frame + HEADER_LEN as u64)
+    );
     sending.shutdown().await.unwrap();
     receiving.shutdown().await.unwrap();
 }

@@ -46,7 +46,6 @@ fn refusals(reason: &str, role: &str) -> u64 {
         .map_or(0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
-
 /// Answers with the caller's fingerprint followed by the request, so a
 /// test sees both what arrived and who the server thought sent it.
 async fn echo(peer: Peer, request: Vec<u8>) -> Vec<u8> {

@@ -33,7 +33,10 @@ impl FrameStream {
 
     /// The next frame's checked header, or `None` if the stream ends
     /// cleanly before it.
-    pub(super) async fn header(&mut self, max_payload: u32) -> Result<Option<FrameHeader>, ReadFailure> {
+    pub(super) async fn header(
+        &mut self,
+        max_payload: u32,
+    ) -> Result<Option<FrameHeader>, ReadFailure> {
         let mut bytes = [0u8; HEADER_LEN];
         match self.recv.read_exact(&mut bytes).await {
             Ok(()) => {}

@@ -227,9 +227,19 @@ impl ChannelEndpoint {
                 reason: format!("at the limit of {} links", self.config.max_links),
             });
         }
-        let connection =
-            endpoint::dial(&self.endpoint, addr, server_name, self.config.connect_timeout).await?;
-        Ok(Link::new(connection, addr, self.config.clone(), &self.windows))
+        let connection = endpoint::dial(
+            &self.endpoint,
+            addr,
+            server_name,
+            self.config.connect_timeout,
+        )
+        .await?;
+        Ok(Link::new(
+            connection,
+            addr,
+            self.config.clone(),
+            &self.windows,
+        ))
     }
 
     /// Live links, both ways.

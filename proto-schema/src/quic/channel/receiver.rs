@@ -167,7 +167,12 @@ struct Stream {
 }
 
 impl Stream {
-    async fn serve<H: StreamHandler>(self, mut send: SendStream, recv: RecvStream, handler: Arc<H>) {
+    async fn serve<H: StreamHandler>(
+        self,
+        mut send: SendStream,
+        recv: RecvStream,
+        handler: Arc<H>,
+    ) {
         let mut frames = FrameStream::new(recv);
         let outcome = self.receive(&mut frames, &*handler).await;
         let remote = self.peer.address;
@@ -222,7 +227,9 @@ impl Stream {
                 .await?
                 .ok_or_else(|| Refusal::damaged("the stream ended without its end frame"))?;
             let room = match header.kind {
-                FrameKind::RecordBatch => Some(self.room(&mut sink, header.len, check.header()).await?),
+                FrameKind::RecordBatch => {
+                    Some(self.room(&mut sink, header.len, check.header()).await?)
+                }
                 _ if header.len > MAX_CONTROL_FRAME => {
                     return Err(Refusal::damaged(format!(
                         "frame at byte {}: a {:?} frame of {} bytes, over the limit of {MAX_CONTROL_FRAME}",

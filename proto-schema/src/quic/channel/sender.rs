@@ -13,8 +13,7 @@ use tokio::time::timeout;
 use super::frames::{self, FrameStream, ReadFailure};
 use super::windows::{LinkWindows, Registration};
 use super::{
-    ChannelConfig, ChannelError, SEND_BLOCKED_METRIC, SENT_BYTES_METRIC, connection_lost,
-    link_name,
+    ChannelConfig, ChannelError, SEND_BLOCKED_METRIC, SENT_BYTES_METRIC, connection_lost, link_name,
 };
 use crate::RecordBatch;
 use crate::batch::BatchView;
