@@ -60,9 +60,12 @@ fn refusals(reason: &str) -> u64 {
 /// An owner that records every stream's batches (unless it only counts
 /// them). It knows one job at one epoch; with a gate, each frame waits for
 /// a permit before it is read.
+/// The batches of one stream, as they arrived.
+type Arrived = Arc<Mutex<Vec<RecordBatch>>>;
+
 #[derive(Clone, Default)]
 struct Owner {
-    streams: Arc<Mutex<Vec<(StreamHeader, Arc<Mutex<Vec<RecordBatch>>>)>>>,
+    streams: Arc<Mutex<Vec<(StreamHeader, Arrived)>>>,
     gate: Option<Arc<Semaphore>>,
     delivered_bytes: Arc<AtomicU64>,
     only_count: bool,
@@ -86,7 +89,7 @@ impl Owner {
 }
 
 struct OwnerSink {
-    batches: Arc<Mutex<Vec<RecordBatch>>>,
+    batches: Arrived,
     gate: Option<Arc<Semaphore>>,
     delivered_bytes: Arc<AtomicU64>,
     only_count: bool,

@@ -332,6 +332,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use proto_schema::Position;
+    use proto_schema::RecordBatch;
 
     fn batch_of(keys: &[Vec<u8>]) -> RecordBatch {
         let mut batch = RecordBatch::new();
