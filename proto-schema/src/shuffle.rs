@@ -120,7 +120,7 @@ pub enum Refusal {
     OwnerGone { job: JobId },
     /// The owner's pipeline took nothing for this long (its stall
     /// timeout).
-    OwnerStalled { job: JobId, seconds: u64 },
+    OwnerStalled { job: JobId, millis: u64 },
 }
 
 impl Refusal {
@@ -172,8 +172,8 @@ impl fmt::Display for Refusal {
             ),
             Refusal::Damaged { reason } => write!(f, "damaged stream: {reason}"),
             Refusal::OwnerGone { job } => write!(f, "job {job}'s pipeline stopped taking batches"),
-            Refusal::OwnerStalled { job, seconds } => {
-                write!(f, "job {job}'s pipeline took nothing for {seconds} s")
+            Refusal::OwnerStalled { job, millis } => {
+                write!(f, "job {job}'s pipeline took nothing for {millis} ms")
             }
         }
     }
@@ -340,9 +340,9 @@ mod tests {
             any::<u64>().prop_map(|n| Refusal::WrongSender { claimed: NodeId(n) }),
             ".{0,600}".prop_map(Refusal::damaged),
             any::<u64>().prop_map(|job| Refusal::OwnerGone { job: JobId(job) }),
-            (any::<u64>(), any::<u64>()).prop_map(|(j, seconds)| Refusal::OwnerStalled {
+            (any::<u64>(), any::<u64>()).prop_map(|(j, millis)| Refusal::OwnerStalled {
                 job: JobId(j),
-                seconds
+                millis
             }),
         ]
     }

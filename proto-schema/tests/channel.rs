@@ -529,8 +529,15 @@ async fn stale_epochs_unknown_jobs_and_stray_records_are_refused_and_counted() {
     receiving.shutdown().await.unwrap();
 }
 
-/// A peer that writes raw bytes: a sender with bugs, or worse.
-async fn raw_stream(cluster: &Cluster, to: &ChannelEndpoint, name: &str, bytes: &[u8]) -> Vec<u8> {
+/// A peer that writes raw bytes, and ends its side if `finish`: a sender
+/// with bugs, or worse.
+async fn raw_stream(
+    cluster: &Cluster,
+    to: &ChannelEndpoint,
+    name: &str,
+    bytes: &[u8],
+    finish: bool,
+) -> Vec<u8> {
     let tls = cluster.identity("node-9").client_config().unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client(any_port()).unwrap();
@@ -543,7 +550,9 @@ async fn raw_stream(cluster: &Cluster, to: &ChannelEndpoint, name: &str, bytes: 
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
     // The owner may stop reading before all of it has gone.
     let _ = send.write_all(bytes).await;
-    let _ = send.finish();
+    if finish {
+        let _ = send.finish();
+    }
     let reply = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 16))
         .await
         .expect("the owner replies")
@@ -599,7 +608,7 @@ async fn a_damaged_frame_is_refused_with_its_reason_and_counted() {
     stream[second + HEADER_LEN + 5] ^= 0x10;
 
     let before = refusals("damaged");
-    match decode_reply(&raw_stream(&cluster, &receiving, "node-8", &stream).await) {
+    match decode_reply(&raw_stream(&cluster, &receiving, "node-8", &stream, true).await) {
         StreamReply::Refused(Refusal::Damaged { reason }) => {
             assert!(
                 reason.contains(&format!("checksum mismatch in frame at byte {second}")),
@@ -614,7 +623,9 @@ async fn a_damaged_frame_is_refused_with_its_reason_and_counted() {
 
     // A stream that opens with a batch, not its header.
     let before = refusals("damaged");
-    match decode_reply(&raw_stream(&cluster, &receiving, "node-8", &stream[first..second]).await) {
+    match decode_reply(
+        &raw_stream(&cluster, &receiving, "node-8", &stream[first..second], true).await,
+    ) {
         StreamReply::Refused(Refusal::Damaged { reason }) => {
             assert!(reason.contains("must open with its header"), "{reason}");
         }
@@ -624,13 +635,150 @@ async fn a_damaged_frame_is_refused_with_its_reason_and_counted() {
 
     // A stream cut cleanly after a batch: no end frame.
     let before = refusals("damaged");
-    match decode_reply(&raw_stream(&cluster, &receiving, "node-8", &stream[..second]).await) {
+    match decode_reply(&raw_stream(&cluster, &receiving, "node-8", &stream[..second], true).await) {
         StreamReply::Refused(Refusal::Damaged { reason }) => {
             assert!(reason.contains("without its end frame"), "{reason}");
         }
         other => panic!("expected a damaged-frame refusal, got {other:?}"),
     }
     assert_eq!(refusals("damaged"), before + 1);
+    receiving.shutdown().await.unwrap();
+}
+
+/// An owner that takes nothing, with the stall timeouts of `owner` and
+/// `sender` on each side; what the blocked sender gets, and how long after
+/// it blocked.
+async fn stall(
+    name: &str,
+    sender: &str,
+    owner_stall: Duration,
+    sender_stall: Duration,
+) -> (ChannelError, Duration) {
+    let cluster = Cluster::new();
+    let with = |stall_timeout| ChannelConfig {
+        stall_timeout,
+        ..small_windows()
+    };
+    let receiving = ChannelEndpoint::bind(
+        any_port(),
+        &cluster.identity(name),
+        with(owner_stall),
+        Owner::gated(0),
+    )
+    .unwrap();
+    let sending = ChannelEndpoint::bind(
+        any_port(),
+        &cluster.identity(sender),
+        with(sender_stall),
+        Owner::default(),
+    )
+    .unwrap();
+    let link = sending.connect(receiving.local_addr(), name).await.unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(send_until_blocked(link, header(1, 0, 8), 100, sent.clone()));
+    let start = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("a stalled stream fails, it does not hang")
+        .unwrap()
+        .unwrap_err();
+    let waited = start.elapsed();
+    sending.shutdown().await.unwrap();
+    receiving.shutdown().await.unwrap();
+    (error, waited)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_no_one_takes_fails_its_stream_within_the_stall_timeout() {
+    metrics();
+    let (error, waited) = stall(
+        "node-20",
+        "node-21",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(matches!(error, ChannelError::Stalled { .. }), "{error}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_pipeline_takes_nothing_refuses_the_stream() {
+    metrics();
+    let _serial = refusal_lock().await;
+    let before = refusals("owner_stalled");
+    let (error, waited) = stall(
+        "node-22",
+        "node-23",
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        refusal(Err::<(), _>(error)),
+        Refusal::OwnerStalled {
+            job: JOB,
+            millis: 500
+        }
+    );
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(refusals("owner_stalled"), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_names_no_job_is_refused_after_the_header_timeout() {
+    metrics();
+    let _serial = refusal_lock().await;
+    let cluster = Cluster::new();
+    let config = ChannelConfig {
+        header_timeout: Duration::from_millis(300),
+        ..ChannelConfig::default()
+    };
+    let receiving = ChannelEndpoint::bind(
+        any_port(),
+        &cluster.identity("node-24"),
+        config,
+        Owner::default(),
+    )
+    .unwrap();
+    let before = refusals("damaged");
+    let start = Instant::now();
+    // Opens a stream, writes half a header, and waits.
+    let reply = raw_stream(&cluster, &receiving, "node-24", &[b'Q'; 8], false).await;
+    match decode_reply(&reply) {
+        StreamReply::Refused(Refusal::Damaged { reason }) => {
+            assert!(reason.contains("no header within 300ms"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(refusals("damaged"), before + 1);
+    receiving.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_frame_limit_is_refused_before_it_is_sent() {
+    metrics();
+    let cluster = Cluster::new();
+    let config = ChannelConfig {
+        max_frame: 64 << 10,
+        ..ChannelConfig::default()
+    };
+    let owner = Owner::default();
+    let (receiving, sending, link) =
+        pair(&cluster, "node-25", owner.clone(), config, "node-26").await;
+    let mut out = link.open(header(26, 0, 8)).await.unwrap();
+    let big = batch(1, 2000, 60, PartitionRange::new(0, 8).unwrap());
+    match out.send(&big).await {
+        Err(ChannelError::TooLarge { len, max }) => assert!(len > max as usize && max == 64 << 10),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // The stream goes on with batches that fit.
+    let small = batch(2, 10, 8, PartitionRange::new(0, 8).unwrap());
+    out.send(&small).await.unwrap();
+    assert_eq!(out.finish().await.unwrap().batches, 1);
+    assert_eq!(owner.batches()[0].1, vec![small]);
+    sending.shutdown().await.unwrap();
     receiving.shutdown().await.unwrap();
 }
 

@@ -279,7 +279,7 @@ impl Stream {
             Ok(room) => Ok(room?),
             Err(_) => Err(Refusal::OwnerStalled {
                 job: header.job,
-                seconds: after.as_secs(),
+                millis: after.as_millis().try_into().unwrap_or(u64::MAX),
             }
             .into()),
         }
