@@ -189,7 +189,15 @@ pub struct MemoryPlan {
     /// Per scanner: its cache of recent keys (`recent_keys`), taken from
     /// the in-flight share.
     pub recent_keys_bytes: u64,
+    /// Each way, what the shuffle's QUIC windows may hold, all links
+    /// together, taken from the in-flight share; 0 on a node alone.
+    pub shuffle_window: u64,
 }
+
+/// A node in a cluster's shuffle gives its data channel's windows this
+/// fraction of the in-flight share each way (1/64 of the budget each way:
+/// 2 MiB of a 128 MiB node's).
+pub const SHUFFLE_WINDOW_FRACTION: u64 = 8;
 
 /// Memory an SST writer holds per key until the file is finished (filter
 /// hashes, index entries, allocator slack), measured with RSS sampling on
@@ -214,18 +222,45 @@ impl MemoryPlan {
     }
 
     pub fn new(budget: u64, lanes: usize, batch_bytes: u64) -> Self {
+        Self::split(budget, lanes, lanes, false, batch_bytes)
+    }
+
+    /// The plan of a node in a cluster's shuffle: its scanners also fill a
+    /// batch and an edge per remote lane (`destinations` counts its own
+    /// lanes and the remote ones), and the data channel's windows take
+    /// their share of the in-flight bytes, so the node's memory stays
+    /// within its budget however many peers it has.
+    pub fn shuffling(budget: u64, lanes: usize, destinations: usize, batch_bytes: u64) -> Self {
+        Self::split(budget, lanes, destinations.max(lanes), true, batch_bytes)
+    }
+
+    fn split(
+        budget: u64,
+        lanes: usize,
+        destinations: usize,
+        shuffling: bool,
+        batch_bytes: u64,
+    ) -> Self {
         let lanes = lanes.max(1);
         let rocksdb = Self::rocksdb_share(budget);
         let in_flight = budget / 8;
         let sort = budget - rocksdb - in_flight;
-        // Each lane has three inbound edges (sort-merge, dedup, commit), and
-        // each scanner fills one batch per lane: give the edges half of the
-        // in-flight share and the scanners' open batches the other half.
-        let edge_capacity = in_flight / 2 / (3 * lanes as u64);
-        let open_batches = (lanes * lanes) as u64;
+        let shuffle_window = if shuffling {
+            in_flight / SHUFFLE_WINDOW_FRACTION
+        } else {
+            0
+        };
+        let edges_and_batches = in_flight - 2 * shuffle_window;
+        // Each lane has three inbound edges (sort-merge, dedup, commit),
+        // each remote lane one, and each scanner fills one batch per
+        // destination: give the edges half of the in-flight share and the
+        // scanners' open batches the other half.
+        let edges = (3 * lanes + (destinations - lanes)) as u64;
+        let edge_capacity = edges_and_batches / 2 / edges;
+        let open_batches = (lanes * destinations) as u64;
         let batch_bytes = batch_bytes
             .min(edge_capacity / 2)
-            .min(in_flight / 2 / open_batches)
+            .min(edges_and_batches / 2 / open_batches)
             .max(4 * KIB);
         let sort_per_lane = sort / lanes as u64;
         // A lane's merge holds one frame per open run (64 by default). Frames of a
@@ -254,6 +289,7 @@ impl MemoryPlan {
             spill_frame_bytes,
             sst_file_keys,
             recent_keys_bytes,
+            shuffle_window,
         }
     }
 }
@@ -322,6 +358,28 @@ mod tests {
                 assert!(plan.run_bytes * lanes as u64 <= plan.sort);
             }
         }
+    }
+
+    /// A shuffling node's edges, open batches and windows stay within the
+    /// in-flight share, however many remote lanes it sends to.
+    #[test]
+    fn a_shuffling_node_stays_within_its_share() {
+        for budget in [MIN_MEMORY_BYTES, 128 * MIB, 8 << 30] {
+            for destinations in [2, 8, 64, 512] {
+                let lanes = 2;
+                let plan = MemoryPlan::shuffling(budget, lanes, destinations, 256 * KIB);
+                let edges = (3 * lanes + destinations - lanes) as u64 * plan.edge_capacity;
+                let batches = (lanes * destinations) as u64 * plan.batch_bytes;
+                let held = edges + batches + 2 * plan.shuffle_window;
+                assert!(
+                    held <= plan.in_flight || plan.batch_bytes == 4 * KIB,
+                    "{destinations} destinations hold {held} of {}",
+                    plan.in_flight
+                );
+                assert_eq!(plan.rocksdb + plan.in_flight + plan.sort, budget);
+            }
+        }
+        assert_eq!(MemoryPlan::new(128 * MIB, 2, 256 * KIB).shuffle_window, 0);
     }
 
     #[test]

@@ -185,6 +185,20 @@ impl<M: 'static> Edge<M> {
         self.deliver(message)
     }
 
+    /// Waits for room for `bytes` and takes it, for a sender that must
+    /// hold the room before it has the message: a stream reader takes
+    /// room for a frame before reading its bytes. The message then goes
+    /// with [`send_reserved`](Self::send_reserved).
+    pub async fn reserve(&self, bytes: u64) -> Result<Credit, EdgeClosed> {
+        self.acquire(bytes).await
+    }
+
+    /// Sends a message that carries the [`Credit`] [`reserve`](Self::reserve)
+    /// took.
+    pub fn send_reserved(&self, message: M) -> Result<(), EdgeClosed> {
+        self.deliver(message)
+    }
+
     fn deliver(&self, message: M) -> Result<(), EdgeClosed> {
         self.target.deliver(message).map_err(|_| self.closed())
     }

@@ -14,12 +14,13 @@ use crate::actors::feed::ShardFeed;
 use crate::actors::feed::walk::WalkFeed;
 use crate::actors::job::{JobActor, JobArgs};
 use crate::actors::messages::JobMsg;
-use crate::actors::{JobContext, LaneMap};
+use crate::actors::{JobContext, LaneMap, Routes};
 use crate::config::{ConfigError, IngestConfig, MemoryPlan};
 use crate::counters::{JOB_PROGRESS_INTERVAL, JobCounters};
 use crate::job_runtime;
 use crate::memory::monitor::MemoryPeaks;
 use crate::memory::{self, Governor, GovernorLimits, Monitor};
+use crate::shuffle::ShuffleJob;
 use crate::store::catalog::{DatasetInfo, JobInfo, JobState, JobTotals};
 use crate::store::{Store, StoreError};
 use crate::tally_runs::TallyRuns;
@@ -36,6 +37,8 @@ pub enum IngestError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the partition map does not fit the dataset: {0}")]
+    PartitionMap(String),
     #[error("could not start the memory monitor: {0}")]
     Monitor(std::io::Error),
     #[error("could not start the job's threads: {0}")]
@@ -103,10 +106,55 @@ pub fn prepare_with_feed(
     feed: Arc<dyn ShardFeed>,
     counters: Arc<JobCounters>,
 ) -> Result<PreparedJob, IngestError> {
+    prepare_job(store, config, shown_inputs, feed, counters, None)
+}
+
+/// A node's part of a cluster job: its shards from `feed`, its records
+/// routed by `shuffle`'s partition map (its own to its lanes, the others'
+/// to their owners over the data channel), and its lanes fed by its
+/// peers' streams too.
+pub fn prepare_shuffled(
+    store: Arc<Store>,
+    config: IngestConfig,
+    shown_inputs: Vec<String>,
+    feed: Arc<dyn ShardFeed>,
+    counters: Arc<JobCounters>,
+    shuffle: ShuffleJob,
+) -> Result<PreparedJob, IngestError> {
+    prepare_job(store, config, shown_inputs, feed, counters, Some(shuffle))
+}
+
+fn prepare_job(
+    store: Arc<Store>,
+    config: IngestConfig,
+    shown_inputs: Vec<String>,
+    feed: Arc<dyn ShardFeed>,
+    counters: Arc<JobCounters>,
+    shuffle: Option<ShuffleJob>,
+) -> Result<PreparedJob, IngestError> {
     config.validate()?;
     let dataset = store.open_dataset(&config.dataset, config.format, config.partitions)?;
-    let lanes = LaneMap::new(dataset.partitions, config.threads);
-    let plan = MemoryPlan::new(config.memory_bytes, lanes.lanes, config.batch_bytes);
+    let (lanes, routes, plan) = match &shuffle {
+        None => {
+            let lanes = LaneMap::new(dataset.partitions, config.threads);
+            let plan = MemoryPlan::new(config.memory_bytes, lanes.lanes, config.batch_bytes);
+            (lanes, Routes::local(&lanes), plan)
+        }
+        Some(shuffle) => {
+            let lanes = LaneMap::over(shuffle.owned, config.threads);
+            let remote: Vec<_> = shuffle.remote.iter().map(|r| r.partitions).collect();
+            let routes = Routes::cluster(dataset.partitions, &lanes, &remote)
+                .map_err(IngestError::PartitionMap)?;
+            let destinations = lanes.lanes + remote.len();
+            let plan = MemoryPlan::shuffling(
+                config.memory_bytes,
+                lanes.lanes,
+                destinations,
+                config.batch_bytes,
+            );
+            (lanes, routes, plan)
+        }
+    };
     plan.publish_metrics();
     let governor = Governor::new(GovernorLimits::new(
         plan.heap_bytes(),
@@ -140,6 +188,8 @@ pub fn prepare_with_feed(
         governor: Arc::new(governor),
         pool: Arc::new(BatchPool::new(plan.heap_bytes())),
         lanes,
+        routes,
+        shuffle,
         counters,
         tally_runs: Arc::new(TallyRuns::new(scratch.join("counts"))),
         scratch,

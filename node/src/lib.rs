@@ -1,5 +1,6 @@
 //! A Quern node: the ingest pipeline (scan, sort-merge, dedup, commit
-//! actors), its memory plan, and the node's RocksDB store.
+//! actors), its memory plan, the node's RocksDB store, and its side of the
+//! shuffle between nodes.
 
 pub mod actors;
 pub mod config;
@@ -14,5 +15,6 @@ pub mod memory;
 pub mod metric_catalog;
 pub mod quarantine;
 pub mod recent_keys;
+pub mod shuffle;
 pub mod store;
 pub mod tally_runs;

@@ -4,6 +4,7 @@
 //! Prometheus endpoint prints the text as `# HELP`).
 
 use metrics::{Unit, describe_counter, describe_gauge};
+use proto_schema::quic::channel;
 
 /// Gauges: (name, unit, help).
 const GAUGES: &[(&str, Unit, &str)] = &[
@@ -143,6 +144,28 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "Files listed for the current job.",
     ),
     (
+        channel::SEND_BLOCKED_METRIC,
+        Unit::Seconds,
+        "Seconds this node's shuffle streams waited for a peer to take their frames: the owner's \
+         back-pressure (label link: the peer's certificate name).",
+    ),
+    (
+        channel::RECEIVE_BLOCKED_METRIC,
+        Unit::Seconds,
+        "Seconds this node, as an owner, left a peer's stream unread while its lane had no room \
+         (label link).",
+    ),
+    (
+        channel::LINKS_METRIC,
+        Unit::Count,
+        "Live links of the shuffle's data channel, both ways.",
+    ),
+    (
+        channel::LINK_WINDOW_METRIC,
+        Unit::Bytes,
+        "The receive window each live link gets: the node's window budget over its links.",
+    ),
+    (
         crate::store::publish::JOB_RECORD_FILES_METRIC,
         Unit::Count,
         "SST files holding job records, in the dataset last published (compacted into one \
@@ -165,6 +188,25 @@ const COUNTERS: &[(&str, &str)] = &[
         crate::store::publish::SST_FILES_METRIC,
         "SST files written by ingest jobs (label compression: lz4, or none once LZ4 stopped \
          paying for the data).",
+    ),
+    (
+        channel::SENT_BYTES_METRIC,
+        "Bytes of frames this node sent on its shuffle streams (label link: the peer's \
+         certificate name).",
+    ),
+    (
+        channel::RECEIVED_BYTES_METRIC,
+        "Bytes of frames this node received on its peers' shuffle streams (label link).",
+    ),
+    (
+        channel::REFUSED_METRIC,
+        "Shuffle streams this node refused (label reason: unknown_job, stale_epoch, not_owner, \
+         wrong_sender, damaged, owner_gone, owner_stalled).",
+    ),
+    (
+        channel::STREAMS_METRIC,
+        "Shuffle streams this node served as an owner (label outcome: accepted, refused, \
+         abandoned).",
     ),
     (
         proto_schema::quic::PEER_REFUSED_METRIC,

@@ -9,7 +9,6 @@
 //! never a panic.
 
 use rkyv::rancor::BoxedError;
-use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
@@ -312,29 +311,35 @@ pub enum Response {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {what} bytes: {source}")]
 pub struct CodecError {
-    what: &'static str,
-    source: BoxedError,
+    pub(crate) what: &'static str,
+    pub(crate) source: BoxedError,
 }
 
+/// `to_bytes` and `from_bytes` (validated) for an rkyv type; shared with
+/// the other rkyv messages of this crate (`shuffle`).
 macro_rules! codec {
     ($ty:ty, $what:literal) => {
         impl $ty {
-            pub fn to_bytes(&self) -> AlignedVec {
-                rkyv::to_bytes::<BoxedError>(self).expect("serializing to memory cannot fail")
+            pub fn to_bytes(&self) -> rkyv::util::AlignedVec {
+                rkyv::to_bytes::<rkyv::rancor::BoxedError>(self)
+                    .expect("serializing to memory cannot fail")
             }
 
             /// Validates `bytes` (any alignment) and deserializes them.
-            pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-                let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+            pub fn from_bytes(bytes: &[u8]) -> Result<Self, $crate::command::CodecError> {
+                let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
                 aligned.extend_from_slice(bytes);
-                rkyv::from_bytes::<$ty, BoxedError>(&aligned).map_err(|source| CodecError {
-                    what: $what,
-                    source,
+                rkyv::from_bytes::<$ty, rkyv::rancor::BoxedError>(&aligned).map_err(|source| {
+                    $crate::command::CodecError {
+                        what: $what,
+                        source,
+                    }
                 })
             }
         }
     };
 }
+pub(crate) use codec;
 
 codec!(Command, "command");
 codec!(Response, "response");

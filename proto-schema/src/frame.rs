@@ -1,4 +1,5 @@
-//! Frames: how archives travel through files and, later, streams.
+//! Frames: how archives travel through files and through the shuffle's
+//! QUIC streams.
 //!
 //! ```text
 //! magic "QRNF" | version u16 | kind u16 | payload length u32 | CRC-32 u32 | payload
@@ -25,6 +26,14 @@ pub enum FrameKind {
     RunTrailer = 2,
     /// Per-file counters spilled by a node (its ledger's runs).
     FileCounts = 3,
+    /// The first frame of a shuffle stream: whose records follow
+    /// (`shuffle::StreamHeader`).
+    StreamHeader = 4,
+    /// The last frame of a shuffle stream: how many batches and records
+    /// it carried (`shuffle::StreamEnd`).
+    StreamEnd = 5,
+    /// The receiver's answer on a shuffle stream (`shuffle::StreamReply`).
+    StreamReply = 6,
 }
 
 impl FrameKind {
@@ -33,6 +42,9 @@ impl FrameKind {
             1 => Some(Self::RecordBatch),
             2 => Some(Self::RunTrailer),
             3 => Some(Self::FileCounts),
+            4 => Some(Self::StreamHeader),
+            5 => Some(Self::StreamEnd),
+            6 => Some(Self::StreamReply),
             _ => None,
         }
     }
@@ -72,17 +84,82 @@ pub enum FrameError {
 
 /// Writes one frame and returns the bytes written.
 pub fn write_frame(out: &mut impl Write, kind: FrameKind, payload: &[u8]) -> io::Result<u64> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame payload over 4 GiB"))?;
-    let mut header = [0u8; HEADER_LEN];
-    header[0..4].copy_from_slice(&MAGIC);
-    header[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    header[6..8].copy_from_slice(&(kind as u16).to_le_bytes());
-    header[8..12].copy_from_slice(&len.to_le_bytes());
-    header[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.write_all(&header)?;
+    out.write_all(&FrameHeader::encode(kind, payload)?)?;
     out.write_all(payload)?;
     Ok((HEADER_LEN + payload.len()) as u64)
+}
+
+/// A frame's header, checked field by field: what a reader of any byte
+/// stream (a file, a QUIC stream) needs before it reads the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: FrameKind,
+    pub len: u32,
+    checksum: u32,
+}
+
+impl FrameHeader {
+    /// The header of a frame carrying `payload`.
+    pub fn encode(kind: FrameKind, payload: &[u8]) -> io::Result<[u8; HEADER_LEN]> {
+        let len = u32::try_from(payload.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame payload over 4 GiB"))?;
+        let mut header = [0u8; HEADER_LEN];
+        header[0..4].copy_from_slice(&MAGIC);
+        header[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        header[6..8].copy_from_slice(&(kind as u16).to_le_bytes());
+        header[8..12].copy_from_slice(&len.to_le_bytes());
+        header[12..16].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        Ok(header)
+    }
+
+    /// Checks magic, version, kind and length (against `max_payload`,
+    /// before anything is allocated) of the header at byte `offset`.
+    pub fn parse(
+        header: &[u8; HEADER_LEN],
+        offset: u64,
+        max_payload: u32,
+    ) -> Result<Self, FrameError> {
+        if header[0..4] != MAGIC {
+            return Err(FrameError::BadMagic { offset });
+        }
+        let field16 = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
+        let field32 = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
+        let version = field16(4);
+        if version != VERSION {
+            return Err(FrameError::UnsupportedVersion { offset, version });
+        }
+        let kind = FrameKind::from_u16(field16(6)).ok_or(FrameError::UnknownKind {
+            offset,
+            kind: field16(6),
+        })?;
+        let len = field32(8);
+        if len > max_payload {
+            return Err(FrameError::TooLarge {
+                offset,
+                len,
+                max: max_payload,
+            });
+        }
+        Ok(Self {
+            kind,
+            len,
+            checksum: field32(12),
+        })
+    }
+
+    /// Checks the payload read after this header against its checksum.
+    pub fn check_payload(&self, payload: &[u8], offset: u64) -> Result<(), FrameError> {
+        let computed = crc32fast::hash(payload);
+        if computed == self.checksum {
+            Ok(())
+        } else {
+            Err(FrameError::Checksum {
+                offset,
+                stored: self.checksum,
+                computed,
+            })
+        }
+    }
 }
 
 /// A checked frame: header valid, checksum matched. The payload sits in an
@@ -176,28 +253,8 @@ impl<R: Read> FrameReader<R> {
                 });
             }
         }
-        if header[0..4] != MAGIC {
-            return Err(FrameError::BadMagic { offset });
-        }
-        let field16 = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
-        let field32 = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
-        let version = field16(4);
-        if version != VERSION {
-            return Err(FrameError::UnsupportedVersion { offset, version });
-        }
-        let kind = FrameKind::from_u16(field16(6)).ok_or(FrameError::UnknownKind {
-            offset,
-            kind: field16(6),
-        })?;
-        let len = field32(8);
-        if len > self.max_payload {
-            return Err(FrameError::TooLarge {
-                offset,
-                len,
-                max: self.max_payload,
-            });
-        }
-        let stored = field32(12);
+        let checked = FrameHeader::parse(&header, offset, self.max_payload)?;
+        let (kind, len) = (checked.kind, checked.len);
 
         let mut payload = {
             buffer.clear();
@@ -212,14 +269,7 @@ impl<R: Read> FrameReader<R> {
                 what: "stream ends inside a frame payload",
             });
         }
-        let computed = crc32fast::hash(&payload);
-        if computed != stored {
-            return Err(FrameError::Checksum {
-                offset,
-                stored,
-                computed,
-            });
-        }
+        checked.check_payload(&payload, offset)?;
         self.offset += (HEADER_LEN + len as usize) as u64;
         Ok(Some(Frame {
             kind,

@@ -1,9 +1,9 @@
 //! The protocol shared by every Quern process: record batches, the framing
 //! that carries them through spill files, the partition function every node
 //! must agree on, the coordinator's replicated commands and its API's
-//! envelope (requests, replies, status and lease reports), and the
-//! cluster's transport: mutual TLS from a cluster CA and request/response
-//! RPC over QUIC.
+//! envelope (requests, replies, status and lease reports), the shuffle's
+//! stream protocol, and the cluster's transport: mutual TLS from a cluster
+//! CA, request/response RPC over QUIC, and the shuffle's data channel.
 //!
 //! Everything here treats bytes from outside as hostile: decoding checks the
 //! frame header, the checksum, rkyv's structural validation and the batch's
@@ -20,9 +20,10 @@ pub mod frame;
 pub mod ids;
 pub mod partition;
 pub mod quic;
+pub mod shuffle;
 pub mod tls;
 
 pub use batch::{BatchShape, BatchView, Position, Record, RecordBatch, RunTrailer, ValidBatch};
-pub use frame::{Frame, FrameError, FrameKind, FrameReader, write_frame};
+pub use frame::{Frame, FrameError, FrameHeader, FrameKind, FrameReader, write_frame};
 pub use ids::{DatasetId, Epoch, JobId, NodeId, PartitionId, ShardId};
 pub use partition::{key_hash, partition_of, partition_of_hash};

@@ -10,7 +10,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use proto_schema::ca::ClusterCa;
 use proto_schema::quic::{
     Handler, PEER_REFUSED_METRIC, Peer, RpcClient, RpcConfig, RpcConnection, RpcError, RpcServer,
 };
@@ -19,7 +18,10 @@ use rustls::pki_types::pem::PemObject;
 
 #[path = "support/captured_log.rs"]
 mod captured_log;
+#[path = "support/cluster_ca.rs"]
+mod cluster_ca;
 use captured_log::warnings;
+use cluster_ca::Cluster;
 
 const SERVER_NAME: &str = "coord-1";
 
@@ -42,27 +44,6 @@ fn refusals(reason: &str, role: &str) -> u64 {
                 && line.contains(&format!("role=\"{role}\""))
         })
         .map_or(0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
-}
-
-/// A cluster: its CA, and identities issued by it.
-struct Cluster {
-    ca: ClusterCa,
-}
-
-impl Cluster {
-    fn new() -> Self {
-        Self {
-            ca: ClusterCa::generate(1).unwrap(),
-        }
-    }
-
-    fn identity(&self, name: &str) -> TlsIdentity {
-        let issued = self
-            .ca
-            .issue(name, &["127.0.0.1".into(), "localhost".into()], 1)
-            .unwrap();
-        TlsIdentity::from_pem(self.ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
-    }
 }
 
 /// Answers with the caller's fingerprint followed by the request, so a

@@ -111,6 +111,26 @@ impl LaneSorter {
     ) -> Result<(), SortError> {
         self.buffer.push(&batch);
         self.pool.give(batch);
+        self.spill_if_full(run_bytes, on_duplicate)
+    }
+
+    /// As [`add`](Self::add), for a batch read in place (an archive
+    /// received from another node), whose buffer is not the pool's.
+    pub fn add_view(
+        &mut self,
+        batch: &impl BatchView,
+        run_bytes: usize,
+        on_duplicate: &mut dyn FnMut(Position),
+    ) -> Result<(), SortError> {
+        self.buffer.push(batch);
+        self.spill_if_full(run_bytes, on_duplicate)
+    }
+
+    fn spill_if_full(
+        &mut self,
+        run_bytes: usize,
+        on_duplicate: &mut dyn FnMut(Position),
+    ) -> Result<(), SortError> {
         if self.buffer.bytes() >= run_bytes {
             let mut run = std::mem::take(&mut self.buffer).sort();
             let file = self.write_run(&mut run, on_duplicate)?;

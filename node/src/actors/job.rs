@@ -29,7 +29,11 @@ use crate::counters::JobCounters;
 use crate::edge::{Edge, EdgeClosed, EdgeCloser};
 use crate::input::shard::Shard;
 use crate::memory::Account;
+use crate::shuffle::inbound::InboundLane;
+use crate::shuffle::{Inbound, RemoteLane, RemoteOutcome};
 use crate::store::catalog::JobTotals;
+use proto_schema::JobId;
+use proto_schema::shuffle::StreamHeader;
 
 /// The job's end: its totals once published, or why it failed.
 pub type JobResult = Result<JobTotals, String>;
@@ -39,6 +43,10 @@ pub struct JobArgs {
     pub feed: Arc<dyn ShardFeed>,
     pub reply: oneshot::Sender<JobResult>,
 }
+
+/// How often a cluster job looks whether its peers' streams have all
+/// arrived.
+const STREAMS_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How long a consequential failure waits for the failure that caused it.
 const CAUSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -64,6 +72,13 @@ pub struct JobState {
     /// finds one.
     idle: Vec<usize>,
     sorters: Vec<ActorRef<SortMergeMsg>>,
+    /// Edges to remote owners' lanes (a cluster job's), and what became
+    /// of their streams.
+    remote: Vec<Edge<SortMergeMsg>>,
+    outcomes: Vec<RemoteOutcome>,
+    /// Inputs of the lanes not yet complete: the scanners, and in a
+    /// cluster job the streams sent and the streams received.
+    inputs_pending: usize,
     /// Permits = idle scanners not yet promised a bundle; the feed takes
     /// one before each bundle it hands out.
     demand: Arc<Semaphore>,
@@ -145,6 +160,43 @@ impl JobState {
         Ok(())
     }
 
+    /// One of the lanes' inputs is complete; once all are, the lanes
+    /// merge and pass everything on.
+    fn input_complete(&mut self) -> Result<(), ActorProcessingErr> {
+        self.inputs_pending -= 1;
+        if self.inputs_pending == 0 {
+            for sorter in &self.sorters {
+                sorter.cast(SortMergeMsg::Finish)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the job's streams to remote owners (its scanners are done) and
+    /// reports once the owners have taken them. Bounded by the data
+    /// channel's timeouts.
+    fn end_streams(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        if self.ctx.shuffle.is_none() {
+            return Ok(());
+        }
+        for edge in &self.remote {
+            edge.send_control(SortMergeMsg::Finish)?;
+        }
+        let outcomes = std::mem::take(&mut self.outcomes);
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let mut result = Ok(());
+            for outcome in outcomes {
+                if let Err(e) = outcome.wait().await {
+                    result = Err(format!("the shuffle failed: {e}"));
+                    break;
+                }
+            }
+            let _ = myself.cast(JobMsg::ShuffleSent(result));
+        });
+        Ok(())
+    }
+
     /// Checks the counters and publishes every lane's files atomically.
     fn publish(&mut self) -> Result<JobTotals, String> {
         let ctx = &self.ctx;
@@ -168,7 +220,11 @@ impl JobState {
             duplicates: JobCounters::get(&c.duplicates),
             rejected: JobCounters::get(&c.rejected),
         };
-        if !totals.reconciles() || keys != totals.unique {
+        // In a cluster job a node's reads and its owners' counts differ by
+        // what crossed the shuffle: the coordinator reconciles them across
+        // nodes. Keys written still match what this node's dedup kept.
+        let reconciles = totals.reconciles() || ctx.shuffle.is_some();
+        if !reconciles || keys != totals.unique {
             return Err(format!(
                 "counters do not reconcile: read {} != unique {} + duplicates {} + rejected {}, \
                  or {keys} keys written != {} unique",
@@ -206,6 +262,9 @@ impl Actor for JobActor {
             scanners: Vec::new(),
             idle: (0..threads).rev().collect(),
             sorters: Vec::new(),
+            remote: Vec::new(),
+            outcomes: Vec::new(),
+            inputs_pending: if ctx.shuffle.is_some() { 3 } else { 1 },
             demand: Arc::new(Semaphore::new(threads)),
             feed_thread: None,
             feed_ended: false,
@@ -246,6 +305,32 @@ impl Actor for JobActor {
             state.sorters.push(sorter.clone());
             to_sorters.push(state.edge(format!("scan->sort-merge[{lane}]"), sorter));
         }
+        if let Some(shuffle) = &ctx.shuffle {
+            let lanes = (0..ctx.lanes.lanes)
+                .map(|lane| InboundLane {
+                    partitions: ctx.lanes.range_of(lane),
+                    edge: to_sorters[lane].clone(),
+                })
+                .collect();
+            shuffle.inbound.register(shuffle.job, shuffle.epoch, lanes);
+            // Routes number remote lanes after the local ones, in this order.
+            for remote in &shuffle.remote {
+                let header = StreamHeader {
+                    job: shuffle.job,
+                    epoch: shuffle.epoch,
+                    sender: shuffle.node,
+                    partitions: remote.partitions,
+                };
+                let (target, outcome) =
+                    RemoteLane::open(&remote.link, header, ctx.pool.clone()).await?;
+                let name = format!("scan->{}[{}]", remote.link.name(), remote.partitions);
+                let edge = Edge::new(name, target, ctx.plan.edge_capacity, EDGE_MESSAGES);
+                state.edges.push(edge.closer());
+                state.remote.push(edge.clone());
+                state.outcomes.push(outcome);
+                to_sorters.push(edge);
+            }
+        }
         for index in 0..threads {
             let name = format!("scan[{index}]");
             let scan_args = ScanArgs {
@@ -274,6 +359,14 @@ impl Actor for JobActor {
             tokio::runtime::Handle::current(),
             myself.clone(),
         );
+        if let Some(shuffle) = &ctx.shuffle {
+            tokio::spawn(await_streams(
+                shuffle.inbound.clone(),
+                shuffle.job,
+                shuffle.expected_streams,
+                myself.clone(),
+            ));
+        }
         state.feed_thread = Some(tokio::task::spawn_blocking(move || {
             let result = Account::named(feed.name()).enter(|| feed.run(&ctx, &scanners));
             let _ = myself.cast(JobMsg::FeedEnded(result));
@@ -309,10 +402,15 @@ impl Actor for JobActor {
                     JobMsg::ScannerFinished { .. } => {
                         state.scanners_finished += 1;
                         if state.scanners_finished == state.scanners.len() {
-                            for sorter in &state.sorters {
-                                sorter.cast(SortMergeMsg::Finish)?;
-                            }
+                            state.end_streams(&myself)?;
+                            state.input_complete()?;
                         }
+                    }
+                    JobMsg::ShuffleSent(Ok(())) | JobMsg::ShuffleReceived(Ok(())) => {
+                        state.input_complete()?;
+                    }
+                    JobMsg::ShuffleSent(Err(reason)) | JobMsg::ShuffleReceived(Err(reason)) => {
+                        state.fail(&myself, reason);
                     }
                     JobMsg::LaneWritten { lane, output } => {
                         state.lanes[lane] = Some(output);
@@ -382,6 +480,9 @@ impl Actor for JobActor {
         _: ActorRef<JobMsg>,
         state: &mut JobState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(shuffle) = &state.ctx.shuffle {
+            shuffle.inbound.remove(shuffle.job);
+        }
         state.close_edges();
         let deadline = tokio::time::Instant::now() + state.ctx.config.shutdown_timeout;
         for stage in &state.stages {
@@ -417,5 +518,30 @@ impl Actor for JobActor {
             .expect("hung stages lock")
             .extend(hung);
         Ok(())
+    }
+}
+
+/// Reports once `expected` streams of `job` have arrived at this node, or
+/// as soon as one fails (a peer lost, a stream refused); ends quietly once
+/// the job is gone. Every stream ends within the data channel's timeouts,
+/// so this does too.
+async fn await_streams(inbound: Inbound, job: JobId, expected: u64, myself: ActorRef<JobMsg>) {
+    loop {
+        let Some(counts) = inbound.received(job) else {
+            return;
+        };
+        let result = if counts.failed > 0 {
+            Err(format!(
+                "the shuffle failed: {} of the streams this node's lanes expect ended early",
+                counts.failed
+            ))
+        } else if counts.streams >= expected {
+            Ok(())
+        } else {
+            tokio::time::sleep(STREAMS_POLL).await;
+            continue;
+        };
+        let _ = myself.cast(JobMsg::ShuffleReceived(result));
+        return;
     }
 }

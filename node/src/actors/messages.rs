@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use proto_schema::RecordBatch;
+use proto_schema::{RecordBatch, ValidBatch};
 
 use crate::edge::Credit;
 use crate::input::shard::Shard;
@@ -28,9 +28,13 @@ pub enum ScanMsg {
 }
 
 /// To a lane's sort-merge, from the scanners (data) and the job (`Finish`).
+/// The same message goes to a remote owner's lane (`shuffle::RemoteLane`),
+/// which sends its batches over the data channel.
 #[allow(clippy::large_enum_variant)]
 pub enum SortMergeMsg {
     Batch(RecordBatch, Credit),
+    /// A batch another node sent, checked on receipt and read in place.
+    Received(ValidBatch, Credit),
     /// Every scan is done: merge and pass everything on.
     Finish,
 }
@@ -67,6 +71,12 @@ pub enum JobMsg {
     ScannerFinished {
         scanner: usize,
     },
+    /// The job's streams to remote owners have ended and been taken, or
+    /// one failed (the reason says which and why).
+    ShuffleSent(Result<(), String>),
+    /// Every stream this node's lanes expect from its peers has arrived,
+    /// or one failed.
+    ShuffleReceived(Result<(), String>),
     LaneWritten {
         lane: usize,
         output: LaneOutput,

@@ -27,9 +27,12 @@ pub mod sort_merge;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use proto_schema::shuffle::PartitionRange;
+
 use crate::config::{IngestConfig, MemoryPlan};
 use crate::counters::{FileTally, JobCounters};
 use crate::memory::Governor;
+use crate::shuffle::ShuffleJob;
 use crate::store::Store;
 use crate::store::catalog::{DatasetInfo, JobInfo};
 use crate::tally_runs::TallyRuns;
@@ -47,6 +50,10 @@ pub struct JobContext {
     /// Batches recycled between stages.
     pub pool: Arc<BatchPool>,
     pub lanes: LaneMap,
+    /// Where scanners send each partition's records.
+    pub routes: Routes,
+    /// The job's part in a cluster's shuffle, if it has one.
+    pub shuffle: Option<ShuffleJob>,
     pub counters: Arc<JobCounters>,
     /// Per-file counts spilled by the stages, written to the ledger when
     /// the job publishes.
@@ -69,9 +76,11 @@ impl JobContext {
 
 /// Which lane owns a partition: lanes own contiguous partition ranges, so a
 /// lane's SST files never overlap another's and partitions keep moving as
-/// ranges.
+/// ranges. On one node the lanes share every partition; in a cluster, the
+/// node's own range (`first..first + partitions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaneMap {
+    pub first: u16,
     pub partitions: u16,
     pub lanes: usize,
 }
@@ -79,14 +88,86 @@ pub struct LaneMap {
 impl LaneMap {
     /// At most one lane per partition.
     pub fn new(partitions: u16, threads: usize) -> Self {
+        Self::over(
+            PartitionRange::new(0, partitions).expect("at least one partition"),
+            threads,
+        )
+    }
+
+    /// Lanes over `range` only: a node's share of a cluster's partitions.
+    pub fn over(range: PartitionRange, threads: usize) -> Self {
+        let partitions = range.end.get() - range.start.get();
         Self {
+            first: range.start.get(),
             partitions,
             lanes: threads.clamp(1, partitions as usize),
         }
     }
 
+    /// The lane of a partition in this map's range.
     pub fn lane_of(&self, partition: u16) -> usize {
-        partition as usize * self.lanes / self.partitions as usize
+        (partition - self.first) as usize * self.lanes / self.partitions as usize
+    }
+
+    /// The partitions `lane` owns: those with `lane_of` equal to it.
+    pub fn range_of(&self, lane: usize) -> PartitionRange {
+        let (p, l) = (self.partitions as usize, self.lanes);
+        let start = |lane: usize| self.first + (lane * p).div_ceil(l) as u16;
+        PartitionRange::new(start(lane), start(lane + 1)).expect("every lane owns a partition")
+    }
+}
+
+/// Where a scanner sends each partition's records: the index of one of its
+/// edges, the node's lanes first, then remote owners' streams in the order
+/// given.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    table: Arc<[u16]>,
+}
+
+impl Routes {
+    /// Every partition to its lane on this node.
+    pub fn local(lanes: &LaneMap) -> Self {
+        Self {
+            table: (0..lanes.partitions)
+                .map(|p| lanes.lane_of(lanes.first + p) as u16)
+                .collect(),
+        }
+    }
+
+    /// `lanes`' partitions to their lanes, each of `remote` to the
+    /// destination after the lanes and the remote ranges before it. Every
+    /// one of `partitions` must be routed exactly once.
+    pub fn cluster(
+        partitions: u16,
+        lanes: &LaneMap,
+        remote: &[PartitionRange],
+    ) -> Result<Self, String> {
+        let mut table = vec![u16::MAX; partitions as usize];
+        let local =
+            (0..lanes.partitions).map(|p| (lanes.first + p, lanes.lane_of(lanes.first + p)));
+        let remote = remote.iter().enumerate().flat_map(|(i, range)| {
+            (range.start.get()..range.end.get()).map(move |p| (p, lanes.lanes + i))
+        });
+        for (partition, destination) in local.chain(remote) {
+            let slot = table.get_mut(partition as usize).ok_or(format!(
+                "partition {partition} is beyond the dataset's {partitions}"
+            ))?;
+            if *slot != u16::MAX {
+                return Err(format!("partition {partition} has two owners"));
+            }
+            *slot = u16::try_from(destination).map_err(|_| "too many destinations".to_string())?;
+        }
+        match table.iter().position(|&d| d == u16::MAX) {
+            Some(partition) => Err(format!("partition {partition} has no owner")),
+            None => Ok(Self {
+                table: table.into(),
+            }),
+        }
+    }
+
+    pub fn of(&self, partition: u16) -> usize {
+        self.table[partition as usize] as usize
     }
 }
 
@@ -104,14 +185,51 @@ mod tests {
 
     proptest! {
         /// Lanes own contiguous, non-empty partition ranges covering all
-        /// partitions in order.
+        /// partitions of their map in order, and `range_of` names them.
         #[test]
-        fn lanes_own_contiguous_ranges(partitions in 1u16..2000, threads in 1usize..64) {
-            let map = LaneMap::new(partitions, threads);
-            let owners: Vec<usize> = (0..partitions).map(|p| map.lane_of(p)).collect();
+        fn lanes_own_contiguous_ranges(first in 0u16..1000, partitions in 1u16..2000, threads in 1usize..64) {
+            let map = LaneMap::over(PartitionRange::new(first, first + partitions).unwrap(), threads);
+            let owners: Vec<usize> = (first..first + partitions).map(|p| map.lane_of(p)).collect();
             prop_assert_eq!(owners[0], 0);
             prop_assert_eq!(*owners.last().unwrap(), map.lanes - 1);
             prop_assert!(owners.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1));
+            for p in first..first + partitions {
+                prop_assert!(map.range_of(map.lane_of(p)).contains(p));
+            }
         }
+
+        /// A cluster's routes send each partition to its one owner: the
+        /// local lane for the node's own, the remote range's index after
+        /// the lanes for the others.
+        #[test]
+        fn routes_cover_every_partition_once(cuts in proptest::collection::btree_set(1u16..200, 1..6), mine in any::<prop::sample::Index>(), threads in 1usize..4) {
+            let mut bounds: Vec<u16> = std::iter::once(0).chain(cuts).collect();
+            bounds.push(200);
+            let ranges: Vec<_> = bounds.windows(2).map(|w| PartitionRange::new(w[0], w[1]).unwrap()).collect();
+            let own = mine.index(ranges.len());
+            let lanes = LaneMap::over(ranges[own], threads);
+            let remote: Vec<_> = ranges.iter().enumerate().filter(|(i, _)| *i != own).map(|(_, r)| *r).collect();
+            let routes = Routes::cluster(200, &lanes, &remote).unwrap();
+            for p in 0..200 {
+                let expected = match remote.iter().position(|r| r.contains(p)) {
+                    Some(i) => lanes.lanes + i,
+                    None => lanes.lane_of(p),
+                };
+                prop_assert_eq!(routes.of(p), expected);
+            }
+            // A gap or an overlap is refused.
+            prop_assert!(Routes::cluster(201, &lanes, &remote).is_err());
+            if let Some(first) = remote.first() {
+                let twice: Vec<_> = remote.iter().chain([first]).copied().collect();
+                prop_assert!(Routes::cluster(200, &lanes, &twice).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn local_routes_are_the_lanes() {
+        let lanes = LaneMap::new(64, 3);
+        let routes = Routes::local(&lanes);
+        assert!((0..64).all(|p| routes.of(p) == lanes.lane_of(p)));
     }
 }

@@ -37,6 +37,8 @@ use crate::recent_keys::{RecentKeys, Seen};
 pub struct ScanArgs {
     pub ctx: Arc<JobContext>,
     pub index: usize,
+    /// One edge per destination of `ctx.routes`: the node's lanes, then
+    /// remote owners' streams.
     pub lanes: Vec<Edge<SortMergeMsg>>,
     pub job: ActorRef<JobMsg>,
     pub account: Account,
@@ -254,7 +256,7 @@ impl ScanState {
                             continue;
                         }
                         let partition = partition_of_hash(hash, partitions);
-                        let lane = ctx.lanes.lane_of(partition);
+                        let lane = ctx.routes.of(partition);
                         let batch = &mut self.batches[lane];
                         batch.push(Record {
                             partition,

@@ -94,6 +94,18 @@ impl Actor for SortMerge {
                         })?;
                         tally.publish()?;
                     }
+                    SortMergeMsg::Received(batch, credit) => {
+                        let sorter = sorter.as_mut().ok_or_else(sorter_gone)?;
+                        let run_bytes = ctx.governor.run_bytes() as usize;
+                        blocking(|| {
+                            sorter.add_view(&batch, run_bytes, &mut |position| {
+                                tally.duplicate(position.file)
+                            })
+                        })?;
+                        // Copied into the run: the archive and its room go.
+                        drop((batch, credit));
+                        tally.publish()?;
+                    }
                     SortMergeMsg::Finish => {
                         let sorter = sorter.take().ok_or_else(sorter_gone)?;
                         // Scanning has ended: from here on the pool only

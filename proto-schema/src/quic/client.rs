@@ -3,14 +3,12 @@
 //! stream, so many can be in flight on one connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Endpoint, ReadError, ReadExactError, VarInt, WriteError};
 use tokio::time::timeout;
 
-use super::refusal::{self, Role};
-use super::server::peer_certificate;
+use super::endpoint::{self, peer_certificate};
+use super::refusal;
 use super::{RpcConfig, RpcError, wire};
 use crate::tls::Fingerprint;
 
@@ -32,9 +30,7 @@ impl RpcClient {
         tls: rustls::ClientConfig,
         config: RpcConfig,
     ) -> Result<Self, RpcError> {
-        let crypto = QuicClientConfig::try_from(tls).map_err(|e| RpcError::Setup(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
-        client_config.transport_config(config.transport()?);
+        let client_config = endpoint::client_config(tls, config.transport()?)?;
         let mut endpoint =
             Endpoint::client(bind).map_err(|error| RpcError::Bind { addr: bind, error })?;
         endpoint.set_default_client_config(client_config);
@@ -48,25 +44,13 @@ impl RpcClient {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<RpcConnection, RpcError> {
-        let connecting =
-            self.endpoint
-                .connect(addr, server_name)
-                .map_err(|error| RpcError::Connect {
-                    addr,
-                    server_name: server_name.to_owned(),
-                    error,
-                })?;
-        let connection = match timeout(self.config.connect_timeout, connecting).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => return Err(refusal::handshake_failed(Role::Client, addr, e)),
-            Err(_) => {
-                return Err(RpcError::Timeout {
-                    addr,
-                    stage: "handshake",
-                    after: self.config.connect_timeout,
-                });
-            }
-        };
+        let connection = endpoint::dial(
+            &self.endpoint,
+            addr,
+            server_name,
+            self.config.connect_timeout,
+        )
+        .await?;
         Ok(RpcConnection {
             connection,
             addr,

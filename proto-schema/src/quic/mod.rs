@@ -1,6 +1,7 @@
-//! Request/response RPC over QUIC with mutual TLS: the transport the Raft
-//! RPCs and the client API ride on. Payloads are opaque bytes; callers
-//! encode their own messages. Every message is bounded by
+//! QUIC with mutual TLS between the cluster's processes: request/response
+//! RPC, which the Raft RPCs and the client API ride on, and the shuffle's
+//! data channel (`channel`). RPC payloads are opaque bytes; callers encode
+//! their own messages. Every message is bounded by
 //! [`RpcConfig::max_message`] (checked before anything is allocated), and
 //! every wait by a timeout, so nothing hangs silently.
 //!
@@ -12,9 +13,15 @@
 //! - `refusal`: failed handshakes, logged and counted.
 //! - `address`: `host:port` to a socket address and the name the
 //!   server's certificate must carry.
+//! - `endpoint`: what every endpoint shares: liveness settings, binding
+//!   and dialling with mutual TLS, accepting, shutdown.
+//! - `channel`: the shuffle's data channel, streams of record batches
+//!   between nodes beside the RPC, with flow control bounded in bytes.
 
 mod address;
+pub mod channel;
 mod client;
+mod endpoint;
 mod refusal;
 mod server;
 mod wire;
@@ -76,14 +83,10 @@ impl Default for RpcConfig {
 
 impl RpcConfig {
     fn transport(&self) -> Result<Arc<quinn::TransportConfig>, RpcError> {
-        let mut transport = quinn::TransportConfig::default();
+        let mut transport = endpoint::transport(self.idle_timeout)?;
         transport
             .max_concurrent_bidi_streams(self.max_concurrent_requests.into())
-            .max_concurrent_uni_streams(0u32.into())
-            .max_idle_timeout(Some(self.idle_timeout.try_into().map_err(|_| {
-                RpcError::Setup(format!("idle timeout {:?} is too long", self.idle_timeout))
-            })?))
-            .keep_alive_interval(Some(self.idle_timeout / 3));
+            .max_concurrent_uni_streams(0u32.into());
         Ok(Arc::new(transport))
     }
 }

@@ -7,20 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
-use rustls::pki_types::CertificateDer;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{timeout, timeout_at};
+use tokio::time::timeout;
 
-use super::refusal::{self, Role};
+use super::endpoint::{self, CLOSE_SHUTDOWN};
 use super::{Handler, Peer, RpcConfig, RpcError, wire};
-use crate::cert_name::certificate_name;
-use crate::tls::Fingerprint;
 
-/// Application close codes.
-const CLOSE_SHUTDOWN: u32 = 0;
-const CLOSE_NO_IDENTITY: u32 = 1;
 /// Stream codes: the request was over the size limit; it took too long.
 const STOP_TOO_LARGE: u32 = 1;
 const RESET_TIMEOUT: u32 = 2;
@@ -50,14 +43,7 @@ impl RpcServer {
         config: RpcConfig,
         handler: H,
     ) -> Result<Self, RpcError> {
-        let crypto = QuicServerConfig::try_from(tls).map_err(|e| RpcError::Setup(e.to_string()))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server_config.transport_config(config.transport()?);
-        let endpoint = Endpoint::server(server_config, addr)
-            .map_err(|error| RpcError::Bind { addr, error })?;
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|error| RpcError::Bind { addr, error })?;
+        let (endpoint, local_addr) = endpoint::listen(addr, tls, config.transport()?)?;
         let shutdown_timeout = config.shutdown_timeout;
         let shared = Arc::new(Shared { handler, config });
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared));
@@ -78,23 +64,8 @@ impl RpcServer {
     /// dropped) and joins all tasks. If they have not ended within the
     /// shutdown timeout they are aborted and an error says so.
     pub async fn shutdown(mut self) -> Result<(), RpcError> {
-        self.endpoint
-            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
-        let mut task = self.accept_task.take().expect("taken only here");
-        let limit = self.shutdown_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
-        let joined = timeout_at(deadline, &mut task).await.is_ok();
-        if !joined {
-            task.abort();
-            let _ = task.await;
-        }
-        // Let the close frames go out, within what is left of the bound.
-        let _ = timeout_at(deadline, self.endpoint.wait_idle()).await;
-        if joined {
-            Ok(())
-        } else {
-            Err(RpcError::ShutdownTimeout(limit))
-        }
+        let task = self.accept_task.take().expect("taken only here");
+        endpoint::shut_down(&self.endpoint, task, self.shutdown_timeout).await
     }
 }
 
@@ -109,53 +80,20 @@ impl Drop for RpcServer {
 }
 
 async fn accept_loop<H: Handler>(endpoint: Endpoint, shared: Arc<Shared<H>>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                if connections.len() >= shared.config.max_connections {
-                    tracing::warn!(
-                        remote = %incoming.remote_address(),
-                        limit = shared.config.max_connections,
-                        "refused a connection: at the connection limit"
-                    );
-                    incoming.refuse();
-                    continue;
-                }
-                connections.spawn(serve_connection(incoming, shared.clone()));
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    while connections.join_next().await.is_some() {}
+    let max = shared.config.max_connections;
+    endpoint::accept_loop(endpoint, max, |incoming| {
+        serve_connection(incoming, shared.clone())
+    })
+    .await;
 }
 
 async fn serve_connection<H: Handler>(incoming: Incoming, shared: Arc<Shared<H>>) {
-    let addr = incoming.remote_address();
-    let connection = match timeout(shared.config.connect_timeout, incoming).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(e)) => {
-            refusal::handshake_failed(Role::Server, addr, e);
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(remote = %addr, after = ?shared.config.connect_timeout, "handshake timed out");
-            return;
-        }
-    };
-    let Some(cert) = peer_certificate(&connection) else {
-        // Unreachable while client certificates are mandatory.
-        tracing::warn!(remote = %addr, "a peer without a certificate got through; closing");
-        connection.close(VarInt::from_u32(CLOSE_NO_IDENTITY), b"no certificate");
+    let Some((connection, peer)) =
+        endpoint::handshake(incoming, shared.config.connect_timeout).await
+    else {
         return;
     };
-    let peer = Peer {
-        address: addr,
-        fingerprint: Fingerprint::of(&cert),
-        name: certificate_name(&cert).map(Arc::from),
-    };
-    tracing::debug!(remote = %addr, fingerprint = %peer.fingerprint, name = ?peer.name, "peer connected");
+    let addr = peer.address;
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
@@ -179,15 +117,6 @@ async fn serve_connection<H: Handler>(incoming: Incoming, shared: Arc<Shared<H>>
     }
     // Nothing can answer on a closed connection: drop what is in flight.
     requests.shutdown().await;
-}
-
-/// The first certificate the peer presented (its own; the rest is chain).
-pub(super) fn peer_certificate(connection: &quinn::Connection) -> Option<CertificateDer<'static>> {
-    let certs = connection
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    certs.into_iter().next()
 }
 
 async fn serve_request<H: Handler>(

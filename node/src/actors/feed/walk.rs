@@ -27,11 +27,34 @@ const BUNDLE_BYTES: u64 = 4 << 20;
 /// Shards from the files under PATH arguments, in input order.
 pub struct WalkFeed {
     inputs: Vec<PathBuf>,
+    share: Share,
+}
+
+/// Which of the walk's files this node reads: every `count`th, from the
+/// `index`th. Every node numbers every file, so a record's position is the
+/// same whichever node reads it.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    index: u32,
+    count: u32,
 }
 
 impl WalkFeed {
     pub fn new(inputs: Vec<PathBuf>) -> Self {
-        Self { inputs }
+        Self::share(inputs, 0, 1)
+    }
+
+    /// The files numbered `index`, `index + count`, ... of the walk: one
+    /// node's share when `count` nodes read the same paths.
+    pub fn share(inputs: Vec<PathBuf>, index: u32, count: u32) -> Self {
+        let count = count.max(1);
+        Self {
+            inputs,
+            share: Share {
+                index: index % count,
+                count,
+            },
+        }
     }
 }
 
@@ -44,6 +67,7 @@ impl ShardFeed for WalkFeed {
         let mut listing = Listing {
             ctx,
             scanners,
+            share: self.share,
             next_seq: 0,
             files: FileRegister::new(ctx),
             bundle: Vec::new(),
@@ -76,6 +100,7 @@ impl ShardFeed for WalkFeed {
 struct Listing<'a> {
     ctx: &'a JobContext,
     scanners: &'a Scanners,
+    share: Share,
     next_seq: u32,
     files: FileRegister<'a>,
     /// Shards not yet handed out, and their listed bytes.
@@ -90,6 +115,9 @@ impl Listing<'_> {
         self.next_seq = seq
             .checked_add(1)
             .ok_or("more than 4 billion input files")?;
+        if seq % self.share.count != self.share.index {
+            return Ok(ControlFlow::Continue(()));
+        }
         let (file, problem) = match listed {
             Listed::File {
                 path,
