@@ -12,10 +12,9 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// Most file entries one manifest chunk may carry.
-pub const MAX_CHUNK_FILES: usize = 4096;
-/// Most bytes of paths and checksums one manifest chunk may carry.
-pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+mod bounds;
+
+pub use bounds::*;
 
 /// A cluster member that can hold shard leases.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -137,7 +136,19 @@ impl DiffCounts {
     }
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// Why a command was refused, by the leader before the log or by the
+/// state machine. Also serde, for refusals in the API's envelope.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 pub enum CommandError {
     UnknownDataset {
         name: String,
@@ -197,6 +208,12 @@ pub enum CommandError {
         first: String,
         last: String,
     },
+    /// A field (or the whole encoded command) over its bound (`bounds`).
+    OutOfBounds {
+        what: Bounded,
+        size: u64,
+        max: u64,
+    },
 }
 
 impl std::fmt::Display for CommandError {
@@ -253,6 +270,13 @@ impl std::fmt::Display for CommandError {
                 f,
                 "manifest chunk {first:?} to {last:?} overlaps the paths of an earlier chunk: a manifest must be sent in path order"
             ),
+            Self::OutOfBounds { what, size, max } => {
+                let unit = what.unit();
+                write!(
+                    f,
+                    "{what} of {size} {unit} exceeds the limit of {max} {unit}"
+                )
+            }
         }
     }
 }

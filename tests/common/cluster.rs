@@ -14,6 +14,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     /// Replica `id` is `children[id - 1]`.
     pub children: Vec<Child>,
+    /// Flags every replica is started with.
+    flags: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -26,6 +28,11 @@ fn free_port() -> u16 {
 
 impl Cluster {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Three replicas, each started with `flags` after `coordinator`.
+    pub fn start_with(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         let data = dir.path().join("data");
@@ -74,6 +81,7 @@ impl Cluster {
         let mut cluster = Self {
             dir,
             children: Vec::new(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         for id in 1..=3 {
             let child = cluster.spawn(id);
@@ -93,6 +101,7 @@ impl Cluster {
             .arg("--config")
             .arg(self.path(&format!("coord-{id}.toml")))
             .arg("coordinator")
+            .args(&self.flags)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -13,9 +13,11 @@ use rustls::pki_types::CertificateDer;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, timeout_at};
 
+use super::handshakes::{CONNECTION_REFUSED_METRIC, Handshakes, Slot};
 use super::refusal::{self, Role};
 use super::{Handler, Peer, RpcConfig, RpcError, wire};
 use crate::cert_name::certificate_name;
+use crate::log_limit::LogLimit;
 use crate::tls::Fingerprint;
 
 /// Application close codes.
@@ -110,20 +112,39 @@ impl Drop for RpcServer {
 
 async fn accept_loop<H: Handler>(endpoint: Endpoint, shared: Arc<Shared<H>>) {
     let mut connections = JoinSet::new();
+    let config = &shared.config;
+    let handshakes = Handshakes::new(config.max_handshakes, config.max_handshakes_per_address);
+    let mut log = LogLimit::default();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if connections.len() >= shared.config.max_connections {
-                    tracing::warn!(
-                        remote = %incoming.remote_address(),
-                        limit = shared.config.max_connections,
-                        "refused a connection: at the connection limit"
-                    );
-                    incoming.refuse();
+                let remote = incoming.remote_address();
+                if !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                    && handshakes.under_pressure()
+                {
+                    let _ = incoming.retry();
                     continue;
                 }
-                connections.spawn(serve_connection(incoming, shared.clone()));
+                let slot = if connections.len() >= config.max_connections {
+                    Err("connections")
+                } else {
+                    handshakes.take(remote.ip()).map_err(|full| full.label())
+                };
+                match slot {
+                    Ok(slot) => {
+                        connections.spawn(serve_connection(incoming, slot, shared.clone()));
+                    }
+                    Err(limit) => {
+                        metrics::counter!(CONNECTION_REFUSED_METRIC, "reason" => limit)
+                            .increment(1);
+                        if let Some(left_out) = log.speak(std::time::Instant::now()) {
+                            tracing::warn!(%remote, limit, left_out, "refused a connection: at the limit");
+                        }
+                        incoming.refuse();
+                    }
+                }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -131,9 +152,11 @@ async fn accept_loop<H: Handler>(endpoint: Endpoint, shared: Arc<Shared<H>>) {
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection<H: Handler>(incoming: Incoming, shared: Arc<Shared<H>>) {
+async fn serve_connection<H: Handler>(incoming: Incoming, slot: Slot, shared: Arc<Shared<H>>) {
     let addr = incoming.remote_address();
-    let connection = match timeout(shared.config.connect_timeout, incoming).await {
+    let handshake = timeout(shared.config.connect_timeout, incoming).await;
+    drop(slot);
+    let connection = match handshake {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => {
             refusal::handshake_failed(Role::Server, addr, e);
