@@ -976,6 +976,10 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     cluster.stop(leader).await;
     let new = cluster.leader().await;
     assert_ne!(new, leader);
+    // The nodes reach the live replicas at once, not after timing out on
+    // the stopped one, which could outlast a 2 s lease.
+    let live: Vec<NodeId> = cluster.replicas.keys().copied().collect();
+    let [mut n7, mut n8] = [7, 8].map(|id| cluster.node_client(id, &live));
     for lease in [&regranted, &c] {
         let renewed = n8.renew(8, lease.shard, lease.epoch).await.unwrap();
         assert!(matches!(renewed, LeaseReply::Renewed { .. }), "{renewed:?}");
