@@ -304,6 +304,12 @@ pub struct CoordinatorArgs {
     /// expired lease is granted again, at the next epoch.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_time: std::time::Duration,
+
+    /// Builds a snapshot (and compacts the Raft log behind it) after this
+    /// many entries since the last one.
+    #[arg(long, value_name = "ENTRIES", default_value_t = coordinator::config::SNAPSHOT_EVERY,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
 }
 
 /// One `--peer ID=HOST:PORT`.

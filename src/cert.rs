@@ -1,7 +1,10 @@
 //! `quern cert init` and `quern cert issue`: the cluster CA and the
-//! certificates of nodes, coordinators and clients, as PEM files. Private
-//! keys are written with mode 0600, and nothing existing is replaced
-//! without `--force`. The work is `proto_schema::ca`'s; this writes files.
+//! certificates of nodes, coordinators and clients, as PEM files; the
+//! name issued is the holder's role (`coord-N`, `node-N`, or an operator),
+//! which `issue` prints. Private
+//! keys are written with mode 0600; files are created with `O_EXCL`, never
+//! through a symbolic link, and nothing existing is replaced without
+//! `--force`. The work is `proto_schema::ca`'s; this writes files.
 
 use std::fs::{OpenOptions, Permissions};
 use std::io::Write;
@@ -11,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use proto_schema::ca::ClusterCa;
+use proto_schema::cert_role::Role;
 use proto_schema::tls::{CA_CERT_FILE, CA_KEY_FILE, CertPaths};
 
 use crate::args::{CertArgs, CertCommand, CertInitArgs, CertIssueArgs};
@@ -31,8 +35,8 @@ fn init(dir: &Path, force: bool, args: CertInitArgs) -> anyhow::Result<()> {
     refuse_existing(&[&cert, &key], force, "a cluster CA")?;
     let ca = ClusterCa::generate(args.days)?;
     create_dir(dir)?;
-    write_file(&key, ca.key_pem().as_bytes(), PRIVATE)?;
-    write_file(&cert, ca.cert_pem().as_bytes(), PUBLIC)?;
+    write_file(&key, ca.key_pem().as_bytes(), PRIVATE, force)?;
+    write_file(&cert, ca.cert_pem().as_bytes(), PUBLIC, force)?;
     println!(
         "cluster CA: {} (key: {}; keep it off the nodes)",
         cert.display(),
@@ -46,6 +50,16 @@ fn init(dir: &Path, force: bool, args: CertInitArgs) -> anyhow::Result<()> {
 fn issue(dir: &Path, force: bool, args: CertIssueArgs) -> anyhow::Result<()> {
     let ca = ClusterCa::load(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE))
         .context("reading the cluster CA (make one with `quern cert init`)")?;
+    // The name is the holder's role: say which, and issue no name that
+    // would give none.
+    let role = Role::of(Some(args.name.as_str()));
+    if role == Role::Unrecognized {
+        bail!(
+            "{:?} gives no role: {}",
+            args.name,
+            coordinator::authorize::describe(role)
+        );
+    }
     let out = args.out.unwrap_or_else(|| dir.to_owned());
     let paths = CertPaths::in_dir(&out, &args.name);
     refuse_existing(&[&paths.cert, &paths.key], force, "a certificate")?;
@@ -62,10 +76,10 @@ fn issue(dir: &Path, force: bool, args: CertIssueArgs) -> anyhow::Result<()> {
     };
     let issued = ca.issue(&args.name, &args.sans, args.days)?;
     create_dir(&out)?;
-    write_file(&paths.key, issued.key_pem.as_bytes(), PRIVATE)?;
-    write_file(&paths.cert, issued.cert_pem.as_bytes(), PUBLIC)?;
+    write_file(&paths.key, issued.key_pem.as_bytes(), PRIVATE, force)?;
+    write_file(&paths.cert, issued.cert_pem.as_bytes(), PUBLIC, force)?;
     if copy_ca {
-        write_file(&paths.ca, ca.cert_pem().as_bytes(), PUBLIC)?;
+        write_file(&paths.ca, ca.cert_pem().as_bytes(), PUBLIC, force)?;
     }
     let mut names = vec![args.name.clone()];
     names.extend(args.sans.iter().filter(|s| **s != args.name).cloned());
@@ -76,6 +90,7 @@ fn issue(dir: &Path, force: bool, args: CertIssueArgs) -> anyhow::Result<()> {
         paths.key.display()
     );
     println!("names: {}", names.join(", "));
+    println!("role: {}", coordinator::authorize::describe(role));
     println!("valid for {} days", args.days);
     println!("fingerprint: {}", issued.fingerprint);
     Ok(())
@@ -98,19 +113,39 @@ fn create_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
-/// Writes a whole file with `mode`, also when it replaces one (whose old
-/// mode would otherwise stay).
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+/// Writes a whole new file with `mode`. It is created with `O_EXCL` and
+/// `O_NOFOLLOW`: never through a symbolic link planted at its name, never
+/// into a file another process made meanwhile. To replace one (`replace`,
+/// from `--force`), the new file is created beside it the same way and
+/// renamed over it, which replaces a link rather than writing through it.
+fn write_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> anyhow::Result<()> {
+    let created = if replace {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        path.with_file_name(format!(".{name}.new-{}", std::process::id()))
+    } else {
+        path.to_owned()
+    };
     let write = || -> std::io::Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
-            .open(path)?;
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&created)?;
+        // The mode exactly, whatever the umask.
         file.set_permissions(Permissions::from_mode(mode))?;
         file.write_all(contents)?;
-        file.sync_all()
+        file.sync_all()?;
+        if replace {
+            std::fs::rename(&created, path)?;
+        }
+        Ok(())
     };
-    write().with_context(|| format!("writing {}", path.display()))
+    write()
+        .inspect_err(|_| {
+            if replace {
+                let _ = std::fs::remove_file(&created);
+            }
+        })
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,6 +1,8 @@
 //! `quern coordinator`: one coordinator replica as a process. Reads its
 //! identity (certificate named `coord-ID` by default) and peers, starts
-//! the service, and on Ctrl-C or SIGTERM shuts it down within a bound.
+//! the service, and on Ctrl-C or SIGTERM shuts it down within a bound. If
+//! its Raft stops on a fatal error, it exits with a failing status naming
+//! the cause.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -47,12 +49,18 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         TlsIdentity::load(&CertPaths::in_dir(&args.cert_dir, &name)).with_context(|| {
             format!("loading certificate {name:?} (make one with `quern cert issue --name {name}`)")
         })?;
-    let raft = Arc::new(coordinator::config::raft_config()?);
+    let raft = Arc::new(coordinator::config::raft_config_snapshotting_every(
+        args.snapshot_every,
+    )?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let not_after = identity.not_after();
     let result = runtime.block_on(async move {
+        if let Some(not_after) = not_after {
+            tokio::spawn(proto_schema::cert_expiry::publish_expiry(not_after));
+        }
         let service = Service::start(ServiceConfig {
             id,
             listen,
@@ -67,8 +75,19 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             "coordinator {id} listening on {} (peers {peers:?})",
             service.local_addr()
         );
-        let signal = stop_signal().await?;
-        eprintln!("coordinator {id}: {signal}, shutting down");
+        let stopped = tokio::select! {
+            signal = stop_signal() => Ok(signal?),
+            cause = service.raft_stopped() => Err(cause),
+        };
+        match stopped {
+            Ok(signal) => eprintln!("coordinator {id}: {signal}, shutting down"),
+            Err(cause) => {
+                // Serving on would answer with a frozen state: stop, and
+                // say why with a failing status.
+                let _ = tokio::time::timeout(SHUTDOWN_BOUND, service.shutdown()).await;
+                bail!("coordinator {id}: Raft stopped: {cause}");
+            }
+        }
         match tokio::time::timeout(SHUTDOWN_BOUND, service.shutdown()).await {
             Ok(result) => result.context("shutting down"),
             Err(_) => bail!("shutdown did not finish within {SHUTDOWN_BOUND:?}"),

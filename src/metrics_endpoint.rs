@@ -33,6 +33,8 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
     node::metric_catalog::describe();
     coordinator::raft_peers::describe_metrics();
     coordinator::raft_metrics::describe_metrics();
+    coordinator::authorize::describe_metrics();
+    proto_schema::cert_expiry::describe_metrics();
     coordinator::lease_desk::describe_metrics();
     runtime.spawn(exporter);
     eprintln!("quern: metrics on http://{addr}/metrics");

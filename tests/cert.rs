@@ -69,7 +69,8 @@ fn issued_certificates_complete_a_mutual_tls_handshake() {
         0,
     );
     assert!(
-        stdout.contains("names: coord-1, 127.0.0.1, localhost"),
+        stdout.contains("names: coord-1, 127.0.0.1, localhost")
+            && stdout.contains("role: coordinator replica 1: Raft RPCs"),
         "{stdout}"
     );
     let server_fingerprint = printed_fingerprint(&stdout);
@@ -92,6 +93,19 @@ fn issued_certificates_complete_a_mutual_tls_handshake() {
         0,
     );
     let client_fingerprint = printed_fingerprint(&stdout);
+    assert!(
+        stdout.contains("role: node 1: registers, leases"),
+        "{stdout}"
+    );
+    let (stdout, _) = cert(tmp.path(), &["issue", "--dir", ca, "--name", "alice"], 0);
+    assert!(
+        stdout.contains("role: operator: creates datasets"),
+        "{stdout}"
+    );
+    // A name shaped like a node's that is not one gives no role: refused.
+    let (_, stderr) = cert(tmp.path(), &["issue", "--dir", ca, "--name", "node-x"], 1);
+    assert!(stderr.contains("\"node-x\" gives no role"), "{stderr}");
+    assert!(!ca_dir.join("node-x.pem").exists());
     assert!(!node_dir.join("ca.key").exists());
     let (_, stderr) = cert(tmp.path(), &["issue", "--dir", ca, "--name", "coord-1"], 1);
     assert!(stderr.contains("coord-1.pem exists"), "{stderr}");
@@ -166,4 +180,42 @@ fn bad_or_missing_ca_files_are_named() {
     cert(tmp.path(), &["init", "--dir", ca, "--force"], 0);
     let (_, stderr) = cert(tmp.path(), &["issue", "--dir", ca, "--name", "../x"], 1);
     assert!(stderr.contains("not a usable certificate name"), "{stderr}");
+}
+
+/// A symbolic link planted where a key goes is never written through:
+/// refused without --force (even a dangling one), replaced with --force.
+#[test]
+fn keys_are_never_written_through_a_symbolic_link() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let ca = dir.to_str().unwrap();
+    cert(tmp.path(), &["init", "--dir", ca], 0);
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+
+    symlink(&victim, dir.join("n1.key")).unwrap();
+    let (_, stderr) = cert(tmp.path(), &["issue", "--dir", ca, "--name", "n1"], 1);
+    assert!(stderr.contains("n1.key exists"), "{stderr}");
+    let elsewhere = tmp.path().join("made-through-a-link");
+    std::fs::remove_file(dir.join("n1.key")).unwrap();
+    symlink(&elsewhere, dir.join("n1.key")).unwrap();
+    let (_, stderr) = cert(tmp.path(), &["issue", "--dir", ca, "--name", "n1"], 1);
+    assert!(stderr.contains("n1.key"), "{stderr}");
+    assert!(
+        !elsewhere.exists(),
+        "a key was written through a dangling link"
+    );
+
+    symlink(&victim, dir.join("n2.key")).unwrap();
+    cert(
+        tmp.path(),
+        &["issue", "--dir", ca, "--name", "n2", "--force"],
+        0,
+    );
+    let key = dir.join("n2.key");
+    assert!(!std::fs::symlink_metadata(&key).unwrap().is_symlink());
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    TlsIdentity::load(&CertPaths::in_dir(&dir, "n2")).unwrap();
 }

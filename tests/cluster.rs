@@ -3,8 +3,10 @@
 //! `quern submit` of manifests and a directory; bad manifests rejected
 //! with their line and nothing applied; the replicas agree on what they
 //! applied; `quern abort` closes a submission whose `submit` was killed;
-//! SIGTERM stops a coordinator within its bound; with two replicas down a
-//! submit fails within a bound instead of hanging.
+//! SIGTERM stops a coordinator within its bound; a coordinator whose Raft
+//! stops on a fatal error exits failing, naming the cause, within a
+//! bound; with two replicas down a submit fails within a bound instead of
+//! hanging.
 
 mod common;
 
@@ -288,6 +290,61 @@ fn sigterm_stops_a_coordinator_within_its_bound() {
     };
     assert!(status.success(), "{status:?}");
     eprintln!("stopped in {:?}", started.elapsed());
+}
+
+/// A replica whose snapshots cannot be written stops its Raft at its next
+/// snapshot; the process then exits with a failing status and says why,
+/// rather than serving a frozen state. The others go on.
+#[test]
+fn a_coordinator_whose_raft_stops_exits_failing_within_a_bound() {
+    let mut cluster = Cluster::start_with(&["--snapshot-every", "10"]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let snapshots = cluster.path("coord-2/state/snapshots");
+    std::fs::remove_dir_all(&snapshots).unwrap();
+    std::fs::write(&snapshots, "not a directory").unwrap();
+
+    // Each submission is several entries: a few pass the policy.
+    let manifest = cluster.path("inventory.tsv");
+    let started = Instant::now();
+    let mut last_entry = Instant::now();
+    let status = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "replica 2 never stopped"
+        );
+        if let Some(status) = cluster.children[1].try_wait().unwrap() {
+            break status;
+        }
+        if last_entry.elapsed() < Duration::from_secs(20) {
+            write_tsv(&manifest, 20, &[]);
+            let submitted = cluster
+                .client(&["submit", "--no-progress", "--dataset", "inv", "--manifest"])
+                .arg(&manifest)
+                .output()
+                .unwrap();
+            if submitted.status.success() {
+                last_entry = Instant::now();
+            }
+        }
+        assert!(
+            last_entry.elapsed() < Duration::from_secs(20),
+            "replica 2 still runs 20 s after the last entry"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(cluster.path("coord-2.log")).unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        log.contains("coordinator 2: Raft stopped:") && log.contains("Not a directory"),
+        "{log}"
+    );
+    eprintln!(
+        "replica 2 exited {status:?} {:?} after the last entry",
+        last_entry.elapsed()
+    );
+    // The other two still elect a leader and answer.
+    let status = cluster.wait_for_leader(Duration::from_secs(30));
+    assert_ne!(status["leader"], 2, "{status}");
 }
 
 /// Two of three replicas down: no quorum. A submit must not hang: it

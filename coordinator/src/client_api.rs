@@ -3,10 +3,13 @@
 //! proposed through Raft and answered once applied, by the leader only
 //! (others redirect with `NotLeader`); status comes from the leader;
 //! `Replica` from any replica; leases from the leader's `LeaseDesk`.
+//! Every request passes `authorize` first, by its caller's certificate.
 //! Raft RPCs are not client requests: transports serve them apart.
 
-use proto_schema::coordinator_api::{Applied, LeaseReply, Reply, Request};
+use proto_schema::command;
+use proto_schema::coordinator_api::{Applied, LeaseReply, Refusal, Reply, Request};
 
+use crate::authorize::{Caller, Gate, Subject};
 use crate::contacts::Contacts;
 use crate::lease_desk::{DeskError, LeaseDesk};
 use crate::propose::{self, ProposeError};
@@ -17,6 +20,7 @@ pub struct ClientApi {
     state: StateMachineStore,
     desk: LeaseDesk,
     contacts: Contacts,
+    gate: Gate,
 }
 
 impl ClientApi {
@@ -29,6 +33,7 @@ impl ClientApi {
             raft,
             state,
             contacts,
+            gate: Gate::default(),
         }
     }
 
@@ -36,16 +41,32 @@ impl ClientApi {
         &self.raft
     }
 
-    pub async fn answer(&self, request: &Request) -> Reply {
+    /// Answers `caller`'s `request`, once `authorize` allows it.
+    pub async fn answer(&self, caller: &Caller, request: &Request) -> Reply {
+        if let Some(subject) = Subject::of_request(request)
+            && let Err(forbidden) = self.gate.admit(caller, subject)
+        {
+            return Reply::Refused(Refusal::Forbidden(forbidden));
+        }
         match request {
             Request::Raft(_) => Reply::Failed("a Raft RPC is not a client request".into()),
-            Request::Write(bytes) => match bytes.decode() {
-                Err(e) => Reply::Failed(e.to_string()),
-                Ok(cmd) => match propose::propose(&self.raft, &cmd).await {
+            Request::Write(bytes) => {
+                // Before decoding: an entry replication could not carry.
+                if let Err(e) = command::check_encoded_len(bytes.0.len()) {
+                    return Reply::Refused(Refusal::Invalid(e));
+                }
+                let cmd = match bytes.decode() {
+                    Ok(cmd) => cmd,
+                    Err(e) => return Reply::Failed(e.to_string()),
+                };
+                if let Err(forbidden) = self.gate.admit(caller, Subject::of_command(&cmd)) {
+                    return Reply::Refused(Refusal::Forbidden(forbidden));
+                }
+                match propose::propose(&self.raft, &cmd).await {
                     Ok(response) => Reply::Written(Applied(response)),
                     Err(e) => write_refused(e),
-                },
-            },
+                }
+            }
             Request::Status => self.status(),
             Request::Lease { node } => desk_reply(self.desk.lease(*node).await),
             Request::Renew { node, shard, epoch } => {
@@ -89,7 +110,8 @@ impl ClientApi {
 fn write_refused(error: ProposeError) -> Reply {
     match error {
         ProposeError::ForwardToLeader { leader, address } => Reply::NotLeader { leader, address },
-        e => Reply::Failed(e.to_string()),
+        ProposeError::Invalid(e) => Reply::Refused(Refusal::Invalid(e)),
+        e @ ProposeError::Raft(_) => Reply::Failed(e.to_string()),
     }
 }
 

@@ -16,6 +16,7 @@
 // our implementations return; they are large, and not ours to box.
 #![allow(clippy::result_large_err)]
 
+pub mod authorize;
 pub mod client_api;
 pub mod config;
 pub mod contacts;

@@ -1,9 +1,10 @@
 //! Proposing a command through this replica's Raft, as the client API and
-//! the lease desk do: encode, propose, wait until applied here, and turn
+//! the lease desk do: check the command's bounds (nothing out of bounds
+//! reaches the log), encode, propose, wait until applied here, and turn
 //! "not the leader" into a redirect the caller passes on.
 
 use openraft::error::{ClientWriteError, RaftError};
-use proto_schema::command::{Command, Response};
+use proto_schema::command::{self, Command, CommandError, Response};
 use proto_schema::coordinator_api::CommandBytes;
 
 use crate::{Raft, ReplicaId};
@@ -16,6 +17,9 @@ pub enum ProposeError {
         leader: Option<ReplicaId>,
         address: Option<String>,
     },
+    /// Out of bounds: refused before the log.
+    #[error("{0}")]
+    Invalid(CommandError),
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -37,7 +41,10 @@ pub fn not_the_leader(raft: &Raft) -> Option<ProposeError> {
 
 /// Proposes `cmd` and waits until it is committed and applied here.
 pub async fn propose(raft: &Raft, cmd: &Command) -> Result<Response, ProposeError> {
-    match raft.client_write(CommandBytes::encode(cmd)).await {
+    cmd.check_bounds().map_err(ProposeError::Invalid)?;
+    let bytes = CommandBytes::encode(cmd);
+    command::check_encoded_len(bytes.0.len()).map_err(ProposeError::Invalid)?;
+    match raft.client_write(bytes).await {
         Ok(written) => Ok(written.data.0),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             Err(ProposeError::ForwardToLeader {

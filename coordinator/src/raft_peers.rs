@@ -12,14 +12,14 @@
 //! reconfiguring the others. Client requests are not checked here.
 //!
 //! A refusal is answered (the sender's error says why), counted in
-//! `quern_raft_rpc_refused_total{rpc}` and logged. A misconfigured replica
-//! retries several times a second, so the log speaks at most once per
-//! `LOG_INTERVAL` and says how many refusals it left out.
+//! `quern_raft_rpc_refused_total{rpc}` and logged at a bounded rate
+//! (`log_limit`).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use proto_schema::log_limit::LogLimit;
 use proto_schema::quic::Peer;
 use proto_schema::tls::Fingerprint;
 
@@ -31,13 +31,10 @@ use crate::rpc::RaftRpc;
 /// `install_snapshot`).
 pub const RAFT_RPC_REFUSED_METRIC: &str = "quern_raft_rpc_refused_total";
 
-/// The least time between two refusal warnings.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
-
 /// The name of replica `id`'s certificate, the only one its peers take
 /// Raft RPCs from.
 pub fn certificate_name(id: ReplicaId) -> String {
-    format!("coord-{id}")
+    proto_schema::cert_role::coordinator_name(id)
 }
 
 /// Gives the refusal counter its help text; call once the recorder is
@@ -129,29 +126,6 @@ impl RaftPeers {
     }
 }
 
-/// Lets a warning through at most once per `LOG_INTERVAL`.
-#[derive(Default)]
-struct LogLimit {
-    last: Option<Instant>,
-    left_out: u64,
-}
-
-impl LogLimit {
-    /// `Some(refusals left out since the last warning)` when one may be
-    /// logged at `now`.
-    fn speak(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < LOG_INTERVAL)
-        {
-            self.left_out += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.left_out))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use openraft::Vote;
@@ -223,18 +197,5 @@ mod tests {
         });
         assert!(peers.admit(&coord_2, &append).is_err());
         assert!(peers.admit(&peer(Some("coord-3")), &append).is_ok());
-    }
-
-    #[test]
-    fn warnings_are_spaced_and_count_what_they_left_out() {
-        let mut limit = LogLimit::default();
-        let start = Instant::now();
-        assert_eq!(limit.speak(start), Some(0));
-        for i in 1..=5 {
-            assert_eq!(limit.speak(start + Duration::from_secs(i)), None);
-        }
-        assert_eq!(limit.speak(start + LOG_INTERVAL), Some(5));
-        assert_eq!(limit.speak(start + LOG_INTERVAL), None);
-        assert_eq!(limit.speak(start + 2 * LOG_INTERVAL), Some(1));
     }
 }

@@ -3,7 +3,8 @@
 //! transport uses, and clients reach a replica's `ClientApi` directly,
 //! as `coordinator_client`'s `Transport`: tests and a single-process
 //! cluster run the same client code as a user over QUIC. Taking a replica
-//! off the router makes it unreachable.
+//! off the router makes it unreachable. Its clients are code of this
+//! process (`authorize::Caller::InProcess`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use openraft::error::{
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use proto_schema::coordinator_api::{Reply, Request};
 
+use crate::authorize::Caller;
 use crate::client_api::ClientApi;
 use crate::rpc::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -182,7 +184,7 @@ impl Connection for ClientLink {
             .router
             .get(self.target)
             .ok_or_else(|| TransportError::NotSent(Box::new(NotReachable(self.target))))?;
-        Ok(replica.answer(request).await)
+        Ok(replica.answer(&Caller::InProcess, request).await)
     }
 
     fn is_closed(&self) -> bool {

@@ -40,6 +40,15 @@ impl RaftRpc {
         }
     }
 
+    /// Checks what the RPC names before Raft acts on it: a snapshot's id
+    /// becomes a file name.
+    pub fn check(&self) -> Result<(), crate::state::StateError> {
+        match self {
+            RaftRpc::InstallSnapshot(req) => crate::state::check_snapshot_id(&req.meta.snapshot_id),
+            RaftRpc::AppendEntries(_) | RaftRpc::Vote(_) => Ok(()),
+        }
+    }
+
     /// The replica the RPC says it comes from: a vote's candidate, the
     /// leader of an append or a snapshot.
     pub fn sender(&self) -> Option<ReplicaId> {

@@ -1,7 +1,8 @@
 //! A coordinator replica as a running service: its RocksDB stores, its
 //! Raft, and one QUIC endpoint (mutual TLS, cluster CA) serving both the
 //! other replicas' Raft RPCs (from their certificates only, see
-//! `raft_peers`) and the client API (`client_api`). The lowest-id member of
+//! `raft_peers`) and the client API (`client_api`, as each certificate's
+//! role allows: `authorize`). The lowest-id member of
 //! the configured peers initializes the cluster when its log is empty, so
 //! starting the same configuration on every replica forms the cluster, and
 //! restarting it changes nothing.
@@ -14,10 +15,11 @@ use std::time::Duration;
 
 use openraft::Config;
 use openraft::error::{InitializeError, RaftError};
-use proto_schema::coordinator_api::{self, Reply, Request};
+use proto_schema::coordinator_api::{self, RaftMessage, Reply, Request};
 use proto_schema::quic::{Peer, RpcClient, RpcConfig, RpcError, RpcServer};
 use proto_schema::tls::TlsIdentity;
 
+use crate::authorize::Caller;
 use crate::client_api::ClientApi;
 use crate::contacts::Contacts;
 use crate::raft_metrics::{self, RaftMetricsTask};
@@ -202,6 +204,22 @@ impl Service {
         &self.raft
     }
 
+    /// Waits until this replica's Raft stops (a fatal storage error, a
+    /// panic, or a shutdown) and says why. A replica whose Raft stopped
+    /// only answers with a frozen state, so `quern coordinator` exits on
+    /// it instead of serving on silently.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "its task ended".into();
+            }
+        }
+    }
+
     pub fn state(&self) -> &StateMachineStore {
         &self.state
     }
@@ -237,25 +255,38 @@ struct Endpoint {
 
 impl Endpoint {
     /// Serves one request, whichever kind: Raft RPCs from the peers only,
-    /// client requests from any certificate of the cluster.
+    /// client requests as the certificate's role allows (`authorize`).
     async fn answer(&self, peer: &Peer, request: &[u8]) -> Vec<u8> {
         let reply = match coordinator_api::decode::<Request>(request) {
             Err(e) => Reply::Failed(format!("undecodable request: {e}")),
-            Ok(Request::Raft(message)) => match rpc::from_message::<RaftRpc>(&message) {
-                Err(e) => Reply::Failed(format!("undecodable request: {e}")),
-                Ok(rpc) => match self.raft_peers.admit(peer, &rpc) {
-                    Ok(()) => match rpc::to_message(&rpc::serve(self.api.raft(), rpc).await) {
-                        Ok(reply) => Reply::Raft(reply),
-                        Err(e) => Reply::Failed(format!("encoding the reply: {e}")),
-                    },
-                    Err(refused) => Reply::Failed(refused.to_string()),
-                },
-            },
-            Ok(request) => self.api.answer(&request).await,
+            Ok(Request::Raft(message)) => self.raft(peer, &message).await,
+            Ok(request) => {
+                let caller = Caller::Remote(peer.clone());
+                self.api.answer(&caller, &request).await
+            }
         };
         coordinator_api::encode(&reply).unwrap_or_else(|e| {
             let failed = Reply::Failed(format!("encoding the reply: {e}"));
             coordinator_api::encode(&failed).expect("a plain failure encodes")
         })
+    }
+
+    /// A Raft RPC, from a configured peer speaking for itself only, and
+    /// naming nothing Raft must not act on.
+    async fn raft(&self, peer: &Peer, message: &RaftMessage) -> Reply {
+        let rpc = match rpc::from_message::<RaftRpc>(message) {
+            Ok(rpc) => rpc,
+            Err(e) => return Reply::Failed(format!("undecodable request: {e}")),
+        };
+        if let Err(refused) = self.raft_peers.admit(peer, &rpc) {
+            return Reply::Failed(refused.to_string());
+        }
+        if let Err(e) = rpc.check() {
+            return Reply::Failed(format!("refused a Raft {}: {e}", rpc.kind()));
+        }
+        match rpc::to_message(&rpc::serve(self.api.raft(), rpc).await) {
+            Ok(reply) => Reply::Raft(reply),
+            Err(e) => Reply::Failed(format!("encoding the reply: {e}")),
+        }
     }
 }

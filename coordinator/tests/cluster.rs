@@ -151,6 +151,15 @@ impl Cluster {
         self.client().write(cmd).await.expect("write")
     }
 
+    /// Proposes `cmd` on the leader itself, as its lease desk proposes
+    /// grants (clients may not send them).
+    async fn propose(&self, cmd: &Command) -> Response {
+        let leader = self.leader().await;
+        propose::propose(self.raft(leader), cmd)
+            .await
+            .expect("proposed")
+    }
+
     /// Waits until every live replica applied the leader's last entry.
     async fn converge(&self) -> u64 {
         let leader = self.leader().await;
@@ -393,7 +402,7 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
         deadline_ms,
         ..
     } = cluster
-        .write(&table.grant(shard, NodeId(1), Epoch(0), 1_000))
+        .propose(&table.grant(shard, NodeId(1), Epoch(0), 1_000))
         .await
     else {
         panic!("grant refused")
@@ -435,7 +444,7 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
     assert_eq!(table.expired(75_000), vec![(shard, Epoch(1))]);
     let regrant = table.grant(shard, NodeId(2), Epoch(1), 75_000);
     assert!(matches!(
-        cluster.write(&regrant).await,
+        cluster.propose(&regrant).await,
         Response::LeaseGranted {
             epoch: Epoch(2),
             node: NodeId(2),

@@ -7,7 +7,10 @@
 //! without a log write, re-granted at the next epoch once expired, held
 //! across a change of leader.
 //!
-//! The refusal test reads the process's metrics recorder and log, which
+//! Commands out of bounds, and requests a certificate's role does not
+//! allow, are refused before the log.
+//!
+//! The refusal tests read the process's metrics recorder and log, which
 //! this binary installs.
 
 use std::collections::BTreeMap;
@@ -15,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use coordinator::authorize::REQUEST_REFUSED_METRIC;
 use coordinator::contacts::Contacts;
 use coordinator::lease_desk::LEASE_GRANTS_METRIC;
 use coordinator::raft_peers::RAFT_RPC_REFUSED_METRIC;
@@ -28,9 +32,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::{CommittedLeaderId, Config, LogId, SnapshotPolicy, Vote};
 use proto_schema::ca::ClusterCa;
-use proto_schema::command::{Command, CommandError, FileEntry, Response};
-use proto_schema::coordinator_api::{self, LeaseReply, LeasedShard, Reply, Request};
-use proto_schema::ids::{Epoch, JobId, NodeId};
+use proto_schema::command::{Command, CommandError, FileEntry, MAX_PATH_BYTES, Response};
+use proto_schema::coordinator_api::{self, LeaseReply, LeasedShard, Refusal, Reply, Request};
+use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 use proto_schema::quic::{RpcClient, RpcConfig, RpcError};
 use proto_schema::tls::TlsIdentity;
 
@@ -59,6 +63,7 @@ fn metrics() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let handle = PrometheusBuilder::new().install_recorder().unwrap();
         coordinator::raft_peers::describe_metrics();
+        coordinator::authorize::describe_metrics();
         handle
     })
 }
@@ -166,10 +171,20 @@ impl Cluster {
         self.replicas[&id].raft()
     }
 
-    /// A client of the cluster knowing `ids`' addresses.
+    /// An operator's client of the cluster knowing `ids`' addresses.
     fn client(&self, ids: &[ReplicaId]) -> CoordinatorClient {
+        self.client_as("client", ids)
+    }
+
+    /// Node `node`'s client, with its `node-N` certificate.
+    fn node_client(&self, node: u64, ids: &[ReplicaId]) -> CoordinatorClient {
+        self.client_as(&format!("node-{node}"), ids)
+    }
+
+    /// A client presenting a certificate named `name`.
+    fn client_as(&self, name: &str, ids: &[ReplicaId]) -> CoordinatorClient {
         let addresses = ids.iter().map(|id| self.peers[id].clone()).collect();
-        CoordinatorClient::quic(&identity(&self.ca, "client"), addresses).unwrap()
+        CoordinatorClient::quic(&identity(&self.ca, name), addresses).unwrap()
     }
 
     /// The leader the live replicas agree on.
@@ -231,9 +246,10 @@ async fn over_quic_a_new_leader_is_elected_and_no_committed_command_is_lost() {
     let mut cluster = Cluster::start(&[1, 2, 3]).await;
     let mut client = cluster.client(&[1, 2, 3]);
     for id in 1..=20 {
-        assert_eq!(
-            client.write(&node(id)).await.unwrap(),
-            Response::NodeRegistered { id: NodeId(id) }
+        let created = client.write(&dataset(&format!("d{id}"))).await.unwrap();
+        assert!(
+            matches!(created, Response::DatasetCreated { .. }),
+            "{created:?}"
         );
     }
     client.write(&dataset("ds")).await.unwrap();
@@ -248,17 +264,22 @@ async fn over_quic_a_new_leader_is_elected_and_no_committed_command_is_lost() {
 
     // The client finds the new leader by itself, and every acknowledged
     // command is in every live replica's state.
-    assert_eq!(
-        client.write(&node(21)).await.unwrap(),
-        Response::NodeRegistered { id: NodeId(21) }
+    let created = client.write(&dataset("d21")).await.unwrap();
+    assert!(
+        matches!(created, Response::DatasetCreated { .. }),
+        "{created:?}"
     );
     assert_eq!(client.address(), cluster.peers[&new]);
     cluster.converge().await;
     for replica in cluster.replicas.values() {
         for id in 1..=21 {
             assert!(
-                replica.state().node(NodeId(id)).unwrap().is_some(),
-                "node {id} lost"
+                replica
+                    .state()
+                    .dataset(&format!("d{id}"))
+                    .unwrap()
+                    .is_some(),
+                "dataset d{id} lost"
             );
         }
         let job = replica.state().job(submission).unwrap().unwrap();
@@ -301,7 +322,7 @@ async fn over_quic_a_follower_that_missed_purged_entries_catches_up_through_a_sn
 
     // Far more entries than the snapshot policy keeps in the log.
     for id in 1..=30 {
-        client.write(&node(id)).await.unwrap();
+        client.write(&dataset(&format!("d{id}"))).await.unwrap();
     }
     submit(&mut client, "ds", files(3000), 40).await;
     let last = cluster.converge().await;
@@ -352,6 +373,324 @@ async fn over_quic_a_follower_that_missed_purged_entries_catches_up_through_a_sn
     );
 }
 
+/// Every live replica's last log index.
+fn log_indexes(cluster: &Cluster) -> Vec<Option<u64>> {
+    cluster
+        .replicas
+        .values()
+        .map(|r| r.raft().metrics().borrow().last_log_index)
+        .collect()
+}
+
+/// What once stopped the cluster's Raft at its next snapshot (a path or a
+/// dataset name far over any bound), and what replication could not
+/// carry, are refused by the leader with their reasons, and no replica's
+/// log grows. Then ordinary submissions go on past several snapshots, and
+/// a follower that missed them catches up from one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_out_of_bounds_are_refused_before_the_log_and_snapshots_go_on() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut client = cluster.client(&[1, 2, 3]);
+    client.write(&dataset("ds")).await.unwrap();
+    let begin = Command::BeginSubmission {
+        dataset: "ds".into(),
+        now_ms: 1,
+    };
+    let Response::SubmissionBegun { submission } = client.write(&begin).await.unwrap() else {
+        panic!("no submission")
+    };
+    cluster.converge().await;
+    let before = log_indexes(&cluster);
+
+    let entry = |path: String| FileEntry {
+        path,
+        size: 1,
+        mtime_ns: 1,
+        checksum: None,
+    };
+    let chunk = |files: Vec<FileEntry>| Command::SubmitChunk {
+        dataset: "ds".into(),
+        submission,
+        files,
+    };
+    // Paths each within bounds, 2.4 MiB in all: more than an entry holds.
+    let over_entry = (0..600)
+        .map(|i| entry(format!("/{i:05}/{}", "x".repeat(MAX_PATH_BYTES - 7))))
+        .collect();
+    let heavy = (0..300)
+        .map(|i| entry(format!("/{i:05}/{}", "x".repeat(3500))))
+        .collect();
+    let long_name = "n".repeat(100 << 10);
+    let refused: Vec<(Command, String)> = vec![
+        (
+            chunk(vec![entry("p".repeat(MAX_PATH_BYTES + 1))]),
+            format!(
+                "path of {} bytes exceeds the limit of {MAX_PATH_BYTES} bytes",
+                MAX_PATH_BYTES + 1
+            ),
+        ),
+        (
+            chunk(vec![entry("p".repeat(70 << 10))]),
+            "path of 71680 bytes".into(),
+        ),
+        (dataset(&long_name), "dataset name of 102400 bytes".into()),
+        (
+            Command::BeginSubmission {
+                dataset: long_name.clone(),
+                now_ms: 1,
+            },
+            "dataset name of 102400 bytes".into(),
+        ),
+        (chunk(over_entry), "encoded command of".into()),
+        (chunk(heavy), "manifest chunk of 300 files".into()),
+    ];
+    for (cmd, reason) in refused {
+        let answer = client.write(&cmd).await.unwrap();
+        let Response::Error(error) = answer else {
+            panic!("accepted: {answer:?}")
+        };
+        assert!(error.to_string().contains(&reason), "{error}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log_indexes(&cluster),
+        before,
+        "a refused command was logged"
+    );
+
+    // Ordinary submissions, past several snapshots of 40 entries, while a
+    // follower is down.
+    let abort = Command::AbortSubmission {
+        dataset: "ds".into(),
+        submission,
+    };
+    client.write(&abort).await.unwrap();
+    let leader = cluster.leader().await;
+    let follower = *cluster.replicas.keys().find(|&&id| id != leader).unwrap();
+    let missed_from = cluster.converge().await;
+    cluster.stop(follower).await;
+    let first_snapshot = cluster.raft(leader).metrics().borrow().snapshot;
+    for round in 0..20 {
+        submit(&mut client, "ds", files(60 + round), 10).await;
+    }
+    let last = cluster.converge().await;
+    let snapshot = cluster.raft(leader).metrics().borrow().snapshot.unwrap();
+    assert!(
+        snapshot.index >= first_snapshot.map_or(0, |s| s.index) + 3 * 40,
+        "snapshots: {first_snapshot:?} then {snapshot:?}"
+    );
+    cluster.start_replica(follower).await;
+    cluster
+        .raft(follower)
+        .wait(Some(WAIT))
+        .applied_index_at_least(Some(last), "catch up")
+        .await
+        .unwrap();
+    let installed = cluster.raft(follower).metrics().borrow().snapshot.unwrap();
+    assert!(installed.index > missed_from, "{installed:?}");
+    assert_eq!(
+        cluster.replicas[&follower].state().digest().unwrap(),
+        cluster.replicas[&leader].state().digest().unwrap()
+    );
+}
+
+/// A node's certificate may act for its own node only, an operator's for
+/// datasets only, a replica's for Raft only, and nobody's for the lease
+/// desk: each refusal says why, is counted and logged, and no replica's
+/// log grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
+    warnings();
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut operator = cluster.client(&[1, 2, 3]);
+    let mut node_5 = cluster.node_client(5, &[1, 2, 3]);
+    node_5.write(&node(5)).await.unwrap();
+    operator.write(&dataset("ds")).await.unwrap();
+    let begin = Command::BeginSubmission {
+        dataset: "ds".into(),
+        now_ms: 1,
+    };
+    let Response::SubmissionBegun { submission } = operator.write(&begin).await.unwrap() else {
+        panic!("no submission")
+    };
+    cluster.converge().await;
+    let before = log_indexes(&cluster);
+    let grants_refused =
+        format!("{REQUEST_REFUSED_METRIC}{{role=\"node\",request=\"grant_lease\"}}");
+    let grants_refused_before = counter(&grants_refused);
+
+    let grant = |node| Command::GrantLease {
+        shard: ShardId(1),
+        node,
+        expected_epoch: Epoch(0),
+        deadline_ms: u64::MAX,
+    };
+    let abort = Command::AbortSubmission {
+        dataset: "ds".into(),
+        submission,
+    };
+    let reason = |answer: Result<Response, ClientError>| match answer {
+        Err(ClientError::Refused(Refusal::Forbidden(forbidden))) => forbidden.to_string(),
+        other => panic!("not refused: {other:?}"),
+    };
+    let node_refusals = [
+        (
+            grant(NodeId(5)),
+            "refused grant_lease from a node 5 certificate: only the leader",
+        ),
+        (
+            abort.clone(),
+            "refused abort_submission from a node 5 certificate: only operator",
+        ),
+        (
+            node(6),
+            "register_node from a node 5 certificate: node-5's certificate speaks for node 5 only, not for node 6",
+        ),
+        (
+            Command::CompleteShard {
+                shard: ShardId(1),
+                node: NodeId(6),
+                epoch: Epoch(1),
+            },
+            "speaks for node 5 only, not for node 6",
+        ),
+        (dataset("mine"), "only operator certificates may"),
+    ];
+    for (cmd, expected) in node_refusals {
+        let refused = reason(node_5.write(&cmd).await);
+        assert!(refused.contains(expected), "{refused}");
+    }
+    let renew = node_5.renew(NodeId(6), ShardId(1), Epoch(1)).await;
+    assert!(
+        matches!(&renew, Err(ClientError::Refused(Refusal::Forbidden(f))) if f.request == "renew"),
+        "{renew:?}"
+    );
+    let lease = node_5.lease(NodeId(6)).await;
+    assert!(matches!(&lease, Err(ClientError::Refused(_))), "{lease:?}");
+    // An operator may not lease, nor grant; a replica's certificate is
+    // for Raft only.
+    let refused = reason(operator.write(&grant(NodeId(5))).await);
+    assert!(refused.contains("only the leader proposes it"), "{refused}");
+    let refused = reason(operator.write(&node(7)).await);
+    assert!(
+        refused.contains("only a node-N certificate may"),
+        "{refused}"
+    );
+    let mut replica_1 = cluster.client_as("coord-1", &[1, 2, 3]);
+    let status = replica_1.status().await;
+    assert!(
+        matches!(&status, Err(ClientError::Refused(Refusal::Forbidden(f))) if f.role == "coordinator 1"),
+        "{status:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log_indexes(&cluster),
+        before,
+        "a refused request was logged"
+    );
+    assert_eq!(counter(&grants_refused), grants_refused_before + 1);
+    let log = warnings();
+    assert!(
+        log.lines().any(
+            |l| l.contains("refused grant_lease from a node 5 certificate")
+                && l.contains("name=Some(\"node-5\")")
+        ),
+        "{log}"
+    );
+    // What each may do, it still does.
+    assert_eq!(
+        operator.write(&abort).await.unwrap(),
+        Response::SubmissionAborted { submission }
+    );
+    assert_eq!(node_5.lease(NodeId(5)).await.unwrap(), LeaseReply::NoWork);
+}
+
+/// A client configuration that trusts the cluster CA but presents no
+/// certificate.
+fn without_certificate(ca: &ClusterCa) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der =
+        rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+    roots.add(ca_der).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(proto_schema::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![proto_schema::tls::ALPN.to_vec()];
+    tls
+}
+
+/// 1,000 connection attempts without a certificate, 32 at a time, spread
+/// over the replicas: every one refused, while the replicas go on taking
+/// writes and elect a new leader when theirs stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_without_a_certificate_leave_the_replicas_electing_and_answering() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut client = cluster.client(&[1, 2, 3]);
+    let stranger = Arc::new(
+        RpcClient::new(
+            "127.0.0.1:0".parse().unwrap(),
+            without_certificate(&cluster.ca),
+            RpcConfig::default(),
+        )
+        .unwrap(),
+    );
+    let addresses: Vec<std::net::SocketAddr> =
+        cluster.peers.values().map(|a| a.parse().unwrap()).collect();
+    let started = Instant::now();
+    let attempts = tokio::spawn(async move {
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut refused = 0;
+        for i in 0..1000 {
+            let (stranger, address) = (stranger.clone(), addresses[i % addresses.len()]);
+            in_flight.spawn(async move {
+                match stranger.connect(address, "127.0.0.1").await {
+                    Ok(connection) => connection.request(b"hello").await.is_err(),
+                    Err(_) => true,
+                }
+            });
+            if in_flight.len() >= 32 {
+                refused += usize::from(in_flight.join_next().await.unwrap().unwrap());
+            }
+        }
+        while let Some(done) = in_flight.join_next().await {
+            refused += usize::from(done.unwrap());
+        }
+        refused
+    });
+    let mut written = 0;
+    let mut write = async |client: &mut CoordinatorClient| {
+        written += 1;
+        let created = client
+            .write(&dataset(&format!("d{written}")))
+            .await
+            .unwrap();
+        assert!(
+            matches!(created, Response::DatasetCreated { .. }),
+            "{created:?}"
+        );
+    };
+    for _ in 0..5 {
+        write(&mut client).await;
+    }
+    let old = cluster.leader().await;
+    cluster.stop(old).await;
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    while !attempts.is_finished() {
+        write(&mut client).await;
+    }
+    assert_eq!(attempts.await.unwrap(), 1000, "every attempt was refused");
+    write(&mut client).await;
+    eprintln!(
+        "1000 attempts without a certificate in {:?}; {written} writes answered meanwhile",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_quic_a_client_of_a_follower_is_redirected_to_the_leader() {
     let cluster = Cluster::start(&[1, 2, 3]).await;
@@ -359,9 +698,10 @@ async fn over_quic_a_client_of_a_follower_is_redirected_to_the_leader() {
     let follower = *cluster.replicas.keys().find(|&&id| id != leader).unwrap();
     let mut client = cluster.client(&[follower]);
     assert_eq!(client.address(), cluster.peers[&follower]);
-    assert_eq!(
-        client.write(&node(1)).await.unwrap(),
-        Response::NodeRegistered { id: NodeId(1) }
+    let created = client.write(&dataset("d1")).await.unwrap();
+    assert!(
+        matches!(created, Response::DatasetCreated { .. }),
+        "{created:?}"
     );
     assert_eq!(client.address(), cluster.peers[&leader]);
     // A refusal by the state machine comes back as such, and reads clearly.
@@ -439,7 +779,7 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
     warnings();
     let cluster = Cluster::start(&[1, 2, 3]).await;
     let mut client = cluster.client(&[1, 2, 3]);
-    client.write(&node(1)).await.unwrap();
+    client.write(&dataset("d1")).await.unwrap();
     let index = cluster.converge().await;
     let leader = cluster.leader().await;
     let votes = |c: &Cluster| -> Vec<_> {
@@ -524,9 +864,10 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(cluster.leader().await, leader);
     assert_eq!(votes(&cluster), before);
-    assert_eq!(
-        client.write(&node(2)).await.unwrap(),
-        Response::NodeRegistered { id: NodeId(2) }
+    let created = client.write(&dataset("d2")).await.unwrap();
+    assert!(
+        matches!(created, Response::DatasetCreated { .. }),
+        "{created:?}"
     );
 
     // A replica whose own certificate would be refused does not start.
@@ -568,20 +909,22 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     metrics();
     let mut cluster = Cluster::start(&[1, 2, 3]).await;
     let mut client = cluster.client(&[1, 2, 3]);
-    for id in [7, 8] {
-        client.write(&node(id)).await.unwrap();
+    // Each node with its own certificate; node 99 never registers.
+    let [mut n7, mut n8, mut n99] = [7, 8, 99].map(|id| cluster.node_client(id, &[1, 2, 3]));
+    for (id, node_client) in [(7, &mut n7), (8, &mut n8)] {
+        node_client.write(&node(id)).await.unwrap();
     }
     client.write(&dataset("ds")).await.unwrap();
     let submission = submit(&mut client, "ds", files(3), 3).await;
 
     // Three files, three shards; an unknown node gets none.
-    let unknown = client.lease(NodeId(99)).await.unwrap();
+    let unknown = n99.lease(NodeId(99)).await.unwrap();
     assert!(
         matches!(&unknown, LeaseReply::Refused(r) if r.contains("unknown node")),
         "{unknown:?}"
     );
-    let a = leased(&mut client, 7).await;
-    let b = leased(&mut client, 7).await;
+    let a = leased(&mut n7, 7).await;
+    let b = leased(&mut n7, 7).await;
     assert_ne!(a.shard, b.shard);
     assert_eq!(
         (a.job, a.epoch, a.start, a.checkpoint),
@@ -602,7 +945,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let log_before = cluster.raft(leader).metrics().borrow().last_log_index;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(LEASE_MS / 2)).await;
-        let renewed = client.renew(NodeId(7), a.shard, a.epoch).await.unwrap();
+        let renewed = n7.renew(NodeId(7), a.shard, a.epoch).await.unwrap();
         assert!(
             matches!(renewed, LeaseReply::Renewed { deadline_ms } if deadline_ms > a.deadline_ms),
             "{renewed:?}"
@@ -617,25 +960,25 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     // the next epoch, before the third pending shard.
     let expired_grants = format!("{LEASE_GRANTS_METRIC}{{kind=\"expired\"}}");
     let expired_before = counter(&expired_grants);
-    let regranted = leased(&mut client, 8).await;
+    let regranted = leased(&mut n8, 8).await;
     assert_eq!(counter(&expired_grants), expired_before + 1);
     assert_eq!(
         (regranted.shard, regranted.epoch),
         (b.shard, b.epoch.next())
     );
-    let late = client.renew(NodeId(7), b.shard, b.epoch).await.unwrap();
+    let late = n7.renew(NodeId(7), b.shard, b.epoch).await.unwrap();
     assert!(matches!(&late, LeaseReply::Refused(_)), "{late:?}");
-    let fenced = complete(&mut client, 7, &b).await;
+    let fenced = complete(&mut n7, 7, &b).await;
     assert!(
         matches!(fenced, Response::Error(CommandError::StaleEpoch { .. })),
         "{fenced:?}"
     );
 
     // The last pending shard, then nothing.
-    let c = leased(&mut client, 8).await;
+    let c = leased(&mut n8, 8).await;
     assert!(![a.shard, b.shard].contains(&c.shard));
-    assert_eq!(client.lease(NodeId(8)).await.unwrap(), LeaseReply::NoWork);
-    let done = complete(&mut client, 7, &a).await;
+    assert_eq!(n8.lease(NodeId(8)).await.unwrap(), LeaseReply::NoWork);
+    let done = complete(&mut n7, 7, &a).await;
     assert!(matches!(done, Response::ShardCompleted { .. }), "{done:?}");
 
     // A new leader takes the leases over with full deadlines: the holders
@@ -643,14 +986,15 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     cluster.stop(leader).await;
     let new = cluster.leader().await;
     assert_ne!(new, leader);
+    // The nodes reach the live replicas at once, not after timing out on
+    // the stopped one, which could outlast a 2 s lease.
+    let live: Vec<ReplicaId> = cluster.replicas.keys().copied().collect();
+    let [mut n7, mut n8] = [7, 8].map(|id| cluster.node_client(id, &live));
     for lease in [&regranted, &c] {
-        let renewed = client
-            .renew(NodeId(8), lease.shard, lease.epoch)
-            .await
-            .unwrap();
+        let renewed = n8.renew(NodeId(8), lease.shard, lease.epoch).await.unwrap();
         assert!(matches!(renewed, LeaseReply::Renewed { .. }), "{renewed:?}");
     }
-    assert_eq!(client.lease(NodeId(7)).await.unwrap(), LeaseReply::NoWork);
+    assert_eq!(n7.lease(NodeId(7)).await.unwrap(), LeaseReply::NoWork);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,6 +214,11 @@ const COUNTERS: &[(&str, &str)] = &[
          (label reason: no_certificate, unknown_ca, bad_certificate, expired, bad_signature, \
          wrong_purpose, no_common_protocol, handshake_failed; label role: ours, server or client).",
     ),
+    (
+        proto_schema::quic::CONNECTION_REFUSED_METRIC,
+        "Connections a server refused before their handshake, at a limit (label reason: \
+         connections, handshakes, handshakes_per_address).",
+    ),
 ];
 
 /// Describes every metric above to the installed recorder. Call once,

@@ -17,7 +17,7 @@ use rustls::server::WebPkiClientVerifier;
 use time::{Duration, OffsetDateTime};
 
 use crate::cert_name::certificate_name;
-use crate::tls::{Fingerprint, TlsError, provider, read_file};
+use crate::tls::{Fingerprint, TlsError, provider, read_file, read_key_file};
 
 /// How long a new cluster CA is valid.
 pub const DEFAULT_CA_DAYS: u32 = 3650;
@@ -73,7 +73,7 @@ impl ClusterCa {
         };
         let cert_pem =
             String::from_utf8(read_file(cert_path)?).map_err(|_| bad_cert("not text".into()))?;
-        let key_text = String::from_utf8(read_file(key_path)?).map_err(|_| TlsError::Pem {
+        let key_text = String::from_utf8(read_key_file(key_path)?).map_err(|_| TlsError::Pem {
             path: key_path.to_owned(),
             what: "private key",
             reason: "not text".into(),
@@ -130,6 +130,19 @@ impl ClusterCa {
         extra_sans: &[String],
         days: u32,
     ) -> Result<IssuedCert, TlsError> {
+        let (not_before, not_after) = validity(days);
+        self.issue_valid(name, extra_sans, not_before, not_after)
+    }
+
+    /// `issue`, valid from `not_before` to `not_after` (tests make
+    /// expired certificates with it).
+    pub fn issue_valid(
+        &self,
+        name: &str,
+        extra_sans: &[String],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<IssuedCert, TlsError> {
         check_name(name)?;
         let mut sans = vec![name.to_owned()];
         sans.extend(extra_sans.iter().filter(|s| *s != name).cloned());
@@ -143,7 +156,8 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, days);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
@@ -176,7 +190,7 @@ fn ca_params(common_name: String, days: u32) -> CertificateParams {
         .push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    set_validity(&mut params, days);
+    (params.not_before, params.not_after) = validity(days);
     params
 }
 
@@ -195,10 +209,13 @@ fn check_name(name: &str) -> Result<(), TlsError> {
     }
 }
 
-fn set_validity(params: &mut CertificateParams, days: u32) {
+/// From an hour ago (clocks differ a little) to `days` from now.
+fn validity(days: u32) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(i64::from(days));
+    (
+        now - Duration::hours(1),
+        now + Duration::days(i64::from(days)),
+    )
 }
 
 #[cfg(test)]
@@ -249,6 +266,34 @@ mod tests {
             err.contains("ca.pem") && err.contains("not a cluster CA"),
             "{err}"
         );
+    }
+
+    /// A peer verifies validity as well as the signature: an expired
+    /// certificate, and one not valid yet, are refused.
+    #[test]
+    fn expired_and_not_yet_valid_certificates_are_refused() {
+        let ca = ClusterCa::generate(30).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let day = Duration::days(1);
+        let expired = ca
+            .issue_valid("n1", &[], now - 10 * day, now - day)
+            .unwrap();
+        let early = ca
+            .issue_valid("n1", &[], now + day, now + 10 * day)
+            .unwrap();
+        let valid = ca.issue_valid("n1", &[], now - day, now + day).unwrap();
+        let refused = |issued: &IssuedCert| ca.verify(&issued.cert_der).unwrap_err().to_string();
+        assert!(
+            refused(&expired).contains("expired"),
+            "{}",
+            refused(&expired)
+        );
+        assert!(
+            refused(&early).contains("not valid yet"),
+            "{}",
+            refused(&early)
+        );
+        ca.verify(&valid.cert_der).unwrap();
     }
 
     #[test]

@@ -14,25 +14,35 @@ pub fn certificate_name(cert: &CertificateDer<'_>) -> Option<String> {
     single_common_name(cert.subject())
 }
 
+/// Splits one DER element off the front of `input`: (tag, content, rest).
+/// Lengths up to 64 KiB; anything malformed is `None`.
+pub(crate) fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, input) = input.split_first()?;
+    let (&first, mut input) = input.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 2 || input.len() < n {
+            return None;
+        }
+        let (bytes, rest) = input.split_at(n);
+        input = rest;
+        bytes.iter().fold(0, |acc, &b| acc << 8 | usize::from(b))
+    };
+    (input.len() >= len).then(|| {
+        let (content, rest) = input.split_at(len);
+        (tag, content, rest)
+    })
+}
+
 /// `subject` is the DER content of the Name sequence:
 /// SET { SEQUENCE { OID 2.5.4.3, UTF8String } }.
 fn single_common_name(subject: &[u8]) -> Option<String> {
     /// Splits one DER element with `tag` off the front: (content, rest).
     fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (&found, input) = input.split_first()?;
-        let (&first, mut input) = input.split_first()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 2 || input.len() < n {
-                return None;
-            }
-            let (bytes, rest) = input.split_at(n);
-            input = rest;
-            bytes.iter().fold(0, |acc, &b| acc << 8 | usize::from(b))
-        };
-        (found == tag && input.len() >= len).then(|| input.split_at(len))
+        let (found, content, rest) = der_element(input)?;
+        (found == tag).then_some((content, rest))
     }
     const COMMON_NAME_OID: &[u8] = &[0x55, 0x04, 0x03];
     let (set, rest) = element(subject, 0x31)?;

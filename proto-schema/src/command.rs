@@ -13,10 +13,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 
-/// Most file entries one chunk of a submission may carry.
-pub const MAX_CHUNK_FILES: usize = 4096;
-/// Most bytes of paths and checksums one chunk of a submission may carry.
-pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+mod bounds;
+
+pub use bounds::*;
 
 /// A cluster member that can hold shard leases.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -141,7 +140,19 @@ impl DiffCounts {
     }
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// Why a command was refused, by the leader before the log or by the
+/// state machine. Also serde, for refusals in the API's envelope.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 pub enum CommandError {
     UnknownDataset {
         name: String,
@@ -201,6 +212,12 @@ pub enum CommandError {
         first: String,
         last: String,
     },
+    /// A field (or the whole encoded command) over its bound (`bounds`).
+    OutOfBounds {
+        what: Bounded,
+        size: u64,
+        max: u64,
+    },
 }
 
 impl std::fmt::Display for CommandError {
@@ -257,6 +274,13 @@ impl std::fmt::Display for CommandError {
                 f,
                 "chunk {first:?} to {last:?} overlaps the paths of an earlier chunk: an inventory must be sent in path order"
             ),
+            Self::OutOfBounds { what, size, max } => {
+                let unit = what.unit();
+                write!(
+                    f,
+                    "{what} of {size} {unit} exceeds the limit of {max} {unit}"
+                )
+            }
         }
     }
 }

@@ -13,11 +13,14 @@
 
 pub mod batch;
 pub mod ca;
+pub mod cert_expiry;
 pub mod cert_name;
+pub mod cert_role;
 pub mod command;
 pub mod coordinator_api;
 pub mod frame;
 pub mod ids;
+pub mod log_limit;
 pub mod partition;
 pub mod quic;
 pub mod shuffle;

@@ -176,6 +176,11 @@ impl TlsIdentity {
         crate::cert_name::certificate_name(&self.chain[0])
     }
 
+    /// When the certificate this process presents expires.
+    pub fn not_after(&self) -> Option<time::OffsetDateTime> {
+        crate::cert_expiry::not_after(&self.chain[0])
+    }
+
     /// The fingerprint of the cluster CA this process trusts.
     pub fn ca_fingerprint(&self) -> Fingerprint {
         Fingerprint::of(&self.ca)
@@ -230,7 +235,29 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
 }
 
 fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    parse_private_key(path, &read_file(path)?)
+    parse_private_key(path, &read_key_file(path)?)
+}
+
+/// Reads a private key's file, warning when others than its owner may
+/// read or write it (`quern cert` writes keys with mode 0600).
+pub(crate) fn read_key_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let bytes = read_file(path)?;
+    if let Some(mode) = exposed_mode(path) {
+        tracing::warn!(
+            key = %path.display(),
+            mode = format!("{mode:o}"),
+            "the private key is readable beyond its owner: chmod 600 it"
+        );
+    }
+    Ok(bytes)
+}
+
+/// The permission bits of `path`, if they give its group or others any
+/// access.
+fn exposed_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 /// Every certificate in a PEM file; at least one.
@@ -278,6 +305,23 @@ mod tests {
         );
         assert!("abc".parse::<Fingerprint>().is_err());
         assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_is_exposed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("n.key");
+        std::fs::write(&key, "k").unwrap();
+        for (mode, exposed) in [
+            (0o600, None),
+            (0o400, None),
+            (0o640, Some(0o640)),
+            (0o604, Some(0o604)),
+        ] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(exposed_mode(&key), exposed, "{mode:o}");
+        }
     }
 
     #[test]

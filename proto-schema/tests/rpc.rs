@@ -209,6 +209,38 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused_and_counted() {
 }
 
 #[tokio::test]
+async fn expired_and_not_yet_valid_client_certificates_are_refused_and_counted() {
+    let cluster = Cluster::new();
+    let (server, _) = serve_echo(&cluster, RpcConfig::default());
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    for (not_before, not_after) in [(now - 10 * day, now - day), (now + day, now + 10 * day)] {
+        let issued = cluster
+            .ca
+            .issue_valid("node-1", &[], not_before, not_after)
+            .unwrap();
+        let identity =
+            TlsIdentity::from_pem(cluster.ca.cert_pem(), &issued.cert_pem, &issued.key_pem)
+                .unwrap();
+        let client = client(&identity, RpcConfig::default());
+        let before = refusals("expired", "server");
+        let result = async {
+            let conn = client.connect(server.local_addr(), SERVER_NAME).await?;
+            conn.request(b"hello").await
+        }
+        .await;
+        match result {
+            Err(RpcError::RefusedByPeer { reason, .. }) => {
+                assert!(reason.contains("expired"), "{reason}")
+            }
+            other => panic!("valid {not_before:?} to {not_after:?}: {other:?}"),
+        }
+        wait_for(|| refusals("expired", "server") == before + 1).await;
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_server_with_a_certificate_from_another_ca_is_refused_by_the_client() {
     let cluster = Cluster::new();
     let (server, _) = serve_echo(&Cluster::new(), RpcConfig::default());

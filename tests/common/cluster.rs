@@ -16,6 +16,8 @@ pub struct Cluster {
     pub children: Vec<Child>,
     /// Where replica `id` serves its metrics: `metrics[id - 1]`.
     pub metrics: Vec<String>,
+    /// Flags every replica is started with.
+    flags: Vec<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -28,6 +30,11 @@ pub fn free_port() -> u16 {
 
 impl Cluster {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Three replicas, each started with `flags` after `coordinator`.
+    pub fn start_with(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         let data = dir.path().join("data");
@@ -79,6 +86,7 @@ impl Cluster {
             metrics: (0..3)
                 .map(|_| format!("127.0.0.1:{}", free_port()))
                 .collect(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         for id in 1..=3 {
             let child = cluster.spawn(id);
@@ -100,6 +108,7 @@ impl Cluster {
             .arg("coordinator")
             .arg("--metrics")
             .arg(&self.metrics[id as usize - 1])
+            .args(&self.flags)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

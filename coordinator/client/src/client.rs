@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use proto_schema::command::{Command, Response};
-use proto_schema::coordinator_api::{Applied, CommandBytes, Reply, Request, StatusReport};
+use proto_schema::coordinator_api::{Applied, CommandBytes, Refusal, Reply, Request, StatusReport};
 use proto_schema::tls::TlsIdentity;
 
 use crate::quic::QuicTransport;
@@ -28,6 +28,9 @@ pub enum ClientError {
     NoLeader(Duration),
     #[error("the coordinator failed the request: {0}")]
     Failed(String),
+    /// Refused before anything was done (never retried).
+    #[error("the coordinator refused the request: {0}")]
+    Refused(Refusal),
     #[error("the coordinator gave an unexpected reply")]
     Unexpected,
     #[error(
@@ -84,16 +87,14 @@ impl<T: Transport> CoordinatorClient<T> {
     }
 
     /// Proposes `cmd` through the leader. A command the state machine
-    /// refused comes back as `Response::Error`. A write whose connection
-    /// fails after sending is not retried (it may have been applied).
+    /// refused, or the leader refused before the log for breaking a bound,
+    /// comes back as `Response::Error`. A write whose connection fails
+    /// after sending is not retried (it may have been applied).
     pub async fn write(&mut self, cmd: &Command) -> Result<Response, ClientError> {
-        match self
+        let reply = self
             .call(&Request::Write(CommandBytes::encode(cmd)), false)
-            .await?
-        {
-            Reply::Written(Applied(response)) => Ok(response),
-            _ => Err(ClientError::Unexpected),
-        }
+            .await;
+        written(reply)
     }
 
     /// The leader's status report (a replica's own when there is none).
@@ -172,6 +173,7 @@ impl<T: Transport> CoordinatorClient<T> {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Reply::Failed(reason) => return Err(ClientError::Failed(reason)),
+                Reply::Refused(refusal) => return Err(ClientError::Refused(refusal)),
                 reply => return Ok(reply),
             }
         }
@@ -202,5 +204,19 @@ impl<T: Transport> CoordinatorClient<T> {
                 self.addresses.len() - 1
             }
         };
+    }
+}
+
+/// A write's answer: the command's response, where a command refused
+/// before the log reads as the state machine's refusal would.
+pub(crate) fn written(reply: Result<Reply, ClientError>) -> Result<Response, ClientError> {
+    match reply {
+        Ok(Reply::Written(Applied(response))) => Ok(response),
+        Ok(Reply::Refused(Refusal::Invalid(error)))
+        | Err(ClientError::Refused(Refusal::Invalid(error))) => Ok(Response::Error(error)),
+        Ok(Reply::Refused(refusal)) => Err(ClientError::Refused(refusal)),
+        Ok(Reply::Failed(reason)) => Err(ClientError::Failed(reason)),
+        Ok(_) => Err(ClientError::Unexpected),
+        Err(e) => Err(e),
     }
 }

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use proto_schema::command::FileEntry;
+use proto_schema::command::{Bounded, FileEntry, MAX_CHECKSUM_BYTES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestFormat {
@@ -38,9 +38,6 @@ pub enum ManifestError {
     #[error("{path}: {reason}")]
     Walk { path: PathBuf, reason: String },
 }
-
-/// The longest checksum accepted, in bytes (SHA-512).
-const MAX_CHECKSUM: usize = 64;
 
 impl ManifestFormat {
     /// The format of the manifest at `path`.
@@ -92,20 +89,21 @@ impl ManifestReader {
             buf: Vec::new(),
         })
     }
+}
 
-    fn parse(&self) -> Result<FileEntry, String> {
-        let mut line = &self.buf[..];
-        if let Some(rest) = line.strip_suffix(b"\n") {
-            line = rest.strip_suffix(b"\r").unwrap_or(rest);
-        }
-        let line = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
-        if line.trim().is_empty() {
-            return Err("empty line".into());
-        }
-        match self.format {
-            ManifestFormat::Tsv => parse_tsv(line),
-            ManifestFormat::Jsonl => parse_jsonl(line),
-        }
+/// One manifest line (its newline included or not) as an entry, or why
+/// not.
+pub fn parse_line(format: ManifestFormat, mut line: &[u8]) -> Result<FileEntry, String> {
+    if let Some(rest) = line.strip_suffix(b"\n") {
+        line = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    let line = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
+    if line.trim().is_empty() {
+        return Err("empty line".into());
+    }
+    match format {
+        ManifestFormat::Tsv => parse_tsv(line),
+        ManifestFormat::Jsonl => parse_jsonl(line),
     }
 }
 
@@ -118,11 +116,13 @@ impl Iterator for ManifestReader {
             Ok(0) => None,
             Ok(_) => {
                 self.line += 1;
-                Some(self.parse().map_err(|reason| ManifestError::Line {
-                    file: self.path.clone(),
-                    line: self.line,
-                    reason,
-                }))
+                Some(
+                    parse_line(self.format, &self.buf).map_err(|reason| ManifestError::Line {
+                        file: self.path.clone(),
+                        line: self.line,
+                        reason,
+                    }),
+                )
             }
             Err(error) => Some(Err(ManifestError::Io {
                 path: self.path.clone(),
@@ -184,6 +184,8 @@ fn parse_path(path: &str) -> Result<String, String> {
     if path.contains(['\0', '\n']) {
         return Err(format!("path {path:?} contains NUL or a newline"));
     }
+    // The coordinators refuse it too; here the line is named.
+    Bounded::Path.check(path.len()).map_err(|e| e.to_string())?;
     Ok(path.to_owned())
 }
 
@@ -211,8 +213,8 @@ fn parse_checksum(hex: &str) -> Result<Option<Vec<u8>>, String> {
     if hex.is_empty() {
         return Ok(None);
     }
-    let bad = || format!("checksum {hex:?} is not hex digits (at most {MAX_CHECKSUM} bytes)");
-    if !hex.len().is_multiple_of(2) || hex.len() > 2 * MAX_CHECKSUM {
+    let bad = || format!("checksum {hex:?} is not hex digits (at most {MAX_CHECKSUM_BYTES} bytes)");
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * MAX_CHECKSUM_BYTES {
         return Err(bad());
     }
     (0..hex.len())
@@ -331,6 +333,21 @@ mod tests {
         assert!(errors[2].starts_with("F:4: empty line"), "{}", errors[2]);
         assert!(errors[3].starts_with("F:5: checksum"), "{}", errors[3]);
         assert!(errors[4].starts_with("F:6: mtime"), "{}", errors[4]);
+        let long = format!(
+            "/{}\t1\t1\n",
+            "p".repeat(proto_schema::command::MAX_PATH_BYTES)
+        );
+        let errors = read(&long, "m.tsv");
+        assert!(
+            errors[0].as_ref().unwrap_err().starts_with(&format!(
+                "F:1: path of {} bytes exceeds the limit of",
+                proto_schema::command::MAX_PATH_BYTES + 1
+            )),
+            "{:?}",
+            errors[0]
+                .as_ref()
+                .map_err(|e| e.chars().take(80).collect::<String>())
+        );
         let errors = read("{\"path\":\"/a\",\"size\":-1,\"mtime\":1}\n", "m.jsonl");
         assert!(
             errors[0].as_ref().unwrap_err().starts_with("F:1: "),

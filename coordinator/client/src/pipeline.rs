@@ -7,10 +7,10 @@
 //! applied. Dropping the pipeline abandons the writes still in flight.
 
 use proto_schema::command::{Command, Response};
-use proto_schema::coordinator_api::{Applied, CommandBytes, Reply, Request};
+use proto_schema::coordinator_api::{CommandBytes, Reply, Request};
 use tokio::task::JoinSet;
 
-use crate::client::{ClientError, CoordinatorClient};
+use crate::client::{ClientError, CoordinatorClient, written};
 use crate::transport::{Connection, Transport, TransportError};
 
 pub struct Pipeline<'c, T: Transport> {
@@ -54,13 +54,11 @@ impl<T: Transport> Pipeline<'_, T> {
                     error => ClientError::Ambiguous { address, error },
                 })?;
             match reply {
-                Reply::Written(Applied(response)) => Ok(response),
                 Reply::NotLeader { address, .. } => Err(ClientError::Failed(format!(
                     "the leader changed (now {}) while writes were in flight",
                     address.as_deref().unwrap_or("unknown")
                 ))),
-                Reply::Failed(reason) => Err(ClientError::Failed(reason)),
-                _ => Err(ClientError::Unexpected),
+                reply => written(Ok(reply)),
             }
         });
         Ok(answered)

@@ -28,6 +28,7 @@ impl<T: Transport> CoordinatorClient<T> {
         match connection.request(&Request::Replica).await? {
             Reply::Replica(report) => Ok(report),
             Reply::Failed(reason) => Err(ClientError::Failed(reason)),
+            Reply::Refused(refusal) => Err(ClientError::Refused(refusal)),
             _ => Err(ClientError::Unexpected),
         }
     }

@@ -6,6 +6,8 @@
 //! clock or a random source: the same log gives the same state on every
 //! replica. Work per command is bounded by the command's size (a manifest
 //! chunk is at most `MAX_CHUNK_FILES` files), never by the catalogue's.
+//! The command's bounds are checked again here, whatever the leader
+//! checked: a command out of bounds is refused, never written.
 //!
 //! A file listed again unchanged is not written: each chunk records what
 //! it listed as one record (`listed`), and whether a file is still live is
@@ -20,8 +22,7 @@
 use std::collections::HashMap;
 
 use proto_schema::command::{
-    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, MAX_CHUNK_BYTES, MAX_CHUNK_FILES,
-    NodeInfo, Response,
+    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, NodeInfo, Response,
 };
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, WriteBatch};
@@ -71,16 +72,23 @@ impl<'a> Tx<'a> {
         self.batch.put_cf(cf, key, value.encode());
     }
 
-    /// Reserves `n` consecutive ids from a counter (ids start at 1).
+    /// Reserves `n` consecutive ids from a counter (ids start at 1). A
+    /// counter that does not decode, or would overflow, is an error: ids
+    /// are never handed out twice.
     fn reserve(&mut self, counter: &[u8], n: u64) -> Result<u64, StateError> {
-        let next = self
-            .db
-            .get_cf(self.cf(CF_COUNTERS), counter)?
-            .as_deref()
-            .and_then(keys::decode_u64)
-            .unwrap_or(1);
+        let next = match self.db.get_cf(self.cf(CF_COUNTERS), counter)? {
+            None => 1,
+            Some(bytes) => keys::decode_u64(&bytes).ok_or_else(|| {
+                StateError::Inconsistent(format!("counter {counter:?} holds {bytes:02x?}"))
+            })?,
+        };
+        let after = next.checked_add(n).ok_or_else(|| {
+            StateError::Inconsistent(format!(
+                "counter {counter:?} at {next} cannot give {n} more"
+            ))
+        })?;
         let cf = self.cf(CF_COUNTERS);
-        self.batch.put_cf(cf, counter, keys::id(next + n));
+        self.batch.put_cf(cf, counter, keys::id(after));
         Ok(next)
     }
 }
@@ -125,6 +133,9 @@ impl<'a> Aborted<'a> {
 
 /// Applies `cmd`; the batch holds its writes unless the answer is an error.
 pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
+    if let Err(out_of_bounds) = cmd.check_bounds() {
+        return Ok(Response::Error(out_of_bounds));
+    }
     let outcome = match cmd {
         Command::RegisterNode(node) => register_node(tx, node),
         Command::CreateDataset(spec) => create_dataset(tx, spec),
@@ -175,7 +186,9 @@ fn create_dataset(tx: &mut Tx<'_>, spec: DatasetSpec) -> Outcome {
     {
         return Ok(Err(CommandError::DatasetExists { name: spec.name }));
     }
-    let id = u32::try_from(tx.reserve(keys::NEXT_DATASET, 1)?).expect("fewer than 2^32 datasets");
+    let id = tx.reserve(keys::NEXT_DATASET, 1)?;
+    let id = u32::try_from(id)
+        .map_err(|_| StateError::Inconsistent(format!("dataset id {id} over 2^32")))?;
     let id = DatasetId(id);
     let dataset = Dataset {
         id,
@@ -277,13 +290,6 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: JobId, files: &[FileEnt
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
     };
-    let bytes: usize = files.iter().map(FileEntry::weight).sum();
-    if files.len() > MAX_CHUNK_FILES || bytes > MAX_CHUNK_BYTES {
-        return Ok(Err(CommandError::ChunkTooLarge {
-            files: files.len() as u64,
-            bytes: bytes as u64,
-        }));
-    }
     // In path order: the chunk's listing is stored sorted, and its
     // catalogue entries are read by stepping through the catalogue.
     let mut files: Vec<&FileEntry> = files.iter().collect();
@@ -606,7 +612,8 @@ mod tests {
 
     use proptest::prelude::*;
     use proto_schema::command::{
-        Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response,
+        Bounded, Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, MAX_COMMAND_BYTES,
+        Response,
     };
 
     use proto_schema::ids::{Epoch, NodeId, ShardId};
@@ -960,6 +967,25 @@ mod tests {
             sm.apply(too_many).await,
             Response::Error(CommandError::ChunkTooLarge { .. })
         ));
+        // Out of bounds, as if the leader had not checked: refused again
+        // here, never written.
+        let long_path = chunk(vec![file(&"p".repeat(70 << 10), 1, 1, None)]);
+        assert!(matches!(
+            sm.apply(long_path).await,
+            Response::Error(CommandError::OutOfBounds {
+                what: Bounded::Path,
+                ..
+            })
+        ));
+        let oversized = vec![0; MAX_COMMAND_BYTES + 1];
+        assert!(matches!(
+            sm.apply_bytes(oversized).await,
+            Response::Error(CommandError::OutOfBounds {
+                what: Bounded::EncodedCommand,
+                ..
+            })
+        ));
+        assert_eq!(digest(&sm), before, "nothing out of bounds is applied");
 
         let ok = chunk(vec![file("x", 1, 1, None)]);
         assert!(matches!(

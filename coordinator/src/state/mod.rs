@@ -38,7 +38,7 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use proto_schema::command::{CommandError, Response};
+use proto_schema::command::{self, CommandError, Response};
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
@@ -87,6 +87,27 @@ pub enum StateError {
          files are listed"
     )]
     GoneListingExpired { job: JobId },
+    #[error(
+        "snapshot id {0:?} is not 1 to {MAX_SNAPSHOT_ID} letters, digits and '-': it names no \
+         snapshot of ours"
+    )]
+    BadSnapshotId(String),
+}
+
+/// Most bytes of a snapshot id (ours are `TERM-INDEX-SEQ`).
+pub const MAX_SNAPSHOT_ID: usize = 64;
+
+/// Checks that a snapshot id is one we could have made: a plain file name,
+/// never a path (`/`, `..`) nor anything long.
+pub fn check_snapshot_id(id: &str) -> Result<(), StateError> {
+    let plain = id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if plain && !id.is_empty() && id.len() <= MAX_SNAPSHOT_ID {
+        Ok(())
+    } else {
+        Err(StateError::BadSnapshotId(
+            id.chars().take(MAX_SNAPSHOT_ID).collect(),
+        ))
+    }
 }
 
 type StorageResult<T> = Result<T, StorageError<ReplicaId>>;
@@ -185,7 +206,8 @@ impl StateMachineStore {
     fn remove_stale_snapshot_files(&self) -> Result<(), StateError> {
         let current = self
             .current_snapshot_meta()?
-            .map(|m| self.snapshot_path(&m.snapshot_id));
+            .map(|m| self.snapshot_path(&m.snapshot_id))
+            .transpose()?;
         for entry in fs::read_dir(&self.inner.snapshot_dir)? {
             let path = entry?.path();
             if Some(&path) != current.as_ref() {
@@ -403,8 +425,11 @@ impl StateMachineStore {
         *self.inner.last_build.lock().expect("not poisoned")
     }
 
-    fn snapshot_path(&self, id: &str) -> PathBuf {
-        self.inner.snapshot_dir.join(format!("{id}.snap"))
+    /// The file of snapshot `id`, once `id` is checked to be a plain file
+    /// name: an id comes from the leader's InstallSnapshot too.
+    fn snapshot_path(&self, id: &str) -> Result<PathBuf, StateError> {
+        check_snapshot_id(id)?;
+        Ok(self.inner.snapshot_dir.join(format!("{id}.snap")))
     }
 
     fn current_snapshot_meta(&self) -> Result<Option<SnapshotMeta<ReplicaId, Member>>, StateError> {
@@ -428,7 +453,7 @@ impl StateMachineStore {
         if let Some(prev) = previous
             && prev.snapshot_id != meta.snapshot_id
         {
-            let _ = fs::remove_file(self.snapshot_path(&prev.snapshot_id));
+            let _ = fs::remove_file(self.snapshot_path(&prev.snapshot_id)?);
         }
         Ok(())
     }
@@ -523,12 +548,15 @@ impl StateMachineStore {
         let mut tx = apply::Tx::new(db);
         let response = match entry.payload {
             EntryPayload::Blank => Response::Nothing,
-            EntryPayload::Normal(bytes) => match bytes.decode() {
-                Ok(cmd) => apply::apply(&mut tx, cmd)?,
-                Err(e) => Response::Error(CommandError::Malformed {
-                    reason: e.to_string(),
-                }),
-            },
+            EntryPayload::Normal(bytes) => {
+                match command::check_encoded_len(bytes.0.len()).map(|()| bytes.decode()) {
+                    Err(out_of_bounds) => Response::Error(out_of_bounds),
+                    Ok(Ok(cmd)) => apply::apply(&mut tx, cmd)?,
+                    Ok(Err(e)) => Response::Error(CommandError::Malformed {
+                        reason: e.to_string(),
+                    }),
+                }
+            }
             EntryPayload::Membership(membership) => {
                 let stored = StoredMembership::new(Some(entry.log_id), membership);
                 tx.batch.put_cf(
@@ -662,7 +690,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
                 None => format!("none-{seq}"),
             };
-            let path = this.snapshot_path(&snapshot_id);
+            let path = this.snapshot_path(&snapshot_id)?;
             fs::rename(&partial, &path)?;
             tracing::info!(snapshot_id, stats.records, stats.bytes, elapsed = ?started.elapsed(), "snapshot built");
             *this.inner.last_build.lock().expect("not poisoned") = Some(stats);
@@ -748,7 +776,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let meta = meta.clone();
         blocking(move || {
             file.seek(SeekFrom::Start(0))?;
-            let keep = this.snapshot_path(&meta.snapshot_id);
+            let keep = this.snapshot_path(&meta.snapshot_id)?;
             let started = std::time::Instant::now();
             this.install_from(BufReader::with_capacity(256 << 10, file), &keep, &meta)?;
             tracing::info!(snapshot_id = meta.snapshot_id, elapsed = ?started.elapsed(), "snapshot installed");
@@ -762,7 +790,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .current_snapshot_meta()
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let Some(meta) = meta else { return Ok(None) };
-        let file = tokio::fs::File::open(self.snapshot_path(&meta.snapshot_id))
+        let path = self
+            .snapshot_path(&meta.snapshot_id)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         Ok(Some(Snapshot {
@@ -1061,6 +1092,47 @@ mod tests {
         assert_eq!(reopened.applied_state().await.unwrap().0, None);
         assert_eq!(reopened.digest().unwrap().records, 0);
         assert!(reopened.get_current_snapshot().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn snapshot_ids_are_plain_names() {
+        for good in ["3-5000-2", "none-1", "a"] {
+            check_snapshot_id(good).unwrap();
+        }
+        let long = "1".repeat(MAX_SNAPSHOT_ID + 1);
+        for bad in ["", "../../etc/passwd", "a/b", "x.snap", "é", long.as_str()] {
+            assert!(
+                matches!(check_snapshot_id(bad), Err(StateError::BadSnapshotId(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// An InstallSnapshot naming a path is refused before anything is
+    /// read or written under that name.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_whose_id_is_a_path_is_refused() {
+        let mut source = Applier::new();
+        setup_dataset(&mut source, "ds", &[1]).await;
+        let mut leader = source.state().clone();
+        let mut built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut follower = StateMachineStore::open(&dir.path().join("state")).unwrap();
+        let snapshot = transfer(&mut leader, &mut follower).await;
+        built.meta.snapshot_id = "../../escaped".into();
+        let err = follower
+            .install_snapshot(&built.meta, snapshot.snapshot)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("names no snapshot"), "{err}");
+        assert!(!dir.path().join("escaped.snap").exists());
+        assert!(!dir.path().join("escaped.part").exists());
+        assert_eq!(follower.digest().unwrap().records, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,11 @@ pub enum SnapshotError {
     Io(#[from] io::Error),
     #[error("snapshot corrupt at byte {offset}: {reason}")]
     Corrupt { offset: u64, reason: String },
+    #[error(
+        "a state record of column family {cf} with a {key}-byte key and a {value}-byte value \
+         exceeds a snapshot's bounds ({MAX_KEY} and {MAX_VALUE} bytes)"
+    )]
+    OutOfBounds { cf: u8, key: usize, value: usize },
 }
 
 pub struct SnapshotWriter<W: Write> {
@@ -43,11 +48,17 @@ impl<W: Write> SnapshotWriter<W> {
         })
     }
 
-    pub fn record(&mut self, cf: u8, key: &[u8], value: &[u8]) -> io::Result<()> {
-        assert!(
-            cf != END && key.len() <= MAX_KEY && value.len() <= MAX_VALUE,
-            "record out of bounds"
-        );
+    /// Writes one record; one out of bounds (which no command can write:
+    /// `proto_schema::command::bounds`) is an error, and the snapshot
+    /// is not finished.
+    pub fn record(&mut self, cf: u8, key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+        if cf == END || key.len() > MAX_KEY || value.len() > MAX_VALUE {
+            return Err(SnapshotError::OutOfBounds {
+                cf,
+                key: key.len(),
+                value: value.len(),
+            });
+        }
         let mut head = [0u8; 9];
         head[0] = cf;
         head[1..5].copy_from_slice(&(key.len() as u32).to_le_bytes());
@@ -228,6 +239,16 @@ mod tests {
             bad[i] ^= 0x20;
             assert!(read_all(&bad).is_err(), "flipped byte {i} was accepted");
         }
+    }
+
+    #[test]
+    fn a_record_out_of_bounds_is_an_error_not_a_panic() {
+        let mut w = SnapshotWriter::new(Vec::new()).unwrap();
+        let long_key = vec![b'k'; MAX_KEY + 1];
+        let err = w.record(4, &long_key, b"v").unwrap_err();
+        assert!(matches!(err, SnapshotError::OutOfBounds { cf: 4, key, .. } if key == MAX_KEY + 1));
+        assert!(w.record(END, b"k", b"v").is_err());
+        w.record(4, &long_key[..MAX_KEY], b"v").unwrap();
     }
 
     #[test]

@@ -14,10 +14,12 @@
 
 mod lease;
 mod payload;
+mod refusal;
 mod status;
 
 pub use lease::{LeaseReply, LeasedShard};
 pub use payload::{Applied, CommandBytes, RaftMessage};
+pub use refusal::{Forbidden, Refusal};
 pub use status::{DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport};
 
 use serde::de::DeserializeOwned;
@@ -64,6 +66,9 @@ pub enum Reply {
     Lease(LeaseReply),
     /// The request could not be served (undecodable, Raft shut down, ...).
     Failed(String),
+    /// Refused before anything was done: out of bounds, or not allowed
+    /// for the sender's certificate. Sending it again cannot help.
+    Refused(Refusal),
 }
 
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, postcard::Error> {

@@ -1,7 +1,7 @@
 //! What every QUIC endpoint of the cluster shares, whatever it carries
 //! (the RPC, the shuffle's data channel): the transport's liveness
 //! settings, binding and dialling with mutual TLS, accepting connections
-//! within a limit, reading a peer's identity once, and a bounded shutdown.
+//! within limits (handshakes counted apart), reading a peer's identity once, and a bounded shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,9 +14,12 @@ use rustls::pki_types::CertificateDer;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout, timeout_at};
 
+pub(super) use super::handshakes::Slot;
+use super::handshakes::{CONNECTION_REFUSED_METRIC, Handshakes};
 use super::refusal::{self, Role};
 use super::{Peer, RpcError};
 use crate::cert_name::certificate_name;
+use crate::log_limit::LogLimit;
 use crate::tls::Fingerprint;
 
 /// Application close code of a shutdown.
@@ -92,29 +95,58 @@ pub(super) async fn dial(
     }
 }
 
-/// Accepts connections until the endpoint closes, at most
-/// `max_connections` at once (more are refused), each served by `serve`
-/// in a task this loop owns.
-pub(super) async fn accept_loop<F, Fut>(endpoint: Endpoint, max_connections: usize, serve: F)
+/// What an accept loop admits at once: connections in all, and of those
+/// the ones still in their handshake (`handshakes`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AcceptLimits {
+    pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_address: usize,
+}
+
+/// Accepts connections until the endpoint closes, within `limits` (more
+/// are refused, counted and logged at a bounded rate; under handshake
+/// pressure an unvalidated address is sent a Retry first), each served by
+/// `serve` in a task this loop owns. `serve` holds its handshake `Slot`
+/// until the handshake ends (`handshake` drops it).
+pub(super) async fn accept_loop<F, Fut>(endpoint: Endpoint, limits: AcceptLimits, serve: F)
 where
-    F: Fn(Incoming) -> Fut,
+    F: Fn(Incoming, Slot) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut connections = JoinSet::new();
+    let handshakes = Handshakes::new(limits.max_handshakes, limits.max_handshakes_per_address);
+    let mut log = LogLimit::default();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if connections.len() >= max_connections {
-                    tracing::warn!(
-                        remote = %incoming.remote_address(),
-                        limit = max_connections,
-                        "refused a connection: at the connection limit"
-                    );
-                    incoming.refuse();
+                let remote = incoming.remote_address();
+                if !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                    && handshakes.under_pressure()
+                {
+                    let _ = incoming.retry();
                     continue;
                 }
-                connections.spawn(serve(incoming));
+                let slot = if connections.len() >= limits.max_connections {
+                    Err("connections")
+                } else {
+                    handshakes.take(remote.ip()).map_err(|full| full.label())
+                };
+                match slot {
+                    Ok(slot) => {
+                        connections.spawn(serve(incoming, slot));
+                    }
+                    Err(limit) => {
+                        metrics::counter!(CONNECTION_REFUSED_METRIC, "reason" => limit)
+                            .increment(1);
+                        if let Some(left_out) = log.speak(std::time::Instant::now()) {
+                            tracing::warn!(%remote, limit, left_out, "refused a connection: at the limit");
+                        }
+                        incoming.refuse();
+                    }
+                }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -122,14 +154,18 @@ where
     while connections.join_next().await.is_some() {}
 }
 
-/// Completes the handshake of `incoming` within `connect_timeout` and
-/// reads who the peer is, or logs why not and returns `None`.
+/// Completes the handshake of `incoming` within `connect_timeout`, frees
+/// its handshake `slot`, and reads who the peer is, or logs why not and
+/// returns `None`.
 pub(super) async fn handshake(
     incoming: Incoming,
+    slot: Slot,
     connect_timeout: Duration,
 ) -> Option<(quinn::Connection, Peer)> {
     let addr = incoming.remote_address();
-    let connection = match timeout(connect_timeout, incoming).await {
+    let handshake = timeout(connect_timeout, incoming).await;
+    drop(slot);
+    let connection = match handshake {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => {
             refusal::handshake_failed(Role::Server, addr, e);

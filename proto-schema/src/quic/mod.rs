@@ -11,6 +11,8 @@
 //!   requests, many at once if wanted.
 //! - `wire`: the bytes of one exchange.
 //! - `refusal`: failed handshakes, logged and counted.
+//! - `handshakes`: the slots of connections still in their handshake,
+//!   bounded apart, per source address and in all.
 //! - `address`: `host:port` to a socket address and the name the
 //!   server's certificate must carry.
 //! - `endpoint`: what every endpoint shares: liveness settings, binding
@@ -22,6 +24,7 @@ mod address;
 pub mod channel;
 mod client;
 mod endpoint;
+mod handshakes;
 mod refusal;
 mod server;
 mod wire;
@@ -33,6 +36,7 @@ use std::time::Duration;
 
 pub use address::{resolve, server_name};
 pub use client::{RpcClient, RpcConnection};
+pub use handshakes::CONNECTION_REFUSED_METRIC;
 pub use refusal::PEER_REFUSED_METRIC;
 pub use server::RpcServer;
 
@@ -51,11 +55,22 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 64;
 /// Connections a server holds at once; more are refused.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Of those, connections still in their handshake (`handshakes`).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// Handshakes in progress from one source address.
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
 /// How long a server's shutdown waits for its tasks before aborting them.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes a peer may send on one stream ahead of what we have read.
+pub const DEFAULT_STREAM_RECEIVE_WINDOW: u32 = 1 << 20;
+/// Bytes a peer may send on one connection, all streams together, ahead
+/// of what we have read (quinn's own default is unbounded).
+pub const DEFAULT_CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
 
 /// Limits of an endpoint. A server holds at most `max_connections` ×
-/// `max_concurrent_requests` requests of at most `max_message` bytes.
+/// `max_concurrent_requests` requests of at most `max_message` bytes, and
+/// QUIC buffers at most `connection_receive_window` unread bytes per
+/// connection.
 #[derive(Debug, Clone)]
 pub struct RpcConfig {
     pub max_message: u32,
@@ -64,7 +79,13 @@ pub struct RpcConfig {
     pub idle_timeout: Duration,
     pub max_concurrent_requests: u32,
     pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_address: usize,
     pub shutdown_timeout: Duration,
+    /// QUIC flow control: what a peer may send unread, per stream and per
+    /// connection.
+    pub stream_receive_window: u32,
+    pub connection_receive_window: u32,
 }
 
 impl Default for RpcConfig {
@@ -76,7 +97,11 @@ impl Default for RpcConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_address: DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
+            connection_receive_window: DEFAULT_CONNECTION_RECEIVE_WINDOW,
         }
     }
 }
@@ -86,7 +111,9 @@ impl RpcConfig {
         let mut transport = endpoint::transport(self.idle_timeout)?;
         transport
             .max_concurrent_bidi_streams(self.max_concurrent_requests.into())
-            .max_concurrent_uni_streams(0u32.into());
+            .max_concurrent_uni_streams(0u32.into())
+            .stream_receive_window(self.stream_receive_window.into())
+            .receive_window(self.connection_receive_window.into());
         Ok(Arc::new(transport))
     }
 }

@@ -11,7 +11,7 @@ use quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 
-use super::endpoint::{self, CLOSE_SHUTDOWN};
+use super::endpoint::{self, AcceptLimits, CLOSE_SHUTDOWN, Slot};
 use super::{Handler, Peer, RpcConfig, RpcError, wire};
 
 /// Stream codes: the request was over the size limit; it took too long.
@@ -80,16 +80,21 @@ impl Drop for RpcServer {
 }
 
 async fn accept_loop<H: Handler>(endpoint: Endpoint, shared: Arc<Shared<H>>) {
-    let max = shared.config.max_connections;
-    endpoint::accept_loop(endpoint, max, |incoming| {
-        serve_connection(incoming, shared.clone())
+    let config = &shared.config;
+    let limits = AcceptLimits {
+        max_connections: config.max_connections,
+        max_handshakes: config.max_handshakes,
+        max_handshakes_per_address: config.max_handshakes_per_address,
+    };
+    endpoint::accept_loop(endpoint, limits, |incoming, slot| {
+        serve_connection(incoming, slot, shared.clone())
     })
     .await;
 }
 
-async fn serve_connection<H: Handler>(incoming: Incoming, shared: Arc<Shared<H>>) {
+async fn serve_connection<H: Handler>(incoming: Incoming, slot: Slot, shared: Arc<Shared<H>>) {
     let Some((connection, peer)) =
-        endpoint::handshake(incoming, shared.config.connect_timeout).await
+        endpoint::handshake(incoming, slot, shared.config.connect_timeout).await
     else {
         return;
     };

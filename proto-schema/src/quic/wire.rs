@@ -8,7 +8,8 @@
 //! ```
 //! Integers are little-endian. No checksum: TLS authenticates every byte.
 //! Readers learn a length before allocating, so the caller can refuse an
-//! oversized message without reading it.
+//! oversized message without reading it, and then allocate as the bytes
+//! arrive, not as the length claims.
 
 use quinn::{ReadExactError, RecvStream, SendStream, WriteError};
 
@@ -51,13 +52,26 @@ pub(super) async fn read_response_header(
     Ok((header[0], len))
 }
 
-/// Reads a payload whose length the caller has checked against its limit.
+/// What a payload's buffer starts at, whatever length its header claims.
+const FIRST_CAPACITY: usize = 64 << 10;
+
+/// Reads a payload whose length the caller has checked against its limit,
+/// as its bytes arrive: the buffer grows with what was received (at most
+/// twice that), not with the length the sender claimed, so a peer that
+/// claims 16 MiB and sends nothing costs 64 KiB.
 pub(super) async fn read_payload(
     recv: &mut RecvStream,
     len: u32,
 ) -> Result<Vec<u8>, ReadExactError> {
-    let mut payload = vec![0u8; len as usize];
-    recv.read_exact(&mut payload).await?;
+    let len = len as usize;
+    let mut payload = Vec::with_capacity(len.min(FIRST_CAPACITY));
+    while payload.len() < len {
+        match recv.read_chunk(len - payload.len(), true).await {
+            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(ReadExactError::FinishedEarly(payload.len())),
+            Err(e) => return Err(ReadExactError::ReadError(e)),
+        }
+    }
     Ok(payload)
 }
 

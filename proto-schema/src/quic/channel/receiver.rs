@@ -22,7 +22,8 @@ use super::{
 use crate::batch::ValidBatch;
 use crate::frame::{FrameKind, HEADER_LEN};
 use crate::quic::Peer;
-use crate::quic::endpoint;
+use crate::quic::endpoint::{self, AcceptLimits, Slot};
+use crate::quic::{DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HANDSHAKES_PER_ADDRESS};
 use crate::shuffle::{
     MAX_CONTROL_FRAME, Refusal, StreamCheck, StreamEnd, StreamEvent, StreamHeader, StreamReply,
 };
@@ -78,20 +79,32 @@ pub(super) async fn serve<H: StreamHandler>(
     windows: Arc<LinkWindows>,
     handler: Arc<H>,
 ) {
-    let max = config.max_links;
-    endpoint::accept_loop(endpoint, max, |incoming| {
-        serve_link(incoming, config.clone(), windows.clone(), handler.clone())
+    let limits = AcceptLimits {
+        max_connections: config.max_links,
+        max_handshakes: DEFAULT_MAX_HANDSHAKES,
+        max_handshakes_per_address: DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    };
+    endpoint::accept_loop(endpoint, limits, |incoming, slot| {
+        serve_link(
+            incoming,
+            slot,
+            config.clone(),
+            windows.clone(),
+            handler.clone(),
+        )
     })
     .await;
 }
 
 async fn serve_link<H: StreamHandler>(
     incoming: quinn::Incoming,
+    slot: Slot,
     config: Arc<ChannelConfig>,
     windows: Arc<LinkWindows>,
     handler: Arc<H>,
 ) {
-    let Some((connection, peer)) = endpoint::handshake(incoming, config.connect_timeout).await
+    let Some((connection, peer)) =
+        endpoint::handshake(incoming, slot, config.connect_timeout).await
     else {
         return;
     };

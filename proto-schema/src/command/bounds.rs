@@ -1,0 +1,310 @@
+//! Bounds on what a command may carry. The leader checks them before it
+//! proposes a command, so nothing out of bounds reaches the Raft log; every
+//! replica checks them again when applying (a replica never trusts the log
+//! blindly), refusing with the same error. Each bound keeps every state key
+//! and value a command can write far inside what the state, its snapshots
+//! and replication carry: a refusal here is the only place a client can
+//! meet them.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::{Command, CommandError, DatasetSpec, FileEntry, KeySpec};
+
+/// Most bytes of a manifest path (a state key, and a shard's path).
+pub const MAX_PATH_BYTES: usize = 4 << 10;
+/// Most bytes of a dataset's name (a state key).
+pub const MAX_DATASET_NAME_BYTES: usize = 256;
+/// Most bytes of a node's address.
+pub const MAX_NODE_ADDRESS_BYTES: usize = 256;
+/// Most bytes of a JSON pointer naming a dataset's key.
+pub const MAX_KEY_POINTER_BYTES: usize = 1 << 10;
+/// Most bytes of a file's checksum.
+pub const MAX_CHECKSUM_BYTES: usize = 64;
+/// Most file entries one manifest chunk may carry.
+pub const MAX_CHUNK_FILES: usize = 4096;
+/// Most bytes of paths and checksums one manifest chunk may carry.
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Most partition assignments in one command.
+pub const MAX_PARTITION_ASSIGNMENTS: usize = 1 << 16;
+/// Most bytes of an encoded command: a log entry's payload. Above the
+/// largest chunk the other bounds allow (a test checks it), and small
+/// enough that the coordinator's replication payloads, a few entries
+/// each, stay within its transport's message limit (a test there checks
+/// that).
+pub const MAX_COMMAND_BYTES: usize = 2 << 20;
+
+/// What a bound limits, as a refusal names it.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
+pub enum Bounded {
+    Path,
+    DatasetName,
+    NodeAddress,
+    KeyPointer,
+    Checksum,
+    PartitionAssignments,
+    EncodedCommand,
+}
+
+impl Bounded {
+    /// The limit, in the unit `unit` names.
+    pub fn max(self) -> usize {
+        match self {
+            Self::Path => MAX_PATH_BYTES,
+            Self::DatasetName => MAX_DATASET_NAME_BYTES,
+            Self::NodeAddress => MAX_NODE_ADDRESS_BYTES,
+            Self::KeyPointer => MAX_KEY_POINTER_BYTES,
+            Self::Checksum => MAX_CHECKSUM_BYTES,
+            Self::PartitionAssignments => MAX_PARTITION_ASSIGNMENTS,
+            Self::EncodedCommand => MAX_COMMAND_BYTES,
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::PartitionAssignments => "assignments",
+            _ => "bytes",
+        }
+    }
+
+    /// `size` against the bound.
+    pub fn check(self, size: usize) -> Result<(), CommandError> {
+        if size <= self.max() {
+            return Ok(());
+        }
+        Err(CommandError::OutOfBounds {
+            what: self,
+            size: size as u64,
+            max: self.max() as u64,
+        })
+    }
+}
+
+impl std::fmt::Display for Bounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Path => "path",
+            Self::DatasetName => "dataset name",
+            Self::NodeAddress => "node address",
+            Self::KeyPointer => "key pointer",
+            Self::Checksum => "checksum",
+            Self::PartitionAssignments => "partition assignments",
+            Self::EncodedCommand => "encoded command",
+        })
+    }
+}
+
+/// Checks an encoded command's length, before it is decoded or proposed.
+pub fn check_encoded_len(len: usize) -> Result<(), CommandError> {
+    Bounded::EncodedCommand.check(len)
+}
+
+impl Command {
+    /// Checks every bound on what the command carries (not its encoded
+    /// length: `check_encoded_len`). Work is linear in the command's size.
+    pub fn check_bounds(&self) -> Result<(), CommandError> {
+        match self {
+            Command::RegisterNode(node) => Bounded::NodeAddress.check(node.address.len()),
+            Command::CreateDataset(spec) => check_spec(spec),
+            Command::BeginSubmission { dataset, .. }
+            | Command::FinishSubmission { dataset, .. }
+            | Command::AbortSubmission { dataset, .. } => Bounded::DatasetName.check(dataset.len()),
+            Command::SubmitChunk { dataset, files, .. } => {
+                Bounded::DatasetName.check(dataset.len())?;
+                check_chunk(files)
+            }
+            Command::AssignPartitions { assignments } => {
+                Bounded::PartitionAssignments.check(assignments.len())
+            }
+            Command::GrantLease { .. }
+            | Command::ReportProgress { .. }
+            | Command::CompleteShard { .. } => Ok(()),
+        }
+    }
+}
+
+fn check_spec(spec: &DatasetSpec) -> Result<(), CommandError> {
+    Bounded::DatasetName.check(spec.name.len())?;
+    match &spec.key {
+        KeySpec::JsonPointer(pointer) => Bounded::KeyPointer.check(pointer.len()),
+        KeySpec::WholeLine | KeySpec::Field { .. } => Ok(()),
+    }
+}
+
+/// A chunk's count and weight first (cheap, and what a client exceeds by
+/// cutting chunks wrongly), then each entry.
+fn check_chunk(files: &[FileEntry]) -> Result<(), CommandError> {
+    let bytes: usize = files.iter().map(FileEntry::weight).sum();
+    if files.len() > MAX_CHUNK_FILES || bytes > MAX_CHUNK_BYTES {
+        return Err(CommandError::ChunkTooLarge {
+            files: files.len() as u64,
+            bytes: bytes as u64,
+        });
+    }
+    for file in files {
+        Bounded::Path.check(file.path.len())?;
+        Bounded::Checksum.check(file.checksum.as_ref().map_or(0, Vec::len))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{DatasetFormat, NodeInfo};
+    use crate::ids::{JobId, NodeId};
+
+    fn chunk(files: Vec<FileEntry>) -> Command {
+        Command::SubmitChunk {
+            dataset: "ds".into(),
+            submission: JobId(1),
+            files,
+        }
+    }
+
+    fn file(path: String, checksum: usize) -> FileEntry {
+        FileEntry {
+            path,
+            size: u64::MAX,
+            mtime_ns: i64::MIN,
+            checksum: Some(vec![0xab; checksum]),
+        }
+    }
+
+    fn refused(cmd: &Command) -> (Bounded, u64) {
+        match cmd.check_bounds() {
+            Err(CommandError::OutOfBounds { what, size, max }) => {
+                assert_eq!(max, what.max() as u64);
+                (what, size)
+            }
+            other => panic!("{cmd:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_bound_admits_its_limit_and_refuses_one_more() {
+        let at = |n: usize| "p".repeat(n);
+        assert!(
+            chunk(vec![file(at(MAX_PATH_BYTES), 16)])
+                .check_bounds()
+                .is_ok()
+        );
+        let over = chunk(vec![file(at(MAX_PATH_BYTES + 1), 16)]);
+        assert_eq!(refused(&over), (Bounded::Path, MAX_PATH_BYTES as u64 + 1));
+        let over = chunk(vec![file("/a".into(), MAX_CHECKSUM_BYTES + 1)]);
+        assert_eq!(refused(&over).0, Bounded::Checksum);
+
+        let spec = |name: String, key| {
+            Command::CreateDataset(DatasetSpec {
+                name,
+                format: DatasetFormat::Jsonl,
+                key,
+            })
+        };
+        assert!(
+            spec(at(MAX_DATASET_NAME_BYTES), KeySpec::WholeLine)
+                .check_bounds()
+                .is_ok()
+        );
+        let over = spec(at(100 << 10), KeySpec::WholeLine);
+        assert_eq!(refused(&over), (Bounded::DatasetName, 100 << 10));
+        let pointer = KeySpec::JsonPointer(at(MAX_KEY_POINTER_BYTES + 1));
+        assert_eq!(refused(&spec("ds".into(), pointer)).0, Bounded::KeyPointer);
+        for cmd in [
+            Command::BeginSubmission {
+                dataset: at(MAX_DATASET_NAME_BYTES + 1),
+                now_ms: 1,
+            },
+            Command::AbortSubmission {
+                dataset: at(MAX_DATASET_NAME_BYTES + 1),
+                submission: JobId(1),
+            },
+        ] {
+            assert_eq!(refused(&cmd).0, Bounded::DatasetName);
+        }
+        let node = Command::RegisterNode(NodeInfo {
+            id: NodeId(1),
+            address: at(MAX_NODE_ADDRESS_BYTES + 1),
+            cert_fingerprint: [0; 32],
+        });
+        assert_eq!(refused(&node).0, Bounded::NodeAddress);
+        let assign = Command::AssignPartitions {
+            assignments: vec![(0, NodeId(1)); MAX_PARTITION_ASSIGNMENTS + 1],
+        };
+        assert_eq!(refused(&assign).0, Bounded::PartitionAssignments);
+
+        assert!(check_encoded_len(MAX_COMMAND_BYTES).is_ok());
+        let err = check_encoded_len(MAX_COMMAND_BYTES + 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "encoded command of {} bytes exceeds the limit of {MAX_COMMAND_BYTES} bytes",
+                MAX_COMMAND_BYTES + 1
+            )
+        );
+    }
+
+    #[test]
+    fn a_chunk_over_its_count_or_weight_is_too_large() {
+        let many = chunk(
+            (0..=MAX_CHUNK_FILES)
+                .map(|i| file(i.to_string(), 0))
+                .collect(),
+        );
+        assert!(matches!(
+            many.check_bounds(),
+            Err(CommandError::ChunkTooLarge { files, .. }) if files == MAX_CHUNK_FILES as u64 + 1
+        ));
+        let heavy_files = MAX_CHUNK_BYTES / MAX_PATH_BYTES + 1;
+        let heavy = chunk(
+            (0..heavy_files)
+                .map(|_| file("h".repeat(MAX_PATH_BYTES), 0))
+                .collect(),
+        );
+        assert!(matches!(
+            heavy.check_bounds(),
+            Err(CommandError::ChunkTooLarge { .. })
+        ));
+    }
+
+    /// The largest commands the other bounds allow encode within
+    /// `MAX_COMMAND_BYTES`: a valid command is never refused for its size.
+    #[test]
+    fn the_largest_valid_commands_fit_the_encoded_bound() {
+        // Weight spread over the most files, and over the fewest.
+        let per_file = MAX_CHUNK_BYTES / MAX_CHUNK_FILES;
+        let wide = chunk(
+            (0..MAX_CHUNK_FILES)
+                .map(|i| {
+                    let mut path = format!("/{i:08}/");
+                    path.push_str(&"w".repeat(per_file - MAX_CHECKSUM_BYTES - path.len()));
+                    file(path, MAX_CHECKSUM_BYTES)
+                })
+                .collect(),
+        );
+        let deep = chunk(
+            (0..MAX_CHUNK_BYTES / MAX_PATH_BYTES)
+                .map(|i| file(format!("{i:08}{}", "d".repeat(MAX_PATH_BYTES - 8)), 0))
+                .collect(),
+        );
+        let assign = Command::AssignPartitions {
+            assignments: vec![(u32::MAX, NodeId(u64::MAX)); MAX_PARTITION_ASSIGNMENTS],
+        };
+        for cmd in [wide, deep, assign] {
+            cmd.check_bounds().unwrap();
+            let len = cmd.to_bytes().len();
+            assert!(len <= MAX_COMMAND_BYTES, "{len} bytes");
+            eprintln!("largest valid command: {len} bytes");
+        }
+    }
+}
