@@ -442,7 +442,7 @@ async fn commands_out_of_bounds_are_refused_before_the_log_and_snapshots_go_on()
             "dataset name of 102400 bytes".into(),
         ),
         (chunk(over_entry), "encoded command of".into()),
-        (chunk(heavy), "manifest chunk of 300 files".into()),
+        (chunk(heavy), "chunk of 300 files".into()),
     ];
     for (cmd, reason) in refused {
         let answer = client.write(&cmd).await.unwrap();
