@@ -1,7 +1,10 @@
 //! `ops/` against the real tools: the alert rules pass `promtool`'s
-//! checks and unit tests and name only metrics Quern records, and a real
-//! Prometheus (Debian's, installed by scripts/bootstrap) scrapes three
-//! coordinators and a running ingest and sees the key series move.
+//! checks and unit tests and name only metrics Quern records, the Grafana
+//! dashboard has the shape Grafana imports and queries only recorded
+//! metrics in PromQL promtool parses, and a real Prometheus (Debian's,
+//! installed by scripts/bootstrap) scrapes three coordinators and a
+//! running ingest, sees the key series move and evaluates every dashboard
+//! query.
 
 mod common;
 
@@ -31,19 +34,32 @@ fn promtool(args: &[&str]) -> String {
     text
 }
 
+/// Every use of a `quern_*` name in `text`: the text before it and the name.
+fn metric_uses(text: &str) -> Vec<(&str, &str)> {
+    let mut uses = Vec::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("quern_").map(|at| from + at) {
+        let len = text[at..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(text.len() - at);
+        uses.push((&text[..at], &text[at..at + len]));
+        from = at + len;
+    }
+    uses
+}
+
 /// Every `quern_*` name in `text`.
 fn metric_names_in(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("quern_") {
-        let name: String = rest[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        rest = &rest[at + name.len()..];
-        names.insert(name);
-    }
-    names
+    metric_uses(text)
+        .into_iter()
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
+fn recorded_metrics() -> BTreeSet<&'static str> {
+    node::metric_catalog::names()
+        .chain(coordinator::metric_names())
+        .collect()
 }
 
 #[test]
@@ -62,9 +78,7 @@ fn alert_rules_pass_their_unit_tests_and_name_only_recorded_metrics() {
     ]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 
-    let recorded: BTreeSet<&str> = node::metric_catalog::names()
-        .chain(coordinator::metric_names())
-        .collect();
+    let recorded = recorded_metrics();
     let named = metric_names_in(&std::fs::read_to_string(&rules).unwrap());
     assert!(
         named.len() >= 8,
@@ -77,6 +91,214 @@ fn alert_rules_pass_their_unit_tests_and_name_only_recorded_metrics() {
     assert!(
         unknown.is_empty(),
         "rules name metrics nobody records: {unknown:?}"
+    );
+}
+
+/// Grafana's own variables with the values the dashboard's queries are
+/// checked with (the dashboard's variables become `.*`, as "All" does).
+const GRAFANA_BUILTINS: [(&str, &str); 3] = [
+    ("__rate_interval", "1m"),
+    ("__interval", "15s"),
+    ("__range", "1h"),
+];
+
+/// What the dashboard must chart (issue 17): memory by kind and actor,
+/// back-pressure per edge and link, job progress, rejected records, Raft
+/// health and refusals.
+const DASHBOARD_MUST_CHART: &[&str] = &[
+    "quern_process_anon_rss_bytes",
+    "quern_process_file_rss_bytes",
+    "quern_allocator_live_bytes",
+    "quern_actor_live_bytes",
+    "quern_memory_budget_bytes",
+    "quern_edge_wait_seconds",
+    "quern_shuffle_send_blocked_seconds",
+    "quern_shuffle_receive_blocked_seconds",
+    "quern_job_bytes",
+    "quern_job_records",
+    "quern_job_files",
+    "quern_raft_term",
+    "quern_raft_is_leader",
+    "quern_raft_has_leader",
+    "quern_raft_leader_changes_total",
+    "quern_raft_replication_lag_entries",
+    "quern_raft_quorum_ack_age_seconds",
+    "quern_shuffle_refused_total",
+    "quern_tls_peer_refused_total",
+    "quern_raft_rpc_refused_total",
+];
+
+/// Grafana's grid is 24 columns wide.
+const GRAFANA_COLUMNS: u64 = 24;
+
+/// Every panel of a dashboard, those inside collapsed rows included.
+fn grafana_panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let top = dashboard["panels"].as_array().expect("a panels list");
+    top.iter()
+        .chain(top.iter().filter_map(|p| p["panels"].as_array()).flatten())
+        .collect()
+}
+
+/// `query` with the dashboard's variables and Grafana's replaced by
+/// values PromQL accepts; panics on a variable nobody defines.
+fn with_variables(query: &str, variables: &[&str]) -> String {
+    let mut query = query.to_string();
+    let values = GRAFANA_BUILTINS
+        .iter()
+        .copied()
+        .chain(variables.iter().map(|&v| (v, ".*")));
+    for (name, value) in values {
+        query = query
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
+    }
+    assert!(!query.contains('$'), "an undefined variable in {query}");
+    query
+}
+
+fn grafana_dashboard() -> serde_json::Value {
+    let text = std::fs::read_to_string(ops("grafana/quern-overview.json")).unwrap();
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+/// (a name for it, the query) for every panel target's expression, with
+/// the variables replaced as Prometheus would see them.
+fn grafana_exprs(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    let variables = dashboard["templating"]["list"].as_array();
+    let names: Vec<&str> = variables
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    let mut exprs = Vec::new();
+    for panel in grafana_panels(dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                let reference = target["refId"].as_str().unwrap_or_default();
+                let name = format!("panel_{}_{reference}", panel["id"]);
+                exprs.push((name, with_variables(expr, &names)));
+            }
+        }
+    }
+    exprs
+}
+
+#[test]
+fn the_grafana_dashboard_imports_anywhere_and_queries_only_recorded_metrics() {
+    let dashboard = grafana_dashboard();
+    for key in ["title", "uid"] {
+        assert!(
+            dashboard[key].as_str().is_some_and(|v| !v.is_empty()),
+            "no {key}"
+        );
+    }
+    assert!(dashboard["schemaVersion"].is_u64(), "no schemaVersion");
+    assert!(
+        dashboard["id"].is_null(),
+        "a stored id makes an import overwrite whichever dashboard has it"
+    );
+
+    // The data source is a variable, so the dashboard imports into any
+    // Grafana whatever its Prometheus data source is called.
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list");
+    let source = variables
+        .iter()
+        .find(|v| v["type"] == "datasource" && v["query"] == "prometheus")
+        .expect("a Prometheus data source variable");
+    let source = format!("${{{}}}", source["name"].as_str().unwrap());
+    // (where, query) for every query the dashboard sends.
+    let mut queries = Vec::new();
+    for v in variables.iter().filter(|v| v["type"] == "query") {
+        assert_eq!(v["datasource"]["uid"], source.as_str(), "variable {v}");
+        let query = v["query"].as_str().or(v["query"]["query"].as_str());
+        queries.push((format!("variable {}", v["name"]), query.unwrap()));
+    }
+
+    let panels = grafana_panels(&dashboard);
+    let mut ids = BTreeSet::new();
+    let mut cells = BTreeSet::new();
+    for panel in &panels {
+        let id = panel["id"].as_u64().expect("a panel id");
+        assert!(ids.insert(id), "panel id {id} twice");
+        let place = &panel["gridPos"];
+        let [h, w, x, y] = ["h", "w", "x", "y"].map(|k| {
+            place[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("panel {id}: gridPos.{k}"))
+        });
+        assert!(
+            h >= 1 && w >= 1 && x + w <= GRAFANA_COLUMNS,
+            "panel {id}: {place}"
+        );
+        for cell in (x..x + w).flat_map(|c| (y..y + h).map(move |r| (c, r))) {
+            assert!(
+                cells.insert(cell),
+                "panel {id} overlaps another at {cell:?}"
+            );
+        }
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], source.as_str(), "panel {id}");
+        let targets = panel["targets"].as_array().expect("a panel's targets");
+        assert!(!targets.is_empty(), "panel {id} has no targets");
+        let mut refs = BTreeSet::new();
+        for target in targets {
+            let reference = target["refId"].as_str().expect("a target's refId");
+            assert!(
+                refs.insert(reference),
+                "panel {id}: refId {reference} twice"
+            );
+            if !target["datasource"].is_null() {
+                assert_eq!(target["datasource"]["uid"], source.as_str(), "panel {id}");
+            }
+            let expr = target["expr"].as_str().filter(|e| !e.is_empty());
+            let expr = expr.unwrap_or_else(|| panic!("panel {id} target {reference}: no expr"));
+            queries.push((format!("panel {id} target {reference}"), expr));
+        }
+    }
+    assert!(panels.len() >= 20, "only {} panels", panels.len());
+
+    // Every expression parses: promtool checks them as recording rules.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let exprs = grafana_exprs(&dashboard);
+    for (record, expr) in &exprs {
+        let expr = serde_json::to_string(expr).unwrap();
+        rules += &format!("      - record: dashboard:{record}\n        expr: {expr}\n");
+    }
+    let dir = tempdir();
+    let file = dir.path().join("dashboard_rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    promtool(&["check", "rules", file.to_str().unwrap()]);
+
+    // Every metric named is recorded, counters (`_total`, Prometheus's
+    // convention) are read through rate() or increase() and gauges never.
+    let recorded = recorded_metrics();
+    let mut named = BTreeSet::new();
+    for (place, query) in &queries {
+        for (before, name) in metric_uses(query) {
+            assert!(
+                recorded.contains(name),
+                "{place} names {name}, which nobody records: {query}"
+            );
+            let rated = before.ends_with("rate(") || before.ends_with("increase(");
+            assert_eq!(
+                rated,
+                name.ends_with("_total"),
+                "{place}: rate() and increase() are for counters, and counters need them: {query}"
+            );
+            named.insert(name);
+        }
+    }
+    let missing: Vec<_> = DASHBOARD_MUST_CHART
+        .iter()
+        .filter(|m| !named.contains(*m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard does not chart {missing:?}"
     );
 }
 
@@ -116,17 +338,7 @@ impl Prometheus {
     /// `job` labels (and any label in `by`), or None while Prometheus is
     /// not answering.
     fn query(&self, query: &str) -> Option<Vec<(serde_json::Value, f64)>> {
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "5", "--get"])
-            .arg(format!("http://{}/api/v1/query", self.address))
-            .arg("--data-urlencode")
-            .arg(format!("query={query}"))
-            .output()
-            .expect("curl runs");
-        if !out.status.success() {
-            return None;
-        }
-        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let reply = self.api("query", &[format!("query={query}")])?;
         let results = reply["data"]["result"].as_array()?;
         Some(
             results
@@ -137,6 +349,39 @@ impl Prometheus {
                 })
                 .collect(),
         )
+    }
+
+    /// `query` evaluated once a second over the last ten minutes.
+    fn query_range(&self, query: &str) -> Option<serde_json::Value> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        self.api(
+            "query_range",
+            &[
+                format!("query={query}"),
+                format!("start={}", now - 600),
+                format!("end={now}"),
+                "step=1".to_string(),
+            ],
+        )
+    }
+
+    /// The JSON reply to a call of Prometheus's HTTP API (an error is a
+    /// reply too), or None while Prometheus is not answering.
+    fn api(&self, path: &str, params: &[String]) -> Option<serde_json::Value> {
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "--max-time", "5", "--get"])
+            .arg(format!("http://{}/api/v1/{path}", self.address));
+        for param in params {
+            curl.arg("--data-urlencode").arg(param);
+        }
+        let out = curl.output().expect("curl runs");
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// Waits until `query` returns at least `series` results, each
@@ -263,6 +508,30 @@ fn a_real_prometheus_sees_the_coordinators_and_a_running_job() {
         |v| v == 1.0,
         minute,
     );
+
+    // Every query of the Grafana dashboard evaluates over what was scraped
+    // (vector matching fails only here, not in promtool's check), and shows
+    // data whenever the series it names exist (a wrong label shows here).
+    let scraped = |name: &String| {
+        let query = format!("count_over_time({name}[10m])");
+        prometheus.query(&query).is_some_and(|r| !r.is_empty())
+    };
+    let mut empty = Vec::new();
+    for (panel, expr) in grafana_exprs(&grafana_dashboard()) {
+        let reply = prometheus.query_range(&expr).expect("prometheus answers");
+        assert_eq!(reply["status"], "success", "{panel}: {expr}: {reply}");
+        if reply["data"]["result"]
+            .as_array()
+            .is_none_or(|r| r.is_empty())
+        {
+            assert!(
+                !metric_names_in(&expr).iter().all(scraped),
+                "{panel} shows nothing although its series were scraped: {expr}"
+            );
+            empty.push(panel);
+        }
+    }
+    eprintln!("dashboard queries without series to show (nothing recorded them): {empty:?}");
 }
 
 #[test]
