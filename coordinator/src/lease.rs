@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use proto_schema::command::Command;
+use proto_schema::command::{Command, LeaseGrant};
 
 use crate::state::{StateError, StateMachineStore};
 
@@ -96,12 +96,18 @@ impl LeaseTable {
         Ok(self.leases.len())
     }
 
-    /// The command that leases `shard` (now at `current_epoch`) to `node`.
-    pub fn grant(&self, shard: u64, node: u64, current_epoch: u64, now_ms: u64) -> Command {
-        Command::GrantLease {
-            shard,
+    /// The command that leases `shards` (each `(shard, current epoch)`)
+    /// to `node`, in one log write.
+    pub fn grant(&self, node: u64, shards: &[(u64, u64)], now_ms: u64) -> Command {
+        Command::GrantLeases {
             node,
-            expected_epoch: current_epoch,
+            shards: shards
+                .iter()
+                .map(|&(shard, expected_epoch)| LeaseGrant {
+                    shard,
+                    expected_epoch,
+                })
+                .collect(),
             deadline_ms: now_ms + self.duration_ms,
         }
     }
@@ -118,9 +124,22 @@ impl LeaseTable {
         );
     }
 
-    /// Forgets a shard that completed.
+    /// Forgets a shard that completed (or can no longer be leased).
     pub fn completed(&mut self, shard: u64) {
         self.leases.remove(&shard);
+    }
+
+    /// Forgets every lease `node` held (its leases went back to pending
+    /// through the log); returns how many.
+    pub fn forget_node(&mut self, node: u64) -> usize {
+        let before = self.leases.len();
+        self.leases.retain(|_, lease| lease.node != node);
+        before - self.leases.len()
+    }
+
+    /// Leases held now.
+    pub fn len(&self) -> usize {
+        self.leases.len()
     }
 
     pub fn get(&self, shard: u64) -> Option<Lease> {
@@ -176,7 +195,7 @@ impl LeaseTable {
     }
 
     /// Leases past their deadline, as `(shard, epoch)`: each is re-granted
-    /// with `grant(shard, other_node, epoch, now_ms)`.
+    /// with `grant(other_node, &[(shard, epoch)], now_ms)`.
     pub fn expired(&self, now_ms: u64) -> Vec<(u64, u64)> {
         self.leases
             .iter()
@@ -188,7 +207,7 @@ impl LeaseTable {
 
 #[cfg(test)]
 mod tests {
-    use proto_schema::command::{CommandError, FileEntry, Response};
+    use proto_schema::command::{CommandError, FileEntry, Response, ShardDone};
 
     use super::*;
     use crate::state::test_support::{Applier, setup_dataset};
@@ -273,9 +292,9 @@ mod tests {
         let shard = 1;
 
         let mut table = LeaseTable::new(1_000);
-        let grant = table.grant(shard, 1, 0, 10_000);
-        let Response::LeaseGranted {
-            epoch,
+        let grant = table.grant(1, &[(shard, 0)], 10_000);
+        let Response::LeasesGranted {
+            granted,
             deadline_ms,
             node,
             ..
@@ -283,7 +302,11 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((node, epoch, deadline_ms), (1, 1, 11_000));
+        assert_eq!(
+            (node, granted.clone(), deadline_ms),
+            (1, vec![(shard, 1)], 11_000)
+        );
+        let epoch = granted[0].1;
         table.granted(shard, node, epoch, deadline_ms);
 
         let log_before = sm.applied_count();
@@ -310,14 +333,17 @@ mod tests {
         // Node 1 goes quiet; its lease expires and node 2 gets the shard.
         let expired = table.expired(12_000);
         assert_eq!(expired, vec![(shard, 1)]);
-        let regrant = table.grant(shard, 2, expired[0].1, 12_000);
-        let Response::LeaseGranted {
-            epoch, deadline_ms, ..
+        let regrant = table.grant(2, &[(shard, expired[0].1)], 12_000);
+        let Response::LeasesGranted {
+            granted,
+            deadline_ms,
+            ..
         } = sm.apply(regrant.clone()).await
         else {
             panic!()
         };
-        assert_eq!(epoch, 2);
+        assert_eq!(granted, vec![(shard, 2)]);
+        let epoch = 2;
         table.granted(shard, 2, epoch, deadline_ms);
         assert_eq!(
             sm.state().leased_shards(0, 10).unwrap(),
@@ -329,38 +355,30 @@ mod tests {
             "the checkpoint survives the re-grant"
         );
 
-        // A second re-grant from the same stale view loses the race.
+        // A second re-grant from the same stale view loses the race: the
+        // shard is passed over.
+        let Response::LeasesGranted {
+            granted, passed, ..
+        } = sm.apply(regrant).await
+        else {
+            panic!()
+        };
+        assert_eq!((granted, passed), (vec![], vec![shard]));
+        // The old holder's reports are refused; the new holder's are taken.
+        let stale = Command::ReportProgress {
+            shard,
+            node: 1,
+            epoch: 1,
+            offset: 90,
+        };
         assert_eq!(
-            sm.apply(regrant).await,
+            sm.apply(stale).await,
             Response::Error(CommandError::StaleEpoch {
                 shard,
                 presented: 1,
                 current: 2
             })
         );
-        // The old holder's reports are refused; the new holder's are taken.
-        for stale in [
-            Command::ReportProgress {
-                shard,
-                node: 1,
-                epoch: 1,
-                offset: 90,
-            },
-            Command::CompleteShard {
-                shard,
-                node: 1,
-                epoch: 1,
-            },
-        ] {
-            assert_eq!(
-                sm.apply(stale).await,
-                Response::Error(CommandError::StaleEpoch {
-                    shard,
-                    presented: 1,
-                    current: 2
-                })
-            );
-        }
         assert_eq!(
             sm.apply(Command::ReportProgress {
                 shard,
@@ -379,25 +397,50 @@ mod tests {
                 current: 2
             })
         );
+        // One report completes what it may: the stale completion is
+        // refused, the holder's taken.
         assert_eq!(
-            sm.apply(Command::CompleteShard {
-                shard,
-                node: 2,
-                epoch: 2
+            sm.apply(Command::CompleteShards {
+                node: 1,
+                shards: vec![ShardDone { shard, epoch: 1 }],
             })
             .await,
-            Response::ShardCompleted { shard }
+            Response::ShardsCompleted {
+                completed: vec![],
+                refused: vec![(
+                    shard,
+                    CommandError::StaleEpoch {
+                        shard,
+                        presented: 1,
+                        current: 2
+                    }
+                )],
+            }
+        );
+        assert_eq!(
+            sm.apply(Command::CompleteShards {
+                node: 2,
+                shards: vec![ShardDone { shard, epoch: 2 }],
+            })
+            .await,
+            Response::ShardsCompleted {
+                completed: vec![shard],
+                refused: vec![],
+            }
         );
         assert!(
             sm.state().leased_shards(0, 10).unwrap().is_empty(),
             "a completed shard is not leased"
         );
+        let Response::LeasesGranted {
+            granted, passed, ..
+        } = sm.apply(table.grant(1, &[(shard, 2)], 13_000)).await
+        else {
+            panic!()
+        };
+        assert_eq!((granted, passed), (vec![], vec![shard]), "a done shard");
         assert_eq!(
-            sm.apply(table.grant(shard, 1, 2, 13_000)).await,
-            Response::Error(CommandError::ShardDone { shard })
-        );
-        assert_eq!(
-            sm.apply(table.grant(shard, 99, 2, 13_000)).await,
+            sm.apply(table.grant(99, &[(shard, 2)], 13_000)).await,
             Response::Error(CommandError::UnknownNode { id: 99 })
         );
     }

@@ -19,8 +19,10 @@
 pub mod client_api;
 pub mod config;
 pub mod contacts;
+pub mod embedded;
 pub mod lease;
 pub mod lease_desk;
+pub mod liveness;
 pub mod log_store;
 pub mod propose;
 pub mod raft_peers;

@@ -93,10 +93,9 @@ mod tests {
     /// What a network transport does: serialize, carry, deserialize.
     #[test]
     fn rpcs_survive_serialization() {
-        let cmd = Command::CompleteShard {
-            shard: 3,
+        let cmd = Command::CompleteShards {
             node: 2,
-            epoch: 7,
+            shards: vec![proto_schema::command::ShardDone { shard: 3, epoch: 7 }],
         };
         let log_id = LogId::new(CommittedLeaderId::new(4, 1), 10);
         let rpc = RaftRpc::AppendEntries(AppendEntriesRequest {

@@ -232,7 +232,11 @@ async fn over_quic_a_new_leader_is_elected_and_no_committed_command_is_lost() {
     for id in 1..=20 {
         assert_eq!(
             client.write(&node(id)).await.unwrap(),
-            Response::NodeRegistered { id }
+            Response::NodeRegistered {
+                id,
+                incarnation: 1,
+                released: 0
+            }
         );
     }
     client.write(&dataset("ds")).await.unwrap();
@@ -249,7 +253,11 @@ async fn over_quic_a_new_leader_is_elected_and_no_committed_command_is_lost() {
     // command is in every live replica's state.
     assert_eq!(
         client.write(&node(21)).await.unwrap(),
-        Response::NodeRegistered { id: 21 }
+        Response::NodeRegistered {
+            id: 21,
+            incarnation: 1,
+            released: 0
+        }
     );
     assert_eq!(client.address(), cluster.peers[&new]);
     cluster.converge().await;
@@ -360,7 +368,11 @@ async fn over_quic_a_client_of_a_follower_is_redirected_to_the_leader() {
     assert_eq!(client.address(), cluster.peers[&follower]);
     assert_eq!(
         client.write(&node(1)).await.unwrap(),
-        Response::NodeRegistered { id: 1 }
+        Response::NodeRegistered {
+            id: 1,
+            incarnation: 1,
+            released: 0
+        }
     );
     assert_eq!(client.address(), cluster.peers[&leader]);
     // A refusal by the state machine comes back as such, and reads clearly.
@@ -519,7 +531,11 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
     assert_eq!(votes(&cluster), before);
     assert_eq!(
         client.write(&node(2)).await.unwrap(),
-        Response::NodeRegistered { id: 2 }
+        Response::NodeRegistered {
+            id: 2,
+            incarnation: 1,
+            released: 0
+        }
     );
 
     // A replica whose own certificate would be refused does not start.
@@ -542,8 +558,8 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
 }
 
 async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
-    match client.lease(node).await.unwrap() {
-        LeaseReply::Leased(shard) => shard,
+    match client.lease(node, 1, None).await.unwrap() {
+        LeaseReply::Leased(mut shards) if shards.len() == 1 => shards.remove(0),
         other => panic!("node {node} got no lease: {other:?}"),
     }
 }
@@ -551,7 +567,7 @@ async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
 /// `node` reports `lease`'s shard complete, at the lease's epoch.
 async fn complete(client: &mut CoordinatorClient, node: u64, lease: &LeasedShard) -> Response {
     client
-        .complete_shard(node, lease.shard, lease.epoch)
+        .complete_shards(node, vec![(lease.shard, lease.epoch)])
         .await
         .unwrap()
 }
@@ -568,9 +584,9 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let submission = submit(&mut client, "ds", files(3), 3).await;
 
     // Three files, three shards; an unknown node gets none.
-    let unknown = client.lease(99).await.unwrap();
+    let unknown = client.lease(99, 1, None).await.unwrap();
     assert!(
-        matches!(&unknown, LeaseReply::Refused(r) if r.contains("unknown node")),
+        matches!(&unknown, LeaseReply::Refused(r) if r.contains("not registered")),
         "{unknown:?}"
     );
     let a = leased(&mut client, 7).await;
@@ -617,16 +633,21 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     assert!(matches!(&late, LeaseReply::Refused(_)), "{late:?}");
     let fenced = complete(&mut client, 7, &b).await;
     assert!(
-        matches!(fenced, Response::Error(CommandError::StaleEpoch { .. })),
+        matches!(&fenced, Response::ShardsCompleted { completed, refused }
+            if completed.is_empty()
+                && matches!(refused[..], [(_, CommandError::StaleEpoch { .. })])),
         "{fenced:?}"
     );
 
     // The last pending shard, then nothing.
     let c = leased(&mut client, 8).await;
     assert!(![a.shard, b.shard].contains(&c.shard));
-    assert_eq!(client.lease(8).await.unwrap(), LeaseReply::NoWork);
+    assert_eq!(client.lease(8, 1, None).await.unwrap(), LeaseReply::NoWork);
     let done = complete(&mut client, 7, &a).await;
-    assert!(matches!(done, Response::ShardCompleted { .. }), "{done:?}");
+    assert!(
+        matches!(&done, Response::ShardsCompleted { completed, .. } if completed == &[a.shard]),
+        "{done:?}"
+    );
 
     // A new leader takes the leases over with full deadlines: the holders
     // renew on, and nothing is granted twice.
@@ -637,7 +658,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
         let renewed = client.renew(8, lease.shard, lease.epoch).await.unwrap();
         assert!(matches!(renewed, LeaseReply::Renewed { .. }), "{renewed:?}");
     }
-    assert_eq!(client.lease(7).await.unwrap(), LeaseReply::NoWork);
+    assert_eq!(client.lease(7, 1, None).await.unwrap(), LeaseReply::NoWork);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

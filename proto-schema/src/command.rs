@@ -12,18 +12,81 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::ids::Epoch;
+use crate::partition_map::{MAX_PARTITIONS, PartitionMap};
+
 /// Most file entries one manifest chunk may carry.
 pub const MAX_CHUNK_FILES: usize = 4096;
 /// Most bytes of paths and checksums one manifest chunk may carry.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 
+/// Most shards one `GrantLeases` may lease, and one `CompleteShards` may
+/// complete: bounds the command and the node's batch.
+pub const MAX_LEASES_PER_COMMAND: usize = 256;
+/// Most bytes of a node's address.
+pub const MAX_NODE_ADDRESS_BYTES: usize = 256;
+
 /// A cluster member that can hold shard leases.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
     pub id: u64,
+    /// Chosen by the node at start (its clock in ms): a restarted node
+    /// registers a higher one, and what the last one held is released.
+    pub incarnation: u64,
     pub address: String,
     /// SHA-256 of the node's cluster certificate (DER).
     pub cert_fingerprint: [u8; 32],
+}
+
+/// A shard leased in a `GrantLeases`, with the epoch the leader saw (0
+/// for a never-leased shard): refused if another grant got there first.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub shard: u64,
+    pub expected_epoch: u64,
+}
+
+/// A shard a node finished, under the lease's epoch.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardDone {
+    pub shard: u64,
+    pub epoch: u64,
+}
+
+/// What an owner staged for a job: its share of the job's counters. Also
+/// carried by the API's envelope (serde), as it is.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+)]
+pub struct StagedCounts {
+    pub read: u64,
+    pub unique: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+}
+
+impl StagedCounts {
+    pub fn add(&mut self, other: StagedCounts) {
+        self.read += other.read;
+        self.unique += other.unique;
+        self.duplicates += other.duplicates;
+        self.rejected += other.rejected;
+    }
+
+    /// Every record read is unique, a duplicate or rejected.
+    pub fn reconciles(&self) -> bool {
+        self.read == self.unique + self.duplicates + self.rejected
+    }
 }
 
 /// How a dataset's files are split into records.
@@ -47,6 +110,8 @@ pub struct DatasetSpec {
     pub name: String,
     pub format: DatasetFormat,
     pub key: KeySpec,
+    /// Fixed for the dataset's life: 1 to `MAX_PARTITIONS`.
+    pub partitions: u16,
 }
 
 /// One line of a manifest: a file and what identifies its content.
@@ -81,6 +146,11 @@ pub enum Command {
     SubmitChunk {
         dataset: String,
         submission: u64,
+        /// Where the chunk's first file is in the manifest (0-based): its
+        /// files are numbered from here in path order, so a file's number,
+        /// and with it a record's first-seen position, is a function of
+        /// the manifest alone, whatever order chunks are applied in.
+        first_file: u64,
         files: Vec<FileEntry>,
     },
     /// Closes the submission: files not seen in it are reported gone.
@@ -95,13 +165,13 @@ pub enum Command {
         dataset: String,
         submission: u64,
     },
-    /// Leases a shard to a node at the shard's next epoch. `expected_epoch`
-    /// is the epoch the leader saw (0 for a never-leased shard): the grant
-    /// is refused if another grant got there first.
-    GrantLease {
-        shard: u64,
+    /// Leases shards to a node, each at its next epoch, in one log write
+    /// (at most `MAX_LEASES_PER_COMMAND`). A shard that cannot be leased
+    /// any more (done, aborted, granted meanwhile) is passed over, not an
+    /// error for the rest.
+    GrantLeases {
         node: u64,
-        expected_epoch: u64,
+        shards: Vec<LeaseGrant>,
         deadline_ms: u64,
     },
     /// A scanner's checkpoint: the shard is done up to `offset`.
@@ -111,13 +181,37 @@ pub enum Command {
         epoch: u64,
         offset: u64,
     },
-    CompleteShard {
-        shard: u64,
+    /// Shards a node finished (at most `MAX_LEASES_PER_COMMAND`), each
+    /// fenced by its epoch on its own.
+    CompleteShards {
         node: u64,
-        epoch: u64,
+        shards: Vec<ShardDone>,
     },
+    /// A dataset's partition map at the next epoch (the leader's, when
+    /// live nodes changed): refused unless `map.epoch` is one past the
+    /// current map's, the ranges cover the dataset's partitions and every
+    /// owner is live.
     AssignPartitions {
-        assignments: Vec<(u32, u64)>,
+        dataset: String,
+        map: PartitionMap,
+    },
+    /// The leader heard nothing from the node's `incarnation` within its
+    /// deadline: its leases go back to pending (their next grant moves the
+    /// epoch on, fencing it) and it gets no more until it registers again.
+    DeclareNodeLost {
+        node: u64,
+        incarnation: u64,
+    },
+    /// An owner has staged its part of the job (files written, not yet
+    /// published) with these counts. Once every shard is done and every
+    /// live node has staged, and the counts reconcile, the job commits:
+    /// owners then publish.
+    StageJob {
+        job: u64,
+        node: u64,
+        counts: StagedCounts,
+        /// The partition map the owner staged under: refused if stale.
+        map_epoch: Epoch,
     },
 }
 
@@ -186,6 +280,47 @@ pub enum CommandError {
         shard: u64,
         submission: u64,
     },
+    /// A node registered again with an older incarnation than the one
+    /// the cluster knows (a restart registers a newer one).
+    StaleIncarnation {
+        node: u64,
+        presented: u64,
+        current: u64,
+    },
+    /// The node's incarnation was declared lost: a new incarnation (a
+    /// restart) must register.
+    NodeLost {
+        node: u64,
+    },
+    TooManyShards {
+        count: u64,
+    },
+    AddressTooLong {
+        bytes: u64,
+    },
+    /// The job has not finished its submission (or was aborted).
+    JobNotSubmitted {
+        job: u64,
+    },
+    /// The owners' counts do not add up: read != unique + duplicates +
+    /// rejected.
+    CountsDoNotReconcile {
+        job: u64,
+        counts: StagedCounts,
+    },
+    /// A partition map or a report under an epoch that is not the
+    /// dataset's current one (for a new map: not the next one).
+    StaleMapEpoch {
+        dataset: String,
+        presented: u64,
+        current: u64,
+    },
+    BadPartitionMap {
+        reason: String,
+    },
+    BadPartitionCount {
+        partitions: u16,
+    },
     /// The entry's bytes were not a valid command.
     Malformed {
         reason: String,
@@ -248,6 +383,49 @@ impl std::fmt::Display for CommandError {
                     "shard {shard} belongs to aborted submission {submission}"
                 )
             }
+            Self::StaleIncarnation {
+                node,
+                presented,
+                current,
+            } => write!(
+                f,
+                "node {node}: incarnation {presented} is older than the registered {current}"
+            ),
+            Self::NodeLost { node } => {
+                write!(
+                    f,
+                    "node {node} was declared lost: restart it to register a new incarnation"
+                )
+            }
+            Self::TooManyShards { count } => write!(
+                f,
+                "{count} shards in one command exceed {MAX_LEASES_PER_COMMAND}"
+            ),
+            Self::AddressTooLong { bytes } => write!(
+                f,
+                "a node address of {bytes} bytes exceeds {MAX_NODE_ADDRESS_BYTES}"
+            ),
+            Self::JobNotSubmitted { job } => {
+                write!(f, "job {job} is not a finished submission")
+            }
+            Self::CountsDoNotReconcile { job, counts } => write!(
+                f,
+                "job {job}: counts do not reconcile: read {} != unique {} + duplicates {} + rejected {}",
+                counts.read, counts.unique, counts.duplicates, counts.rejected
+            ),
+            Self::StaleMapEpoch {
+                dataset,
+                presented,
+                current,
+            } => write!(
+                f,
+                "dataset {dataset:?}: partition map epoch {presented} is stale (current {current})"
+            ),
+            Self::BadPartitionMap { reason } => write!(f, "bad partition map: {reason}"),
+            Self::BadPartitionCount { partitions } => write!(
+                f,
+                "a dataset needs 1 to {MAX_PARTITIONS} partitions, not {partitions}"
+            ),
             Self::Malformed { reason } => write!(f, "malformed command: {reason}"),
             Self::ChunkOverlaps { first, last } => write!(
                 f,
@@ -265,6 +443,9 @@ pub enum Response {
     Nothing,
     NodeRegistered {
         id: u64,
+        incarnation: u64,
+        /// Leases of an earlier incarnation sent back to pending.
+        released: u64,
     },
     DatasetCreated {
         id: u32,
@@ -284,21 +465,36 @@ pub enum Response {
     SubmissionAborted {
         submission: u64,
     },
-    LeaseGranted {
-        shard: u64,
+    LeasesGranted {
         node: u64,
-        epoch: u64,
         deadline_ms: u64,
+        /// `(shard, epoch)` of each shard leased.
+        granted: Vec<(u64, u64)>,
+        /// Shards that could not be leased any more (done, aborted, or
+        /// granted meanwhile): the leader drops them from its table.
+        passed: Vec<u64>,
     },
     ProgressRecorded {
         shard: u64,
         checkpoint: u64,
     },
-    ShardCompleted {
-        shard: u64,
+    ShardsCompleted {
+        completed: Vec<u64>,
+        /// Shards whose completion was refused (a stale epoch: the shard
+        /// was leased again meanwhile), with why.
+        refused: Vec<(u64, CommandError)>,
     },
     PartitionsAssigned {
-        count: u64,
+        epoch: u64,
+    },
+    NodeDeclaredLost {
+        node: u64,
+        released: u64,
+    },
+    JobStaged {
+        job: u64,
+        /// Whether this report completed the job: every owner may publish.
+        committed: bool,
     },
     Error(CommandError),
 }
@@ -356,10 +552,11 @@ mod tests {
 
     fn command() -> impl Strategy<Value = Command> {
         prop_oneof![
-            (any::<u64>(), ".{0,20}", any::<[u8; 32]>()).prop_map(
-                |(id, address, cert_fingerprint)| {
+            (any::<u64>(), any::<u64>(), ".{0,20}", any::<[u8; 32]>()).prop_map(
+                |(id, incarnation, address, cert_fingerprint)| {
                     Command::RegisterNode(NodeInfo {
                         id,
+                        incarnation,
                         address,
                         cert_fingerprint,
                     })
@@ -370,6 +567,7 @@ mod tests {
                     name,
                     format: DatasetFormat::Tsv,
                     key: KeySpec::Field { index, delimiter },
+                    partitions: 64,
                 })
             }),
             (".{0,20}", any::<u64>())
@@ -383,21 +581,59 @@ mod tests {
             (
                 ".{0,20}",
                 any::<u64>(),
+                any::<u64>(),
                 proptest::collection::vec(file_entry(), 0..20)
             )
-                .prop_map(|(dataset, submission, files)| Command::SubmitChunk {
-                    dataset,
-                    submission,
-                    files
+                .prop_map(|(dataset, submission, first_file, files)| {
+                    Command::SubmitChunk {
+                        dataset,
+                        submission,
+                        first_file,
+                        files,
+                    }
                 }),
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(shard, node, expected_epoch, deadline_ms)| Command::GrantLease {
-                    shard,
+            (
+                any::<u64>(),
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..10),
+                any::<u64>()
+            )
+                .prop_map(|(node, shards, deadline_ms)| Command::GrantLeases {
                     node,
-                    expected_epoch,
+                    shards: shards
+                        .into_iter()
+                        .map(|(shard, expected_epoch)| LeaseGrant {
+                            shard,
+                            expected_epoch
+                        })
+                        .collect(),
                     deadline_ms
+                }),
+            (
+                any::<u64>(),
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..10)
+            )
+                .prop_map(|(node, shards)| Command::CompleteShards {
+                    node,
+                    shards: shards
+                        .into_iter()
+                        .map(|(shard, epoch)| ShardDone { shard, epoch })
+                        .collect(),
+                }),
+            (any::<u64>(), any::<u64>(), any::<[u64; 4]>(), any::<u64>()).prop_map(
+                |(job, node, c, epoch)| Command::StageJob {
+                    job,
+                    node,
+                    counts: StagedCounts {
+                        read: c[0],
+                        unique: c[1],
+                        duplicates: c[2],
+                        rejected: c[3],
+                    },
+                    map_epoch: Epoch(epoch),
                 }
             ),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(node, incarnation)| Command::DeclareNodeLost { node, incarnation }),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
                 |(shard, node, epoch, offset)| Command::ReportProgress {
                     shard,
@@ -406,8 +642,19 @@ mod tests {
                     offset
                 }
             ),
-            proptest::collection::vec((any::<u32>(), any::<u64>()), 0..10)
-                .prop_map(|assignments| Command::AssignPartitions { assignments }),
+            (
+                ".{0,20}",
+                1u16..1000,
+                proptest::collection::vec(any::<u64>(), 1..10),
+                any::<u64>()
+            )
+                .prop_map(|(dataset, partitions, nodes, epoch)| {
+                    let nodes: Vec<crate::NodeId> = nodes.into_iter().map(crate::NodeId).collect();
+                    Command::AssignPartitions {
+                        dataset,
+                        map: PartitionMap::split(partitions, &nodes, Epoch(epoch)),
+                    }
+                }),
         ]
     }
 

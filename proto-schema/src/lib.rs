@@ -19,6 +19,7 @@ pub mod coordinator_api;
 pub mod frame;
 pub mod ids;
 pub mod partition;
+pub mod partition_map;
 pub mod quic;
 pub mod tls;
 
@@ -26,3 +27,4 @@ pub use batch::{BatchShape, BatchView, Position, Record, RecordBatch, RunTrailer
 pub use frame::{Frame, FrameError, FrameKind, FrameReader, write_frame};
 pub use ids::{DatasetId, Epoch, JobId, NodeId, PartitionId, ShardId};
 pub use partition::{key_hash, partition_of, partition_of_hash};
+pub use partition_map::{PartitionMap, PartitionRange};

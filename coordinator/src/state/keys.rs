@@ -50,10 +50,6 @@ pub fn id(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
-pub fn partition(p: u32) -> [u8; 4] {
-    p.to_be_bytes()
-}
-
 pub fn dataset_prefix(dataset: u32) -> [u8; 4] {
     dataset.to_be_bytes()
 }

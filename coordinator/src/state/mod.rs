@@ -54,8 +54,9 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
 /// The layout of the state this build reads and writes. Layout 2: a file
 /// listed again unchanged is no longer restamped, submissions' listings
-/// say what they saw (`listed`).
-const LAYOUT: u64 = 2;
+/// say what they saw (`listed`). Layout 3: shards carry their file's
+/// number, jobs their owners' staged counts, nodes their incarnation.
+const LAYOUT: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -215,8 +216,16 @@ impl StateMachineStore {
         }
     }
 
-    pub fn node(&self, id: u64) -> Result<Option<proto_schema::command::NodeInfo>, StateError> {
+    pub fn node(&self, id: u64) -> Result<Option<records::Node>, StateError> {
         self.get(keys::CF_NODES, &keys::id(id))
+    }
+
+    /// Every registered node, lost or not (one record per node).
+    pub fn nodes(&self) -> Result<Vec<records::Node>, StateError> {
+        self.db()
+            .iterator_cf(cf(self.db(), keys::CF_NODES), IteratorMode::Start)
+            .map(|item| Ok(records::Node::decode(&item?.1)?))
+            .collect()
     }
 
     pub fn dataset(&self, name: &str) -> Result<Option<Dataset>, StateError> {
@@ -244,12 +253,12 @@ impl StateMachineStore {
         }
     }
 
-    pub fn partition_owner(&self, partition: u32) -> Result<Option<u64>, StateError> {
-        let owner = self.db().get_pinned_cf(
-            cf(self.db(), keys::CF_PARTITIONS),
-            keys::partition(partition),
-        )?;
-        Ok(owner.as_deref().and_then(keys::decode_u64))
+    /// A dataset's partition map, if one was assigned.
+    pub fn partition_map(
+        &self,
+        dataset: u32,
+    ) -> Result<Option<proto_schema::PartitionMap>, StateError> {
+        self.get(keys::CF_PARTITIONS, &keys::dataset_prefix(dataset))
     }
 
     /// One page of the files a dataset's last finished submission found
@@ -772,7 +781,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 pub(crate) mod test_support {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use proto_schema::command::{
-        Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+        Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, LeaseGrant, NodeInfo, Response,
+        ShardDone,
     };
 
     use super::*;
@@ -828,7 +838,8 @@ pub(crate) mod test_support {
                 .await
         }
 
-        /// Begins a submission and sends these chunks, in this order.
+        /// Begins a submission and sends these chunks, in this order; each
+        /// is numbered from its place among the chunks in path order.
         pub async fn send_chunks(
             &mut self,
             dataset: &str,
@@ -841,10 +852,21 @@ pub(crate) mod test_support {
             let Response::SubmissionBegun { submission } = self.apply(begin).await else {
                 panic!("begin refused")
             };
+            let chunks: Vec<Vec<FileEntry>> = chunks.into_iter().collect();
+            let least = |c: &Vec<FileEntry>| c.iter().map(|f| f.path.clone()).min();
+            let mut in_order: Vec<_> = chunks.iter().map(|c| (least(c), c.len())).collect();
+            in_order.sort();
             for files in chunks {
+                let first = least(&files);
+                let first_file = in_order
+                    .iter()
+                    .take_while(|(path, _)| *path < first)
+                    .map(|(_, len)| *len as u64)
+                    .sum();
                 let chunk = Command::SubmitChunk {
                     dataset: dataset.into(),
                     submission,
+                    first_file,
                     files,
                 };
                 let resp = self.apply(chunk).await;
@@ -874,6 +896,44 @@ pub(crate) mod test_support {
             submission
         }
 
+        /// Leases `shards` (never leased before) to `node` in one grant
+        /// and completes them in one report.
+        pub async fn lease_and_complete(&mut self, node: u64, shards: &[u64]) {
+            let grant = Command::GrantLeases {
+                node,
+                shards: shards
+                    .iter()
+                    .map(|&shard| LeaseGrant {
+                        shard,
+                        expected_epoch: 0,
+                    })
+                    .collect(),
+                deadline_ms: 9,
+            };
+            let Response::LeasesGranted {
+                granted, passed, ..
+            } = self.apply(grant).await
+            else {
+                panic!("grant refused")
+            };
+            assert!(passed.is_empty(), "{passed:?}");
+            assert_eq!(granted.len(), shards.len());
+            let done = Command::CompleteShards {
+                node,
+                shards: granted
+                    .iter()
+                    .map(|&(shard, epoch)| ShardDone { shard, epoch })
+                    .collect(),
+            };
+            assert_eq!(
+                self.apply(done).await,
+                Response::ShardsCompleted {
+                    completed: shards.to_vec(),
+                    refused: vec![]
+                }
+            );
+        }
+
         pub async fn finish(&mut self, dataset: &str, submission: u64) {
             let finish = Command::FinishSubmission {
                 dataset: dataset.into(),
@@ -891,18 +951,24 @@ pub(crate) mod test_support {
         for &id in nodes {
             let node = NodeInfo {
                 id,
+                incarnation: 1,
                 address: format!("10.0.0.{id}:7000"),
                 cert_fingerprint: [id as u8; 32],
             };
             assert_eq!(
                 sm.apply(Command::RegisterNode(node)).await,
-                Response::NodeRegistered { id }
+                Response::NodeRegistered {
+                    id,
+                    incarnation: 1,
+                    released: 0
+                }
             );
         }
         let spec = DatasetSpec {
             name: name.into(),
             format: DatasetFormat::Lines,
             key: KeySpec::WholeLine,
+            partitions: 64,
         };
         assert!(matches!(
             sm.apply(Command::CreateDataset(spec)).await,

@@ -3,7 +3,8 @@
 //! Every value read back from RocksDB (or from a snapshot) is validated by
 //! rkyv before use, like every other byte Quern did not just produce itself.
 
-use proto_schema::command::{DatasetSpec, DiffCounts, NodeInfo};
+use proto_schema::PartitionMap;
+use proto_schema::command::{DatasetSpec, DiffCounts, NodeInfo, StagedCounts};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -27,6 +28,9 @@ pub enum JobState {
     /// Abandoned before it finished: what it catalogued and listed does
     /// not count.
     Aborted,
+    /// Every shard done, every live node staged, the counts reconciled:
+    /// owners publish what they staged.
+    Committed,
 }
 
 /// One submission of a dataset's manifest and the work it created.
@@ -43,6 +47,17 @@ pub struct Job {
     pub gone: u64,
     pub shards_total: u64,
     pub shards_done: u64,
+    /// The owners that staged their part: node id, counts, and the
+    /// partition map epoch they staged under.
+    pub staged: Vec<(u64, StagedCounts, u64)>,
+}
+
+/// A registered node: what it registered, and whether the leader declared
+/// its incarnation lost (it gets no lease until it registers again).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub info: NodeInfo,
+    pub lost: bool,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +155,8 @@ pub struct Shard {
     pub job: u64,
     pub dataset_id: u32,
     pub path: String,
+    /// The file's number in the manifest, in path order (see `SubmitChunk`).
+    pub file: u64,
     pub start: u64,
     pub end: u64,
     pub state: ShardState,
@@ -183,5 +200,6 @@ stored!(
     Job => "job",
     CatalogEntry => "catalogue",
     Shard => "shard",
-    NodeInfo => "node",
+    Node => "node",
+    PartitionMap => "partition map",
 );

@@ -16,11 +16,15 @@ mod lease;
 mod payload;
 mod status;
 
-pub use lease::{LeaseReply, LeasedShard};
+pub use lease::{HeartbeatReply, LeaseReply, LeasedShard, MAX_HEARTBEAT_PROGRESS, ShardProgress};
 pub use payload::{Applied, CommandBytes, RaftMessage};
 pub use status::{DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport};
 
 use serde::de::DeserializeOwned;
+
+use crate::command::StagedCounts;
+use crate::ids::Epoch;
+use crate::partition_map::PartitionMap;
 use serde::{Deserialize, Serialize};
 
 /// A coordinator replica's id in the Raft group.
@@ -36,9 +40,23 @@ pub enum Request {
     Status,
     /// The answering replica's own view (`ReplicaReport`), never redirected.
     Replica,
-    /// A node asks the leader for a shard to work on.
+    /// A node joins (or rejoins with a newer incarnation): through the log.
+    Register(NodeRegistration),
+    /// A node's liveness and progress, to the leader: extends every lease
+    /// it holds and its own deadline; no log write.
+    Heartbeat {
+        node: u64,
+        incarnation: u64,
+        /// Where its scanners are, for `status`; never replicated.
+        progress: Vec<ShardProgress>,
+    },
+    /// A node asks the leader for up to `max` shards to work on (of
+    /// `job` only, if named: a node's pipeline runs one job), granted in
+    /// one log write.
     Lease {
         node: u64,
+        max: u32,
+        job: Option<u64>,
     },
     /// A node extends its lease; no log write.
     Renew {
@@ -46,6 +64,57 @@ pub enum Request {
         shard: u64,
         epoch: u64,
     },
+    /// A node finished these shards (`CompleteShards` through the log);
+    /// the leader forgets their leases.
+    Complete {
+        node: u64,
+        shards: Vec<(u64, u64)>,
+    },
+    /// An owner staged its part of a job (`StageJob` through the log).
+    Stage {
+        node: u64,
+        job: u64,
+        counts: StagedCounts,
+        map_epoch: Epoch,
+    },
+    /// A dataset's partition map over the live nodes, from the leader (a
+    /// new one, at the next epoch, if the live nodes changed).
+    PartitionMap {
+        node: u64,
+        dataset: String,
+    },
+    /// One job's progress, from the leader.
+    Job {
+        job: u64,
+    },
+}
+
+/// A node's registration, as it travels in a `Request::Register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub node: u64,
+    pub incarnation: u64,
+    pub address: String,
+    pub cert_fingerprint: [u8; 32],
+}
+
+impl Request {
+    /// The node a request speaks for, if it is a node's request: a
+    /// certificate named `node-N` may send it only for N.
+    pub fn acting_node(&self) -> Option<u64> {
+        match self {
+            Self::Register(registration) => Some(registration.node),
+            Self::Heartbeat { node, .. }
+            | Self::Lease { node, .. }
+            | Self::Renew { node, .. }
+            | Self::Complete { node, .. }
+            | Self::Stage { node, .. }
+            | Self::PartitionMap { node, .. } => Some(*node),
+            Self::Raft(_) | Self::Write(_) | Self::Status | Self::Replica | Self::Job { .. } => {
+                None
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +129,10 @@ pub enum Reply {
     Status(StatusReport),
     Replica(ReplicaReport),
     Lease(LeaseReply),
+    Heartbeat(HeartbeatReply),
+    /// `None`: no such job.
+    Job(Option<JobStatus>),
+    PartitionMap(PartitionMap),
     /// The request could not be served (undecodable, Raft shut down, ...).
     Failed(String),
 }
