@@ -102,6 +102,11 @@ fn a_dev_job_stores_what_a_walk_ingest_stores() {
         (w.files, w.read, w.unique, w.duplicates)
     );
     assert!(w.duplicates > 0);
+    assert_eq!(
+        (dev_totals.problem_files, w.problem_files),
+        (0, 0),
+        "no file reported changed or refused"
+    );
 
     let dev_store = first.store;
     let exported = export(&dev_store, "lines");

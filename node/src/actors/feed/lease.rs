@@ -17,6 +17,7 @@
 //! publish.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -171,11 +172,16 @@ impl<T: Transport> LeaseFeed<T> {
                 .map_err(|_| format!("file number {} exceeds 2^32", lease.file))?;
             // A lease's checkpoint is not resumed from: the shard is read
             // whole again (its owner's merge keeps the first sighting).
+            // The size is the manifest's, so a file that changed since it
+            // was listed is reported by the scan; the modification time is
+            // taken now, so is one that changes while it is read.
+            let path = PathBuf::from(&lease.path);
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             let file = InputFile {
                 seq,
-                path: lease.path.clone().into(),
+                path,
                 size: lease.end,
-                modified: None,
+                modified,
             };
             files.add(file.clone())?;
             if let Some(reason) = self.refused(&file) {
