@@ -137,11 +137,6 @@ impl LeaseTable {
         before - self.leases.len()
     }
 
-    /// Leases held now.
-    pub fn len(&self) -> usize {
-        self.leases.len()
-    }
-
     pub fn get(&self, shard: u64) -> Option<Lease> {
         self.leases.get(&shard).copied()
     }
