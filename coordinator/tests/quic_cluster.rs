@@ -29,7 +29,9 @@ use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::{CommittedLeaderId, Config, LogId, SnapshotPolicy, Vote};
 use proto_schema::ca::ClusterCa;
 use proto_schema::command::{Command, CommandError, FileEntry, Response};
-use proto_schema::coordinator_api::{self, LeaseReply, LeasedShard, Reply, Request};
+use proto_schema::coordinator_api::{
+    self, HeartbeatReply, LeaseReply, LeasedShard, Reply, Request,
+};
 use proto_schema::quic::{RpcClient, RpcConfig, RpcError};
 use proto_schema::tls::TlsIdentity;
 
@@ -611,6 +613,10 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let log_before = cluster.raft(leader).metrics().borrow().last_log_index;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(LEASE_MS / 2)).await;
+        // Node 8 has no lease yet, but stays alive by its heartbeats: a
+        // node silent past the lease time is declared lost.
+        let beat = client.heartbeat(8, 1, vec![]).await.unwrap();
+        assert!(matches!(beat, HeartbeatReply::Alive { .. }), "{beat:?}");
         let renewed = client.renew(7, a.shard, a.epoch).await.unwrap();
         assert!(
             matches!(renewed, LeaseReply::Renewed { deadline_ms } if deadline_ms > a.deadline_ms),
