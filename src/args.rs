@@ -71,6 +71,9 @@ pub enum Command {
     /// Abort a dataset's open submission (one whose `quern submit` died):
     /// none of it counts, and the dataset takes submissions again.
     Abort(AbortArgs),
+    /// Run a job through the cluster code in one process: a one-member
+    /// coordinator and nodes, data under --data; exits once committed.
+    Dev(DevArgs),
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +181,29 @@ pub struct TuningArgs {
     /// How long shutdown waits for stages before naming those that hang.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Files or directories (walked; every file is leased to a node by
+    /// its path, in path order).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Nodes in the process.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+
+    /// Memory budget of each node.
+    #[arg(long, env = "QUERN_MEMORY", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+
+    #[command(flatten)]
+    pub dataset: DatasetArg,
+
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Args, Debug)]

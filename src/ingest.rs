@@ -19,7 +19,7 @@ use crate::report;
 
 /// Exit status of a job that committed but rejected some input.
 pub const EXIT_REJECTED: u8 = 3;
-const EXIT_INTERRUPTED: u8 = 130;
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<ExitCode> {
     let defaults = IngestConfig::default();

@@ -7,6 +7,7 @@ mod cert;
 mod cluster_client;
 mod config_file;
 mod coordinator_cmd;
+mod dev;
 mod ingest;
 mod logging;
 mod metrics_endpoint;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         args::Command::Status(args) => status::run(args),
         args::Command::Submit(args) => submit::run(args),
         args::Command::Abort(args) => submit::abort_open(args),
+        args::Command::Dev(args) => dev::run(&cli.data, args, &log),
     };
     result.unwrap_or_else(|e| {
         if is_broken_pipe(&e) {
@@ -83,7 +85,7 @@ fn parse_command_line() -> anyhow::Result<args::Cli> {
 }
 
 /// Bad usage, as clap exits with.
-const EXIT_USAGE: u8 = 2;
+pub const EXIT_USAGE: u8 = 2;
 
 /// 128 + SIGPIPE.
 const EXIT_BROKEN_PIPE: u8 = 141;

@@ -13,8 +13,24 @@ use crate::args::{ExportArgs, GetArgs};
 /// Readers need little memory: a block cache for lookups.
 const READER_CACHE_BYTES: u64 = 32 << 20;
 
+/// The store to read under `data`: the directory itself, or the node's
+/// store `quern dev` left there.
+pub fn open_reader(data: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
+    let dir = match embedded::node_dirs(data).as_slice() {
+        [] => data.to_path_buf(),
+        [one] => one.clone(),
+        many => anyhow::bail!(
+            "{} holds the stores of {} nodes; reading several as one dataset is not supported yet",
+            data.display(),
+            many.len()
+        ),
+    };
+    Store::open(&dir, cache_bytes, Access::ReadOnly)
+        .with_context(|| format!("opening the store at {}", dir.display()))
+}
+
 pub fn export(data: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(data, READER_CACHE_BYTES, Access::ReadOnly)?;
+    let store = open_reader(data, READER_CACHE_BYTES)?;
     let dataset = store.existing_dataset(&args.dataset.dataset)?;
     match &args.output {
         Some(path) => {
@@ -39,7 +55,7 @@ pub fn export(data: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn get(data: &Path, args: GetArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(data, READER_CACHE_BYTES, Access::ReadOnly)?;
+    let store = open_reader(data, READER_CACHE_BYTES)?;
     let dataset = store.existing_dataset(&args.dataset.dataset)?;
     let key = args.key.as_bytes();
     let Some(found) = node::lookup::get(&store, &dataset, key)? else {

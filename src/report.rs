@@ -12,9 +12,9 @@ use node::ingest::IngestOutcome;
 use node::memory::monitor::MemoryPeaks;
 use node::memory::tracking::Usage;
 use node::memory::{ProcessMemory, TrackingAllocator};
+use node::store::Store;
 use node::store::catalog::{DatasetInfo, JobInfo, JobState};
 use node::store::ledger::FileRow;
-use node::store::{Access, Store};
 use serde::Serialize;
 
 use crate::args::StatsArgs;
@@ -195,7 +195,7 @@ fn write_problems(
 /// `quern stats`: every job of a dataset, then the files and rejected
 /// records of one job (the latest by default), streamed.
 pub fn stats(data: &Path, args: StatsArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(data, 8 << 20, Access::ReadOnly)?;
+    let store = crate::query::open_reader(data, 8 << 20)?;
     let dataset = store.existing_dataset(&args.dataset.dataset)?;
     let jobs = store.jobs(dataset.id)?;
     let job = match args.job {

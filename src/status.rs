@@ -113,6 +113,10 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
             j.dataset,
             if j.submitting {
                 "submitting"
+            } else if j.aborted {
+                "aborted"
+            } else if j.committed {
+                "committed"
             } else {
                 "submitted"
             },

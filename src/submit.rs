@@ -75,6 +75,7 @@ fn dataset_spec(args: &SubmitArgs) -> DatasetSpec {
         name: args.dataset.clone(),
         format,
         key,
+        partitions: node::config::DEFAULT_PARTITIONS,
     }
 }
 

@@ -125,6 +125,7 @@ async fn main() {
     let mut client = CoordinatorClient::new(router.clone(), (1..=3).map(address).collect());
     let node = Command::RegisterNode(NodeInfo {
         id: NodeId(1),
+        incarnation: 1,
         address: "10.0.0.1:7000".into(),
         cert_fingerprint: [1; 32],
     });
@@ -133,6 +134,7 @@ async fn main() {
         name: "inventory".into(),
         format: DatasetFormat::Lines,
         key: KeySpec::WholeLine,
+        partitions: 64,
     };
     submission::ensure_dataset(&mut client, spec)
         .await

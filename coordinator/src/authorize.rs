@@ -3,13 +3,15 @@
 //! of the cluster CA; its name's role (`proto_schema::cert_role`) decides
 //! the rest:
 //!
-//! - operators (any other name): datasets, submissions, status;
-//! - node N (`node-N`): registering, leases, renewals, progress and
-//!   completion, each only as node N;
+//! - operators (any other name): datasets, submissions, status, a job's
+//!   progress;
+//! - node N (`node-N`): registering, heartbeats, leases, renewals,
+//!   completion, staging, partition maps, each only as node N; any job's
+//!   progress;
 //! - replicas (`coord-N`): Raft RPCs only, admitted apart (`raft_peers`,
 //!   which also checks the RPC speaks for the same id);
-//! - nobody: what only the leader's lease desk proposes (`GrantLease`) and
-//!   partition assignments.
+//! - nobody: the commands only the leader's lease desk proposes
+//!   (`GrantLeases`, `AssignPartitions`, `DeclareNodeLost`).
 //!
 //! The table matches every kind of request exhaustively, and a request's
 //! kind is read from every `Request` and `Command` variant, so a new
@@ -66,37 +68,82 @@ impl Caller {
 pub enum RequestKind {
     Status,
     Replica,
+    Job,
+    Register,
+    Heartbeat,
     Lease,
     Renew,
+    Complete,
+    Stage,
+    PartitionMap,
     RegisterNode,
     CreateDataset,
     BeginSubmission,
     SubmitChunk,
     FinishSubmission,
     AbortSubmission,
-    GrantLease,
+    GrantLeases,
     ReportProgress,
-    CompleteShard,
+    CompleteShards,
     AssignPartitions,
+    DeclareNodeLost,
+    StageJob,
 }
 
 impl RequestKind {
+    /// Every kind, in the order refusals are listed.
+    pub const ALL: [RequestKind; 22] = {
+        use RequestKind::*;
+        [
+            Status,
+            Replica,
+            Job,
+            Register,
+            Heartbeat,
+            Lease,
+            Renew,
+            Complete,
+            Stage,
+            PartitionMap,
+            RegisterNode,
+            CreateDataset,
+            BeginSubmission,
+            SubmitChunk,
+            FinishSubmission,
+            AbortSubmission,
+            GrantLeases,
+            ReportProgress,
+            CompleteShards,
+            AssignPartitions,
+            DeclareNodeLost,
+            StageJob,
+        ]
+    };
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Status => "status",
             Self::Replica => "replica",
+            Self::Job => "job",
+            Self::Register => "register",
+            Self::Heartbeat => "heartbeat",
             Self::Lease => "lease",
             Self::Renew => "renew",
+            Self::Complete => "complete",
+            Self::Stage => "stage",
+            Self::PartitionMap => "partition_map",
             Self::RegisterNode => "register_node",
             Self::CreateDataset => "create_dataset",
             Self::BeginSubmission => "begin_submission",
             Self::SubmitChunk => "submit_chunk",
             Self::FinishSubmission => "finish_submission",
             Self::AbortSubmission => "abort_submission",
-            Self::GrantLease => "grant_lease",
+            Self::GrantLeases => "grant_leases",
             Self::ReportProgress => "report_progress",
-            Self::CompleteShard => "complete_shard",
+            Self::CompleteShards => "complete_shards",
             Self::AssignPartitions => "assign_partitions",
+            Self::DeclareNodeLost => "declare_node_lost",
+            Self::StageJob => "stage_job",
         }
     }
 }
@@ -105,6 +152,8 @@ impl RequestKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allowed {
     Operators,
+    /// Operators, and any node (reads that name no node).
+    OperatorsAndNodes,
     /// A node, speaking for itself only.
     TheNodeItself,
     /// The leader's own commands: never accepted from a client.
@@ -117,8 +166,10 @@ pub fn allowed(kind: RequestKind) -> Allowed {
     match kind {
         Status | Replica | CreateDataset | BeginSubmission | SubmitChunk | FinishSubmission
         | AbortSubmission => Allowed::Operators,
-        RegisterNode | Lease | Renew | ReportProgress | CompleteShard => Allowed::TheNodeItself,
-        GrantLease | AssignPartitions => Allowed::Nobody,
+        Job => Allowed::OperatorsAndNodes,
+        Register | Heartbeat | Lease | Renew | Complete | Stage | PartitionMap | RegisterNode
+        | ReportProgress | CompleteShards | StageJob => Allowed::TheNodeItself,
+        GrantLeases | AssignPartitions | DeclareNodeLost => Allowed::Nobody,
     }
 }
 
@@ -150,10 +201,12 @@ impl Subject {
             Command::SubmitChunk { .. } => Self::of(K::SubmitChunk),
             Command::FinishSubmission { .. } => Self::of(K::FinishSubmission),
             Command::AbortSubmission { .. } => Self::of(K::AbortSubmission),
-            Command::GrantLease { node, .. } => Self::for_node(K::GrantLease, *node),
+            Command::GrantLeases { node, .. } => Self::for_node(K::GrantLeases, *node),
             Command::ReportProgress { node, .. } => Self::for_node(K::ReportProgress, *node),
-            Command::CompleteShard { node, .. } => Self::for_node(K::CompleteShard, *node),
+            Command::CompleteShards { node, .. } => Self::for_node(K::CompleteShards, *node),
             Command::AssignPartitions { .. } => Self::of(K::AssignPartitions),
+            Command::DeclareNodeLost { node, .. } => Self::for_node(K::DeclareNodeLost, *node),
+            Command::StageJob { node, .. } => Self::for_node(K::StageJob, *node),
         }
     }
 
@@ -165,8 +218,14 @@ impl Subject {
             Request::Raft(_) | Request::Write(_) => None,
             Request::Status => Some(Self::of(K::Status)),
             Request::Replica => Some(Self::of(K::Replica)),
-            Request::Lease { node } => Some(Self::for_node(K::Lease, *node)),
+            Request::Job { .. } => Some(Self::of(K::Job)),
+            Request::Register(registration) => Some(Self::for_node(K::Register, registration.node)),
+            Request::Heartbeat { node, .. } => Some(Self::for_node(K::Heartbeat, *node)),
+            Request::Lease { node, .. } => Some(Self::for_node(K::Lease, *node)),
             Request::Renew { node, .. } => Some(Self::for_node(K::Renew, *node)),
+            Request::Complete { node, .. } => Some(Self::for_node(K::Complete, *node)),
+            Request::Stage { node, .. } => Some(Self::for_node(K::Stage, *node)),
+            Request::PartitionMap { node, .. } => Some(Self::for_node(K::PartitionMap, *node)),
         }
     }
 }
@@ -184,6 +243,10 @@ pub fn refusal(caller: &Caller, subject: Subject) -> Option<String> {
         (_, None) => None,
         (Allowed::Operators, Some(Role::Operator)) => None,
         (Allowed::Operators, Some(_)) => Some("only operator certificates may".into()),
+        (Allowed::OperatorsAndNodes, Some(Role::Operator | Role::Node(_))) => None,
+        (Allowed::OperatorsAndNodes, Some(_)) => {
+            Some("only operator and node certificates may".into())
+        }
         (Allowed::TheNodeItself, Some(Role::Node(id))) if subject.node == Some(id) => None,
         (Allowed::TheNodeItself, Some(Role::Node(id))) => Some(format!(
             "node-{id}'s certificate speaks for node {id} only, not for node {}",
@@ -202,7 +265,8 @@ pub fn describe(role: Role) -> String {
             format!("coordinator replica {id}: Raft RPCs with its peers, as replica {id} only")
         }
         Role::Node(id) => format!(
-            "node {id}: registers, leases, renews, reports progress and completes shards, as node {id} only"
+            "node {id}: registers, heartbeats, leases, renews, completes shards, stages jobs and \
+             reads partition maps, as node {id} only"
         ),
         Role::Operator => {
             "operator: creates datasets, submits and aborts manifests, reads status".into()
@@ -256,7 +320,7 @@ impl Gate {
 mod tests {
     use std::sync::Arc;
 
-    use proto_schema::command::NodeInfo;
+    use proto_schema::command::{LeaseGrant, NodeInfo};
     use proto_schema::tls::Fingerprint;
 
     use proto_schema::ids::{Epoch, ShardId};
@@ -272,29 +336,13 @@ mod tests {
     }
 
     fn every_subject() -> Vec<Subject> {
-        use RequestKind::*;
-        [
-            Status,
-            Replica,
-            Lease,
-            Renew,
-            RegisterNode,
-            CreateDataset,
-            BeginSubmission,
-            SubmitChunk,
-            FinishSubmission,
-            AbortSubmission,
-            GrantLease,
-            ReportProgress,
-            CompleteShard,
-            AssignPartitions,
-        ]
-        .into_iter()
-        .map(|kind| Subject {
-            kind,
-            node: (allowed(kind) != Allowed::Operators).then_some(NodeId(5)),
-        })
-        .collect()
+        RequestKind::ALL
+            .into_iter()
+            .map(|kind| Subject {
+                kind,
+                node: (allowed(kind) == Allowed::TheNodeItself).then_some(NodeId(5)),
+            })
+            .collect()
     }
 
     #[test]
@@ -309,6 +357,7 @@ mod tests {
         let operator = [
             "status",
             "replica",
+            "job",
             "create_dataset",
             "begin_submission",
             "submit_chunk",
@@ -317,24 +366,34 @@ mod tests {
         ];
         assert_eq!(may(&remote("alice")), operator);
         let node = [
+            "job",
+            "register",
+            "heartbeat",
             "lease",
             "renew",
+            "complete",
+            "stage",
+            "partition_map",
             "register_node",
             "report_progress",
-            "complete_shard",
+            "complete_shards",
+            "stage_job",
         ];
         assert_eq!(may(&remote("node-5")), node);
-        assert!(may(&remote("node-6")).is_empty(), "node 6 speaks for 5");
+        assert_eq!(may(&remote("node-6")), ["job"], "node 6 speaks for 5");
         assert!(may(&remote("coord-5")).is_empty());
         assert!(may(&remote("node-05")).is_empty());
         let in_process = may(&Caller::InProcess);
-        assert_eq!(in_process.len(), operator.len() + node.len());
+        // Everything but the leader's own commands.
+        assert_eq!(in_process.len(), RequestKind::ALL.len() - 3);
+        assert_eq!(in_process.len(), operator.len() + node.len() - 1);
     }
 
     #[test]
     fn a_nodes_requests_are_read_for_the_node_they_speak_for() {
         let register = Command::RegisterNode(NodeInfo {
             id: NodeId(9),
+            incarnation: 1,
             address: "10.0.0.9:7000".into(),
             cert_fingerprint: [0; 32],
         });
@@ -356,10 +415,12 @@ mod tests {
             reason,
             "node-3's certificate speaks for node 3 only, not for node 4"
         );
-        let grant = Command::GrantLease {
-            shard: ShardId(1),
+        let grant = Command::GrantLeases {
             node: NodeId(3),
-            expected_epoch: Epoch(0),
+            shards: vec![LeaseGrant {
+                shard: ShardId(1),
+                expected_epoch: Epoch(0),
+            }],
             deadline_ms: u64::MAX,
         };
         let reason = refusal(&remote("node-3"), Subject::of_command(&grant)).unwrap();

@@ -2,12 +2,15 @@
 //! QUIC endpoint in `service`, or the in-process `router`): writes are
 //! proposed through Raft and answered once applied, by the leader only
 //! (others redirect with `NotLeader`); status comes from the leader;
-//! `Replica` from any replica; leases from the leader's `LeaseDesk`.
+//! `Replica` from any replica; a node's requests (register, heartbeat,
+//! lease, renew, complete, partition map) from the leader's `LeaseDesk`,
+//! staging and job progress from the log and the leader's state.
 //! Every request passes `authorize` first, by its caller's certificate.
 //! Raft RPCs are not client requests: transports serve them apart.
 
-use proto_schema::command;
+use proto_schema::command::{self, Command, Response};
 use proto_schema::coordinator_api::{Applied, LeaseReply, Refusal, Reply, Request};
+use proto_schema::ids::JobId;
 
 use crate::authorize::{Caller, Gate, Subject};
 use crate::contacts::Contacts;
@@ -62,16 +65,51 @@ impl ClientApi {
                 if let Err(forbidden) = self.gate.admit(caller, Subject::of_command(&cmd)) {
                     return Reply::Refused(Refusal::Forbidden(forbidden));
                 }
-                match propose::propose(&self.raft, &cmd).await {
-                    Ok(response) => Reply::Written(Applied(response)),
-                    Err(e) => write_refused(e),
-                }
+                self.propose(&cmd).await
             }
             Request::Status => self.status(),
-            Request::Lease { node } => desk_reply(self.desk.lease(*node).await),
+            Request::Register(registration) => written(self.desk.register(registration).await),
+            Request::Heartbeat {
+                node,
+                incarnation,
+                progress,
+            } => match self
+                .desk
+                .heartbeat(*node, *incarnation, progress.clone())
+                .await
+            {
+                Ok(reply) => Reply::Heartbeat(reply),
+                Err(e) => desk_failed(e),
+            },
+            Request::Lease { node, max, job } => {
+                desk_reply(self.desk.lease(*node, *max, *job).await)
+            }
             Request::Renew { node, shard, epoch } => {
                 desk_reply(self.desk.renew(*node, *shard, *epoch).await)
             }
+            Request::Complete { node, shards } => written(self.desk.complete(*node, shards).await),
+            Request::Stage {
+                node,
+                job,
+                counts,
+                map_epoch,
+            } => {
+                let stage = Command::StageJob {
+                    job: *job,
+                    node: *node,
+                    counts: *counts,
+                    map_epoch: *map_epoch,
+                };
+                self.propose(&stage).await
+            }
+            Request::PartitionMap { node, dataset } => {
+                match self.desk.partition_map(*node, dataset).await {
+                    Ok(Ok(map)) => Reply::PartitionMap(map),
+                    Ok(Err(reason)) => Reply::Failed(reason),
+                    Err(e) => desk_failed(e),
+                }
+            }
+            Request::Job { job } => self.job(*job),
             Request::Replica => {
                 let (raft, state) = (self.raft.clone(), self.state.clone());
                 match tokio::task::spawn_blocking(move || status::replica_report(&raft, &state))
@@ -82,6 +120,25 @@ impl ClientApi {
                     Err(e) => Reply::Failed(format!("reading the state: {e}")),
                 }
             }
+        }
+    }
+
+    async fn propose(&self, cmd: &Command) -> Reply {
+        match propose::propose(&self.raft, cmd).await {
+            Ok(response) => Reply::Written(Applied(response)),
+            Err(e) => write_refused(e),
+        }
+    }
+
+    /// One job's progress, from the leader (so a node waiting for its
+    /// commit reads what the leader applied).
+    fn job(&self, job: JobId) -> Reply {
+        if let Some(forward) = propose::not_the_leader(&self.raft) {
+            return write_refused(forward);
+        }
+        match status::job(&self.state, job) {
+            Ok(found) => Reply::Job(found),
+            Err(e) => Reply::Failed(e.to_string()),
         }
     }
 
@@ -118,7 +175,20 @@ fn write_refused(error: ProposeError) -> Reply {
 fn desk_reply(answer: Result<LeaseReply, DeskError>) -> Reply {
     match answer {
         Ok(reply) => Reply::Lease(reply),
-        Err(DeskError::Propose(e)) => write_refused(e),
-        Err(e) => Reply::Failed(e.to_string()),
+        Err(e) => desk_failed(e),
+    }
+}
+
+fn written(answer: Result<Response, DeskError>) -> Reply {
+    match answer {
+        Ok(response) => Reply::Written(Applied(response)),
+        Err(e) => desk_failed(e),
+    }
+}
+
+fn desk_failed(error: DeskError) -> Reply {
+    match error {
+        DeskError::Propose(e) => write_refused(e),
+        e => Reply::Failed(e.to_string()),
     }
 }

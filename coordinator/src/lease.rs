@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use proto_schema::command::Command;
+use proto_schema::command::{Command, LeaseGrant};
 use proto_schema::ids::{Epoch, NodeId, ShardId};
 
 use crate::state::{StateError, StateMachineStore};
@@ -70,7 +70,14 @@ impl LeaseTable {
     fn hold(&mut self, held: impl IntoIterator<Item = (ShardId, NodeId, Epoch)>, now_ms: u64) {
         let deadline_ms = now_ms + self.duration_ms;
         for (shard, node, epoch) in held {
-            self.granted(shard, node, epoch, deadline_ms);
+            self.leases.insert(
+                shard,
+                Lease {
+                    node,
+                    epoch,
+                    deadline_ms,
+                },
+            );
         }
     }
 
@@ -94,18 +101,18 @@ impl LeaseTable {
         Ok(self.leases.len())
     }
 
-    /// The command that leases `shard` (now at `current_epoch`) to `node`.
-    pub fn grant(
-        &self,
-        shard: ShardId,
-        node: NodeId,
-        current_epoch: Epoch,
-        now_ms: u64,
-    ) -> Command {
-        Command::GrantLease {
-            shard,
+    /// The command that leases `shards` (each `(shard, current epoch)`)
+    /// to `node`, in one log write.
+    pub fn grant(&self, node: NodeId, shards: &[(ShardId, Epoch)], now_ms: u64) -> Command {
+        Command::GrantLeases {
             node,
-            expected_epoch: current_epoch,
+            shards: shards
+                .iter()
+                .map(|&(shard, expected_epoch)| LeaseGrant {
+                    shard,
+                    expected_epoch,
+                })
+                .collect(),
             deadline_ms: now_ms + self.duration_ms,
         }
     }
@@ -122,9 +129,17 @@ impl LeaseTable {
         );
     }
 
-    /// Forgets a shard that completed.
+    /// Forgets a shard that completed (or can no longer be leased).
     pub fn completed(&mut self, shard: ShardId) {
         self.leases.remove(&shard);
+    }
+
+    /// Forgets every lease `node` held (its leases went back to pending
+    /// through the log); returns how many.
+    pub fn forget_node(&mut self, node: NodeId) -> usize {
+        let before = self.leases.len();
+        self.leases.retain(|_, lease| lease.node != node);
+        before - self.leases.len()
     }
 
     pub fn get(&self, shard: ShardId) -> Option<Lease> {
@@ -180,7 +195,7 @@ impl LeaseTable {
     }
 
     /// Leases past their deadline, as `(shard, epoch)`: each is re-granted
-    /// with `grant(shard, other_node, epoch, now_ms)`.
+    /// with `grant(other_node, &[(shard, epoch)], now_ms)`.
     pub fn expired(&self, now_ms: u64) -> Vec<(ShardId, Epoch)> {
         self.leases
             .iter()
@@ -192,51 +207,49 @@ impl LeaseTable {
 
 #[cfg(test)]
 mod tests {
-    use proto_schema::command::{CommandError, FileEntry, Response};
+    use proto_schema::command::{CommandError, FileEntry, Response, ShardDone};
+    use proto_schema::ids::JobId;
 
     use super::*;
     use crate::state::test_support::{Applier, setup_dataset};
-    use proto_schema::ids::JobId;
 
     #[test]
     fn renewals_extend_in_memory_and_check_the_epoch() {
         let mut table = LeaseTable::new(1_000);
-        let (s7, s8) = (ShardId(7), ShardId(8));
-        let (n1, n2) = (NodeId(1), NodeId(2));
-        table.granted(s7, n1, Epoch(3), 1_000);
-        assert_eq!(table.renew(s7, n1, Epoch(3), 500), Ok(1_500));
+        table.granted(ShardId(7), NodeId(1), Epoch(3), 1_000);
+        assert_eq!(table.renew(ShardId(7), NodeId(1), Epoch(3), 500), Ok(1_500));
         assert_eq!(
-            table.renew(s7, n1, Epoch(2), 600),
+            table.renew(ShardId(7), NodeId(1), Epoch(2), 600),
             Err(RenewError::StaleEpoch {
-                shard: s7,
+                shard: ShardId(7),
                 presented: Epoch(2),
                 current: Epoch(3)
             })
         );
         assert_eq!(
-            table.renew(s7, n2, Epoch(3), 600),
+            table.renew(ShardId(7), NodeId(2), Epoch(3), 600),
             Err(RenewError::NotHolder {
-                shard: s7,
-                node: n2
+                shard: ShardId(7),
+                node: NodeId(2)
             })
         );
         assert_eq!(
-            table.renew(s8, n1, Epoch(1), 600),
-            Err(RenewError::NoLease { shard: s8 })
+            table.renew(ShardId(8), NodeId(1), Epoch(1), 600),
+            Err(RenewError::NoLease { shard: ShardId(8) })
         );
-        assert_eq!(table.heartbeat(n1, 1_400), 1);
-        assert_eq!(table.get(s7).unwrap().deadline_ms, 2_400);
+        assert_eq!(table.heartbeat(NodeId(1), 1_400), 1);
+        assert_eq!(table.get(ShardId(7)).unwrap().deadline_ms, 2_400);
         assert!(table.expired(2_399).is_empty());
-        assert_eq!(table.expired(2_400), vec![(s7, Epoch(3))]);
+        assert_eq!(table.expired(2_400), vec![(ShardId(7), Epoch(3))]);
         assert_eq!(
-            table.renew(s7, n1, Epoch(3), 2_400),
+            table.renew(ShardId(7), NodeId(1), Epoch(3), 2_400),
             Err(RenewError::Expired {
-                shard: s7,
+                shard: ShardId(7),
                 deadline_ms: 2_400
             })
         );
         assert_eq!(
-            table.heartbeat(n1, 2_500),
+            table.heartbeat(NodeId(1), 2_500),
             0,
             "an expired lease is not revived by a heartbeat"
         );
@@ -291,12 +304,11 @@ mod tests {
         let submission = sm.submit("ds", vec![file]).await;
         assert_eq!(submission, JobId(1));
         let shard = ShardId(1);
-        let (n1, n2) = (NodeId(1), NodeId(2));
 
         let mut table = LeaseTable::new(1_000);
-        let grant = table.grant(shard, n1, Epoch(0), 10_000);
-        let Response::LeaseGranted {
-            epoch,
+        let grant = table.grant(NodeId(1), &[(shard, Epoch(0))], 10_000);
+        let Response::LeasesGranted {
+            granted,
             deadline_ms,
             node,
             ..
@@ -304,11 +316,15 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((node, epoch, deadline_ms), (n1, Epoch(1), 11_000));
+        assert_eq!(
+            (node, granted.clone(), deadline_ms),
+            (NodeId(1), vec![(shard, Epoch(1))], 11_000)
+        );
+        let epoch = granted[0].1;
         table.granted(shard, node, epoch, deadline_ms);
 
         let log_before = sm.applied_count();
-        assert_eq!(table.renew(shard, n1, Epoch(1), 10_900), Ok(11_900));
+        assert_eq!(table.renew(shard, NodeId(1), Epoch(1), 10_900), Ok(11_900));
         assert_eq!(
             sm.applied_count(),
             log_before,
@@ -316,7 +332,7 @@ mod tests {
         );
         let progress = Command::ReportProgress {
             shard,
-            node: n1,
+            node: NodeId(1),
             epoch: Epoch(1),
             offset: 40,
         };
@@ -331,18 +347,21 @@ mod tests {
         // Node 1 goes quiet; its lease expires and node 2 gets the shard.
         let expired = table.expired(12_000);
         assert_eq!(expired, vec![(shard, Epoch(1))]);
-        let regrant = table.grant(shard, n2, expired[0].1, 12_000);
-        let Response::LeaseGranted {
-            epoch, deadline_ms, ..
+        let regrant = table.grant(NodeId(2), &[(shard, expired[0].1)], 12_000);
+        let Response::LeasesGranted {
+            granted,
+            deadline_ms,
+            ..
         } = sm.apply(regrant.clone()).await
         else {
             panic!()
         };
-        assert_eq!(epoch, Epoch(2));
-        table.granted(shard, n2, epoch, deadline_ms);
+        assert_eq!(granted, vec![(shard, Epoch(2))]);
+        let epoch = 2;
+        table.granted(shard, NodeId(2), Epoch(epoch), deadline_ms);
         assert_eq!(
             sm.state().leased_shards(ShardId(0), 10).unwrap(),
-            vec![(shard, n2, Epoch(2))]
+            vec![(shard, NodeId(2), Epoch(2))]
         );
         assert_eq!(
             sm.state().shard(shard).unwrap().unwrap().checkpoint,
@@ -350,75 +369,103 @@ mod tests {
             "the checkpoint survives the re-grant"
         );
 
-        // A second re-grant from the same stale view loses the race.
+        // A second re-grant from the same stale view loses the race: the
+        // shard is passed over.
+        let Response::LeasesGranted {
+            granted, passed, ..
+        } = sm.apply(regrant).await
+        else {
+            panic!()
+        };
+        assert_eq!((granted, passed), (vec![], vec![shard]));
+        // The old holder's reports are refused; the new holder's are taken.
+        let stale = Command::ReportProgress {
+            shard,
+            node: NodeId(1),
+            epoch: Epoch(1),
+            offset: 90,
+        };
         assert_eq!(
-            sm.apply(regrant).await,
+            sm.apply(stale).await,
             Response::Error(CommandError::StaleEpoch {
                 shard,
                 presented: Epoch(1),
                 current: Epoch(2)
             })
         );
-        // The old holder's reports are refused; the new holder's are taken.
-        for stale in [
-            Command::ReportProgress {
-                shard,
-                node: n1,
-                epoch: Epoch(1),
-                offset: 90,
-            },
-            Command::CompleteShard {
-                shard,
-                node: n1,
-                epoch: Epoch(1),
-            },
-        ] {
-            assert_eq!(
-                sm.apply(stale).await,
-                Response::Error(CommandError::StaleEpoch {
-                    shard,
-                    presented: Epoch(1),
-                    current: Epoch(2)
-                })
-            );
-        }
         assert_eq!(
             sm.apply(Command::ReportProgress {
                 shard,
-                node: n1,
+                node: NodeId(1),
                 epoch: Epoch(2),
                 offset: 90
             })
             .await,
-            Response::Error(CommandError::NotLeaseHolder { shard, node: n1 })
+            Response::Error(CommandError::NotLeaseHolder {
+                shard,
+                node: NodeId(1)
+            })
         );
         assert_eq!(
-            table.renew(shard, n1, Epoch(1), 12_100),
+            table.renew(shard, NodeId(1), Epoch(1), 12_100),
             Err(RenewError::StaleEpoch {
                 shard,
                 presented: Epoch(1),
                 current: Epoch(2)
             })
         );
+        // One report completes what it may: the stale completion is
+        // refused, the holder's taken.
         assert_eq!(
-            sm.apply(Command::CompleteShard {
-                shard,
-                node: n2,
-                epoch: Epoch(2)
+            sm.apply(Command::CompleteShards {
+                node: NodeId(1),
+                shards: vec![ShardDone {
+                    shard,
+                    epoch: Epoch(1)
+                }],
             })
             .await,
-            Response::ShardCompleted { shard }
+            Response::ShardsCompleted {
+                completed: vec![],
+                refused: vec![(
+                    shard,
+                    CommandError::StaleEpoch {
+                        shard,
+                        presented: Epoch(1),
+                        current: Epoch(2)
+                    }
+                )],
+            }
+        );
+        assert_eq!(
+            sm.apply(Command::CompleteShards {
+                node: NodeId(2),
+                shards: vec![ShardDone {
+                    shard,
+                    epoch: Epoch(2)
+                }],
+            })
+            .await,
+            Response::ShardsCompleted {
+                completed: vec![shard],
+                refused: vec![],
+            }
         );
         assert!(
             sm.state().leased_shards(ShardId(0), 10).unwrap().is_empty(),
             "a completed shard is not leased"
         );
+        let Response::LeasesGranted {
+            granted, passed, ..
+        } = sm
+            .apply(table.grant(NodeId(1), &[(shard, Epoch(2))], 13_000))
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!((granted, passed), (vec![], vec![shard]), "a done shard");
         assert_eq!(
-            sm.apply(table.grant(shard, n1, Epoch(2), 13_000)).await,
-            Response::Error(CommandError::ShardDone { shard })
-        );
-        assert_eq!(
-            sm.apply(table.grant(shard, NodeId(99), Epoch(2), 13_000))
+            sm.apply(table.grant(NodeId(99), &[(shard, Epoch(2))], 13_000))
                 .await,
             Response::Error(CommandError::UnknownNode { id: NodeId(99) })
         );

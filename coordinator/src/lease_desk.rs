@@ -1,31 +1,45 @@
-//! The leader's lease desk: hands shards to the nodes that ask for work
-//! and renews their leases.
+//! The leader's lease desk: registers nodes, tracks their liveness,
+//! hands shards to the nodes that ask for work, renews their leases and
+//! takes their completions.
 //!
-//! A node asks for a lease (`lease`): the desk re-grants a shard whose
-//! lease expired, else grants the next pending one, through the Raft log
-//! (`GrantLease` moves the shard to the next epoch, which fences the old
-//! holder). Renewals (`renew`) touch only the leader's `LeaseTable`: no
-//! log write. Reports and completion are ordinary commands. The answers
-//! are `proto_schema::coordinator_api::LeaseReply`s.
+//! A node asks for leases (`lease`, up to `max` at a time): the desk
+//! re-grants shards whose leases expired, then the next pending ones, all
+//! in one `GrantLeases` through the Raft log (each shard moves to its next
+//! epoch, which fences the old holder). Renewals (`renew`) and heartbeats
+//! (`heartbeat`, which extend every lease the node holds) touch only the
+//! leader's memory: no log write. Completions come in batches
+//! (`CompleteShards`) and take the shards off the lease table. A node
+//! silent past its deadline is declared lost through the log
+//! (`DeclareNodeLost`): its leases go back to pending. The answers are
+//! `proto_schema::coordinator_api` replies.
 //!
 //! The desk belongs to one leader term. On the first request of a new
-//! term it takes the leases over from the state machine, each with a full
-//! deadline (see `lease`), and scans for pending shards from the start
-//! again. Within a term its cursor only moves forward: shards below it are
-//! leased or done, and a leased shard comes back through expiry, never as
-//! pending.
+//! term it takes the leases and the live nodes over from the state
+//! machine, each with a full deadline (see `lease` and `liveness`), and
+//! scans for pending shards from the start again. Within a term its
+//! cursors (one per job asked for) only move forward, except when leases
+//! go back to pending (a node lost or registered again): shards below
+//! them are leased or done, and a leased shard comes back through expiry,
+//! never as pending.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use proto_schema::command::{CommandError, Response};
-use proto_schema::coordinator_api::{LeaseReply, LeasedShard};
+use proto_schema::PartitionMap;
+use proto_schema::command::{
+    Command, CommandError, MAX_LEASES_PER_COMMAND, NodeInfo, Response, ShardDone,
+};
+use proto_schema::coordinator_api::{
+    HeartbeatReply, LeaseReply, LeasedShard, NodeRegistration, ShardProgress,
+};
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 use tokio::sync::Mutex;
 
 use crate::lease::LeaseTable;
+use crate::liveness::Liveness;
 use crate::propose::{self, ProposeError};
 use crate::state::StateError;
-use crate::state::records::{JobState, ShardState};
+use crate::state::records::{JobState, Shard, ShardState};
 use crate::{Raft, StateMachineStore};
 
 /// How long a lease lasts without a renewal, unless configured.
@@ -36,10 +50,17 @@ const SCAN_PAGE: usize = 1024;
 /// bounds how long a request holds the desk.
 const SCAN_LIMIT: usize = 64 * SCAN_PAGE;
 
+/// Jobs whose scan positions the desk remembers at once.
+const MAX_JOB_CURSORS: usize = 1024;
+
 /// Grants by the leader's desk (label `kind`: pending or expired).
 pub const LEASE_GRANTS_METRIC: &str = "quern_lease_grants_total";
 /// Renewals answered (label `outcome`: renewed or refused).
 pub const LEASE_RENEWALS_METRIC: &str = "quern_lease_renewals_total";
+/// Heartbeats answered (label `outcome`: alive or unknown).
+pub const HEARTBEATS_METRIC: &str = "quern_node_heartbeats_total";
+/// Nodes declared lost by the leader.
+pub const NODES_LOST_METRIC: &str = "quern_nodes_lost_total";
 
 pub fn describe_metrics() {
     metrics::describe_counter!(
@@ -51,6 +72,16 @@ pub fn describe_metrics() {
         LEASE_RENEWALS_METRIC,
         "Lease renewals answered by the leader without a log write (label outcome: renewed, \
          refused)."
+    );
+    metrics::describe_counter!(
+        HEARTBEATS_METRIC,
+        "Node heartbeats answered by the leader without a log write (label outcome: alive, or \
+         unknown for an incarnation the leader does not hold live)."
+    );
+    metrics::describe_counter!(
+        NODES_LOST_METRIC,
+        "Nodes declared lost through the log after a silence past --lease-time; their leases \
+         went back to pending."
     );
 }
 
@@ -66,8 +97,18 @@ struct Desk {
     /// The leader term the table belongs to.
     term: Option<u64>,
     table: LeaseTable,
-    /// No pending shard has an id below this.
-    cursor: ShardId,
+    nodes: Liveness,
+    /// Where the scan for pending shards resumes, per job asked for
+    /// (`None`: any job): no pending shard of it has an id below.
+    cursors: HashMap<Option<JobId>, ShardId>,
+}
+
+impl Desk {
+    /// `node`'s leases went back to pending through the log.
+    fn released(&mut self, node: NodeId) {
+        self.table.forget_node(node);
+        self.cursors.clear();
+    }
 }
 
 pub struct LeaseDesk {
@@ -84,47 +125,267 @@ impl LeaseDesk {
             desk: Mutex::new(Desk {
                 term: None,
                 table: LeaseTable::new(lease_ms),
-                cursor: ShardId(0),
+                nodes: Liveness::new(lease_ms),
+                cursors: HashMap::new(),
             }),
         }
     }
 
-    /// Leases a shard to `node`: an expired one first, else the next
-    /// pending one.
-    pub async fn lease(&self, node: NodeId) -> Result<LeaseReply, DeskError> {
+    /// Registers `node` (or its newer incarnation) through the log; the
+    /// leases an older incarnation held go back to pending.
+    pub async fn register(&self, registration: &NodeRegistration) -> Result<Response, DeskError> {
         let mut desk = self.desk.lock().await;
         let now = now_ms();
         self.take_over_if_new_term(&mut desk, now).await?;
-        for (shard, epoch) in desk.table.expired(now) {
-            if let Some(reply) = self.grant(&mut desk, shard, epoch, node, now).await? {
-                metrics::counter!(LEASE_GRANTS_METRIC, "kind" => "expired").increment(1);
-                return Ok(reply);
+        let command = Command::RegisterNode(NodeInfo {
+            id: registration.node,
+            incarnation: registration.incarnation,
+            address: registration.address.clone(),
+            cert_fingerprint: registration.cert_fingerprint,
+        });
+        let response = propose::propose(&self.raft, &command).await?;
+        if let Response::NodeRegistered {
+            id,
+            incarnation,
+            released,
+        } = response
+        {
+            if released > 0 {
+                desk.released(id);
+            }
+            desk.nodes.registered(id, incarnation, now);
+            tracing::info!(node = %id, incarnation, released, "node registered");
+        }
+        Ok(response)
+    }
+
+    /// A node's heartbeat: extends its own deadline and every lease it
+    /// holds, and keeps the progress it reports; no log write.
+    pub async fn heartbeat(
+        &self,
+        node: NodeId,
+        incarnation: u64,
+        progress: Vec<ShardProgress>,
+    ) -> Result<HeartbeatReply, DeskError> {
+        let mut desk = self.desk.lock().await;
+        let now = now_ms();
+        self.take_over_if_new_term(&mut desk, now).await?;
+        self.declare_silent_lost(&mut desk, now).await?;
+        self.know_registered(&mut desk, node, now)?;
+        let (reply, outcome) = match desk.nodes.heartbeat(node, incarnation, progress, now) {
+            Some(deadline_ms) => {
+                let renewed = desk.table.heartbeat(node, now) as u64;
+                (
+                    HeartbeatReply::Alive {
+                        deadline_ms,
+                        renewed,
+                    },
+                    "alive",
+                )
+            }
+            None => (HeartbeatReply::Unknown, "unknown"),
+        };
+        metrics::counter!(HEARTBEATS_METRIC, "outcome" => outcome).increment(1);
+        Ok(reply)
+    }
+
+    /// Leases up to `max` shards (of `job` only, if named) to `node` in
+    /// one log write: expired ones first, then the next pending ones.
+    pub async fn lease(
+        &self,
+        node: NodeId,
+        max: u32,
+        job: Option<JobId>,
+    ) -> Result<LeaseReply, DeskError> {
+        let mut desk = self.desk.lock().await;
+        let now = now_ms();
+        self.take_over_if_new_term(&mut desk, now).await?;
+        self.declare_silent_lost(&mut desk, now).await?;
+        self.know_registered(&mut desk, node, now)?;
+        desk.nodes.touch(node, now);
+        if !desk.nodes.is_live(node, now) {
+            return Ok(LeaseReply::Refused(format!(
+                "node {node} is not registered, or was declared lost: register again"
+            )));
+        }
+        let max = (max as usize).clamp(1, MAX_LEASES_PER_COMMAND);
+        let of_job = |shard: &Shard| job.is_none_or(|j| shard.job == j);
+        let mut scanned = 0;
+        loop {
+            let mut wanted: Vec<(ShardId, Epoch)> = Vec::new();
+            for (id, epoch) in desk.table.expired(now) {
+                if wanted.len() == max {
+                    break;
+                }
+                if job.is_none() || self.state.shard(id)?.is_some_and(|s| of_job(&s)) {
+                    wanted.push((id, epoch));
+                }
+            }
+            let expired = wanted.len();
+            let mut cursor = desk.cursors.get(&job).copied().unwrap_or(ShardId(0));
+            while wanted.len() < max && scanned < SCAN_LIMIT {
+                let page = self.state.shards_after(cursor, SCAN_PAGE)?;
+                let Some(last) = page.last().map(|s| s.id) else {
+                    break;
+                };
+                for shard in page {
+                    if wanted.len() == max {
+                        break;
+                    }
+                    scanned += 1;
+                    cursor = shard.id;
+                    if shard.state == ShardState::Pending
+                        && of_job(&shard)
+                        && !self.aborted(shard.job)?
+                    {
+                        wanted.push((shard.id, shard.epoch));
+                    }
+                }
+                if wanted.len() < max {
+                    cursor = cursor.max(last);
+                }
+            }
+            if desk.cursors.len() >= MAX_JOB_CURSORS {
+                // Cursors only save rescanning: forgetting them is safe.
+                desk.cursors.clear();
+            }
+            desk.cursors.insert(job, cursor);
+            if wanted.is_empty() {
+                return Ok(LeaseReply::NoWork);
+            }
+            let leased = self.grant(&mut desk, node, &wanted, now).await?;
+            match leased {
+                Granted::Shards(shards) if shards.is_empty() => {
+                    // All passed over (granted meanwhile, done): look again.
+                    if scanned >= SCAN_LIMIT {
+                        return Ok(LeaseReply::NoWork);
+                    }
+                }
+                Granted::Shards(shards) => {
+                    let again = shards
+                        .iter()
+                        .filter(|s| wanted[..expired].iter().any(|&(id, _)| id == s.shard));
+                    let again = again.count() as u64;
+                    metrics::counter!(LEASE_GRANTS_METRIC, "kind" => "expired").increment(again);
+                    metrics::counter!(LEASE_GRANTS_METRIC, "kind" => "pending")
+                        .increment(shards.len() as u64 - again);
+                    return Ok(LeaseReply::Leased(shards));
+                }
+                Granted::Refused(reason) => {
+                    // The shards taken from the scan are still pending.
+                    desk.cursors.clear();
+                    return Ok(LeaseReply::Refused(reason));
+                }
             }
         }
-        let mut skipped = 0;
-        while skipped < SCAN_LIMIT {
-            let page = self.state.shards_after(desk.cursor, SCAN_PAGE)?;
-            let Some(last) = page.last().map(|s| s.id) else {
-                break;
-            };
-            for shard in page {
-                skipped += 1;
-                if shard.state != ShardState::Pending || self.aborted(shard.job)? {
-                    desk.cursor = shard.id;
-                    continue;
-                }
-                if let Some(reply) = self
-                    .grant(&mut desk, shard.id, shard.epoch, node, now)
-                    .await?
-                {
-                    metrics::counter!(LEASE_GRANTS_METRIC, "kind" => "pending").increment(1);
-                    return Ok(reply);
-                }
-                desk.cursor = shard.id;
+    }
+
+    /// Completes `node`'s `shards` (`(shard, epoch)`) in one log write
+    /// and forgets their leases.
+    pub async fn complete(
+        &self,
+        node: NodeId,
+        shards: &[(ShardId, Epoch)],
+    ) -> Result<Response, DeskError> {
+        let mut desk = self.desk.lock().await;
+        let now = now_ms();
+        self.take_over_if_new_term(&mut desk, now).await?;
+        let command = Command::CompleteShards {
+            node,
+            shards: shards
+                .iter()
+                .map(|&(shard, epoch)| ShardDone { shard, epoch })
+                .collect(),
+        };
+        let response = propose::propose(&self.raft, &command).await?;
+        if let Response::ShardsCompleted { completed, .. } = &response {
+            for &shard in completed {
+                desk.table.completed(shard);
             }
-            desk.cursor = desk.cursor.max(last);
         }
-        Ok(LeaseReply::NoWork)
+        Ok(response)
+    }
+
+    /// A node registered by a plain write (or before this term, and not
+    /// yet heard from) joins the live table with a full deadline.
+    fn know_registered(&self, desk: &mut Desk, node: NodeId, now: u64) -> Result<(), DeskError> {
+        if desk.nodes.get(node).is_none()
+            && let Some(known) = self.state.node(node)?
+            && !known.lost
+        {
+            desk.nodes.registered(node, known.info.incarnation, now);
+        }
+        Ok(())
+    }
+
+    /// `dataset`'s partition map over the live nodes: the current one, or
+    /// if the live nodes changed since (or there is none), a new one at
+    /// the next epoch through the log. `Err`: why there is none.
+    pub async fn partition_map(
+        &self,
+        node: NodeId,
+        dataset: &str,
+    ) -> Result<Result<PartitionMap, String>, DeskError> {
+        let mut desk = self.desk.lock().await;
+        let now = now_ms();
+        self.take_over_if_new_term(&mut desk, now).await?;
+        self.declare_silent_lost(&mut desk, now).await?;
+        self.know_registered(&mut desk, node, now)?;
+        let Some(found) = self.state.dataset(dataset)? else {
+            return Ok(Err(CommandError::UnknownDataset {
+                name: dataset.into(),
+            }
+            .to_string()));
+        };
+        // In id order: the nodes column family is keyed by big-endian id.
+        let live: Vec<NodeId> = self
+            .state
+            .nodes()?
+            .into_iter()
+            .filter(|n| !n.lost)
+            .map(|n| n.info.id)
+            .collect();
+        let current = self.state.partition_map(found.id)?;
+        let epoch = current.as_ref().map_or(Epoch(0), |m| m.epoch);
+        let wanted = PartitionMap::split(found.spec.partitions, &live, epoch.next());
+        if let Some(map) = current
+            && map.ranges == wanted.ranges
+        {
+            return Ok(Ok(map));
+        }
+        let assign = Command::AssignPartitions {
+            dataset: dataset.into(),
+            map: wanted.clone(),
+        };
+        match propose::propose(&self.raft, &assign).await? {
+            Response::PartitionsAssigned { epoch } => {
+                tracing::info!(dataset, %epoch, nodes = live.len(), "partitions assigned");
+                Ok(Ok(wanted))
+            }
+            Response::Error(e) => Ok(Err(e.to_string())),
+            other => Ok(Err(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Declares lost, through the log, every node silent past its deadline.
+    async fn declare_silent_lost(&self, desk: &mut Desk, now: u64) -> Result<(), DeskError> {
+        for (node, incarnation) in desk.nodes.silent(now) {
+            let command = Command::DeclareNodeLost { node, incarnation };
+            let response = propose::propose(&self.raft, &command).await?;
+            if let Response::NodeDeclaredLost { released, .. } = response {
+                tracing::warn!(
+                    %node,
+                    incarnation,
+                    released,
+                    "node declared lost: no heartbeat within the lease time"
+                );
+                metrics::counter!(NODES_LOST_METRIC).increment(1);
+            }
+            // Lost now, or already replaced by a newer incarnation.
+            desk.nodes.lost(node);
+            desk.released(node);
+        }
+        Ok(())
     }
 
     /// Extends `node`'s lease of `shard` at `epoch`; no log write.
@@ -137,6 +398,7 @@ impl LeaseDesk {
         let mut desk = self.desk.lock().await;
         let now = now_ms();
         self.take_over_if_new_term(&mut desk, now).await?;
+        desk.nodes.touch(node, now);
         let (reply, outcome) = match desk.table.renew(shard, node, epoch, now) {
             Ok(deadline_ms) => (LeaseReply::Renewed { deadline_ms }, "renewed"),
             Err(e) => (LeaseReply::Refused(e.to_string()), "refused"),
@@ -145,50 +407,50 @@ impl LeaseDesk {
         Ok(reply)
     }
 
-    /// Proposes the grant of `shard` (now at `epoch`). `None`: the shard
-    /// cannot be leased any more (done, aborted, or granted meanwhile);
-    /// try another.
+    /// Proposes the grant of `wanted` (`(shard, current epoch)`) to
+    /// `node`: the shards granted, read back for the node; the ones
+    /// passed over leave the table.
     async fn grant(
         &self,
         desk: &mut Desk,
-        shard: ShardId,
-        epoch: Epoch,
         node: NodeId,
+        wanted: &[(ShardId, Epoch)],
         now: u64,
-    ) -> Result<Option<LeaseReply>, DeskError> {
-        let command = desk.table.grant(shard, node, epoch, now);
+    ) -> Result<Granted, DeskError> {
+        let command = desk.table.grant(node, wanted, now);
         match propose::propose(&self.raft, &command).await? {
-            Response::LeaseGranted {
-                epoch, deadline_ms, ..
+            Response::LeasesGranted {
+                granted,
+                passed,
+                deadline_ms,
+                ..
             } => {
-                desk.table.granted(shard, node, epoch, deadline_ms);
-                let granted = self.state.shard(shard)?.ok_or_else(|| {
-                    StateError::Inconsistent(format!("granted shard {shard} is missing"))
-                })?;
-                Ok(Some(LeaseReply::Leased(LeasedShard {
-                    shard,
-                    job: granted.job,
-                    dataset_id: granted.dataset_id,
-                    path: granted.path,
-                    start: granted.start,
-                    end: granted.end,
-                    checkpoint: granted.checkpoint,
-                    epoch,
-                    deadline_ms,
-                })))
+                for shard in passed {
+                    desk.table.completed(shard);
+                }
+                let mut shards = Vec::with_capacity(granted.len());
+                for (shard, epoch) in granted {
+                    desk.table.granted(shard, node, epoch, deadline_ms);
+                    let record = self.state.shard(shard)?.ok_or_else(|| {
+                        StateError::Inconsistent(format!("granted shard {shard} is missing"))
+                    })?;
+                    shards.push(LeasedShard {
+                        shard,
+                        job: record.job,
+                        file: record.file,
+                        dataset_id: record.dataset_id,
+                        path: record.path,
+                        start: record.start,
+                        end: record.end,
+                        checkpoint: record.checkpoint,
+                        epoch,
+                        deadline_ms,
+                    });
+                }
+                Ok(Granted::Shards(shards))
             }
-            Response::Error(
-                CommandError::ShardDone { .. }
-                | CommandError::SubmissionAborted { .. }
-                | CommandError::StaleEpoch { .. },
-            ) => {
-                desk.table.completed(shard);
-                Ok(None)
-            }
-            Response::Error(e) => Ok(Some(LeaseReply::Refused(e.to_string()))),
-            other => Ok(Some(LeaseReply::Refused(format!(
-                "unexpected answer {other:?}"
-            )))),
+            Response::Error(e) => Ok(Granted::Refused(e.to_string())),
+            other => Ok(Granted::Refused(format!("unexpected answer {other:?}"))),
         }
     }
 
@@ -214,12 +476,21 @@ impl LeaseDesk {
                 .await
                 .map_err(|e| ProposeError::Raft(e.to_string()))?;
             let held = desk.table.take_over_from(&self.state, now)?;
+            let live = self.state.nodes()?.into_iter().filter(|n| !n.lost);
+            desk.nodes
+                .take_over(live.map(|n| (n.info.id, n.info.incarnation)), now);
             tracing::info!(term, held, "lease desk taken over");
             desk.term = Some(term);
-            desk.cursor = ShardId(0);
+            desk.cursors.clear();
         }
         Ok(())
     }
+}
+
+/// What a grant came to.
+enum Granted {
+    Shards(Vec<LeasedShard>),
+    Refused(String),
 }
 
 fn now_ms() -> u64 {

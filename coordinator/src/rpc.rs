@@ -103,10 +103,12 @@ mod tests {
     /// What a network transport does: serialize, carry, deserialize.
     #[test]
     fn rpcs_survive_serialization() {
-        let cmd = Command::CompleteShard {
-            shard: ShardId(3),
+        let cmd = Command::CompleteShards {
             node: NodeId(2),
-            epoch: Epoch(7),
+            shards: vec![proto_schema::command::ShardDone {
+                shard: ShardId(3),
+                epoch: Epoch(7),
+            }],
         };
         let log_id = LogId::new(CommittedLeaderId::new(4, 1), 10);
         let rpc = RaftRpc::AppendEntries(AppendEntriesRequest {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use proto_schema::coordinator_api::{
     DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport,
 };
-use proto_schema::ids::DatasetId;
+use proto_schema::ids::{DatasetId, JobId};
 
 use crate::contacts::Contacts;
 use crate::state::records::{Job, JobState};
@@ -96,12 +96,28 @@ pub fn report(
     })
 }
 
+/// One job's status, or `None` if there is no such job.
+pub fn job(state: &StateMachineStore, id: JobId) -> Result<Option<JobStatus>, StateError> {
+    let Some(job) = state.job(id)? else {
+        return Ok(None);
+    };
+    let names: BTreeMap<DatasetId, String> = state
+        .datasets()?
+        .into_iter()
+        .map(|d| (d.id, d.spec.name))
+        .collect();
+    let leased = state.leased_per_job()?.get(&id).copied().unwrap_or(0);
+    Ok(Some(job_status(&job, &names, leased)))
+}
+
 fn job_status(job: &Job, names: &BTreeMap<DatasetId, String>, leased: u64) -> JobStatus {
     JobStatus {
         id: job.id,
         dataset: names.get(&job.dataset_id).cloned().unwrap_or_default(),
         began_ms: job.began_ms,
         submitting: job.state == JobState::Submitting,
+        committed: job.state == JobState::Committed,
+        aborted: job.state == JobState::Aborted,
         new: job.counts.new,
         changed: job.counts.changed,
         unchanged: job.counts.unchanged,

@@ -1,7 +1,7 @@
 //! Three coordinator replicas in one process over the in-process router,
 //! written to by `coordinator_client` (the client and submission protocol
-//! users run): leader loss, catch-up through a streamed snapshot, and
-//! redirects.
+//! users run): leader loss, catch-up through a streamed snapshot,
+//! redirects, and a node's leases, heartbeats and loss.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,8 +21,9 @@ use coordinator_client::submission::{self, AbortOutcome, SubmitError, SubmitOpti
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
-    Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response,
+    Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response, StagedCounts,
 };
+use proto_schema::coordinator_api::{HeartbeatReply, LeaseReply, NodeRegistration};
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
 mod common;
@@ -39,6 +40,7 @@ struct Replica {
 struct Cluster {
     router: Router,
     config: Arc<Config>,
+    lease_ms: u64,
     dir: tempfile::TempDir,
     replicas: BTreeMap<ReplicaId, Replica>,
 }
@@ -51,6 +53,10 @@ fn member(id: ReplicaId) -> Member {
 
 impl Cluster {
     async fn start(ids: &[ReplicaId]) -> Self {
+        Self::start_with_lease(ids, DEFAULT_LEASE_MS).await
+    }
+
+    async fn start_with_lease(ids: &[ReplicaId], lease_ms: u64) -> Self {
         let config = Config {
             heartbeat_interval: 50,
             election_timeout_min: 300,
@@ -65,6 +71,7 @@ impl Cluster {
         let mut cluster = Self {
             router: Router::default(),
             config: Arc::new(config.validate().unwrap()),
+            lease_ms,
             dir: tempfile::TempDir::new().unwrap(),
             replicas: BTreeMap::new(),
         };
@@ -102,7 +109,7 @@ impl Cluster {
         let api = ClientApi::new(
             raft.clone(),
             state.clone(),
-            DEFAULT_LEASE_MS,
+            self.lease_ms,
             Contacts::default(),
         );
         self.router.add(id, member(id).addr, api);
@@ -195,7 +202,11 @@ async fn a_new_leader_is_elected_and_no_committed_command_is_lost() {
     for id in 1..=20 {
         assert_eq!(
             cluster.write(&node(id)).await,
-            Response::NodeRegistered { id: NodeId(id) }
+            Response::NodeRegistered {
+                id: NodeId(id),
+                incarnation: 1,
+                released: 0
+            }
         );
     }
     cluster.write(&dataset("ds")).await;
@@ -212,7 +223,11 @@ async fn a_new_leader_is_elected_and_no_committed_command_is_lost() {
     // cluster keeps taking writes.
     assert_eq!(
         cluster.write(&node(21)).await,
-        Response::NodeRegistered { id: NodeId(21) }
+        Response::NodeRegistered {
+            id: NodeId(21),
+            incarnation: 1,
+            released: 0
+        }
     );
     cluster.converge().await;
     for replica in cluster.replicas.values() {
@@ -314,7 +329,11 @@ async fn a_write_to_a_follower_is_redirected_to_the_leader() {
             assert_eq!(address, Some(member(leader).addr));
             assert_eq!(
                 propose::propose(cluster.raft(to), &node(1)).await.unwrap(),
-                Response::NodeRegistered { id: NodeId(1) }
+                Response::NodeRegistered {
+                    id: NodeId(1),
+                    incarnation: 1,
+                    released: 0
+                }
             );
         }
         other => panic!("expected a redirect, got {other:?}"),
@@ -396,18 +415,19 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
 
     let old = cluster.leader().await;
     let mut table = LeaseTable::new(10_000);
-    let Response::LeaseGranted {
+    let Response::LeasesGranted {
         node,
-        epoch,
+        granted,
         deadline_ms,
         ..
     } = cluster
-        .propose(&table.grant(shard, NodeId(1), Epoch(0), 1_000))
+        .propose(&table.grant(NodeId(1), &[(shard, Epoch(0))], 1_000))
         .await
     else {
         panic!("grant refused")
     };
-    table.granted(shard, node, epoch, deadline_ms);
+    assert_eq!(granted, vec![(shard, Epoch(1))]);
+    table.granted(shard, node, Epoch(1), deadline_ms);
     cluster.converge().await;
     cluster.stop(old).await;
 
@@ -442,14 +462,10 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
 
     // Node 1 goes quiet; the shard goes to node 2 at epoch 2.
     assert_eq!(table.expired(75_000), vec![(shard, Epoch(1))]);
-    let regrant = table.grant(shard, NodeId(2), Epoch(1), 75_000);
+    let regrant = table.grant(NodeId(2), &[(shard, Epoch(1))], 75_000);
     assert!(matches!(
         cluster.propose(&regrant).await,
-        Response::LeaseGranted {
-            epoch: Epoch(2),
-            node: NodeId(2),
-            ..
-        }
+        Response::LeasesGranted { node: NodeId(2), granted, .. } if granted == vec![(shard, Epoch(2))]
     ));
     let mut client = cluster.client();
     assert_eq!(
@@ -473,4 +489,213 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
             checkpoint: 10
         }
     );
+}
+
+/// A node's life as the leader sees it: registered with an incarnation,
+/// leases granted several per log write and numbered by the manifest,
+/// heartbeats and renewals without a log write, completions batched; a
+/// node silent past the lease time is declared lost through the log, its
+/// shards leased again at the next epoch, its late reports fenced, its
+/// lost incarnation refused; the job commits once every shard is done and
+/// every live node staged counts that reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_lost() {
+    const LEASE_MS: u64 = 1_000;
+    let cluster = Cluster::start_with_lease(&[1], LEASE_MS).await;
+    let mut client = cluster.client();
+    let registration = |node: u64, incarnation: u64| NodeRegistration {
+        node: NodeId(node),
+        incarnation,
+        address: format!("10.0.0.{node}:7000"),
+        cert_fingerprint: [node as u8; 32],
+    };
+    for node in [1, 2] {
+        assert_eq!(
+            client.register(registration(node, 5)).await.unwrap(),
+            Response::NodeRegistered {
+                id: NodeId(node),
+                incarnation: 5,
+                released: 0
+            }
+        );
+    }
+    cluster.write(&dataset("ds")).await;
+    let manifest = files(10);
+    let job = submit(&cluster, "ds", manifest.clone(), 4).await;
+    let raft = cluster.raft(cluster.leader().await).clone();
+    let log_index = || raft.metrics().borrow().last_log_index.unwrap();
+
+    // Six shards in one log write, then the other four.
+    let before = log_index();
+    let LeaseReply::Leased(first) = client.lease(NodeId(1), 6, None).await.unwrap() else {
+        panic!("no lease")
+    };
+    assert_eq!((first.len(), log_index()), (6, before + 1));
+    assert_eq!(
+        client
+            .lease(NodeId(1), 1, Some(JobId(job.get() + 1)))
+            .await
+            .unwrap(),
+        LeaseReply::NoWork,
+        "four pending, none of another job"
+    );
+    let LeaseReply::Leased(second) = client.lease(NodeId(2), 100, None).await.unwrap() else {
+        panic!("no lease")
+    };
+    assert_eq!(second.len(), 4);
+    assert_eq!(
+        client.lease(NodeId(1), 1, None).await.unwrap(),
+        LeaseReply::NoWork
+    );
+    for lease in first.iter().chain(&second) {
+        let place = manifest.iter().position(|f| f.path == lease.path).unwrap();
+        assert_eq!(lease.file, place as u64, "numbered by the manifest");
+        assert_eq!((lease.job, lease.epoch), (job, Epoch(1)));
+    }
+
+    // Contiguous partition ranges over the live nodes, at epoch 1, the
+    // same map while they stay live.
+    let first_map = client.partition_map(NodeId(1), "ds").await.unwrap();
+    assert_eq!(first_map.epoch, Epoch(1));
+    assert_eq!(first_map.nodes(), vec![NodeId(1), NodeId(2)]);
+    assert_eq!(
+        client.partition_map(NodeId(2), "ds").await.unwrap(),
+        first_map
+    );
+
+    // Heartbeats renew without the log; completions come in one write.
+    let before = log_index();
+    for _ in 0..3 {
+        let beat = client.heartbeat(NodeId(1), 5, vec![]).await.unwrap();
+        assert!(
+            matches!(beat, HeartbeatReply::Alive { renewed: 6, .. }),
+            "{beat:?}"
+        );
+    }
+    assert_eq!(log_index(), before);
+    let done: Vec<(ShardId, Epoch)> = first[..3].iter().map(|l| (l.shard, l.epoch)).collect();
+    let Response::ShardsCompleted { completed, refused } =
+        client.complete_shards(NodeId(1), done).await.unwrap()
+    else {
+        panic!("completion refused")
+    };
+    assert_eq!((completed.len(), refused.len()), (3, 0));
+    assert_eq!(log_index(), before + 1);
+
+    // Node 2 goes silent; node 1 keeps beating past the lease time.
+    let silent_since = Instant::now();
+    while silent_since.elapsed() < Duration::from_millis(LEASE_MS + 300) {
+        let beat = client.heartbeat(NodeId(1), 5, vec![]).await.unwrap();
+        assert!(matches!(beat, HeartbeatReply::Alive { .. }), "{beat:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let LeaseReply::Leased(taken_over) = client.lease(NodeId(1), 100, None).await.unwrap() else {
+        panic!("node 2's shards are not leased again")
+    };
+    let mut shards: Vec<ShardId> = taken_over.iter().map(|l| l.shard).collect();
+    let mut lost: Vec<ShardId> = second.iter().map(|l| l.shard).collect();
+    shards.sort_unstable();
+    lost.sort_unstable();
+    assert_eq!(shards, lost);
+    assert!(taken_over.iter().all(|l| l.epoch == Epoch(2)));
+    let state = &cluster.replicas[&1].state;
+    assert!(state.node(NodeId(2)).unwrap().unwrap().lost);
+    // Node 2's partitions go to node 1 at the next epoch.
+    let second_map = client.partition_map(NodeId(1), "ds").await.unwrap();
+    assert_eq!(second_map.epoch, Epoch(2));
+    assert_eq!(second_map.nodes(), vec![NodeId(1)]);
+    assert_eq!(
+        client.heartbeat(NodeId(2), 5, vec![]).await.unwrap(),
+        HeartbeatReply::Unknown
+    );
+    let late = vec![(second[0].shard, Epoch(1))];
+    let Response::ShardsCompleted { completed, refused } =
+        client.complete_shards(NodeId(2), late).await.unwrap()
+    else {
+        panic!("completion refused")
+    };
+    assert!(completed.is_empty());
+    assert!(matches!(refused[0].1, CommandError::StaleEpoch { .. }));
+    assert_eq!(
+        client.register(registration(2, 5)).await.unwrap(),
+        Response::Error(CommandError::NodeLost { node: NodeId(2) })
+    );
+    assert_eq!(
+        client.register(registration(2, 4)).await.unwrap(),
+        Response::Error(CommandError::StaleIncarnation {
+            node: NodeId(2),
+            presented: 4,
+            current: 5
+        })
+    );
+    assert!(matches!(
+        client.register(registration(2, 6)).await.unwrap(),
+        Response::NodeRegistered { incarnation: 6, .. }
+    ));
+
+    // Node 1 finishes everything and stages; the job commits once node 2
+    // (live again) has staged too, with counts that reconcile.
+    let rest: Vec<(ShardId, Epoch)> = first[3..]
+        .iter()
+        .chain(&taken_over)
+        .map(|l| (l.shard, l.epoch))
+        .collect();
+    client.complete_shards(NodeId(1), rest).await.unwrap();
+    let counts = StagedCounts {
+        read: 10,
+        unique: 7,
+        duplicates: 3,
+        rejected: 0,
+    };
+    let map = client.partition_map(NodeId(1), "ds").await.unwrap();
+    assert_eq!(
+        (map.epoch, map.nodes()),
+        (Epoch(3), vec![NodeId(1), NodeId(2)])
+    );
+    assert!(matches!(
+        client
+            .stage(NodeId(1), job, counts, second_map.epoch)
+            .await
+            .unwrap(),
+        Response::Error(CommandError::StaleMapEpoch {
+            presented: Epoch(2),
+            current: Epoch(3),
+            ..
+        })
+    ));
+    assert_eq!(
+        client
+            .stage(NodeId(1), job, counts, map.epoch)
+            .await
+            .unwrap(),
+        Response::JobStaged {
+            job,
+            committed: false
+        }
+    );
+    let wrong = StagedCounts {
+        read: 1,
+        ..StagedCounts::default()
+    };
+    assert!(matches!(
+        client
+            .stage(NodeId(2), job, wrong, map.epoch)
+            .await
+            .unwrap(),
+        Response::Error(CommandError::CountsDoNotReconcile { .. })
+    ));
+    assert!(!client.job(job).await.unwrap().unwrap().committed);
+    assert_eq!(
+        client
+            .stage(NodeId(2), job, StagedCounts::default(), map.epoch)
+            .await
+            .unwrap(),
+        Response::JobStaged {
+            job,
+            committed: true
+        }
+    );
+    let status = client.job(job).await.unwrap().unwrap();
+    assert!(status.committed);
+    assert_eq!((status.shards_done, status.shards_pending), (10, 0));
 }

@@ -16,8 +16,10 @@ use coordinator::{CommandBytes, StateMachineStore};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use proptest::prelude::*;
+use proto_schema::PartitionMap;
 use proto_schema::command::{
-    Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, MAX_PATH_BYTES, NodeInfo,
+    Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, LeaseGrant, MAX_PATH_BYTES, NodeInfo,
+    ShardDone, StagedCounts,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
@@ -65,6 +67,7 @@ fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (small.clone(), ".{0,300}").prop_map(|(id, address)| Command::RegisterNode(NodeInfo {
             id: NodeId(id),
+            incarnation: 1,
             address,
             cert_fingerprint: [1; 32],
         })),
@@ -72,6 +75,7 @@ fn command() -> impl Strategy<Value = Command> {
             name,
             format: DatasetFormat::Jsonl,
             key: KeySpec::JsonPointer(pointer),
+            partitions: 4,
         })),
         name().prop_map(|dataset| Command::BeginSubmission { dataset, now_ms: 1 }),
         (
@@ -89,6 +93,7 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(dataset, submission, files)| Command::SubmitChunk {
                 dataset,
                 submission: JobId(submission),
+                first_file: 0,
                 files: files
                     .into_iter()
                     .map(|(path, size, checksum)| FileEntry {
@@ -108,10 +113,12 @@ fn command() -> impl Strategy<Value = Command> {
             submission: JobId(submission)
         }),
         (small.clone(), small.clone(), small.clone()).prop_map(|(shard, node, expected_epoch)| {
-            Command::GrantLease {
-                shard: ShardId(shard),
+            Command::GrantLeases {
                 node: NodeId(node),
-                expected_epoch: Epoch(expected_epoch),
+                shards: vec![LeaseGrant {
+                    shard: ShardId(shard),
+                    expected_epoch: Epoch(expected_epoch),
+                }],
                 deadline_ms: 1,
             }
         }),
@@ -124,14 +131,42 @@ fn command() -> impl Strategy<Value = Command> {
             }
         ),
         (small.clone(), small.clone(), small.clone()).prop_map(|(shard, node, epoch)| {
-            Command::CompleteShard {
-                shard: ShardId(shard),
+            Command::CompleteShards {
                 node: NodeId(node),
-                epoch: Epoch(epoch),
+                shards: vec![ShardDone {
+                    shard: ShardId(shard),
+                    epoch: Epoch(epoch),
+                }],
             }
         }),
-        prop::collection::vec((any::<u32>(), small.prop_map(NodeId)), 0..4)
-            .prop_map(|assignments| Command::AssignPartitions { assignments }),
+        (
+            name(),
+            prop::collection::vec(small.clone().prop_map(NodeId), 1..4),
+            small.clone()
+        )
+            .prop_map(|(dataset, nodes, epoch)| Command::AssignPartitions {
+                dataset,
+                map: PartitionMap::split(4, &nodes, Epoch(epoch)),
+            }),
+        (small.clone(), small.clone()).prop_map(|(node, incarnation)| {
+            Command::DeclareNodeLost {
+                node: NodeId(node),
+                incarnation,
+            }
+        }),
+        (small.clone(), small.clone(), any::<[u8; 4]>(), small).prop_map(
+            |(job, node, c, epoch)| Command::StageJob {
+                job: JobId(job),
+                node: NodeId(node),
+                counts: StagedCounts {
+                    read: c[0].into(),
+                    unique: c[1].into(),
+                    duplicates: c[2].into(),
+                    rejected: c[3].into(),
+                },
+                map_epoch: Epoch(epoch),
+            }
+        ),
     ]
 }
 

@@ -32,8 +32,12 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::{CommittedLeaderId, Config, LogId, SnapshotPolicy, Vote};
 use proto_schema::ca::ClusterCa;
-use proto_schema::command::{Command, CommandError, FileEntry, MAX_PATH_BYTES, Response};
-use proto_schema::coordinator_api::{self, LeaseReply, LeasedShard, Refusal, Reply, Request};
+use proto_schema::command::{
+    Command, CommandError, FileEntry, LeaseGrant, MAX_PATH_BYTES, Response, ShardDone,
+};
+use proto_schema::coordinator_api::{
+    self, HeartbeatReply, LeaseReply, LeasedShard, Refusal, Reply, Request,
+};
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 use proto_schema::quic::{RpcClient, RpcConfig, RpcError};
 use proto_schema::tls::TlsIdentity;
@@ -411,6 +415,7 @@ async fn commands_out_of_bounds_are_refused_before_the_log_and_snapshots_go_on()
     let chunk = |files: Vec<FileEntry>| Command::SubmitChunk {
         dataset: "ds".into(),
         submission,
+        first_file: 0,
         files,
     };
     // Paths each within bounds, 2.4 MiB in all: more than an entry holds.
@@ -516,13 +521,15 @@ async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
     cluster.converge().await;
     let before = log_indexes(&cluster);
     let grants_refused =
-        format!("{REQUEST_REFUSED_METRIC}{{role=\"node\",request=\"grant_lease\"}}");
+        format!("{REQUEST_REFUSED_METRIC}{{role=\"node\",request=\"grant_leases\"}}");
     let grants_refused_before = counter(&grants_refused);
 
-    let grant = |node| Command::GrantLease {
-        shard: ShardId(1),
+    let grant = |node| Command::GrantLeases {
         node,
-        expected_epoch: Epoch(0),
+        shards: vec![LeaseGrant {
+            shard: ShardId(1),
+            expected_epoch: Epoch(0),
+        }],
         deadline_ms: u64::MAX,
     };
     let abort = Command::AbortSubmission {
@@ -536,7 +543,7 @@ async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
     let node_refusals = [
         (
             grant(NodeId(5)),
-            "refused grant_lease from a node 5 certificate: only the leader",
+            "refused grant_leases from a node 5 certificate: only the leader",
         ),
         (
             abort.clone(),
@@ -547,10 +554,12 @@ async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
             "register_node from a node 5 certificate: node-5's certificate speaks for node 5 only, not for node 6",
         ),
         (
-            Command::CompleteShard {
-                shard: ShardId(1),
+            Command::CompleteShards {
                 node: NodeId(6),
-                epoch: Epoch(1),
+                shards: vec![ShardDone {
+                    shard: ShardId(1),
+                    epoch: Epoch(1),
+                }],
             },
             "speaks for node 5 only, not for node 6",
         ),
@@ -565,7 +574,7 @@ async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
         matches!(&renew, Err(ClientError::Refused(Refusal::Forbidden(f))) if f.request == "renew"),
         "{renew:?}"
     );
-    let lease = node_5.lease(NodeId(6)).await;
+    let lease = node_5.lease(NodeId(6), 1, None).await;
     assert!(matches!(&lease, Err(ClientError::Refused(_))), "{lease:?}");
     // An operator may not lease, nor grant; a replica's certificate is
     // for Raft only.
@@ -593,7 +602,7 @@ async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
     let log = warnings();
     assert!(
         log.lines().any(
-            |l| l.contains("refused grant_lease from a node 5 certificate")
+            |l| l.contains("refused grant_leases from a node 5 certificate")
                 && l.contains("name=Some(\"node-5\")")
         ),
         "{log}"
@@ -603,7 +612,10 @@ async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
         operator.write(&abort).await.unwrap(),
         Response::SubmissionAborted { submission }
     );
-    assert_eq!(node_5.lease(NodeId(5)).await.unwrap(), LeaseReply::NoWork);
+    assert_eq!(
+        node_5.lease(NodeId(5), 1, None).await.unwrap(),
+        LeaseReply::NoWork
+    );
 }
 
 /// A client configuration that trusts the cluster CA but presents no
@@ -890,8 +902,8 @@ async fn raft_rpcs_from_a_client_certificate_are_refused() {
 }
 
 async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
-    match client.lease(NodeId(node)).await.unwrap() {
-        LeaseReply::Leased(shard) => shard,
+    match client.lease(NodeId(node), 1, None).await.unwrap() {
+        LeaseReply::Leased(mut shards) if shards.len() == 1 => shards.remove(0),
         other => panic!("node {node} got no lease: {other:?}"),
     }
 }
@@ -899,7 +911,7 @@ async fn leased(client: &mut CoordinatorClient, node: u64) -> LeasedShard {
 /// `node` reports `lease`'s shard complete, at the lease's epoch.
 async fn complete(client: &mut CoordinatorClient, node: u64, lease: &LeasedShard) -> Response {
     client
-        .complete_shard(NodeId(node), lease.shard, lease.epoch)
+        .complete_shards(NodeId(node), vec![(lease.shard, lease.epoch)])
         .await
         .unwrap()
 }
@@ -918,9 +930,9 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let submission = submit(&mut client, "ds", files(3), 3).await;
 
     // Three files, three shards; an unknown node gets none.
-    let unknown = n99.lease(NodeId(99)).await.unwrap();
+    let unknown = n99.lease(NodeId(99), 1, None).await.unwrap();
     assert!(
-        matches!(&unknown, LeaseReply::Refused(r) if r.contains("unknown node")),
+        matches!(&unknown, LeaseReply::Refused(r) if r.contains("not registered")),
         "{unknown:?}"
     );
     let a = leased(&mut n7, 7).await;
@@ -945,6 +957,10 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let log_before = cluster.raft(leader).metrics().borrow().last_log_index;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(LEASE_MS / 2)).await;
+        // Node 8 has no lease yet, but stays alive by its heartbeats: a
+        // node silent past the lease time is declared lost.
+        let beat = n8.heartbeat(NodeId(8), 1, vec![]).await.unwrap();
+        assert!(matches!(beat, HeartbeatReply::Alive { .. }), "{beat:?}");
         let renewed = n7.renew(NodeId(7), a.shard, a.epoch).await.unwrap();
         assert!(
             matches!(renewed, LeaseReply::Renewed { deadline_ms } if deadline_ms > a.deadline_ms),
@@ -970,16 +986,24 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     assert!(matches!(&late, LeaseReply::Refused(_)), "{late:?}");
     let fenced = complete(&mut n7, 7, &b).await;
     assert!(
-        matches!(fenced, Response::Error(CommandError::StaleEpoch { .. })),
+        matches!(&fenced, Response::ShardsCompleted { completed, refused }
+            if completed.is_empty()
+                && matches!(refused[..], [(_, CommandError::StaleEpoch { .. })])),
         "{fenced:?}"
     );
 
     // The last pending shard, then nothing.
     let c = leased(&mut n8, 8).await;
     assert!(![a.shard, b.shard].contains(&c.shard));
-    assert_eq!(n8.lease(NodeId(8)).await.unwrap(), LeaseReply::NoWork);
+    assert_eq!(
+        n8.lease(NodeId(8), 1, None).await.unwrap(),
+        LeaseReply::NoWork
+    );
     let done = complete(&mut n7, 7, &a).await;
-    assert!(matches!(done, Response::ShardCompleted { .. }), "{done:?}");
+    assert!(
+        matches!(&done, Response::ShardsCompleted { completed, .. } if completed == &[a.shard]),
+        "{done:?}"
+    );
 
     // A new leader takes the leases over with full deadlines: the holders
     // renew on, and nothing is granted twice.
@@ -994,7 +1018,10 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
         let renewed = n8.renew(NodeId(8), lease.shard, lease.epoch).await.unwrap();
         assert!(matches!(renewed, LeaseReply::Renewed { .. }), "{renewed:?}");
     }
-    assert_eq!(n7.lease(NodeId(7)).await.unwrap(), LeaseReply::NoWork);
+    assert_eq!(
+        n7.lease(NodeId(7), 1, None).await.unwrap(),
+        LeaseReply::NoWork
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ pub mod frame;
 pub mod ids;
 pub mod log_limit;
 pub mod partition;
+pub mod partition_map;
 pub mod quic;
 pub mod shuffle;
 pub mod tls;
@@ -30,3 +31,4 @@ pub use batch::{BatchShape, BatchView, Position, Record, RecordBatch, RunTrailer
 pub use frame::{Frame, FrameError, FrameHeader, FrameKind, FrameReader, write_frame};
 pub use ids::{DatasetId, Epoch, JobId, NodeId, PartitionId, ShardId};
 pub use partition::{key_hash, partition_of, partition_of_hash};
+pub use partition_map::{PartitionMap, PartitionRange};

@@ -12,9 +12,12 @@
 use std::io::Cursor;
 
 use proptest::prelude::*;
-use proto_schema::command::{Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo};
+use proto_schema::command::{
+    Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, LeaseGrant, NodeInfo,
+};
 use proto_schema::coordinator_api::{self, Applied, CommandBytes, RaftMessage, Reply, Request};
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
+use proto_schema::partition_map::PartitionMap;
 use proto_schema::{
     FrameKind, FrameReader, Position, Record, RecordBatch, ValidBatch, write_frame,
 };
@@ -42,6 +45,7 @@ fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (any::<u64>(), ".{0,30}").prop_map(|(id, address)| Command::RegisterNode(NodeInfo {
             id: id.into(),
+            incarnation: 1,
             address,
             cert_fingerprint: [7; 32],
         })),
@@ -50,6 +54,7 @@ fn command() -> impl Strategy<Value = Command> {
                 name,
                 format: DatasetFormat::Jsonl,
                 key: KeySpec::JsonPointer(pointer),
+                partitions: 64,
             })
         }),
         (
@@ -60,18 +65,28 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(dataset, submission, files)| Command::SubmitChunk {
                 dataset,
                 submission: submission.into(),
+                first_file: 0,
                 files,
             }),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(shard, node, expected_epoch, deadline_ms)| Command::GrantLease {
-                shard: shard.into(),
+            |(shard, node, expected_epoch, deadline_ms)| Command::GrantLeases {
                 node: node.into(),
-                expected_epoch: expected_epoch.into(),
+                shards: vec![LeaseGrant {
+                    shard: shard.into(),
+                    expected_epoch: expected_epoch.into(),
+                }],
                 deadline_ms,
             }
         ),
-        prop::collection::vec((any::<u32>(), any::<u64>().prop_map(NodeId)), 0..8)
-            .prop_map(|assignments| Command::AssignPartitions { assignments }),
+        (
+            ".{0,30}",
+            1u16..1000,
+            prop::collection::vec(any::<u64>().prop_map(NodeId), 1..8)
+        )
+            .prop_map(|(dataset, partitions, nodes)| Command::AssignPartitions {
+                dataset,
+                map: PartitionMap::split(partitions, &nodes, Epoch(1)),
+            }),
     ]
 }
 
@@ -81,7 +96,22 @@ fn request() -> impl Strategy<Value = Request> {
         prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| Request::Raft(RaftMessage(b))),
         Just(Request::Status),
         Just(Request::Replica),
-        any::<u64>().prop_map(|node| Request::Lease { node: NodeId(node) }),
+        (any::<u64>(), any::<u32>()).prop_map(|(node, max)| Request::Lease {
+            node: NodeId(node),
+            max,
+            job: None,
+        }),
+        (
+            any::<u64>(),
+            prop::collection::vec((any::<u64>(), any::<u64>()), 0..8)
+        )
+            .prop_map(|(node, shards)| Request::Complete {
+                node: NodeId(node),
+                shards: shards
+                    .into_iter()
+                    .map(|(shard, epoch)| (ShardId(shard), Epoch(epoch)))
+                    .collect(),
+            }),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(node, shard, epoch)| {
             Request::Renew {
                 node: NodeId(node),

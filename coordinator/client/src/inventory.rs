@@ -133,11 +133,22 @@ pub fn read_manifest(path: &Path, memory: &SortMemory) -> Result<Inventory, Inve
 
 /// Walks a directory into the sort.
 pub fn read_walk(dir: &Path, memory: &SortMemory) -> Result<Inventory, InventoryError> {
+    read_walks(&[dir], memory)
+}
+
+/// As [`read_walk`], of several roots (directories or files) as one
+/// inventory in path order; a file under two roots is a repeated path.
+pub fn read_walks(
+    roots: &[impl AsRef<Path>],
+    memory: &SortMemory,
+) -> Result<Inventory, InventoryError> {
     let mut sorter = PathSorter::new(memory)?;
     let mut files = 0;
-    for entry in read_ahead(walk(dir)?)? {
-        files += 1;
-        sorter.push(&entry?, files)?;
+    for root in roots {
+        for entry in read_ahead(walk(root.as_ref())?)? {
+            files += 1;
+            sorter.push(&entry?, files)?;
+        }
     }
     let sorted = sorter.finish()?;
     Ok(Inventory {

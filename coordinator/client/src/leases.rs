@@ -1,19 +1,59 @@
-//! The calls a node makes for its work: ask the leader for a shard
-//! (`lease`), keep it (`renew`, no log write), and report on it
-//! (`report_progress`, `complete_shard`: ordinary commands through the
-//! log, fenced by the lease's epoch).
+//! The calls a node makes for its work: join (`register`, a new
+//! incarnation per start), stay alive (`heartbeat`: extends every lease it
+//! holds and carries its progress, no log write), ask the leader for
+//! shards (`lease`, several granted in one log write), keep one
+//! (`renew`), report on them (`report_progress`, `complete_shards`,
+//! fenced by each lease's epoch), learn which partitions it owns
+//! (`partition_map`), stage its part of a job (`stage`, under the map's
+//! epoch) and follow the job to its commit (`job`).
 
-use proto_schema::command::{Command, Response};
-use proto_schema::coordinator_api::{LeaseReply, Reply, Request};
-use proto_schema::ids::{Epoch, NodeId, ShardId};
+use proto_schema::PartitionMap;
+use proto_schema::command::{Response, StagedCounts};
+use proto_schema::coordinator_api::{
+    Applied, HeartbeatReply, JobStatus, LeaseReply, NodeRegistration, Reply, Request, ShardProgress,
+};
+use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
 use crate::client::{ClientError, CoordinatorClient};
 use crate::transport::Transport;
 
 impl<T: Transport> CoordinatorClient<T> {
-    /// Asks the leader for a shard for `node` to work on.
-    pub async fn lease(&mut self, node: NodeId) -> Result<LeaseReply, ClientError> {
-        self.lease_call(&Request::Lease { node }).await
+    /// Registers `registration.node` at its incarnation. Sent again after
+    /// an ambiguous failure: the same incarnation twice is one registration.
+    pub async fn register(
+        &mut self,
+        registration: NodeRegistration,
+    ) -> Result<Response, ClientError> {
+        self.written(&Request::Register(registration), true).await
+    }
+
+    /// `node`'s heartbeat to the leader, with where its scans are.
+    pub async fn heartbeat(
+        &mut self,
+        node: NodeId,
+        incarnation: u64,
+        progress: Vec<ShardProgress>,
+    ) -> Result<HeartbeatReply, ClientError> {
+        let request = Request::Heartbeat {
+            node,
+            incarnation,
+            progress,
+        };
+        match self.call(&request, true).await? {
+            Reply::Heartbeat(reply) => Ok(reply),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Asks the leader for up to `max` shards for `node` to work on, of
+    /// `job` only if named.
+    pub async fn lease(
+        &mut self,
+        node: NodeId,
+        max: u32,
+        job: Option<JobId>,
+    ) -> Result<LeaseReply, ClientError> {
+        self.lease_call(&Request::Lease { node, max, job }).await
     }
 
     /// Renews `node`'s lease of `shard` at `epoch`.
@@ -36,7 +76,7 @@ impl<T: Transport> CoordinatorClient<T> {
         epoch: Epoch,
         offset: u64,
     ) -> Result<Response, ClientError> {
-        let report = Command::ReportProgress {
+        let report = proto_schema::command::Command::ReportProgress {
             shard,
             node,
             epoch,
@@ -45,15 +85,71 @@ impl<T: Transport> CoordinatorClient<T> {
         self.write(&report).await
     }
 
-    /// Records that `node` finished `shard` under the lease's `epoch`.
-    pub async fn complete_shard(
+    /// Records that `node` finished `shards` (`(shard, epoch)`), in one
+    /// log write. Sent again after an ambiguous failure: completing a
+    /// shard twice is refused for that shard only (`ShardDone`).
+    pub async fn complete_shards(
         &mut self,
         node: NodeId,
-        shard: ShardId,
-        epoch: Epoch,
+        shards: Vec<(ShardId, Epoch)>,
     ) -> Result<Response, ClientError> {
-        let complete = Command::CompleteShard { shard, node, epoch };
-        self.write(&complete).await
+        self.written(&Request::Complete { node, shards }, true)
+            .await
+    }
+
+    /// `node` staged its part of `job` with these counts, under the
+    /// partition map of `map_epoch`. Sent again after an ambiguous
+    /// failure: a second report replaces the first.
+    pub async fn stage(
+        &mut self,
+        node: NodeId,
+        job: JobId,
+        counts: StagedCounts,
+        map_epoch: Epoch,
+    ) -> Result<Response, ClientError> {
+        let request = Request::Stage {
+            node,
+            job,
+            counts,
+            map_epoch,
+        };
+        self.written(&request, true).await
+    }
+
+    /// `dataset`'s partition map over the live nodes, as the leader has it
+    /// (assigned anew if the live nodes changed).
+    pub async fn partition_map(
+        &mut self,
+        node: NodeId,
+        dataset: &str,
+    ) -> Result<PartitionMap, ClientError> {
+        let request = Request::PartitionMap {
+            node,
+            dataset: dataset.into(),
+        };
+        match self.call(&request, true).await? {
+            Reply::PartitionMap(map) => Ok(map),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The job's progress as the leader has applied it.
+    pub async fn job(&mut self, job: JobId) -> Result<Option<JobStatus>, ClientError> {
+        match self.call(&Request::Job { job }, true).await? {
+            Reply::Job(status) => Ok(status),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    async fn written(
+        &mut self,
+        request: &Request,
+        idempotent: bool,
+    ) -> Result<Response, ClientError> {
+        match self.call(request, idempotent).await? {
+            Reply::Written(Applied(response)) => Ok(response),
+            _ => Err(ClientError::Unexpected),
+        }
     }
 
     /// Neither request is resent once sent: a grant goes through the log

@@ -310,12 +310,18 @@ async fn send_submission<T: Transport>(
         pending_shards: 0,
     };
     let mut pipeline = client.pipeline(options.chunks_in_flight);
+    // Chunks are numbered from their place in the inventory, so that a
+    // file's number does not depend on which chunk is applied first.
+    let mut first_file = 0;
     for files in InventoryChunks::with_max_files(valid, options.max_chunk_files) {
+        let sent = files.len() as u64;
         let chunk = Command::SubmitChunk {
             dataset: dataset.to_owned(),
             submission,
+            first_file,
             files,
         };
+        first_file += sent;
         if let Some(answer) = pipeline.send(&chunk).await? {
             summary.add_chunk(answer, on_event)?;
         }

@@ -50,6 +50,7 @@ fn read(bytes: &[u8], format: ManifestFormat) -> Result<(), TestCaseError> {
                 let cmd = proto_schema::command::Command::SubmitChunk {
                     dataset: "ds".into(),
                     submission: proto_schema::ids::JobId(1),
+                    first_file: 0,
                     files: vec![entry],
                 };
                 prop_assert!(cmd.check_bounds().is_ok(), "{cmd:?}");

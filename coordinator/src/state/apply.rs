@@ -22,7 +22,8 @@
 use std::collections::HashMap;
 
 use proto_schema::command::{
-    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, NodeInfo, Response,
+    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, LeaseGrant, NodeInfo, Response,
+    ShardDone, StagedCounts,
 };
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, WriteBatch};
@@ -33,8 +34,12 @@ use super::keys::{
     CF_SHARDS,
 };
 use super::listed::{self, Listing};
-use super::records::{CatalogEntry, Dataset, FileStatus, Job, JobState, Shard, ShardState, Stored};
+use super::records::{
+    CatalogEntry, Dataset, FileStatus, Job, JobState, Node, Shard, ShardState, Stored,
+};
 use super::sorted_lookup::SortedLookup;
+use proto_schema::PartitionMap;
+use proto_schema::partition_map::MAX_PARTITIONS;
 
 /// The command's answer, or a storage failure (fatal for the replica,
 /// unlike a `CommandError`).
@@ -143,8 +148,9 @@ pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
         Command::SubmitChunk {
             dataset,
             submission,
+            first_file,
             files,
-        } => submit_chunk(tx, &dataset, submission, &files),
+        } => submit_chunk(tx, &dataset, submission, first_file, &files),
         Command::FinishSubmission {
             dataset,
             submission,
@@ -153,20 +159,26 @@ pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
             dataset,
             submission,
         } => abort_submission(tx, &dataset, submission),
-        Command::GrantLease {
-            shard,
+        Command::GrantLeases {
             node,
-            expected_epoch,
+            shards,
             deadline_ms,
-        } => grant_lease(tx, shard, node, expected_epoch, deadline_ms),
+        } => grant_leases(tx, node, &shards, deadline_ms),
         Command::ReportProgress {
             shard,
             node,
             epoch,
             offset,
-        } => report(tx, shard, node, epoch, Some(offset)),
-        Command::CompleteShard { shard, node, epoch } => report(tx, shard, node, epoch, None),
-        Command::AssignPartitions { assignments } => assign_partitions(tx, &assignments),
+        } => report_progress(tx, shard, node, epoch, offset),
+        Command::CompleteShards { node, shards } => complete_shards(tx, node, &shards),
+        Command::AssignPartitions { dataset, map } => assign_partitions(tx, &dataset, map),
+        Command::DeclareNodeLost { node, incarnation } => declare_lost(tx, node, incarnation),
+        Command::StageJob {
+            job,
+            node,
+            counts,
+            map_epoch,
+        } => stage_job(tx, job, node, counts, map_epoch),
     }?;
     Ok(outcome.unwrap_or_else(|err| {
         tx.batch.clear();
@@ -174,12 +186,111 @@ pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
     }))
 }
 
-fn register_node(tx: &mut Tx<'_>, node: NodeInfo) -> Outcome {
-    tx.put(CF_NODES, &keys::id(node.id), &node);
-    Ok(Ok(Response::NodeRegistered { id: node.id }))
+/// Registers a node, or a newer incarnation of it: the leases the older
+/// one held go back to pending. The same incarnation again (a register
+/// whose answer was lost) changes nothing; an older one is refused.
+fn register_node(tx: &mut Tx<'_>, info: NodeInfo) -> Outcome {
+    let (id, incarnation) = (info.id, info.incarnation);
+    let known = tx.get::<Node>(CF_NODES, &keys::id(id))?;
+    let mut released = 0;
+    if let Some(known) = known {
+        let current = known.info.incarnation;
+        if incarnation < current {
+            return Ok(Err(CommandError::StaleIncarnation {
+                node: id,
+                presented: incarnation,
+                current,
+            }));
+        }
+        if incarnation == current {
+            // A lost incarnation stays lost: only a restart comes back.
+            if known.lost {
+                return Ok(Err(CommandError::NodeLost { node: id }));
+            }
+            return Ok(Ok(Response::NodeRegistered {
+                id,
+                incarnation,
+                released: 0,
+            }));
+        }
+        released = release_leases(tx, id)?;
+    }
+    tx.put(CF_NODES, &keys::id(id), &Node { info, lost: false });
+    Ok(Ok(Response::NodeRegistered {
+        id,
+        incarnation,
+        released,
+    }))
+}
+
+/// The leader declares a node's incarnation lost: its leases go back to
+/// pending. A newer incarnation registered meanwhile is not touched.
+fn declare_lost(tx: &mut Tx<'_>, id: NodeId, incarnation: u64) -> Outcome {
+    let Some(mut node) = tx.get::<Node>(CF_NODES, &keys::id(id))? else {
+        return Ok(Err(CommandError::UnknownNode { id }));
+    };
+    if node.info.incarnation != incarnation {
+        return Ok(Err(CommandError::StaleIncarnation {
+            node: id,
+            presented: incarnation,
+            current: node.info.incarnation,
+        }));
+    }
+    let released = if node.lost {
+        0
+    } else {
+        release_leases(tx, id)?
+    };
+    node.lost = true;
+    tx.put(CF_NODES, &keys::id(id), &node);
+    Ok(Ok(Response::NodeDeclaredLost { node: id, released }))
+}
+
+/// Sends the shards leased to `node` back to pending at their epoch, so
+/// their next grant moves the epoch on and fences the old holder. Reads
+/// the lease index: work bounded by the leases in flight.
+fn release_leases(tx: &mut Tx<'_>, node: NodeId) -> Result<u64, StateError> {
+    let leased_cf = tx.cf(CF_LEASED);
+    let mut released = 0;
+    for item in tx.db.iterator_cf(leased_cf, rocksdb::IteratorMode::Start) {
+        let (key, _) = item?;
+        let Some(id) = keys::decode_u64(&key) else {
+            return Err(StateError::Inconsistent(format!(
+                "lease index key {key:02x?}"
+            )));
+        };
+        let Some(mut shard) = tx.get::<Shard>(CF_SHARDS, &key)? else {
+            return Err(StateError::Inconsistent(format!(
+                "leased shard {id} is missing"
+            )));
+        };
+        if shard.holder != Some(node) {
+            continue;
+        }
+        shard.holder = None;
+        shard.state = ShardState::Pending;
+        tx.put(CF_SHARDS, &key, &shard);
+        tx.batch.delete_cf(leased_cf, key);
+        released += 1;
+    }
+    Ok(released)
+}
+
+/// A registered node not declared lost.
+fn live_node(tx: &Tx<'_>, id: NodeId) -> Result<Result<Node, CommandError>, StateError> {
+    Ok(match tx.get::<Node>(CF_NODES, &keys::id(id))? {
+        None => Err(CommandError::UnknownNode { id }),
+        Some(node) if node.lost => Err(CommandError::NodeLost { node: id }),
+        Some(node) => Ok(node),
+    })
 }
 
 fn create_dataset(tx: &mut Tx<'_>, spec: DatasetSpec) -> Outcome {
+    if spec.partitions == 0 || spec.partitions > MAX_PARTITIONS {
+        return Ok(Err(CommandError::BadPartitionCount {
+            partitions: spec.partitions,
+        }));
+    }
     if tx
         .get::<Dataset>(CF_DATASETS, spec.name.as_bytes())?
         .is_some()
@@ -229,6 +340,7 @@ fn begin_submission(tx: &mut Tx<'_>, name: &str, now_ms: u64) -> Outcome {
         gone: 0,
         shards_total: 0,
         shards_done: 0,
+        staged: Vec::new(),
     };
     tx.put(CF_JOBS, &keys::id(submission), &job);
     dataset.open_submission = Some(submission);
@@ -285,7 +397,13 @@ pub fn diff(entry: &FileEntry, live: Option<&CatalogEntry>) -> Diff {
     }
 }
 
-fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: JobId, files: &[FileEntry]) -> Outcome {
+fn submit_chunk(
+    tx: &mut Tx<'_>,
+    name: &str,
+    submission: JobId,
+    first_file: u64,
+    files: &[FileEntry],
+) -> Outcome {
     let (dataset, mut job) = match open_submission(tx, name, submission)? {
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
@@ -342,7 +460,10 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: JobId, files: &[FileEnt
         0
     });
     let mut counts = DiffCounts::default();
-    for (((file, key), (known, _)), diff) in files.iter().zip(&file_keys).zip(known).zip(diffs) {
+    let numbered = files.iter().zip(first_file..);
+    for ((((file, number), key), (known, _)), diff) in
+        numbered.zip(&file_keys).zip(known).zip(diffs)
+    {
         match diff {
             Diff::Unchanged => {
                 counts.unchanged += 1;
@@ -356,6 +477,7 @@ fn submit_chunk(tx: &mut Tx<'_>, name: &str, submission: JobId, files: &[FileEnt
             job: submission,
             dataset_id: dataset.id,
             path: file.path.clone(),
+            file: number,
             start: 0,
             end: file.size,
             state: ShardState::Pending,
@@ -475,63 +597,187 @@ fn shard(tx: &Tx<'_>, id: ShardId) -> Result<Result<Shard, CommandError>, StateE
         .ok_or(CommandError::UnknownShard { id }))
 }
 
-fn grant_lease(
-    tx: &mut Tx<'_>,
-    id: ShardId,
-    node: NodeId,
-    expected_epoch: Epoch,
-    deadline_ms: u64,
-) -> Outcome {
-    if tx.get::<NodeInfo>(CF_NODES, &keys::id(node))?.is_none() {
-        return Ok(Err(CommandError::UnknownNode { id: node }));
+/// Leases each shard that can still be leased to `node`, at its next
+/// epoch; the others are passed over.
+fn grant_leases(tx: &mut Tx<'_>, node: NodeId, grants: &[LeaseGrant], deadline_ms: u64) -> Outcome {
+    if let Err(e) = live_node(tx, node)? {
+        return Ok(Err(e));
     }
-    let mut shard = match shard(tx, id)? {
-        Ok(s) => s,
-        Err(e) => return Ok(Err(e)),
-    };
-    if shard.state == ShardState::Done {
-        return Ok(Err(CommandError::ShardDone { shard: id }));
+    let mut aborted = Aborted::new(tx.db);
+    let (mut granted, mut passed) = (Vec::new(), Vec::new());
+    for grant in grants {
+        let Some(mut shard) = tx.get::<Shard>(CF_SHARDS, &keys::id(grant.shard))? else {
+            passed.push(grant.shard);
+            continue;
+        };
+        if shard.state == ShardState::Done
+            || shard.epoch != grant.expected_epoch
+            || aborted.is_aborted(shard.job)?
+            || granted.iter().any(|&(id, _)| id == shard.id)
+        {
+            passed.push(grant.shard);
+            continue;
+        }
+        shard.epoch = shard.epoch.next();
+        shard.holder = Some(node);
+        shard.state = ShardState::Leased;
+        shard.deadline_ms = deadline_ms;
+        tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
+        let leased = tx.cf(CF_LEASED);
+        tx.batch.put_cf(leased, keys::id(shard.id), []);
+        granted.push((shard.id, shard.epoch));
     }
-    if tx
-        .get::<Job>(CF_JOBS, &keys::id(shard.job))?
-        .is_some_and(|job| job.state == JobState::Aborted)
-    {
-        return Ok(Err(CommandError::SubmissionAborted {
-            shard: id,
-            submission: shard.job,
-        }));
-    }
-    if shard.epoch != expected_epoch {
-        return Ok(Err(CommandError::StaleEpoch {
-            shard: id,
-            presented: expected_epoch,
-            current: shard.epoch,
-        }));
-    }
-    shard.epoch = shard.epoch.next();
-    shard.holder = Some(node);
-    shard.state = ShardState::Leased;
-    shard.deadline_ms = deadline_ms;
-    tx.put(CF_SHARDS, &keys::id(id), &shard);
-    let leased = tx.cf(CF_LEASED);
-    tx.batch.put_cf(leased, keys::id(id), []);
-    Ok(Ok(Response::LeaseGranted {
-        shard: id,
+    Ok(Ok(Response::LeasesGranted {
         node,
-        epoch: shard.epoch,
         deadline_ms,
+        granted,
+        passed,
     }))
 }
 
-/// A progress report (`offset`) or completion (`None`) from a lease holder.
-fn report(
+/// Completes each shard `node` still holds at the epoch it names; a
+/// stale one is refused on its own (another holder has it now). Reads see
+/// the DB, not this batch: a shard named twice is refused the second
+/// time, and each job's count is written once.
+fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome {
+    let (mut completed, mut refused) = (Vec::new(), Vec::new());
+    let mut per_job: HashMap<JobId, u64> = HashMap::new();
+    for d in done {
+        if completed.contains(&d.shard) {
+            refused.push((d.shard, CommandError::ShardDone { shard: d.shard }));
+            continue;
+        }
+        let mut shard = match fenced(tx, d.shard, node, d.epoch)? {
+            Ok(shard) => shard,
+            Err(e) => {
+                refused.push((d.shard, e));
+                continue;
+            }
+        };
+        shard.checkpoint = shard.end;
+        shard.state = ShardState::Done;
+        let leased = tx.cf(CF_LEASED);
+        tx.batch.delete_cf(leased, keys::id(shard.id));
+        complete_file(tx, &shard)?;
+        tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
+        *per_job.entry(shard.job).or_default() += 1;
+        completed.push(shard.id);
+    }
+    for (id, count) in per_job {
+        if let Some(mut job) = tx.get::<Job>(CF_JOBS, &keys::id(id))? {
+            job.shards_done += count;
+            tx.put(CF_JOBS, &keys::id(id), &job);
+        }
+    }
+    Ok(Ok(Response::ShardsCompleted { completed, refused }))
+}
+
+/// An owner's staged counts, under the dataset's current partition map.
+/// The job commits when every shard is done, every owner of the current
+/// map (every live node, before any map) has staged under it, and the sum
+/// of their counts reconciles.
+fn stage_job(
     tx: &mut Tx<'_>,
+    id: JobId,
+    node: NodeId,
+    counts: StagedCounts,
+    map_epoch: Epoch,
+) -> Outcome {
+    if let Err(e) = live_node(tx, node)? {
+        return Ok(Err(e));
+    }
+    let Some(mut job) = tx.get::<Job>(CF_JOBS, &keys::id(id))? else {
+        return Ok(Err(CommandError::JobNotSubmitted { job: id }));
+    };
+    match job.state {
+        JobState::Committed => {
+            return Ok(Ok(Response::JobStaged {
+                job: id,
+                committed: true,
+            }));
+        }
+        JobState::Submitting | JobState::Aborted => {
+            return Ok(Err(CommandError::JobNotSubmitted { job: id }));
+        }
+        JobState::Submitted => {}
+    }
+    let map = tx.get::<PartitionMap>(CF_PARTITIONS, &keys::dataset_prefix(job.dataset_id))?;
+    let current = map.as_ref().map_or(Epoch(0), |m| m.epoch);
+    if map_epoch != current {
+        return Ok(Err(CommandError::StaleMapEpoch {
+            dataset: dataset_name(tx, job.dataset_id)?,
+            presented: map_epoch,
+            current,
+        }));
+    }
+    match job.staged.iter_mut().find(|(owner, _, _)| *owner == node) {
+        Some(entry) => *entry = (node, counts, map_epoch),
+        None => job.staged.push((node, counts, map_epoch)),
+    }
+    let owners: Vec<NodeId> = match &map {
+        Some(map) => map.nodes(),
+        None => live_nodes(tx)?.iter().map(|n| n.info.id).collect(),
+    };
+    let all_staged = owners.iter().all(|owner| {
+        job.staged
+            .iter()
+            .any(|(n, _, epoch)| n == owner && *epoch == current)
+    });
+    let committed = job.shards_done == job.shards_total && all_staged;
+    if committed {
+        let mut total = StagedCounts::default();
+        for (_, c, _) in job.staged.iter().filter(|(n, _, _)| owners.contains(n)) {
+            total.add(*c);
+        }
+        if !total.reconciles() {
+            return Ok(Err(CommandError::CountsDoNotReconcile {
+                job: id,
+                counts: total,
+            }));
+        }
+        job.state = JobState::Committed;
+    }
+    tx.put(CF_JOBS, &keys::id(id), &job);
+    Ok(Ok(Response::JobStaged { job: id, committed }))
+}
+
+/// A dataset's name from its id (a short scan: one record per dataset).
+fn dataset_name(tx: &Tx<'_>, id: DatasetId) -> Result<String, StateError> {
+    for item in tx
+        .db
+        .iterator_cf(tx.cf(CF_DATASETS), rocksdb::IteratorMode::Start)
+    {
+        let dataset = Dataset::decode(&item?.1)?;
+        if dataset.id == id {
+            return Ok(dataset.spec.name);
+        }
+    }
+    Ok(format!("#{id}"))
+}
+
+/// Every registered node not declared lost (a short list: one per node).
+fn live_nodes(tx: &Tx<'_>) -> Result<Vec<Node>, StateError> {
+    let mut nodes = Vec::new();
+    for item in tx
+        .db
+        .iterator_cf(tx.cf(CF_NODES), rocksdb::IteratorMode::Start)
+    {
+        let node = Node::decode(&item?.1)?;
+        if !node.lost {
+            nodes.push(node);
+        }
+    }
+    Ok(nodes)
+}
+
+/// The shard `node` reports on under `epoch`, if it still holds it there.
+fn fenced(
+    tx: &Tx<'_>,
     id: ShardId,
     node: NodeId,
     epoch: Epoch,
-    offset: Option<u64>,
-) -> Outcome {
-    let mut shard = match shard(tx, id)? {
+) -> Result<Result<Shard, CommandError>, StateError> {
+    let shard = match shard(tx, id)? {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
@@ -548,30 +794,31 @@ fn report(
     if shard.holder != Some(node) {
         return Ok(Err(CommandError::NotLeaseHolder { shard: id, node }));
     }
-    let response = match offset {
-        Some(offset) => {
-            shard.checkpoint = shard.checkpoint.max(offset.min(shard.end));
-            Response::ProgressRecorded {
-                shard: id,
-                checkpoint: shard.checkpoint,
-            }
-        }
-        None => {
-            shard.checkpoint = shard.end;
-            shard.state = ShardState::Done;
-            let leased = tx.cf(CF_LEASED);
-            tx.batch.delete_cf(leased, keys::id(id));
-            complete_file(tx, &shard)?;
-            Response::ShardCompleted { shard: id }
-        }
+    Ok(Ok(shard))
+}
+
+/// A lease holder's checkpoint: the shard is read up to `offset`.
+fn report_progress(
+    tx: &mut Tx<'_>,
+    id: ShardId,
+    node: NodeId,
+    epoch: Epoch,
+    offset: u64,
+) -> Outcome {
+    let mut shard = match fenced(tx, id, node, epoch)? {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
     };
+    shard.checkpoint = shard.checkpoint.max(offset.min(shard.end));
     tx.put(CF_SHARDS, &keys::id(id), &shard);
-    Ok(Ok(response))
+    Ok(Ok(Response::ProgressRecorded {
+        shard: id,
+        checkpoint: shard.checkpoint,
+    }))
 }
 
 /// Marks the file's version that the shard ingested as ingested (the
-/// entry's, or the prior one a newer submission replaced) and counts the
-/// shard on its job.
+/// entry's, or the prior one a newer submission replaced).
 fn complete_file(tx: &mut Tx<'_>, shard: &Shard) -> Result<(), StateError> {
     let key = keys::file(shard.dataset_id, &shard.path);
     if let Some(mut entry) = tx.get::<CatalogEntry>(CF_FILES, &key)? {
@@ -585,25 +832,46 @@ fn complete_file(tx: &mut Tx<'_>, shard: &Shard) -> Result<(), StateError> {
             tx.put(CF_FILES, &key, &entry);
         }
     }
-    if let Some(mut job) = tx.get::<Job>(CF_JOBS, &keys::id(shard.job))? {
-        job.shards_done += 1;
-        tx.put(CF_JOBS, &keys::id(job.id), &job);
-    }
     Ok(())
 }
 
-fn assign_partitions(tx: &mut Tx<'_>, assignments: &[(u32, NodeId)]) -> Outcome {
-    for &(partition, node) in assignments {
-        if tx.get::<NodeInfo>(CF_NODES, &keys::id(node))?.is_none() {
-            return Ok(Err(CommandError::UnknownNode { id: node }));
-        }
-        let cf = tx.cf(CF_PARTITIONS);
-        tx.batch
-            .put_cf(cf, keys::partition(partition), keys::id(node));
+/// A dataset's next partition map: one epoch past the current one, its
+/// ranges covering the dataset's partitions, every owner live.
+fn assign_partitions(tx: &mut Tx<'_>, name: &str, map: PartitionMap) -> Outcome {
+    let dataset = match dataset(tx, name)? {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let key = keys::dataset_prefix(dataset.id);
+    let current = tx
+        .get::<PartitionMap>(CF_PARTITIONS, &key)?
+        .map_or(Epoch(0), |m| m.epoch);
+    if map.epoch != current.next() {
+        return Ok(Err(CommandError::StaleMapEpoch {
+            dataset: name.into(),
+            presented: map.epoch,
+            current,
+        }));
     }
-    Ok(Ok(Response::PartitionsAssigned {
-        count: assignments.len() as u64,
-    }))
+    if map.partitions != dataset.spec.partitions {
+        return Ok(Err(CommandError::BadPartitionMap {
+            reason: format!(
+                "{} partitions, but dataset {name:?} has {}",
+                map.partitions, dataset.spec.partitions
+            ),
+        }));
+    }
+    if let Err(reason) = map.check() {
+        return Ok(Err(CommandError::BadPartitionMap { reason }));
+    }
+    for owner in map.nodes() {
+        if let Err(e) = live_node(tx, owner)? {
+            return Ok(Err(e));
+        }
+    }
+    let epoch = map.epoch;
+    tx.put(CF_PARTITIONS, &key, &map);
+    Ok(Ok(Response::PartitionsAssigned { epoch }))
 }
 
 #[cfg(test)]
@@ -611,12 +879,13 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use proptest::prelude::*;
+    use proto_schema::PartitionMap;
     use proto_schema::command::{
-        Bounded, Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, MAX_COMMAND_BYTES,
-        Response,
+        Bounded, Command, CommandError, DiffCounts, FileEntry, LeaseGrant, MAX_CHUNK_FILES,
+        MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response,
     };
 
-    use proto_schema::ids::{Epoch, NodeId, ShardId};
+    use proto_schema::ids::{DatasetId, Epoch, NodeId, ShardId};
 
     use super::super::StateError;
     use super::super::records::{FileStatus, Job, JobState};
@@ -665,27 +934,8 @@ mod tests {
         );
 
         // Ingest everything the first job created.
-        for shard in (1..=4).map(ShardId) {
-            let grant = Command::GrantLease {
-                shard,
-                node: NodeId(1),
-                expected_epoch: Epoch(0),
-                deadline_ms: 9,
-            };
-            assert!(matches!(
-                sm.apply(grant).await,
-                Response::LeaseGranted {
-                    epoch: Epoch(1),
-                    ..
-                }
-            ));
-            let done = Command::CompleteShard {
-                shard,
-                node: NodeId(1),
-                epoch: Epoch(1),
-            };
-            assert_eq!(sm.apply(done).await, Response::ShardCompleted { shard });
-        }
+        sm.lease_and_complete(NodeId(1), &[ShardId(1), ShardId(2), ShardId(3), ShardId(4)])
+            .await;
         assert_eq!(sm.state().job(s1).unwrap().unwrap().shards_done, 4);
 
         // a unchanged, b new mtime, c new checksum, d gone, e new.
@@ -764,24 +1014,8 @@ mod tests {
             file("d", 40, 4, None),
         ];
         let s1 = sm.submit("ds", first.clone()).await;
-        for shard in (1..=2).map(ShardId) {
-            let grant = Command::GrantLease {
-                shard,
-                node: NodeId(1),
-                expected_epoch: Epoch(0),
-                deadline_ms: 9,
-            };
-            assert!(matches!(
-                sm.apply(grant).await,
-                Response::LeaseGranted { .. }
-            ));
-            let done = Command::CompleteShard {
-                shard,
-                node: NodeId(1),
-                epoch: Epoch(1),
-            };
-            assert_eq!(sm.apply(done).await, Response::ShardCompleted { shard });
-        }
+        sm.lease_and_complete(NodeId(1), &[ShardId(1), ShardId(2)])
+            .await;
         let dataset = sm.state().dataset("ds").unwrap().unwrap();
         let entry = |sm: &Applier, path: &str| {
             sm.state()
@@ -821,18 +1055,22 @@ mod tests {
             sm.state().shard(aborted_shard).unwrap().unwrap().job,
             aborted
         );
-        let grant = Command::GrantLease {
-            shard: aborted_shard,
+        let grant = Command::GrantLeases {
             node: NodeId(1),
-            expected_epoch: Epoch(0),
+            shards: vec![LeaseGrant {
+                shard: aborted_shard,
+                expected_epoch: Epoch(0),
+            }],
             deadline_ms: 9,
         };
         assert_eq!(
             sm.apply(grant).await,
-            Response::Error(CommandError::SubmissionAborted {
-                shard: aborted_shard,
-                submission: aborted
-            })
+            Response::LeasesGranted {
+                node: NodeId(1),
+                deadline_ms: 9,
+                granted: vec![],
+                passed: vec![aborted_shard],
+            }
         );
         // Aborting twice, or a finished submission, is refused.
         let again = Command::AbortSubmission {
@@ -893,27 +1131,74 @@ mod tests {
                 name: "nope".into()
             })
         );
-        let assign = Command::AssignPartitions {
-            assignments: vec![(0, NodeId(1)), (1, NodeId(7))],
+        let map = |nodes: &[u64], epoch: Epoch| {
+            let nodes: Vec<NodeId> = nodes.iter().copied().map(NodeId).collect();
+            PartitionMap::split(64, &nodes, epoch)
+        };
+        let assign = |map| Command::AssignPartitions {
+            dataset: "ds".into(),
+            map,
         };
         assert_eq!(
-            sm.apply(assign).await,
+            sm.apply(assign(map(&[1, 7], Epoch(1)))).await,
             Response::Error(CommandError::UnknownNode { id: NodeId(7) })
         );
         assert_eq!(
-            sm.state().partition_owner(0).unwrap(),
+            sm.apply(assign(map(&[1], Epoch(2)))).await,
+            Response::Error(CommandError::StaleMapEpoch {
+                dataset: "ds".into(),
+                presented: Epoch(2),
+                current: Epoch(0)
+            })
+        );
+        let mut gap = map(&[1], Epoch(1));
+        gap.ranges[0].start = proto_schema::PartitionId(1);
+        assert!(matches!(
+            sm.apply(assign(gap)).await,
+            Response::Error(CommandError::BadPartitionMap { .. })
+        ));
+        let mut short = map(&[1], Epoch(1));
+        short.partitions = 63;
+        short.ranges[0].end = proto_schema::PartitionId(63);
+        assert!(matches!(
+            sm.apply(assign(short)).await,
+            Response::Error(CommandError::BadPartitionMap { .. })
+        ));
+        assert_eq!(
+            sm.state().partition_map(DatasetId(1)).unwrap(),
             None,
             "a refused command wrote nothing"
         );
-        let grant = Command::GrantLease {
-            shard: ShardId(5),
-            node: NodeId(1),
-            expected_epoch: Epoch(0),
+        let grant = Command::GrantLeases {
+            node: NodeId(7),
+            shards: vec![LeaseGrant {
+                shard: ShardId(5),
+                expected_epoch: Epoch(0),
+            }],
             deadline_ms: 0,
         };
         assert_eq!(
             sm.apply(grant).await,
-            Response::Error(CommandError::UnknownShard { id: ShardId(5) })
+            Response::Error(CommandError::UnknownNode { id: NodeId(7) })
+        );
+        let too_many = Command::GrantLeases {
+            node: NodeId(1),
+            shards: vec![
+                LeaseGrant {
+                    shard: ShardId(5),
+                    expected_epoch: Epoch(0),
+                };
+                MAX_LEASES_PER_COMMAND + 1
+            ],
+            deadline_ms: 0,
+        };
+        assert_eq!(
+            sm.apply(too_many).await,
+            Response::Error(CommandError::OutOfBounds {
+                what: Bounded::Shards,
+                size: MAX_LEASES_PER_COMMAND as u64 + 1,
+                max: MAX_LEASES_PER_COMMAND as u64,
+            })
         );
         let garbage = sm
             .apply_bytes(b"definitely not an rkyv command".to_vec())
@@ -941,6 +1226,7 @@ mod tests {
         let chunk = |files| Command::SubmitChunk {
             dataset: "ds".into(),
             submission,
+            first_file: 0,
             files,
         };
         let before = digest(&sm);
@@ -1036,6 +1322,7 @@ mod tests {
         let overlapping = Command::SubmitChunk {
             dataset: "ds".into(),
             submission: s1,
+            first_file: 0,
             files: unsorted(&["f", "b"]),
         };
         assert_eq!(
@@ -1049,6 +1336,7 @@ mod tests {
         let inside = Command::SubmitChunk {
             dataset: "ds".into(),
             submission: s1,
+            first_file: 0,
             files: unsorted(&["b"]),
         };
         assert_eq!(
@@ -1217,6 +1505,51 @@ mod tests {
                 }
                 should_be_pending.sort();
                 prop_assert_eq!(marked, should_be_pending);
+                Ok(())
+            })?;
+        }
+
+        /// A file's number is its place in the manifest (path order),
+        /// whatever chunks it is cut into, whatever order each chunk lists
+        /// its files in and whatever order the chunks are applied in: a
+        /// record's first-seen position is a function of the manifest alone.
+        #[test]
+        fn file_numbers_follow_the_manifest_whatever_the_chunk_order(
+            paths in proptest::collection::btree_set("[a-d]{1,3}/[a-z]{1,4}", 1..80),
+            cuts in proptest::collection::vec(1usize..20, 1..10),
+            seed in any::<u64>(),
+        ) {
+            let manifest: Vec<FileEntry> = paths.iter().map(|p| file(p, 1, 1, None)).collect();
+            let mut chunks = Vec::new();
+            let mut rest = &manifest[..];
+            for &cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = cut.min(rest.len());
+                chunks.push(rest[..n].to_vec());
+                rest = &rest[n..];
+            }
+            // A shuffle of the chunks, some reversed inside, from `seed`.
+            let mut rng = seed;
+            for i in (0..chunks.len()).rev() {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let j = (rng >> 33) as usize % (i + 1);
+                chunks.swap(i, j);
+                if rng & 1 == 1 {
+                    chunks[i].reverse();
+                }
+            }
+            rt().block_on(async {
+                let mut sm = Applier::new();
+                setup_dataset(&mut sm, "ds", &[1]).await;
+                sm.send_chunks("ds", chunks).await;
+                let dataset = sm.state().dataset("ds").unwrap().unwrap();
+                for (rank, path) in paths.iter().enumerate() {
+                    let entry = sm.state().catalog_entry(dataset.id, path).unwrap().unwrap();
+                    let shard = sm.state().shard(entry.shard).unwrap().unwrap();
+                    prop_assert_eq!(shard.file, rank as u64, "{}", path);
+                }
                 Ok(())
             })?;
         }

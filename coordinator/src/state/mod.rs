@@ -55,8 +55,9 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
 /// The layout of the state this build reads and writes. Layout 2: a file
 /// listed again unchanged is no longer restamped, submissions' listings
-/// say what they saw (`listed`).
-const LAYOUT: u64 = 2;
+/// say what they saw (`listed`). Layout 3: shards carry their file's
+/// number, jobs their owners' staged counts, nodes their incarnation.
+const LAYOUT: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -238,8 +239,16 @@ impl StateMachineStore {
         }
     }
 
-    pub fn node(&self, id: NodeId) -> Result<Option<proto_schema::command::NodeInfo>, StateError> {
+    pub fn node(&self, id: NodeId) -> Result<Option<records::Node>, StateError> {
         self.get(keys::CF_NODES, &keys::id(id))
+    }
+
+    /// Every registered node, lost or not (one record per node).
+    pub fn nodes(&self) -> Result<Vec<records::Node>, StateError> {
+        self.db()
+            .iterator_cf(cf(self.db(), keys::CF_NODES), IteratorMode::Start)
+            .map(|item| Ok(records::Node::decode(&item?.1)?))
+            .collect()
     }
 
     pub fn dataset(&self, name: &str) -> Result<Option<Dataset>, StateError> {
@@ -267,12 +276,12 @@ impl StateMachineStore {
         }
     }
 
-    pub fn partition_owner(&self, partition: u32) -> Result<Option<NodeId>, StateError> {
-        let owner = self.db().get_pinned_cf(
-            cf(self.db(), keys::CF_PARTITIONS),
-            keys::partition(partition),
-        )?;
-        Ok(owner.as_deref().and_then(keys::decode_u64).map(NodeId))
+    /// A dataset's partition map, if one was assigned.
+    pub fn partition_map(
+        &self,
+        dataset: DatasetId,
+    ) -> Result<Option<proto_schema::PartitionMap>, StateError> {
+        self.get(keys::CF_PARTITIONS, &keys::dataset_prefix(dataset))
     }
 
     /// One page of the files a dataset's last finished submission found
@@ -808,7 +817,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 pub(crate) mod test_support {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use proto_schema::command::{
-        Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+        Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, LeaseGrant, NodeInfo, Response,
+        ShardDone,
     };
 
     use super::*;
@@ -864,7 +874,8 @@ pub(crate) mod test_support {
                 .await
         }
 
-        /// Begins a submission and sends these chunks, in this order.
+        /// Begins a submission and sends these chunks, in this order; each
+        /// is numbered from its place among the chunks in path order.
         pub async fn send_chunks(
             &mut self,
             dataset: &str,
@@ -877,10 +888,21 @@ pub(crate) mod test_support {
             let Response::SubmissionBegun { submission } = self.apply(begin).await else {
                 panic!("begin refused")
             };
+            let chunks: Vec<Vec<FileEntry>> = chunks.into_iter().collect();
+            let least = |c: &Vec<FileEntry>| c.iter().map(|f| f.path.clone()).min();
+            let mut in_order: Vec<_> = chunks.iter().map(|c| (least(c), c.len())).collect();
+            in_order.sort();
             for files in chunks {
+                let first = least(&files);
+                let first_file = in_order
+                    .iter()
+                    .take_while(|(path, _)| *path < first)
+                    .map(|(_, len)| *len as u64)
+                    .sum();
                 let chunk = Command::SubmitChunk {
                     dataset: dataset.into(),
                     submission,
+                    first_file,
                     files,
                 };
                 let resp = self.apply(chunk).await;
@@ -910,6 +932,44 @@ pub(crate) mod test_support {
             submission
         }
 
+        /// Leases `shards` (never leased before) to `node` in one grant
+        /// and completes them in one report.
+        pub async fn lease_and_complete(&mut self, node: NodeId, shards: &[ShardId]) {
+            let grant = Command::GrantLeases {
+                node,
+                shards: shards
+                    .iter()
+                    .map(|&shard| LeaseGrant {
+                        shard,
+                        expected_epoch: Epoch(0),
+                    })
+                    .collect(),
+                deadline_ms: 9,
+            };
+            let Response::LeasesGranted {
+                granted, passed, ..
+            } = self.apply(grant).await
+            else {
+                panic!("grant refused")
+            };
+            assert!(passed.is_empty(), "{passed:?}");
+            assert_eq!(granted.len(), shards.len());
+            let done = Command::CompleteShards {
+                node,
+                shards: granted
+                    .iter()
+                    .map(|&(shard, epoch)| ShardDone { shard, epoch })
+                    .collect(),
+            };
+            assert_eq!(
+                self.apply(done).await,
+                Response::ShardsCompleted {
+                    completed: shards.to_vec(),
+                    refused: vec![]
+                }
+            );
+        }
+
         pub async fn finish(&mut self, dataset: &str, submission: JobId) {
             let finish = Command::FinishSubmission {
                 dataset: dataset.into(),
@@ -927,18 +987,24 @@ pub(crate) mod test_support {
         for &id in nodes {
             let node = NodeInfo {
                 id: NodeId(id),
+                incarnation: 1,
                 address: format!("10.0.0.{id}:7000"),
                 cert_fingerprint: [id as u8; 32],
             };
             assert_eq!(
                 sm.apply(Command::RegisterNode(node)).await,
-                Response::NodeRegistered { id: NodeId(id) }
+                Response::NodeRegistered {
+                    id: NodeId(id),
+                    incarnation: 1,
+                    released: 0
+                }
             );
         }
         let spec = DatasetSpec {
             name: name.into(),
             format: DatasetFormat::Lines,
             key: KeySpec::WholeLine,
+            partitions: 64,
         };
         assert!(matches!(
             sm.apply(Command::CreateDataset(spec)).await,

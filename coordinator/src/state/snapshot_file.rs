@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 
 /// The version is the state's layout (`LAYOUT` in `state`): a replica
 /// refuses a snapshot of another layout.
-pub const MAGIC: &[u8; 8] = b"QRNSNAP2";
+pub const MAGIC: &[u8; 8] = b"QRNSNAP3";
 const END: u8 = 0xFF;
 /// Bounds on one record: far above any real key or value, far below what
 /// could exhaust memory.
@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn a_snapshot_of_another_layout_says_so() {
         let mut bytes = sample();
-        bytes[..8].copy_from_slice(b"QRNSNAP1");
+        bytes[..8].copy_from_slice(b"QRNSNAP2");
         let err = read_all(&bytes).unwrap_err().to_string();
         assert!(err.contains("another state layout"), "{err}");
     }

@@ -7,6 +7,7 @@ use proto_schema::ids::NodeId;
 pub fn node(id: u64) -> Command {
     Command::RegisterNode(NodeInfo {
         id: NodeId(id),
+        incarnation: 1,
         address: format!("10.0.0.{id}:7000"),
         cert_fingerprint: [id as u8; 32],
     })
@@ -17,6 +18,7 @@ pub fn dataset(name: &str) -> Command {
         name: name.into(),
         format: DatasetFormat::Lines,
         key: KeySpec::WholeLine,
+        partitions: 64,
     })
 }
 

@@ -231,6 +231,9 @@ impl JobState {
                 totals.read, totals.unique, totals.duplicates, totals.rejected, totals.unique
             ));
         }
+        // Staged: the feed says when the job may publish (at once for a
+        // walk; once the coordinators commit it for leased shards).
+        blocking(|| self.feed.staged(&totals))?;
         let files = outputs.into_iter().flat_map(|o| o.files).collect();
         blocking(|| {
             ctx.store

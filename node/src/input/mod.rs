@@ -5,6 +5,7 @@ pub mod format;
 pub mod listing;
 pub mod read_buffers;
 pub mod records;
+pub mod roots;
 pub mod shard;
 pub mod source;
 

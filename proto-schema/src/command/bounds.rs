@@ -9,6 +9,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::{Command, CommandError, DatasetSpec, FileEntry, KeySpec};
+use crate::partition_map::MAX_PARTITIONS;
 
 /// Most bytes of a manifest path (a state key, and a shard's path).
 pub const MAX_PATH_BYTES: usize = 4 << 10;
@@ -24,8 +25,11 @@ pub const MAX_CHECKSUM_BYTES: usize = 64;
 pub const MAX_CHUNK_FILES: usize = 4096;
 /// Most bytes of paths and checksums one manifest chunk may carry.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
-/// Most partition assignments in one command.
-pub const MAX_PARTITION_ASSIGNMENTS: usize = 1 << 16;
+/// Most ranges in one partition map (a range holds one partition or more).
+pub const MAX_PARTITION_RANGES: usize = MAX_PARTITIONS as usize;
+/// Most shards one `GrantLeases` may lease, and one `CompleteShards` may
+/// complete: bounds the command and a node's batch.
+pub const MAX_LEASES_PER_COMMAND: usize = 256;
 /// Most bytes of an encoded command: a log entry's payload. Above the
 /// largest chunk the other bounds allow (a test checks it), and small
 /// enough that the coordinator's replication payloads, a few entries
@@ -52,7 +56,8 @@ pub enum Bounded {
     NodeAddress,
     KeyPointer,
     Checksum,
-    PartitionAssignments,
+    PartitionRanges,
+    Shards,
     EncodedCommand,
 }
 
@@ -65,14 +70,16 @@ impl Bounded {
             Self::NodeAddress => MAX_NODE_ADDRESS_BYTES,
             Self::KeyPointer => MAX_KEY_POINTER_BYTES,
             Self::Checksum => MAX_CHECKSUM_BYTES,
-            Self::PartitionAssignments => MAX_PARTITION_ASSIGNMENTS,
+            Self::PartitionRanges => MAX_PARTITION_RANGES,
+            Self::Shards => MAX_LEASES_PER_COMMAND,
             Self::EncodedCommand => MAX_COMMAND_BYTES,
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self {
-            Self::PartitionAssignments => "assignments",
+            Self::PartitionRanges => "ranges",
+            Self::Shards => "shards",
             _ => "bytes",
         }
     }
@@ -98,7 +105,8 @@ impl std::fmt::Display for Bounded {
             Self::NodeAddress => "node address",
             Self::KeyPointer => "key pointer",
             Self::Checksum => "checksum",
-            Self::PartitionAssignments => "partition assignments",
+            Self::PartitionRanges => "partition map",
+            Self::Shards => "shards in one command",
             Self::EncodedCommand => "encoded command",
         })
     }
@@ -123,12 +131,15 @@ impl Command {
                 Bounded::DatasetName.check(dataset.len())?;
                 check_chunk(files)
             }
-            Command::AssignPartitions { assignments } => {
-                Bounded::PartitionAssignments.check(assignments.len())
+            Command::AssignPartitions { dataset, map } => {
+                Bounded::DatasetName.check(dataset.len())?;
+                Bounded::PartitionRanges.check(map.ranges.len())
             }
-            Command::GrantLease { .. }
-            | Command::ReportProgress { .. }
-            | Command::CompleteShard { .. } => Ok(()),
+            Command::GrantLeases { shards, .. } => Bounded::Shards.check(shards.len()),
+            Command::CompleteShards { shards, .. } => Bounded::Shards.check(shards.len()),
+            Command::ReportProgress { .. }
+            | Command::DeclareNodeLost { .. }
+            | Command::StageJob { .. } => Ok(()),
         }
     }
 }
@@ -161,13 +172,43 @@ fn check_chunk(files: &[FileEntry]) -> Result<(), CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{DatasetFormat, NodeInfo};
-    use crate::ids::{JobId, NodeId};
+    use crate::command::{DatasetFormat, LeaseGrant, NodeInfo, ShardDone};
+    use crate::ids::{Epoch, JobId, NodeId, PartitionId, ShardId};
+    use crate::partition_map::{PartitionMap, PartitionRange};
+
+    fn map(ranges: usize) -> Command {
+        let range = PartitionRange {
+            start: PartitionId(u16::MAX),
+            end: PartitionId(u16::MAX),
+            node: NodeId(u64::MAX),
+        };
+        Command::AssignPartitions {
+            dataset: "d".repeat(MAX_DATASET_NAME_BYTES),
+            map: PartitionMap {
+                epoch: Epoch(u64::MAX),
+                partitions: MAX_PARTITIONS,
+                ranges: vec![range; ranges],
+            },
+        }
+    }
+
+    fn grants(shards: usize) -> Command {
+        let grant = LeaseGrant {
+            shard: ShardId(u64::MAX),
+            expected_epoch: Epoch(u64::MAX),
+        };
+        Command::GrantLeases {
+            node: NodeId(u64::MAX),
+            shards: vec![grant; shards],
+            deadline_ms: u64::MAX,
+        }
+    }
 
     fn chunk(files: Vec<FileEntry>) -> Command {
         Command::SubmitChunk {
             dataset: "ds".into(),
             submission: JobId(1),
+            first_file: 0,
             files,
         }
     }
@@ -209,6 +250,7 @@ mod tests {
                 name,
                 format: DatasetFormat::Jsonl,
                 key,
+                partitions: 64,
             })
         };
         assert!(
@@ -234,14 +276,29 @@ mod tests {
         }
         let node = Command::RegisterNode(NodeInfo {
             id: NodeId(1),
+            incarnation: 1,
             address: at(MAX_NODE_ADDRESS_BYTES + 1),
             cert_fingerprint: [0; 32],
         });
         assert_eq!(refused(&node).0, Bounded::NodeAddress);
-        let assign = Command::AssignPartitions {
-            assignments: vec![(0, NodeId(1)); MAX_PARTITION_ASSIGNMENTS + 1],
+        assert_eq!(
+            refused(&map(MAX_PARTITION_RANGES + 1)).0,
+            Bounded::PartitionRanges
+        );
+        assert!(grants(MAX_LEASES_PER_COMMAND).check_bounds().is_ok());
+        assert_eq!(
+            refused(&grants(MAX_LEASES_PER_COMMAND + 1)),
+            (Bounded::Shards, MAX_LEASES_PER_COMMAND as u64 + 1)
+        );
+        let done = ShardDone {
+            shard: ShardId(1),
+            epoch: Epoch(1),
         };
-        assert_eq!(refused(&assign).0, Bounded::PartitionAssignments);
+        let completions = Command::CompleteShards {
+            node: NodeId(1),
+            shards: vec![done; MAX_LEASES_PER_COMMAND + 1],
+        };
+        assert_eq!(refused(&completions).0, Bounded::Shards);
 
         assert!(check_encoded_len(MAX_COMMAND_BYTES).is_ok());
         let err = check_encoded_len(MAX_COMMAND_BYTES + 1).unwrap_err();
@@ -297,10 +354,9 @@ mod tests {
                 .map(|i| file(format!("{i:08}{}", "d".repeat(MAX_PATH_BYTES - 8)), 0))
                 .collect(),
         );
-        let assign = Command::AssignPartitions {
-            assignments: vec![(u32::MAX, NodeId(u64::MAX)); MAX_PARTITION_ASSIGNMENTS],
-        };
-        for cmd in [wide, deep, assign] {
+        let largest_map = map(MAX_PARTITION_RANGES);
+        let most_grants = grants(MAX_LEASES_PER_COMMAND);
+        for cmd in [wide, deep, largest_map, most_grants] {
             cmd.check_bounds().unwrap();
             let len = cmd.to_bytes().len();
             assert!(len <= MAX_COMMAND_BYTES, "{len} bytes");

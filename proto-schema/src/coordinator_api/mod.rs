@@ -17,7 +17,7 @@ mod payload;
 mod refusal;
 mod status;
 
-pub use lease::{LeaseReply, LeasedShard};
+pub use lease::{HeartbeatReply, LeaseReply, LeasedShard, MAX_HEARTBEAT_PROGRESS, ShardProgress};
 pub use payload::{Applied, CommandBytes, RaftMessage};
 pub use refusal::{Forbidden, Refusal};
 pub use status::{DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport};
@@ -25,7 +25,9 @@ pub use status::{DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusRe
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Epoch, NodeId, ShardId};
+use crate::command::StagedCounts;
+use crate::ids::{Epoch, JobId, NodeId, ShardId};
+use crate::partition_map::PartitionMap;
 
 /// A coordinator replica's id in the Raft group.
 pub type ReplicaId = u64;
@@ -40,9 +42,23 @@ pub enum Request {
     Status,
     /// The answering replica's own view (`ReplicaReport`), never redirected.
     Replica,
-    /// A node asks the leader for a shard to work on.
+    /// A node joins (or rejoins with a newer incarnation): through the log.
+    Register(NodeRegistration),
+    /// A node's liveness and progress, to the leader: extends every lease
+    /// it holds and its own deadline; no log write.
+    Heartbeat {
+        node: NodeId,
+        incarnation: u64,
+        /// Where its scanners are, for `status`; never replicated.
+        progress: Vec<ShardProgress>,
+    },
+    /// A node asks the leader for up to `max` shards to work on (of
+    /// `job` only, if named: a node's pipeline runs one job), granted in
+    /// one log write.
     Lease {
         node: NodeId,
+        max: u32,
+        job: Option<JobId>,
     },
     /// A node extends its lease; no log write.
     Renew {
@@ -50,6 +66,38 @@ pub enum Request {
         shard: ShardId,
         epoch: Epoch,
     },
+    /// A node finished these shards (`CompleteShards` through the log);
+    /// the leader forgets their leases.
+    Complete {
+        node: NodeId,
+        shards: Vec<(ShardId, Epoch)>,
+    },
+    /// An owner staged its part of a job (`StageJob` through the log).
+    Stage {
+        node: NodeId,
+        job: JobId,
+        counts: StagedCounts,
+        map_epoch: Epoch,
+    },
+    /// A dataset's partition map over the live nodes, from the leader (a
+    /// new one, at the next epoch, if the live nodes changed).
+    PartitionMap {
+        node: NodeId,
+        dataset: String,
+    },
+    /// One job's progress, from the leader.
+    Job {
+        job: JobId,
+    },
+}
+
+/// A node's registration, as it travels in a `Request::Register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub node: NodeId,
+    pub incarnation: u64,
+    pub address: String,
+    pub cert_fingerprint: [u8; 32],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +112,10 @@ pub enum Reply {
     Status(StatusReport),
     Replica(ReplicaReport),
     Lease(LeaseReply),
+    Heartbeat(HeartbeatReply),
+    /// `None`: no such job.
+    Job(Option<JobStatus>),
+    PartitionMap(PartitionMap),
     /// The request could not be served (undecodable, Raft shut down, ...).
     Failed(String),
     /// Refused before anything was done: out of bounds, or not allowed
@@ -89,14 +141,18 @@ mod tests {
     /// the envelope as it was.
     #[test]
     fn ids_travel_as_their_integers() {
-        let lease = Request::Lease { node: NodeId(7) };
-        assert_eq!(encode(&lease).unwrap(), [4, 7]);
+        let lease = Request::Lease {
+            node: NodeId(7),
+            max: 1,
+            job: Some(JobId(2)),
+        };
+        assert_eq!(encode(&lease).unwrap(), [6, 7, 1, 1, 2]);
         let renew = Request::Renew {
             node: NodeId(7),
             shard: ShardId(300),
             epoch: Epoch(3),
         };
-        assert_eq!(encode(&renew).unwrap(), [5, 7, 0xac, 0x02, 3]);
+        assert_eq!(encode(&renew).unwrap(), [7, 7, 0xac, 0x02, 3]);
     }
 
     #[test]

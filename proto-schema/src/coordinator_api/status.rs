@@ -55,6 +55,9 @@ pub struct JobStatus {
     /// epoch); a submitter recognises its own submission by it.
     pub began_ms: u64,
     pub submitting: bool,
+    /// Every shard done and every owner staged: owners publish.
+    pub committed: bool,
+    pub aborted: bool,
     pub new: u64,
     pub changed: u64,
     pub unchanged: u64,

@@ -9,9 +9,10 @@
 //! governor's admission, and tells it when the job has ended. It registers
 //! the files it hands out in the job's ledger with a [`FileRegister`].
 //!
-//! Today's feed walks the PATH arguments ([`walk::WalkFeed`]); shards
-//! leased from a coordinator are the next.
+//! Two feeds: the walk of PATH arguments ([`walk::WalkFeed`]) and shards
+//! leased from the coordinators ([`lease::LeaseFeed`]).
 
+pub mod lease;
 pub mod walk;
 
 use std::sync::Arc;
@@ -25,6 +26,16 @@ use crate::counters::JobCounters;
 use crate::input::shard::{InputFile, Shard};
 use crate::memory::Governor;
 use crate::memory::monitor::SAMPLE_INTERVAL;
+use crate::store::catalog::JobTotals;
+
+/// A scanner is handed shards in bundles of up to this many shards or
+/// [`BUNDLE_BYTES`] of listed file bytes, whichever comes first: handing
+/// over each small file on its own cost a message, a wake-up of the walk
+/// and of a scanner, and a partly filled batch per lane, per file.
+pub(super) const BUNDLE_SHARDS: usize = 256;
+/// See [`BUNDLE_SHARDS`]. Small enough that scanners finish together at
+/// the end of a job.
+pub(super) const BUNDLE_BYTES: u64 = 4 << 20;
 
 /// A source of a job's shards.
 pub trait ShardFeed: Send + Sync + 'static {
@@ -45,6 +56,16 @@ pub trait ShardFeed: Send + Sync + 'static {
     /// way to sort-merge. Called on the supervisor, so it must not block.
     /// A walk has nothing to do; a feed of leased shards reports them.
     fn scanned(&self, _shards: &[Shard]) {}
+
+    /// Every lane has written its files and the counters reconcile:
+    /// `totals` are staged, not yet published. Returns once the job may
+    /// publish, or why it may not (the job then fails, publishing
+    /// nothing). Runs on a blocking thread. A walk publishes at once; a
+    /// feed of leased shards reports its counts to the coordinators and
+    /// waits for them to commit the job.
+    fn staged(&self, _totals: &JobTotals) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The job's scanners, as a feed sees them.

@@ -8,21 +8,12 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{FileRegister, Scanners, ShardFeed};
+use super::{BUNDLE_BYTES, BUNDLE_SHARDS, FileRegister, Scanners, ShardFeed};
 use crate::actors::JobContext;
 use crate::counters::JobCounters;
 use crate::input::listing::{Excluded, Listed, Walk};
 use crate::input::shard::{InputFile, Shard, plan_shards};
 use crate::quarantine::FileProblem;
-
-/// A scanner is handed shards in bundles of up to this many shards or
-/// [`BUNDLE_BYTES`] of listed file bytes, whichever comes first: handing
-/// over each small file on its own cost a message, a wake-up of the walk
-/// and of a scanner, and a partly filled batch per lane, per file.
-const BUNDLE_SHARDS: usize = 256;
-/// See [`BUNDLE_SHARDS`]. Small enough that scanners finish together at
-/// the end of a job.
-const BUNDLE_BYTES: u64 = 4 << 20;
 
 /// Shards from the files under PATH arguments, in input order.
 pub struct WalkFeed {

@@ -1,0 +1,482 @@
+//! The cluster feed: shards leased from the coordinators.
+//!
+//! The feed asks the leader for shards of its job several at a time
+//! (`LeaseSettings::batch`, granted in one log write), registers their
+//! files under the numbers the manifest gave them (so a record's first
+//! sighting is the same whichever node reads it, and the same as a walk of
+//! the same files in the same order), cuts large plain files into byte
+//! ranges as a walk does, and hands them to idle scanners. A reporter task
+//! heartbeats to the leader (extending every lease the node holds, and
+//! carrying how far each leased shard has been scanned) and reports
+//! finished shards in batches. The feed ends once every shard of the job
+//! is done, on this node or another.
+//!
+//! When every lane has written, the owner stages: it reports its counts
+//! and waits for the coordinators to commit the job (every shard done,
+//! every live node staged, the counts reconciled); only then does the job
+//! publish.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coordinator_client::{CoordinatorClient, Transport};
+use proto_schema::command::{MAX_LEASES_PER_COMMAND, Response, StagedCounts};
+use proto_schema::coordinator_api::{
+    HeartbeatReply, JobStatus, LeaseReply, LeasedShard, ShardProgress,
+};
+use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use super::{BUNDLE_BYTES, BUNDLE_SHARDS, FileRegister, Scanners, ShardFeed};
+use crate::actors::JobContext;
+use crate::input::roots::Roots;
+use crate::input::shard::{InputFile, Shard, plan_shards};
+use crate::quarantine::FileProblem;
+use crate::store::catalog::JobTotals;
+
+/// How the feed paces itself.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// Shards asked for per lease request (at most
+    /// `MAX_LEASES_PER_COMMAND`): each request is a log write, so a job
+    /// of many small files takes files / batch of them.
+    pub batch: u32,
+    /// Between heartbeats; a third of the coordinators' lease time keeps
+    /// two lost heartbeats from losing the leases.
+    pub heartbeat: Duration,
+    /// Between asking again when there is no work yet (shards leased to
+    /// other nodes may still come back).
+    pub poll: Duration,
+    /// How long an owner waits for the job's commit once it has staged.
+    pub commit_timeout: Duration,
+    /// Where the node may read; `None`: anywhere (a walk's own inputs).
+    pub roots: Option<Roots>,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self {
+            batch: 64,
+            heartbeat: Duration::from_secs(10),
+            poll: Duration::from_millis(100),
+            commit_timeout: Duration::from_secs(600),
+            roots: None,
+        }
+    }
+}
+
+/// Who this node is to the coordinators, and which job it works on.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTarget {
+    pub node: NodeId,
+    pub incarnation: u64,
+    /// The coordinators' job (the submission) whose shards it reads.
+    pub job: JobId,
+}
+
+/// A lease held: its epoch, the ranges of it not yet scanned, and the
+/// bytes scanned so far (the progress heartbeats carry).
+struct Held {
+    shard: ShardId,
+    epoch: Epoch,
+    ranges_left: usize,
+    scanned_bytes: u64,
+}
+
+/// What the feed shares with its reporter task.
+struct Shared<T: Transport> {
+    client: tokio::sync::Mutex<CoordinatorClient<T>>,
+    target: LeaseTarget,
+    /// By the file's number in the job.
+    held: Mutex<HashMap<u32, Held>>,
+    /// Scanned shards not yet reported, as `(shard, epoch)`.
+    done: Mutex<Vec<(ShardId, Epoch)>>,
+    wake: Notify,
+    stop: AtomicBool,
+    /// Why the reporter gave up; ends the job.
+    failure: Mutex<Option<String>>,
+}
+
+/// Shards of one job, leased from the coordinators.
+pub struct LeaseFeed<T: Transport> {
+    shared: Arc<Shared<T>>,
+    /// The partition map's epoch when the job started: what the owner
+    /// stages under (refused if the map moved on meanwhile).
+    map_epoch: Mutex<Option<Epoch>>,
+    runtime: Handle,
+    settings: LeaseSettings,
+    reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl<T: Transport> LeaseFeed<T> {
+    /// A feed for `target`, calling the coordinators through `client` on
+    /// `runtime` (which must outlive the job: the job's own runtime stops
+    /// with it).
+    pub fn new(
+        client: CoordinatorClient<T>,
+        target: LeaseTarget,
+        runtime: Handle,
+        settings: LeaseSettings,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                client: tokio::sync::Mutex::new(client),
+                target,
+                held: Mutex::default(),
+                done: Mutex::default(),
+                wake: Notify::new(),
+                stop: AtomicBool::new(false),
+                failure: Mutex::default(),
+            }),
+            map_epoch: Mutex::default(),
+            runtime,
+            settings,
+            reporter: Mutex::default(),
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().expect("not poisoned").clone()
+    }
+
+    /// The job as the leader sees it.
+    fn job_status(&self) -> Result<JobStatus, String> {
+        let job = self.shared.target.job;
+        let status = self
+            .runtime
+            .block_on(async { self.shared.client.lock().await.job(job).await })
+            .map_err(|e| format!("asking for job {job}: {e}"))?;
+        status.ok_or_else(|| format!("the coordinators know no job {job}"))
+    }
+
+    /// Registers the leased shards' files and cuts them into scans.
+    fn take(
+        &self,
+        ctx: &JobContext,
+        files: &mut FileRegister<'_>,
+        leased: Vec<LeasedShard>,
+    ) -> Result<Vec<Shard>, String> {
+        let mut scans = Vec::new();
+        for lease in leased {
+            if lease.job != self.shared.target.job {
+                return Err(format!(
+                    "leased shard {} of job {} while running job {}",
+                    lease.shard, lease.job, self.shared.target.job
+                ));
+            }
+            let seq = u32::try_from(lease.file)
+                .map_err(|_| format!("file number {} exceeds 2^32", lease.file))?;
+            // A lease's checkpoint is not resumed from: the shard is read
+            // whole again (its owner's merge keeps the first sighting).
+            // The size is the manifest's, so a file that changed since it
+            // was listed is reported by the scan; the modification time is
+            // taken now, so is one that changes while it is read.
+            let path = PathBuf::from(&lease.path);
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            let file = InputFile {
+                seq,
+                path,
+                size: lease.end,
+                modified,
+            };
+            files.add(file.clone())?;
+            if let Some(reason) = self.refused(&file) {
+                tracing::warn!(path = %file.path.display(), "{reason}");
+                let problem = FileProblem {
+                    offset: None,
+                    message: reason,
+                };
+                ctx.store
+                    .put_problem(ctx.dataset.id, ctx.job.id, seq, &problem)
+                    .map_err(|e| e.to_string())?;
+                // Settled without a read: the shard is done, rejected.
+                let mut done = self.shared.done.lock().expect("not poisoned");
+                done.push((lease.shard, lease.epoch));
+                continue;
+            }
+            let ranges: Vec<Shard> = plan_shards(Arc::new(file), ctx.config.split_bytes).collect();
+            self.shared.held.lock().expect("not poisoned").insert(
+                seq,
+                Held {
+                    shard: lease.shard,
+                    epoch: lease.epoch,
+                    ranges_left: ranges.len(),
+                    scanned_bytes: 0,
+                },
+            );
+            scans.extend(ranges);
+        }
+        Ok(scans)
+    }
+
+    /// Why the node may not read `file`, if it may not.
+    fn refused(&self, file: &InputFile) -> Option<String> {
+        let roots = self.settings.roots.as_ref()?;
+        roots.check(&file.path).err()
+    }
+
+    fn start_reporter(&self) {
+        let shared = self.shared.clone();
+        let interval = self.settings.heartbeat;
+        let task = self.runtime.spawn(report(shared, interval));
+        *self.reporter.lock().expect("not poisoned") = Some(task);
+    }
+
+    /// Stops the reporter after its last report.
+    fn stop_reporter(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        if let Some(task) = self.reporter.lock().expect("not poisoned").take() {
+            let _ = self.runtime.block_on(task);
+        }
+    }
+}
+
+impl<T: Transport> ShardFeed for LeaseFeed<T> {
+    fn name(&self) -> &'static str {
+        "lease feed"
+    }
+
+    fn run(&self, ctx: &JobContext, scanners: &Scanners) -> Result<(), String> {
+        let node = self.shared.target.node;
+        let map = self
+            .runtime
+            .block_on(async {
+                let mut client = self.shared.client.lock().await;
+                client.partition_map(node, &ctx.dataset.name).await
+            })
+            .map_err(|e| format!("asking for the partition map: {e}"))?;
+        if map.partitions != ctx.dataset.partitions {
+            return Err(format!(
+                "dataset {:?} has {} partitions here, {} at the coordinators",
+                ctx.dataset.name, ctx.dataset.partitions, map.partitions
+            ));
+        }
+        *self.map_epoch.lock().expect("not poisoned") = Some(map.epoch);
+        self.start_reporter();
+        let mut files = FileRegister::new(ctx);
+        let target = self.shared.target;
+        let batch = self.settings.batch.clamp(1, MAX_LEASES_PER_COMMAND as u32);
+        loop {
+            if let Some(failure) = self.failure() {
+                return Err(failure);
+            }
+            let reply = self
+                .runtime
+                .block_on(async {
+                    self.shared
+                        .client
+                        .lock()
+                        .await
+                        .lease(target.node, batch, Some(target.job))
+                        .await
+                })
+                .map_err(|e| format!("asking for leases: {e}"))?;
+            match reply {
+                LeaseReply::Leased(leased) => {
+                    let scans = self.take(ctx, &mut files, leased)?;
+                    for bundle in bundles(scans) {
+                        if !scanners.hand_out(bundle) {
+                            return files.finish();
+                        }
+                    }
+                }
+                LeaseReply::NoWork => {
+                    let status = self.job_status()?;
+                    if status.aborted {
+                        return Err(format!("job {} was aborted", target.job));
+                    }
+                    if !status.submitting && status.shards_pending + status.shards_leased == 0 {
+                        return files.finish();
+                    }
+                    // Wake the reporter: our own finished shards may be
+                    // what the job waits for.
+                    self.shared.wake.notify_one();
+                    std::thread::sleep(self.settings.poll);
+                }
+                LeaseReply::Refused(reason) => return Err(format!("lease refused: {reason}")),
+                LeaseReply::Renewed { .. } => {
+                    return Err("a lease request was answered as a renewal".into());
+                }
+            }
+        }
+    }
+
+    fn scanned(&self, shards: &[Shard]) {
+        let mut held = self.shared.held.lock().expect("not poisoned");
+        let mut done = self.shared.done.lock().expect("not poisoned");
+        for shard in shards {
+            let seq = shard.file.seq;
+            let Some(lease) = held.get_mut(&seq) else {
+                continue;
+            };
+            lease.ranges_left = lease.ranges_left.saturating_sub(1);
+            lease.scanned_bytes += shard.listed_bytes();
+            if lease.ranges_left == 0 {
+                done.push((lease.shard, lease.epoch));
+                held.remove(&seq);
+            }
+        }
+        if done.len() >= MAX_LEASES_PER_COMMAND / 2 {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn staged(&self, totals: &JobTotals) -> Result<(), String> {
+        let outcome = self.stage_and_wait(totals);
+        self.stop_reporter();
+        outcome
+    }
+}
+
+impl<T: Transport> LeaseFeed<T> {
+    /// Reports the owner's counts, then waits for the job's commit.
+    fn stage_and_wait(&self, totals: &JobTotals) -> Result<(), String> {
+        let target = self.shared.target;
+        let counts = StagedCounts {
+            read: totals.read,
+            unique: totals.unique,
+            duplicates: totals.duplicates,
+            rejected: totals.rejected,
+        };
+        let map_epoch = self
+            .map_epoch
+            .lock()
+            .expect("not poisoned")
+            .ok_or("staged before the partition map was known")?;
+        let answer = self
+            .runtime
+            .block_on(async {
+                let mut client = self.shared.client.lock().await;
+                client
+                    .stage(target.node, target.job, counts, map_epoch)
+                    .await
+            })
+            .map_err(|e| format!("staging job {}: {e}", target.job))?;
+        match answer {
+            Response::JobStaged {
+                committed: true, ..
+            } => return Ok(()),
+            Response::JobStaged { .. } => {}
+            other => return Err(format!("staging job {} refused: {other:?}", target.job)),
+        }
+        let deadline = Instant::now() + self.settings.commit_timeout;
+        loop {
+            let status = self.job_status()?;
+            if status.committed {
+                return Ok(());
+            }
+            if status.aborted {
+                return Err(format!("job {} was aborted", target.job));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "job {} was not committed within {:?} of staging: {} shards pending, {} leased",
+                    target.job,
+                    self.settings.commit_timeout,
+                    status.shards_pending,
+                    status.shards_leased
+                ));
+            }
+            std::thread::sleep(self.settings.poll);
+        }
+    }
+}
+
+/// Scans gathered into bundles as a walk gathers them.
+fn bundles(scans: Vec<Shard>) -> Vec<Vec<Shard>> {
+    let mut bundles = Vec::new();
+    let (mut bundle, mut bytes) = (Vec::new(), 0);
+    for scan in scans {
+        bytes += scan.listed_bytes();
+        bundle.push(scan);
+        if bundle.len() >= BUNDLE_SHARDS || bytes >= BUNDLE_BYTES {
+            bundles.push(std::mem::take(&mut bundle));
+            bytes = 0;
+        }
+    }
+    if !bundle.is_empty() {
+        bundles.push(bundle);
+    }
+    bundles
+}
+
+impl<T: Transport> Drop for LeaseFeed<T> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The reporter: every `interval`, or sooner when woken, reports finished
+/// shards in batches and heartbeats; a last report when stopped.
+async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration) {
+    loop {
+        let stopping = shared.stop.load(Ordering::Acquire);
+        if let Err(failure) = report_once(&shared).await {
+            tracing::error!("{failure}");
+            *shared.failure.lock().expect("not poisoned") = Some(failure);
+            return;
+        }
+        if stopping {
+            return;
+        }
+        let _ = tokio::time::timeout(interval, shared.wake.notified()).await;
+    }
+}
+
+async fn report_once<T: Transport>(shared: &Shared<T>) -> Result<(), String> {
+    let target = shared.target;
+    let mut client = shared.client.lock().await;
+    loop {
+        let batch: Vec<(ShardId, Epoch)> = {
+            let mut done = shared.done.lock().expect("not poisoned");
+            let take = done.len().min(MAX_LEASES_PER_COMMAND);
+            done.drain(..take).collect()
+        };
+        if batch.is_empty() {
+            break;
+        }
+        let answer = client
+            .complete_shards(target.node, batch)
+            .await
+            .map_err(|e| format!("reporting finished shards: {e}"))?;
+        match answer {
+            Response::ShardsCompleted { refused, .. } if refused.is_empty() => {}
+            Response::ShardsCompleted { refused, .. } => {
+                let (shard, why) = &refused[0];
+                return Err(format!(
+                    "shard {shard} was read but its completion was refused ({why}): \
+                     its records cannot count"
+                ));
+            }
+            other => return Err(format!("reporting finished shards: {other:?}")),
+        }
+    }
+    let progress: Vec<ShardProgress> = shared
+        .held
+        .lock()
+        .expect("not poisoned")
+        .values()
+        .map(|h| ShardProgress {
+            shard: h.shard,
+            epoch: h.epoch,
+            offset: h.scanned_bytes,
+        })
+        .collect();
+    match client
+        .heartbeat(target.node, target.incarnation, progress)
+        .await
+        .map_err(|e| format!("heartbeat: {e}"))?
+    {
+        HeartbeatReply::Alive { .. } => Ok(()),
+        HeartbeatReply::Unknown => Err(format!(
+            "node {} (incarnation {}) was declared lost by the coordinators",
+            target.node, target.incarnation
+        )),
+    }
+}
