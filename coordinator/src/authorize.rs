@@ -30,6 +30,7 @@ use proto_schema::coordinator_api::{Forbidden, Request};
 use proto_schema::ids::NodeId;
 use proto_schema::log_limit::LogLimit;
 use proto_schema::quic::Peer;
+use proto_schema::tls::Fingerprint;
 
 /// Counter of client requests refused for the sender's certificate
 /// (labels `role`, `request`).
@@ -173,29 +174,45 @@ pub fn allowed(kind: RequestKind) -> Allowed {
     }
 }
 
-/// What a request asks, and the node it speaks for.
+/// What a request asks, the node it speaks for, and for a registration
+/// the certificate fingerprint it registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subject {
     pub kind: RequestKind,
     pub node: Option<NodeId>,
+    pub fingerprint: Option<Fingerprint>,
 }
 
 impl Subject {
     fn of(kind: RequestKind) -> Self {
-        Self { kind, node: None }
+        Self {
+            kind,
+            node: None,
+            fingerprint: None,
+        }
     }
 
     fn for_node(kind: RequestKind, node: NodeId) -> Self {
         Self {
             kind,
             node: Some(node),
+            fingerprint: None,
+        }
+    }
+
+    fn registering(kind: RequestKind, node: NodeId, fingerprint: [u8; 32]) -> Self {
+        Self {
+            fingerprint: Some(Fingerprint(fingerprint)),
+            ..Self::for_node(kind, node)
         }
     }
 
     pub fn of_command(cmd: &Command) -> Self {
         use RequestKind as K;
         match cmd {
-            Command::RegisterNode(info) => Self::for_node(K::RegisterNode, info.id),
+            Command::RegisterNode(info) => {
+                Self::registering(K::RegisterNode, info.id, info.cert_fingerprint)
+            }
             Command::CreateDataset(_) => Self::of(K::CreateDataset),
             Command::BeginSubmission { .. } => Self::of(K::BeginSubmission),
             Command::SubmitChunk { .. } => Self::of(K::SubmitChunk),
@@ -219,7 +236,11 @@ impl Subject {
             Request::Status => Some(Self::of(K::Status)),
             Request::Replica => Some(Self::of(K::Replica)),
             Request::Job { .. } => Some(Self::of(K::Job)),
-            Request::Register(registration) => Some(Self::for_node(K::Register, registration.node)),
+            Request::Register(registration) => Some(Self::registering(
+                K::Register,
+                registration.node,
+                registration.cert_fingerprint,
+            )),
             Request::Heartbeat { node, .. } => Some(Self::for_node(K::Heartbeat, *node)),
             Request::Lease { node, .. } => Some(Self::for_node(K::Lease, *node)),
             Request::Renew { node, .. } => Some(Self::for_node(K::Renew, *node)),
@@ -247,7 +268,19 @@ pub fn refusal(caller: &Caller, subject: Subject) -> Option<String> {
         (Allowed::OperatorsAndNodes, Some(_)) => {
             Some("only operator and node certificates may".into())
         }
-        (Allowed::TheNodeItself, Some(Role::Node(id))) if subject.node == Some(id) => None,
+        (Allowed::TheNodeItself, Some(Role::Node(id))) if subject.node == Some(id) => {
+            // A node registers the certificate it presents, never another's.
+            let presented = match caller {
+                Caller::Remote(peer) => Some(peer.fingerprint),
+                Caller::InProcess => None,
+            };
+            match (subject.fingerprint, presented) {
+                (Some(registered), Some(presented)) if registered != presented => Some(format!(
+                    "node-{id} registers certificate {registered} but presented {presented}"
+                )),
+                _ => None,
+            }
+        }
         (Allowed::TheNodeItself, Some(Role::Node(id))) => Some(format!(
             "node-{id}'s certificate speaks for node {id} only, not for node {}",
             subject.node.map_or("none".into(), |n| n.to_string())
@@ -321,7 +354,6 @@ mod tests {
     use std::sync::Arc;
 
     use proto_schema::command::{LeaseGrant, NodeInfo};
-    use proto_schema::tls::Fingerprint;
 
     use proto_schema::ids::{Epoch, ShardId};
 
@@ -341,6 +373,7 @@ mod tests {
             .map(|kind| Subject {
                 kind,
                 node: (allowed(kind) == Allowed::TheNodeItself).then_some(NodeId(5)),
+                fingerprint: None,
             })
             .collect()
     }
@@ -390,6 +423,26 @@ mod tests {
     }
 
     #[test]
+    fn a_node_registers_the_certificate_it_presents_only() {
+        let register = |fingerprint| {
+            Command::RegisterNode(NodeInfo {
+                id: NodeId(5),
+                incarnation: 1,
+                address: "10.0.0.5:7000".into(),
+                cert_fingerprint: fingerprint,
+            })
+        };
+        // `remote` presents fingerprint [7; 32].
+        let own = Subject::of_command(&register([7; 32]));
+        assert_eq!(refusal(&remote("node-5"), own), None);
+        let other = Subject::of_command(&register([8; 32]));
+        let reason = refusal(&remote("node-5"), other).unwrap();
+        assert!(reason.contains("registers certificate 0808"), "{reason}");
+        assert!(reason.contains("but presented 0707"), "{reason}");
+        assert_eq!(refusal(&Caller::InProcess, other), None);
+    }
+
+    #[test]
     fn a_nodes_requests_are_read_for_the_node_they_speak_for() {
         let register = Command::RegisterNode(NodeInfo {
             id: NodeId(9),
@@ -399,7 +452,7 @@ mod tests {
         });
         assert_eq!(
             Subject::of_command(&register),
-            Subject::for_node(RequestKind::RegisterNode, NodeId(9))
+            Subject::registering(RequestKind::RegisterNode, NodeId(9), [0; 32])
         );
         let renew = Request::Renew {
             node: NodeId(4),

@@ -182,7 +182,20 @@ impl Cluster {
 
     /// Node `node`'s client, with its `node-N` certificate.
     fn node_client(&self, node: u64, ids: &[ReplicaId]) -> CoordinatorClient {
-        self.client_as(&format!("node-{node}"), ids)
+        self.registering_node(node, ids).0
+    }
+
+    /// Node `node`'s client, and the command registering it with the
+    /// fingerprint of the certificate it presents.
+    fn registering_node(&self, node: u64, ids: &[ReplicaId]) -> (CoordinatorClient, Command) {
+        let identity = identity(&self.ca, &format!("node-{node}"));
+        let Command::RegisterNode(mut info) = common::node(node) else {
+            unreachable!("common::node registers a node")
+        };
+        info.cert_fingerprint = identity.fingerprint().0;
+        let addresses = ids.iter().map(|id| self.peers[id].clone()).collect();
+        let client = CoordinatorClient::quic(&identity, addresses).unwrap();
+        (client, Command::RegisterNode(info))
     }
 
     /// A client presenting a certificate named `name`.
@@ -508,8 +521,8 @@ async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
     warnings();
     let cluster = Cluster::start(&[1, 2, 3]).await;
     let mut operator = cluster.client(&[1, 2, 3]);
-    let mut node_5 = cluster.node_client(5, &[1, 2, 3]);
-    node_5.write(&node(5)).await.unwrap();
+    let (mut node_5, register_5) = cluster.registering_node(5, &[1, 2, 3]);
+    node_5.write(&register_5).await.unwrap();
     operator.write(&dataset("ds")).await.unwrap();
     let begin = Command::BeginSubmission {
         dataset: "ds".into(),
@@ -564,6 +577,10 @@ async fn requests_a_certificate_does_not_allow_are_refused_before_the_log() {
             "speaks for node 5 only, not for node 6",
         ),
         (dataset("mine"), "only operator certificates may"),
+        (
+            node(5),
+            "node-5 registers certificate 0505050505050505050505050505050505050505050505050505050505050505 but presented",
+        ),
     ];
     for (cmd, expected) in node_refusals {
         let refused = reason(node_5.write(&cmd).await);
@@ -922,10 +939,11 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
     let mut cluster = Cluster::start(&[1, 2, 3]).await;
     let mut client = cluster.client(&[1, 2, 3]);
     // Each node with its own certificate; node 99 never registers.
-    let [mut n7, mut n8, mut n99] = [7, 8, 99].map(|id| cluster.node_client(id, &[1, 2, 3]));
-    for (id, node_client) in [(7, &mut n7), (8, &mut n8)] {
-        node_client.write(&node(id)).await.unwrap();
-    }
+    let [(mut n7, register_7), (mut n8, register_8)] =
+        [7, 8].map(|id| cluster.registering_node(id, &[1, 2, 3]));
+    let mut n99 = cluster.node_client(99, &[1, 2, 3]);
+    n7.write(&register_7).await.unwrap();
+    n8.write(&register_8).await.unwrap();
     client.write(&dataset("ds")).await.unwrap();
     let submission = submit(&mut client, "ds", files(3), 3).await;
 
