@@ -187,8 +187,13 @@ pub struct TuningArgs {
 pub struct DevArgs {
     /// Files or directories (walked; every file is leased to a node by
     /// its path, in path order).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "sample", conflicts_with = "sample")]
     pub paths: Vec<PathBuf>,
+
+    /// Run the job on a small generated sample dataset (into dataset
+    /// "sample" unless --dataset is given), as `quern ingest --sample`.
+    #[arg(long)]
+    pub sample: bool,
 
     /// Nodes in the process.
     #[arg(long, default_value_t = 1)]
@@ -198,8 +203,9 @@ pub struct DevArgs {
     #[arg(long, env = "QUERN_MEMORY", default_value = "512M", value_parser = parse_size)]
     pub memory: u64,
 
-    #[command(flatten)]
-    pub dataset: DatasetArg,
+    /// Dataset name [default: default, or sample with --sample].
+    #[arg(long, env = "QUERN_DATASET")]
+    pub dataset: Option<String>,
 
     /// Plain log lines instead of a progress bar.
     #[arg(long)]

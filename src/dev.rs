@@ -12,7 +12,7 @@ use node::counters::JobCounters;
 use node::ingest::IngestError;
 
 use crate::args::DevArgs;
-use crate::ingest::{EXIT_INTERRUPTED, EXIT_REJECTED};
+use crate::ingest::{self, EXIT_INTERRUPTED, EXIT_REJECTED};
 use crate::logging::LogTarget;
 use crate::progress::Progress;
 use crate::report;
@@ -20,7 +20,7 @@ use crate::report;
 pub fn run(data: &Path, args: DevArgs, log: &LogTarget) -> anyhow::Result<ExitCode> {
     let ingest = IngestConfig {
         data_dir: data.to_path_buf(),
-        dataset: args.dataset.dataset,
+        dataset: ingest::dataset_name(args.dataset, args.sample),
         memory_bytes: args.memory,
         ..IngestConfig::default()
     };
@@ -30,7 +30,11 @@ pub fn run(data: &Path, args: DevArgs, log: &LogTarget) -> anyhow::Result<ExitCo
         nodes: args.nodes,
         data_dir: data.to_path_buf(),
         ingest,
-        inputs: args.paths,
+        inputs: if args.sample {
+            vec![ingest::sample_input(data)?]
+        } else {
+            args.paths
+        },
         lease_ms: DEV_LEASE_MS,
     };
     let counters = Arc::new(JobCounters::default());

@@ -25,10 +25,7 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
     let defaults = IngestConfig::default();
     let config = IngestConfig {
         data_dir: data.to_path_buf(),
-        dataset: args
-            .dataset
-            .clone()
-            .unwrap_or_else(|| if args.sample { "sample" } else { "default" }.to_string()),
+        dataset: dataset_name(args.dataset.clone(), args.sample),
         format: match args.format {
             FormatArg::Lines => Format::Lines,
             FormatArg::Tsv => Format::Tsv {
@@ -111,8 +108,14 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
     Ok(ExitCode::from(code))
 }
 
+/// The dataset a job writes: as named, else `sample` for the generated
+/// sample and `default` otherwise.
+pub fn dataset_name(named: Option<String>, sample: bool) -> String {
+    named.unwrap_or_else(|| if sample { "sample" } else { "default" }.to_string())
+}
+
 /// The generated sample input under the data directory, made on first use.
-fn sample_input(data: &Path) -> anyhow::Result<PathBuf> {
+pub fn sample_input(data: &Path) -> anyhow::Result<PathBuf> {
     let dir = data.join("sample-input");
     let generated = bench::datagen::ensure_sample_dataset(&dir)
         .with_context(|| format!("generating sample data in {}", dir.display()))?;

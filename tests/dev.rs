@@ -118,3 +118,26 @@ fn dev_refuses_standard_input_and_missing_paths() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The front door's job: `quern dev --sample` runs the generated sample
+/// through the cluster code into dataset "sample", and stores what
+/// `quern ingest --sample` stores.
+#[test]
+fn dev_runs_the_generated_sample() {
+    let (dev_data, ingest_data) = (tempdir(), tempdir());
+    let out = dev(dev_data.path(), &["--sample", "--memory", "64M"], &[], 0);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("committed job 1 of dataset \"sample\""),
+        "{summary}"
+    );
+    run(
+        quern(ingest_data.path()).args(["ingest", "--no-progress", "--sample", "--memory", "64M"]),
+        0,
+    );
+    let exported = export(dev_data.path(), "sample");
+    assert!(!exported.is_empty());
+    assert!(exported == export(ingest_data.path(), "sample"));
+    // Paths and --sample are one or the other.
+    dev(dev_data.path(), &["--sample"], &[dev_data.path()], 2);
+}
