@@ -46,8 +46,13 @@ pub fn metric_names() -> impl Iterator<Item = &'static str> {
     [
         lease_desk::LEASE_GRANTS_METRIC,
         lease_desk::LEASE_RENEWALS_METRIC,
+        lease_desk::HEARTBEATS_METRIC,
+        lease_desk::NODES_LOST_METRIC,
+        authorize::REQUEST_REFUSED_METRIC,
         raft_peers::RAFT_RPC_REFUSED_METRIC,
         proto_schema::quic::PEER_REFUSED_METRIC,
+        proto_schema::quic::CONNECTION_REFUSED_METRIC,
+        proto_schema::cert_expiry::CERT_EXPIRY_METRIC,
     ]
     .into_iter()
     .chain(raft_metrics::METRICS)
