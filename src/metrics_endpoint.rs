@@ -34,6 +34,7 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
     coordinator::raft_peers::describe_metrics();
     coordinator::raft_metrics::describe_metrics();
     coordinator::authorize::describe_metrics();
+    coordinator::state_reads::describe_metrics();
     proto_schema::cert_expiry::describe_metrics();
     coordinator::lease_desk::describe_metrics();
     runtime.spawn(exporter);

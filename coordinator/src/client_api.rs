@@ -16,6 +16,7 @@ use crate::authorize::{Caller, Gate, Subject};
 use crate::contacts::Contacts;
 use crate::lease_desk::{DeskError, LeaseDesk};
 use crate::propose::{self, ProposeError};
+use crate::state_reads::StateReads;
 use crate::{Raft, StateMachineStore, status};
 
 pub struct ClientApi {
@@ -24,6 +25,7 @@ pub struct ClientApi {
     desk: LeaseDesk,
     contacts: Contacts,
     gate: Gate,
+    reads: StateReads,
 }
 
 impl ClientApi {
@@ -37,6 +39,7 @@ impl ClientApi {
             state,
             contacts,
             gate: Gate::default(),
+            reads: StateReads::default(),
         }
     }
 
@@ -67,7 +70,7 @@ impl ClientApi {
                 }
                 self.propose(&cmd).await
             }
-            Request::Status => self.status(),
+            Request::Status => self.status().await,
             Request::Register(registration) => written(self.desk.register(registration).await),
             Request::Heartbeat {
                 node,
@@ -112,12 +115,14 @@ impl ClientApi {
             Request::Job { job } => self.job(*job),
             Request::Replica => {
                 let (raft, state) = (self.raft.clone(), self.state.clone());
-                match tokio::task::spawn_blocking(move || status::replica_report(&raft, &state))
+                match self
+                    .reads
+                    .run("replica", move || status::replica_report(&raft, &state))
                     .await
                 {
                     Ok(Ok(report)) => Reply::Replica(report),
                     Ok(Err(e)) => Reply::Failed(e.to_string()),
-                    Err(e) => Reply::Failed(format!("reading the state: {e}")),
+                    Err(e) => Reply::Failed(e),
                 }
             }
         }
@@ -145,7 +150,7 @@ impl ClientApi {
     /// The leader answers; a follower that knows the leader redirects, so
     /// the report carries the followers' health. Without a leader, the
     /// local view.
-    fn status(&self) -> Reply {
+    async fn status(&self) -> Reply {
         if let Some(ProposeError::ForwardToLeader {
             leader: Some(leader),
             address: Some(address),
@@ -156,9 +161,16 @@ impl ClientApi {
                 address: Some(address),
             };
         }
-        match status::report(&self.raft, &self.state, &self.contacts) {
-            Ok(report) => Reply::Status(report),
-            Err(e) => Reply::Failed(e.to_string()),
+        let (raft, state, contacts) =
+            (self.raft.clone(), self.state.clone(), self.contacts.clone());
+        match self
+            .reads
+            .run("status", move || status::report(&raft, &state, &contacts))
+            .await
+        {
+            Ok(Ok(report)) => Reply::Status(report),
+            Ok(Err(e)) => Reply::Failed(e.to_string()),
+            Err(e) => Reply::Failed(e),
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod router;
 pub mod rpc;
 pub mod service;
 pub mod state;
+pub mod state_reads;
 pub mod status;
 pub mod transport;
 
@@ -49,6 +50,7 @@ pub fn metric_names() -> impl Iterator<Item = &'static str> {
         lease_desk::HEARTBEATS_METRIC,
         lease_desk::NODES_LOST_METRIC,
         authorize::REQUEST_REFUSED_METRIC,
+        state_reads::STATE_READS_REFUSED_METRIC,
         raft_peers::RAFT_RPC_REFUSED_METRIC,
         proto_schema::quic::PEER_REFUSED_METRIC,
         proto_schema::quic::CONNECTION_REFUSED_METRIC,
