@@ -23,7 +23,7 @@ use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
     Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response, StagedCounts,
 };
-use proto_schema::coordinator_api::{HeartbeatReply, LeaseReply, NodeRegistration};
+use proto_schema::coordinator_api::{HeartbeatReply, LeaseReply, NodeRegistration, WorkItem};
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
 mod common;
@@ -520,8 +520,17 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         );
     }
     cluster.write(&dataset("ds")).await;
+    assert_eq!(client.work(NodeId(1)).await.unwrap(), vec![], "no job yet");
     let manifest = files(10);
     let job = submit(&cluster, "ds", manifest.clone(), 4).await;
+    // A node finds the job, with its dataset's spec, until it commits.
+    let Command::CreateDataset(spec) = dataset("ds") else {
+        unreachable!()
+    };
+    assert_eq!(
+        client.work(NodeId(1)).await.unwrap(),
+        vec![WorkItem { job, spec }]
+    );
     let raft = cluster.raft(cluster.leader().await).clone();
     let log_index = || raft.metrics().borrow().last_log_index.unwrap();
 
@@ -698,4 +707,5 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     let status = client.job(job).await.unwrap().unwrap();
     assert!(status.committed);
     assert_eq!((status.shards_done, status.shards_pending), (10, 0));
+    assert_eq!(client.work(NodeId(1)).await.unwrap(), vec![], "committed");
 }
