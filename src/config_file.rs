@@ -473,12 +473,17 @@ peers = { 1 = \"nonsense\" }",
         assert_eq!(args.cert_dir, PathBuf::from("/etc/quern/certs"));
         assert_eq!(args.coordinators, ["127.0.0.1:7001", "127.0.0.1:7002"]);
         assert_eq!(args.memory, 128 << 20);
-        assert_eq!(args.roots, [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]);
+        assert_eq!(
+            args.roots,
+            [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
+        );
         // Flags replace the file's values, lists included.
         let args = node_args(
             parse(
                 file,
-                &["quern", "node", "--id", "4", "--root", "/x", "--memory", "1G"],
+                &[
+                    "quern", "node", "--id", "4", "--root", "/x", "--memory", "1G",
+                ],
             )
             .unwrap(),
         );

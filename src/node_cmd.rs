@@ -212,9 +212,14 @@ impl Node {
                 self.heartbeat = (left / 3).clamp(MIN_HEARTBEAT, MAX_HEARTBEAT);
             }
             Ok(HeartbeatReply::Unknown) => {
-                tracing::warn!("node {id}: incarnation {incarnation} is not live; registering again");
+                tracing::warn!(
+                    "node {id}: incarnation {incarnation} is not live; registering again"
+                );
                 self.register()?;
-                eprintln!("node {id} registered again (incarnation {})", self.incarnation);
+                eprintln!(
+                    "node {id} registered again (incarnation {})",
+                    self.incarnation
+                );
             }
             Err(e) => tracing::warn!("node {id}: heartbeat failed: {e}"),
         }

@@ -18,11 +18,24 @@ use common::*;
 /// `quern node`'s own shutdown bound, with room for a loaded machine.
 const STOP_WITHIN: Duration = Duration::from_secs(40);
 const COMMIT_WITHIN: Duration = Duration::from_secs(120);
+/// The coordinators' lease time, short so that the node's idle time
+/// before the submission spans several: only its heartbeats between jobs
+/// keep it from being declared lost.
+const LEASE_TIME: &str = "2s";
+const IDLE_FOR: Duration = Duration::from_secs(5);
 
 fn issue(certs: &Path, name: &str) {
     run(
         quern(&certs.join("unused"))
-            .args(["cert", "issue", "--san", "127.0.0.1", "--name", name, "--dir"])
+            .args([
+                "cert",
+                "issue",
+                "--san",
+                "127.0.0.1",
+                "--name",
+                name,
+                "--dir",
+            ])
             .arg(certs),
         0,
     );
@@ -83,7 +96,7 @@ fn job(status: &serde_json::Value, id: u64) -> Option<serde_json::Value> {
 
 #[test]
 fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_with(&["--lease-time", LEASE_TIME]);
     cluster.wait_for_leader(Duration::from_secs(30));
     let certs = cluster.path("certs");
     issue(&certs, "node-1");
@@ -110,9 +123,12 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
         .spawn()
         .unwrap();
     let node_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    std::thread::sleep(IDLE_FOR);
+    assert!(node_log().contains("node 1 registered"), "{}", node_log());
 
     let submitted = run(
-        &mut cluster.client(&["submit", "--no-progress", "--dataset", "ds", "--manifest"])
+        &mut cluster
+            .client(&["submit", "--no-progress", "--dataset", "ds", "--manifest"])
             .arg(&manifest),
         0,
     );
@@ -161,6 +177,10 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
         "{log_text}"
     );
     assert!(log_text.contains("terminated, shutting down"), "{log_text}");
+    assert!(
+        !log_text.contains("registered again"),
+        "the idle node was declared lost: {log_text}"
+    );
 
     let exported = export(&node_data, "ds");
     assert!(

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use coordinator::embedded::EmbeddedCoordinator;
 use coordinator::service::ServiceError;
+use coordinator_client::CoordinatorClient;
 use coordinator_client::inventory::{self, InventoryError};
 use coordinator_client::path_order::SortMemory;
 use coordinator_client::submission::{self, SubmitError, SubmitEvent, SubmitOptions, Summary};
-use coordinator_client::CoordinatorClient;
 use node::actors::feed::lease::LeaseTarget;
 use node::config::{IngestConfig, MemoryPlan};
 use node::counters::JobCounters;

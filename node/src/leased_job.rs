@@ -140,8 +140,13 @@ pub fn run<T: Transport>(
         ..LeaseSettings::default()
     };
     let feed = LeaseFeed::new(job.client, job.target, runtime, settings);
-    let prepared =
-        ingest::prepare_with_feed(store, job.ingest, job.shown_inputs, Arc::new(feed), counters)?;
+    let prepared = ingest::prepare_with_feed(
+        store,
+        job.ingest,
+        job.shown_inputs,
+        Arc::new(feed),
+        counters,
+    )?;
     ingest::run(prepared, cancel)
 }
 

@@ -83,7 +83,16 @@ impl StagedCounts {
 
 /// How a dataset's files are split into records.
 #[derive(
-    Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
 )]
 pub enum DatasetFormat {
     Lines,
@@ -93,7 +102,15 @@ pub enum DatasetFormat {
 
 /// Which part of a record is its key.
 #[derive(
-    Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
 )]
 pub enum KeySpec {
     WholeLine,
@@ -104,7 +121,15 @@ pub enum KeySpec {
 /// A dataset as created; also sent to nodes with their work
 /// (`coordinator_api::WorkItem`, postcard), so it derives both codecs.
 #[derive(
-    Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
 )]
 pub struct DatasetSpec {
     pub name: String,

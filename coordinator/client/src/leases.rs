@@ -11,8 +11,8 @@
 use proto_schema::PartitionMap;
 use proto_schema::command::{Response, StagedCounts};
 use proto_schema::coordinator_api::{
-    Applied, HeartbeatReply, JobStatus, LeaseReply, NodeRegistration, Reply, Request, ShardProgress,
-    WorkItem,
+    Applied, HeartbeatReply, JobStatus, LeaseReply, NodeRegistration, Reply, Request,
+    ShardProgress, WorkItem,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
