@@ -127,7 +127,7 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     assert!(node_log().contains("node 1 registered"), "{}", node_log());
 
     let submitted = run(
-        &mut cluster
+        cluster
             .client(&["submit", "--no-progress", "--dataset", "ds", "--manifest"])
             .arg(&manifest),
         0,
