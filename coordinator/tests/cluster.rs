@@ -23,7 +23,9 @@ use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
     Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response, StagedCounts,
 };
-use proto_schema::coordinator_api::{HeartbeatReply, LeaseReply, NodeRegistration, WorkItem};
+use proto_schema::coordinator_api::{
+    HeartbeatReply, LeaseReply, MAX_WORK_ITEMS, NodeRegistration, WorkItem,
+};
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
 mod common;
@@ -338,6 +340,28 @@ async fn a_write_to_a_follower_is_redirected_to_the_leader() {
         }
         other => panic!("expected a redirect, got {other:?}"),
     }
+}
+
+/// `Work` lists at most `MAX_WORK_ITEMS` jobs, the oldest: a node takes
+/// them one at a time and asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_lists_the_oldest_submitted_jobs_within_its_bound() {
+    let cluster = Cluster::start(&[1]).await;
+    let mut jobs = Vec::new();
+    for d in 0..=MAX_WORK_ITEMS {
+        let name = format!("d{d}");
+        cluster.write(&dataset(&name)).await;
+        jobs.push(submit(&cluster, &name, files(1), 1).await);
+    }
+    let listed: Vec<JobId> = cluster
+        .client()
+        .work(NodeId(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| item.job)
+        .collect();
+    assert_eq!(listed, jobs[..MAX_WORK_ITEMS]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
