@@ -64,6 +64,9 @@ pub enum Command {
     Cert(CertArgs),
     /// Run a coordinator replica: Raft and the client API over QUIC.
     Coordinator(CoordinatorArgs),
+    /// Run a node: registers with the coordinators, heartbeats, and ingests
+    /// each submitted job's shards into its store until stopped.
+    Node(NodeArgs),
     /// Show the cluster: leader, term, members' health, datasets and jobs.
     Status(StatusArgs),
     /// Submit a manifest (or a directory's files) to the coordinators.
@@ -342,6 +345,41 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "ENTRIES", default_value_t = coordinator::config::SNAPSHOT_EVERY,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// This node's id; its certificate must be named node-ID [config:
+    /// [node] id].
+    #[arg(long)]
+    pub id: Option<u64>,
+
+    /// The node's data-channel address, recorded in its registration (one
+    /// node binds nothing yet) [config: listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Directory of the node's store [config: data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Directory holding ca.pem and node-ID.pem / node-ID.key.
+    #[arg(long, env = "QUERN_CERT_DIR", default_value = "quern-certs")]
+    pub cert_dir: PathBuf,
+
+    /// A coordinator's HOST:PORT (repeatable, or comma-separated) [config:
+    /// coordinators].
+    #[arg(long = "coordinator", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub coordinators: Vec<String>,
+
+    /// Memory budget for the whole node.
+    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+
+    /// A directory the node may read under (repeatable); a manifest's path
+    /// outside every root is a rejected file, never read [config: roots].
+    #[arg(long = "root", value_name = "DIR")]
+    pub roots: Vec<PathBuf>,
 }
 
 /// One `--peer ID=HOST:PORT`.

@@ -23,14 +23,23 @@
 //! data_dir = "/var/lib/quern/coordinator"
 //! peers = { 1 = "10.0.0.5:7001", 2 = "10.0.0.6:7001", 3 = "10.0.0.7:7001" }
 //!
+//! [node]
+//! id = 1
+//! listen = "10.0.0.11:7101"
+//! data_dir = "/var/lib/quern/node"
+//! coordinators = ["10.0.0.5:7001", "10.0.0.6:7001", "10.0.0.7:7001"]
+//! memory = "1GiB"
+//! roots = ["/srv/logs"]
+//!
 //! [client]
 //! coordinators = ["10.0.0.5:7001", "10.0.0.6:7001"]
 //! cert_name = "ops"
 //! ```
 //!
-//! `[coordinator] peers` is a table (id -> address) and `[client]
-//! coordinators` a list, the file's forms of the repeatable `--peer` and
-//! `--coordinator` flags.
+//! `[coordinator] peers` is a table (id -> address), `[client]
+//! coordinators`, `[node] coordinators` and `[node] roots` lists: the
+//! file's forms of the repeatable `--peer`, `--coordinator` and `--root`
+//! flags.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -73,6 +82,8 @@ pub struct ConfigFile {
     #[serde(default)]
     coordinator: CoordinatorSection,
     #[serde(default)]
+    node: NodeSection,
+    #[serde(default)]
     client: ClientSection,
 }
 
@@ -111,6 +122,21 @@ struct CoordinatorSection {
     /// id -> HOST:PORT, every voter (this replica included).
     #[serde(default)]
     peers: std::collections::BTreeMap<u64, String>,
+}
+
+/// Options of `quern node`. `cert_dir` falls back to `[cert] dir`.
+#[derive(Deserialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    id: Option<u64>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    cert_dir: Option<PathBuf>,
+    #[serde(default)]
+    coordinators: Vec<String>,
+    memory: Option<Value>,
+    #[serde(default)]
+    roots: Vec<PathBuf>,
 }
 
 /// Options of the client commands (`quern status`, `quern submit`, `quern abort`).
@@ -216,6 +242,29 @@ impl ConfigFile {
             sub = with_defaults(sub, coordinator_values);
             if !peers.is_empty() {
                 sub = sub.mut_arg("peers", |arg| arg.default_values(peers));
+            }
+            sub
+        });
+        let node = &self.node;
+        let node_values = [
+            ("id", node.id.map(|id| id.to_string())),
+            ("listen", node.listen.clone()),
+            ("data_dir", node.data_dir.as_ref().map(path)),
+            (
+                "cert_dir",
+                node.cert_dir.as_ref().or(self.cert.dir.as_ref()).map(path),
+            ),
+            ("memory", node.memory.as_ref().map(Value::as_default)),
+        ];
+        let roots: Vec<String> = node.roots.iter().map(path).collect();
+        let node_coordinators = node.coordinators.clone();
+        command = command.mut_subcommand("node", |mut sub| {
+            sub = with_defaults(sub, node_values);
+            if !node_coordinators.is_empty() {
+                sub = sub.mut_arg("coordinators", |arg| arg.default_values(node_coordinators));
+            }
+            if !roots.is_empty() {
+                sub = sub.mut_arg("roots", |arg| arg.default_values(roots));
             }
             sub
         });
@@ -398,6 +447,51 @@ peers = { 1 = \"nonsense\" }",
         )
         .unwrap_err();
         assert!(err.to_string().contains("ID=HOST:PORT"), "{err}");
+    }
+
+    #[test]
+    fn the_node_section_sets_quern_nodes_defaults() {
+        let node_args = |cli: Cli| match cli.command {
+            crate::args::Command::Node(args) => args,
+            other => panic!("not node: {other:?}"),
+        };
+        let file = r#"
+            [cert]
+            dir = "/etc/quern/certs"
+            [node]
+            id = 3
+            listen = "127.0.0.1:7103"
+            data_dir = "/var/lib/quern/node-3"
+            coordinators = ["127.0.0.1:7001", "127.0.0.1:7002"]
+            memory = "128MiB"
+            roots = ["/srv/a", "/srv/b"]
+        "#;
+        let args = node_args(parse(file, &["quern", "node"]).unwrap());
+        assert_eq!(args.id, Some(3));
+        assert_eq!(args.listen, Some("127.0.0.1:7103".parse().unwrap()));
+        assert_eq!(args.data_dir, Some(PathBuf::from("/var/lib/quern/node-3")));
+        assert_eq!(args.cert_dir, PathBuf::from("/etc/quern/certs"));
+        assert_eq!(args.coordinators, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert_eq!(args.memory, 128 << 20);
+        assert_eq!(
+            args.roots,
+            [PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]
+        );
+        // Flags replace the file's values, lists included.
+        let args = node_args(
+            parse(
+                file,
+                &[
+                    "quern", "node", "--id", "4", "--root", "/x", "--memory", "1G",
+                ],
+            )
+            .unwrap(),
+        );
+        assert_eq!(args.id, Some(4));
+        assert_eq!(args.roots, [PathBuf::from("/x")]);
+        assert_eq!(args.memory, 1 << 30);
+        let err = parse("[node]\nmemory = \"lots\"", &["quern", "node"]).unwrap_err();
+        assert!(err.to_string().contains("lots"), "{err}");
     }
 
     #[test]

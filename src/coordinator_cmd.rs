@@ -98,7 +98,7 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Waits for Ctrl-C or SIGTERM; says which.
-async fn stop_signal() -> anyhow::Result<&'static str> {
+pub(crate) async fn stop_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {

@@ -11,6 +11,7 @@ mod dev;
 mod ingest;
 mod logging;
 mod metrics_endpoint;
+mod node_cmd;
 mod progress;
 mod query;
 mod report;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         args::Command::Stats(args) => report::stats(&cli.data, args),
         args::Command::Cert(args) => cert::run(args),
         args::Command::Coordinator(args) => coordinator_cmd::run(args),
+        args::Command::Node(args) => node_cmd::run(args),
         args::Command::Status(args) => status::run(args),
         args::Command::Submit(args) => submit::run(args),
         args::Command::Abort(args) => submit::abort_open(args),

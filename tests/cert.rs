@@ -94,7 +94,7 @@ fn issued_certificates_complete_a_mutual_tls_handshake() {
     );
     let client_fingerprint = printed_fingerprint(&stdout);
     assert!(
-        stdout.contains("role: node 1: registers, heartbeats, leases"),
+        stdout.contains("role: node 1: registers, heartbeats, finds its work"),
         "{stdout}"
     );
     let (stdout, _) = cert(tmp.path(), &["issue", "--dir", ca, "--name", "alice"], 0);

@@ -6,8 +6,8 @@
 //! - operators (any other name): datasets, submissions, status, a job's
 //!   progress;
 //! - node N (`node-N`): registering, heartbeats, leases, renewals,
-//!   completion, staging, partition maps, each only as node N; any job's
-//!   progress;
+//!   completion, staging, partition maps, the jobs to work on, each only
+//!   as node N; any job's progress;
 //! - replicas (`coord-N`): Raft RPCs only, admitted apart (`raft_peers`,
 //!   which also checks the RPC speaks for the same id);
 //! - nobody: the commands only the leader's lease desk proposes
@@ -89,11 +89,12 @@ pub enum RequestKind {
     AssignPartitions,
     DeclareNodeLost,
     StageJob,
+    Work,
 }
 
 impl RequestKind {
     /// Every kind, in the order refusals are listed.
-    pub const ALL: [RequestKind; 22] = {
+    pub const ALL: [RequestKind; 23] = {
         use RequestKind::*;
         [
             Status,
@@ -118,6 +119,7 @@ impl RequestKind {
             AssignPartitions,
             DeclareNodeLost,
             StageJob,
+            Work,
         ]
     };
 
@@ -145,6 +147,7 @@ impl RequestKind {
             Self::AssignPartitions => "assign_partitions",
             Self::DeclareNodeLost => "declare_node_lost",
             Self::StageJob => "stage_job",
+            Self::Work => "work",
         }
     }
 }
@@ -169,7 +172,7 @@ pub fn allowed(kind: RequestKind) -> Allowed {
         | AbortSubmission => Allowed::Operators,
         Job => Allowed::OperatorsAndNodes,
         Register | Heartbeat | Lease | Renew | Complete | Stage | PartitionMap | RegisterNode
-        | ReportProgress | CompleteShards | StageJob => Allowed::TheNodeItself,
+        | ReportProgress | CompleteShards | StageJob | Work => Allowed::TheNodeItself,
         GrantLeases | AssignPartitions | DeclareNodeLost => Allowed::Nobody,
     }
 }
@@ -236,6 +239,7 @@ impl Subject {
             Request::Status => Some(Self::of(K::Status)),
             Request::Replica => Some(Self::of(K::Replica)),
             Request::Job { .. } => Some(Self::of(K::Job)),
+            Request::Work { node } => Some(Self::for_node(K::Work, *node)),
             Request::Register(registration) => Some(Self::registering(
                 K::Register,
                 registration.node,
@@ -298,8 +302,8 @@ pub fn describe(role: Role) -> String {
             format!("coordinator replica {id}: Raft RPCs with its peers, as replica {id} only")
         }
         Role::Node(id) => format!(
-            "node {id}: registers, heartbeats, leases, renews, completes shards, stages jobs and \
-             reads partition maps, as node {id} only"
+            "node {id}: registers, heartbeats, finds its work, leases, renews, completes shards, \
+             stages jobs and reads partition maps, as node {id} only"
         ),
         Role::Operator => {
             "operator: creates datasets, submits and aborts manifests, reads status".into()
@@ -411,6 +415,7 @@ mod tests {
             "report_progress",
             "complete_shards",
             "stage_job",
+            "work",
         ];
         assert_eq!(may(&remote("node-5")), node);
         assert_eq!(may(&remote("node-6")), ["job"], "node 6 speaks for 5");

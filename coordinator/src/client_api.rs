@@ -4,7 +4,8 @@
 //! (others redirect with `NotLeader`); status comes from the leader;
 //! `Replica` from any replica; a node's requests (register, heartbeat,
 //! lease, renew, complete, partition map) from the leader's `LeaseDesk`,
-//! staging and job progress from the log and the leader's state.
+//! staging, job progress and the jobs to work on from the log and the
+//! leader's state.
 //! Every request passes `authorize` first, by its caller's certificate.
 //! Raft RPCs are not client requests: transports serve them apart.
 
@@ -113,6 +114,7 @@ impl ClientApi {
                 }
             }
             Request::Job { job } => self.job(*job),
+            Request::Work { .. } => self.work(),
             Request::Replica => {
                 let (raft, state) = (self.raft.clone(), self.state.clone());
                 match self
@@ -143,6 +145,18 @@ impl ClientApi {
         }
         match status::job(&self.state, job) {
             Ok(found) => Reply::Job(found),
+            Err(e) => Reply::Failed(e.to_string()),
+        }
+    }
+
+    /// The jobs nodes may work on, from the leader (so a node does not
+    /// start a job a stale follower still lists).
+    fn work(&self) -> Reply {
+        if let Some(forward) = propose::not_the_leader(&self.raft) {
+            return write_refused(forward);
+        }
+        match status::work(&self.state) {
+            Ok(items) => Reply::Work(items),
             Err(e) => Reply::Failed(e.to_string()),
         }
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use proto_schema::coordinator_api::{
-    DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport,
+    DatasetStatus, JobStatus, MAX_WORK_ITEMS, MemberStatus, ReplicaReport, StatusReport, WorkItem,
 };
 use proto_schema::ids::{DatasetId, JobId};
 
@@ -108,6 +108,27 @@ pub fn job(state: &StateMachineStore, id: JobId) -> Result<Option<JobStatus>, St
         .collect();
     let leased = state.leased_per_job()?.get(&id).copied().unwrap_or(0);
     Ok(Some(job_status(&job, &names, leased)))
+}
+
+/// The jobs nodes may work on: submitted, neither committed nor aborted,
+/// oldest first, among the `RECENT_JOBS` newest; at most `MAX_WORK_ITEMS`.
+pub fn work(state: &StateMachineStore) -> Result<Vec<WorkItem>, StateError> {
+    let specs: BTreeMap<DatasetId, _> = state
+        .datasets()?
+        .into_iter()
+        .map(|d| (d.id, d.spec))
+        .collect();
+    let mut jobs = state.recent_jobs(RECENT_JOBS)?;
+    jobs.retain(|job| job.state == JobState::Submitted);
+    jobs.sort_by_key(|job| job.id);
+    Ok(jobs
+        .into_iter()
+        .filter_map(|job| {
+            let spec = specs.get(&job.dataset_id)?.clone();
+            Some(WorkItem { job: job.id, spec })
+        })
+        .take(MAX_WORK_ITEMS)
+        .collect())
 }
 
 fn job_status(job: &Job, names: &BTreeMap<DatasetId, String>, leased: u64) -> JobStatus {

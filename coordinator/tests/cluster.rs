@@ -23,7 +23,9 @@ use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
     Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response, StagedCounts,
 };
-use proto_schema::coordinator_api::{HeartbeatReply, LeaseReply, NodeRegistration};
+use proto_schema::coordinator_api::{
+    HeartbeatReply, LeaseReply, MAX_WORK_ITEMS, NodeRegistration, WorkItem,
+};
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
 mod common;
@@ -340,6 +342,28 @@ async fn a_write_to_a_follower_is_redirected_to_the_leader() {
     }
 }
 
+/// `Work` lists at most `MAX_WORK_ITEMS` jobs, the oldest: a node takes
+/// them one at a time and asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_lists_the_oldest_submitted_jobs_within_its_bound() {
+    let cluster = Cluster::start(&[1]).await;
+    let mut jobs = Vec::new();
+    for d in 0..=MAX_WORK_ITEMS {
+        let name = format!("d{d}");
+        cluster.write(&dataset(&name)).await;
+        jobs.push(submit(&cluster, &name, files(1), 1).await);
+    }
+    let listed: Vec<JobId> = cluster
+        .client()
+        .work(NodeId(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| item.job)
+        .collect();
+    assert_eq!(listed, jobs[..MAX_WORK_ITEMS]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_chunk_aborts_the_submission_and_frees_the_dataset() {
     let cluster = Cluster::start(&[1, 2, 3]).await;
@@ -520,8 +544,17 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         );
     }
     cluster.write(&dataset("ds")).await;
+    assert_eq!(client.work(NodeId(1)).await.unwrap(), vec![], "no job yet");
     let manifest = files(10);
     let job = submit(&cluster, "ds", manifest.clone(), 4).await;
+    // A node finds the job, with its dataset's spec, until it commits.
+    let Command::CreateDataset(spec) = dataset("ds") else {
+        unreachable!()
+    };
+    assert_eq!(
+        client.work(NodeId(1)).await.unwrap(),
+        vec![WorkItem { job, spec }]
+    );
     let raft = cluster.raft(cluster.leader().await).clone();
     let log_index = || raft.metrics().borrow().last_log_index.unwrap();
 
@@ -698,4 +731,5 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     let status = client.job(job).await.unwrap().unwrap();
     assert!(status.committed);
     assert_eq!((status.shards_done, status.shards_pending), (10, 0));
+    assert_eq!(client.work(NodeId(1)).await.unwrap(), vec![], "committed");
 }

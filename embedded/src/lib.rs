@@ -7,7 +7,7 @@
 //! submission protocol, as `quern submit` does; then each node registers,
 //! takes leases of the job's shards (`node::actors::feed::lease`), runs
 //! the ingest pipeline on them, stages, and publishes once the coordinator
-//! has committed the job. Nothing here is a shortcut of the cluster's
+//! has committed the job (`node::leased_job`, as `quern node` does). Nothing here is a shortcut of the cluster's
 //! paths: the node talks to the coordinator through `coordinator-client`.
 //!
 //! Layout under the data directory: `coordinator/` (the Raft log and
@@ -16,22 +16,21 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use coordinator::embedded::EmbeddedCoordinator;
 use coordinator::service::ServiceError;
+use coordinator_client::CoordinatorClient;
 use coordinator_client::inventory::{self, InventoryError};
 use coordinator_client::path_order::SortMemory;
 use coordinator_client::submission::{self, SubmitError, SubmitEvent, SubmitOptions, Summary};
-use coordinator_client::{ClientError, CoordinatorClient};
-use node::actors::feed::lease::{LeaseFeed, LeaseSettings, LeaseTarget};
-use node::config::{DEFAULT_PARTITIONS, Format, IngestConfig, MemoryPlan};
+use node::actors::feed::lease::LeaseTarget;
+use node::config::{IngestConfig, MemoryPlan};
 use node::counters::JobCounters;
 use node::ingest::{IngestError, IngestOutcome};
 use node::input::roots::Roots;
+use node::leased_job::{self, LeasedJob, RegisterError};
 use node::store::{Access, Store, StoreError};
-use proto_schema::command::{DatasetFormat, DatasetSpec, KeySpec, Response};
-use proto_schema::coordinator_api::NodeRegistration;
 use proto_schema::ids::NodeId;
 
 /// How long a lease (and a node's liveness) lasts without a heartbeat.
@@ -51,10 +50,8 @@ pub enum DevError {
     Inventory(#[from] InventoryError),
     #[error("submitting the input: {0}")]
     Submit(#[from] SubmitError),
-    #[error("talking to the coordinator: {0}")]
-    Client(#[from] ClientError),
-    #[error("node {node} could not register: {reason}")]
-    Register { node: NodeId, reason: String },
+    #[error(transparent)]
+    Register(#[from] RegisterError),
     #[error("opening the store at {path}: {source}")]
     Store { path: PathBuf, source: StoreError },
     #[error(transparent)]
@@ -156,7 +153,12 @@ fn run_job(
     on_submitted: impl FnOnce(&Summary),
 ) -> Result<DevOutcome, DevError> {
     let node = NodeId(1);
-    let incarnation = register(coordinator, runtime, node)?;
+    let incarnation = runtime.block_on(leased_job::register(
+        &mut coordinator.client(),
+        node,
+        "in-process".into(),
+        [0; 32],
+    ))?;
     let submitted = runtime.block_on(submit(coordinator.client(), config))?;
     on_submitted(&submitted);
 
@@ -171,31 +173,27 @@ fn run_job(
         source,
     })?;
     let store = Arc::new(store);
-    let target = LeaseTarget {
-        node,
-        incarnation,
-        job: submitted.submission,
-    };
-    // The node reads only under the PATHs it was given.
-    let roots = Roots::new(&config.inputs).map_err(|e| DevError::Usage(e.to_string()))?;
-    let settings = LeaseSettings {
+    let job = LeasedJob {
+        client: coordinator.client(),
+        target: LeaseTarget {
+            node,
+            incarnation,
+            job: submitted.submission,
+        },
+        ingest: IngestConfig {
+            data_dir: dir,
+            ..config.ingest.clone()
+        },
+        // The node reads only under the PATHs it was given.
+        roots: Roots::new(&config.inputs).map_err(|e| DevError::Usage(e.to_string()))?,
         heartbeat: Duration::from_millis(config.lease_ms / 3),
-        roots: Some(roots),
-        ..LeaseSettings::default()
+        shown_inputs: config
+            .inputs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
     };
-    let feed = LeaseFeed::new(coordinator.client(), target, runtime.clone(), settings);
-    let ingest = IngestConfig {
-        data_dir: dir,
-        ..config.ingest.clone()
-    };
-    let shown = config
-        .inputs
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let prepared =
-        node::ingest::prepare_with_feed(store.clone(), ingest, shown, Arc::new(feed), counters)?;
-    let outcome = node::ingest::run(prepared, cancel)?;
+    let outcome = leased_job::run(job, store.clone(), runtime.clone(), counters, cancel)?;
     Ok(DevOutcome {
         submission: submitted,
         outcome,
@@ -203,53 +201,12 @@ fn run_job(
     })
 }
 
-/// Registers `node` with a new incarnation (the clock, in ms).
-fn register(
-    coordinator: &EmbeddedCoordinator,
-    runtime: &tokio::runtime::Handle,
-    node: NodeId,
-) -> Result<u64, DevError> {
-    let incarnation = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_millis() as u64);
-    let registration = NodeRegistration {
-        node,
-        incarnation,
-        address: "in-process".into(),
-        cert_fingerprint: [0; 32],
-    };
-    let mut client = coordinator.client();
-    match runtime.block_on(client.register(registration))? {
-        Response::NodeRegistered { .. } => Ok(incarnation),
-        other => Err(DevError::Register {
-            node,
-            reason: format!("{other:?}"),
-        }),
-    }
-}
-
 /// Creates the dataset if needed and submits the inputs' files.
 async fn submit(
     mut client: CoordinatorClient<coordinator::router::Router>,
     config: &DevConfig,
 ) -> Result<Summary, DevError> {
-    let (format, key) = match config.ingest.format {
-        Format::Lines => (DatasetFormat::Lines, KeySpec::WholeLine),
-        Format::Tsv { key_field } => (
-            DatasetFormat::Tsv,
-            KeySpec::Field {
-                index: key_field as u32,
-                delimiter: b'\t',
-            },
-        ),
-    };
-    let spec = DatasetSpec {
-        name: config.ingest.dataset.clone(),
-        format,
-        key,
-        partitions: config.ingest.partitions.unwrap_or(DEFAULT_PARTITIONS),
-    };
-    submission::ensure_dataset(&mut client, spec).await?;
+    submission::ensure_dataset(&mut client, leased_job::spec_of(&config.ingest)).await?;
     let memory = SortMemory {
         run_bytes: (config.ingest.memory_bytes / 4) as usize,
         temp_dir: config.data_dir.clone(),

@@ -10,6 +10,7 @@ pub mod export;
 pub mod ingest;
 pub mod input;
 pub mod job_runtime;
+pub mod leased_job;
 pub mod lookup;
 pub mod memory;
 pub mod metric_catalog;

@@ -82,7 +82,18 @@ impl StagedCounts {
 }
 
 /// How a dataset's files are split into records.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
 pub enum DatasetFormat {
     Lines,
     Tsv,
@@ -90,14 +101,36 @@ pub enum DatasetFormat {
 }
 
 /// Which part of a record is its key.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 pub enum KeySpec {
     WholeLine,
     Field { index: u32, delimiter: u8 },
     JsonPointer(String),
 }
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// A dataset as created; also sent to nodes with their work
+/// (`coordinator_api::WorkItem`, postcard), so it derives both codecs.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 pub struct DatasetSpec {
     pub name: String,
     pub format: DatasetFormat,

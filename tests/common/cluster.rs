@@ -16,6 +16,8 @@ pub struct Cluster {
     pub children: Vec<Child>,
     /// Where replica `id` serves its metrics: `metrics[id - 1]`.
     pub metrics: Vec<String>,
+    /// Replica `id`'s client address: `addresses[id - 1]`.
+    pub addresses: Vec<String>,
     /// Flags every replica is started with.
     flags: Vec<String>,
 }
@@ -87,6 +89,7 @@ impl Cluster {
                 .map(|_| format!("127.0.0.1:{}", free_port()))
                 .collect(),
             flags: flags.iter().map(|f| f.to_string()).collect(),
+            addresses,
         };
         for id in 1..=3 {
             let child = cluster.spawn(id);

@@ -5,12 +5,14 @@
 //! (`renew`), report on them (`report_progress`, `complete_shards`,
 //! fenced by each lease's epoch), learn which partitions it owns
 //! (`partition_map`), stage its part of a job (`stage`, under the map's
-//! epoch) and follow the job to its commit (`job`).
+//! epoch) and follow the job to its commit (`job`); find jobs to work on
+//! (`work`).
 
 use proto_schema::PartitionMap;
 use proto_schema::command::{Response, StagedCounts};
 use proto_schema::coordinator_api::{
-    Applied, HeartbeatReply, JobStatus, LeaseReply, NodeRegistration, Reply, Request, ShardProgress,
+    Applied, HeartbeatReply, JobStatus, LeaseReply, NodeRegistration, Reply, Request,
+    ShardProgress, WorkItem,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
@@ -137,6 +139,15 @@ impl<T: Transport> CoordinatorClient<T> {
     pub async fn job(&mut self, job: JobId) -> Result<Option<JobStatus>, ClientError> {
         match self.call(&Request::Job { job }, true).await? {
             Reply::Job(status) => Ok(status),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The jobs `node` may work on (submitted, not yet committed), oldest
+    /// first, with their datasets' specs.
+    pub async fn work(&mut self, node: NodeId) -> Result<Vec<WorkItem>, ClientError> {
+        match self.call(&Request::Work { node }, true).await? {
+            Reply::Work(items) => Ok(items),
             _ => Err(ClientError::Unexpected),
         }
     }

@@ -25,9 +25,13 @@ pub use status::{DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusRe
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::command::StagedCounts;
+use crate::command::{DatasetSpec, StagedCounts};
 use crate::ids::{Epoch, JobId, NodeId, ShardId};
 use crate::partition_map::PartitionMap;
+
+/// Most jobs one `Reply::Work` lists (the oldest): a node works on one
+/// at a time and asks again.
+pub const MAX_WORK_ITEMS: usize = 16;
 
 /// A coordinator replica's id in the Raft group.
 pub type ReplicaId = u64;
@@ -89,6 +93,19 @@ pub enum Request {
     Job {
         job: JobId,
     },
+    /// The jobs a node may work on (submitted, neither committed nor
+    /// aborted), from the leader.
+    Work {
+        node: NodeId,
+    },
+}
+
+/// A job a node may work on, with the spec of its dataset (the node
+/// creates its local dataset from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub job: JobId,
+    pub spec: DatasetSpec,
 }
 
 /// A node's registration, as it travels in a `Request::Register`.
@@ -116,6 +133,8 @@ pub enum Reply {
     /// `None`: no such job.
     Job(Option<JobStatus>),
     PartitionMap(PartitionMap),
+    /// Oldest first, at most `MAX_WORK_ITEMS`.
+    Work(Vec<WorkItem>),
     /// The request could not be served (undecodable, Raft shut down, ...).
     Failed(String),
     /// Refused before anything was done: out of bounds, or not allowed
@@ -153,6 +172,28 @@ mod tests {
             epoch: Epoch(3),
         };
         assert_eq!(encode(&renew).unwrap(), [7, 7, 0xac, 0x02, 3]);
+    }
+
+    #[test]
+    fn work_carries_each_jobs_dataset_spec() {
+        use crate::command::{DatasetFormat, KeySpec};
+        let item = WorkItem {
+            job: JobId(3),
+            spec: DatasetSpec {
+                name: "logs".into(),
+                format: DatasetFormat::Tsv,
+                key: KeySpec::Field {
+                    index: 2,
+                    delimiter: b'\t',
+                },
+                partitions: 64,
+            },
+        };
+        let reply = Reply::Work(vec![item.clone()]);
+        let Reply::Work(back) = decode(&encode(&reply).unwrap()).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(back, [item]);
     }
 
     #[test]

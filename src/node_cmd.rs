@@ -1,0 +1,321 @@
+//! `quern node`: one node as a long-running process against the
+//! coordinators over QUIC. It presents the certificate named `node-ID`
+//! (refusing to start under another name), registers with a new
+//! incarnation and its certificate's fingerprint, and then loops: a
+//! heartbeat (so the leader does not declare it lost between jobs), the
+//! jobs it may work on (`Request::Work`), and for the oldest one the
+//! ingest pipeline on that job's leased shards into its store until the
+//! coordinators commit it (`node::leased_job`, as `quern dev` runs it).
+//! On Ctrl-C or SIGTERM it aborts a running job and exits within
+//! `SHUTDOWN_BOUND`.
+//!
+//! `--listen` is the node's data-channel address for the shuffle. With
+//! one node nothing connects to it yet, so it is only recorded in the
+//! registration; nothing is bound.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use coordinator_client::CoordinatorClient;
+use node::actors::feed::lease::LeaseTarget;
+use node::config::{IngestConfig, MemoryPlan};
+use node::counters::JobCounters;
+use node::input::roots::Roots;
+use node::leased_job::{self, LeasedJob};
+use node::store::{Access, Store};
+use proto_schema::cert_role::node_name;
+use proto_schema::coordinator_api::{HeartbeatReply, WorkItem};
+use proto_schema::ids::{JobId, NodeId};
+use proto_schema::tls::{CertPaths, TlsIdentity};
+use tokio::sync::watch;
+
+use crate::args::NodeArgs;
+
+/// From Ctrl-C or SIGTERM to exit: a running job is aborted, the reporter
+/// and the pipeline's stages stop; past this the process exits with a
+/// failing status naming the bound.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(30);
+/// Between asks for work while idle (shorter if the coordinators' lease
+/// time asks for more frequent heartbeats).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// After a job failed, before it is tried again.
+const FAILED_JOB_PAUSE: Duration = Duration::from_secs(10);
+/// Heartbeats come three times per lease (two may be lost), within these
+/// bounds whatever a skewed clock makes of the leader's deadline.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+const MAX_HEARTBEAT: Duration = Duration::from_secs(10);
+
+pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let id = NodeId(args.id.context("no node id: give --id or [node] id")?);
+    let listen = args
+        .listen
+        .context("no listen address: give --listen or [node] listen")?;
+    let data_dir = args
+        .data_dir
+        .context("no data directory: give --data-dir or [node] data_dir")?;
+    ensure!(
+        !args.coordinators.is_empty(),
+        "no coordinator address: give --coordinator HOST:PORT or [node] coordinators"
+    );
+    ensure!(
+        !args.roots.is_empty(),
+        "no roots: give --root DIR (repeatable) or [node] roots; the node reads only under them"
+    );
+    let name = node_name(id);
+    let paths = CertPaths::in_dir(&args.cert_dir, &name);
+    let identity = TlsIdentity::load(&paths).with_context(|| {
+        format!("loading certificate {name:?} (make one with `quern cert issue --name {name}`)")
+    })?;
+    let found = identity.name();
+    if found.as_deref() != Some(name.as_str()) {
+        // The coordinators would refuse its every request as another node's.
+        eprintln!(
+            "quern: error: node {id} needs a certificate named {name:?}, but the one in {} is \
+             named {found:?} (`quern cert issue --name {name}`)",
+            args.cert_dir.display()
+        );
+        return Ok(ExitCode::from(crate::EXIT_USAGE));
+    }
+    let roots = Roots::new(&args.roots).context("resolving the roots")?;
+    let ingest = IngestConfig {
+        data_dir: data_dir.clone(),
+        memory_bytes: args.memory,
+        ..IngestConfig::default()
+    };
+    ingest.validate()?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let store = Store::open(
+        &data_dir,
+        MemoryPlan::rocksdb_cache_bytes(args.memory),
+        Access::ReadWrite,
+    )
+    .with_context(|| format!("opening the store at {}", data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("quern-node")
+        .enable_all()
+        .build()?;
+    let (stop, stopping) = watch::channel(None);
+    runtime.spawn(stop_on_signal(id, stop));
+    let client = {
+        let _entered = runtime.enter();
+        CoordinatorClient::quic(&identity, args.coordinators.clone())?
+    };
+    let mut node = Node {
+        id,
+        address: listen.to_string(),
+        identity,
+        coordinators: args.coordinators,
+        client,
+        incarnation: 0,
+        heartbeat: MAX_HEARTBEAT,
+        store: Arc::new(store),
+        ingest,
+        roots,
+        runtime,
+        stopping,
+        unsupported: BTreeSet::new(),
+    };
+    let result = node.serve();
+    let Node { runtime, .. } = node;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Sets `stop` on Ctrl-C or SIGTERM, then gives the process
+/// `SHUTDOWN_BOUND` to exit before ending it with a failing status.
+async fn stop_on_signal(id: NodeId, stop: watch::Sender<Option<&'static str>>) {
+    let signal = match crate::coordinator_cmd::stop_signal().await {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::error!("node {id}: cannot wait for signals: {e}");
+            return;
+        }
+    };
+    eprintln!("node {id}: {signal}, shutting down (within {SHUTDOWN_BOUND:?})");
+    let _ = stop.send(Some(signal));
+    tokio::time::sleep(SHUTDOWN_BOUND).await;
+    eprintln!("node {id}: shutdown did not finish within {SHUTDOWN_BOUND:?}; exiting");
+    // SAFETY: _exit ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(1) }
+}
+
+struct Node {
+    id: NodeId,
+    /// Its data channel's, as registered.
+    address: String,
+    identity: TlsIdentity,
+    coordinators: Vec<String>,
+    /// For registration, heartbeats and work; each job's feed has its own.
+    client: CoordinatorClient,
+    incarnation: u64,
+    heartbeat: Duration,
+    store: Arc<Store>,
+    /// The node's settings; each job's dataset fills in the rest.
+    ingest: IngestConfig,
+    roots: Roots,
+    runtime: tokio::runtime::Runtime,
+    stopping: watch::Receiver<Option<&'static str>>,
+    /// Jobs of datasets this node cannot ingest, warned about once.
+    unsupported: BTreeSet<JobId>,
+}
+
+impl Node {
+    /// Registers, then works until stopped.
+    fn serve(&mut self) -> anyhow::Result<()> {
+        self.register()?;
+        eprintln!(
+            "node {} registered (incarnation {}, data channel {}, store {})",
+            self.id,
+            self.incarnation,
+            self.address,
+            self.ingest.data_dir.display()
+        );
+        while self.stopped().is_none() {
+            self.beat()?;
+            let pause = match self.next_job() {
+                Some(item) => self.run_job(item),
+                None => IDLE_POLL.min(self.heartbeat),
+            };
+            self.pause(pause);
+        }
+        Ok(())
+    }
+
+    fn register(&mut self) -> anyhow::Result<()> {
+        let fingerprint = self.identity.fingerprint().0;
+        self.incarnation = self.runtime.block_on(leased_job::register(
+            &mut self.client,
+            self.id,
+            self.address.clone(),
+            fingerprint,
+        ))?;
+        Ok(())
+    }
+
+    /// One heartbeat; registers again if the leader no longer knows this
+    /// incarnation (it was declared lost).
+    fn beat(&mut self) -> anyhow::Result<()> {
+        let (id, incarnation) = (self.id, self.incarnation);
+        match self
+            .runtime
+            .block_on(self.client.heartbeat(id, incarnation, Vec::new()))
+        {
+            Ok(HeartbeatReply::Alive { deadline_ms, .. }) => {
+                let left = Duration::from_millis(
+                    deadline_ms.saturating_sub(leased_job::new_incarnation()),
+                );
+                self.heartbeat = (left / 3).clamp(MIN_HEARTBEAT, MAX_HEARTBEAT);
+            }
+            Ok(HeartbeatReply::Unknown) => {
+                tracing::warn!(
+                    "node {id}: incarnation {incarnation} is not live; registering again"
+                );
+                self.register()?;
+                eprintln!(
+                    "node {id} registered again (incarnation {})",
+                    self.incarnation
+                );
+            }
+            Err(e) => tracing::warn!("node {id}: heartbeat failed: {e}"),
+        }
+        Ok(())
+    }
+
+    /// The oldest job this node may work on.
+    fn next_job(&mut self) -> Option<WorkItem> {
+        let id = self.id;
+        match self.runtime.block_on(self.client.work(id)) {
+            Ok(items) => items
+                .into_iter()
+                .find(|item| !self.unsupported.contains(&item.job)),
+            Err(e) => {
+                tracing::warn!("node {id}: asking for work failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Runs `item` until committed, failed or stopped; the pause before
+    /// the next ask for work.
+    fn run_job(&mut self, item: WorkItem) -> Duration {
+        let id = self.id;
+        let ingest = match leased_job::for_dataset(self.ingest.clone(), &item.spec) {
+            Ok(ingest) => ingest,
+            Err(reason) => {
+                eprintln!("node {id}: skipping job {}: {reason}", item.job);
+                self.unsupported.insert(item.job);
+                return Duration::ZERO;
+            }
+        };
+        let client = {
+            let _entered = self.runtime.enter();
+            match CoordinatorClient::quic(&self.identity, self.coordinators.clone()) {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::warn!("node {id}: connecting for job {}: {e}", item.job);
+                    return FAILED_JOB_PAUSE;
+                }
+            }
+        };
+        let job = LeasedJob {
+            client,
+            target: LeaseTarget {
+                node: id,
+                incarnation: self.incarnation,
+                job: item.job,
+            },
+            ingest,
+            roots: self.roots.clone(),
+            heartbeat: self.heartbeat,
+            shown_inputs: vec![format!("job {} of the coordinators", item.job)],
+        };
+        eprintln!(
+            "node {id}: job {} of dataset {:?}: started",
+            item.job, item.spec.name
+        );
+        let mut stopping = self.stopping.clone();
+        let cancel = async move {
+            let signal = match stopping.wait_for(Option::is_some).await {
+                Ok(signal) => *signal,
+                // The sender lives as long as the runtime, which outlives
+                // the job.
+                Err(_) => std::future::pending().await,
+            };
+            format!("node {id} {}", signal.unwrap_or("stopped"))
+        };
+        let counters = Arc::new(JobCounters::default());
+        let handle = self.runtime.handle().clone();
+        match leased_job::run(job, self.store.clone(), handle, counters, cancel) {
+            Ok(outcome) => {
+                let t = outcome.totals;
+                eprintln!(
+                    "node {id}: job {} committed: {} files, {} records read, {} unique, {} \
+                     duplicates, {} rejected, in {:.1?}",
+                    item.job, t.files, t.read, t.unique, t.duplicates, t.rejected, outcome.elapsed
+                );
+                Duration::ZERO
+            }
+            Err(e) => {
+                eprintln!("node {id}: job {}: {e}", item.job);
+                FAILED_JOB_PAUSE
+            }
+        }
+    }
+
+    fn stopped(&self) -> Option<&'static str> {
+        *self.stopping.borrow()
+    }
+
+    /// Sleeps `pause`, or less if stopped meanwhile.
+    fn pause(&mut self, pause: Duration) {
+        let mut stopping = self.stopping.clone();
+        self.runtime.block_on(async {
+            let _ = tokio::time::timeout(pause, stopping.wait_for(Option::is_some)).await;
+        });
+    }
+}

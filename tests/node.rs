@@ -1,0 +1,238 @@
+//! `quern node` as a process against three `quern coordinator` processes:
+//! it registers with its `node-1` certificate, finds the job `quern
+//! submit` made, ingests the shards it leases (reading only under its
+//! roots) until the coordinators commit the job, and stops on SIGTERM
+//! with status 0; its store then exports exactly `LC_ALL=C sort -u` of
+//! the inputs. A node whose certificate names another node refuses to
+//! start.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use common::cluster::{Cluster, figure, free_port, text};
+use common::*;
+
+/// `quern node`'s own shutdown bound, with room for a loaded machine.
+const STOP_WITHIN: Duration = Duration::from_secs(40);
+const COMMIT_WITHIN: Duration = Duration::from_secs(120);
+/// The coordinators' lease time, short so that the node's idle time
+/// before the submission spans several: only its heartbeats between jobs
+/// keep it from being declared lost.
+const LEASE_TIME: &str = "2s";
+const IDLE_FOR: Duration = Duration::from_secs(5);
+
+fn issue(certs: &Path, name: &str) {
+    run(
+        quern(&certs.join("unused"))
+            .args([
+                "cert",
+                "issue",
+                "--san",
+                "127.0.0.1",
+                "--name",
+                name,
+                "--dir",
+            ])
+            .arg(certs),
+        0,
+    );
+}
+
+/// `quern node --id 1` with these coordinators, store and root.
+fn node(certs: &Path, data_dir: &Path, coordinators: &[String], root: &Path) -> Command {
+    let mut cmd = quern(&data_dir.join("unused"));
+    cmd.args(["node", "--id", "1", "--memory", "128M"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--cert-dir")
+        .arg(certs)
+        .arg("--root")
+        .arg(root);
+    for address in coordinators {
+        cmd.arg("--coordinator").arg(address);
+    }
+    cmd
+}
+
+/// A manifest line for `path` (`path<TAB>size<TAB>mtime`).
+fn manifest_line(path: &Path) -> String {
+    let meta = std::fs::metadata(path).unwrap();
+    let mtime = meta
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!("{}\t{}\t{mtime}\n", path.display(), meta.len())
+}
+
+fn wait_for_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The job with `id` in `quern status --json`.
+fn job(status: &serde_json::Value, id: u64) -> Option<serde_json::Value> {
+    status["jobs"]
+        .as_array()?
+        .iter()
+        .find(|j| j["id"].as_u64() == Some(id))
+        .cloned()
+}
+
+#[test]
+fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm() {
+    let cluster = Cluster::start_with(&["--lease-time", LEASE_TIME]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let certs = cluster.path("certs");
+    issue(&certs, "node-1");
+    let work = tempdir();
+    let input = work.path().join("input");
+    std::fs::create_dir(&input).unwrap();
+    let input = input.canonicalize().unwrap();
+    let files = edge_case_dataset(&input, 5, 200_000, 23);
+    // Named by the manifest but outside the node's root: never read.
+    let outside = work.path().canonicalize().unwrap().join("outside.txt");
+    std::fs::write(&outside, "SECRET outside the roots\n").unwrap();
+    let manifest = work.path().join("manifest.tsv");
+    let mut lines: Vec<String> = files.iter().map(|f| manifest_line(f)).collect();
+    lines.push(manifest_line(&outside));
+    std::fs::write(&manifest, lines.concat()).unwrap();
+
+    let node_data = work.path().join("node-1");
+    let log_path = cluster.path("node-1.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = node(&certs, &node_data, &cluster.addresses, &input)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let node_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    std::thread::sleep(IDLE_FOR);
+    assert!(node_log().contains("node 1 registered"), "{}", node_log());
+
+    let submitted = run(
+        cluster
+            .client(&["submit", "--no-progress", "--dataset", "ds", "--manifest"])
+            .arg(&manifest),
+        0,
+    );
+    let summary = text(&submitted.stdout);
+    let job_id: u64 = summary
+        .strip_prefix("submission ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no submission id in {summary}"));
+    assert_eq!(figure(&summary, "new"), files.len() as u64 + 1, "{summary}");
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    let committed = loop {
+        let status = cluster.status();
+        if let Some(job) = job(&status, job_id)
+            && job["committed"] == true
+        {
+            break job;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the node exited:\n{}",
+            node_log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "job {job_id} not committed within {COMMIT_WITHIN:?}: {status:#}\nnode log:\n{}",
+            node_log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(
+        committed["shards_done"].as_u64(),
+        Some(files.len() as u64 + 1),
+        "{committed:#}"
+    );
+
+    // SIGTERM: status 0 within the node's shutdown bound.
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: signals our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = wait_for_exit(&mut child, STOP_WITHIN);
+    let log_text = node_log();
+    assert_eq!(status.code(), Some(0), "node log:\n{log_text}");
+    assert!(
+        log_text.contains(&format!("job {job_id} committed")),
+        "{log_text}"
+    );
+    assert!(log_text.contains("terminated, shutting down"), "{log_text}");
+    assert!(
+        !log_text.contains("registered again"),
+        "the idle node was declared lost: {log_text}"
+    );
+
+    let exported = export(&node_data, "ds");
+    assert!(
+        exported == sort_u(&files),
+        "the node's export is not sort -u of the inputs"
+    );
+    // The file outside the root is a rejected file with its reason.
+    let stats = stats_json(&node_data, "ds", None);
+    let outside_file = stats["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str() == outside.to_str())
+        .unwrap_or_else(|| panic!("no {outside:?} in {stats:#}"))
+        .clone();
+    assert_eq!(outside_file["read"].as_u64(), Some(0), "{outside_file:#}");
+    let reason = outside_file["problems"][0]["message"].as_str().unwrap();
+    assert!(reason.contains("outside the node's roots"), "{reason}");
+}
+
+#[test]
+fn a_node_refuses_a_certificate_named_for_another_node() {
+    let dir = tempdir();
+    let certs = dir.path().join("certs");
+    run(
+        quern(&dir.path().join("unused"))
+            .args(["cert", "init", "--dir"])
+            .arg(&certs),
+        0,
+    );
+    issue(&certs, "node-2");
+    // node-2's certificate where node 1 looks for its own.
+    for ext in ["pem", "key"] {
+        std::fs::copy(
+            certs.join(format!("node-2.{ext}")),
+            certs.join(format!("node-1.{ext}")),
+        )
+        .unwrap();
+    }
+    let root: PathBuf = dir.path().to_path_buf();
+    let out = run(
+        &mut node(
+            &certs,
+            &dir.path().join("node-1"),
+            &["127.0.0.1:9".to_string()],
+            &root,
+        ),
+        2,
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("\"node-1\"") && err.contains("\"node-2\""),
+        "{err}"
+    );
+}
