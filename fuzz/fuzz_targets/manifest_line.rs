@@ -11,7 +11,8 @@ fuzz_target!(|bytes: &[u8]| {
         if let Ok(entry) = parse_line(format, bytes) {
             let chunk = Command::SubmitChunk {
                 dataset: "ds".into(),
-                submission: 1,
+                submission: proto_schema::ids::JobId(1),
+                first_file: 0,
                 files: vec![entry],
             };
             assert!(chunk.check_bounds().is_ok(), "{chunk:?}");
