@@ -64,92 +64,53 @@ impl Caller {
     }
 }
 
-/// A client request's kind, as refusals and their metric name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
-    Status,
-    Replica,
-    Job,
-    Register,
-    Heartbeat,
-    Lease,
-    Renew,
-    Complete,
-    Stage,
-    PartitionMap,
-    RegisterNode,
-    CreateDataset,
-    BeginSubmission,
-    SubmitChunk,
-    FinishSubmission,
-    AbortSubmission,
-    GrantLeases,
-    ReportProgress,
-    CompleteShards,
-    AssignPartitions,
-    DeclareNodeLost,
-    StageJob,
-    Work,
+/// Declares `RequestKind` from one list of its kinds and their labels, so
+/// the enum, `ALL` and `label` cannot drift apart.
+macro_rules! request_kinds {
+    ($($kind:ident => $label:literal,)*) => {
+        /// A client request's kind, as refusals and their metric name it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RequestKind {
+            $($kind,)*
+        }
+
+        impl RequestKind {
+            /// Every kind, in the order refusals are listed.
+            pub const ALL: &[RequestKind] = &[$(RequestKind::$kind,)*];
+
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Self::$kind => $label,)*
+                }
+            }
+        }
+    };
 }
 
-impl RequestKind {
-    /// Every kind, in the order refusals are listed.
-    pub const ALL: [RequestKind; 23] = {
-        use RequestKind::*;
-        [
-            Status,
-            Replica,
-            Job,
-            Register,
-            Heartbeat,
-            Lease,
-            Renew,
-            Complete,
-            Stage,
-            PartitionMap,
-            RegisterNode,
-            CreateDataset,
-            BeginSubmission,
-            SubmitChunk,
-            FinishSubmission,
-            AbortSubmission,
-            GrantLeases,
-            ReportProgress,
-            CompleteShards,
-            AssignPartitions,
-            DeclareNodeLost,
-            StageJob,
-            Work,
-        ]
-    };
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Status => "status",
-            Self::Replica => "replica",
-            Self::Job => "job",
-            Self::Register => "register",
-            Self::Heartbeat => "heartbeat",
-            Self::Lease => "lease",
-            Self::Renew => "renew",
-            Self::Complete => "complete",
-            Self::Stage => "stage",
-            Self::PartitionMap => "partition_map",
-            Self::RegisterNode => "register_node",
-            Self::CreateDataset => "create_dataset",
-            Self::BeginSubmission => "begin_submission",
-            Self::SubmitChunk => "submit_chunk",
-            Self::FinishSubmission => "finish_submission",
-            Self::AbortSubmission => "abort_submission",
-            Self::GrantLeases => "grant_leases",
-            Self::ReportProgress => "report_progress",
-            Self::CompleteShards => "complete_shards",
-            Self::AssignPartitions => "assign_partitions",
-            Self::DeclareNodeLost => "declare_node_lost",
-            Self::StageJob => "stage_job",
-            Self::Work => "work",
-        }
-    }
+request_kinds! {
+    Status => "status",
+    Replica => "replica",
+    Job => "job",
+    Register => "register",
+    Heartbeat => "heartbeat",
+    Lease => "lease",
+    Renew => "renew",
+    Complete => "complete",
+    Stage => "stage",
+    PartitionMap => "partition_map",
+    RegisterNode => "register_node",
+    CreateDataset => "create_dataset",
+    BeginSubmission => "begin_submission",
+    SubmitChunk => "submit_chunk",
+    FinishSubmission => "finish_submission",
+    AbortSubmission => "abort_submission",
+    GrantLeases => "grant_leases",
+    ReportProgress => "report_progress",
+    CompleteShards => "complete_shards",
+    AssignPartitions => "assign_partitions",
+    DeclareNodeLost => "declare_node_lost",
+    StageJob => "stage_job",
+    Work => "work",
 }
 
 /// Who may make a kind of request.
@@ -373,8 +334,8 @@ mod tests {
 
     fn every_subject() -> Vec<Subject> {
         RequestKind::ALL
-            .into_iter()
-            .map(|kind| Subject {
+            .iter()
+            .map(|&kind| Subject {
                 kind,
                 node: (allowed(kind) == Allowed::TheNodeItself).then_some(NodeId(5)),
                 fingerprint: None,
