@@ -354,8 +354,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub id: Option<u64>,
 
-    /// The node's data-channel address, recorded in its registration (one
-    /// node binds nothing yet) [config: listen].
+    /// The node's data channel for the shuffle: bound, and registered
+    /// with the coordinators so peers dial it [config: listen].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<std::net::SocketAddr>,
 

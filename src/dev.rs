@@ -10,6 +10,7 @@ use embedded::{DEV_LEASE_MS, DevConfig, DevError};
 use node::config::IngestConfig;
 use node::counters::JobCounters;
 use node::ingest::IngestError;
+use node::leased_job::JobError;
 
 use crate::args::DevArgs;
 use crate::ingest::{self, EXIT_INTERRUPTED, EXIT_REJECTED};
@@ -70,14 +71,14 @@ pub fn run(data: &Path, args: DevArgs, log: &LogTarget) -> anyhow::Result<ExitCo
     }
     let code = match outcome {
         Ok(dev) => {
-            let clean = report::ingest_summary(&dev.store, &dev.outcome, &counters)?;
+            let clean = report::ingest_summary(&dev.nodes[0].store, &dev.combined(), &counters)?;
             if clean { 0 } else { EXIT_REJECTED }
         }
         Err(DevError::Usage(reason)) => {
             eprintln!("quern: error: {reason}");
             crate::EXIT_USAGE
         }
-        Err(DevError::Ingest(e @ IngestError::Failed { .. })) => {
+        Err(DevError::Job(JobError::Ingest(e @ IngestError::Failed { .. }))) => {
             eprintln!("quern: {e}");
             if interrupted.load(Ordering::Relaxed) {
                 EXIT_INTERRUPTED

@@ -9,9 +9,9 @@
 //! On Ctrl-C or SIGTERM it aborts a running job and exits within
 //! `SHUTDOWN_BOUND`.
 //!
-//! `--listen` is the node's data-channel address for the shuffle. With
-//! one node nothing connects to it yet, so it is only recorded in the
-//! registration; nothing is bound.
+//! `--listen` is the node's data channel for the shuffle: bound at start
+//! (its windows sized from `--memory`), registered, and shared by every
+//! job; a job whose partition map has other owners dials them from it.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -24,11 +24,13 @@ use node::actors::feed::lease::LeaseTarget;
 use node::config::{IngestConfig, MemoryPlan};
 use node::counters::JobCounters;
 use node::input::roots::Roots;
-use node::leased_job::{self, LeasedJob};
+use node::leased_job::{self, DataChannel, LeasedJob};
+use node::shuffle::{Inbound, channel_config};
 use node::store::{Access, Store};
 use proto_schema::cert_role::node_name;
 use proto_schema::coordinator_api::{HeartbeatReply, WorkItem};
 use proto_schema::ids::{JobId, NodeId};
+use proto_schema::quic::channel::ChannelEndpoint;
 use proto_schema::tls::{CertPaths, TlsIdentity};
 use tokio::sync::watch;
 
@@ -101,13 +103,29 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let (stop, stopping) = watch::channel(None);
     runtime.spawn(stop_on_signal(id, stop));
-    let client = {
+    let (client, channel) = {
         let _entered = runtime.enter();
-        CoordinatorClient::quic(&identity, args.coordinators.clone())?
+        let client = CoordinatorClient::quic(&identity, args.coordinators.clone())?;
+        let plan = MemoryPlan::shuffling(
+            args.memory,
+            ingest.threads,
+            ingest.threads,
+            ingest.batch_bytes,
+        );
+        let inbound = Inbound::new();
+        let endpoint = ChannelEndpoint::bind(
+            listen,
+            &identity,
+            channel_config(&plan, &ingest),
+            inbound.clone(),
+        )
+        .with_context(|| format!("binding the data channel on {listen}"))?;
+        (client, Arc::new(DataChannel { endpoint, inbound }))
     };
     let mut node = Node {
         id,
-        address: listen.to_string(),
+        address: channel.endpoint.local_addr().to_string(),
+        channel,
         identity,
         coordinators: args.coordinators,
         client,
@@ -148,6 +166,7 @@ struct Node {
     id: NodeId,
     /// Its data channel's, as registered.
     address: String,
+    channel: Arc<DataChannel>,
     identity: TlsIdentity,
     coordinators: Vec<String>,
     /// For registration, heartbeats and work; each job's feed has its own.
@@ -273,6 +292,7 @@ impl Node {
             roots: self.roots.clone(),
             heartbeat: self.heartbeat,
             shown_inputs: vec![format!("job {} of the coordinators", item.job)],
+            channel: Some(self.channel.clone()),
         };
         eprintln!(
             "node {id}: job {} of dataset {:?}: started",

@@ -195,7 +195,7 @@ fn write_problems(
 /// `quern stats`: every job of a dataset, then the files and rejected
 /// records of one job (the latest by default), streamed.
 pub fn stats(data: &Path, args: StatsArgs) -> anyhow::Result<ExitCode> {
-    let store = crate::query::open_reader(data, 8 << 20)?;
+    let store = crate::query::open_reader(data, 8 << 20, "quern stats")?;
     let dataset = store.existing_dataset(&args.dataset.dataset)?;
     let jobs = store.jobs(dataset.id)?;
     let job = match args.job {

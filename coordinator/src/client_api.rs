@@ -106,13 +106,15 @@ impl ClientApi {
                 };
                 self.propose(&stage).await
             }
-            Request::PartitionMap { node, dataset } => {
-                match self.desk.partition_map(*node, dataset).await {
-                    Ok(Ok(map)) => Reply::PartitionMap(map),
-                    Ok(Err(reason)) => Reply::Failed(reason),
-                    Err(e) => desk_failed(e),
-                }
-            }
+            Request::PartitionMap {
+                node,
+                dataset,
+                lanes,
+            } => match self.desk.partition_map(*node, dataset, *lanes).await {
+                Ok(Ok(map)) => Reply::PartitionMap(map),
+                Ok(Err(reason)) => Reply::Failed(reason),
+                Err(e) => desk_failed(e),
+            },
             Request::Job { job } => self.job(*job),
             Request::Work { .. } => self.work(),
             Request::Replica => {

@@ -30,9 +30,10 @@ use proto_schema::command::{
     Command, CommandError, MAX_LEASES_PER_COMMAND, NodeInfo, Response, ShardDone,
 };
 use proto_schema::coordinator_api::{
-    HeartbeatReply, LeaseReply, LeasedShard, NodeRegistration, ShardProgress,
+    HeartbeatReply, LeaseReply, LeasedShard, MAX_NODE_LANES, NodeRegistration, Owner, OwnerMap,
+    ShardProgress,
 };
-use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
+use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use tokio::sync::Mutex;
 
 use crate::lease::LeaseTable;
@@ -40,6 +41,7 @@ use crate::liveness::Liveness;
 use crate::propose::{self, ProposeError};
 use crate::state::StateError;
 use crate::state::records::{JobState, Shard, ShardState};
+use crate::status::RECENT_JOBS;
 use crate::{Raft, StateMachineStore};
 
 /// How long a lease lasts without a renewal, unless configured.
@@ -318,19 +320,29 @@ impl LeaseDesk {
         Ok(())
     }
 
-    /// `dataset`'s partition map over the live nodes: the current one, or
-    /// if the live nodes changed since (or there is none), a new one at
-    /// the next epoch through the log. `Err`: why there is none.
+    /// `dataset`'s partition map with its owners' addresses and lanes.
+    /// The current map stays while its owners live and a job of the
+    /// dataset runs (a node that joins meanwhile waits for the next job);
+    /// otherwise, if the live nodes changed (or there is no map), a new
+    /// one at the next epoch through the log. `node` announces its
+    /// `lanes`. `Err`: why there is none.
     pub async fn partition_map(
         &self,
         node: NodeId,
         dataset: &str,
-    ) -> Result<Result<PartitionMap, String>, DeskError> {
+        lanes: u16,
+    ) -> Result<Result<OwnerMap, String>, DeskError> {
+        if lanes == 0 || lanes > MAX_NODE_LANES {
+            return Ok(Err(format!(
+                "node {node} announced {lanes} lanes: 1 to {MAX_NODE_LANES} are allowed"
+            )));
+        }
         let mut desk = self.desk.lock().await;
         let now = now_ms();
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
+        desk.nodes.announce_lanes(node, lanes);
         let Some(found) = self.state.dataset(dataset)? else {
             return Ok(Err(CommandError::UnknownDataset {
                 name: dataset.into(),
@@ -338,33 +350,62 @@ impl LeaseDesk {
             .to_string()));
         };
         // In id order: the nodes column family is keyed by big-endian id.
-        let live: Vec<NodeId> = self
-            .state
-            .nodes()?
-            .into_iter()
+        let nodes = self.state.nodes()?;
+        let live: Vec<NodeId> = nodes
+            .iter()
             .filter(|n| !n.lost)
             .map(|n| n.info.id)
             .collect();
         let current = self.state.partition_map(found.id)?;
         let epoch = current.as_ref().map_or(Epoch(0), |m| m.epoch);
         let wanted = PartitionMap::split(found.spec.partitions, &live, epoch.next());
-        if let Some(map) = current
-            && map.ranges == wanted.ranges
-        {
-            return Ok(Ok(map));
-        }
-        let assign = Command::AssignPartitions {
-            dataset: dataset.into(),
-            map: wanted.clone(),
-        };
-        match propose::propose(&self.raft, &assign).await? {
-            Response::PartitionsAssigned { epoch } => {
-                tracing::info!(dataset, %epoch, nodes = live.len(), "partitions assigned");
-                Ok(Ok(wanted))
+        let map = match current {
+            Some(map) if map.ranges == wanted.ranges => map,
+            Some(map)
+                if map.nodes().iter().all(|owner| live.contains(owner))
+                    && self.job_running(found.id)? =>
+            {
+                map
             }
-            Response::Error(e) => Ok(Err(e.to_string())),
-            other => Ok(Err(format!("unexpected answer {other:?}"))),
-        }
+            _ => {
+                let assign = Command::AssignPartitions {
+                    dataset: dataset.into(),
+                    map: wanted.clone(),
+                };
+                match propose::propose(&self.raft, &assign).await? {
+                    Response::PartitionsAssigned { epoch } => {
+                        tracing::info!(dataset, %epoch, nodes = live.len(), "partitions assigned");
+                        wanted
+                    }
+                    Response::Error(e) => return Ok(Err(e.to_string())),
+                    other => return Ok(Err(format!("unexpected answer {other:?}"))),
+                }
+            }
+        };
+        let owners = map
+            .nodes()
+            .into_iter()
+            .map(|owner| Owner {
+                node: owner,
+                address: nodes
+                    .iter()
+                    .find(|n| n.info.id == owner)
+                    .map(|n| n.info.address.clone())
+                    .unwrap_or_default(),
+                lanes: desk.nodes.get(owner).and_then(|live| live.lanes),
+            })
+            .collect();
+        Ok(Ok(OwnerMap { map, owners }))
+    }
+
+    /// Whether a job of `dataset` is submitted and not yet committed or
+    /// aborted (among the `RECENT_JOBS` newest).
+    fn job_running(&self, dataset: DatasetId) -> Result<bool, StateError> {
+        Ok(self
+            .state
+            .recent_jobs(RECENT_JOBS)?
+            .iter()
+            .any(|job| job.dataset_id == dataset && job.state == JobState::Submitted))
     }
 
     /// Declares lost, through the log, every node silent past its deadline.

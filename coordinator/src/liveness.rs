@@ -20,6 +20,9 @@ pub struct NodeLiveness {
     pub deadline_ms: u64,
     /// Where its scanners were at its last heartbeat.
     pub progress: Vec<ShardProgress>,
+    /// The lanes it splits its partitions into, from its last
+    /// `PartitionMap` request (peers open a stream per lane).
+    pub lanes: Option<u16>,
 }
 
 /// The leader's view of the live nodes, by id.
@@ -55,6 +58,7 @@ impl Liveness {
                 incarnation,
                 deadline_ms: now_ms + self.duration_ms,
                 progress: Vec::new(),
+                lanes: None,
             },
         );
     }
@@ -87,6 +91,13 @@ impl Liveness {
             && now_ms < live.deadline_ms
         {
             live.deadline_ms = now_ms + self.duration_ms;
+        }
+    }
+
+    /// `node` splits its partitions into `lanes` lanes.
+    pub fn announce_lanes(&mut self, node: NodeId, lanes: u16) {
+        if let Some(live) = self.nodes.get_mut(&node) {
+            live.lanes = Some(lanes);
         }
     }
 

@@ -588,12 +588,12 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
 
     // Contiguous partition ranges over the live nodes, at epoch 1, the
     // same map while they stay live.
-    let first_map = client.partition_map(NodeId(1), "ds").await.unwrap();
-    assert_eq!(first_map.epoch, Epoch(1));
-    assert_eq!(first_map.nodes(), vec![NodeId(1), NodeId(2)]);
+    let first_map = client.partition_map(NodeId(1), "ds", 2).await.unwrap();
+    assert_eq!(first_map.map.epoch, Epoch(1));
+    assert_eq!(first_map.map.nodes(), vec![NodeId(1), NodeId(2)]);
     assert_eq!(
-        client.partition_map(NodeId(2), "ds").await.unwrap(),
-        first_map
+        client.partition_map(NodeId(2), "ds", 2).await.unwrap().map,
+        first_map.map
     );
 
     // Heartbeats renew without the log; completions come in one write.
@@ -633,10 +633,11 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     assert!(taken_over.iter().all(|l| l.epoch == Epoch(2)));
     let state = &cluster.replicas[&1].state;
     assert!(state.node(NodeId(2)).unwrap().unwrap().lost);
-    // Node 2's partitions go to node 1 at the next epoch.
-    let second_map = client.partition_map(NodeId(1), "ds").await.unwrap();
-    assert_eq!(second_map.epoch, Epoch(2));
-    assert_eq!(second_map.nodes(), vec![NodeId(1)]);
+    // Node 2's partitions go to node 1 at the next epoch: an owner was
+    // lost, so the map moves even while the job runs.
+    let second_map = client.partition_map(NodeId(1), "ds", 2).await.unwrap();
+    assert_eq!(second_map.map.epoch, Epoch(2));
+    assert_eq!(second_map.map.nodes(), vec![NodeId(1)]);
     assert_eq!(
         client.heartbeat(NodeId(2), 5, vec![]).await.unwrap(),
         HeartbeatReply::Unknown
@@ -666,8 +667,8 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         Response::NodeRegistered { incarnation: 6, .. }
     ));
 
-    // Node 1 finishes everything and stages; the job commits once node 2
-    // (live again) has staged too, with counts that reconcile.
+    // Node 1 finishes everything and stages; the job commits with counts
+    // that reconcile.
     let rest: Vec<(ShardId, Epoch)> = first[3..]
         .iter()
         .chain(&taken_over)
@@ -680,39 +681,28 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         duplicates: 3,
         rejected: 0,
     };
-    let map = client.partition_map(NodeId(1), "ds").await.unwrap();
-    assert_eq!(
-        (map.epoch, map.nodes()),
-        (Epoch(3), vec![NodeId(1), NodeId(2)])
-    );
+    // Node 2 came back while the job runs: the map stays node 1's, so
+    // the job's owners do not change under it.
+    let map = client.partition_map(NodeId(1), "ds", 2).await.unwrap();
+    assert_eq!(map.map, second_map.map);
     assert!(matches!(
         client
-            .stage(NodeId(1), job, counts, second_map.epoch)
+            .stage(NodeId(1), job, counts, first_map.map.epoch)
             .await
             .unwrap(),
         Response::Error(CommandError::StaleMapEpoch {
-            presented: Epoch(2),
-            current: Epoch(3),
+            presented: Epoch(1),
+            current: Epoch(2),
             ..
         })
     ));
-    assert_eq!(
-        client
-            .stage(NodeId(1), job, counts, map.epoch)
-            .await
-            .unwrap(),
-        Response::JobStaged {
-            job,
-            committed: false
-        }
-    );
     let wrong = StagedCounts {
         read: 1,
         ..StagedCounts::default()
     };
     assert!(matches!(
         client
-            .stage(NodeId(2), job, wrong, map.epoch)
+            .stage(NodeId(1), job, wrong, map.map.epoch)
             .await
             .unwrap(),
         Response::Error(CommandError::CountsDoNotReconcile { .. })
@@ -720,7 +710,7 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     assert!(!client.job(job).await.unwrap().unwrap().committed);
     assert_eq!(
         client
-            .stage(NodeId(2), job, StagedCounts::default(), map.epoch)
+            .stage(NodeId(1), job, counts, map.map.epoch)
             .await
             .unwrap(),
         Response::JobStaged {
@@ -728,6 +718,18 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
             committed: true
         }
     );
+    // No job runs now: node 2 rejoins the map at the next epoch.
+    let map = client.partition_map(NodeId(2), "ds", 3).await.unwrap();
+    assert_eq!(
+        (map.map.epoch, map.map.nodes()),
+        (Epoch(3), vec![NodeId(1), NodeId(2)])
+    );
+    assert_eq!(
+        map.owners.iter().map(|o| o.lanes).collect::<Vec<_>>(),
+        vec![Some(2), Some(3)],
+        "each owner's lanes as it announced them"
+    );
+    assert!(map.owners.iter().all(|o| !o.address.is_empty()));
     let status = client.job(job).await.unwrap().unwrap();
     assert!(status.committed);
     assert_eq!((status.shards_done, status.shards_pending), (10, 0));

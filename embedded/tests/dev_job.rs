@@ -26,8 +26,12 @@ fn config(data: &Path) -> IngestConfig {
 }
 
 fn dev(data: &Path, input: &Path) -> DevOutcome {
+    dev_on(1, data, input)
+}
+
+fn dev_on(nodes: usize, data: &Path, input: &Path) -> DevOutcome {
     let config = DevConfig {
-        nodes: 1,
+        nodes,
         data_dir: data.to_path_buf(),
         ingest: config(data),
         inputs: vec![input.to_path_buf()],
@@ -76,7 +80,7 @@ fn a_dev_job_stores_what_a_walk_ingest_stores() {
     let input: PathBuf = input.path().canonicalize().unwrap();
 
     let first = dev(dev_data.path(), &input);
-    let dev_totals = first.outcome.totals;
+    let dev_totals = first.nodes[0].outcome.totals;
     assert!(dev_totals.reconciles());
     assert_eq!(
         node_dirs(dev_data.path()),
@@ -108,7 +112,8 @@ fn a_dev_job_stores_what_a_walk_ingest_stores() {
         "no file reported changed or refused"
     );
 
-    let dev_store = first.store;
+    let dev_store = first.nodes[0].store.clone();
+    drop(first);
     let exported = export(&dev_store, "lines");
     assert_eq!(exported, export(&walk_store, "lines"));
     let dev_dataset = dev_store.existing_dataset("lines").unwrap();
@@ -124,7 +129,88 @@ fn a_dev_job_stores_what_a_walk_ingest_stores() {
     let again = dev(dev_data.path(), &input);
     assert_eq!(again.submission.counts.unchanged, spec.files as u64);
     assert_eq!(again.submission.pending_shards, 0);
-    let totals = again.outcome.totals;
+    let totals = again.nodes[0].outcome.totals;
     assert_eq!((totals.files, totals.read), (0, 0));
-    assert_eq!(export(&again.store, "lines"), exported);
+    assert_eq!(export(&again.nodes[0].store, "lines"), exported);
+}
+
+fn sort_u(dir: &Path) -> Vec<u8> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut text = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let plain = match file.extension().and_then(|e| e.to_str()) {
+            Some("gz") => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::MultiGzDecoder::new(&bytes[..]),
+                    &mut out,
+                )
+                .unwrap();
+                out
+            }
+            Some("zst") => zstd::decode_all(&bytes[..]).unwrap(),
+            _ => bytes,
+        };
+        text.extend_from_slice(&plain);
+        if !text.is_empty() && !text.ends_with(b"\n") {
+            text.push(b'\n');
+        }
+    }
+    let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    lines.pop();
+    lines.sort_unstable();
+    lines.dedup();
+    lines
+        .iter()
+        .flat_map(|l| l.iter().copied().chain([b'\n']))
+        .collect()
+}
+
+/// Three nodes in one process shuffle over loopback QUIC: together their
+/// stores export what `sort -u` prints, each holds only the partitions
+/// the map gave it, and the counts reconcile across them.
+#[test]
+fn three_dev_nodes_shuffle_to_the_export_of_sort_u() {
+    let (input, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let spec = LinesSpec {
+        files: 6,
+        bytes_per_file: 1_500_000,
+        min_len: 0,
+        max_len: 60,
+        duplicate_ratio: 0.4,
+        edge_cases: true,
+        compression: vec![Compression::Plain, Compression::Gzip, Compression::Zstd],
+        seed: 11,
+    };
+    write_lines_dataset(input.path(), &spec).unwrap();
+    let input: PathBuf = input.path().canonicalize().unwrap();
+
+    let run = dev_on(3, data.path(), &input);
+    assert_eq!(run.nodes.len(), 3);
+    let combined = run.combined();
+    assert!(combined.totals.reconciles(), "{:?}", combined.totals);
+    assert_eq!(combined.totals.files, spec.files as u64);
+    for part in &run.nodes {
+        assert!(
+            part.outcome.totals.unique > 0,
+            "node {} owns keys",
+            part.node
+        );
+    }
+    let datasets: Vec<_> = run
+        .nodes
+        .iter()
+        .map(|n| n.store.existing_dataset("lines").unwrap())
+        .collect();
+    let parts: Vec<_> = run.nodes.iter().map(|n| &*n.store).zip(&datasets).collect();
+    let mut out = Vec::new();
+    let written = node::export::export_all(&parts, &mut out).unwrap();
+    assert_eq!(written, combined.totals.unique, "no key in two stores");
+    assert!(out == sort_u(&input), "the export differs from sort -u");
+    assert_eq!(node_dirs(data.path()).len(), 3);
 }

@@ -73,6 +73,47 @@ impl JobCounters {
         metrics::gauge!(JOB_FILES_METRIC).set(Self::get(&self.files_listed) as f64);
     }
 
+    /// Every counter (a destructuring, so a new field is not missed).
+    fn fields(&self) -> [&AtomicU64; 12] {
+        let Self {
+            files_listed,
+            links_skipped,
+            bytes_listed,
+            bytes_scanned,
+            problem_files,
+            read,
+            unique,
+            duplicates,
+            rejected,
+            merged,
+            runs_spilled,
+            merge_passes,
+        } = self;
+        [
+            files_listed,
+            links_skipped,
+            bytes_listed,
+            bytes_scanned,
+            problem_files,
+            read,
+            unique,
+            duplicates,
+            rejected,
+            merged,
+            runs_spilled,
+            merge_passes,
+        ]
+    }
+
+    /// Sets every counter to the sum of `parts`' (several nodes' jobs
+    /// shown as one).
+    pub fn set_to_sum(&self, parts: &[Arc<JobCounters>]) {
+        for (i, field) in self.fields().into_iter().enumerate() {
+            let sum = parts.iter().map(|p| Self::get(p.fields()[i])).sum();
+            field.store(sum, Ordering::Relaxed);
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         if n > 0 {
             counter.fetch_add(n, Ordering::Relaxed);

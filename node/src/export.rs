@@ -4,6 +4,11 @@
 //! by key but the dataset as a whole is not: export k-way merges one
 //! iterator per partition, all reading the same snapshot. Memory is one
 //! block per partition, whatever the dataset's size.
+//!
+//! A dataset may be spread over several stores (`export_all`: the nodes'
+//! stores `quern dev --nodes N` leaves, each owning some partitions): their
+//! merges are merged again, and a key held by more than one store (its
+//! partition moved between jobs) is written once.
 
 use std::io::Write;
 use std::path::Path;
@@ -100,56 +105,78 @@ pub fn export(
     dataset: &DatasetInfo,
     out: &mut impl Write,
 ) -> Result<u64, ExportError> {
-    let snapshot = store.db().snapshot();
-    let db_dir = store.db_dir();
-    let cursor = |partition: u16| {
-        let mut opts = ReadOptions::default();
-        opts.set_snapshot(&snapshot);
-        // A one-pass scan: do not push hot blocks out of the cache.
-        opts.fill_cache(false);
-        opts.set_readahead_size(1 << 20);
-        opts.set_iterate_lower_bound(keys::partition_prefix(dataset.id, partition).to_vec());
-        opts.set_iterate_upper_bound(keys::partition_prefix(dataset.id, partition + 1).to_vec());
-        let mut iter = store.db().raw_iterator_cf_opt(store.data_cf(), opts);
-        iter.seek_to_first();
-        let cursor = PartitionCursor {
-            partition,
-            iter,
-            store: &db_dir,
-        };
-        cursor.check().map(|()| cursor)
+    export_all(&[(store, dataset)], out)
+}
+
+/// [`export`] of one dataset held by several stores, each with its own
+/// `DatasetInfo` of it (the same name, format and partitions). Where
+/// stores hold the same key, the first store's record is written.
+pub fn export_all(
+    stores: &[(&Store, &DatasetInfo)],
+    out: &mut impl Write,
+) -> Result<u64, ExportError> {
+    let Some((_, first)) = stores.first() else {
+        return Ok(0);
     };
-    let threads = MERGE_THREADS.min(dataset.partitions).max(1);
-    let keep_values = matches!(dataset.format, Format::Tsv { .. });
+    let format = first.format;
+    let keep_values = matches!(format, Format::Tsv { .. });
+    let snapshots: Vec<_> = stores
+        .iter()
+        .map(|(store, _)| store.db().snapshot())
+        .collect();
+    let db_dirs: Vec<_> = stores.iter().map(|(store, _)| store.db_dir()).collect();
     std::thread::scope(|scope| {
         let mut halves = Vec::new();
         let mut workers = Vec::new();
-        for t in 0..threads {
-            let share = dataset.partitions / threads;
-            let first = t * share;
-            let last = if t + 1 == threads {
-                dataset.partitions
-            } else {
-                first + share
+        for (((store, dataset), snapshot), db_dir) in stores.iter().zip(&snapshots).zip(&db_dirs) {
+            let (store, dataset) = (*store, *dataset);
+            let cursor = |partition: u16| {
+                let mut opts = ReadOptions::default();
+                opts.set_snapshot(snapshot);
+                // A one-pass scan: do not push hot blocks out of the cache.
+                opts.fill_cache(false);
+                opts.set_readahead_size(1 << 20);
+                opts.set_iterate_lower_bound(
+                    keys::partition_prefix(dataset.id, partition).to_vec(),
+                );
+                opts.set_iterate_upper_bound(
+                    keys::partition_prefix(dataset.id, partition + 1).to_vec(),
+                );
+                let mut iter = store.db().raw_iterator_cf_opt(store.data_cf(), opts);
+                iter.seek_to_first();
+                let cursor = PartitionCursor {
+                    partition,
+                    iter,
+                    store: db_dir,
+                };
+                cursor.check().map(|()| cursor)
             };
-            let cursors = (first..last).map(cursor).collect::<Result<Vec<_>, _>>()?;
-            let (send, receive) = std::sync::mpsc::sync_channel(HANDOFF_BATCHES);
-            // Read batches go back to be refilled, so their memory is
-            // reused rather than allocated and faulted in afresh.
-            let (give_back, take_back) = std::sync::mpsc::sync_channel(HANDOFF_BATCHES + 1);
-            workers.push(
-                scope.spawn(move || {
+            let threads = MERGE_THREADS.min(dataset.partitions).max(1);
+            for t in 0..threads {
+                let share = dataset.partitions / threads;
+                let first = t * share;
+                let last = if t + 1 == threads {
+                    dataset.partitions
+                } else {
+                    first + share
+                };
+                let cursors = (first..last).map(cursor).collect::<Result<Vec<_>, _>>()?;
+                let (send, receive) = std::sync::mpsc::sync_channel(HANDOFF_BATCHES);
+                // Read batches go back to be refilled, so their memory is
+                // reused rather than allocated and faulted in afresh.
+                let (give_back, take_back) = std::sync::mpsc::sync_channel(HANDOFF_BATCHES + 1);
+                workers.push(scope.spawn(move || {
                     merge_partitions(store, cursors, keep_values, &send, &take_back)
-                }),
-            );
-            halves.push(Handoff {
-                batches: receive,
-                give_back,
-                batch: RecordBatch::new(),
-                next: 0,
-            });
+                }));
+                halves.push(Handoff {
+                    batches: receive,
+                    give_back,
+                    batch: RecordBatch::new(),
+                    next: 0,
+                });
+            }
         }
-        let written = write_merged(halves, dataset.format, out);
+        let written = write_merged(halves, format, stores.len() > 1, out);
         // A worker that failed ended its stream early: its error explains
         // the short output, so it comes first.
         for worker in workers {
@@ -237,9 +264,11 @@ impl SortedSource for Handoff {
     }
 }
 
+/// `across_stores`: drop a key equal to the one before.
 fn write_merged(
     mut halves: Vec<Handoff>,
     format: Format,
+    across_stores: bool,
     out: &mut impl Write,
 ) -> Result<u64, ExportError> {
     for half in &mut halves {
@@ -247,7 +276,19 @@ fn write_merged(
     }
     let mut merge = KMerge::new(halves, BY_KEY);
     let mut count = 0u64;
+    // Within a store every key is unique; across stores it may not be,
+    // and the merge puts the first store's record first.
+    let (mut last_key, mut written_one) = (Vec::new(), false);
     while let Some(record) = merge.current() {
+        if across_stores {
+            if written_one && last_key == record.key {
+                merge.advance().expect("handoffs do not fail to advance");
+                continue;
+            }
+            last_key.clear();
+            last_key.extend_from_slice(record.key);
+            written_one = true;
+        }
         let line = match format {
             Format::Lines => record.key,
             Format::Tsv { .. } => record.value,
@@ -320,6 +361,18 @@ mod tests {
             assert_eq!(count, 5000, "{partitions} partitions");
             assert_eq!(out, want, "{partitions} partitions");
         }
+    }
+
+    /// Stores holding parts of a dataset export as one: every key once
+    /// (the empty one too), in byte order, the first store's where both
+    /// hold it.
+    #[test]
+    fn several_stores_export_as_one_with_each_key_once() {
+        let (_a, a, a_dataset) = store_with(4, Format::Lines, &[b"b", b"", b"d", b"x"]);
+        let (_b, b, b_dataset) = store_with(3, Format::Lines, &[b"a", b"", b"d", b"z"]);
+        let mut out = Vec::new();
+        let written = export_all(&[(&a, &a_dataset), (&b, &b_dataset)], &mut out).unwrap();
+        assert_eq!((written, out.as_slice()), (6, &b"\na\nb\nd\nx\nz\n"[..]));
     }
 
     /// A value too short to hold a first-seen position is an error naming

@@ -4,23 +4,72 @@
 //! job's shards into the node's store until the coordinators commit the
 //! job (`run`). The node's local dataset is made from the spec the
 //! coordinators hold (`for_dataset`), the inverse of `spec_of`.
+//!
+//! At a job's start the node asks for the dataset's partition map,
+//! announcing its lanes, and waits (at most `OWNERS_START_WAIT`) until
+//! every owner has announced its own: a peer opens one stream per owner
+//! lane. A map of one owner runs the job locally; otherwise the node
+//! dials each other owner on its [`DataChannel`] and shuffles
+//! (`ingest::prepare_shuffled`).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coordinator_client::{ClientError, CoordinatorClient, Transport};
 use proto_schema::command::{DatasetFormat, DatasetSpec, KeySpec, Response};
-use proto_schema::coordinator_api::NodeRegistration;
+use proto_schema::coordinator_api::{MAX_NODE_LANES, NodeRegistration, OwnerMap};
 use proto_schema::ids::NodeId;
+use proto_schema::quic::channel::ChannelEndpoint;
+use proto_schema::shuffle::PartitionRange;
 use tokio::runtime::Handle;
 
+use crate::actors::LaneMap;
 use crate::actors::feed::lease::{LeaseFeed, LeaseSettings, LeaseTarget};
 use crate::config::{DEFAULT_PARTITIONS, Format, IngestConfig};
 use crate::counters::JobCounters;
 use crate::ingest::{self, IngestError, IngestOutcome};
 use crate::input::roots::Roots;
+use crate::shuffle::inbound::node_certificate_name;
+use crate::shuffle::{Inbound, RemoteRange, ShuffleJob};
 use crate::store::Store;
+
+/// How long a node waits at a job's start for every owner of the
+/// partition map to start the job too (to announce its lanes).
+pub const OWNERS_START_WAIT: Duration = Duration::from_secs(60);
+/// Between asks for the map while waiting.
+const OWNERS_POLL: Duration = Duration::from_millis(200);
+
+/// Why a node's part of a job did not run or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The map was made before this node joined: it waits for a job that
+    /// starts after it.
+    #[error("node {node} owns no partitions of dataset {dataset:?} under map epoch {epoch}")]
+    NotAnOwner {
+        node: NodeId,
+        dataset: String,
+        epoch: proto_schema::ids::Epoch,
+    },
+    #[error("the partition map of dataset {dataset:?}: {reason}")]
+    Map { dataset: String, reason: String },
+    #[error("dialling owner node {owner} at {address:?}: {reason}")]
+    Dial {
+        owner: NodeId,
+        address: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+/// A node's data channel: where its peers' streams arrive, and from where
+/// it dials theirs. One per node, shared by its jobs.
+pub struct DataChannel {
+    pub endpoint: ChannelEndpoint,
+    pub inbound: Inbound,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -121,6 +170,8 @@ pub struct LeasedJob<T: Transport> {
     pub heartbeat: Duration,
     /// Recorded with the local job as what it ingests.
     pub shown_inputs: Vec<String>,
+    /// Needed once the dataset's map has more than one owner.
+    pub channel: Option<Arc<DataChannel>>,
 }
 
 /// Runs `job` into `store` until the coordinators commit it; the feed
@@ -128,26 +179,154 @@ pub struct LeasedJob<T: Transport> {
 /// completes first, the job is aborted with its output as reason. Call
 /// from a thread outside any async runtime.
 pub fn run<T: Transport>(
-    job: LeasedJob<T>,
+    mut job: LeasedJob<T>,
     store: Arc<Store>,
     runtime: Handle,
     counters: Arc<JobCounters>,
     cancel: impl Future<Output = String>,
-) -> Result<IngestOutcome, IngestError> {
+) -> Result<IngestOutcome, JobError> {
+    let lanes = u16::try_from(job.ingest.threads)
+        .unwrap_or(u16::MAX)
+        .clamp(1, MAX_NODE_LANES);
+    job.ingest.threads = usize::from(lanes);
+    let owners = runtime.block_on(wait_for_owners(&mut job, lanes))?;
+    let shuffle = runtime.block_on(shuffle_job(&job, &owners))?;
     let settings = LeaseSettings {
         heartbeat: job.heartbeat,
         roots: Some(job.roots),
         ..LeaseSettings::default()
     };
-    let feed = LeaseFeed::new(job.client, job.target, runtime, settings);
-    let prepared = ingest::prepare_with_feed(
-        store,
-        job.ingest,
-        job.shown_inputs,
-        Arc::new(feed),
-        counters,
-    )?;
-    ingest::run(prepared, cancel)
+    let feed = Arc::new(LeaseFeed::new(
+        job.client,
+        job.target,
+        owners.map.epoch,
+        runtime,
+        settings,
+    ));
+    let prepared = match shuffle {
+        None => ingest::prepare_with_feed(store, job.ingest, job.shown_inputs, feed, counters)?,
+        Some(shuffle) => {
+            ingest::prepare_shuffled(store, job.ingest, job.shown_inputs, feed, counters, shuffle)?
+        }
+    };
+    Ok(ingest::run(prepared, cancel)?)
+}
+
+/// The dataset's map once every owner has announced its lanes.
+async fn wait_for_owners<T: Transport>(
+    job: &mut LeasedJob<T>,
+    lanes: u16,
+) -> Result<OwnerMap, JobError> {
+    let dataset = job.ingest.dataset.clone();
+    let map_error = |reason: String| JobError::Map {
+        dataset: dataset.clone(),
+        reason,
+    };
+    let partitions = job.ingest.partitions.unwrap_or(DEFAULT_PARTITIONS);
+    let deadline = Instant::now() + OWNERS_START_WAIT;
+    loop {
+        let owners = job
+            .client
+            .partition_map(job.target.node, &dataset, lanes)
+            .await
+            .map_err(|e| map_error(e.to_string()))?;
+        if owners.map.partitions != partitions {
+            return Err(map_error(format!(
+                "{} partitions at the coordinators, {partitions} here",
+                owners.map.partitions
+            )));
+        }
+        if !owners.map.nodes().contains(&job.target.node) {
+            return Err(JobError::NotAnOwner {
+                node: job.target.node,
+                dataset,
+                epoch: owners.map.epoch,
+            });
+        }
+        let waiting: Vec<NodeId> = owners
+            .owners
+            .iter()
+            .filter(|o| o.lanes.is_none())
+            .map(|o| o.node)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(owners);
+        }
+        if Instant::now() >= deadline {
+            return Err(map_error(format!(
+                "owners {waiting:?} did not start job {} within {OWNERS_START_WAIT:?}",
+                job.target.job
+            )));
+        }
+        tokio::time::sleep(OWNERS_POLL).await;
+    }
+}
+
+/// This node's part in the shuffle of `owners`' map: `None` if it owns
+/// every partition. Dials every other owner.
+async fn shuffle_job<T: Transport>(
+    job: &LeasedJob<T>,
+    owners: &OwnerMap,
+) -> Result<Option<ShuffleJob>, JobError> {
+    let node = job.target.node;
+    let map = &owners.map;
+    if map.ranges.len() == 1 {
+        return Ok(None);
+    }
+    let map_error = |reason: String| JobError::Map {
+        dataset: job.ingest.dataset.clone(),
+        reason,
+    };
+    let channel = job.channel.as_ref().ok_or_else(|| {
+        map_error(format!(
+            "{} owners, and node {node} has no data channel to shuffle on",
+            map.ranges.len()
+        ))
+    })?;
+    let range_of = |r: &proto_schema::partition_map::PartitionRange| {
+        PartitionRange::new(r.start.get(), r.end.get())
+            .ok_or_else(|| map_error(format!("an empty range of node {}", r.node)))
+    };
+    let (mut owned, mut remote, mut peers) = (None, Vec::new(), 0u64);
+    for (range, owner) in map.ranges.iter().zip(&owners.owners) {
+        let partitions = range_of(range)?;
+        if owner.node == node {
+            owned = Some(partitions);
+            continue;
+        }
+        let dial_error = |reason: String| JobError::Dial {
+            owner: owner.node,
+            address: owner.address.clone(),
+            reason,
+        };
+        let addr: SocketAddr = owner
+            .address
+            .parse()
+            .map_err(|e| dial_error(format!("not an address: {e}")))?;
+        let link = channel
+            .endpoint
+            .connect(addr, &node_certificate_name(owner.node))
+            .await
+            .map_err(|e| dial_error(e.to_string()))?;
+        // The owner splits its range as it announced: one stream per lane.
+        let lanes = LaneMap::over(partitions, usize::from(owner.lanes.unwrap_or(1)));
+        remote.extend((0..lanes.lanes).map(|lane| RemoteRange {
+            partitions: lanes.range_of(lane),
+            link: link.clone(),
+        }));
+        peers += 1;
+    }
+    let owned = owned.ok_or_else(|| map_error(format!("node {node} owns no range")))?;
+    let my_lanes = LaneMap::over(owned, job.ingest.threads).lanes as u64;
+    Ok(Some(ShuffleJob {
+        job: job.target.job,
+        epoch: map.epoch,
+        node,
+        owned,
+        remote,
+        inbound: channel.inbound.clone(),
+        expected_streams: peers * my_lanes,
+    }))
 }
 
 #[cfg(test)]

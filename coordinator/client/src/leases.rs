@@ -8,10 +8,9 @@
 //! epoch) and follow the job to its commit (`job`); find jobs to work on
 //! (`work`).
 
-use proto_schema::PartitionMap;
 use proto_schema::command::{Response, StagedCounts};
 use proto_schema::coordinator_api::{
-    Applied, HeartbeatReply, JobStatus, LeaseReply, NodeRegistration, Reply, Request,
+    Applied, HeartbeatReply, JobStatus, LeaseReply, NodeRegistration, OwnerMap, Reply, Request,
     ShardProgress, WorkItem,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
@@ -118,16 +117,19 @@ impl<T: Transport> CoordinatorClient<T> {
         self.written(&request, true).await
     }
 
-    /// `dataset`'s partition map over the live nodes, as the leader has it
-    /// (assigned anew if the live nodes changed).
+    /// `dataset`'s partition map over the live nodes with its owners'
+    /// addresses and lanes, as the leader has it (`node` announces that it
+    /// splits its partitions into `lanes`).
     pub async fn partition_map(
         &mut self,
         node: NodeId,
         dataset: &str,
-    ) -> Result<PartitionMap, ClientError> {
+        lanes: u16,
+    ) -> Result<OwnerMap, ClientError> {
         let request = Request::PartitionMap {
             node,
             dataset: dataset.into(),
+            lanes,
         };
         match self.call(&request, true).await? {
             Reply::PartitionMap(map) => Ok(map),

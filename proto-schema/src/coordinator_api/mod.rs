@@ -33,6 +33,29 @@ use crate::partition_map::PartitionMap;
 /// at a time and asks again.
 pub const MAX_WORK_ITEMS: usize = 16;
 
+/// Most lanes a node may announce (`Request::PartitionMap`): the leader
+/// keeps the number, and each peer opens a stream per lane.
+pub const MAX_NODE_LANES: u16 = 1024;
+
+/// A dataset's partition map and how to reach each of its owners: what a
+/// node needs to take part in a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerMap {
+    pub map: PartitionMap,
+    /// One per range of the map, in the map's order.
+    pub owners: Vec<Owner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub node: NodeId,
+    /// Its data channel, as it registered it.
+    pub address: String,
+    /// Its lanes, once it has asked for this map itself (`None` before:
+    /// a peer waits for it to start).
+    pub lanes: Option<u16>,
+}
+
 /// A coordinator replica's id in the Raft group.
 pub type ReplicaId = u64;
 
@@ -83,11 +106,16 @@ pub enum Request {
         counts: StagedCounts,
         map_epoch: Epoch,
     },
-    /// A dataset's partition map over the live nodes, from the leader (a
-    /// new one, at the next epoch, if the live nodes changed).
+    /// A dataset's partition map over the live nodes, with how to reach
+    /// each owner, from the leader (a new one, at the next epoch, if an
+    /// owner was lost, or if the live nodes changed while no job of the
+    /// dataset runs). `lanes`: how many lanes this node splits its own
+    /// partitions into (at most `MAX_NODE_LANES`), which its peers need
+    /// to open one stream per lane.
     PartitionMap {
         node: NodeId,
         dataset: String,
+        lanes: u16,
     },
     /// One job's progress, from the leader.
     Job {
@@ -132,7 +160,7 @@ pub enum Reply {
     Heartbeat(HeartbeatReply),
     /// `None`: no such job.
     Job(Option<JobStatus>),
-    PartitionMap(PartitionMap),
+    PartitionMap(OwnerMap),
     /// Oldest first, at most `MAX_WORK_ITEMS`.
     Work(Vec<WorkItem>),
     /// The request could not be served (undecodable, Raft shut down, ...).

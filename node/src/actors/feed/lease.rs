@@ -104,21 +104,22 @@ struct Shared<T: Transport> {
 /// Shards of one job, leased from the coordinators.
 pub struct LeaseFeed<T: Transport> {
     shared: Arc<Shared<T>>,
-    /// The partition map's epoch when the job started: what the owner
+    /// The partition map's epoch the job runs under: what the owner
     /// stages under (refused if the map moved on meanwhile).
-    map_epoch: Mutex<Option<Epoch>>,
+    map_epoch: Epoch,
     runtime: Handle,
     settings: LeaseSettings,
     reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl<T: Transport> LeaseFeed<T> {
-    /// A feed for `target`, calling the coordinators through `client` on
-    /// `runtime` (which must outlive the job: the job's own runtime stops
-    /// with it).
+    /// A feed for `target` under partition map `map_epoch`, calling the
+    /// coordinators through `client` on `runtime` (which must outlive the
+    /// job: the job's own runtime stops with it).
     pub fn new(
         client: CoordinatorClient<T>,
         target: LeaseTarget,
+        map_epoch: Epoch,
         runtime: Handle,
         settings: LeaseSettings,
     ) -> Self {
@@ -132,7 +133,7 @@ impl<T: Transport> LeaseFeed<T> {
                 stop: AtomicBool::new(false),
                 failure: Mutex::default(),
             }),
-            map_epoch: Mutex::default(),
+            map_epoch,
             runtime,
             settings,
             reporter: Mutex::default(),
@@ -242,21 +243,6 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
     }
 
     fn run(&self, ctx: &JobContext, scanners: &Scanners) -> Result<(), String> {
-        let node = self.shared.target.node;
-        let map = self
-            .runtime
-            .block_on(async {
-                let mut client = self.shared.client.lock().await;
-                client.partition_map(node, &ctx.dataset.name).await
-            })
-            .map_err(|e| format!("asking for the partition map: {e}"))?;
-        if map.partitions != ctx.dataset.partitions {
-            return Err(format!(
-                "dataset {:?} has {} partitions here, {} at the coordinators",
-                ctx.dataset.name, ctx.dataset.partitions, map.partitions
-            ));
-        }
-        *self.map_epoch.lock().expect("not poisoned") = Some(map.epoch);
         self.start_reporter();
         let mut files = FileRegister::new(ctx);
         let target = self.shared.target;
@@ -343,11 +329,7 @@ impl<T: Transport> LeaseFeed<T> {
             duplicates: totals.duplicates,
             rejected: totals.rejected,
         };
-        let map_epoch = self
-            .map_epoch
-            .lock()
-            .expect("not poisoned")
-            .ok_or("staged before the partition map was known")?;
+        let map_epoch = self.map_epoch;
         let answer = self
             .runtime
             .block_on(async {
