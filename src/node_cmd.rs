@@ -24,7 +24,7 @@ use node::actors::feed::lease::LeaseTarget;
 use node::config::{IngestConfig, MemoryPlan};
 use node::counters::JobCounters;
 use node::input::roots::Roots;
-use node::leased_job::{self, DataChannel, LeasedJob};
+use node::leased_job::{self, DataChannel, JobError, LeasedJob};
 use node::shuffle::{Inbound, channel_config};
 use node::store::{Access, Store};
 use proto_schema::cert_role::node_name;
@@ -136,7 +136,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         roots,
         runtime,
         stopping,
-        unsupported: BTreeSet::new(),
+        skipped: BTreeSet::new(),
     };
     let result = node.serve();
     let Node { runtime, .. } = node;
@@ -179,8 +179,10 @@ struct Node {
     roots: Roots,
     runtime: tokio::runtime::Runtime,
     stopping: watch::Receiver<Option<&'static str>>,
-    /// Jobs of datasets this node cannot ingest, warned about once.
-    unsupported: BTreeSet<JobId>,
+    /// Jobs this node will not run, warned about once: of datasets it
+    /// cannot ingest, or that it can no longer start
+    /// (`JobError::StartedLate`).
+    skipped: BTreeSet<JobId>,
 }
 
 impl Node {
@@ -251,7 +253,7 @@ impl Node {
         match self.runtime.block_on(self.client.work(id)) {
             Ok(items) => items
                 .into_iter()
-                .find(|item| !self.unsupported.contains(&item.job)),
+                .find(|item| !self.skipped.contains(&item.job)),
             Err(e) => {
                 tracing::warn!("node {id}: asking for work failed: {e}");
                 None
@@ -267,7 +269,7 @@ impl Node {
             Ok(ingest) => ingest,
             Err(reason) => {
                 eprintln!("node {id}: skipping job {}: {reason}", item.job);
-                self.unsupported.insert(item.job);
+                self.skipped.insert(item.job);
                 return Duration::ZERO;
             }
         };
@@ -318,6 +320,11 @@ impl Node {
                      duplicates, {} rejected, in {:.1?}",
                     item.job, t.files, t.read, t.unique, t.duplicates, t.rejected, outcome.elapsed
                 );
+                Duration::ZERO
+            }
+            Err(e @ JobError::StartedLate { .. }) => {
+                eprintln!("node {id}: skipping job {}: {e}", item.job);
+                self.skipped.insert(item.job);
                 Duration::ZERO
             }
             Err(e) => {

@@ -41,10 +41,10 @@ fn issue(certs: &Path, name: &str) {
     );
 }
 
-/// `quern node --id 1` with these coordinators, store and root.
-fn node(certs: &Path, data_dir: &Path, coordinators: &[String], root: &Path) -> Command {
+/// `quern node --id ID` with these coordinators, store and root.
+fn node(id: u64, certs: &Path, data_dir: &Path, coordinators: &[String], root: &Path) -> Command {
     let mut cmd = quern(&data_dir.join("unused"));
-    cmd.args(["node", "--id", "1", "--memory", "128M"])
+    cmd.args(["node", "--id", &id.to_string(), "--memory", "128M"])
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--data-dir")
@@ -69,6 +69,69 @@ fn manifest_line(path: &Path) -> String {
         .unwrap()
         .as_secs();
     format!("{}\t{}\t{mtime}\n", path.display(), meta.len())
+}
+
+/// Submits `manifest` into dataset `ds`: the job's id.
+fn submit(cluster: &Cluster, manifest: &Path, files: usize) -> u64 {
+    let submitted = run(
+        cluster
+            .client(&["submit", "--no-progress", "--dataset", "ds", "--manifest"])
+            .arg(manifest),
+        0,
+    );
+    let summary = text(&submitted.stdout);
+    assert_eq!(figure(&summary, "new"), files as u64, "{summary}");
+    summary
+        .strip_prefix("submission ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no submission id in {summary}"))
+}
+
+/// Waits until the coordinators have committed job `id`, while every node
+/// in `nodes` (with its log) keeps running: the job's status.
+fn wait_for_commit(
+    cluster: &Cluster,
+    id: u64,
+    nodes: &mut [(Child, PathBuf)],
+) -> serde_json::Value {
+    let logs = |nodes: &[(Child, PathBuf)]| -> String {
+        nodes
+            .iter()
+            .map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    loop {
+        let status = cluster.status();
+        if let Some(job) = job(&status, id)
+            && job["committed"] == true
+        {
+            return job;
+        }
+        for (child, _) in nodes.iter_mut() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "a node exited:\n{}",
+                logs(nodes)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} not committed within {COMMIT_WITHIN:?}: {status:#}\nnode logs:\n{}",
+            logs(nodes)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// SIGTERM to `child`: its exit status within the node's shutdown bound.
+fn terminate(child: &mut Child) -> ExitStatus {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: signals our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    wait_for_exit(child, STOP_WITHIN)
 }
 
 fn wait_for_exit(child: &mut Child, within: Duration) -> ExitStatus {
@@ -116,7 +179,7 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     let node_data = work.path().join("node-1");
     let log_path = cluster.path("node-1.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = node(&certs, &node_data, &cluster.addresses, &input)
+    let child = node(1, &certs, &node_data, &cluster.addresses, &input)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -126,39 +189,10 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     std::thread::sleep(IDLE_FOR);
     assert!(node_log().contains("node 1 registered"), "{}", node_log());
 
-    let submitted = run(
-        cluster
-            .client(&["submit", "--no-progress", "--dataset", "ds", "--manifest"])
-            .arg(&manifest),
-        0,
-    );
-    let summary = text(&submitted.stdout);
-    let job_id: u64 = summary
-        .strip_prefix("submission ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no submission id in {summary}"));
-    assert_eq!(figure(&summary, "new"), files.len() as u64 + 1, "{summary}");
-    let deadline = Instant::now() + COMMIT_WITHIN;
-    let committed = loop {
-        let status = cluster.status();
-        if let Some(job) = job(&status, job_id)
-            && job["committed"] == true
-        {
-            break job;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the node exited:\n{}",
-            node_log()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "job {job_id} not committed within {COMMIT_WITHIN:?}: {status:#}\nnode log:\n{}",
-            node_log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let job_id = submit(&cluster, &manifest, files.len() + 1);
+    let mut nodes = [(child, log_path.clone())];
+    let committed = wait_for_commit(&cluster, job_id, &mut nodes);
+    let [(mut child, _)] = nodes;
     assert_eq!(
         committed["shards_done"].as_u64(),
         Some(files.len() as u64 + 1),
@@ -166,10 +200,7 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     );
 
     // SIGTERM: status 0 within the node's shutdown bound.
-    let pid = i32::try_from(child.id()).unwrap();
-    // SAFETY: signals our own child, which has not been reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = wait_for_exit(&mut child, STOP_WITHIN);
+    let status = terminate(&mut child);
     let log_text = node_log();
     assert_eq!(status.code(), Some(0), "node log:\n{log_text}");
     assert!(
@@ -201,6 +232,68 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     assert!(reason.contains("outside the node's roots"), "{reason}");
 }
 
+/// Three `quern node` processes take one job together: each owns a third
+/// of the partitions and shuffles the records of the shards it leased to
+/// their owners over its data channel. Their stores, read as one (`quern
+/// export --data` of the directory holding `node-1`..`node-3`), export
+/// `LC_ALL=C sort -u` of the inputs.
+#[test]
+fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
+    let cluster = Cluster::start_with(&["--lease-time", "5s"]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let certs = cluster.path("certs");
+    let work = tempdir();
+    let input = work.path().join("input");
+    std::fs::create_dir(&input).unwrap();
+    let input = input.canonicalize().unwrap();
+    let files = edge_case_dataset(&input, 9, 300_000, 29);
+    let manifest = work.path().join("manifest.tsv");
+    let lines: Vec<String> = files.iter().map(|f| manifest_line(f)).collect();
+    std::fs::write(&manifest, lines.concat()).unwrap();
+
+    let stores = work.path().join("stores");
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        issue(&certs, &format!("node-{id}"));
+        let log_path = cluster.path(&format!("node-{id}.log"));
+        let child = node(
+            id,
+            &certs,
+            &stores.join(format!("node-{id}")),
+            &cluster.addresses,
+            &input,
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+        nodes.push((child, log_path));
+    }
+    // Every node registered before the job: the map has three owners.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(|(_, log)| {
+        std::fs::read_to_string(log).is_ok_and(|t| t.contains("registered (incarnation"))
+    }) {
+        assert!(Instant::now() < deadline, "the nodes did not register");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let job_id = submit(&cluster, &manifest, files.len());
+    let committed = wait_for_commit(&cluster, job_id, &mut nodes);
+    assert_eq!(committed["shards_done"].as_u64(), Some(files.len() as u64));
+    for (child, log) in &mut nodes {
+        let status = terminate(child);
+        let text = std::fs::read_to_string(&*log).unwrap();
+        assert_eq!(status.code(), Some(0), "{text}");
+        assert!(text.contains(&format!("job {job_id} committed")), "{text}");
+    }
+    let exported = export(&stores, "ds");
+    assert!(
+        exported == sort_u(&files),
+        "the three nodes' export is not sort -u of the inputs"
+    );
+}
+
 #[test]
 fn a_node_refuses_a_certificate_named_for_another_node() {
     let dir = tempdir();
@@ -223,6 +316,7 @@ fn a_node_refuses_a_certificate_named_for_another_node() {
     let root: PathBuf = dir.path().to_path_buf();
     let out = run(
         &mut node(
+            1,
             &certs,
             &dir.path().join("node-1"),
             &["127.0.0.1:9".to_string()],

@@ -109,8 +109,9 @@ impl ClientApi {
             Request::PartitionMap {
                 node,
                 dataset,
+                job,
                 lanes,
-            } => match self.desk.partition_map(*node, dataset, *lanes).await {
+            } => match self.desk.partition_map(*node, dataset, *job, *lanes).await {
                 Ok(Ok(map)) => Reply::PartitionMap(map),
                 Ok(Err(reason)) => Reply::Failed(reason),
                 Err(e) => desk_failed(e),

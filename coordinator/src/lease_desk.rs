@@ -324,12 +324,14 @@ impl LeaseDesk {
     /// The current map stays while its owners live and a job of the
     /// dataset runs (a node that joins meanwhile waits for the next job);
     /// otherwise, if the live nodes changed (or there is no map), a new
-    /// one at the next epoch through the log. `node` announces its
-    /// `lanes`. `Err`: why there is none.
+    /// one at the next epoch through the log. `node` starts its part of
+    /// `job` with `lanes` lanes; each owner's lanes are known once it has
+    /// started `job` too. `Err`: why there is none.
     pub async fn partition_map(
         &self,
         node: NodeId,
         dataset: &str,
+        job: JobId,
         lanes: u16,
     ) -> Result<Result<OwnerMap, String>, DeskError> {
         if lanes == 0 || lanes > MAX_NODE_LANES {
@@ -342,7 +344,7 @@ impl LeaseDesk {
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
-        desk.nodes.announce_lanes(node, lanes);
+        desk.nodes.started(node, job, lanes);
         let Some(found) = self.state.dataset(dataset)? else {
             return Ok(Err(CommandError::UnknownDataset {
                 name: dataset.into(),
@@ -392,7 +394,7 @@ impl LeaseDesk {
                     .find(|n| n.info.id == owner)
                     .map(|n| n.info.address.clone())
                     .unwrap_or_default(),
-                lanes: desk.nodes.get(owner).and_then(|live| live.lanes),
+                lanes: desk.nodes.lanes_for(owner, job),
             })
             .collect();
         Ok(Ok(OwnerMap { map, owners }))

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use proto_schema::coordinator_api::{MAX_HEARTBEAT_PROGRESS, ShardProgress};
-use proto_schema::ids::NodeId;
+use proto_schema::ids::{JobId, NodeId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeLiveness {
@@ -20,9 +20,10 @@ pub struct NodeLiveness {
     pub deadline_ms: u64,
     /// Where its scanners were at its last heartbeat.
     pub progress: Vec<ShardProgress>,
-    /// The lanes it splits its partitions into, from its last
-    /// `PartitionMap` request (peers open a stream per lane).
-    pub lanes: Option<u16>,
+    /// The job it last started and the lanes it splits its partitions
+    /// into for it, from its `PartitionMap` request (peers open a stream
+    /// per lane).
+    pub started: Option<(JobId, u16)>,
 }
 
 /// The leader's view of the live nodes, by id.
@@ -58,7 +59,7 @@ impl Liveness {
                 incarnation,
                 deadline_ms: now_ms + self.duration_ms,
                 progress: Vec::new(),
-                lanes: None,
+                started: None,
             },
         );
     }
@@ -94,10 +95,18 @@ impl Liveness {
         }
     }
 
-    /// `node` splits its partitions into `lanes` lanes.
-    pub fn announce_lanes(&mut self, node: NodeId, lanes: u16) {
+    /// `node` started its part of `job`, with `lanes` lanes.
+    pub fn started(&mut self, node: NodeId, job: JobId, lanes: u16) {
         if let Some(live) = self.nodes.get_mut(&node) {
-            live.lanes = Some(lanes);
+            live.started = Some((job, lanes));
+        }
+    }
+
+    /// `node`'s lanes, if it has started `job`.
+    pub fn lanes_for(&self, node: NodeId, job: JobId) -> Option<u16> {
+        match self.nodes.get(&node)?.started {
+            Some((started, lanes)) if started == job => Some(lanes),
+            _ => None,
         }
     }
 

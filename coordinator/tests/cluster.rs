@@ -588,11 +588,15 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
 
     // Contiguous partition ranges over the live nodes, at epoch 1, the
     // same map while they stay live.
-    let first_map = client.partition_map(NodeId(1), "ds", 2).await.unwrap();
+    let first_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
     assert_eq!(first_map.map.epoch, Epoch(1));
     assert_eq!(first_map.map.nodes(), vec![NodeId(1), NodeId(2)]);
     assert_eq!(
-        client.partition_map(NodeId(2), "ds", 2).await.unwrap().map,
+        client
+            .partition_map(NodeId(2), "ds", job, 2)
+            .await
+            .unwrap()
+            .map,
         first_map.map
     );
 
@@ -635,7 +639,7 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     assert!(state.node(NodeId(2)).unwrap().unwrap().lost);
     // Node 2's partitions go to node 1 at the next epoch: an owner was
     // lost, so the map moves even while the job runs.
-    let second_map = client.partition_map(NodeId(1), "ds", 2).await.unwrap();
+    let second_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
     assert_eq!(second_map.map.epoch, Epoch(2));
     assert_eq!(second_map.map.nodes(), vec![NodeId(1)]);
     assert_eq!(
@@ -683,7 +687,7 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     };
     // Node 2 came back while the job runs: the map stays node 1's, so
     // the job's owners do not change under it.
-    let map = client.partition_map(NodeId(1), "ds", 2).await.unwrap();
+    let map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
     assert_eq!(map.map, second_map.map);
     assert!(matches!(
         client
@@ -719,7 +723,7 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         }
     );
     // No job runs now: node 2 rejoins the map at the next epoch.
-    let map = client.partition_map(NodeId(2), "ds", 3).await.unwrap();
+    let map = client.partition_map(NodeId(2), "ds", job, 3).await.unwrap();
     assert_eq!(
         (map.map.epoch, map.map.nodes()),
         (Epoch(3), vec![NodeId(1), NodeId(2)])

@@ -214,3 +214,102 @@ fn three_dev_nodes_shuffle_to_the_export_of_sort_u() {
     assert!(out == sort_u(&input), "the export differs from sort -u");
     assert_eq!(node_dirs(data.path()).len(), 3);
 }
+
+/// A node that starts its part of a job after one of the job's shards is
+/// done (its records went to an earlier run of the owners) refuses to run
+/// it: staging without them would commit the job short.
+#[test]
+fn a_node_starting_after_a_shard_is_done_refuses_rather_than_commit_short() {
+    use coordinator::embedded::EmbeddedCoordinator;
+    use coordinator_client::inventory::read_walks;
+    use coordinator_client::path_order::SortMemory;
+    use coordinator_client::submission::{SubmitOptions, ensure_dataset, submit};
+    use node::actors::feed::lease::LeaseTarget;
+    use node::input::roots::Roots;
+    use node::leased_job::{self, JobError, LeasedJob};
+    use proto_schema::coordinator_api::LeaseReply;
+    use proto_schema::ids::NodeId;
+
+    let (input, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let spec = LinesSpec {
+        files: 3,
+        bytes_per_file: 10_000,
+        compression: vec![Compression::Plain],
+        ..LinesSpec::sample()
+    };
+    write_lines_dataset(input.path(), &spec).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let coordinator = runtime
+        .block_on(EmbeddedCoordinator::start(
+            &data.path().join("coordinator"),
+            5_000,
+        ))
+        .unwrap();
+    let mut client = coordinator.client();
+    let ingest = config(&data.path().join("node-1"));
+    let node = NodeId(1);
+    let (incarnation, job) = runtime.block_on(async {
+        let incarnation = leased_job::register(&mut client, node, "in-process".into(), [0; 32])
+            .await
+            .unwrap();
+        ensure_dataset(&mut client, leased_job::spec_of(&ingest))
+            .await
+            .unwrap();
+        let memory = SortMemory {
+            run_bytes: 1 << 20,
+            temp_dir: data.path().to_path_buf(),
+        };
+        let inventory = read_walks(&[input.path()], &memory).unwrap();
+        let summary = submit(
+            &mut client,
+            "lines",
+            inventory,
+            &SubmitOptions::default(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        // An earlier run of this node read one shard.
+        let LeaseReply::Leased(leased) = client
+            .lease(node, 1, Some(summary.submission))
+            .await
+            .unwrap()
+        else {
+            panic!("nothing leased")
+        };
+        client
+            .complete_shards(node, vec![(leased[0].shard, leased[0].epoch)])
+            .await
+            .unwrap();
+        (incarnation, summary.submission)
+    });
+    let store = Arc::new(Store::open(&ingest.data_dir, 8 << 20, Access::ReadWrite).unwrap());
+    let late = LeasedJob {
+        client: coordinator.client(),
+        target: LeaseTarget {
+            node,
+            incarnation,
+            job,
+        },
+        roots: Roots::new(&[input.path().to_path_buf()]).unwrap(),
+        ingest,
+        heartbeat: std::time::Duration::from_secs(1),
+        shown_inputs: Vec::new(),
+        channel: None,
+    };
+    let refused = leased_job::run(
+        late,
+        store,
+        runtime.handle().clone(),
+        Arc::new(JobCounters::default()),
+        pending(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(refused, JobError::StartedLate { done: 1, .. }),
+        "{refused}"
+    );
+    let status = runtime.block_on(client.job(job)).unwrap().unwrap();
+    assert!(!status.committed, "the job did not commit short");
+    runtime.block_on(coordinator.shutdown()).unwrap();
+}

@@ -7,10 +7,17 @@
 //!
 //! At a job's start the node asks for the dataset's partition map,
 //! announcing its lanes, and waits (at most `OWNERS_START_WAIT`) until
-//! every owner has announced its own: a peer opens one stream per owner
-//! lane. A map of one owner runs the job locally; otherwise the node
-//! dials each other owner on its [`DataChannel`] and shuffles
-//! (`ingest::prepare_shuffled`).
+//! every owner has started the job too: a peer opens one stream per owner
+//! lane, and no shard is leased before every owner takes streams. A map
+//! of one owner runs the job locally; otherwise the node dials each other
+//! owner on its [`DataChannel`] and shuffles (`ingest::prepare_shuffled`).
+//!
+//! A node starts its part only while none of the job's shards is done
+//! (`JobError::StartedLate`): records of a done shard were sent to the
+//! owners that ran then, so an owner starting afresh (after a failure, a
+//! restart, or a new map) would stage without them, and the job would
+//! commit short. Such a job waits, named in the node's log, rather than
+//! commit a wrong result.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use coordinator_client::{ClientError, CoordinatorClient, Transport};
 use proto_schema::command::{DatasetFormat, DatasetSpec, KeySpec, Response};
 use proto_schema::coordinator_api::{MAX_NODE_LANES, NodeRegistration, OwnerMap};
-use proto_schema::ids::NodeId;
+use proto_schema::ids::{Epoch, JobId, NodeId};
 use proto_schema::quic::channel::ChannelEndpoint;
 use proto_schema::shuffle::PartitionRange;
 use tokio::runtime::Handle;
@@ -50,8 +57,14 @@ pub enum JobError {
     NotAnOwner {
         node: NodeId,
         dataset: String,
-        epoch: proto_schema::ids::Epoch,
+        epoch: Epoch,
     },
+    #[error(
+        "node {node} cannot start its part of job {job}: {done} of its shards are done \
+         already, and their records for this node's partitions went to an earlier run; \
+         the job cannot commit (abort it and submit again)"
+    )]
+    StartedLate { node: NodeId, job: JobId, done: u64 },
     #[error("the partition map of dataset {dataset:?}: {reason}")]
     Map { dataset: String, reason: String },
     #[error("dialling owner node {owner} at {address:?}: {reason}")]
@@ -223,11 +236,25 @@ async fn wait_for_owners<T: Transport>(
         reason,
     };
     let partitions = job.ingest.partitions.unwrap_or(DEFAULT_PARTITIONS);
+    let (node, id) = (job.target.node, job.target.job);
+    let status = job
+        .client
+        .job(id)
+        .await
+        .map_err(|e| map_error(format!("asking for job {id}: {e}")))?
+        .ok_or_else(|| map_error(format!("the coordinators know no job {id}")))?;
+    if status.shards_done > 0 {
+        return Err(JobError::StartedLate {
+            node,
+            job: id,
+            done: status.shards_done,
+        });
+    }
     let deadline = Instant::now() + OWNERS_START_WAIT;
     loop {
         let owners = job
             .client
-            .partition_map(job.target.node, &dataset, lanes)
+            .partition_map(node, &dataset, id, lanes)
             .await
             .map_err(|e| map_error(e.to_string()))?;
         if owners.map.partitions != partitions {
@@ -236,9 +263,9 @@ async fn wait_for_owners<T: Transport>(
                 owners.map.partitions
             )));
         }
-        if !owners.map.nodes().contains(&job.target.node) {
+        if !owners.map.nodes().contains(&node) {
             return Err(JobError::NotAnOwner {
-                node: job.target.node,
+                node,
                 dataset,
                 epoch: owners.map.epoch,
             });
@@ -254,8 +281,7 @@ async fn wait_for_owners<T: Transport>(
         }
         if Instant::now() >= deadline {
             return Err(map_error(format!(
-                "owners {waiting:?} did not start job {} within {OWNERS_START_WAIT:?}",
-                job.target.job
+                "owners {waiting:?} did not start job {id} within {OWNERS_START_WAIT:?}"
             )));
         }
         tokio::time::sleep(OWNERS_POLL).await;

@@ -118,17 +118,19 @@ impl<T: Transport> CoordinatorClient<T> {
     }
 
     /// `dataset`'s partition map over the live nodes with its owners'
-    /// addresses and lanes, as the leader has it (`node` announces that it
-    /// splits its partitions into `lanes`).
+    /// addresses and lanes for `job`, as the leader has it (`node` starts
+    /// its part of `job`, splitting its partitions into `lanes`).
     pub async fn partition_map(
         &mut self,
         node: NodeId,
         dataset: &str,
+        job: JobId,
         lanes: u16,
     ) -> Result<OwnerMap, ClientError> {
         let request = Request::PartitionMap {
             node,
             dataset: dataset.into(),
+            job,
             lanes,
         };
         match self.call(&request, true).await? {

@@ -51,8 +51,8 @@ pub struct Owner {
     pub node: NodeId,
     /// Its data channel, as it registered it.
     pub address: String,
-    /// Its lanes, once it has asked for this map itself (`None` before:
-    /// a peer waits for it to start).
+    /// Its lanes, once it has started the job asked about (`None`
+    /// before: a peer waits for it).
     pub lanes: Option<u16>,
 }
 
@@ -109,12 +109,13 @@ pub enum Request {
     /// A dataset's partition map over the live nodes, with how to reach
     /// each owner, from the leader (a new one, at the next epoch, if an
     /// owner was lost, or if the live nodes changed while no job of the
-    /// dataset runs). `lanes`: how many lanes this node splits its own
-    /// partitions into (at most `MAX_NODE_LANES`), which its peers need
-    /// to open one stream per lane.
+    /// dataset runs). The node starts its part of `job` with `lanes`
+    /// lanes over its partitions (at most `MAX_NODE_LANES`): its peers
+    /// open one stream per lane once every owner has started.
     PartitionMap {
         node: NodeId,
         dataset: String,
+        job: JobId,
         lanes: u16,
     },
     /// One job's progress, from the leader.
