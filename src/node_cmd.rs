@@ -43,8 +43,10 @@ const SHUTDOWN_BOUND: Duration = Duration::from_secs(30);
 /// Between asks for work while idle (shorter if the coordinators' lease
 /// time asks for more frequent heartbeats).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// After a job failed, before it is tried again.
-const FAILED_JOB_PAUSE: Duration = Duration::from_secs(10);
+/// After a job failed, before it is tried again: short, since a job
+/// restarted by the coordinators ends every node's part, and its next
+/// attempt waits for every owner to start again.
+const FAILED_JOB_PAUSE: Duration = Duration::from_secs(2);
 /// Heartbeats come three times per lease (two may be lost), within these
 /// bounds whatever a skewed clock makes of the leader's deadline.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
@@ -144,6 +146,22 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// Heartbeats every `interval` until aborted (failures are the feed's to
+/// report: it heartbeats too, with its progress).
+async fn keep_alive(
+    mut client: CoordinatorClient,
+    id: NodeId,
+    incarnation: u64,
+    interval: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = client.heartbeat(id, incarnation, Vec::new()).await {
+            tracing::debug!("node {id}: heartbeat while a job runs: {e}");
+        }
+    }
+}
+
 /// Sets `stop` on Ctrl-C or SIGTERM, then gives the process
 /// `SHUTDOWN_BOUND` to exit before ending it with a failing status.
 async fn stop_on_signal(id: NodeId, stop: watch::Sender<Option<&'static str>>) {
@@ -180,8 +198,7 @@ struct Node {
     runtime: tokio::runtime::Runtime,
     stopping: watch::Receiver<Option<&'static str>>,
     /// Jobs this node will not run, warned about once: of datasets it
-    /// cannot ingest, or that it can no longer start
-    /// (`JobError::StartedLate`).
+    /// cannot ingest, or that cannot run again (`JobError::CannotRestart`).
     skipped: BTreeSet<JobId>,
 }
 
@@ -200,9 +217,10 @@ impl Node {
             self.beat()?;
             let pause = match self.next_job() {
                 Some(item) => self.run_job(item),
-                None => IDLE_POLL.min(self.heartbeat),
+                None => IDLE_POLL,
             };
-            self.pause(pause);
+            // The next heartbeat is due within the pause.
+            self.pause(pause.min(self.heartbeat));
         }
         Ok(())
     }
@@ -273,16 +291,25 @@ impl Node {
                 return Duration::ZERO;
             }
         };
-        let client = {
+        let (client, keeper_client) = {
             let _entered = self.runtime.enter();
-            match CoordinatorClient::quic(&self.identity, self.coordinators.clone()) {
-                Ok(client) => client,
+            let connect = || CoordinatorClient::quic(&self.identity, self.coordinators.clone());
+            match connect().and_then(|job| Ok((job, connect()?))) {
+                Ok(clients) => clients,
                 Err(e) => {
                     tracing::warn!("node {id}: connecting for job {}: {e}", item.job);
                     return FAILED_JOB_PAUSE;
                 }
             }
         };
+        // Heartbeats while the job starts (dialling a dead peer takes a
+        // handshake timeout) and publishes, when its feed does not beat.
+        let keeper = self.runtime.spawn(keep_alive(
+            keeper_client,
+            id,
+            self.incarnation,
+            self.heartbeat,
+        ));
         let job = LeasedJob {
             client,
             target: LeaseTarget {
@@ -312,7 +339,9 @@ impl Node {
         };
         let counters = Arc::new(JobCounters::default());
         let handle = self.runtime.handle().clone();
-        match leased_job::run(job, self.store.clone(), handle, counters, cancel) {
+        let ran = leased_job::run(job, self.store.clone(), handle, counters, cancel);
+        keeper.abort();
+        match ran {
             Ok(outcome) => {
                 let t = outcome.totals;
                 eprintln!(
@@ -322,7 +351,7 @@ impl Node {
                 );
                 Duration::ZERO
             }
-            Err(e @ JobError::StartedLate { .. }) => {
+            Err(e @ JobError::CannotRestart { .. }) => {
                 eprintln!("node {id}: skipping job {}: {e}", item.job);
                 self.skipped.insert(item.job);
                 Duration::ZERO

@@ -232,26 +232,10 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     assert!(reason.contains("outside the node's roots"), "{reason}");
 }
 
-/// Three `quern node` processes take one job together: each owns a third
-/// of the partitions and shuffles the records of the shards it leased to
-/// their owners over its data channel. Their stores, read as one (`quern
-/// export --data` of the directory holding `node-1`..`node-3`), export
-/// `LC_ALL=C sort -u` of the inputs.
-#[test]
-fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
-    let cluster = Cluster::start_with(&["--lease-time", "5s"]);
-    cluster.wait_for_leader(Duration::from_secs(30));
+/// Nodes 1..=3 as processes with their logs, stores under `stores`,
+/// each registered before this returns.
+fn start_nodes(cluster: &Cluster, stores: &Path, input: &Path) -> Vec<(Child, PathBuf)> {
     let certs = cluster.path("certs");
-    let work = tempdir();
-    let input = work.path().join("input");
-    std::fs::create_dir(&input).unwrap();
-    let input = input.canonicalize().unwrap();
-    let files = edge_case_dataset(&input, 9, 300_000, 29);
-    let manifest = work.path().join("manifest.tsv");
-    let lines: Vec<String> = files.iter().map(|f| manifest_line(f)).collect();
-    std::fs::write(&manifest, lines.concat()).unwrap();
-
-    let stores = work.path().join("stores");
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
         issue(&certs, &format!("node-{id}"));
@@ -261,7 +245,7 @@ fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
             &certs,
             &stores.join(format!("node-{id}")),
             &cluster.addresses,
-            &input,
+            input,
         )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -270,7 +254,6 @@ fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
         .unwrap();
         nodes.push((child, log_path));
     }
-    // Every node registered before the job: the map has three owners.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !nodes.iter().all(|(_, log)| {
         std::fs::read_to_string(log).is_ok_and(|t| t.contains("registered (incarnation"))
@@ -278,9 +261,43 @@ fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
         assert!(Instant::now() < deadline, "the nodes did not register");
         std::thread::sleep(Duration::from_millis(100));
     }
+    nodes
+}
+
+/// Input files under `work/input` and a manifest of them.
+fn input_with_manifest(
+    work: &Path,
+    files: usize,
+    bytes_per_file: u64,
+) -> (PathBuf, Vec<PathBuf>, PathBuf) {
+    let input = work.join("input");
+    std::fs::create_dir(&input).unwrap();
+    let input = input.canonicalize().unwrap();
+    let files = edge_case_dataset(&input, files, bytes_per_file, 29);
+    let manifest = work.join("manifest.tsv");
+    let lines: Vec<String> = files.iter().map(|f| manifest_line(f)).collect();
+    std::fs::write(&manifest, lines.concat()).unwrap();
+    (input, files, manifest)
+}
+
+/// Three `quern node` processes take one job together: each owns a third
+/// of the partitions and shuffles the records of the shards it leased to
+/// their owners over its data channel. Their stores, read as one (`quern
+/// export --data` of the directory holding `node-1`..`node-3`), export
+/// `LC_ALL=C sort -u` of the inputs.
+#[test]
+fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
+    let cluster = Cluster::start_with(&["--lease-time", "5s"]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let work = tempdir();
+    let (input, files, manifest) = input_with_manifest(work.path(), 9, 300_000);
+    let stores = work.path().join("stores");
+    // Every node registered before the job: the map has three owners.
+    let mut nodes = start_nodes(&cluster, &stores, &input);
     let job_id = submit(&cluster, &manifest, files.len());
     let committed = wait_for_commit(&cluster, job_id, &mut nodes);
     assert_eq!(committed["shards_done"].as_u64(), Some(files.len() as u64));
+    assert_eq!(committed["attempt"].as_u64(), Some(0), "{committed:#}");
     for (child, log) in &mut nodes {
         let status = terminate(child);
         let text = std::fs::read_to_string(&*log).unwrap();
@@ -291,6 +308,58 @@ fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
     assert!(
         exported == sort_u(&files),
         "the three nodes' export is not sort -u of the inputs"
+    );
+}
+
+/// A node SIGKILLed while the job runs is declared lost once its lease
+/// time passes: the job runs again (attempt 1) on the other two, under a
+/// map of their own, and the export is still `sort -u` of the inputs.
+#[test]
+fn a_node_killed_mid_job_restarts_the_job_on_the_others() {
+    let cluster = Cluster::start_with(&["--lease-time", "2s"]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let work = tempdir();
+    let (input, files, manifest) = input_with_manifest(work.path(), 12, 3_000_000);
+    let stores = work.path().join("stores");
+    let mut nodes = start_nodes(&cluster, &stores, &input);
+    let job_id = submit(&cluster, &manifest, files.len());
+    // Killed once the job's shards are being read.
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    loop {
+        let status = cluster.status();
+        let job = job(&status, job_id).expect("the job is listed");
+        assert!(
+            job["committed"] != true,
+            "committed before the kill: {job:#}"
+        );
+        if job["shards_leased"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no shard leased: {job:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut killed, _) = nodes.pop().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let committed = wait_for_commit(&cluster, job_id, &mut nodes);
+    assert!(committed["attempt"].as_u64() >= Some(1), "{committed:#}");
+    let cause = committed["restarted"].as_str().unwrap_or_default();
+    let logs: Vec<String> = nodes
+        .iter()
+        .map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default())
+        .collect();
+    assert!(
+        cause.contains("node 3 was lost"),
+        "{committed:#}\nnode logs:\n{}",
+        logs.join("\n---\n")
+    );
+    for (child, _) in &mut nodes {
+        terminate(child);
+    }
+    let exported = export(&stores, "ds");
+    assert!(
+        exported == sort_u(&files),
+        "after the kill, the export is not sort -u of the inputs"
     );
 }
 

@@ -111,6 +111,8 @@ request_kinds! {
     DeclareNodeLost => "declare_node_lost",
     StageJob => "stage_job",
     Work => "work",
+    Restart => "restart",
+    RestartJob => "restart_job",
 }
 
 /// Who may make a kind of request.
@@ -133,8 +135,8 @@ pub fn allowed(kind: RequestKind) -> Allowed {
         | AbortSubmission => Allowed::Operators,
         Job => Allowed::OperatorsAndNodes,
         Register | Heartbeat | Lease | Renew | Complete | Stage | PartitionMap | RegisterNode
-        | ReportProgress | CompleteShards | StageJob | Work => Allowed::TheNodeItself,
-        GrantLeases | AssignPartitions | DeclareNodeLost => Allowed::Nobody,
+        | ReportProgress | CompleteShards | StageJob | Work | Restart => Allowed::TheNodeItself,
+        GrantLeases | AssignPartitions | DeclareNodeLost | RestartJob => Allowed::Nobody,
     }
 }
 
@@ -188,6 +190,7 @@ impl Subject {
             Command::AssignPartitions { .. } => Self::of(K::AssignPartitions),
             Command::DeclareNodeLost { node, .. } => Self::for_node(K::DeclareNodeLost, *node),
             Command::StageJob { node, .. } => Self::for_node(K::StageJob, *node),
+            Command::RestartJob { .. } => Self::of(K::RestartJob),
         }
     }
 
@@ -212,6 +215,7 @@ impl Subject {
             Request::Complete { node, .. } => Some(Self::for_node(K::Complete, *node)),
             Request::Stage { node, .. } => Some(Self::for_node(K::Stage, *node)),
             Request::PartitionMap { node, .. } => Some(Self::for_node(K::PartitionMap, *node)),
+            Request::Restart { node, .. } => Some(Self::for_node(K::Restart, *node)),
         }
     }
 }
@@ -377,6 +381,7 @@ mod tests {
             "complete_shards",
             "stage_job",
             "work",
+            "restart",
         ];
         assert_eq!(may(&remote("node-5")), node);
         assert_eq!(may(&remote("node-6")), ["job"], "node 6 speaks for 5");
@@ -384,7 +389,7 @@ mod tests {
         assert!(may(&remote("node-05")).is_empty());
         let in_process = may(&Caller::InProcess);
         // Everything but the leader's own commands.
-        assert_eq!(in_process.len(), RequestKind::ALL.len() - 3);
+        assert_eq!(in_process.len(), RequestKind::ALL.len() - 4);
         assert_eq!(in_process.len(), operator.len() + node.len() - 1);
     }
 

@@ -118,6 +118,9 @@ impl ClientApi {
             },
             Request::Job { job } => self.job(*job),
             Request::Work { .. } => self.work(),
+            Request::Restart { node, job, attempt } => {
+                written(self.desk.restart(*node, *job, *attempt).await)
+            }
             Request::Replica => {
                 let (raft, state) = (self.raft.clone(), self.state.clone());
                 match self

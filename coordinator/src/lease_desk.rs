@@ -27,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto_schema::PartitionMap;
 use proto_schema::command::{
-    Command, CommandError, MAX_LEASES_PER_COMMAND, NodeInfo, Response, ShardDone,
+    Command, CommandError, MAX_LEASES_PER_COMMAND, NodeInfo, Response, RestartCause, ShardDone,
 };
 use proto_schema::coordinator_api::{
     HeartbeatReply, LeaseReply, LeasedShard, MAX_NODE_LANES, NodeRegistration, Owner, OwnerMap,
@@ -40,7 +40,7 @@ use crate::lease::LeaseTable;
 use crate::liveness::Liveness;
 use crate::propose::{self, ProposeError};
 use crate::state::StateError;
-use crate::state::records::{JobState, Shard, ShardState};
+use crate::state::records::{Job, JobState, Shard, ShardState};
 use crate::status::RECENT_JOBS;
 use crate::{Raft, StateMachineStore};
 
@@ -57,6 +57,8 @@ const MAX_JOB_CURSORS: usize = 1024;
 
 /// Grants by the leader's desk (label `kind`: pending or expired).
 pub const LEASE_GRANTS_METRIC: &str = "quern_lease_grants_total";
+/// Jobs restarted (`RestartJob`): an owner was lost or started again.
+pub const JOB_RESTARTS_METRIC: &str = "quern_job_restarts_total";
 /// Renewals answered (label `outcome`: renewed or refused).
 pub const LEASE_RENEWALS_METRIC: &str = "quern_lease_renewals_total";
 /// Heartbeats answered (label `outcome`: alive or unknown).
@@ -213,6 +215,7 @@ impl LeaseDesk {
         let max = (max as usize).clamp(1, MAX_LEASES_PER_COMMAND);
         let of_job = |shard: &Shard| job.is_none_or(|j| shard.job == j);
         let mut scanned = 0;
+        let mut attempts = HashMap::new();
         loop {
             let mut wanted: Vec<(ShardId, Epoch)> = Vec::new();
             for (id, epoch) in desk.table.expired(now) {
@@ -236,10 +239,7 @@ impl LeaseDesk {
                     }
                     scanned += 1;
                     cursor = shard.id;
-                    if shard.state == ShardState::Pending
-                        && of_job(&shard)
-                        && !self.aborted(shard.job)?
-                    {
+                    if of_job(&shard) && self.to_read(&shard, &mut attempts)? {
                         wanted.push((shard.id, shard.epoch));
                     }
                 }
@@ -344,7 +344,8 @@ impl LeaseDesk {
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
-        desk.nodes.started(node, job, lanes);
+        // A node waiting for its peers to start asks again and again.
+        desk.nodes.touch(node, now);
         let Some(found) = self.state.dataset(dataset)? else {
             return Ok(Err(CommandError::UnknownDataset {
                 name: dataset.into(),
@@ -384,6 +385,7 @@ impl LeaseDesk {
                 }
             }
         };
+        desk.nodes.started(node, job, map.epoch, lanes);
         let owners = map
             .nodes()
             .into_iter()
@@ -394,7 +396,7 @@ impl LeaseDesk {
                     .find(|n| n.info.id == owner)
                     .map(|n| n.info.address.clone())
                     .unwrap_or_default(),
-                lanes: desk.nodes.lanes_for(owner, job),
+                lanes: desk.nodes.lanes_for(owner, job, map.epoch),
             })
             .collect();
         Ok(Ok(OwnerMap { map, owners }))
@@ -427,6 +429,29 @@ impl LeaseDesk {
             // Lost now, or already replaced by a newer incarnation.
             desk.nodes.lost(node);
             desk.released(node);
+            self.restart_jobs_owned_by(desk, node).await?;
+        }
+        Ok(())
+    }
+
+    /// Restarts every running job whose dataset's map gave `lost`
+    /// partitions: what it was sent is gone with it.
+    async fn restart_jobs_owned_by(&self, desk: &mut Desk, lost: NodeId) -> Result<(), DeskError> {
+        let running: Vec<Job> = self
+            .state
+            .recent_jobs(RECENT_JOBS)?
+            .into_iter()
+            .filter(|job| job.state == JobState::Submitted)
+            .collect();
+        for job in running {
+            let owned = self
+                .state
+                .partition_map(job.dataset_id)?
+                .is_some_and(|map| map.nodes().contains(&lost));
+            if owned {
+                let cause = RestartCause::OwnerLost { node: lost };
+                self.restart_job(desk, job.id, job.attempt, cause).await?;
+            }
         }
         Ok(())
     }
@@ -497,11 +522,90 @@ impl LeaseDesk {
         }
     }
 
-    fn aborted(&self, job: JobId) -> Result<bool, StateError> {
-        Ok(self
+    /// Whether `shard` waits to be read: pending, or read (or being read)
+    /// in an earlier attempt of its job, and its job not aborted.
+    /// `attempts` caches each job's current attempt (`None`: aborted).
+    fn to_read(
+        &self,
+        shard: &Shard,
+        attempts: &mut HashMap<JobId, Option<u32>>,
+    ) -> Result<bool, StateError> {
+        let attempt = match attempts.get(&shard.job) {
+            Some(&attempt) => attempt,
+            None => {
+                let job = self.state.job(shard.job)?;
+                let attempt = job
+                    .filter(|j| j.state != JobState::Aborted)
+                    .map(|j| j.attempt);
+                attempts.insert(shard.job, attempt);
+                attempt
+            }
+        };
+        Ok(attempt
+            .is_some_and(|current| shard.state == ShardState::Pending || shard.attempt < current))
+    }
+
+    /// Runs `job` again as its next attempt under a new map over the live
+    /// nodes (`RestartJob`), if it is still at `attempt`; the desk scans
+    /// for its shards from the start again.
+    async fn restart_job(
+        &self,
+        desk: &mut Desk,
+        job: JobId,
+        attempt: u32,
+        cause: RestartCause,
+    ) -> Result<Response, DeskError> {
+        let Some(found) = self.state.job(job)? else {
+            return Ok(Response::Error(CommandError::JobNotSubmitted { job }));
+        };
+        let Some(dataset) = self
             .state
-            .job(job)?
-            .is_some_and(|j| j.state == JobState::Aborted))
+            .datasets()?
+            .into_iter()
+            .find(|d| d.id == found.dataset_id)
+        else {
+            return Ok(Response::Error(CommandError::JobNotSubmitted { job }));
+        };
+        let live: Vec<NodeId> = self
+            .state
+            .nodes()?
+            .into_iter()
+            .filter(|n| !n.lost)
+            .map(|n| n.info.id)
+            .collect();
+        let epoch = self
+            .state
+            .partition_map(dataset.id)?
+            .map_or(Epoch(0), |m| m.epoch);
+        let command = Command::RestartJob {
+            job,
+            attempt,
+            map: PartitionMap::split(dataset.spec.partitions, &live, epoch.next()),
+            cause,
+        };
+        let response = propose::propose(&self.raft, &command).await?;
+        if let Response::JobRestarted { attempt, epoch, .. } = &response {
+            tracing::warn!(%job, attempt, %epoch, "job restarted: {cause}");
+            metrics::counter!(JOB_RESTARTS_METRIC).increment(1);
+            desk.cursors.clear();
+        }
+        Ok(response)
+    }
+
+    /// `node` starts its part of `job` after shards of `attempt` were
+    /// done: the job runs again.
+    pub async fn restart(
+        &self,
+        node: NodeId,
+        job: JobId,
+        attempt: u32,
+    ) -> Result<Response, DeskError> {
+        let mut desk = self.desk.lock().await;
+        let now = now_ms();
+        self.take_over_if_new_term(&mut desk, now).await?;
+        desk.nodes.touch(node, now);
+        let cause = RestartCause::OwnerStartedAgain { node };
+        self.restart_job(&mut desk, job, attempt, cause).await
     }
 
     /// A new leader term starts a fresh table from the state machine. A

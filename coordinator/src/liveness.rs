@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use proto_schema::coordinator_api::{MAX_HEARTBEAT_PROGRESS, ShardProgress};
-use proto_schema::ids::{JobId, NodeId};
+use proto_schema::ids::{Epoch, JobId, NodeId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeLiveness {
@@ -20,10 +20,10 @@ pub struct NodeLiveness {
     pub deadline_ms: u64,
     /// Where its scanners were at its last heartbeat.
     pub progress: Vec<ShardProgress>,
-    /// The job it last started and the lanes it splits its partitions
-    /// into for it, from its `PartitionMap` request (peers open a stream
-    /// per lane).
-    pub started: Option<(JobId, u16)>,
+    /// The job it last started, under which map epoch, and the lanes it
+    /// splits its partitions into for it, from its `PartitionMap` request
+    /// (peers open a stream per lane).
+    pub started: Option<(JobId, Epoch, u16)>,
 }
 
 /// The leader's view of the live nodes, by id.
@@ -81,7 +81,11 @@ impl Liveness {
         }
         progress.truncate(MAX_HEARTBEAT_PROGRESS);
         live.deadline_ms = now_ms + self.duration_ms;
-        live.progress = progress;
+        // A heartbeat without progress (a node between jobs, or keeping
+        // alive beside its job's feed) leaves the last progress shown.
+        if !progress.is_empty() {
+            live.progress = progress;
+        }
         Some(live.deadline_ms)
     }
 
@@ -95,17 +99,18 @@ impl Liveness {
         }
     }
 
-    /// `node` started its part of `job`, with `lanes` lanes.
-    pub fn started(&mut self, node: NodeId, job: JobId, lanes: u16) {
+    /// `node` started its part of `job` under map `epoch`, with `lanes`
+    /// lanes.
+    pub fn started(&mut self, node: NodeId, job: JobId, epoch: Epoch, lanes: u16) {
         if let Some(live) = self.nodes.get_mut(&node) {
-            live.started = Some((job, lanes));
+            live.started = Some((job, epoch, lanes));
         }
     }
 
-    /// `node`'s lanes, if it has started `job`.
-    pub fn lanes_for(&self, node: NodeId, job: JobId) -> Option<u16> {
+    /// `node`'s lanes, if it has started `job` under map `epoch`.
+    pub fn lanes_for(&self, node: NodeId, job: JobId, epoch: Epoch) -> Option<u16> {
         match self.nodes.get(&node)?.started {
-            Some((started, lanes)) if started == job => Some(lanes),
+            Some((started, at, lanes)) if started == job && at == epoch => Some(lanes),
             _ => None,
         }
     }

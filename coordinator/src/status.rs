@@ -146,5 +146,7 @@ fn job_status(job: &Job, names: &BTreeMap<DatasetId, String>, leased: u64) -> Jo
         shards_pending: job.shards_total.saturating_sub(job.shards_done + leased),
         shards_leased: leased,
         shards_done: job.shards_done,
+        attempt: job.attempt,
+        restarted: job.restarted.map(|cause| cause.to_string()),
     }
 }

@@ -626,19 +626,35 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         assert!(matches!(beat, HeartbeatReply::Alive { .. }), "{beat:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Node 2 owned partitions of the running job, and what it was sent
+    // is gone with it: the job runs again as attempt 1, every shard read
+    // again (the three done ones too), under a map of node 1 alone.
     let LeaseReply::Leased(taken_over) = client.lease(NodeId(1), 100, None).await.unwrap() else {
-        panic!("node 2's shards are not leased again")
+        panic!("the shards are not leased again")
     };
     let mut shards: Vec<ShardId> = taken_over.iter().map(|l| l.shard).collect();
-    let mut lost: Vec<ShardId> = second.iter().map(|l| l.shard).collect();
+    let mut every: Vec<ShardId> = first.iter().chain(&second).map(|l| l.shard).collect();
     shards.sort_unstable();
-    lost.sort_unstable();
-    assert_eq!(shards, lost);
+    every.sort_unstable();
+    assert_eq!(shards, every);
     assert!(taken_over.iter().all(|l| l.epoch == Epoch(2)));
     let state = &cluster.replicas[&1].state;
     assert!(state.node(NodeId(2)).unwrap().unwrap().lost);
-    // Node 2's partitions go to node 1 at the next epoch: an owner was
-    // lost, so the map moves even while the job runs.
+    let status = client.job(job).await.unwrap().unwrap();
+    assert_eq!((status.attempt, status.shards_done), (1, 0));
+    let cause = status.restarted.unwrap_or_default();
+    assert!(cause.contains("owner node 2 was lost"), "{cause}");
+    // A shard of attempt 0 completes no more.
+    let stale = vec![(first[3].shard, first[3].epoch)];
+    let Response::ShardsCompleted { completed, refused } =
+        client.complete_shards(NodeId(1), stale).await.unwrap()
+    else {
+        panic!("completion refused")
+    };
+    assert!(completed.is_empty());
+    assert!(matches!(refused[0].1, CommandError::StaleEpoch { .. }));
+    // Node 2's partitions went to node 1 at the next epoch with the
+    // restart.
     let second_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
     assert_eq!(second_map.map.epoch, Epoch(2));
     assert_eq!(second_map.map.nodes(), vec![NodeId(1)]);
@@ -673,11 +689,7 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
 
     // Node 1 finishes everything and stages; the job commits with counts
     // that reconcile.
-    let rest: Vec<(ShardId, Epoch)> = first[3..]
-        .iter()
-        .chain(&taken_over)
-        .map(|l| (l.shard, l.epoch))
-        .collect();
+    let rest: Vec<(ShardId, Epoch)> = taken_over.iter().map(|l| (l.shard, l.epoch)).collect();
     client.complete_shards(NodeId(1), rest).await.unwrap();
     let counts = StagedCounts {
         read: 10,
@@ -728,6 +740,13 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         (map.map.epoch, map.map.nodes()),
         (Epoch(3), vec![NodeId(1), NodeId(2)])
     );
+    // An owner's lanes are known once it has started the job under this
+    // map: node 1 has not yet.
+    assert_eq!(
+        map.owners.iter().map(|o| o.lanes).collect::<Vec<_>>(),
+        vec![None, Some(3)]
+    );
+    let map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
     assert_eq!(
         map.owners.iter().map(|o| o.lanes).collect::<Vec<_>>(),
         vec![Some(2), Some(3)],

@@ -216,17 +216,18 @@ fn three_dev_nodes_shuffle_to_the_export_of_sort_u() {
 }
 
 /// A node that starts its part of a job after one of the job's shards is
-/// done (its records went to an earlier run of the owners) refuses to run
-/// it: staging without them would commit the job short.
+/// done (its records went to an earlier run of the owners) does not stage
+/// without them: the job runs again from its first shard, as attempt 1,
+/// and commits whole.
 #[test]
-fn a_node_starting_after_a_shard_is_done_refuses_rather_than_commit_short() {
+fn a_node_starting_after_a_shard_is_done_runs_the_job_again_whole() {
     use coordinator::embedded::EmbeddedCoordinator;
     use coordinator_client::inventory::read_walks;
     use coordinator_client::path_order::SortMemory;
     use coordinator_client::submission::{SubmitOptions, ensure_dataset, submit};
     use node::actors::feed::lease::LeaseTarget;
     use node::input::roots::Roots;
-    use node::leased_job::{self, JobError, LeasedJob};
+    use node::leased_job::{self, LeasedJob};
     use proto_schema::coordinator_api::LeaseReply;
     use proto_schema::ids::NodeId;
 
@@ -284,7 +285,7 @@ fn a_node_starting_after_a_shard_is_done_refuses_rather_than_commit_short() {
         (incarnation, summary.submission)
     });
     let store = Arc::new(Store::open(&ingest.data_dir, 8 << 20, Access::ReadWrite).unwrap());
-    let late = LeasedJob {
+    let again = LeasedJob {
         client: coordinator.client(),
         target: LeaseTarget {
             node,
@@ -297,19 +298,23 @@ fn a_node_starting_after_a_shard_is_done_refuses_rather_than_commit_short() {
         shown_inputs: Vec::new(),
         channel: None,
     };
-    let refused = leased_job::run(
-        late,
-        store,
+    let outcome = leased_job::run(
+        again,
+        store.clone(),
         runtime.handle().clone(),
         Arc::new(JobCounters::default()),
         pending(),
     )
-    .unwrap_err();
-    assert!(
-        matches!(refused, JobError::StartedLate { done: 1, .. }),
-        "{refused}"
-    );
+    .unwrap();
     let status = runtime.block_on(client.job(job)).unwrap().unwrap();
-    assert!(!status.committed, "the job did not commit short");
+    assert!(status.committed);
+    assert_eq!((status.attempt, status.shards_done), (1, 3));
+    let cause = status.restarted.unwrap_or_default();
+    assert!(cause.contains("node 1 started its part again"), "{cause}");
+    assert_eq!(outcome.totals.files, 3, "every file read in attempt 1");
+    assert!(
+        export(&store, "lines") == sort_u(input.path()),
+        "the export is not sort -u"
+    );
     runtime.block_on(coordinator.shutdown()).unwrap();
 }

@@ -12,12 +12,16 @@
 //! of one owner runs the job locally; otherwise the node dials each other
 //! owner on its [`DataChannel`] and shuffles (`ingest::prepare_shuffled`).
 //!
-//! A node starts its part only while none of the job's shards is done
-//! (`JobError::StartedLate`): records of a done shard were sent to the
-//! owners that ran then, so an owner starting afresh (after a failure, a
-//! restart, or a new map) would stage without them, and the job would
-//! commit short. Such a job waits, named in the node's log, rather than
-//! commit a wrong result.
+//! A node's part counts only if it started before any of the job's shards
+//! was done in the job's current attempt: the records of a done shard
+//! went to the owners that ran then, so an owner starting afresh (after a
+//! failure or a restart) would stage without them, and the job would
+//! commit short. Such a node asks the coordinators to run the job again
+//! (`Request::Restart`: every shard read again, as the next attempt,
+//! under the next map); the other nodes see the attempt move on and start
+//! their parts again. A lost owner restarts its jobs the same way (the
+//! leader does it). After `MAX_JOB_ATTEMPTS` the job stays uncommitted,
+//! its cause in `quern status`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coordinator_client::{ClientError, CoordinatorClient, Transport};
 use proto_schema::command::{DatasetFormat, DatasetSpec, KeySpec, Response};
-use proto_schema::coordinator_api::{MAX_NODE_LANES, NodeRegistration, OwnerMap};
+use proto_schema::coordinator_api::{JobStatus, MAX_NODE_LANES, NodeRegistration, OwnerMap};
 use proto_schema::ids::{Epoch, JobId, NodeId};
 use proto_schema::quic::channel::ChannelEndpoint;
 use proto_schema::shuffle::PartitionRange;
@@ -60,11 +64,14 @@ pub enum JobError {
         epoch: Epoch,
     },
     #[error(
-        "node {node} cannot start its part of job {job}: {done} of its shards are done \
-         already, and their records for this node's partitions went to an earlier run; \
-         the job cannot commit (abort it and submit again)"
+        "node {node} cannot start its part of job {job}: shards are done already, and the \
+         job cannot run again: {reason}"
     )]
-    StartedLate { node: NodeId, job: JobId, done: u64 },
+    CannotRestart {
+        node: NodeId,
+        job: JobId,
+        reason: String,
+    },
     #[error("the partition map of dataset {dataset:?}: {reason}")]
     Map { dataset: String, reason: String },
     #[error("dialling owner node {owner} at {address:?}: {reason}")]
@@ -202,6 +209,7 @@ pub fn run<T: Transport>(
         .unwrap_or(u16::MAX)
         .clamp(1, MAX_NODE_LANES);
     job.ingest.threads = usize::from(lanes);
+    let attempt = runtime.block_on(start_attempt(&mut job))?;
     let owners = runtime.block_on(wait_for_owners(&mut job, lanes))?;
     let shuffle = runtime.block_on(shuffle_job(&job, &owners))?;
     let settings = LeaseSettings {
@@ -212,7 +220,7 @@ pub fn run<T: Transport>(
     let feed = Arc::new(LeaseFeed::new(
         job.client,
         job.target,
-        owners.map.epoch,
+        (attempt, owners.map.epoch),
         runtime,
         settings,
     ));
@@ -223,6 +231,55 @@ pub fn run<T: Transport>(
         }
     };
     Ok(ingest::run(prepared, cancel)?)
+}
+
+/// The job's attempt this node's part runs in: the current one if none
+/// of its shards is done yet, else the next one, asked for.
+async fn start_attempt<T: Transport>(job: &mut LeasedJob<T>) -> Result<u32, JobError> {
+    let (node, id) = (job.target.node, job.target.job);
+    let map_error = |reason: String| JobError::Map {
+        dataset: job.ingest.dataset.clone(),
+        reason,
+    };
+    let status = job_status(&mut job.client, id).await.map_err(map_error)?;
+    if status.shards_done == 0 {
+        return Ok(status.attempt);
+    }
+    let answer = job
+        .client
+        .restart(node, id, status.attempt)
+        .await
+        .map_err(|e| JobError::CannotRestart {
+            node,
+            job: id,
+            reason: e.to_string(),
+        })?;
+    match answer {
+        Response::JobRestarted { attempt, .. } => {
+            tracing::warn!(%node, job = %id, attempt, "job restarted: this node starts again");
+            Ok(attempt)
+        }
+        other => Err(JobError::CannotRestart {
+            node,
+            job: id,
+            reason: match other {
+                Response::Error(e) => e.to_string(),
+                other => format!("{other:?}"),
+            },
+        }),
+    }
+}
+
+/// The job's status as the leader has it.
+async fn job_status<T: Transport>(
+    client: &mut CoordinatorClient<T>,
+    id: JobId,
+) -> Result<JobStatus, String> {
+    client
+        .job(id)
+        .await
+        .map_err(|e| format!("asking for job {id}: {e}"))?
+        .ok_or_else(|| format!("the coordinators know no job {id}"))
 }
 
 /// The dataset's map once every owner has announced its lanes.
@@ -237,19 +294,6 @@ async fn wait_for_owners<T: Transport>(
     };
     let partitions = job.ingest.partitions.unwrap_or(DEFAULT_PARTITIONS);
     let (node, id) = (job.target.node, job.target.job);
-    let status = job
-        .client
-        .job(id)
-        .await
-        .map_err(|e| map_error(format!("asking for job {id}: {e}")))?
-        .ok_or_else(|| map_error(format!("the coordinators know no job {id}")))?;
-    if status.shards_done > 0 {
-        return Err(JobError::StartedLate {
-            node,
-            job: id,
-            done: status.shards_done,
-        });
-    }
     let deadline = Instant::now() + OWNERS_START_WAIT;
     loop {
         let owners = job

@@ -239,6 +239,55 @@ pub enum Command {
         /// The partition map the owner staged under: refused if stale.
         map_epoch: Epoch,
     },
+    /// Runs a submitted job again from its first shard, as attempt
+    /// `attempt + 1` under `map` (the dataset's next map): the records of
+    /// the shards done so far went to owners that lost them (an owner was
+    /// lost, or started its part afresh), so every shard is read again and
+    /// every owner stages again. Nothing if the job is past `attempt`
+    /// already (another node asked first); refused past
+    /// `MAX_JOB_ATTEMPTS`.
+    RestartJob {
+        job: JobId,
+        attempt: u32,
+        map: PartitionMap,
+        cause: RestartCause,
+    },
+}
+
+/// Most attempts a job gets (`RestartJob`): past them it stays
+/// uncommitted, with the last cause in its status, for an operator.
+pub const MAX_JOB_ATTEMPTS: u32 = 8;
+
+/// Why a job runs again.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
+pub enum RestartCause {
+    /// An owner of the job's map was declared lost.
+    OwnerLost { node: NodeId },
+    /// An owner started its part after shards were done (it failed or
+    /// restarted), so what they sent it is gone.
+    OwnerStartedAgain { node: NodeId },
+}
+
+impl std::fmt::Display for RestartCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OwnerLost { node } => write!(f, "owner node {node} was lost"),
+            Self::OwnerStartedAgain { node } => {
+                write!(f, "owner node {node} started its part again")
+            }
+        }
+    }
 }
 
 /// New, changed and unchanged files of one chunk (or a whole submission).
@@ -370,6 +419,17 @@ pub enum CommandError {
         size: u64,
         max: u64,
     },
+    /// A shard leased, or an owner staged, under an earlier attempt of
+    /// the job (it was restarted since).
+    EarlierAttempt {
+        job: JobId,
+        presented: u32,
+        current: u32,
+    },
+    TooManyAttempts {
+        job: JobId,
+        attempts: u32,
+    },
 }
 
 impl std::fmt::Display for CommandError {
@@ -461,6 +521,18 @@ impl std::fmt::Display for CommandError {
                 f,
                 "chunk {first:?} to {last:?} overlaps the paths of an earlier chunk: an inventory must be sent in path order"
             ),
+            Self::EarlierAttempt {
+                job,
+                presented,
+                current,
+            } => write!(
+                f,
+                "job {job} was restarted: attempt {presented} is over (now {current})"
+            ),
+            Self::TooManyAttempts { job, attempts } => write!(
+                f,
+                "job {job} has run {attempts} times, the most allowed: abort it and submit again"
+            ),
             Self::OutOfBounds { what, size, max } => {
                 let unit = what.unit();
                 write!(
@@ -534,6 +606,13 @@ pub enum Response {
         committed: bool,
     },
     Error(CommandError),
+    JobRestarted {
+        job: JobId,
+        /// The attempt the job now runs.
+        attempt: u32,
+        /// Its map's epoch.
+        epoch: Epoch,
+    },
 }
 
 /// Bytes that are not a valid archive of the expected type.
@@ -811,6 +890,12 @@ mod tests {
                 },
                 map_epoch: 2u64.into(),
             },
+            Command::RestartJob {
+                job: 9u64.into(),
+                attempt: 1,
+                map: PartitionMap::split(64, &[7u64.into()], 3u64.into()),
+                cause: RestartCause::OwnerLost { node: 8u64.into() },
+            },
         ];
         let responses = vec![
             Response::NodeRegistered {
@@ -888,6 +973,20 @@ mod tests {
                 shard: 11u64.into(),
                 submission: 9u64.into(),
             }),
+            Response::JobRestarted {
+                job: 9u64.into(),
+                attempt: 2,
+                epoch: 3u64.into(),
+            },
+            Response::Error(CommandError::EarlierAttempt {
+                job: 9u64.into(),
+                presented: 1,
+                current: 2,
+            }),
+            Response::Error(CommandError::TooManyAttempts {
+                job: 9u64.into(),
+                attempts: 8,
+            }),
         ];
         (commands, responses)
     }
@@ -917,6 +1016,7 @@ mod tests {
                 0xc9b0c4ae96aecb5a,
                 0x5476d6755607690e,
                 0x869fd932e60c62d3,
+                0x3a5e727622486113,
             ]
         );
         assert_eq!(
@@ -941,6 +1041,9 @@ mod tests {
                 0x9c968c4d18057beb,
                 0xfe6f85adab5555b4,
                 0xfa1bf86847a3c37f,
+                0xfc219c1d2bb4e659,
+                0x59cde3a4a2a3d2f3,
+                0x91187eb5bdeea5d9,
             ]
         );
     }

@@ -117,6 +117,18 @@ impl<T: Transport> CoordinatorClient<T> {
         self.written(&request, true).await
     }
 
+    /// `node` starts its part of `job` after shards of `attempt` were
+    /// done: the job runs again (as the next attempt, or already does).
+    pub async fn restart(
+        &mut self,
+        node: NodeId,
+        job: JobId,
+        attempt: u32,
+    ) -> Result<Response, ClientError> {
+        self.written(&Request::Restart { node, job, attempt }, true)
+            .await
+    }
+
     /// `dataset`'s partition map over the live nodes with its owners'
     /// addresses and lanes for `job`, as the leader has it (`node` starts
     /// its part of `job`, splitting its partitions into `lanes`).

@@ -22,8 +22,8 @@
 use std::collections::HashMap;
 
 use proto_schema::command::{
-    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, LeaseGrant, NodeInfo, Response,
-    ShardDone, StagedCounts,
+    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, LeaseGrant, MAX_JOB_ATTEMPTS,
+    NodeInfo, Response, RestartCause, ShardDone, StagedCounts,
 };
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, WriteBatch};
@@ -179,6 +179,12 @@ pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
             counts,
             map_epoch,
         } => stage_job(tx, job, node, counts, map_epoch),
+        Command::RestartJob {
+            job,
+            attempt,
+            map,
+            cause,
+        } => restart_job(tx, job, attempt, map, cause),
     }?;
     Ok(outcome.unwrap_or_else(|err| {
         tx.batch.clear();
@@ -341,6 +347,8 @@ fn begin_submission(tx: &mut Tx<'_>, name: &str, now_ms: u64) -> Outcome {
         shards_total: 0,
         shards_done: 0,
         staged: Vec::new(),
+        attempt: 0,
+        restarted: None,
     };
     tx.put(CF_JOBS, &keys::id(submission), &job);
     dataset.open_submission = Some(submission);
@@ -485,6 +493,7 @@ fn submit_chunk(
             epoch: Epoch(0),
             deadline_ms: 0,
             checkpoint: 0,
+            attempt: 0,
         };
         tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
         next_shard = next_shard.next();
@@ -603,21 +612,28 @@ fn grant_leases(tx: &mut Tx<'_>, node: NodeId, grants: &[LeaseGrant], deadline_m
     if let Err(e) = live_node(tx, node)? {
         return Ok(Err(e));
     }
-    let mut aborted = Aborted::new(tx.db);
+    let mut jobs = Jobs::default();
     let (mut granted, mut passed) = (Vec::new(), Vec::new());
     for grant in grants {
         let Some(mut shard) = tx.get::<Shard>(CF_SHARDS, &keys::id(grant.shard))? else {
             passed.push(grant.shard);
             continue;
         };
-        if shard.state == ShardState::Done
+        let Some(job) = jobs.get(tx, shard.job)? else {
+            passed.push(grant.shard);
+            continue;
+        };
+        // Done in an earlier attempt: to be read again.
+        let done = shard.state == ShardState::Done && shard.attempt == job.attempt;
+        if done
             || shard.epoch != grant.expected_epoch
-            || aborted.is_aborted(shard.job)?
+            || job.state == JobState::Aborted
             || granted.iter().any(|&(id, _)| id == shard.id)
         {
             passed.push(grant.shard);
             continue;
         }
+        shard.attempt = job.attempt;
         shard.epoch = shard.epoch.next();
         shard.holder = Some(node);
         shard.state = ShardState::Leased;
@@ -642,6 +658,7 @@ fn grant_leases(tx: &mut Tx<'_>, node: NodeId, grants: &[LeaseGrant], deadline_m
 fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome {
     let (mut completed, mut refused) = (Vec::new(), Vec::new());
     let mut per_job: HashMap<JobId, u64> = HashMap::new();
+    let mut jobs = Jobs::default();
     for d in done {
         if completed.contains(&d.shard) {
             refused.push((d.shard, CommandError::ShardDone { shard: d.shard }));
@@ -654,6 +671,20 @@ fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome
                 continue;
             }
         };
+        // Its records went to the owners of an attempt that is over.
+        if let Some(job) = jobs.get(tx, shard.job)?
+            && job.attempt != shard.attempt
+        {
+            refused.push((
+                d.shard,
+                CommandError::EarlierAttempt {
+                    job: job.id,
+                    presented: shard.attempt,
+                    current: job.attempt,
+                },
+            ));
+            continue;
+        }
         shard.checkpoint = shard.end;
         shard.state = ShardState::Done;
         let leased = tx.cf(CF_LEASED);
@@ -739,6 +770,70 @@ fn stage_job(
     }
     tx.put(CF_JOBS, &keys::id(id), &job);
     Ok(Ok(Response::JobStaged { job: id, committed }))
+}
+
+/// Runs `id` again from its first shard under `map`, if it is still at
+/// `attempt` (see `Command::RestartJob`).
+fn restart_job(
+    tx: &mut Tx<'_>,
+    id: JobId,
+    attempt: u32,
+    map: PartitionMap,
+    cause: RestartCause,
+) -> Outcome {
+    let Some(mut job) = tx.get::<Job>(CF_JOBS, &keys::id(id))? else {
+        return Ok(Err(CommandError::JobNotSubmitted { job: id }));
+    };
+    if job.state != JobState::Submitted {
+        return Ok(Err(CommandError::JobNotSubmitted { job: id }));
+    }
+    if job.attempt != attempt {
+        let current = tx
+            .get::<PartitionMap>(CF_PARTITIONS, &keys::dataset_prefix(job.dataset_id))?
+            .map_or(Epoch(0), |m| m.epoch);
+        return Ok(Ok(Response::JobRestarted {
+            job: id,
+            attempt: job.attempt,
+            epoch: current,
+        }));
+    }
+    if job.attempt + 1 >= MAX_JOB_ATTEMPTS {
+        return Ok(Err(CommandError::TooManyAttempts {
+            job: id,
+            attempts: job.attempt + 1,
+        }));
+    }
+    let name = dataset_name(tx, job.dataset_id)?;
+    let epoch = map.epoch;
+    if let Err(e) = assign_partitions(tx, &name, map)? {
+        return Ok(Err(e));
+    }
+    job.attempt += 1;
+    job.shards_done = 0;
+    job.staged.clear();
+    job.restarted = Some(cause);
+    tx.put(CF_JOBS, &keys::id(id), &job);
+    Ok(Ok(Response::JobRestarted {
+        job: id,
+        attempt: job.attempt,
+        epoch,
+    }))
+}
+
+/// Jobs read once per command: a command touches few.
+#[derive(Default)]
+struct Jobs(HashMap<JobId, Option<Job>>);
+
+impl Jobs {
+    fn get(&mut self, tx: &Tx<'_>, id: JobId) -> Result<Option<&Job>, StateError> {
+        let job = match self.0.entry(id) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                new.insert(tx.get::<Job>(CF_JOBS, &keys::id(id))?)
+            }
+        };
+        Ok(job.as_ref())
+    }
 }
 
 /// A dataset's name from its id (a short scan: one record per dataset).

@@ -57,7 +57,8 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// listed again unchanged is no longer restamped, submissions' listings
 /// say what they saw (`listed`). Layout 3: shards carry their file's
 /// number, jobs their owners' staged counts, nodes their incarnation.
-const LAYOUT: u64 = 3;
+/// Layout 4: jobs and shards carry the job's attempt (`RestartJob`).
+const LAYOUT: u64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

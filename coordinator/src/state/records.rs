@@ -4,7 +4,7 @@
 //! rkyv before use, like every other byte Quern did not just produce itself.
 
 use proto_schema::PartitionMap;
-use proto_schema::command::{DatasetSpec, DiffCounts, NodeInfo, StagedCounts};
+use proto_schema::command::{DatasetSpec, DiffCounts, NodeInfo, RestartCause, StagedCounts};
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
@@ -51,6 +51,11 @@ pub struct Job {
     /// The owners that staged their part: node id, counts, and the
     /// partition map epoch they staged under.
     pub staged: Vec<(NodeId, StagedCounts, Epoch)>,
+    /// How many times the job was restarted (`RestartJob`): a shard
+    /// counts as done only if it was done in this attempt.
+    pub attempt: u32,
+    /// Why it was last restarted.
+    pub restarted: Option<RestartCause>,
 }
 
 /// A registered node: what it registered, and whether the leader declared
@@ -165,6 +170,9 @@ pub struct Shard {
     pub epoch: Epoch,
     pub deadline_ms: u64,
     pub checkpoint: u64,
+    /// The job's attempt it was last leased in: a shard done (or leased)
+    /// in an earlier attempt is pending again.
+    pub attempt: u32,
 }
 
 /// A stored value whose bytes failed validation.
@@ -263,6 +271,8 @@ mod tests {
                     },
                     2u64.into(),
                 )],
+                attempt: 1,
+                restarted: Some(RestartCause::OwnerLost { node: 8u64.into() }),
             }
             .encode(),
             CatalogEntry {
@@ -288,6 +298,7 @@ mod tests {
                 epoch: 3u64.into(),
                 deadline_ms: 1_000,
                 checkpoint: 4,
+                attempt: 1,
             }
             .encode(),
             Node {
@@ -304,9 +315,9 @@ mod tests {
         ]
     }
 
-    /// Digests taken from the bytes of state layout 3 (nodes with
-    /// incarnations, partition maps, staged jobs): a change that moves a
-    /// byte fails here and needs a new layout.
+    /// Digests taken from the bytes of state layout 4 (jobs and shards
+    /// with attempts): a change that moves a byte fails here and needs a
+    /// new layout.
     #[test]
     fn records_are_frozen() {
         let digests: Vec<u64> = samples()
@@ -317,9 +328,9 @@ mod tests {
             digests,
             [
                 0x3f0cef596d87dccd,
-                0x8c871e375dcc6f83,
+                0x32db17cbe9697037,
                 0x4d9e173fad3c9589,
-                0xfdfc8b354c3ba6c6,
+                0x2c491cacd296dbfb,
                 0xc31550e43a0c6f20,
                 0x87f7755004fb823b,
             ]

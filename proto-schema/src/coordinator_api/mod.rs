@@ -127,6 +127,15 @@ pub enum Request {
     Work {
         node: NodeId,
     },
+    /// An owner starts its part of `job` after shards of the job's
+    /// `attempt` were done: what they sent it is gone, so the job runs
+    /// again (`RestartJob` through the log; nothing if another node asked
+    /// first). Answered `Written`.
+    Restart {
+        node: NodeId,
+        job: JobId,
+        attempt: u32,
+    },
 }
 
 /// A job a node may work on, with the spec of its dataset (the node

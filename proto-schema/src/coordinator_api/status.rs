@@ -64,7 +64,13 @@ pub struct JobStatus {
     pub gone: u64,
     pub shards_pending: u64,
     pub shards_leased: u64,
+    /// Done in the current attempt.
     pub shards_done: u64,
+    /// Times the job was restarted: every shard is read again in a new
+    /// attempt.
+    pub attempt: u32,
+    /// Why it was last restarted.
+    pub restarted: Option<String>,
 }
 
 /// One replica's own view of itself, for comparing replicas.

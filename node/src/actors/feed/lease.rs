@@ -104,6 +104,9 @@ struct Shared<T: Transport> {
 /// Shards of one job, leased from the coordinators.
 pub struct LeaseFeed<T: Transport> {
     shared: Arc<Shared<T>>,
+    /// The job's attempt this node's part runs in: if the job is restarted
+    /// meanwhile, the part ends (the node starts again).
+    attempt: u32,
     /// The partition map's epoch the job runs under: what the owner
     /// stages under (refused if the map moved on meanwhile).
     map_epoch: Epoch,
@@ -113,13 +116,13 @@ pub struct LeaseFeed<T: Transport> {
 }
 
 impl<T: Transport> LeaseFeed<T> {
-    /// A feed for `target` under partition map `map_epoch`, calling the
-    /// coordinators through `client` on `runtime` (which must outlive the
-    /// job: the job's own runtime stops with it).
+    /// A feed for `target` in the job's `(attempt, partition map epoch)`,
+    /// calling the coordinators through `client` on `runtime` (which must
+    /// outlive the job: the job's own runtime stops with it).
     pub fn new(
         client: CoordinatorClient<T>,
         target: LeaseTarget,
-        map_epoch: Epoch,
+        (attempt, map_epoch): (u32, Epoch),
         runtime: Handle,
         settings: LeaseSettings,
     ) -> Self {
@@ -133,6 +136,7 @@ impl<T: Transport> LeaseFeed<T> {
                 stop: AtomicBool::new(false),
                 failure: Mutex::default(),
             }),
+            attempt,
             map_epoch,
             runtime,
             settings,
@@ -144,14 +148,25 @@ impl<T: Transport> LeaseFeed<T> {
         self.shared.failure.lock().expect("not poisoned").clone()
     }
 
-    /// The job as the leader sees it.
+    /// The job as the leader sees it; `Err` too if it was restarted
+    /// since this node's part began.
     fn job_status(&self) -> Result<JobStatus, String> {
         let job = self.shared.target.job;
         let status = self
             .runtime
             .block_on(async { self.shared.client.lock().await.job(job).await })
-            .map_err(|e| format!("asking for job {job}: {e}"))?;
-        status.ok_or_else(|| format!("the coordinators know no job {job}"))
+            .map_err(|e| format!("asking for job {job}: {e}"))?
+            .ok_or_else(|| format!("the coordinators know no job {job}"))?;
+        if status.attempt != self.attempt {
+            return Err(format!(
+                "job {job} was restarted ({}): attempt {} of this node's part is over, \
+                 attempt {} runs",
+                status.restarted.as_deref().unwrap_or("no cause given"),
+                self.attempt,
+                status.attempt
+            ));
+        }
+        Ok(status)
     }
 
     /// Registers the leased shards' files and cuts them into scans.
