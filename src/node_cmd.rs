@@ -25,6 +25,7 @@ use node::config::{IngestConfig, MemoryPlan};
 use node::counters::JobCounters;
 use node::input::roots::Roots;
 use node::leased_job::{self, LeasedJob};
+use node::memory::ProcessMemory;
 use node::store::{Access, Store};
 use proto_schema::cert_role::node_name;
 use proto_schema::coordinator_api::{HeartbeatReply, WorkItem};
@@ -201,9 +202,10 @@ impl Node {
     /// incarnation (it was declared lost).
     fn beat(&mut self) -> anyhow::Result<()> {
         let (id, incarnation) = (self.id, self.incarnation);
+        let memory = ProcessMemory::read().map(|m| m.anon);
         match self
             .runtime
-            .block_on(self.client.heartbeat(id, incarnation, Vec::new()))
+            .block_on(self.client.heartbeat(id, incarnation, Vec::new(), memory))
         {
             Ok(HeartbeatReply::Alive { deadline_ms, .. }) => {
                 let left = Duration::from_millis(
