@@ -78,12 +78,7 @@ pub fn report(
         .into_iter()
         .map(|job| work.job_status(&job, leased.get(&job.id).copied().unwrap_or(0)))
         .collect::<Result<_, _>>()?;
-    let nodes = work
-        .nodes
-        .iter()
-        .take(MAX_STATUS_NODES)
-        .map(|node| work.node_status(node, seen))
-        .collect();
+    let (nodes, nodes_omitted) = work.node_list(seen);
     Ok(StatusReport {
         replica: metrics.id,
         leader: metrics.current_leader,
@@ -92,7 +87,7 @@ pub fn report(
         last_applied: metrics.last_applied.map(|l| l.index),
         members,
         nodes,
-        nodes_omitted: work.nodes.len().saturating_sub(MAX_STATUS_NODES) as u64,
+        nodes_omitted,
         datasets: work
             .datasets
             .into_iter()
@@ -167,6 +162,19 @@ impl Work {
             .iter()
             .find(|d| d.id == id)
             .map_or_else(String::new, |d| d.spec.name.clone())
+    }
+
+    /// The first `MAX_STATUS_NODES` nodes by id, and how many more there
+    /// are.
+    fn node_list(&self, seen: Option<&BTreeMap<NodeId, NodeView>>) -> (Vec<NodeStatus>, u64) {
+        let listed = self
+            .nodes
+            .iter()
+            .take(MAX_STATUS_NODES)
+            .map(|node| self.node_status(node, seen))
+            .collect();
+        let omitted = self.nodes.len().saturating_sub(MAX_STATUS_NODES);
+        (listed, omitted as u64)
     }
 
     fn node_status(&self, node: &Node, seen: Option<&BTreeMap<NodeId, NodeView>>) -> NodeStatus {
@@ -260,5 +268,113 @@ impl Work {
             map_epoch: Some(epoch).filter(|&e| e != Epoch(0)),
             unstaged,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto_schema::command::{
+        Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, NodeInfo, Response,
+    };
+
+    use super::*;
+    use crate::state::test_support::Applier;
+
+    fn view(incarnation: u64, overdue: bool) -> NodeView {
+        NodeView {
+            incarnation,
+            overdue,
+            silent_ms: Some(5),
+            memory_bytes: Some(1 << 20),
+            shards_scanning: 0,
+            bytes_scanned: 0,
+        }
+    }
+
+    /// More nodes than a report lists, all owners of one dataset: the
+    /// list and a job's unstaged owners stop at `MAX_STATUS_NODES`, and the
+    /// rest of the nodes are counted.
+    #[tokio::test]
+    async fn nodes_and_owners_past_the_limit_are_counted_not_listed() {
+        let mut sm = Applier::new();
+        let count = MAX_STATUS_NODES as u64 + 3;
+        let ids: Vec<NodeId> = (1..=count).map(NodeId).collect();
+        for &id in &ids {
+            let node = NodeInfo {
+                id,
+                incarnation: 7,
+                address: format!("n{id}:7000"),
+                cert_fingerprint: [1; 32],
+            };
+            let registered = sm.apply(Command::RegisterNode(node)).await;
+            assert!(matches!(registered, Response::NodeRegistered { .. }));
+        }
+        let spec = DatasetSpec {
+            name: "ds".into(),
+            format: DatasetFormat::Lines,
+            key: KeySpec::WholeLine,
+            partitions: 1024,
+        };
+        sm.apply(Command::CreateDataset(spec)).await;
+        let map = PartitionMap::split(1024, &ids, Epoch(1));
+        let assign = Command::AssignPartitions {
+            dataset: "ds".into(),
+            map,
+        };
+        assert!(matches!(
+            sm.apply(assign).await,
+            Response::PartitionsAssigned { .. }
+        ));
+        let files = (0..2)
+            .map(|i| FileEntry {
+                path: format!("/in/{i}"),
+                size: 10,
+                mtime_ns: 1,
+                checksum: None,
+            })
+            .collect();
+        let job = sm.submit("ds", files).await;
+
+        // Node 1 is seen live, node 2 overdue, node 3 only as an older
+        // incarnation: untracked, like every node the desk does not know.
+        let seen = BTreeMap::from([
+            (NodeId(1), view(7, false)),
+            (NodeId(2), view(7, true)),
+            (NodeId(3), view(6, false)),
+        ]);
+        let work = Work::read(sm.state()).unwrap();
+        let (nodes, omitted) = work.node_list(Some(&seen));
+        assert_eq!((nodes.len(), omitted), (MAX_STATUS_NODES, 3));
+        assert_eq!(nodes.last().unwrap().id, NodeId(MAX_STATUS_NODES as u64));
+        let states: Vec<NodeState> = nodes[..4].iter().map(|n| n.state).collect();
+        assert_eq!(
+            states,
+            [
+                NodeState::Alive,
+                NodeState::Overdue,
+                NodeState::Untracked,
+                NodeState::Untracked
+            ]
+        );
+        assert_eq!(
+            (nodes[0].memory_bytes, nodes[2].memory_bytes),
+            (Some(1 << 20), None)
+        );
+        assert_eq!(
+            nodes[0].partitions,
+            [OwnedPartitions {
+                dataset: "ds".into(),
+                map_epoch: Epoch(1),
+                start: 0u16.into(),
+                end: 3u16.into(),
+            }]
+        );
+
+        let status = work
+            .job_status(&sm.state().job(job).unwrap().unwrap(), 0)
+            .unwrap();
+        assert_eq!(status.phase, JobPhase::Scanning);
+        assert_eq!(status.map_epoch, Some(Epoch(1)));
+        assert_eq!(status.unstaged, ids[..MAX_STATUS_NODES]);
     }
 }
