@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use coordinator::client_api::ClientApi;
 use coordinator::contacts::Contacts;
 use coordinator::lease::{Lease, LeaseTable};
-use coordinator::lease_desk::DEFAULT_LEASE_MS;
+use coordinator::lease_desk::{DEFAULT_LEASE_MS, STATUS_DESK_WAIT};
 use coordinator::propose::{self, ProposeError};
 use coordinator::router::Router;
 use coordinator::state::records::JobState;
@@ -515,6 +515,47 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
             checkpoint: 10
         }
     );
+}
+
+/// `status` waits at most `STATUS_DESK_WAIT` for the lease desk: while a
+/// registration holds it (the leader lost its followers, so nothing
+/// commits), the nodes are listed from their records, untracked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_the_nodes_untracked_while_the_lease_desk_is_busy() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut client = cluster.client();
+    let registration = |node: u64| NodeRegistration {
+        node: NodeId(node),
+        incarnation: 1,
+        address: format!("10.0.0.{node}:7000"),
+        cert_fingerprint: [node as u8; 32],
+    };
+    client.register(registration(1)).await.unwrap();
+    let status = client.status().await.unwrap();
+    assert_eq!(status.nodes[0].state, NodeState::Alive);
+
+    let leader = cluster.leader().await;
+    let followers: Vec<ReplicaId> = cluster
+        .replicas
+        .keys()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    for id in followers {
+        cluster.stop(id).await;
+    }
+    let mut stuck = cluster.client();
+    let held = tokio::spawn(async move { stuck.register(registration(2)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = Instant::now();
+    let status = cluster.client().status().await.unwrap();
+    assert!(asked.elapsed() >= STATUS_DESK_WAIT, "{:?}", asked.elapsed());
+    assert_eq!(status.leader, Some(leader));
+    let nodes: Vec<_> = status.nodes.iter().map(|n| (n.id, n.state)).collect();
+    assert_eq!(nodes, [(NodeId(1), NodeState::Untracked)]);
+    assert_eq!(status.nodes[0].silent_ms, None);
+    assert!(!held.is_finished(), "the registration cannot commit");
+    held.abort();
 }
 
 /// A node's life as the leader sees it: registered with an incarnation,
