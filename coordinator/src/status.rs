@@ -71,14 +71,14 @@ pub fn report(
             }
         })
         .collect();
-    let work = Work::read(state)?;
+    let data = StatusData::read(state)?;
     let leased = state.leased_per_job()?;
     let jobs = state
         .recent_jobs(RECENT_JOBS)?
         .into_iter()
-        .map(|job| work.job_status(&job, leased.get(&job.id).copied().unwrap_or(0)))
+        .map(|job| data.job_status(&job, leased.get(&job.id).copied().unwrap_or(0)))
         .collect::<Result<_, _>>()?;
-    let (nodes, nodes_omitted) = work.node_list(seen);
+    let (nodes, nodes_omitted) = data.node_list(seen);
     Ok(StatusReport {
         replica: metrics.id,
         leader: metrics.current_leader,
@@ -88,7 +88,7 @@ pub fn report(
         members,
         nodes,
         nodes_omitted,
-        datasets: work
+        datasets: data
             .datasets
             .into_iter()
             .map(|d| DatasetStatus {
@@ -109,7 +109,7 @@ pub fn job(state: &StateMachineStore, id: JobId) -> Result<Option<JobStatus>, St
         return Ok(None);
     };
     let leased = state.leased_per_job()?.get(&id).copied().unwrap_or(0);
-    Work::read(state)?.job_status(&job, leased).map(Some)
+    StatusData::read(state)?.job_status(&job, leased).map(Some)
 }
 
 /// The jobs nodes may work on: submitted, neither committed nor aborted,
@@ -135,13 +135,13 @@ pub fn work(state: &StateMachineStore) -> Result<Vec<WorkItem>, StateError> {
 
 /// What the status of nodes and jobs is read from: every dataset with
 /// its partition map, and every registered node (one record each).
-struct Work {
+struct StatusData {
     datasets: Vec<Dataset>,
     maps: BTreeMap<DatasetId, PartitionMap>,
     nodes: Vec<Node>,
 }
 
-impl Work {
+impl StatusData {
     fn read(state: &StateMachineStore) -> Result<Self, StateError> {
         let datasets = state.datasets()?;
         let mut maps = BTreeMap::new();
@@ -342,8 +342,8 @@ mod tests {
             (NodeId(2), view(7, true)),
             (NodeId(3), view(6, false)),
         ]);
-        let work = Work::read(sm.state()).unwrap();
-        let (nodes, omitted) = work.node_list(Some(&seen));
+        let data = StatusData::read(sm.state()).unwrap();
+        let (nodes, omitted) = data.node_list(Some(&seen));
         assert_eq!((nodes.len(), omitted), (MAX_STATUS_NODES, 3));
         assert_eq!(nodes.last().unwrap().id, NodeId(MAX_STATUS_NODES as u64));
         let states: Vec<NodeState> = nodes[..4].iter().map(|n| n.state).collect();
@@ -370,7 +370,7 @@ mod tests {
             }]
         );
 
-        let status = work
+        let status = data
             .job_status(&sm.state().job(job).unwrap().unwrap(), 0)
             .unwrap();
         assert_eq!(status.phase, JobPhase::Scanning);
