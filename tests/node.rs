@@ -275,6 +275,10 @@ fn submit_wait_gives_up_at_its_timeout_naming_the_shards_the_job_waits_on() {
         "{err}"
     );
     assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    assert!(
+        err.contains(": 0/3 shards done, scanning: waits on 3 shards pending, 0 leased"),
+        "progress while waiting: {err}"
+    );
     // The job goes on: no node has run it.
     let status = cluster.status();
     assert_eq!(status["jobs"][0]["phase"], "scanning", "{status:#}");
