@@ -486,10 +486,25 @@ pub struct SubmitArgs {
     #[arg(long, env = "QUERN_TEMP_DIR", value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
 
+    /// Then wait until the nodes have ingested the job and the
+    /// coordinators committed it (or it was aborted), showing its
+    /// progress, and print its summary; the exit status is then as for
+    /// `quern ingest`.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits before it gives up, naming what the job
+    /// still waits on (the job goes on) [config: [client] wait_timeout].
+    #[arg(long, default_value = DEFAULT_WAIT_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub wait_timeout: Duration,
+
     /// Plain log lines instead of a progress bar.
     #[arg(long)]
     pub no_progress: bool,
 }
+
+/// `quern submit --wait`'s bound, unless configured.
+pub const DEFAULT_WAIT_TIMEOUT: &str = "1h";
 
 /// A sort memory of at least 1 MiB: smaller runs would only multiply
 /// merge passes.

@@ -34,6 +34,7 @@
 //! [client]
 //! coordinators = ["10.0.0.5:7001", "10.0.0.6:7001"]
 //! cert_name = "ops"
+//! wait_timeout = "4h"
 //! ```
 //!
 //! `[coordinator] peers` is a table (id -> address), `[client]
@@ -140,7 +141,7 @@ struct NodeSection {
 }
 
 /// Options of the client commands (`quern status`, `quern submit`, `quern abort`).
-/// `cert_dir` falls back to `[cert] dir`.
+/// `cert_dir` falls back to `[cert] dir`; `wait_timeout` is `submit`'s.
 #[derive(Deserialize, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct ClientSection {
@@ -148,6 +149,7 @@ struct ClientSection {
     coordinators: Vec<String>,
     cert_dir: Option<PathBuf>,
     cert_name: Option<String>,
+    wait_timeout: Option<Value>,
 }
 
 impl ConfigFile {
@@ -290,6 +292,12 @@ impl ConfigFile {
                 sub
             });
         }
+        if let Some(timeout) = &client.wait_timeout {
+            let timeout = timeout.as_default();
+            command = command.mut_subcommand("submit", |sub| {
+                sub.mut_arg("wait_timeout", |arg| arg.default_value(timeout))
+            });
+        }
         command
     }
 }
@@ -309,6 +317,8 @@ fn with_defaults<const N: usize>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::args::Cli;
     use clap::{CommandFactory, FromArgMatches};
@@ -387,6 +397,7 @@ mod tests {
             [client]
             coordinators = ["127.0.0.1:7001", "127.0.0.1:7003"]
             cert_name = "ops"
+            wait_timeout = "90m"
         "#;
         let crate::args::Command::Coordinator(args) =
             parse(file, &["quern", "coordinator"]).unwrap().command
@@ -439,6 +450,39 @@ mod tests {
             panic!("not submit")
         };
         assert_eq!(args.client.coordinators, ["h:1"]);
+        assert_eq!(args.wait_timeout, Duration::from_secs(90 * 60));
+        let crate::args::Command::Submit(args) = parse(
+            file,
+            &[
+                "quern",
+                "submit",
+                "--dataset",
+                "d",
+                "--wait",
+                "--wait-timeout",
+                "5s",
+                "dir",
+            ],
+        )
+        .unwrap()
+        .command
+        else {
+            panic!("not submit")
+        };
+        assert!(args.wait);
+        assert_eq!(args.wait_timeout, Duration::from_secs(5));
+        let crate::args::Command::Submit(args) =
+            parse("", &["quern", "submit", "--dataset", "d", "dir"])
+                .unwrap()
+                .command
+        else {
+            panic!("not submit")
+        };
+        assert!(!args.wait);
+        assert_eq!(
+            args.wait_timeout,
+            humantime::parse_duration(crate::args::DEFAULT_WAIT_TIMEOUT).unwrap()
+        );
 
         let err = parse(
             "[coordinator]

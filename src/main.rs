@@ -17,6 +17,7 @@ mod query;
 mod report;
 mod status;
 mod submit;
+mod submit_wait;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -25,6 +25,7 @@ use node::config::{IngestConfig, MemoryPlan};
 use node::counters::JobCounters;
 use node::input::roots::Roots;
 use node::leased_job::{self, DataChannel, JobError, LeasedJob};
+use node::memory::ProcessMemory;
 use node::shuffle::{Inbound, channel_config};
 use node::store::{Access, Store};
 use proto_schema::cert_role::node_name;
@@ -156,7 +157,8 @@ async fn keep_alive(
 ) {
     loop {
         tokio::time::sleep(interval).await;
-        if let Err(e) = client.heartbeat(id, incarnation, Vec::new()).await {
+        let memory = ProcessMemory::read().map(|m| m.anon);
+        if let Err(e) = client.heartbeat(id, incarnation, Vec::new(), memory).await {
             tracing::debug!("node {id}: heartbeat while a job runs: {e}");
         }
     }
@@ -240,9 +242,10 @@ impl Node {
     /// incarnation (it was declared lost).
     fn beat(&mut self) -> anyhow::Result<()> {
         let (id, incarnation) = (self.id, self.incarnation);
+        let memory = ProcessMemory::read().map(|m| m.anon);
         match self
             .runtime
-            .block_on(self.client.heartbeat(id, incarnation, Vec::new()))
+            .block_on(self.client.heartbeat(id, incarnation, Vec::new(), memory))
         {
             Ok(HeartbeatReply::Alive { deadline_ms, .. }) => {
                 let left = Duration::from_millis(

@@ -21,7 +21,8 @@ pub struct Progress {
 }
 
 const BAR_TICK: Duration = Duration::from_millis(200);
-const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Between two progress lines when stderr is not a terminal.
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
 
 impl Progress {
     /// Reports `counters` until [`Progress::finish`]. A bar needs stderr to

@@ -15,6 +15,7 @@ use node::memory::{ProcessMemory, TrackingAllocator};
 use node::store::Store;
 use node::store::catalog::{DatasetInfo, JobInfo, JobState};
 use node::store::ledger::FileRow;
+use proto_schema::command::StagedCounts;
 use serde::Serialize;
 
 use crate::args::StatsArgs;
@@ -36,7 +37,7 @@ pub fn count(n: u64) -> String {
     out
 }
 
-fn size(bytes: u64) -> String {
+pub fn size(bytes: u64) -> String {
     ByteSize(bytes).display().iec().to_string()
 }
 
@@ -74,15 +75,13 @@ pub fn ingest_summary(
         size((t.bytes as f64 / secs) as u64),
         count((t.read as f64 / secs) as u64),
     )?;
-    for (label, value) in [
-        ("records read", t.read),
-        ("  unique", t.unique),
-        ("  duplicates", t.duplicates),
-        ("  rejected", t.rejected),
-        ("files with problems", t.problem_files),
-    ] {
-        writeln!(err, "  {label:<20} {:>15}", count(value))?;
-    }
+    let records = StagedCounts {
+        read: t.read,
+        unique: t.unique,
+        duplicates: t.duplicates,
+        rejected: t.rejected,
+    };
+    write_counts(&mut err, &records, Some(t.problem_files))?;
     writeln!(
         err,
         "  sort: {} runs spilled, {} extra merge passes",
@@ -117,6 +116,28 @@ pub fn ingest_summary(
         )?;
     }
     Ok(clean)
+}
+
+/// A job's record counters, one a line, as every summary shows them;
+/// files with problems where they are known.
+pub fn write_counts(
+    out: &mut impl Write,
+    records: &StagedCounts,
+    problem_files: Option<u64>,
+) -> std::io::Result<()> {
+    let lines = [
+        ("records read", Some(records.read)),
+        ("  unique", Some(records.unique)),
+        ("  duplicates", Some(records.duplicates)),
+        ("  rejected", Some(records.rejected)),
+        ("files with problems", problem_files),
+    ];
+    for (label, value) in lines {
+        if let Some(value) = value {
+            writeln!(out, "  {label:<20} {:>15}", count(value))?;
+        }
+    }
+    Ok(())
 }
 
 /// Links inside directories are not input files (not listed, no

@@ -1,5 +1,6 @@
 //! `quern status`: the leader's view of the cluster (members' health,
-//! datasets, recent jobs with shard progress), as text or JSON. With
+//! nodes with their liveness, memory and partitions, datasets, recent jobs
+//! with their phase and what a running one waits on), as text or JSON. With
 //! `--replicas`, each coordinator's own view instead (applied index, state
 //! digest) and whether they agree.
 
@@ -7,10 +8,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use coordinator_client::replicas::verdict;
-use proto_schema::coordinator_api::StatusReport;
+use proto_schema::coordinator_api::{JobPhase, JobStatus, NodeState, NodeStatus, StatusReport};
 
 use crate::args::StatusArgs;
 use crate::cluster_client;
+use crate::report::size;
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.replicas {
@@ -76,6 +78,7 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
             or_dash(m.matched_index)
         )?;
     }
+    write_nodes(out, report)?;
     writeln!(out, "\ndatasets:")?;
     if report.datasets.is_empty() {
         writeln!(out, "  (none)")?;
@@ -95,7 +98,7 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
             "  {:>6}  {:<16} {:<10} {:>9} {:>9} {:>9} {:>9}  {:>9} {:>9} {:>9}",
             "job",
             "dataset",
-            "state",
+            "phase",
             "new",
             "changed",
             "unchanged",
@@ -111,15 +114,7 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
             "  {:>6}  {:<16} {:<10} {:>9} {:>9} {:>9} {:>9}  {:>9} {:>9} {:>9}",
             j.id,
             j.dataset,
-            if j.submitting {
-                "submitting"
-            } else if j.aborted {
-                "aborted"
-            } else if j.committed {
-                "committed"
-            } else {
-                "submitted"
-            },
+            j.phase.name(),
             j.new,
             j.changed,
             j.unchanged,
@@ -128,8 +123,96 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
             j.shards_leased,
             j.shards_done
         )?;
+        if let Some(waits) = waits_on(j) {
+            writeln!(out, "  {:>6}  waits on {waits}", "")?;
+        }
+        if j.attempt > 0 {
+            let cause = j.restarted.as_deref().unwrap_or("no cause recorded");
+            writeln!(
+                out,
+                "  {:>6}  attempt {}: restarted, {cause}",
+                "", j.attempt
+            )?;
+        }
     }
     Ok(())
+}
+
+fn write_nodes(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()> {
+    writeln!(out, "\nnodes:")?;
+    if report.nodes.is_empty() {
+        writeln!(out, "  (none registered)")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "  {:>4}  {:<22} {:>14}  {:<9} {:>12} {:>10} {:>9}  partitions",
+        "id", "address", "incarnation", "state", "heard", "memory", "scanning"
+    )?;
+    for n in &report.nodes {
+        writeln!(
+            out,
+            "  {:>4}  {:<22} {:>14}  {:<9} {:>12} {:>10} {:>9}  {}",
+            n.id,
+            n.address,
+            n.incarnation,
+            node_state(n.state),
+            n.silent_ms
+                .map_or_else(|| "-".into(), |ms| format!("{ms} ms ago")),
+            n.memory_bytes.map_or_else(|| "-".into(), size),
+            n.shards_scanning,
+            partitions(n)
+        )?;
+    }
+    if report.nodes_omitted > 0 {
+        writeln!(out, "  ... and {} more nodes", report.nodes_omitted)?;
+    }
+    Ok(())
+}
+
+fn node_state(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Alive => "alive",
+        NodeState::Overdue => "overdue",
+        NodeState::Lost => "lost",
+        NodeState::Untracked => "untracked",
+    }
+}
+
+/// `logs 0..32 (map 3), web 16..32 (map 1)`, or `-`.
+fn partitions(node: &NodeStatus) -> String {
+    if node.partitions.is_empty() {
+        return "-".into();
+    }
+    let owned: Vec<String> = node
+        .partitions
+        .iter()
+        .map(|p| format!("{} {}..{} (map {})", p.dataset, p.start, p.end, p.map_epoch))
+        .collect();
+    owned.join(", ")
+}
+
+/// What a running job waits on, in words: its unread shards, then the
+/// owners that have not staged; `None` for a job that waits on no node.
+pub fn waits_on(job: &JobStatus) -> Option<String> {
+    match job.phase {
+        JobPhase::Scanning => Some(format!(
+            "{} shards pending, {} leased",
+            job.shards_pending, job.shards_leased
+        )),
+        JobPhase::Staging => {
+            let owners: Vec<String> = job.unstaged.iter().map(|n| n.to_string()).collect();
+            let map = job
+                .map_epoch
+                .map_or_else(String::new, |epoch| format!(" under map {epoch}"));
+            Some(if owners.is_empty() {
+                format!("its commit (every owner staged{map})")
+            } else {
+                format!("node {} to stage{map}", owners.join(", "))
+            })
+        }
+        JobPhase::Submitting | JobPhase::Committed | JobPhase::Aborted => None,
+    }
 }
 
 fn replicas(args: &StatusArgs) -> anyhow::Result<ExitCode> {

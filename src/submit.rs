@@ -3,7 +3,8 @@
 //! walks the directory) in path order, validating it whole before
 //! anything is sent; creates the dataset if missing; submits with a
 //! progress bar; prints new, changed, unchanged and gone files, the
-//! shards made pending, elapsed time and files per second.
+//! shards made pending, elapsed time and files per second. With `--wait`,
+//! then follows the job to its commit (`submit_wait`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -18,7 +19,7 @@ use proto_schema::command::{DatasetFormat, DatasetSpec, KeySpec};
 use proto_schema::ids::JobId;
 
 use crate::args::{AbortArgs, FormatArg, SubmitArgs};
-use crate::cluster_client;
+use crate::{cluster_client, submit_wait};
 
 pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
@@ -32,7 +33,7 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give --manifest FILE or a directory"),
     };
     let runtime = cluster_client::runtime()?;
-    let summary = runtime.block_on(async {
+    runtime.block_on(async {
         let mut client = cluster_client::connect(&args.client)?;
         if let Some(id) = submission::ensure_dataset(&mut client, dataset_spec(&args)).await? {
             eprintln!("created dataset {:?} (id {id})", args.dataset);
@@ -52,11 +53,21 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         let summary =
             submission::submit(&mut client, &args.dataset, inventory, &options, on_event).await;
         progress.finish_and_clear();
-        anyhow::Ok(summary?)
-    })?;
-    let elapsed = started.elapsed();
-    print_summary(&args.dataset, &summary, elapsed);
-    Ok(ExitCode::SUCCESS)
+        let summary = summary?;
+        print_summary(&args.dataset, &summary, started.elapsed());
+        if !args.wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let code = submit_wait::wait(
+            &mut client,
+            &args.dataset,
+            summary.submission,
+            args.wait_timeout,
+            !args.no_progress,
+        )
+        .await?;
+        Ok(ExitCode::from(code))
+    })
 }
 
 /// A new dataset's format and key, from the flags.

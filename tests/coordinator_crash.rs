@@ -253,7 +253,7 @@ impl Crashes {
                     .iter()
                     .map(|k| job[k].as_u64().unwrap_or(0))
                     .sum::<u64>();
-                if job["submitting"] == true && sent >= files {
+                if job["phase"] == "submitting" && sent >= files {
                     break;
                 }
                 if let Some(status) = submit.try_wait().unwrap() {

@@ -1,10 +1,12 @@
 //! `quern node` as a process against three `quern coordinator` processes:
 //! it registers with its `node-1` certificate, finds the job `quern
-//! submit` made, ingests the shards it leases (reading only under its
-//! roots) until the coordinators commit the job, and stops on SIGTERM
-//! with status 0; its store then exports exactly `LC_ALL=C sort -u` of
-//! the inputs. A node whose certificate names another node refuses to
-//! start.
+//! submit --wait` made, ingests the shards it leases (reading only under
+//! its roots) until the coordinators commit the job, when `submit --wait`
+//! prints the job's summary and exits 0, and stops on SIGTERM with status
+//! 0; its store then exports exactly `LC_ALL=C sort -u` of the inputs.
+//! `quern status` lists the node with its partitions. Without a node,
+//! `submit --wait` gives up at its timeout naming the shards the job waits
+//! on. A node whose certificate names another node refuses to start.
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::cluster::{Cluster, figure, free_port, text};
+use common::cluster::{Cluster, figure, free_port, text, write_tsv};
 use common::*;
 
 /// `quern node`'s own shutdown bound, with room for a loaded machine.
@@ -106,7 +108,7 @@ fn wait_for_commit(
     loop {
         let status = cluster.status();
         if let Some(job) = job(&status, id)
-            && job["committed"] == true
+            && job["phase"] == "committed"
         {
             return job;
         }
@@ -179,7 +181,7 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     let node_data = work.path().join("node-1");
     let log_path = cluster.path("node-1.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = node(1, &certs, &node_data, &cluster.addresses, &input)
+    let mut child = node(1, &certs, &node_data, &cluster.addresses, &input)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -189,14 +191,81 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     std::thread::sleep(IDLE_FOR);
     assert!(node_log().contains("node 1 registered"), "{}", node_log());
 
-    let job_id = submit(&cluster, &manifest, files.len() + 1);
-    let mut nodes = [(child, log_path.clone())];
-    let committed = wait_for_commit(&cluster, job_id, &mut nodes);
-    let [(mut child, _)] = nodes;
+    let status = cluster.status();
+    let listed = &status["nodes"][0];
+    assert_eq!(
+        (&listed["id"], &listed["state"]),
+        (&1.into(), &"alive".into()),
+        "{status:#}"
+    );
+    assert!(
+        listed["memory_bytes"].as_u64().unwrap() > 0,
+        "its heartbeats carry its memory: {status:#}"
+    );
+
+    // `submit --wait` returns once the node has ingested the job and the
+    // coordinators committed it.
+    let submitted = cluster
+        .client(&["submit", "--no-progress", "--dataset", "ds", "--wait"])
+        .arg("--wait-timeout")
+        .arg(format!("{}s", COMMIT_WITHIN.as_secs()))
+        .arg("--manifest")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let summary = text(&submitted.stdout);
+    let job_id: u64 = summary
+        .strip_prefix("submission ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no submission id in {summary}\n{}\nnode log:\n{}",
+                text(&submitted.stderr),
+                node_log()
+            )
+        });
+    assert_eq!(figure(&summary, "new"), files.len() as u64 + 1, "{summary}");
+    assert!(
+        summary.contains(&format!("job {job_id} of dataset \"ds\" committed")),
+        "{summary}\n{}\nnode log:\n{}",
+        text(&submitted.stderr),
+        node_log()
+    );
+    let status = cluster.status();
+    let committed = job(&status, job_id).unwrap();
+    assert_eq!(committed["phase"], "committed", "{committed:#}");
     assert_eq!(
         committed["shards_done"].as_u64(),
         Some(files.len() as u64 + 1),
         "{committed:#}"
+    );
+    // The summary's counts are the node's, and the exit status is as
+    // `quern ingest`'s for them.
+    let totals = &stats_json(&node_data, "ds", None)["jobs"][0]["totals"];
+    for (label, key) in [
+        ("records read", "read"),
+        ("unique", "unique"),
+        ("duplicates", "duplicates"),
+        ("rejected", "rejected"),
+    ] {
+        assert_eq!(
+            Some(counted(&summary, label)),
+            totals[key].as_u64(),
+            "{label}: {summary}\n{totals:#}"
+        );
+    }
+    let rejected = totals["rejected"].as_u64().unwrap();
+    assert_eq!(
+        submitted.status.code(),
+        Some(if rejected == 0 { 0 } else { 3 }),
+        "{summary}"
+    );
+    let owned = &status["nodes"][0]["partitions"][0];
+    assert_eq!(
+        (&owned["dataset"], &owned["start"], &owned["end"]),
+        (&"ds".into(), &0.into(), &64.into()),
+        "one node owns every partition: {status:#}"
     );
 
     // SIGTERM: status 0 within the node's shutdown bound.
@@ -329,7 +398,7 @@ fn a_node_killed_mid_job_restarts_the_job_on_the_others() {
         let status = cluster.status();
         let job = job(&status, job_id).expect("the job is listed");
         assert!(
-            job["committed"] != true,
+            job["phase"] != "committed",
             "committed before the kill: {job:#}"
         );
         if job["shards_leased"].as_u64() > Some(0) {
@@ -361,6 +430,50 @@ fn a_node_killed_mid_job_restarts_the_job_on_the_others() {
         exported == sort_u(&files),
         "after the kill, the export is not sort -u of the inputs"
     );
+}
+
+/// The number after `label` in a summary, thousands separators and all.
+fn counted(summary: &str, label: &str) -> u64 {
+    let line = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {summary}"));
+    line.trim().replace(',', "").parse().unwrap()
+}
+
+#[test]
+fn submit_wait_gives_up_at_its_timeout_naming_the_shards_the_job_waits_on() {
+    let cluster = Cluster::start();
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let work = tempdir();
+    let manifest = work.path().join("manifest.tsv");
+    write_tsv(&manifest, 3, &[]);
+    let started = Instant::now();
+    let out = run(
+        cluster
+            .client(&["submit", "--no-progress", "--dataset", "ds"])
+            .args(["--wait", "--wait-timeout", "2s", "--manifest"])
+            .arg(&manifest),
+        1,
+    );
+    let waited = started.elapsed();
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "was not committed within 2s (--wait-timeout): scanning, waiting on 3 shards \
+             pending, 0 leased"
+        ),
+        "{err}"
+    );
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    assert!(
+        err.contains(": 0/3 shards done, scanning: waits on 3 shards pending, 0 leased"),
+        "progress while waiting: {err}"
+    );
+    // The job goes on: no node has run it.
+    let status = cluster.status();
+    assert_eq!(status["jobs"][0]["phase"], "scanning", "{status:#}");
+    assert_eq!(status["nodes"], serde_json::json!([]), "{status:#}");
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //! Raft RPCs are not client requests: transports serve them apart.
 
 use proto_schema::command::{self, Command, Response};
-use proto_schema::coordinator_api::{Applied, LeaseReply, Refusal, Reply, Request};
+use proto_schema::coordinator_api::{
+    Applied, LeaseReply, MAX_STATUS_NODES, Refusal, Reply, Request,
+};
 use proto_schema::ids::JobId;
 
 use crate::authorize::{Caller, Gate, Subject};
@@ -77,9 +79,10 @@ impl ClientApi {
                 node,
                 incarnation,
                 progress,
+                memory_bytes,
             } => match self
                 .desk
-                .heartbeat(*node, *incarnation, progress.clone())
+                .heartbeat(*node, *incarnation, progress.clone(), *memory_bytes)
                 .await
             {
                 Ok(reply) => Reply::Heartbeat(reply),
@@ -181,11 +184,14 @@ impl ClientApi {
                 address: Some(address),
             };
         }
+        let seen = self.desk.nodes_view(MAX_STATUS_NODES).await;
         let (raft, state, contacts) =
             (self.raft.clone(), self.state.clone(), self.contacts.clone());
         match self
             .reads
-            .run("status", move || status::report(&raft, &state, &contacts))
+            .run("status", move || {
+                status::report(&raft, &state, &contacts, seen.as_ref())
+            })
             .await
         {
             Ok(Ok(report)) => Reply::Status(report),

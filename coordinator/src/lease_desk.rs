@@ -22,8 +22,8 @@
 //! them are leased or done, and a leased shard comes back through expiry,
 //! never as pending.
 
-use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto_schema::PartitionMap;
 use proto_schema::command::{
@@ -37,7 +37,7 @@ use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use tokio::sync::Mutex;
 
 use crate::lease::LeaseTable;
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, NodeView};
 use crate::propose::{self, ProposeError};
 use crate::state::StateError;
 use crate::state::records::{Job, JobState, Shard, ShardState};
@@ -54,6 +54,9 @@ const SCAN_LIMIT: usize = 64 * SCAN_PAGE;
 
 /// Jobs whose scan positions the desk remembers at once.
 const MAX_JOB_CURSORS: usize = 1024;
+/// How long `status` waits for the desk (held while a grant goes through
+/// the log) before it shows the nodes without their liveness.
+pub const STATUS_DESK_WAIT: Duration = Duration::from_millis(500);
 
 /// Grants by the leader's desk (label `kind`: pending or expired).
 pub const LEASE_GRANTS_METRIC: &str = "quern_lease_grants_total";
@@ -164,31 +167,36 @@ impl LeaseDesk {
     }
 
     /// A node's heartbeat: extends its own deadline and every lease it
-    /// holds, and keeps the progress it reports; no log write.
+    /// holds, and keeps the progress and memory it reports; no log write.
     pub async fn heartbeat(
         &self,
         node: NodeId,
         incarnation: u64,
         progress: Vec<ShardProgress>,
+        memory_bytes: Option<u64>,
     ) -> Result<HeartbeatReply, DeskError> {
         let mut desk = self.desk.lock().await;
         let now = now_ms();
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
-        let (reply, outcome) = match desk.nodes.heartbeat(node, incarnation, progress, now) {
-            Some(deadline_ms) => {
-                let renewed = desk.table.heartbeat(node, now) as u64;
-                (
-                    HeartbeatReply::Alive {
-                        deadline_ms,
-                        renewed,
-                    },
-                    "alive",
-                )
-            }
-            None => (HeartbeatReply::Unknown, "unknown"),
-        };
+        let (reply, outcome) =
+            match desk
+                .nodes
+                .heartbeat(node, incarnation, progress, memory_bytes, now)
+            {
+                Some(deadline_ms) => {
+                    let renewed = desk.table.heartbeat(node, now) as u64;
+                    (
+                        HeartbeatReply::Alive {
+                            deadline_ms,
+                            renewed,
+                        },
+                        "alive",
+                    )
+                }
+                None => (HeartbeatReply::Unknown, "unknown"),
+            };
         metrics::counter!(HEARTBEATS_METRIC, "outcome" => outcome).increment(1);
         Ok(reply)
     }
@@ -631,6 +639,21 @@ impl LeaseDesk {
             desk.cursors.clear();
         }
         Ok(())
+    }
+
+    /// The `limit` live nodes of lowest id as this leader tracks them, for
+    /// `status`; `None` on a follower, before the desk has taken over
+    /// this term (it has served no node yet), or if it stays busy past
+    /// `STATUS_DESK_WAIT`. Reads only: declares no node lost.
+    pub async fn nodes_view(&self, limit: usize) -> Option<BTreeMap<NodeId, NodeView>> {
+        if propose::not_the_leader(&self.raft).is_some() {
+            return None;
+        }
+        let desk = tokio::time::timeout(STATUS_DESK_WAIT, self.desk.lock())
+            .await
+            .ok()?;
+        let term = self.raft.metrics().borrow().current_term;
+        (desk.term == Some(term)).then(|| desk.nodes.view(limit, now_ms()))
     }
 }
 

@@ -18,12 +18,17 @@ use proto_schema::ids::{Epoch, JobId, NodeId};
 pub struct NodeLiveness {
     pub incarnation: u64,
     pub deadline_ms: u64,
+    /// When this leader last heard from it (a registration, a heartbeat,
+    /// any other request); `None` since a takeover, until it is heard.
+    pub heard_ms: Option<u64>,
     /// Where its scanners were at its last heartbeat.
     pub progress: Vec<ShardProgress>,
     /// The job it last started, under which map epoch, and the lanes it
     /// splits its partitions into for it, from its `PartitionMap` request
     /// (peers open a stream per lane).
     pub started: Option<(JobId, Epoch, u16)>,
+    /// Its process's anonymous resident memory at its last heartbeat.
+    pub memory_bytes: Option<u64>,
 }
 
 /// The leader's view of the live nodes, by id.
@@ -47,19 +52,28 @@ impl Liveness {
     pub fn take_over(&mut self, live: impl IntoIterator<Item = (NodeId, u64)>, now_ms: u64) {
         self.nodes.clear();
         for (node, incarnation) in live {
-            self.registered(node, incarnation, now_ms);
+            self.known(node, incarnation, now_ms);
         }
     }
 
     /// A registration was applied: this incarnation is the live one.
     pub fn registered(&mut self, node: NodeId, incarnation: u64, now_ms: u64) {
+        self.known(node, incarnation, now_ms);
+        self.touch(node, now_ms);
+    }
+
+    /// `node`'s `incarnation` is live by the log: a full deadline from
+    /// `now_ms`, though this leader has not heard from it yet.
+    pub fn known(&mut self, node: NodeId, incarnation: u64, now_ms: u64) {
         self.nodes.insert(
             node,
             NodeLiveness {
                 incarnation,
                 deadline_ms: now_ms + self.duration_ms,
+                heard_ms: None,
                 progress: Vec::new(),
                 started: None,
+                memory_bytes: None,
             },
         );
     }
@@ -73,6 +87,7 @@ impl Liveness {
         node: NodeId,
         incarnation: u64,
         mut progress: Vec<ShardProgress>,
+        memory_bytes: Option<u64>,
         now_ms: u64,
     ) -> Option<u64> {
         let live = self.nodes.get_mut(&node)?;
@@ -81,11 +96,13 @@ impl Liveness {
         }
         progress.truncate(MAX_HEARTBEAT_PROGRESS);
         live.deadline_ms = now_ms + self.duration_ms;
+        live.heard_ms = Some(now_ms);
         // A heartbeat without progress (a node between jobs, or keeping
         // alive beside its job's feed) leaves the last progress shown.
         if !progress.is_empty() {
             live.progress = progress;
         }
+        live.memory_bytes = memory_bytes;
         Some(live.deadline_ms)
     }
 
@@ -96,6 +113,7 @@ impl Liveness {
             && now_ms < live.deadline_ms
         {
             live.deadline_ms = now_ms + self.duration_ms;
+            live.heard_ms = Some(now_ms);
         }
     }
 
@@ -139,6 +157,39 @@ impl Liveness {
     pub fn get(&self, node: NodeId) -> Option<&NodeLiveness> {
         self.nodes.get(&node)
     }
+
+    /// What `status` shows of the `limit` live nodes of lowest id, as of
+    /// `now_ms`.
+    pub fn view(&self, limit: usize, now_ms: u64) -> BTreeMap<NodeId, NodeView> {
+        self.nodes
+            .iter()
+            .take(limit)
+            .map(|(&node, live)| {
+                let view = NodeView {
+                    incarnation: live.incarnation,
+                    overdue: now_ms >= live.deadline_ms,
+                    silent_ms: live.heard_ms.map(|heard| now_ms.saturating_sub(heard)),
+                    memory_bytes: live.memory_bytes,
+                    shards_scanning: live.progress.len() as u64,
+                    bytes_scanned: live.progress.iter().map(|p| p.offset).sum(),
+                };
+                (node, view)
+            })
+            .collect()
+    }
+}
+
+/// A live node as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub incarnation: u64,
+    /// Past its deadline, not yet declared lost.
+    pub overdue: bool,
+    /// Since this leader last heard from it, if it has.
+    pub silent_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub shards_scanning: u64,
+    pub bytes_scanned: u64,
 }
 
 #[cfg(test)]
@@ -157,17 +208,17 @@ mod tests {
             offset: 10,
         }];
         assert_eq!(
-            nodes.heartbeat(NodeId(1), 7, progress.clone(), 500),
+            nodes.heartbeat(NodeId(1), 7, progress.clone(), None, 500),
             Some(1_500)
         );
         assert_eq!(nodes.get(NodeId(1)).unwrap().progress, progress);
         assert_eq!(
-            nodes.heartbeat(NodeId(1), 6, vec![], 600),
+            nodes.heartbeat(NodeId(1), 6, vec![], None, 600),
             None,
             "an old incarnation"
         );
         assert_eq!(
-            nodes.heartbeat(NodeId(2), 1, vec![], 600),
+            nodes.heartbeat(NodeId(2), 1, vec![], None, 600),
             None,
             "never registered"
         );
@@ -175,7 +226,7 @@ mod tests {
         assert_eq!(nodes.silent(1_500), vec![(NodeId(1), 7)]);
         assert!(!nodes.is_live(NodeId(1), 1_500));
         assert_eq!(
-            nodes.heartbeat(NodeId(1), 7, vec![], 1_500),
+            nodes.heartbeat(NodeId(1), 7, vec![], None, 1_500),
             None,
             "a node past its deadline is not revived by a late heartbeat"
         );
@@ -197,11 +248,52 @@ mod tests {
             };
             MAX_HEARTBEAT_PROGRESS + 5
         ];
-        assert!(nodes.heartbeat(NodeId(1), 1, many, 1).is_some());
+        assert!(nodes.heartbeat(NodeId(1), 1, many, None, 1).is_some());
         assert_eq!(
             nodes.get(NodeId(1)).unwrap().progress.len(),
             MAX_HEARTBEAT_PROGRESS
         );
+    }
+
+    #[test]
+    fn the_view_says_when_each_node_was_heard_and_what_it_reported() {
+        let mut nodes = Liveness::new(1_000);
+        nodes.take_over([(NodeId(1), 4), (NodeId(2), 5), (NodeId(3), 6)], 10_000);
+        let progress = vec![
+            ShardProgress {
+                shard: ShardId(1),
+                epoch: Epoch(1),
+                offset: 100,
+            },
+            ShardProgress {
+                shard: ShardId(2),
+                epoch: Epoch(1),
+                offset: 20,
+            },
+        ];
+        nodes.heartbeat(NodeId(1), 4, progress, Some(64 << 20), 10_200);
+        nodes.touch(NodeId(2), 10_300);
+        let view = nodes.view(10, 10_500);
+        assert_eq!(
+            view[&NodeId(1)],
+            NodeView {
+                incarnation: 4,
+                overdue: false,
+                silent_ms: Some(300),
+                memory_bytes: Some(64 << 20),
+                shards_scanning: 2,
+                bytes_scanned: 120,
+            }
+        );
+        assert_eq!(view[&NodeId(2)].silent_ms, Some(200), "a lease request");
+        assert_eq!(
+            view[&NodeId(3)].silent_ms,
+            None,
+            "not heard since the takeover"
+        );
+        let later = nodes.view(2, 11_250);
+        assert_eq!(later.len(), 2, "the limit");
+        assert!(later[&NodeId(1)].overdue && !later[&NodeId(2)].overdue);
     }
 
     #[test]

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use coordinator::client_api::ClientApi;
 use coordinator::contacts::Contacts;
 use coordinator::lease::{Lease, LeaseTable};
-use coordinator::lease_desk::DEFAULT_LEASE_MS;
+use coordinator::lease_desk::{DEFAULT_LEASE_MS, STATUS_DESK_WAIT};
 use coordinator::propose::{self, ProposeError};
 use coordinator::router::Router;
 use coordinator::state::records::JobState;
 use coordinator::{LogStore, Member, Raft, ReplicaId, StateMachineStore};
 use coordinator_client::CoordinatorClient;
+use coordinator_client::job_wait::{self, JobEnd, WaitError};
 use coordinator_client::submission::{self, AbortOutcome, SubmitError, SubmitOptions};
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
@@ -24,7 +25,8 @@ use proto_schema::command::{
     Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response, StagedCounts,
 };
 use proto_schema::coordinator_api::{
-    HeartbeatReply, LeaseReply, MAX_WORK_ITEMS, NodeRegistration, WorkItem,
+    HeartbeatReply, JobPhase, LeaseReply, MAX_WORK_ITEMS, NodeRegistration, NodeState,
+    ShardProgress, StatusReport, WorkItem,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
@@ -515,13 +517,56 @@ async fn leases_survive_a_leader_change_and_stale_epochs_are_fenced() {
     );
 }
 
+/// `status` waits at most `STATUS_DESK_WAIT` for the lease desk: while a
+/// registration holds it (the leader lost its followers, so nothing
+/// commits), the nodes are listed from their records, untracked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_the_nodes_untracked_while_the_lease_desk_is_busy() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let mut client = cluster.client();
+    let registration = |node: u64| NodeRegistration {
+        node: NodeId(node),
+        incarnation: 1,
+        address: format!("10.0.0.{node}:7000"),
+        cert_fingerprint: [node as u8; 32],
+    };
+    client.register(registration(1)).await.unwrap();
+    let status = client.status().await.unwrap();
+    assert_eq!(status.nodes[0].state, NodeState::Alive);
+
+    let leader = cluster.leader().await;
+    let followers: Vec<ReplicaId> = cluster
+        .replicas
+        .keys()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    for id in followers {
+        cluster.stop(id).await;
+    }
+    let mut stuck = cluster.client();
+    let held = tokio::spawn(async move { stuck.register(registration(2)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = Instant::now();
+    let status = cluster.client().status().await.unwrap();
+    assert!(asked.elapsed() >= STATUS_DESK_WAIT, "{:?}", asked.elapsed());
+    assert_eq!(status.leader, Some(leader));
+    let nodes: Vec<_> = status.nodes.iter().map(|n| (n.id, n.state)).collect();
+    assert_eq!(nodes, [(NodeId(1), NodeState::Untracked)]);
+    assert_eq!(status.nodes[0].silent_ms, None);
+    assert!(!held.is_finished(), "the registration cannot commit");
+    held.abort();
+}
+
 /// A node's life as the leader sees it: registered with an incarnation,
 /// leases granted several per log write and numbered by the manifest,
 /// heartbeats and renewals without a log write, completions batched; a
 /// node silent past the lease time is declared lost through the log, its
 /// shards leased again at the next epoch, its late reports fenced, its
 /// lost incarnation refused; the job commits once every shard is done and
-/// every live node staged counts that reconcile.
+/// every live node staged counts that reconcile. `status` follows it: the
+/// nodes (alive, lost, overdue, their memory and partitions) and the job's
+/// phase with the owners it waits on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_lost() {
     const LEASE_MS: u64 = 1_000;
@@ -545,8 +590,66 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     }
     cluster.write(&dataset("ds")).await;
     assert_eq!(client.work(NodeId(1)).await.unwrap(), vec![], "no job yet");
+    let status = client.status().await.unwrap();
+    assert_eq!(status.nodes_omitted, 0);
+    let listed: Vec<_> = status
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.address.as_str(), n.incarnation, n.state))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (NodeId(1), "10.0.0.1:7000", 5, NodeState::Alive),
+            (NodeId(2), "10.0.0.2:7000", 5, NodeState::Alive)
+        ]
+    );
+    assert!(
+        status.nodes[0].silent_ms.unwrap() < LEASE_MS,
+        "registered just now"
+    );
+    assert!(
+        status.nodes.iter().all(|n| n.partitions.is_empty()),
+        "no map yet"
+    );
     let manifest = files(10);
     let job = submit(&cluster, "ds", manifest.clone(), 4).await;
+    let job_status = |status: &StatusReport| {
+        status
+            .jobs
+            .iter()
+            .find(|j| j.id == job)
+            .cloned()
+            .expect("the job is listed")
+    };
+    // A wait for its commit runs out, naming the shards it waits on.
+    let mut reads = 0;
+    let end = job_wait::wait_for_end(
+        &mut client,
+        job,
+        Duration::from_millis(300),
+        Duration::from_millis(50),
+        |_| reads += 1,
+    )
+    .await
+    .unwrap();
+    let JobEnd::TimedOut(Some(last)) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!((last.phase, last.shards_pending), (JobPhase::Scanning, 10));
+    assert!(reads >= 2, "read every poll: {reads}");
+    assert!(matches!(
+        job_wait::wait_for_end(&mut client, JobId(999), WAIT, WAIT, |_| {}).await,
+        Err(WaitError::UnknownJob(JobId(999)))
+    ));
+    let scanning = job_status(&client.status().await.unwrap());
+    assert_eq!(scanning.phase, JobPhase::Scanning);
+    assert_eq!((scanning.shards_pending, scanning.shards_leased), (10, 0));
+    assert_eq!(
+        (scanning.map_epoch, scanning.unstaged),
+        (None, vec![NodeId(1), NodeId(2)]),
+        "without a map, every live node stages"
+    );
     // A node finds the job, with its dataset's spec, until it commits.
     let Command::CreateDataset(spec) = dataset("ds") else {
         unreachable!()
@@ -599,11 +702,38 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
             .map,
         first_map.map
     );
+    let owned = |status: &StatusReport, node: u64| -> Vec<(Epoch, u16, u16)> {
+        let node = status.nodes.iter().find(|n| n.id == NodeId(node)).unwrap();
+        node.partitions
+            .iter()
+            .map(|p| {
+                assert_eq!(p.dataset, "ds");
+                (p.map_epoch, p.start.get(), p.end.get())
+            })
+            .collect()
+    };
+    let status = client.status().await.unwrap();
+    assert_eq!(owned(&status, 1), [(Epoch(1), 0, 32)]);
+    assert_eq!(owned(&status, 2), [(Epoch(1), 32, 64)]);
+    let leased = job_status(&status);
+    assert_eq!((leased.shards_pending, leased.shards_leased), (0, 10));
+    assert_eq!(
+        (leased.map_epoch, leased.unstaged),
+        (Some(Epoch(1)), vec![NodeId(1), NodeId(2)])
+    );
 
     // Heartbeats renew without the log; completions come in one write.
     let before = log_index();
+    let progress = vec![ShardProgress {
+        shard: first[0].shard,
+        epoch: first[0].epoch,
+        offset: 700,
+    }];
     for _ in 0..3 {
-        let beat = client.heartbeat(NodeId(1), 5, vec![]).await.unwrap();
+        let beat = client
+            .heartbeat(NodeId(1), 5, progress.clone(), Some(96 << 20))
+            .await
+            .unwrap();
         assert!(
             matches!(beat, HeartbeatReply::Alive { renewed: 6, .. }),
             "{beat:?}"
@@ -618,11 +748,24 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     };
     assert_eq!((completed.len(), refused.len()), (3, 0));
     assert_eq!(log_index(), before + 1);
+    let status = client.status().await.unwrap();
+    let beating = &status.nodes[0];
+    assert_eq!(
+        (
+            beating.memory_bytes,
+            beating.shards_scanning,
+            beating.bytes_scanned
+        ),
+        (Some(96 << 20), 1, 700),
+        "as its last heartbeat reported"
+    );
+    assert_eq!(status.nodes[1].memory_bytes, None, "node 2 sent none");
+    assert_eq!(job_status(&status).shards_done, 3);
 
     // Node 2 goes silent; node 1 keeps beating past the lease time.
     let silent_since = Instant::now();
     while silent_since.elapsed() < Duration::from_millis(LEASE_MS + 300) {
-        let beat = client.heartbeat(NodeId(1), 5, vec![]).await.unwrap();
+        let beat = client.heartbeat(NodeId(1), 5, vec![], None).await.unwrap();
         assert!(matches!(beat, HeartbeatReply::Alive { .. }), "{beat:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -658,8 +801,17 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     let second_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
     assert_eq!(second_map.map.epoch, Epoch(2));
     assert_eq!(second_map.map.nodes(), vec![NodeId(1)]);
+    let status = client.status().await.unwrap();
+    let states: Vec<_> = status.nodes.iter().map(|n| (n.id, n.state)).collect();
     assert_eq!(
-        client.heartbeat(NodeId(2), 5, vec![]).await.unwrap(),
+        states,
+        [(NodeId(1), NodeState::Alive), (NodeId(2), NodeState::Lost)]
+    );
+    assert_eq!(status.nodes[1].silent_ms, None, "lost: not tracked");
+    assert_eq!(owned(&status, 1), [(Epoch(2), 0, 64)]);
+    assert_eq!(owned(&status, 2), []);
+    assert_eq!(
+        client.heartbeat(NodeId(2), 5, vec![], None).await.unwrap(),
         HeartbeatReply::Unknown
     );
     let late = vec![(second[0].shard, Epoch(1))];
@@ -691,6 +843,13 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     // that reconcile.
     let rest: Vec<(ShardId, Epoch)> = taken_over.iter().map(|l| (l.shard, l.epoch)).collect();
     client.complete_shards(NodeId(1), rest).await.unwrap();
+    let all_read = client.job(job).await.unwrap().unwrap();
+    assert_eq!(all_read.phase, JobPhase::Staging);
+    assert_eq!(
+        (all_read.map_epoch, all_read.unstaged),
+        (Some(Epoch(2)), vec![NodeId(1)]),
+        "node 2, registered again, owns nothing until the next map"
+    );
     let counts = StagedCounts {
         read: 10,
         unique: 7,
@@ -723,7 +882,10 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
             .unwrap(),
         Response::Error(CommandError::CountsDoNotReconcile { .. })
     ));
-    assert!(!client.job(job).await.unwrap().unwrap().committed);
+    assert_eq!(
+        client.job(job).await.unwrap().unwrap().phase,
+        JobPhase::Staging
+    );
     assert_eq!(
         client
             .stage(NodeId(1), job, counts, map.map.epoch)
@@ -754,7 +916,29 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     );
     assert!(map.owners.iter().all(|o| !o.address.is_empty()));
     let status = client.job(job).await.unwrap().unwrap();
-    assert!(status.committed);
+    assert_eq!(status.phase, JobPhase::Committed);
     assert_eq!((status.shards_done, status.shards_pending), (10, 0));
+    assert_eq!(
+        (status.map_epoch, status.unstaged.clone(), status.staged),
+        (Some(Epoch(2)), vec![], counts),
+        "what it committed under (node 2 joined the map after)"
+    );
+    let end = job_wait::wait_for_end(&mut client, job, WAIT, WAIT, |_| {}).await;
+    assert_eq!(end.unwrap(), JobEnd::Committed(status));
     assert_eq!(client.work(NodeId(1)).await.unwrap(), vec![], "committed");
+
+    // Both nodes fall silent: past their deadline and not yet declared
+    // lost (no node request has been served since), they are overdue.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 200)).await;
+    let status = client.status().await.unwrap();
+    let states: Vec<_> = status.nodes.iter().map(|n| (n.id, n.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (NodeId(1), NodeState::Overdue),
+            (NodeId(2), NodeState::Overdue)
+        ]
+    );
+    assert!(status.nodes[0].silent_ms.unwrap() >= LEASE_MS);
+    assert_eq!(job_status(&status).phase, JobPhase::Committed);
 }

@@ -977,7 +977,7 @@ async fn shards_are_leased_renewed_without_a_log_write_and_regranted_once_expire
         tokio::time::sleep(Duration::from_millis(LEASE_MS / 2)).await;
         // Node 8 has no lease yet, but stays alive by its heartbeats: a
         // node silent past the lease time is declared lost.
-        let beat = n8.heartbeat(NodeId(8), 1, vec![]).await.unwrap();
+        let beat = n8.heartbeat(NodeId(8), 1, vec![], None).await.unwrap();
         assert!(matches!(beat, HeartbeatReply::Alive { .. }), "{beat:?}");
         let renewed = n7.renew(NodeId(7), a.shard, a.epoch).await.unwrap();
         assert!(

@@ -307,7 +307,10 @@ fn a_node_starting_after_a_shard_is_done_runs_the_job_again_whole() {
     )
     .unwrap();
     let status = runtime.block_on(client.job(job)).unwrap().unwrap();
-    assert!(status.committed);
+    assert_eq!(
+        status.phase,
+        proto_schema::coordinator_api::JobPhase::Committed
+    );
     assert_eq!((status.attempt, status.shards_done), (1, 3));
     let cause = status.restarted.unwrap_or_default();
     assert!(cause.contains("node 1 started its part again"), "{cause}");

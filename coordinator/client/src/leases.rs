@@ -28,17 +28,20 @@ impl<T: Transport> CoordinatorClient<T> {
         self.written(&Request::Register(registration), true).await
     }
 
-    /// `node`'s heartbeat to the leader, with where its scans are.
+    /// `node`'s heartbeat to the leader, with where its scans are and its
+    /// process's anonymous resident memory, if known.
     pub async fn heartbeat(
         &mut self,
         node: NodeId,
         incarnation: u64,
         progress: Vec<ShardProgress>,
+        memory_bytes: Option<u64>,
     ) -> Result<HeartbeatReply, ClientError> {
         let request = Request::Heartbeat {
             node,
             incarnation,
             progress,
+            memory_bytes,
         };
         match self.call(&request, true).await? {
             Reply::Heartbeat(reply) => Ok(reply),

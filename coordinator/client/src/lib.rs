@@ -13,7 +13,8 @@
 //!   files and directory walks; `path_order`: the bounded-memory sort
 //!   into path order; `read_ahead`: parsing on a thread of its own).
 //! - `leases`: a node's calls for its work; `replicas`: every replica's
-//!   own view, and whether they agree.
+//!   own view, and whether they agree; `job_wait`: following a job to its
+//!   commit (or abort), within a timeout.
 //!
 //! Deliberately absent: openraft and RocksDB (the server's), and any
 //! printing: progress comes back as events and counts.
@@ -21,6 +22,7 @@
 pub mod chunks;
 pub mod client;
 pub mod inventory;
+pub mod job_wait;
 pub mod leases;
 pub mod manifest;
 pub mod path_order;

@@ -35,7 +35,7 @@ use super::keys::{
 };
 use super::listed::{self, Listing};
 use super::records::{
-    CatalogEntry, Dataset, FileStatus, Job, JobState, Node, Shard, ShardState, Stored,
+    self, CatalogEntry, Dataset, FileStatus, Job, JobState, Node, Shard, ShardState, Stored,
 };
 use super::sorted_lookup::SortedLookup;
 use proto_schema::PartitionMap;
@@ -745,21 +745,11 @@ fn stage_job(
         Some(entry) => *entry = (node, counts, map_epoch),
         None => job.staged.push((node, counts, map_epoch)),
     }
-    let owners: Vec<NodeId> = match &map {
-        Some(map) => map.nodes(),
-        None => live_nodes(tx)?.iter().map(|n| n.info.id).collect(),
-    };
-    let all_staged = owners.iter().all(|owner| {
-        job.staged
-            .iter()
-            .any(|(n, _, epoch)| n == owner && *epoch == current)
-    });
-    let committed = job.shards_done == job.shards_total && all_staged;
+    let owners = records::stagers(map.as_ref(), || live_nodes(tx))?;
+    let committed =
+        job.shards_done == job.shards_total && job.unstaged(&owners, current).is_empty();
     if committed {
-        let mut total = StagedCounts::default();
-        for (_, c, _) in job.staged.iter().filter(|(n, _, _)| owners.contains(n)) {
-            total.add(*c);
-        }
+        let total = job.staged_total(&owners, current);
         if !total.reconciles() {
             return Ok(Err(CommandError::CountsDoNotReconcile {
                 job: id,

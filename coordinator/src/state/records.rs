@@ -10,6 +10,8 @@ use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::StateError;
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Dataset {
     pub id: DatasetId,
@@ -56,6 +58,49 @@ pub struct Job {
     pub attempt: u32,
     /// Why it was last restarted.
     pub restarted: Option<RestartCause>,
+}
+
+impl Job {
+    /// Which of `owners` have not staged under map `epoch`: the job
+    /// commits once none is left (and every shard is done).
+    pub fn unstaged(&self, owners: &[NodeId], epoch: Epoch) -> Vec<NodeId> {
+        owners
+            .iter()
+            .copied()
+            .filter(|owner| {
+                !self
+                    .staged
+                    .iter()
+                    .any(|(node, _, at)| node == owner && *at == epoch)
+            })
+            .collect()
+    }
+
+    /// The counts `owners` staged under map `epoch`, summed.
+    pub fn staged_total(&self, owners: &[NodeId], epoch: Epoch) -> StagedCounts {
+        let mut total = StagedCounts::default();
+        for (_, counts, _) in self
+            .staged
+            .iter()
+            .filter(|(node, _, at)| owners.contains(node) && *at == epoch)
+        {
+            total.add(*counts);
+        }
+        total
+    }
+}
+
+/// Who must stage a job before it commits: the owners of its dataset's
+/// partition map, or without a map, every live node (`live`, read only
+/// then).
+pub fn stagers(
+    map: Option<&PartitionMap>,
+    live: impl FnOnce() -> Result<Vec<Node>, StateError>,
+) -> Result<Vec<NodeId>, StateError> {
+    Ok(match map {
+        Some(map) => map.nodes(),
+        None => live()?.iter().map(|n| n.info.id).collect(),
+    })
 }
 
 /// A registered node: what it registered, and whether the leader declared

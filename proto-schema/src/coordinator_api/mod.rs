@@ -20,7 +20,10 @@ mod status;
 pub use lease::{HeartbeatReply, LeaseReply, LeasedShard, MAX_HEARTBEAT_PROGRESS, ShardProgress};
 pub use payload::{Applied, CommandBytes, RaftMessage};
 pub use refusal::{Forbidden, Refusal};
-pub use status::{DatasetStatus, JobStatus, MemberStatus, ReplicaReport, StatusReport};
+pub use status::{
+    DatasetStatus, JobPhase, JobStatus, MAX_STATUS_NODES, MemberStatus, NodeState, NodeStatus,
+    OwnedPartitions, ReplicaReport, StatusReport,
+};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -78,6 +81,8 @@ pub enum Request {
         incarnation: u64,
         /// Where its scanners are, for `status`; never replicated.
         progress: Vec<ShardProgress>,
+        /// Its process's anonymous resident memory, for `status`.
+        memory_bytes: Option<u64>,
     },
     /// A node asks the leader for up to `max` shards to work on (of
     /// `job` only, if named: a node's pipeline runs one job), granted in

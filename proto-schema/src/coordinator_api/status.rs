@@ -1,8 +1,10 @@
 //! What `quern status` shows: the Raft view (leader, term, members with
-//! the leader's matched index and last contact) and the work (datasets,
-//! recent jobs with pending / leased / done shards), as the replica that
-//! answers builds it. Only the leader knows its followers' health, so
-//! other replicas redirect.
+//! the leader's matched index and last contact), the nodes (alive or lost
+//! as the leader sees them, memory, partitions owned) and the work
+//! (datasets, recent jobs with their phase and what a running one waits
+//! on), as the replica that answers builds it. Only the leader knows its
+//! followers' health and the nodes' heartbeats, so other replicas
+//! redirect.
 //!
 //! `ReplicaReport` is one replica's own view, which every replica answers
 //! without redirecting: the index its state has applied and a digest of
@@ -11,7 +13,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::ReplicaId;
-use crate::ids::{DatasetId, JobId};
+use crate::command::StagedCounts;
+use crate::ids::{DatasetId, Epoch, JobId, NodeId, PartitionId};
+
+/// Most nodes one `StatusReport` lists (the lowest ids), and most owners
+/// a job's `unstaged` names: the rest are counted, not listed.
+pub const MAX_STATUS_NODES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -22,6 +29,11 @@ pub struct StatusReport {
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// Registered nodes in id order, lost ones included, at most
+    /// `MAX_STATUS_NODES`.
+    pub nodes: Vec<NodeStatus>,
+    /// Registered nodes past `MAX_STATUS_NODES`, not listed.
+    pub nodes_omitted: u64,
     pub datasets: Vec<DatasetStatus>,
     pub jobs: Vec<JobStatus>,
 }
@@ -35,6 +47,55 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
     /// Milliseconds since the leader last heard from it (0 for itself).
     pub last_contact_ms: Option<u64>,
+}
+
+/// A node as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Heard from within its deadline.
+    Alive,
+    /// Silent past its deadline: the leader declares it lost (through the
+    /// log) when it next serves a node's request.
+    Overdue,
+    /// Declared lost through the log: its leases went back to pending, and
+    /// it gets none until it registers again.
+    Lost,
+    /// Registered and not declared lost, but this leader has not heard
+    /// from it: it took over after the node's last request, or is busy.
+    Untracked,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// Its data-channel address, as registered.
+    pub address: String,
+    pub incarnation: u64,
+    pub state: NodeState,
+    /// Milliseconds since the leader last heard from it (a heartbeat, a
+    /// lease, a renewal); `None`: not since this leader took over.
+    pub silent_ms: Option<u64>,
+    /// The anonymous resident memory of its process at its last
+    /// heartbeat, if it reported one.
+    pub memory_bytes: Option<u64>,
+    /// Shards its scanners were reading at its last heartbeat, and the
+    /// bytes of them read so far.
+    pub shards_scanning: u64,
+    pub bytes_scanned: u64,
+    /// The partitions it owns, per dataset, under each dataset's current
+    /// map.
+    pub partitions: Vec<OwnedPartitions>,
+}
+
+/// A node's range of one dataset's partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedPartitions {
+    pub dataset: String,
+    pub map_epoch: Epoch,
+    /// Partitions `start..end`.
+    pub start: PartitionId,
+    pub end: PartitionId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,10 +115,7 @@ pub struct JobStatus {
     /// The submitter's clock when it began the submission (ms since the
     /// epoch); a submitter recognises its own submission by it.
     pub began_ms: u64,
-    pub submitting: bool,
-    /// Every shard done and every owner staged: owners publish.
-    pub committed: bool,
-    pub aborted: bool,
+    pub phase: JobPhase,
     pub new: u64,
     pub changed: u64,
     pub unchanged: u64,
@@ -66,11 +124,53 @@ pub struct JobStatus {
     pub shards_leased: u64,
     /// Done in the current attempt.
     pub shards_done: u64,
+    /// The partition map the job stages under (a committed job: the one it
+    /// committed under); `None` before the dataset has one.
+    pub map_epoch: Option<Epoch>,
+    /// Owners under that map that have not staged their part, at most
+    /// `MAX_STATUS_NODES` (a committed or aborted job: none).
+    pub unstaged: Vec<NodeId>,
+    /// The counts the owners staged under that map, summed (a committed
+    /// job: what it committed).
+    pub staged: StagedCounts,
     /// Times the job was restarted: every shard is read again in a new
     /// attempt.
     pub attempt: u32,
     /// Why it was last restarted.
     pub restarted: Option<String>,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    /// The inventory is being received.
+    Submitting,
+    /// Nodes lease and read its shards (some pending or leased).
+    Scanning,
+    /// Every shard read: waiting for the owners to stage their part.
+    Staging,
+    /// Every owner staged and the counts reconciled: owners publish.
+    Committed,
+    /// Abandoned before its submission finished: none of it counts.
+    Aborted,
+}
+
+impl JobPhase {
+    /// Whether the job is over (committed or aborted).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Committed | Self::Aborted)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Submitting => "submitting",
+            Self::Scanning => "scanning",
+            Self::Staging => "staging",
+            Self::Committed => "committed",
+            Self::Aborted => "aborted",
+        }
+    }
 }
 
 /// One replica's own view of itself, for comparing replicas.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use coordinator_client::{CoordinatorClient, Transport};
 use proto_schema::command::{MAX_LEASES_PER_COMMAND, Response, StagedCounts};
 use proto_schema::coordinator_api::{
-    HeartbeatReply, JobStatus, LeaseReply, LeasedShard, ShardProgress,
+    HeartbeatReply, JobPhase, JobStatus, LeaseReply, LeasedShard, ShardProgress,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 use tokio::runtime::Handle;
@@ -35,6 +35,7 @@ use super::{BUNDLE_BYTES, BUNDLE_SHARDS, FileRegister, Scanners, ShardFeed};
 use crate::actors::JobContext;
 use crate::input::roots::Roots;
 use crate::input::shard::{InputFile, Shard, plan_shards};
+use crate::memory::ProcessMemory;
 use crate::quarantine::FileProblem;
 use crate::store::catalog::JobTotals;
 
@@ -288,10 +289,12 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
                 }
                 LeaseReply::NoWork => {
                     let status = self.job_status()?;
-                    if status.aborted {
+                    if status.phase == JobPhase::Aborted {
                         return Err(format!("job {} was aborted", target.job));
                     }
-                    if !status.submitting && status.shards_pending + status.shards_leased == 0 {
+                    if status.phase != JobPhase::Submitting
+                        && status.shards_pending + status.shards_leased == 0
+                    {
                         return files.finish();
                     }
                     // Wake the reporter: our own finished shards may be
@@ -364,10 +367,10 @@ impl<T: Transport> LeaseFeed<T> {
         let deadline = Instant::now() + self.settings.commit_timeout;
         loop {
             let status = self.job_status()?;
-            if status.committed {
+            if status.phase == JobPhase::Committed {
                 return Ok(());
             }
-            if status.aborted {
+            if status.phase == JobPhase::Aborted {
                 return Err(format!("job {} was aborted", target.job));
             }
             if Instant::now() >= deadline {
@@ -465,8 +468,9 @@ async fn report_once<T: Transport>(shared: &Shared<T>) -> Result<(), String> {
             offset: h.scanned_bytes,
         })
         .collect();
+    let memory = ProcessMemory::read().map(|m| m.anon);
     match client
-        .heartbeat(target.node, target.incarnation, progress)
+        .heartbeat(target.node, target.incarnation, progress, memory)
         .await
         .map_err(|e| format!("heartbeat: {e}"))?
     {
