@@ -301,11 +301,37 @@ fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm()
     assert!(reason.contains("outside the node's roots"), "{reason}");
 }
 
+/// Node processes with their logs, killed when dropped (a failing test
+/// leaves none running).
+struct Nodes(Vec<(Child, PathBuf)>);
+
+impl std::ops::Deref for Nodes {
+    type Target = Vec<(Child, PathBuf)>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Nodes {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Nodes 1..=3 as processes with their logs, stores under `stores`,
 /// each registered before this returns.
-fn start_nodes(cluster: &Cluster, stores: &Path, input: &Path) -> Vec<(Child, PathBuf)> {
+fn start_nodes(cluster: &Cluster, stores: &Path, input: &Path) -> Nodes {
     let certs = cluster.path("certs");
-    let mut nodes = Vec::new();
+    let mut nodes = Nodes(Vec::new());
     for id in 1..=3u64 {
         issue(&certs, &format!("node-{id}"));
         let log_path = cluster.path(&format!("node-{id}.log"));
@@ -367,7 +393,7 @@ fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
     let committed = wait_for_commit(&cluster, job_id, &mut nodes);
     assert_eq!(committed["shards_done"].as_u64(), Some(files.len() as u64));
     assert_eq!(committed["attempt"].as_u64(), Some(0), "{committed:#}");
-    for (child, log) in &mut nodes {
+    for (child, log) in nodes.iter_mut() {
         let status = terminate(child);
         let text = std::fs::read_to_string(&*log).unwrap();
         assert_eq!(status.code(), Some(0), "{text}");
@@ -422,13 +448,59 @@ fn a_node_killed_mid_job_restarts_the_job_on_the_others() {
         "{committed:#}\nnode logs:\n{}",
         logs.join("\n---\n")
     );
-    for (child, _) in &mut nodes {
+    for (child, _) in nodes.iter_mut() {
         terminate(child);
     }
     let exported = export(&stores, "ds");
     assert!(
         exported == sort_u(&files),
         "after the kill, the export is not sort -u of the inputs"
+    );
+}
+
+/// A node SIGSTOPped past its lease while the job runs is declared lost
+/// (the job restarts on the other two); resumed, it is fenced: its late
+/// completions and streams are refused, it registers again and the job
+/// commits what `sort -u` prints.
+#[test]
+fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
+    let cluster = Cluster::start_with(&["--lease-time", "2s"]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let work = tempdir();
+    let (input, files, manifest) = input_with_manifest(work.path(), 12, 3_000_000);
+    let stores = work.path().join("stores");
+    let mut nodes = start_nodes(&cluster, &stores, &input);
+    let job_id = submit(&cluster, &manifest, files.len());
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    loop {
+        let status = cluster.status();
+        let job = job(&status, job_id).expect("the job is listed");
+        assert!(job["phase"] != "committed", "committed before the pause");
+        if job["shards_leased"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no shard leased: {job:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let paused = i32::try_from(nodes[2].0.id()).unwrap();
+    // SAFETY: signals our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(paused, libc::SIGSTOP) }, 0);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(unsafe { libc::kill(paused, libc::SIGCONT) }, 0);
+    let committed = wait_for_commit(&cluster, job_id, &mut nodes);
+    assert!(committed["attempt"].as_u64() >= Some(1), "{committed:#}");
+    let paused_log = std::fs::read_to_string(&nodes[2].1).unwrap();
+    for (child, _) in nodes.iter_mut() {
+        assert_eq!(terminate(child).code(), Some(0));
+    }
+    assert!(
+        paused_log.contains("registered again"),
+        "the resumed node learned it was lost: {paused_log}"
+    );
+    let exported = export(&stores, "ds");
+    assert!(
+        exported == sort_u(&files),
+        "after the pause, the export is not sort -u of the inputs"
     );
 }
 

@@ -194,6 +194,24 @@ impl LeaseTable {
         renewed
     }
 
+    /// `node` starts its part of a job afresh: whatever it still holds is
+    /// from a part that is over (it failed, or its job was restarted), and
+    /// its heartbeats must not keep those leases alive. They expire now,
+    /// to be re-granted (the grant moves the epoch on, fencing the old
+    /// part); returns how many.
+    pub fn expire_node(&mut self, node: NodeId, now_ms: u64) -> usize {
+        let mut expired = 0;
+        for lease in self
+            .leases
+            .values_mut()
+            .filter(|l| l.node == node && now_ms < l.deadline_ms)
+        {
+            lease.deadline_ms = now_ms;
+            expired += 1;
+        }
+        expired
+    }
+
     /// Leases past their deadline, as `(shard, epoch)`: each is re-granted
     /// with `grant(other_node, &[(shard, epoch)], now_ms)`.
     pub fn expired(&self, now_ms: u64) -> Vec<(ShardId, Epoch)> {
@@ -253,6 +271,25 @@ mod tests {
             0,
             "an expired lease is not revived by a heartbeat"
         );
+    }
+
+    /// A node starting a part afresh: its leases (and no other node's)
+    /// expire at once, and its heartbeats do not revive them.
+    #[test]
+    fn a_node_starting_again_lets_its_leases_go() {
+        let mut table = LeaseTable::new(1_000);
+        table.granted(ShardId(1), NodeId(1), Epoch(2), 1_000);
+        table.granted(ShardId(2), NodeId(1), Epoch(1), 1_000);
+        table.granted(ShardId(3), NodeId(2), Epoch(1), 1_000);
+        assert_eq!(table.expire_node(NodeId(1), 500), 2);
+        let mut expired = table.expired(500);
+        expired.sort();
+        assert_eq!(
+            expired,
+            vec![(ShardId(1), Epoch(2)), (ShardId(2), Epoch(1))]
+        );
+        assert_eq!(table.heartbeat(NodeId(1), 600), 0);
+        assert_eq!(table.heartbeat(NodeId(2), 600), 1);
     }
 
     #[test]

@@ -354,6 +354,10 @@ impl LeaseDesk {
         self.know_registered(&mut desk, node, now)?;
         // A node waiting for its peers to start asks again and again.
         desk.nodes.touch(node, now);
+        let released = desk.table.expire_node(node, now);
+        if released > 0 {
+            tracing::info!(%node, %job, released, "leases of the node's earlier part expired");
+        }
         let Some(found) = self.state.dataset(dataset)? else {
             return Ok(Err(CommandError::UnknownDataset {
                 name: dataset.into(),
