@@ -1,16 +1,53 @@
-//! `--metrics ADDR`: the Prometheus text endpoint. Every metric the
-//! command records (`quern_*`: a node's memory shares, per-actor heap,
-//! edges, governor, RocksDB, process RSS; a coordinator's refused Raft
-//! RPCs; the transport's refused peers) is served from it while it runs.
+//! `--metrics ADDR`: the command's HTTP address. `/metrics` is the
+//! Prometheus text: every metric the command records (`quern_*`: a node's
+//! memory shares, per-actor heap, edges, governor, RocksDB, process RSS; a
+//! coordinator's Raft and lease figures and refusals; the transport's
+//! refused peers). On `quern coordinator`, `/` is the status page
+//! (`status_page`), built from the replica's own status report.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusBuilder;
+use coordinator::client_api::LocalStatus;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::status_page;
+
+/// How often the recorder drains its histograms (the exporter's default).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// A client that has not sent its request's head by then is dropped, so
+/// idle or slow connections do not pile up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed accept (out of file descriptors), before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// The label the page's state reads carry in
+/// `quern_state_reads_refused_total` when refused as busy.
+const PAGE_READ: &str = "status_page";
 
 /// Keeps the endpoint's runtime alive; dropping it stops serving.
 pub struct MetricsEndpoint {
+    address: SocketAddr,
+    status: Arc<OnceLock<LocalStatus>>,
     _runtime: tokio::runtime::Runtime,
+}
+
+impl MetricsEndpoint {
+    /// Serves `status` as the page at `/` from now on.
+    pub fn show_status(&self, status: LocalStatus) {
+        if self.status.set(status).is_ok() {
+            eprintln!("quern: status page on http://{}/", self.address);
+        }
+    }
 }
 
 pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
@@ -22,13 +59,16 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
         .enable_all()
         .build()
         .context("starting the metrics runtime")?;
-    let (recorder, exporter) = {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    let address = listener.local_addr()?;
+    let listener = {
         let _guard = runtime.enter();
-        PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .build()
-            .with_context(|| format!("serving metrics on {addr}"))?
+        tokio::net::TcpListener::from_std(listener)?
     };
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
     metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
     node::metric_catalog::describe();
     coordinator::raft_peers::describe_metrics();
@@ -37,7 +77,100 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
     coordinator::state_reads::describe_metrics();
     proto_schema::cert_expiry::describe_metrics();
     coordinator::lease_desk::describe_metrics();
-    runtime.spawn(exporter);
-    eprintln!("quern: metrics on http://{addr}/metrics");
-    Ok(MetricsEndpoint { _runtime: runtime })
+    let status = Arc::new(OnceLock::new());
+    runtime.spawn(upkeep(handle.clone()));
+    runtime.spawn(accept(listener, handle, status.clone()));
+    eprintln!("quern: metrics on http://{address}/metrics");
+    Ok(MetricsEndpoint {
+        address,
+        status,
+        _runtime: runtime,
+    })
+}
+
+async fn upkeep(handle: PrometheusHandle) {
+    loop {
+        tokio::time::sleep(UPKEEP_INTERVAL).await;
+        handle.run_upkeep();
+    }
+}
+
+async fn accept(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    status: Arc<OnceLock<LocalStatus>>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("metrics endpoint: accepting a connection: {e}");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
+        let (handle, status) = (handle.clone(), status.clone());
+        let service = service_fn(move |request| answer(request, handle.clone(), status.clone()));
+        tokio::spawn(async move {
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("metrics endpoint: a connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    handle: PrometheusHandle,
+    status: Arc<OnceLock<LocalStatus>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "GET only\n".into(),
+        ));
+    }
+    Ok(match request.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            handle.render(),
+        ),
+        "/" => match status.get() {
+            Some(status) => match status.report(PAGE_READ).await {
+                Ok(report) => reply(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    status_page::render(&report),
+                ),
+                Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+            },
+            None => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "no status page here: coordinators serve it; metrics are at /metrics\n".into(),
+            ),
+        },
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: see /metrics\n".into(),
+        ),
+    })
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use coordinator_client::replicas::verdict;
-use proto_schema::coordinator_api::StatusReport;
+use proto_schema::coordinator_api::{JobStatus, MemberStatus, StatusReport};
 
 use crate::args::StatusArgs;
 use crate::cluster_client;
@@ -31,8 +31,39 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn or_dash<T: ToString>(value: Option<T>) -> String {
+pub(crate) fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// A member's part in the group, as the report's replica knows it.
+pub(crate) fn member_role(report: &StatusReport, member: &MemberStatus) -> &'static str {
+    if Some(member.id) == report.leader {
+        "leader"
+    } else if member.voter {
+        "voter"
+    } else {
+        "learner"
+    }
+}
+
+/// Where a job is: submitting, submitted, committed or aborted.
+pub(crate) fn job_state(job: &JobStatus) -> &'static str {
+    if job.submitting {
+        "submitting"
+    } else if job.aborted {
+        "aborted"
+    } else if job.committed {
+        "committed"
+    } else {
+        "submitted"
+    }
+}
+
+/// The last contact with a member, as both views print it.
+pub(crate) fn last_contact(member: &MemberStatus) -> String {
+    member
+        .last_contact_ms
+        .map_or_else(|| "never".into(), |ms| format!("{ms} ms ago"))
 }
 
 fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()> {
@@ -57,23 +88,14 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
         "id", "address", "role", "matched"
     )?;
     for m in &report.members {
-        let role = if Some(m.id) == report.leader {
-            "leader"
-        } else if m.voter {
-            "voter"
-        } else {
-            "learner"
-        };
-        let contact = m
-            .last_contact_ms
-            .map_or_else(|| "never".into(), |ms| format!("{ms} ms ago"));
         writeln!(
             out,
-            "  {:>4}  {:<24} {:<7} {:>10}  {contact}",
+            "  {:>4}  {:<24} {:<7} {:>10}  {}",
             m.id,
             m.address,
-            role,
-            or_dash(m.matched_index)
+            member_role(report, m),
+            or_dash(m.matched_index),
+            last_contact(m)
         )?;
     }
     writeln!(out, "\ndatasets:")?;
@@ -111,15 +133,7 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
             "  {:>6}  {:<16} {:<10} {:>9} {:>9} {:>9} {:>9}  {:>9} {:>9} {:>9}",
             j.id,
             j.dataset,
-            if j.submitting {
-                "submitting"
-            } else if j.aborted {
-                "aborted"
-            } else if j.committed {
-                "committed"
-            } else {
-                "submitted"
-            },
+            job_state(j),
             j.new,
             j.changed,
             j.unchanged,

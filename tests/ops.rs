@@ -556,7 +556,10 @@ fn verified_unit(name: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     // Unknown keys are only warnings: any word from it is a failure here.
-    assert!(out.status.success() && said.trim().is_empty(), "{name}: {said}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "{name}: {said}"
+    );
     unit
 }
 
@@ -592,8 +595,7 @@ fn binary_size(text: &str) -> u64 {
 /// to the binary or a script, and the unit must follow it when it
 /// changes).
 fn constant_in(path: &str, name: &str) -> u64 {
-    let source =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
     let line = source
         .lines()
         .find(|l| l.contains(&format!("{name}:")) || l.starts_with(&format!("{name} =")))
@@ -606,7 +608,9 @@ fn constant_in(path: &str, name: &str) -> u64 {
         .skip_while(|c| !c.is_ascii_digit())
         .take_while(|c| c.is_ascii_digit())
         .collect();
-    digits.parse().unwrap_or_else(|_| panic!("no number in {line}"))
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number in {line}"))
 }
 
 #[test]
@@ -648,9 +652,15 @@ fn the_nodes_systemd_unit_verifies_and_leaves_the_budget_its_overhead() {
         high >= budget + overhead + NODE_UNIT_SLACK,
         "MemoryHigh {high} throttles a node within its budget {budget} + {overhead} overhead"
     );
-    assert!(max > high, "MemoryMax {max} must be above MemoryHigh {high}");
+    assert!(
+        max > high,
+        "MemoryMax {max} must be above MemoryHigh {high}"
+    );
     let files: u64 = unit_value(&unit, "LimitNOFILE").parse().unwrap();
-    assert!(files >= 4096, "LimitNOFILE={files}: a store's SST files alone pass 1024");
+    assert!(
+        files >= 4096,
+        "LimitNOFILE={files}: a store's SST files alone pass 1024"
+    );
     assert_eq!(unit_value(&unit, "Restart"), "on-failure");
 }
 
@@ -686,7 +696,10 @@ fn every_alert_names_a_runbook_that_exists() {
     assert_eq!(linked.len(), alerts, "an alert without a runbook:\n{rules}");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for link in &linked {
-        assert!(root.join(link).is_file(), "an alert links {link}, which does not exist");
+        assert!(
+            root.join(link).is_file(),
+            "an alert links {link}, which does not exist"
+        );
     }
     // And every runbook serves at least one alert, but disk-full: Quern
     // has no metric of free space (the host's monitoring has).

@@ -10,7 +10,7 @@
 //! Raft RPCs are not client requests: transports serve them apart.
 
 use proto_schema::command::{self, Command, Response};
-use proto_schema::coordinator_api::{Applied, LeaseReply, Refusal, Reply, Request};
+use proto_schema::coordinator_api::{Applied, LeaseReply, Refusal, Reply, Request, StatusReport};
 use proto_schema::ids::JobId;
 
 use crate::authorize::{Caller, Gate, Subject};
@@ -46,6 +46,16 @@ impl ClientApi {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// This replica's own status report, through its whole-state reads.
+    pub fn local_status(&self) -> LocalStatus {
+        LocalStatus {
+            raft: self.raft.clone(),
+            state: self.state.clone(),
+            contacts: self.contacts.clone(),
+            reads: self.reads.clone(),
+        }
     }
 
     /// Answers `caller`'s `request`, once `authorize` allows it.
@@ -175,17 +185,34 @@ impl ClientApi {
                 address: Some(address),
             };
         }
-        let (raft, state, contacts) =
-            (self.raft.clone(), self.state.clone(), self.contacts.clone());
-        match self
-            .reads
-            .run("status", move || status::report(&raft, &state, &contacts))
-            .await
-        {
-            Ok(Ok(report)) => Reply::Status(report),
-            Ok(Err(e)) => Reply::Failed(e.to_string()),
+        match self.local_status().report("status").await {
+            Ok(report) => Reply::Status(report),
             Err(e) => Reply::Failed(e),
         }
+    }
+}
+
+/// One replica's `StatusReport` as it sees it, never redirected to the
+/// leader (a follower's has no health for the other members), read as a
+/// whole-state read: it waits for a turn among `StateReads`' few, or is
+/// refused as busy. The status page every replica serves reads it.
+#[derive(Clone)]
+pub struct LocalStatus {
+    raft: Raft,
+    state: StateMachineStore,
+    contacts: Contacts,
+    reads: StateReads,
+}
+
+impl LocalStatus {
+    /// `request` names the reader in `quern_state_reads_refused_total`.
+    pub async fn report(&self, request: &'static str) -> Result<StatusReport, String> {
+        let (raft, state, contacts) =
+            (self.raft.clone(), self.state.clone(), self.contacts.clone());
+        self.reads
+            .run(request, move || status::report(&raft, &state, &contacts))
+            .await?
+            .map_err(|e| e.to_string())
     }
 }
 
