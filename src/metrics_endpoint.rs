@@ -174,3 +174,52 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn get(address: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    // The only test in this binary that installs the global recorder.
+    #[test]
+    fn serves_metrics_refuses_a_page_it_has_not_and_drops_silent_clients() {
+        let endpoint = serve("127.0.0.1:0".parse().unwrap()).unwrap();
+        metrics::gauge!("quern_memory_budget_bytes").set(7.0);
+        let metrics = get(endpoint.address, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("quern_memory_budget_bytes 7"), "{metrics}");
+        // No status page until a coordinator gives one.
+        let page = get(endpoint.address, "/");
+        assert!(page.starts_with("HTTP/1.1 404"), "{page}");
+        assert!(get(endpoint.address, "/other").starts_with("HTTP/1.1 404"));
+
+        // A client that never sends its request is dropped at the bound.
+        let mut silent = TcpStream::connect(endpoint.address).unwrap();
+        silent
+            .set_read_timeout(Some(HEADER_READ_TIMEOUT * 3))
+            .unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = silent.read_to_end(&mut rest);
+        let waited = started.elapsed();
+        assert!(
+            waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT * 2,
+            "a silent client was dropped after {waited:?}"
+        );
+    }
+}
