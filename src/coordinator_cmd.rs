@@ -2,7 +2,7 @@
 //! identity (certificate named `coord-ID` by default) and peers, starts
 //! the service, and on Ctrl-C or SIGTERM shuts it down within a bound. If
 //! its Raft stops on a fatal error, it exits with a failing status naming
-//! the cause.
+//! the cause. With `--metrics`, that address also serves the status page.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -14,11 +14,12 @@ use coordinator::service::{Service, ServiceConfig};
 use proto_schema::tls::{CertPaths, TlsIdentity};
 
 use crate::args::CoordinatorArgs;
+use crate::metrics_endpoint::MetricsEndpoint;
 
 /// Shutdown gives up after this long (each step has its own smaller bound).
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(15);
 
-pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: CoordinatorArgs, metrics: Option<&MetricsEndpoint>) -> anyhow::Result<ExitCode> {
     node::memory::configure_for_service();
     let id = args
         .id
@@ -75,6 +76,9 @@ pub fn run(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
             "coordinator {id} listening on {} (peers {peers:?})",
             service.local_addr()
         );
+        if let Some(metrics) = metrics {
+            metrics.show_status(service.local_status());
+        }
         let stopped = tokio::select! {
             signal = stop_signal() => Ok(signal?),
             cause = service.raft_stopped() => Err(cause),

@@ -16,6 +16,7 @@ mod progress;
 mod query;
 mod report;
 mod status;
+mod status_page;
 mod submit;
 mod submit_wait;
 
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
         }
     };
     let log = logging::init(cli.verbose);
-    let _metrics = match cli.metrics.map(metrics_endpoint::serve).transpose() {
+    let metrics = match cli.metrics.map(metrics_endpoint::serve).transpose() {
         Ok(endpoint) => endpoint,
         Err(e) => {
             eprintln!("quern: error: {e:#}");
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
         args::Command::Get(args) => query::get(&cli.data, args),
         args::Command::Stats(args) => report::stats(&cli.data, args),
         args::Command::Cert(args) => cert::run(args),
-        args::Command::Coordinator(args) => coordinator_cmd::run(args),
+        args::Command::Coordinator(args) => coordinator_cmd::run(args, metrics.as_ref()),
         args::Command::Node(args) => node_cmd::run(args),
         args::Command::Status(args) => status::run(args),
         args::Command::Submit(args) => submit::run(args),

@@ -8,7 +8,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use coordinator_client::replicas::verdict;
-use proto_schema::coordinator_api::{JobPhase, JobStatus, NodeState, NodeStatus, StatusReport};
+use proto_schema::coordinator_api::{
+    JobPhase, JobStatus, MemberStatus, NodeState, NodeStatus, StatusReport,
+};
 
 use crate::args::StatusArgs;
 use crate::cluster_client;
@@ -33,8 +35,26 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn or_dash<T: ToString>(value: Option<T>) -> String {
+pub(crate) fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// A member's part in the group, as the report's replica knows it.
+pub(crate) fn member_role(report: &StatusReport, member: &MemberStatus) -> &'static str {
+    if Some(member.id) == report.leader {
+        "leader"
+    } else if member.voter {
+        "voter"
+    } else {
+        "learner"
+    }
+}
+
+/// The last contact with a member, as both views print it.
+pub(crate) fn last_contact(member: &MemberStatus) -> String {
+    member
+        .last_contact_ms
+        .map_or_else(|| "never".into(), |ms| format!("{ms} ms ago"))
 }
 
 fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()> {
@@ -59,23 +79,14 @@ fn write_text(out: &mut impl Write, report: &StatusReport) -> std::io::Result<()
         "id", "address", "role", "matched"
     )?;
     for m in &report.members {
-        let role = if Some(m.id) == report.leader {
-            "leader"
-        } else if m.voter {
-            "voter"
-        } else {
-            "learner"
-        };
-        let contact = m
-            .last_contact_ms
-            .map_or_else(|| "never".into(), |ms| format!("{ms} ms ago"));
         writeln!(
             out,
-            "  {:>4}  {:<24} {:<7} {:>10}  {contact}",
+            "  {:>4}  {:<24} {:<7} {:>10}  {}",
             m.id,
             m.address,
-            role,
-            or_dash(m.matched_index)
+            member_role(report, m),
+            or_dash(m.matched_index),
+            last_contact(m)
         )?;
     }
     write_nodes(out, report)?;
@@ -157,8 +168,7 @@ fn write_nodes(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
             n.address,
             n.incarnation,
             node_state(n.state),
-            n.silent_ms
-                .map_or_else(|| "-".into(), |ms| format!("{ms} ms ago")),
+            heard(n),
             n.memory_bytes.map_or_else(|| "-".into(), size),
             n.shards_scanning,
             partitions(n)
@@ -170,7 +180,13 @@ fn write_nodes(out: &mut impl Write, report: &StatusReport) -> std::io::Result<(
     Ok(())
 }
 
-fn node_state(state: NodeState) -> &'static str {
+/// When the leader last heard from the node.
+pub(crate) fn heard(node: &NodeStatus) -> String {
+    node.silent_ms
+        .map_or_else(|| "-".into(), |ms| format!("{ms} ms ago"))
+}
+
+pub(crate) fn node_state(state: NodeState) -> &'static str {
     match state {
         NodeState::Alive => "alive",
         NodeState::Overdue => "overdue",
@@ -180,7 +196,7 @@ fn node_state(state: NodeState) -> &'static str {
 }
 
 /// `logs 0..32 (map 3), web 16..32 (map 1)`, or `-`.
-fn partitions(node: &NodeStatus) -> String {
+pub(crate) fn partitions(node: &NodeStatus) -> String {
     if node.partitions.is_empty() {
         return "-".into();
     }

@@ -534,11 +534,12 @@ fn a_real_prometheus_sees_the_coordinators_and_a_running_job() {
     eprintln!("dashboard queries without series to show (nothing recorded them): {empty:?}");
 }
 
-#[test]
-fn the_coordinators_systemd_unit_verifies_and_outwaits_the_shutdown_bound() {
-    let unit = std::fs::read_to_string(ops("systemd/quern-coordinator.service")).unwrap();
+/// The unit file `ops/systemd/NAME`, verified by `systemd-analyze verify`
+/// with the binary it names replaced by the one under test.
+fn verified_unit(name: &str) -> String {
+    let unit = std::fs::read_to_string(ops(&format!("systemd/{name}"))).unwrap();
     let dir = tempdir();
-    let installed = dir.path().join("quern-coordinator.service");
+    let installed = dir.path().join(name);
     std::fs::write(
         &installed,
         unit.replace("/usr/local/bin/quern", env!("CARGO_BIN_EXE_quern")),
@@ -555,16 +556,238 @@ fn the_coordinators_systemd_unit_verifies_and_outwaits_the_shutdown_bound() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Unknown keys are only warnings: any word from it is a failure here.
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "{name}: {said}"
+    );
+    unit
+}
 
-    let stop_wait: u64 = unit
+/// The value of `key=` in a unit file.
+fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in the unit"))
+}
+
+fn unit_seconds(unit: &str, key: &str) -> Duration {
+    let value = unit_value(unit, key);
+    let seconds = value.strip_suffix('s').and_then(|v| v.parse().ok());
+    Duration::from_secs(seconds.unwrap_or_else(|| panic!("{key}={value} is not Ns")))
+}
+
+/// A size in the units' and the CLI's binary suffixes (M, MiB, G, GiB).
+fn binary_size(text: &str) -> u64 {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let number: u64 = digits.parse().unwrap_or_else(|_| panic!("size {text}"));
+    let shift = match text[digits.len()..].trim_end_matches("iB") {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        other => panic!("size suffix {other} in {text}"),
+    };
+    number << shift
+}
+
+/// A `NAME: Duration = Duration::from_secs(N)` or `NAME = N * MIB`
+/// constant's number, read from the source that defines it (it is private
+/// to the binary or a script, and the unit must follow it when it
+/// changes).
+fn constant_in(path: &str, name: &str) -> u64 {
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+    let line = source
         .lines()
-        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
-        .and_then(|v| v.trim_end_matches('s').parse().ok())
-        .expect("TimeoutStopSec=Ns");
+        .find(|l| l.contains(&format!("{name}:")) || l.starts_with(&format!("{name} =")))
+        .unwrap_or_else(|| panic!("no {name} in {path}"));
+    let digits: String = line
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number in {line}"))
+}
+
+#[test]
+fn the_coordinators_systemd_unit_verifies_and_outwaits_the_shutdown_bound() {
+    let unit = verified_unit("quern-coordinator.service");
     let bound = 2 * coordinator::service::RAFT_SHUTDOWN_TIMEOUT;
     assert!(
-        Duration::from_secs(stop_wait) > bound,
+        unit_seconds(&unit, "TimeoutStopSec") > bound,
         "systemd would kill a coordinator still inside its shutdown bound ({bound:?})"
     );
+}
+
+/// Memory the node unit allows above `--memory` besides the stated fixed
+/// overhead, for what the comment in the unit lists (mimalloc's retained
+/// pages, SST readers, stacks) before the kernel throttles.
+const NODE_UNIT_SLACK: u64 = 96 << 20;
+
+#[test]
+fn the_nodes_systemd_unit_verifies_and_leaves_the_budget_its_overhead() {
+    let unit = verified_unit("quern-node.service");
+    let bound = Duration::from_secs(constant_in("src/node_cmd.rs", "SHUTDOWN_BOUND"));
+    assert!(
+        unit_seconds(&unit, "TimeoutStopSec") > bound,
+        "systemd would kill a node still inside its shutdown bound ({bound:?})"
+    );
+    let exec = unit_value(&unit, "ExecStart");
+    assert!(exec.contains(" node "), "{exec}");
+    let memory = exec
+        .split_whitespace()
+        .skip_while(|w| *w != "--memory")
+        .nth(1)
+        .expect("ExecStart gives --memory beside MemoryMax");
+    let budget = binary_size(memory);
+    // bench/memory-proof's bound on anonymous RSS above the budget.
+    let overhead = constant_in("bench/memory-proof", "OVERHEAD_GOAL") << 20;
+    let high = binary_size(unit_value(&unit, "MemoryHigh"));
+    let max = binary_size(unit_value(&unit, "MemoryMax"));
+    assert!(
+        high >= budget + overhead + NODE_UNIT_SLACK,
+        "MemoryHigh {high} throttles a node within its budget {budget} + {overhead} overhead"
+    );
+    assert!(
+        max > high,
+        "MemoryMax {max} must be above MemoryHigh {high}"
+    );
+    let files: u64 = unit_value(&unit, "LimitNOFILE").parse().unwrap();
+    assert!(
+        files >= 4096,
+        "LimitNOFILE={files}: a store's SST files alone pass 1024"
+    );
+    assert_eq!(unit_value(&unit, "Restart"), "on-failure");
+}
+
+/// The runbooks issue 17 asks for, each linked from the alerts it serves.
+const RUNBOOKS: [&str; 6] = [
+    "memory.md",
+    "stalled-job.md",
+    "replace-node.md",
+    "replace-coordinator.md",
+    "disk-full.md",
+    "rotate-certificates.md",
+];
+
+fn runbooks() -> Vec<(String, String)> {
+    RUNBOOKS
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(ops(&format!("runbooks/{name}")))
+                .unwrap_or_else(|e| panic!("ops/runbooks/{name}: {e}"));
+            (name.to_string(), text)
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_names_a_runbook_that_exists() {
+    let rules = std::fs::read_to_string(ops("prometheus/rules.yml")).unwrap();
+    let alerts = rules.matches("- alert: ").count();
+    let linked: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook: "))
+        .collect();
+    assert_eq!(linked.len(), alerts, "an alert without a runbook:\n{rules}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for link in &linked {
+        assert!(
+            root.join(link).is_file(),
+            "an alert links {link}, which does not exist"
+        );
+    }
+    // And every runbook serves at least one alert, but disk-full: Quern
+    // has no metric of free space (the host's monitoring has).
+    for name in RUNBOOKS.iter().filter(|&&n| n != "disk-full.md") {
+        assert!(
+            linked.iter().any(|l| l.ends_with(&format!("/{name}"))),
+            "no alert links {name}"
+        );
+    }
+}
+
+#[test]
+fn the_runbooks_name_recorded_metrics_and_commands_that_parse() {
+    let recorded = recorded_metrics();
+    let script = std::fs::read_to_string(ops("example/cluster")).unwrap();
+    let actions: Vec<&str> = script
+        .lines()
+        .skip_while(|l| !l.starts_with("case \"$action\""))
+        .filter_map(|l| l.trim().split_once(") ").map(|(a, _)| a))
+        .filter(|a| a.chars().all(|c| c.is_ascii_lowercase()))
+        .collect();
+    assert!(actions.contains(&"up"), "{actions:?}");
+    // Client commands name config files the example cluster writes: any
+    // file will do for parsing.
+    let dir = tempdir();
+    for config in ["coord-1.toml", "node-1.toml"] {
+        std::fs::write(dir.path().join(config), "").unwrap();
+    }
+    for (name, text) in runbooks() {
+        // Metrics: each a recorded one; a prefix (`quern_process_` in a
+        // grep pattern) names at least one.
+        let named = metric_names_in(&text);
+        assert!(!named.is_empty(), "{name} names no metric");
+        for metric in &named {
+            let known = match metric.strip_suffix('_') {
+                Some(_) => recorded.iter().any(|r| r.starts_with(metric.as_str())),
+                None => recorded.contains(metric.as_str()),
+            };
+            assert!(known, "{name} names {metric}, which nobody records");
+        }
+        // Links to files beside it.
+        for link in text.split("](").skip(1).filter_map(|t| t.split(')').next()) {
+            if !link.contains("://") {
+                assert!(
+                    ops("runbooks").join(link).is_file(),
+                    "{name} links {link}, which does not exist"
+                );
+            }
+        }
+        // Commands in its shell blocks: `quern ...` parses with the flags
+        // given, `ops/example/cluster ACTION` is an action the script has.
+        let mut commands = 0;
+        let mut in_block = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_block = line == "```sh";
+                continue;
+            }
+            if !in_block {
+                continue;
+            }
+            let line = line.split(" #").next().unwrap();
+            for part in line.split(['&', ';', '|']).map(str::trim) {
+                let words: Vec<&str> = part.split_whitespace().collect();
+                match words.first() {
+                    Some(&"quern") => {
+                        let out = Command::new(env!("CARGO_BIN_EXE_quern"))
+                            .args(&words[1..])
+                            .arg("--help")
+                            .current_dir(dir.path())
+                            .output()
+                            .unwrap();
+                        assert!(
+                            out.status.success(),
+                            "{name}: `{part}` does not parse: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        commands += 1;
+                    }
+                    Some(&"ops/example/cluster") => {
+                        let action = words.get(1).copied().unwrap_or_default();
+                        assert!(actions.contains(&action), "{name}: `{part}`");
+                        commands += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(commands >= 2, "{name} names {commands} commands to run");
+    }
 }

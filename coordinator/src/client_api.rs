@@ -9,9 +9,11 @@
 //! Every request passes `authorize` first, by its caller's certificate.
 //! Raft RPCs are not client requests: transports serve them apart.
 
+use std::sync::Arc;
+
 use proto_schema::command::{self, Command, Response};
 use proto_schema::coordinator_api::{
-    Applied, LeaseReply, MAX_STATUS_NODES, Refusal, Reply, Request,
+    Applied, LeaseReply, MAX_STATUS_NODES, Refusal, Reply, Request, StatusReport,
 };
 use proto_schema::ids::JobId;
 
@@ -25,7 +27,7 @@ use crate::{Raft, StateMachineStore, status};
 pub struct ClientApi {
     raft: Raft,
     state: StateMachineStore,
-    desk: LeaseDesk,
+    desk: Arc<LeaseDesk>,
     contacts: Contacts,
     gate: Gate,
     reads: StateReads,
@@ -37,7 +39,7 @@ impl ClientApi {
     /// replica's network records them.
     pub fn new(raft: Raft, state: StateMachineStore, lease_ms: u64, contacts: Contacts) -> Self {
         Self {
-            desk: LeaseDesk::new(raft.clone(), state.clone(), lease_ms),
+            desk: Arc::new(LeaseDesk::new(raft.clone(), state.clone(), lease_ms)),
             raft,
             state,
             contacts,
@@ -48,6 +50,17 @@ impl ClientApi {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// This replica's own status report, through its whole-state reads.
+    pub fn local_status(&self) -> LocalStatus {
+        LocalStatus {
+            raft: self.raft.clone(),
+            state: self.state.clone(),
+            contacts: self.contacts.clone(),
+            reads: self.reads.clone(),
+            desk: self.desk.clone(),
+        }
     }
 
     /// Answers `caller`'s `request`, once `authorize` allows it.
@@ -184,20 +197,39 @@ impl ClientApi {
                 address: Some(address),
             };
         }
+        match self.local_status().report("status").await {
+            Ok(report) => Reply::Status(report),
+            Err(e) => Reply::Failed(e),
+        }
+    }
+}
+
+/// One replica's `StatusReport` as it sees it, never redirected to the
+/// leader (a follower's has no health for the other members), read as a
+/// whole-state read: it waits for a turn among `StateReads`' few, or is
+/// refused as busy. The status page every replica serves reads it.
+#[derive(Clone)]
+pub struct LocalStatus {
+    raft: Raft,
+    state: StateMachineStore,
+    contacts: Contacts,
+    reads: StateReads,
+    /// The leader's view of its nodes (`None` on a follower).
+    desk: Arc<LeaseDesk>,
+}
+
+impl LocalStatus {
+    /// `request` names the reader in `quern_state_reads_refused_total`.
+    pub async fn report(&self, request: &'static str) -> Result<StatusReport, String> {
         let seen = self.desk.nodes_view(MAX_STATUS_NODES).await;
         let (raft, state, contacts) =
             (self.raft.clone(), self.state.clone(), self.contacts.clone());
-        match self
-            .reads
-            .run("status", move || {
+        self.reads
+            .run(request, move || {
                 status::report(&raft, &state, &contacts, seen.as_ref())
             })
-            .await
-        {
-            Ok(Ok(report)) => Reply::Status(report),
-            Ok(Err(e)) => Reply::Failed(e.to_string()),
-            Err(e) => Reply::Failed(e),
-        }
+            .await?
+            .map_err(|e| e.to_string())
     }
 }
 

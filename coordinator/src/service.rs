@@ -20,7 +20,7 @@ use proto_schema::quic::{Peer, RpcClient, RpcConfig, RpcError, RpcServer};
 use proto_schema::tls::TlsIdentity;
 
 use crate::authorize::Caller;
-use crate::client_api::ClientApi;
+use crate::client_api::{ClientApi, LocalStatus};
 use crate::contacts::Contacts;
 use crate::raft_metrics::{self, RaftMetricsTask};
 use crate::raft_peers::{self, RaftPeers};
@@ -91,6 +91,7 @@ pub const RAFT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Service {
     raft: Raft,
+    local_status: LocalStatus,
     raft_metrics: RaftMetricsTask,
     state: StateMachineStore,
     server: RpcServer,
@@ -144,9 +145,11 @@ impl Service {
         let raft = Raft::new(id, config.raft.clone(), network, log, state.clone())
             .await
             .map_err(|e| ServiceError::Raft(e.to_string()))?;
+        let api = ClientApi::new(raft.clone(), state.clone(), config.lease_ms, contacts);
+        let local_status = api.local_status();
         let handler = {
             let endpoint = Arc::new(Endpoint {
-                api: ClientApi::new(raft.clone(), state.clone(), config.lease_ms, contacts),
+                api,
                 raft_peers: RaftPeers::new(config.peers.keys().copied()),
             });
             move |peer: Peer, request: Vec<u8>| {
@@ -165,6 +168,7 @@ impl Service {
         let service = Self {
             raft_metrics: raft_metrics::publish(&raft),
             raft,
+            local_status,
             state,
             server,
             client,
@@ -222,6 +226,12 @@ impl Service {
 
     pub fn state(&self) -> &StateMachineStore {
         &self.state
+    }
+
+    /// This replica's own status report, read as the status page reads
+    /// it (a bounded whole-state read, never redirected).
+    pub fn local_status(&self) -> LocalStatus {
+        self.local_status.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
