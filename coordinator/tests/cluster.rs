@@ -661,6 +661,21 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     let raft = cluster.raft(cluster.leader().await).clone();
     let log_index = || raft.metrics().borrow().last_log_index.unwrap();
 
+    // Each node starts its part (before leasing: a node asking again
+    // starts a new part, and its leases expire). Contiguous partition
+    // ranges over the live nodes, at epoch 1, the same map while they
+    // stay live.
+    let first_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
+    assert_eq!(first_map.map.epoch, Epoch(1));
+    assert_eq!(first_map.map.nodes(), vec![NodeId(1), NodeId(2)]);
+    assert_eq!(
+        client
+            .partition_map(NodeId(2), "ds", job, 2)
+            .await
+            .unwrap()
+            .map,
+        first_map.map
+    );
     // Six shards in one log write, then the other four.
     let before = log_index();
     let LeaseReply::Leased(first) = client.lease(NodeId(1), 6, None).await.unwrap() else {
@@ -689,19 +704,6 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         assert_eq!((lease.job, lease.epoch), (job, Epoch(1)));
     }
 
-    // Contiguous partition ranges over the live nodes, at epoch 1, the
-    // same map while they stay live.
-    let first_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
-    assert_eq!(first_map.map.epoch, Epoch(1));
-    assert_eq!(first_map.map.nodes(), vec![NodeId(1), NodeId(2)]);
-    assert_eq!(
-        client
-            .partition_map(NodeId(2), "ds", job, 2)
-            .await
-            .unwrap()
-            .map,
-        first_map.map
-    );
     let owned = |status: &StatusReport, node: u64| -> Vec<(Epoch, u16, u16)> {
         let node = status.nodes.iter().find(|n| n.id == NodeId(node)).unwrap();
         node.partitions
