@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use node::store::catalog::DatasetInfo;
 use node::store::{Access, Store};
 
 use crate::args::{ExportArgs, GetArgs};
@@ -44,13 +45,26 @@ pub fn open_reader(data: &Path, cache_bytes: u64, what: &str) -> anyhow::Result<
     Ok(stores.remove(0))
 }
 
+/// The stores that hold dataset `name`, each with its `DatasetInfo` (a
+/// node that never ran a job of it has none); an error naming what the
+/// first store has if none holds it.
+fn holding<'a>(stores: &'a [Store], name: &str) -> anyhow::Result<Vec<(&'a Store, DatasetInfo)>> {
+    let mut holding = Vec::new();
+    for store in stores {
+        if let Some(dataset) = store.dataset(name)? {
+            holding.push((store, dataset));
+        }
+    }
+    if holding.is_empty() {
+        stores[0].existing_dataset(name)?;
+    }
+    Ok(holding)
+}
+
 pub fn export(data: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
     let stores = open_readers(data, READER_CACHE_BYTES)?;
-    let datasets = stores
-        .iter()
-        .map(|store| store.existing_dataset(&args.dataset.dataset))
-        .collect::<Result<Vec<_>, _>>()?;
-    let parts: Vec<_> = stores.iter().zip(&datasets).collect();
+    let holding = holding(&stores, &args.dataset.dataset)?;
+    let parts: Vec<_> = holding.iter().map(|(store, d)| (*store, d)).collect();
     match &args.output {
         Some(path) => {
             let file = std::fs::File::create(path)
@@ -69,9 +83,9 @@ pub fn get(data: &Path, args: GetArgs) -> anyhow::Result<ExitCode> {
     let key = args.key.as_bytes();
     let mut found = None;
     // The nodes' stores in order: the first that holds the key owns it.
-    for store in open_readers(data, READER_CACHE_BYTES)? {
-        let dataset = store.existing_dataset(&args.dataset.dataset)?;
-        found = node::lookup::get(&store, &dataset, key)?;
+    let stores = open_readers(data, READER_CACHE_BYTES)?;
+    for (store, dataset) in holding(&stores, &args.dataset.dataset)? {
+        found = node::lookup::get(store, &dataset, key)?;
         if found.is_some() {
             break;
         }

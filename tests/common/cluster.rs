@@ -125,13 +125,17 @@ impl Cluster {
         child.wait().unwrap();
     }
 
-    /// Starts replica `id` again on its data directory.
+    /// Starts replica `id` again on its data directory. Its metrics move
+    /// to a fresh port: the old one, free since the kill, may have become
+    /// another socket's ephemeral port meanwhile, and a coordinator that
+    /// cannot serve its metrics does not start.
     pub fn restart(&mut self, id: u64) {
         let i = id as usize - 1;
         assert!(
             self.children[i].try_wait().unwrap().is_some(),
             "replica {id} is still running"
         );
+        self.metrics[i] = format!("127.0.0.1:{}", free_port());
         self.children[i] = self.spawn(id);
     }
 
