@@ -207,11 +207,13 @@ class Coordinators:
     """Three `quern coordinator`s on loopback ports under `run` (emptied
     first): a cluster CA and certificates from `quern cert`, one config,
     data directory and log (`coord-ID.log`, appended across restarts) per
-    replica. `client` holds the flags client commands need."""
+    replica. `client` holds the flags client commands need; `flags` are
+    given to every `quern coordinator` (e.g. `--lease-time 2s`)."""
 
-    def __init__(self, quern, run):
+    def __init__(self, quern, run, flags=()):
         self.quern = str(quern)
         self.run = Path(run)
+        self.flags = [str(f) for f in flags]
         shutil.rmtree(self.run, ignore_errors=True)
         self.run.mkdir(parents=True)
         certs = self.run / "certs"
@@ -227,6 +229,8 @@ class Coordinators:
                 f'[cert]\ndir = "{certs}"\n[coordinator]\nid = {i + 1}\n'
                 f'listen = "{addresses[i]}"\ndata_dir = "{self.run / f"coord-{i + 1}"}"\n'
                 f"peers = {{ {peers} }}\n")
+        self.addresses = addresses
+        self.certs = certs
         self.client = ["--coordinator", ",".join(addresses), "--cert-dir", str(certs)]
         self.children = {}
 
@@ -234,7 +238,8 @@ class Coordinators:
         """Starts replica 1, 2 or 3 (again, on its data directory)."""
         with open(self.run / f"coord-{replica}.log", "a") as log:
             self.children[replica] = subprocess.Popen(
-                [self.quern, "--config", self.run / f"coord-{replica}.toml", "coordinator"],
+                [self.quern, "--config", self.run / f"coord-{replica}.toml", "coordinator",
+                 *self.flags],
                 stdout=log, stderr=log)
         return self.children[replica]
 
@@ -274,3 +279,97 @@ class Coordinators:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no leader within {timeout} s: {status}")
             time.sleep(0.2)
+
+
+class Nodes:
+    """`quern node`s 1..=`count` of `coordinators` (certificates `node-N`
+    issued in its certificate directory), each with its store in
+    `stores/node-N` (the layout `quern export --data STORES` reads as one
+    dataset), reading under `roots`, logging to `node-N.log` in the
+    coordinators' run directory (appended across restarts)."""
+
+    def __init__(self, coordinators, stores, roots, count=3, memory="128M"):
+        self.coordinators = coordinators
+        self.stores = Path(stores)
+        self.roots = [str(r) for r in roots]
+        self.ids = range(1, count + 1)
+        self.memory = memory
+        self.children = {}
+        # Registrations each running node's log should show once it is up.
+        self.expected = {}
+        for node in self.ids:
+            subprocess.run([coordinators.quern, "cert", "issue", "--dir", coordinators.certs,
+                            "--name", f"node-{node}", "--san", "127.0.0.1"], check=True,
+                           stdout=subprocess.DEVNULL)
+
+    def log(self, node):
+        return self.coordinators.run / f"node-{node}.log"
+
+    def start(self, node):
+        """Starts node `node` (again, on its store: a new incarnation) on a
+        fresh port."""
+        cmd = [self.coordinators.quern, "node", "--id", str(node), "--memory", self.memory,
+               "--listen", f"127.0.0.1:{free_udp_port()}",
+               "--data-dir", str(self.stores / f"node-{node}"),
+               "--cert-dir", str(self.coordinators.certs)]
+        for root in self.roots:
+            cmd += ["--root", root]
+        for address in self.coordinators.addresses:
+            cmd += ["--coordinator", address]
+        self.expected[node] = self.registrations(node) + 1
+        with open(self.log(node), "a") as log:
+            log.write(f"--- started at {time.time():.3f}\n")
+            log.flush()
+            self.children[node] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        return self.children[node]
+
+    def registrations(self, node):
+        """How many times node `node`'s log says it registered."""
+        try:
+            return self.log(node).read_text(errors="replace").count("registered (incarnation")
+        except FileNotFoundError:
+            return 0
+
+    def start_all(self, timeout):
+        """Starts every node that is not running; returns once every
+        running node has registered since its start, or raises after
+        `timeout` seconds."""
+        for node in self.ids:
+            if node not in self.children or self.children[node].poll() is not None:
+                self.start(node)
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [n for n in self.ids if self.registrations(n) < self.expected[n]]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nodes {waiting} did not register within {timeout} s")
+            time.sleep(0.1)
+
+    def signal(self, node, sig):
+        self.children[node].send_signal(sig)
+
+    def kill(self, node):
+        """SIGKILLs a node and reaps it."""
+        child = self.children[node]
+        child.kill()
+        child.wait()
+
+    def terminate(self, within):
+        """SIGTERMs every running node; returns {node: exit code, or None
+        if it was still running after `within` seconds (it is then
+        SIGKILLed)}."""
+        running = {n: c for n, c in self.children.items() if c.poll() is None}
+        for child in running.values():
+            child.send_signal(signal.SIGCONT)
+            child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + within
+        codes = {}
+        for node, child in running.items():
+            try:
+                codes[node] = child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                codes[node] = None
+                child.kill()
+                child.wait()
+        return codes
