@@ -1,17 +1,23 @@
 """Shared by the scripts in bench/ and chaos/: building the binaries,
 generating datasets with quern-datagen, listing files in quern's manifest
-order, sampling a process's resident memory from /proc, and running three
-`quern coordinator`s on loopback."""
+order, the peers quern is measured beside (`sort -u`, DuckDB), sampling
+processes' resident memory and CPU from /proc, scraping a metrics
+endpoint, and running three `quern coordinator`s and `quern node`s on
+loopback."""
 
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -132,6 +138,71 @@ def sha256(path):
     return digest.hexdigest()
 
 
+DUCKDB_VERSION = "1.4.4"
+VENV = Path.home() / ".cache" / "quern-bench-venv"
+DUCKDB_SCRIPT = r"""
+import sys, duckdb
+memory, temp, out, *files = sys.argv[1:]
+con = duckdb.connect()
+con.execute(f"SET memory_limit='{memory}'")
+con.execute("SET threads=2")
+con.execute(f"SET temp_directory='{temp}'")
+con.execute("SET preserve_insertion_order=false")
+# One VARCHAR column per line: generated lines are printable ASCII without
+# \x01, and quoting and escaping are off.
+paths = ", ".join(f"'{f}'" for f in files)
+source = (f"read_csv([{paths}], columns={{'line': 'VARCHAR'}}, delim='\x01', quote='', "
+          "escape='', header=false, auto_detect=false)")
+con.execute(f"COPY (SELECT DISTINCT line FROM {source}) TO '{out}' "
+            "(FORMAT csv, HEADER false, QUOTE '', DELIMITER '\x01')")
+"""
+
+
+def duckdb_python():
+    """The venv's python with duckdb importable, or (None, reason)."""
+    python = VENV / "bin" / "python"
+    check = [str(python), "-c", f"import duckdb; assert duckdb.__version__ == '{DUCKDB_VERSION}'"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python, None
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True,
+                       capture_output=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"duckdb=={DUCKDB_VERSION}"],
+                       check=True, capture_output=True)
+    except subprocess.CalledProcessError as e:
+        return None, f"installing duckdb=={DUCKDB_VERSION} failed: {e.stderr.decode()[-300:]}"
+    return python, None
+
+
+def count_lines(path):
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+
+def sort_u(memory, work, *rest):
+    return ["sort", "-u", "-S", f"{memory // MIB}M", "--parallel=2", "-T", str(work), *rest]
+
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def total_memory():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            return f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    return "unknown"
+
+
+def sort_version():
+    return subprocess.run(["sort", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+
 def read_rss(pid):
     """{"RssAnon": bytes, "RssFile": bytes} of a process, or None once it
     is gone."""
@@ -173,23 +244,113 @@ class RssSampler:
         return time.monotonic() - start
 
 
-def run_measured(cmd, stdout=None, env=None):
+def run_measured(cmd, stdout=None, env=None, watch=None):
     """Runs `cmd` to its end; returns (exit code, wall seconds, CPU seconds,
-    peak RSS bytes, stderr), CPU and peak from the kernel's rusage (wait4)."""
+    peak RSS bytes, stderr), CPU and peak from the kernel's rusage (wait4).
+    With `watch` (an RssWatch), the child's anonymous RSS is sampled too,
+    under the name "cmd"."""
     start = time.monotonic()
     child = subprocess.Popen([str(c) for c in cmd], stdout=stdout or subprocess.DEVNULL,
                              stderr=subprocess.PIPE, env=env)
+    if watch:
+        watch.add("cmd", child.pid)
     # Read stderr while the child runs, so a chatty child cannot block.
     stderr = child.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.monotonic() - start
+    if watch:
+        watch.remove("cmd")
     child.returncode = os.waitstatus_to_exitcode(status)
     return (child.returncode, wall, usage.ru_utime + usage.ru_stime,
             usage.ru_maxrss * 1024, stderr)
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds process `pid` has used so far (its threads,
+    not its children), from /proc/PID/stat; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name may hold spaces: the fields after it.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # utime and stime are fields 14 and 15; fields[0] is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RssWatch:
+    """Samples the anonymous RSS of named processes every `interval`
+    seconds from a thread, for processes this script does not wait on
+    itself (long-running nodes) or waits on with wait4 (run_measured).
+    `peaks` maps each name to its peak; `longest_gap` is the longest time
+    between two samples, to show the sampling kept up."""
+
+    def __init__(self, interval):
+        self.interval = interval
+        self.pids = {}
+        self.peaks = {}
+        self.longest_gap = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self, name, pid):
+        with self._lock:
+            self.pids[name] = pid
+            self.peaks.setdefault(name, 0)
+
+    def remove(self, name):
+        with self._lock:
+            self.pids.pop(name, None)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        last = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                for name, pid in self.pids.items():
+                    status = read_rss(pid)
+                    if status:
+                        self.peaks[name] = max(self.peaks[name], status["RssAnon"])
+            now = time.monotonic()
+            self.longest_gap = max(self.longest_gap, now - last)
+            last = now
+            self._stop.wait(self.interval)
+
+
+def scrape(url):
+    """The text a Prometheus endpoint serves, or None."""
+    try:
+        return urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return None
+
+
+def metric_sum(text, name):
+    """The sum of metric `name` over all its label sets in a Prometheus
+    text page, or None if the page has none."""
+    total = None
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            total = (total or 0) + float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def free_udp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_tcp_port():
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -227,6 +388,7 @@ class Coordinators:
                 f'[cert]\ndir = "{certs}"\n[coordinator]\nid = {i + 1}\n'
                 f'listen = "{addresses[i]}"\ndata_dir = "{self.run / f"coord-{i + 1}"}"\n'
                 f"peers = {{ {peers} }}\n")
+        self.certs, self.addresses = certs, addresses
         self.client = ["--coordinator", ",".join(addresses), "--cert-dir", str(certs)]
         self.children = {}
 
@@ -274,3 +436,59 @@ class Coordinators:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no leader within {timeout} s: {status}")
             time.sleep(0.2)
+
+
+class Nodes:
+    """`quern node` processes 1..`count` on loopback for `coordinators`
+    (a Coordinators): a `node-ID` certificate from their CA, a data
+    channel on a free port, a store under `stores/node-ID` (so that
+    `quern export --data STORES` reads them as one dataset), `--memory`,
+    the `roots` it may read, its metrics on `metrics[ID - 1]`, and its log
+    in the coordinators' run directory (`node-ID.log`)."""
+
+    def __init__(self, coordinators, stores, count, memory, roots):
+        self.coordinators = coordinators
+        self.quern = coordinators.quern
+        self.stores = Path(stores)
+        self.memory, self.roots = memory, roots
+        self.ids = list(range(1, count + 1))
+        self.metrics = [f"127.0.0.1:{free_tcp_port()}" for _ in self.ids]
+        self.children = {}
+        for node in self.ids:
+            subprocess.run([self.quern, "cert", "issue", "--dir", coordinators.certs, "--name",
+                            f"node-{node}", "--san", "127.0.0.1"], check=True,
+                           stdout=subprocess.DEVNULL)
+
+    def log(self, node):
+        return self.coordinators.run / f"node-{node}.log"
+
+    def start_all(self, timeout):
+        """Starts every node; returns once each has registered."""
+        for node in self.ids:
+            cmd = [self.quern, "--metrics", self.metrics[node - 1], "node", "--id", str(node),
+                   "--listen", f"127.0.0.1:{free_udp_port()}",
+                   "--data-dir", self.stores / f"node-{node}",
+                   "--cert-dir", self.coordinators.certs,
+                   "--coordinator", ",".join(self.coordinators.addresses),
+                   "--memory", str(self.memory)]
+            for root in self.roots:
+                cmd += ["--root", root]
+            with open(self.log(node), "a") as log:
+                self.children[node] = subprocess.Popen(
+                    [str(c) for c in cmd], stdout=log, stderr=log,
+                    env=dict(os.environ, RUST_LOG="warn"))
+        deadline = time.monotonic() + timeout
+        while not all("registered (incarnation" in self.log(n).read_text() for n in self.ids):
+            if exited := [n for n, c in self.children.items() if c.poll() is not None]:
+                raise RuntimeError(f"nodes {exited} exited: {self.log(exited[0]).read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the nodes did not register within {timeout} s")
+            time.sleep(0.1)
+
+    def stop(self, timeout=60):
+        """SIGTERMs every running node and waits for it; returns the exit
+        codes by node."""
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        return {n: child.wait(timeout=timeout) for n, child in self.children.items()}
