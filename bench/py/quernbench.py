@@ -486,9 +486,18 @@ class Nodes:
             time.sleep(0.1)
 
     def stop(self, timeout=60):
-        """SIGTERMs every running node and waits for it; returns the exit
-        codes by node."""
+        """SIGTERMs every running node and waits for it (SIGKILL after
+        `timeout` seconds); returns the exit codes by node, "killed" for
+        one that did not stop in time."""
         for child in self.children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        return {n: child.wait(timeout=timeout) for n, child in self.children.items()}
+        codes = {}
+        for node, child in self.children.items():
+            try:
+                codes[node] = child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+                codes[node] = "killed"
+        return codes
