@@ -1,17 +1,23 @@
 """Shared by the scripts in bench/ and chaos/: building the binaries,
 generating datasets with quern-datagen, listing files in quern's manifest
-order, sampling a process's resident memory from /proc, and running three
-`quern coordinator`s on loopback."""
+order, the peers quern is measured beside (`sort -u`, DuckDB), sampling
+processes' resident memory and CPU from /proc, scraping a metrics
+endpoint, and running three `quern coordinator`s and `quern node`s on
+loopback."""
 
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -132,6 +138,71 @@ def sha256(path):
     return digest.hexdigest()
 
 
+DUCKDB_VERSION = "1.4.4"
+VENV = Path.home() / ".cache" / "quern-bench-venv"
+DUCKDB_SCRIPT = r"""
+import sys, duckdb
+memory, temp, out, *files = sys.argv[1:]
+con = duckdb.connect()
+con.execute(f"SET memory_limit='{memory}'")
+con.execute("SET threads=2")
+con.execute(f"SET temp_directory='{temp}'")
+con.execute("SET preserve_insertion_order=false")
+# One VARCHAR column per line: generated lines are printable ASCII without
+# \x01, and quoting and escaping are off.
+paths = ", ".join(f"'{f}'" for f in files)
+source = (f"read_csv([{paths}], columns={{'line': 'VARCHAR'}}, delim='\x01', quote='', "
+          "escape='', header=false, auto_detect=false)")
+con.execute(f"COPY (SELECT DISTINCT line FROM {source}) TO '{out}' "
+            "(FORMAT csv, HEADER false, QUOTE '', DELIMITER '\x01')")
+"""
+
+
+def duckdb_python():
+    """The venv's python with duckdb importable, or (None, reason)."""
+    python = VENV / "bin" / "python"
+    check = [str(python), "-c", f"import duckdb; assert duckdb.__version__ == '{DUCKDB_VERSION}'"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python, None
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True,
+                       capture_output=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"duckdb=={DUCKDB_VERSION}"],
+                       check=True, capture_output=True)
+    except subprocess.CalledProcessError as e:
+        return None, f"installing duckdb=={DUCKDB_VERSION} failed: {e.stderr.decode()[-300:]}"
+    return python, None
+
+
+def count_lines(path):
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+
+def sort_u(memory, work, *rest):
+    return ["sort", "-u", "-S", f"{memory // MIB}M", "--parallel=2", "-T", str(work), *rest]
+
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def total_memory():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            return f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    return "unknown"
+
+
+def sort_version():
+    return subprocess.run(["sort", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+
 def read_rss(pid):
     """{"RssAnon": bytes, "RssFile": bytes} of a process, or None once it
     is gone."""
@@ -173,23 +244,113 @@ class RssSampler:
         return time.monotonic() - start
 
 
-def run_measured(cmd, stdout=None, env=None):
+def run_measured(cmd, stdout=None, env=None, watch=None):
     """Runs `cmd` to its end; returns (exit code, wall seconds, CPU seconds,
-    peak RSS bytes, stderr), CPU and peak from the kernel's rusage (wait4)."""
+    peak RSS bytes, stderr), CPU and peak from the kernel's rusage (wait4).
+    With `watch` (an RssWatch), the child's anonymous RSS is sampled too,
+    under the name "cmd"."""
     start = time.monotonic()
     child = subprocess.Popen([str(c) for c in cmd], stdout=stdout or subprocess.DEVNULL,
                              stderr=subprocess.PIPE, env=env)
+    if watch:
+        watch.add("cmd", child.pid)
     # Read stderr while the child runs, so a chatty child cannot block.
     stderr = child.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.monotonic() - start
+    if watch:
+        watch.remove("cmd")
     child.returncode = os.waitstatus_to_exitcode(status)
     return (child.returncode, wall, usage.ru_utime + usage.ru_stime,
             usage.ru_maxrss * 1024, stderr)
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds process `pid` has used so far (its threads,
+    not its children), from /proc/PID/stat; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name may hold spaces: the fields after it.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # utime and stime are fields 14 and 15; fields[0] is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RssWatch:
+    """Samples the anonymous RSS of named processes every `interval`
+    seconds from a thread, for processes this script does not wait on
+    itself (long-running nodes) or waits on with wait4 (run_measured).
+    `peaks` maps each name to its peak; `longest_gap` is the longest time
+    between two samples, to show the sampling kept up."""
+
+    def __init__(self, interval):
+        self.interval = interval
+        self.pids = {}
+        self.peaks = {}
+        self.longest_gap = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self, name, pid):
+        with self._lock:
+            self.pids[name] = pid
+            self.peaks.setdefault(name, 0)
+
+    def remove(self, name):
+        with self._lock:
+            self.pids.pop(name, None)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        last = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                for name, pid in self.pids.items():
+                    status = read_rss(pid)
+                    if status:
+                        self.peaks[name] = max(self.peaks[name], status["RssAnon"])
+            now = time.monotonic()
+            self.longest_gap = max(self.longest_gap, now - last)
+            last = now
+            self._stop.wait(self.interval)
+
+
+def scrape(url):
+    """The text a Prometheus endpoint serves, or None."""
+    try:
+        return urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return None
+
+
+def metric_sum(text, name):
+    """The sum of metric `name` over all its label sets in a Prometheus
+    text page, or None if the page has none."""
+    total = None
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            total = (total or 0) + float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def free_udp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_tcp_port():
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -285,8 +446,9 @@ class Nodes:
     """`quern node`s 1..=`count` of `coordinators` (certificates `node-N`
     issued in its certificate directory), each with its store in
     `stores/node-N` (the layout `quern export --data STORES` reads as one
-    dataset), reading under `roots`, logging to `node-N.log` in the
-    coordinators' run directory (appended across restarts)."""
+    dataset), reading under `roots`, serving its metrics on
+    `metrics[N - 1]`, logging to `node-N.log` in the coordinators' run
+    directory (appended across restarts)."""
 
     def __init__(self, coordinators, stores, roots, count=3, memory="128M"):
         self.coordinators = coordinators
@@ -294,6 +456,7 @@ class Nodes:
         self.roots = [str(r) for r in roots]
         self.ids = range(1, count + 1)
         self.memory = memory
+        self.metrics = [f"127.0.0.1:{free_tcp_port()}" for _ in self.ids]
         self.children = {}
         # Registrations each running node's log should show once it is up.
         self.expected = {}
@@ -308,7 +471,8 @@ class Nodes:
     def start(self, node):
         """Starts node `node` (again, on its store: a new incarnation) on a
         fresh port."""
-        cmd = [self.coordinators.quern, "node", "--id", str(node), "--memory", self.memory,
+        cmd = [self.coordinators.quern, "--metrics", self.metrics[node - 1],
+               "node", "--id", str(node), "--memory", self.memory,
                "--listen", f"127.0.0.1:{free_udp_port()}",
                "--data-dir", str(self.stores / f"node-{node}"),
                "--cert-dir", str(self.coordinators.certs)]
