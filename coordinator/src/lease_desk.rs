@@ -220,6 +220,11 @@ impl LeaseDesk {
                 "node {node} is not registered, or was declared lost: register again"
             )));
         }
+        if let Some(job) = job
+            && let Some(refusal) = self.part_is_over(&desk, node, job)?
+        {
+            return Ok(LeaseReply::Refused(refusal));
+        }
         let max = (max as usize).clamp(1, MAX_LEASES_PER_COMMAND);
         let of_job = |shard: &Shard| job.is_none_or(|j| shard.job == j);
         let mut scanned = 0;
@@ -532,6 +537,36 @@ impl LeaseDesk {
             Response::Error(e) => Ok(Granted::Refused(e.to_string())),
             other => Ok(Granted::Refused(format!("unexpected answer {other:?}"))),
         }
+    }
+
+    /// Why `node` may not lease shards of `job` any more, if so: its part
+    /// began under a map the job has since left (the job was restarted).
+    /// A shard it leased now would count in the new attempt while its
+    /// records went to the old owners. A part this leader did not see
+    /// begin (a new term) is not refused.
+    fn part_is_over(
+        &self,
+        desk: &Desk,
+        node: NodeId,
+        job: JobId,
+    ) -> Result<Option<String>, StateError> {
+        let Some(began) = desk.nodes.started_under(node, job) else {
+            return Ok(None);
+        };
+        let Some(found) = self.state.job(job)? else {
+            return Ok(None);
+        };
+        let current = self
+            .state
+            .partition_map(found.dataset_id)?
+            .map_or(Epoch(0), |m| m.epoch);
+        Ok((began != current).then(|| {
+            format!(
+                "node {node}'s part of job {job} began under partition map {began}, and the \
+                 job runs under map {current} now (attempt {}): start the part again",
+                found.attempt
+            )
+        }))
     }
 
     /// Whether `shard` waits to be read: pending, or read (or being read)

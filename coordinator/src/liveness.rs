@@ -133,6 +133,15 @@ impl Liveness {
         }
     }
 
+    /// The map epoch `node`'s current part of `job` began under, if this
+    /// leader saw it begin.
+    pub fn started_under(&self, node: NodeId, job: JobId) -> Option<Epoch> {
+        match self.nodes.get(&node)?.started {
+            Some((started, epoch, _)) if started == job => Some(epoch),
+            _ => None,
+        }
+    }
+
     /// Whether `node`'s live incarnation is within its deadline.
     pub fn is_live(&self, node: NodeId, now_ms: u64) -> bool {
         self.nodes

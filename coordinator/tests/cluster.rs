@@ -773,8 +773,16 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     }
     // Node 2 owned partitions of the running job, and what it was sent
     // is gone with it: the job runs again as attempt 1, every shard read
-    // again (the three done ones too), under a map of node 1 alone.
-    let LeaseReply::Leased(taken_over) = client.lease(NodeId(1), 100, None).await.unwrap() else {
+    // again (the three done ones too), under a map of node 1 alone. Node
+    // 1's part of attempt 0 leases nothing more: its records would go to
+    // the old owners while the shards counted in attempt 1.
+    let LeaseReply::Refused(over) = client.lease(NodeId(1), 100, Some(job)).await.unwrap() else {
+        panic!("an old part leased shards of the restarted job")
+    };
+    assert!(over.contains("start the part again"), "{over}");
+    let second_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
+    let LeaseReply::Leased(taken_over) = client.lease(NodeId(1), 100, Some(job)).await.unwrap()
+    else {
         panic!("the shards are not leased again")
     };
     let mut shards: Vec<ShardId> = taken_over.iter().map(|l| l.shard).collect();
@@ -800,7 +808,6 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     assert!(matches!(refused[0].1, CommandError::StaleEpoch { .. }));
     // Node 2's partitions went to node 1 at the next epoch with the
     // restart.
-    let second_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
     assert_eq!(second_map.map.epoch, Epoch(2));
     assert_eq!(second_map.map.nodes(), vec![NodeId(1)]);
     let status = client.status().await.unwrap();

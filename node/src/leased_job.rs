@@ -209,7 +209,7 @@ pub fn run<T: Transport>(
         .unwrap_or(u16::MAX)
         .clamp(1, MAX_NODE_LANES);
     job.ingest.threads = usize::from(lanes);
-    let attempt = runtime.block_on(start_attempt(&mut job))?;
+    let attempt = runtime.block_on(start_attempt(&mut job, lanes))?;
     let owners = runtime.block_on(wait_for_owners(&mut job, lanes))?;
     let shuffle = runtime.block_on(shuffle_job(&job, &owners))?;
     let settings = LeaseSettings {
@@ -234,16 +234,30 @@ pub fn run<T: Transport>(
 }
 
 /// The job's attempt this node's part runs in: the current one if none
-/// of its shards is done yet, else the next one, asked for.
-async fn start_attempt<T: Transport>(job: &mut LeasedJob<T>) -> Result<u32, JobError> {
+/// of its shards is done yet, else (if the map names this node: a node
+/// left out waits for the next job) the next one, asked for.
+async fn start_attempt<T: Transport>(job: &mut LeasedJob<T>, lanes: u16) -> Result<u32, JobError> {
     let (node, id) = (job.target.node, job.target.job);
+    let dataset = job.ingest.dataset.clone();
     let map_error = |reason: String| JobError::Map {
-        dataset: job.ingest.dataset.clone(),
+        dataset: dataset.clone(),
         reason,
     };
     let status = job_status(&mut job.client, id).await.map_err(map_error)?;
     if status.shards_done == 0 {
         return Ok(status.attempt);
+    }
+    let owners = job
+        .client
+        .partition_map(node, &dataset, id, lanes)
+        .await
+        .map_err(|e| map_error(e.to_string()))?;
+    if !owners.map.nodes().contains(&node) {
+        return Err(JobError::NotAnOwner {
+            node,
+            dataset,
+            epoch: owners.map.epoch,
+        });
     }
     let answer = job
         .client
