@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::cluster::{Cluster, figure, free_port, text, write_tsv};
+use common::cluster::{Cluster, figure, free_port, issue, text, write_tsv};
 use common::*;
 
 /// `quern node`'s own shutdown bound, with room for a loaded machine.
@@ -25,23 +25,6 @@ const COMMIT_WITHIN: Duration = Duration::from_secs(120);
 /// keep it from being declared lost.
 const LEASE_TIME: &str = "2s";
 const IDLE_FOR: Duration = Duration::from_secs(5);
-
-fn issue(certs: &Path, name: &str) {
-    run(
-        quern(&certs.join("unused"))
-            .args([
-                "cert",
-                "issue",
-                "--san",
-                "127.0.0.1",
-                "--name",
-                name,
-                "--dir",
-            ])
-            .arg(certs),
-        0,
-    );
-}
 
 /// `quern node --id ID` with these coordinators, store and root.
 fn node(id: u64, certs: &Path, data_dir: &Path, coordinators: &[String], root: &Path) -> Command {
@@ -90,6 +73,31 @@ fn submit(cluster: &Cluster, manifest: &Path, files: usize) -> u64 {
         .unwrap_or_else(|| panic!("no submission id in {summary}"))
 }
 
+/// The nodes' logs, one after the other.
+fn logs(nodes: &[(Child, PathBuf)]) -> String {
+    nodes
+        .iter()
+        .map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Waits until some shard of job `id` is leased (its shards are being
+/// read), asserting it has not committed yet.
+fn wait_until_leased(cluster: &Cluster, id: u64) {
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    loop {
+        let status = cluster.status();
+        let job = job(&status, id).expect("the job is listed");
+        assert!(job["phase"] != "committed", "committed too early: {job:#}");
+        if job["shards_leased"].as_u64() > Some(0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no shard leased: {job:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the coordinators have committed job `id`, while every node
 /// in `nodes` (with its log) keeps running: the job's status.
 fn wait_for_commit(
@@ -97,13 +105,6 @@ fn wait_for_commit(
     id: u64,
     nodes: &mut [(Child, PathBuf)],
 ) -> serde_json::Value {
-    let logs = |nodes: &[(Child, PathBuf)]| -> String {
-        nodes
-            .iter()
-            .map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
     let deadline = Instant::now() + COMMIT_WITHIN;
     loop {
         let status = cluster.status();
@@ -419,34 +420,17 @@ fn a_node_killed_mid_job_restarts_the_job_on_the_others() {
     let mut nodes = start_nodes(&cluster, &stores, &input);
     let job_id = submit(&cluster, &manifest, files.len());
     // Killed once the job's shards are being read.
-    let deadline = Instant::now() + COMMIT_WITHIN;
-    loop {
-        let status = cluster.status();
-        let job = job(&status, job_id).expect("the job is listed");
-        assert!(
-            job["phase"] != "committed",
-            "committed before the kill: {job:#}"
-        );
-        if job["shards_leased"].as_u64() > Some(0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no shard leased: {job:#}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_leased(&cluster, job_id);
     let (mut killed, _) = nodes.pop().unwrap();
     killed.kill().unwrap();
     killed.wait().unwrap();
     let committed = wait_for_commit(&cluster, job_id, &mut nodes);
     assert!(committed["attempt"].as_u64() >= Some(1), "{committed:#}");
     let cause = committed["restarted"].as_str().unwrap_or_default();
-    let logs: Vec<String> = nodes
-        .iter()
-        .map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default())
-        .collect();
     assert!(
         cause.contains("node 3 was lost"),
         "{committed:#}\nnode logs:\n{}",
-        logs.join("\n---\n")
+        logs(&nodes)
     );
     for (child, _) in nodes.iter_mut() {
         terminate(child);
@@ -471,17 +455,7 @@ fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
     let stores = work.path().join("stores");
     let mut nodes = start_nodes(&cluster, &stores, &input);
     let job_id = submit(&cluster, &manifest, files.len());
-    let deadline = Instant::now() + COMMIT_WITHIN;
-    loop {
-        let status = cluster.status();
-        let job = job(&status, job_id).expect("the job is listed");
-        assert!(job["phase"] != "committed", "committed before the pause");
-        if job["shards_leased"].as_u64() > Some(0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no shard leased: {job:#}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_leased(&cluster, job_id);
     let paused = i32::try_from(nodes[2].0.id()).unwrap();
     // SAFETY: signals our own child, which has not been reaped.
     assert_eq!(unsafe { libc::kill(paused, libc::SIGSTOP) }, 0);

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, free_port, text};
-use common::{quern, run, tempdir};
+use common::cluster::{Cluster, free_port, issue, text};
+use common::{quern, tempdir};
 
 /// One Chromium run (it starts in about 2 s here).
 const BROWSER_WITHIN: Duration = Duration::from_secs(60);
@@ -98,13 +98,7 @@ fn a_browser_sees_a_job_wait_for_a_node_then_commit() {
 
     // A node ingests it; the page follows.
     let certs = cluster.path("certs");
-    run(
-        quern(&certs)
-            .args(["cert", "issue", "--san", "127.0.0.1", "--name", "node-1"])
-            .arg("--dir")
-            .arg(&certs),
-        0,
-    );
+    issue(&certs, "node-1");
     let mut node = quern(&work.path().join("unused"));
     node.args(["node", "--id", "1", "--memory", "64M"])
         .arg("--listen")

@@ -40,7 +40,7 @@ use crate::lease::LeaseTable;
 use crate::liveness::{Liveness, NodeView};
 use crate::propose::{self, ProposeError};
 use crate::state::StateError;
-use crate::state::records::{Job, JobState, Shard, ShardState};
+use crate::state::records::{Job, JobState, Node, Shard, ShardState};
 use crate::status::RECENT_JOBS;
 use crate::{Raft, StateMachineStore};
 
@@ -371,11 +371,7 @@ impl LeaseDesk {
         };
         // In id order: the nodes column family is keyed by big-endian id.
         let nodes = self.state.nodes()?;
-        let live: Vec<NodeId> = nodes
-            .iter()
-            .filter(|n| !n.lost)
-            .map(|n| n.info.id)
-            .collect();
+        let live = live_ids(&nodes);
         let current = self.state.partition_map(found.id)?;
         let epoch = current.as_ref().map_or(Epoch(0), |m| m.epoch);
         let wanted = PartitionMap::split(found.spec.partitions, &live, epoch.next());
@@ -556,10 +552,7 @@ impl LeaseDesk {
         let Some(found) = self.state.job(job)? else {
             return Ok(None);
         };
-        let current = self
-            .state
-            .partition_map(found.dataset_id)?
-            .map_or(Epoch(0), |m| m.epoch);
+        let current = self.state.map_epoch(found.dataset_id)?;
         Ok((began != current).then(|| {
             format!(
                 "node {node}'s part of job {job} began under partition map {began}, and the \
@@ -613,17 +606,8 @@ impl LeaseDesk {
         else {
             return Ok(Response::Error(CommandError::JobNotSubmitted { job }));
         };
-        let live: Vec<NodeId> = self
-            .state
-            .nodes()?
-            .into_iter()
-            .filter(|n| !n.lost)
-            .map(|n| n.info.id)
-            .collect();
-        let epoch = self
-            .state
-            .partition_map(dataset.id)?
-            .map_or(Epoch(0), |m| m.epoch);
+        let live = live_ids(&self.state.nodes()?);
+        let epoch = self.state.map_epoch(dataset.id)?;
         let command = Command::RestartJob {
             job,
             attempt,
@@ -700,6 +684,15 @@ impl LeaseDesk {
 enum Granted {
     Shards(Vec<LeasedShard>),
     Refused(String),
+}
+
+/// The ids of `nodes` not declared lost, in their order.
+fn live_ids(nodes: &[Node]) -> Vec<NodeId> {
+    nodes
+        .iter()
+        .filter(|n| !n.lost)
+        .map(|n| n.info.id)
+        .collect()
 }
 
 fn now_ms() -> u64 {

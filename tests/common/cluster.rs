@@ -22,6 +22,25 @@ pub struct Cluster {
     flags: Vec<String>,
 }
 
+/// `quern cert issue` of a certificate named `name` for 127.0.0.1, from
+/// the CA in `certs`.
+pub fn issue(certs: &Path, name: &str) {
+    run(
+        quern(&certs.join("unused"))
+            .args([
+                "cert",
+                "issue",
+                "--san",
+                "127.0.0.1",
+                "--name",
+                name,
+                "--dir",
+            ])
+            .arg(certs),
+        0,
+    );
+}
+
 pub fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -42,20 +61,7 @@ impl Cluster {
         let data = dir.path().join("data");
         run(quern(&data).args(["cert", "init", "--dir"]).arg(&certs), 0);
         for name in ["coord-1", "coord-2", "coord-3", "client"] {
-            run(
-                quern(&data)
-                    .args([
-                        "cert",
-                        "issue",
-                        "--san",
-                        "127.0.0.1",
-                        "--name",
-                        name,
-                        "--dir",
-                    ])
-                    .arg(&certs),
-                0,
-            );
+            issue(&certs, name);
         }
         let addresses: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", free_port()))

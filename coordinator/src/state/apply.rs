@@ -778,13 +778,10 @@ fn restart_job(
         return Ok(Err(CommandError::JobNotSubmitted { job: id }));
     }
     if job.attempt != attempt {
-        let current = tx
-            .get::<PartitionMap>(CF_PARTITIONS, &keys::dataset_prefix(job.dataset_id))?
-            .map_or(Epoch(0), |m| m.epoch);
         return Ok(Ok(Response::JobRestarted {
             job: id,
             attempt: job.attempt,
-            epoch: current,
+            epoch: map_epoch(tx, job.dataset_id)?,
         }));
     }
     if job.attempt + 1 >= MAX_JOB_ATTEMPTS {
@@ -808,6 +805,13 @@ fn restart_job(
         attempt: job.attempt,
         epoch,
     }))
+}
+
+/// The epoch of the dataset's partition map (0 before it has one).
+fn map_epoch(tx: &Tx<'_>, dataset: DatasetId) -> Result<Epoch, StateError> {
+    Ok(tx
+        .get::<PartitionMap>(CF_PARTITIONS, &keys::dataset_prefix(dataset))?
+        .map_or(Epoch(0), |m| m.epoch))
 }
 
 /// Jobs read once per command: a command touches few.
@@ -927,10 +931,7 @@ fn assign_partitions(tx: &mut Tx<'_>, name: &str, map: PartitionMap) -> Outcome 
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };
-    let key = keys::dataset_prefix(dataset.id);
-    let current = tx
-        .get::<PartitionMap>(CF_PARTITIONS, &key)?
-        .map_or(Epoch(0), |m| m.epoch);
+    let current = map_epoch(tx, dataset.id)?;
     if map.epoch != current.next() {
         return Ok(Err(CommandError::StaleMapEpoch {
             dataset: name.into(),
@@ -955,7 +956,7 @@ fn assign_partitions(tx: &mut Tx<'_>, name: &str, map: PartitionMap) -> Outcome 
         }
     }
     let epoch = map.epoch;
-    tx.put(CF_PARTITIONS, &key, &map);
+    tx.put(CF_PARTITIONS, &keys::dataset_prefix(dataset.id), &map);
     Ok(Ok(Response::PartitionsAssigned { epoch }))
 }
 

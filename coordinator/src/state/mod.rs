@@ -285,6 +285,11 @@ impl StateMachineStore {
         self.get(keys::CF_PARTITIONS, &keys::dataset_prefix(dataset))
     }
 
+    /// The epoch of `dataset`'s partition map (0 before it has one).
+    pub fn map_epoch(&self, dataset: DatasetId) -> Result<Epoch, StateError> {
+        Ok(self.partition_map(dataset)?.map_or(Epoch(0), |m| m.epoch))
+    }
+
     /// One page of the files a dataset's last finished submission found
     /// gone: listed by the submission before it, not by it. Paths after
     /// `after`, at most `limit`; memory is bounded by the page, not the
