@@ -27,6 +27,7 @@ use node::input::roots::Roots;
 use node::leased_job::{self, DataChannel, JobError, LeasedJob};
 use node::memory::ProcessMemory;
 use node::shuffle::{Inbound, channel_config};
+use node::staged_parts;
 use node::store::{Access, Store};
 use proto_schema::cert_role::node_name;
 use proto_schema::coordinator_api::{HeartbeatReply, WorkItem};
@@ -140,6 +141,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         runtime,
         stopping,
         skipped: BTreeSet::new(),
+        staged_parts: None,
     };
     let result = node.serve();
     let Node { runtime, .. } = node;
@@ -202,6 +204,10 @@ struct Node {
     /// Jobs this node will not run, warned about once: of datasets it
     /// cannot ingest, or that cannot run again (`JobError::CannotRestart`).
     skipped: BTreeSet<JobId>,
+    /// Jobs whose part this node staged and the coordinators have not
+    /// decided (see `staged_parts`): not run again while they wait.
+    /// `None` until the store's staged parts are next looked at.
+    staged_parts: Option<BTreeSet<JobId>>,
 }
 
 impl Node {
@@ -217,6 +223,7 @@ impl Node {
         );
         while self.stopped().is_none() {
             self.beat()?;
+            self.settle_staged_parts()?;
             let pause = match self.next_job() {
                 Some(item) => self.run_job(item),
                 None => IDLE_POLL,
@@ -268,13 +275,48 @@ impl Node {
         Ok(())
     }
 
+    /// Settles the parts of jobs this node staged and has not published
+    /// (it went down, or the commit wait ran out): publishes those the
+    /// coordinators committed, drops those they will not. Looks at the
+    /// store at start, after a failed job, and while parts wait.
+    fn settle_staged_parts(&mut self) -> anyhow::Result<()> {
+        if self.staged_parts.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Ok(());
+        }
+        let id = self.id;
+        let settled = self
+            .runtime
+            .block_on(staged_parts::settle(&mut self.client, &self.store, id))
+            .context("settling staged parts")?;
+        for job in &settled.published {
+            eprintln!(
+                "node {id}: published the part it had staged (local job {}): the coordinators \
+                 committed its job",
+                job.id
+            );
+        }
+        for job in &settled.discarded {
+            eprintln!(
+                "node {id}: dropped the part it had staged (local job {}): {}",
+                job.id,
+                crate::report::state_name(&job.state)
+            );
+        }
+        self.staged_parts = Some(settled.waiting.into_iter().collect());
+        Ok(())
+    }
+
     /// The oldest job this node may work on.
     fn next_job(&mut self) -> Option<WorkItem> {
         let id = self.id;
         match self.runtime.block_on(self.client.work(id)) {
-            Ok(items) => items
-                .into_iter()
-                .find(|item| !self.skipped.contains(&item.job)),
+            Ok(items) => {
+                let waiting = self.staged_parts.as_ref();
+                items.into_iter().find(|item| {
+                    !self.skipped.contains(&item.job)
+                        && !waiting.is_some_and(|w| w.contains(&item.job))
+                })
+            }
             Err(e) => {
                 tracing::warn!("node {id}: asking for work failed: {e}");
                 None
@@ -361,6 +403,8 @@ impl Node {
             }
             Err(e) => {
                 eprintln!("node {id}: job {}: {e}", item.job);
+                // Its part may be left staged.
+                self.staged_parts = None;
                 FAILED_JOB_PAUSE
             }
         }

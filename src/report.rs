@@ -45,9 +45,13 @@ fn timestamp(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
-fn state_name(state: &JobState) -> String {
+pub fn state_name(state: &JobState) -> String {
     match state {
         JobState::Running => "running".into(),
+        JobState::Staged { part } => format!(
+            "staged for job {} of the coordinators (attempt {}), awaiting their commit",
+            part.job, part.attempt
+        ),
         JobState::Committed => "committed".into(),
         JobState::Interrupted => "interrupted".into(),
         JobState::Failed { reason } => format!("failed: {reason}"),

@@ -478,6 +478,123 @@ fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
     );
 }
 
+/// Whether `store` holds a part staged for the coordinators' commit.
+fn has_staged_part(store: &Path) -> bool {
+    std::fs::read_dir(store.join("staged")).is_ok_and(|mut parts| parts.next().is_some())
+}
+
+/// An owner that has staged its part and reported it is stopped before
+/// it publishes, and SIGKILLed once the others staged too and the
+/// coordinators committed the job (its lease is long, so it is not
+/// declared lost first). Restarted, the owner finds
+/// its part staged, learns the job committed and publishes it: the
+/// export is `sort -u` of the inputs (before, the committed job lacked
+/// the killed owner's partitions for good).
+#[test]
+fn an_owner_killed_after_staging_publishes_its_part_when_it_restarts() {
+    let cluster = Cluster::start_with(&["--lease-time", "30s"]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let work = tempdir();
+    let (input, files, manifest) = input_with_manifest(work.path(), 9, 600_000);
+    let stores = work.path().join("stores");
+    let mut nodes = start_nodes(&cluster, &stores, &input);
+    let job_id = submit(&cluster, &manifest, files.len());
+    let store_of = |n: usize| stores.join(format!("node-{}", n + 1));
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    let victim = loop {
+        if let Some(n) = (0..nodes.len()).find(|&n| has_staged_part(&store_of(n))) {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node staged:\n{}",
+            logs(&nodes)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The others are frozen at once, so the job cannot commit; once the
+    // coordinators have the first stager's report it is frozen in its
+    // turn, and the others resume, stage, and the job commits while it
+    // cannot publish. Then it is killed.
+    let signal = |child: &Child, signal| {
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: signals our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    };
+    for (n, (child, _)) in nodes.iter().enumerate() {
+        if n != victim {
+            signal(child, libc::SIGSTOP);
+        }
+    }
+    let id = victim as u64 + 1;
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    loop {
+        let job = job(&cluster.status(), job_id).expect("the job is listed");
+        let unstaged = job["unstaged"].as_array().expect("unstaged owners");
+        if job["phase"] == "staging" && !unstaged.iter().any(|n| n.as_u64() == Some(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not stage: {job:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut killed, killed_log) = nodes.remove(victim);
+    signal(&killed, libc::SIGSTOP);
+    for (child, _) in nodes.iter() {
+        signal(child, libc::SIGCONT);
+    }
+    let committed = wait_for_commit(&cluster, job_id, &mut nodes);
+    assert_eq!(committed["attempt"].as_u64(), Some(0), "{committed:#}");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(
+        has_staged_part(&store_of(victim)),
+        "the owner was killed with its part staged"
+    );
+
+    let id = victim as u64 + 1;
+    let restarted_log = cluster.path(&format!("node-{id}-restarted.log"));
+    let restarted = node(
+        id,
+        &cluster.path("certs"),
+        &store_of(victim),
+        &cluster.addresses,
+        &input,
+    )
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&restarted_log).unwrap())
+    .spawn()
+    .unwrap();
+    nodes.push((restarted, restarted_log.clone()));
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    while !std::fs::read_to_string(&restarted_log)
+        .is_ok_and(|t| t.contains("published the part it had staged"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not publish its part:\n{}\nbefore the kill:\n{}",
+            std::fs::read_to_string(&restarted_log).unwrap_or_default(),
+            std::fs::read_to_string(&killed_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (child, _) in nodes.iter_mut() {
+        assert_eq!(terminate(child).code(), Some(0));
+    }
+    assert!(
+        !has_staged_part(&store_of(victim)),
+        "its staged files were removed"
+    );
+    let exported = export(&stores, "ds");
+    assert!(
+        exported == sort_u(&files),
+        "after the owner's restart, the export is not sort -u of the inputs"
+    );
+}
+
 /// The number after `label` in a summary, thousands separators and all.
 fn counted(summary: &str, label: &str) -> u64 {
     let line = summary

@@ -34,6 +34,7 @@ use node::input::roots::Roots;
 use node::leased_job::{self, DataChannel, JobError, LeasedJob, RegisterError};
 use node::shuffle::inbound::node_certificate_name;
 use node::shuffle::{Inbound, channel_config};
+use node::staged_parts;
 use node::store::catalog::JobTotals;
 use node::store::{Access, Store, StoreError};
 use proto_schema::ca::ClusterCa;
@@ -244,6 +245,25 @@ fn run_job(
             path: dir.clone(),
             source,
         })?;
+        // A part an earlier run staged: published if its job committed.
+        let settled = runtime
+            .block_on(staged_parts::settle(
+                &mut coordinator.client(),
+                &store,
+                node,
+            ))
+            .map_err(|source| DevError::Store {
+                path: dir.clone(),
+                source,
+            })?;
+        if !settled.published.is_empty() || !settled.discarded.is_empty() {
+            tracing::warn!(
+                %node,
+                published = settled.published.len(),
+                discarded = settled.discarded.len(),
+                "settled parts an earlier run left staged"
+            );
+        }
         let job = LeasedJob {
             client: coordinator.client(),
             target: LeaseTarget {

@@ -289,13 +289,18 @@ async fn supervise(
                     hung_stages.join(", ")
                 ));
             }
-            store.end_job(
-                &ctx.job,
-                JobState::Failed {
-                    reason: reason.clone(),
-                },
-                None,
-            )?;
+            // A part of the coordinators' job left staged waits for their
+            // decision (`staged_parts::settle`); anything else failed.
+            let recorded = store.job(ctx.dataset.id, ctx.job.id)?;
+            if !recorded.is_some_and(|job| matches!(job.state, JobState::Staged { .. })) {
+                store.end_job(
+                    &ctx.job,
+                    JobState::Failed {
+                        reason: reason.clone(),
+                    },
+                    None,
+                )?;
+            }
             Err(IngestError::Failed {
                 dataset: ctx.dataset.name.clone(),
                 job: ctx.job.id,

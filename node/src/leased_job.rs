@@ -45,6 +45,7 @@ use crate::input::roots::Roots;
 use crate::shuffle::inbound::node_certificate_name;
 use crate::shuffle::{Inbound, RemoteRange, ShuffleJob};
 use crate::store::Store;
+use crate::store::staged::ClusterPart;
 
 /// How long a node waits at a job's start for every owner of the
 /// partition map to start the job too (to announce its lanes).
@@ -209,7 +210,7 @@ pub fn run<T: Transport>(
         .unwrap_or(u16::MAX)
         .clamp(1, MAX_NODE_LANES);
     job.ingest.threads = usize::from(lanes);
-    let attempt = runtime.block_on(start_attempt(&mut job, lanes))?;
+    let (attempt, began_ms) = runtime.block_on(start_attempt(&mut job, lanes))?;
     let owners = runtime.block_on(wait_for_owners(&mut job, lanes))?;
     let shuffle = runtime.block_on(shuffle_job(&job, &owners))?;
     let settings = LeaseSettings {
@@ -220,7 +221,12 @@ pub fn run<T: Transport>(
     let feed = Arc::new(LeaseFeed::new(
         job.client,
         job.target,
-        (attempt, owners.map.epoch),
+        ClusterPart {
+            job: job.target.job,
+            began_ms,
+            attempt,
+            map_epoch: owners.map.epoch,
+        },
         runtime,
         settings,
     ));
@@ -235,8 +241,12 @@ pub fn run<T: Transport>(
 
 /// The job's attempt this node's part runs in: the current one if none
 /// of its shards is done yet, else (if the map names this node: a node
-/// left out waits for the next job) the next one, asked for.
-async fn start_attempt<T: Transport>(job: &mut LeasedJob<T>, lanes: u16) -> Result<u32, JobError> {
+/// left out waits for the next job) the next one, asked for. With the
+/// time the job's submission began, which names it in a staged part.
+async fn start_attempt<T: Transport>(
+    job: &mut LeasedJob<T>,
+    lanes: u16,
+) -> Result<(u32, u64), JobError> {
     let (node, id) = (job.target.node, job.target.job);
     let dataset = job.ingest.dataset.clone();
     let map_error = |reason: String| JobError::Map {
@@ -245,7 +255,7 @@ async fn start_attempt<T: Transport>(job: &mut LeasedJob<T>, lanes: u16) -> Resu
     };
     let status = job_status(&mut job.client, id).await.map_err(map_error)?;
     if status.shards_done == 0 {
-        return Ok(status.attempt);
+        return Ok((status.attempt, status.began_ms));
     }
     let owners = job
         .client
@@ -271,7 +281,7 @@ async fn start_attempt<T: Transport>(job: &mut LeasedJob<T>, lanes: u16) -> Resu
     match answer {
         Response::JobRestarted { attempt, .. } => {
             tracing::warn!(%node, job = %id, attempt, "job restarted: this node starts again");
-            Ok(attempt)
+            Ok((attempt, status.began_ms))
         }
         other => Err(JobError::CannotRestart {
             node,

@@ -17,5 +17,6 @@ pub mod metric_catalog;
 pub mod quarantine;
 pub mod recent_keys;
 pub mod shuffle;
+pub mod staged_parts;
 pub mod store;
 pub mod tally_runs;

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::commit::{Commit, CommitArgs};
 use super::dedup::{Dedup, DedupArgs};
-use super::feed::{Scanners, ShardFeed};
+use super::feed::{NotPublished, Scanners, ShardFeed};
 use super::messages::{JobMsg, LaneOutput, ScanMsg, SortMergeMsg};
 use super::scan::{Scan, ScanArgs};
 use super::sort_merge::{SortMerge, SortMergeArgs};
@@ -231,16 +231,35 @@ impl JobState {
                 totals.read, totals.unique, totals.duplicates, totals.rejected, totals.unique
             ));
         }
-        // Staged: the feed says when the job may publish (at once for a
-        // walk; once the coordinators commit it for leased shards).
-        blocking(|| self.feed.staged(&totals))?;
         let files = outputs.into_iter().flat_map(|o| o.files).collect();
-        blocking(|| {
-            ctx.store
-                .publish_job(&ctx.job, files, &totals, &ctx.scratch)
-        })
-        .map_err(|e| e.to_string())?;
-        Ok(totals)
+        let Some(part) = self.feed.cluster_part() else {
+            // A walk's job publishes at once.
+            blocking(|| self.feed.staged(&totals)).map_err(|e| e.to_string())?;
+            blocking(|| {
+                ctx.store
+                    .publish_job(&ctx.job, files, &totals, &ctx.scratch)
+            })
+            .map_err(|e| e.to_string())?;
+            return Ok(totals);
+        };
+        // A part of the coordinators' job: staged durably, then published
+        // once they commit the job.
+        let store = &ctx.store;
+        let staged = blocking(|| store.stage_job(&ctx.job, part, files, &totals))
+            .map_err(|e| e.to_string())?;
+        match blocking(|| self.feed.staged(&totals)) {
+            Ok(()) => {
+                blocking(|| store.publish_staged(&staged)).map_err(|e| e.to_string())?;
+                Ok(totals)
+            }
+            Err(NotPublished::Refused(reason)) => {
+                blocking(|| store.discard_staged(&staged, reason.clone()))
+                    .map_err(|e| e.to_string())?;
+                Err(reason)
+            }
+            // Left staged: the supervisor sees it so and leaves it be.
+            Err(undecided) => Err(undecided.to_string()),
+        }
     }
 }
 

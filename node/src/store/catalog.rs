@@ -10,6 +10,7 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, meta};
+use super::staged::ClusterPart;
 use super::{Store, StoreError};
 use crate::config::Format;
 
@@ -26,6 +27,11 @@ pub struct DatasetInfo {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum JobState {
     Running,
+    /// A part of the coordinators' job, its files kept until they decide
+    /// (`store::staged`).
+    Staged {
+        part: ClusterPart,
+    },
     Committed,
     /// The process died before the job committed; nothing of it is in the
     /// store.
@@ -112,7 +118,7 @@ impl Store {
         }
     }
 
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+    pub(super) fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
         self.db()
             .put_cf(self.meta_cf(), key, to_json(value))
             .map_err(|e| self.rocks_error(e))
@@ -209,6 +215,11 @@ impl Store {
             .collect()
     }
 
+    /// One job of a dataset, as last recorded.
+    pub fn job(&self, dataset: DatasetId, id: u32) -> Result<Option<JobInfo>, StoreError> {
+        self.get_meta(&meta::job(dataset, id))
+    }
+
     /// Registers a new running job.
     pub fn begin_job(
         &self,
@@ -279,29 +290,41 @@ impl Store {
         }
     }
 
+    /// Every dataset's jobs.
+    pub(super) fn all_jobs(&self) -> Result<Vec<JobInfo>, StoreError> {
+        self.meta_range(&[meta::JOB], vec![meta::JOB + 1])
+            .map(|item| item.and_then(|(key, value)| self.parse_json(&key, &value)))
+            .collect()
+    }
+
     /// Settles jobs left running by a process that died: committed if their
-    /// job record made it into the store, interrupted otherwise.
+    /// job record made it into the store, interrupted otherwise. A staged
+    /// job stays staged (the coordinators decide it) unless it was
+    /// published already.
     pub(super) fn recover_jobs(&self) -> Result<(), StoreError> {
-        let mut stale: Vec<JobInfo> = Vec::new();
-        for item in self.meta_range(&[meta::JOB], vec![meta::JOB + 1]) {
-            let (key, value) = item?;
-            let job: JobInfo = self.parse_json(&key, &value)?;
-            if job.state == JobState::Running {
-                stale.push(job);
-            }
-        }
-        for job in stale {
+        for job in self.all_jobs()? {
+            let staged = match job.state {
+                JobState::Running => false,
+                JobState::Staged { .. } => true,
+                _ => continue,
+            };
             match self.committed_totals(job.dataset, job.id)? {
-                Some(totals) => self.end_job(&job, JobState::Committed, Some(totals))?,
+                Some(_) if staged => {
+                    self.publish_staged(&job)?;
+                }
+                Some(totals) => {
+                    self.end_job(&job, JobState::Committed, Some(totals))?;
+                }
+                None if staged => {}
                 None => {
                     tracing::warn!(
                         dataset = job.dataset.get(),
                         job = job.id,
                         "job was interrupted before it committed; none of its records are in the store"
                     );
-                    self.end_job(&job, JobState::Interrupted, None)?
+                    self.end_job(&job, JobState::Interrupted, None)?;
                 }
-            };
+            }
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod ledger;
 pub mod merge_ops;
 pub mod publish;
+pub mod staged;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coordinator_client::{CoordinatorClient, Transport};
-use proto_schema::command::{MAX_LEASES_PER_COMMAND, Response, StagedCounts};
+use proto_schema::command::{MAX_LEASES_PER_COMMAND, Response};
 use proto_schema::coordinator_api::{
     HeartbeatReply, JobPhase, JobStatus, LeaseReply, LeasedShard, ShardProgress,
 };
@@ -31,13 +31,15 @@ use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use super::{BUNDLE_BYTES, BUNDLE_SHARDS, FileRegister, Scanners, ShardFeed};
+use super::{BUNDLE_BYTES, BUNDLE_SHARDS, FileRegister, NotPublished, Scanners, ShardFeed};
 use crate::actors::JobContext;
 use crate::input::roots::Roots;
 use crate::input::shard::{InputFile, Shard, plan_shards};
 use crate::memory::ProcessMemory;
 use crate::quarantine::FileProblem;
+use crate::staged_parts::{self, Decision, ReportError};
 use crate::store::catalog::JobTotals;
+use crate::store::staged::ClusterPart;
 
 /// How the feed paces itself.
 #[derive(Debug, Clone)]
@@ -105,25 +107,25 @@ struct Shared<T: Transport> {
 /// Shards of one job, leased from the coordinators.
 pub struct LeaseFeed<T: Transport> {
     shared: Arc<Shared<T>>,
-    /// The job's attempt this node's part runs in: if the job is restarted
-    /// meanwhile, the part ends (the node starts again).
-    attempt: u32,
-    /// The partition map's epoch the job runs under: what the owner
-    /// stages under (refused if the map moved on meanwhile).
-    map_epoch: Epoch,
+    /// The job's part this feed runs: its attempt (if the job is restarted
+    /// meanwhile, the part ends and the node starts again) and the
+    /// partition map's epoch it runs and stages under (a stage is refused
+    /// if the map moved on meanwhile).
+    part: ClusterPart,
     runtime: Handle,
     settings: LeaseSettings,
     reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl<T: Transport> LeaseFeed<T> {
-    /// A feed for `target` in the job's `(attempt, partition map epoch)`,
-    /// calling the coordinators through `client` on `runtime` (which must
-    /// outlive the job: the job's own runtime stops with it).
+    /// A feed for `target`'s `part` of the job (`part.job` is
+    /// `target.job`), calling the coordinators through `client` on
+    /// `runtime` (which must outlive the job: the job's own runtime stops
+    /// with it).
     pub fn new(
         client: CoordinatorClient<T>,
         target: LeaseTarget,
-        (attempt, map_epoch): (u32, Epoch),
+        part: ClusterPart,
         runtime: Handle,
         settings: LeaseSettings,
     ) -> Self {
@@ -137,8 +139,7 @@ impl<T: Transport> LeaseFeed<T> {
                 stop: AtomicBool::new(false),
                 failure: Mutex::default(),
             }),
-            attempt,
-            map_epoch,
+            part,
             runtime,
             settings,
             reporter: Mutex::default(),
@@ -158,12 +159,12 @@ impl<T: Transport> LeaseFeed<T> {
             .block_on(async { self.shared.client.lock().await.job(job).await })
             .map_err(|e| format!("asking for job {job}: {e}"))?
             .ok_or_else(|| format!("the coordinators know no job {job}"))?;
-        if status.attempt != self.attempt {
+        if status.attempt != self.part.attempt {
             return Err(format!(
                 "job {job} was restarted ({}): attempt {} of this node's part is over, \
                  attempt {} runs",
                 status.restarted.as_deref().unwrap_or("no cause given"),
-                self.attempt,
+                self.part.attempt,
                 status.attempt
             ));
         }
@@ -330,7 +331,11 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
         }
     }
 
-    fn staged(&self, totals: &JobTotals) -> Result<(), String> {
+    fn cluster_part(&self) -> Option<ClusterPart> {
+        Some(self.part)
+    }
+
+    fn staged(&self, totals: &JobTotals) -> Result<(), NotPublished> {
         let outcome = self.stage_and_wait(totals);
         self.stop_reporter();
         outcome
@@ -338,49 +343,55 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
 }
 
 impl<T: Transport> LeaseFeed<T> {
-    /// Reports the owner's counts, then waits for the job's commit.
-    fn stage_and_wait(&self, totals: &JobTotals) -> Result<(), String> {
-        let target = self.shared.target;
-        let counts = StagedCounts {
-            read: totals.read,
-            unique: totals.unique,
-            duplicates: totals.duplicates,
-            rejected: totals.rejected,
-        };
-        let map_epoch = self.map_epoch;
-        let answer = self
-            .runtime
-            .block_on(async {
-                let mut client = self.shared.client.lock().await;
-                client
-                    .stage(target.node, target.job, counts, map_epoch)
-                    .await
-            })
-            .map_err(|e| format!("staging job {}: {e}", target.job))?;
-        match answer {
-            Response::JobStaged {
-                committed: true, ..
-            } => return Ok(()),
-            Response::JobStaged { .. } => {}
-            other => return Err(format!("staging job {} refused: {other:?}", target.job)),
-        }
-        let deadline = Instant::now() + self.settings.commit_timeout;
-        loop {
-            let status = self.job_status()?;
-            if status.phase == JobPhase::Committed {
-                return Ok(());
+    /// Reports the owner's counts, then waits for the coordinators to
+    /// decide the job (see `staged_parts::decide`).
+    fn stage_and_wait(&self, totals: &JobTotals) -> Result<(), NotPublished> {
+        let (node, part) = (self.shared.target.node, self.part);
+        let reported = self.runtime.block_on(async {
+            let mut client = self.shared.client.lock().await;
+            staged_parts::report(&mut client, node, &part, staged_parts::counts_of(totals)).await
+        });
+        match reported {
+            Ok(()) => {}
+            Err(e @ ReportError::Refused { .. }) => {
+                return Err(NotPublished::Refused(e.to_string()));
             }
-            if status.phase == JobPhase::Aborted {
-                return Err(format!("job {} was aborted", target.job));
+            Err(e @ ReportError::Unreachable { .. }) => {
+                return Err(NotPublished::Undecided(e.to_string()));
+            }
+        }
+        tracing::info!(
+            %node,
+            job = %part.job,
+            attempt = part.attempt,
+            "staged this node's part; waiting for the coordinators to commit the job"
+        );
+        let deadline = Instant::now() + self.settings.commit_timeout;
+        let mut last = String::from("no answer yet");
+        loop {
+            let asked = self
+                .runtime
+                .block_on(async { self.shared.client.lock().await.job(part.job).await });
+            match asked {
+                Ok(status) => match staged_parts::decide(status.as_ref(), &part) {
+                    Decision::Publish => return Ok(()),
+                    Decision::Discard(reason) => return Err(NotPublished::Refused(reason)),
+                    Decision::Wait => {
+                        if let Some(status) = status {
+                            last = format!(
+                                "{} shards pending, {} leased, owners {:?} not staged",
+                                status.shards_pending, status.shards_leased, status.unstaged
+                            );
+                        }
+                    }
+                },
+                Err(e) => last = format!("asking for job {}: {e}", part.job),
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "job {} was not committed within {:?} of staging: {} shards pending, {} leased",
-                    target.job,
-                    self.settings.commit_timeout,
-                    status.shards_pending,
-                    status.shards_leased
-                ));
+                return Err(NotPublished::Undecided(format!(
+                    "job {} was not committed within {:?} of staging: {last}",
+                    part.job, self.settings.commit_timeout
+                )));
             }
             std::thread::sleep(self.settings.poll);
         }

@@ -27,6 +27,7 @@ use crate::input::shard::{InputFile, Shard};
 use crate::memory::Governor;
 use crate::memory::monitor::SAMPLE_INTERVAL;
 use crate::store::catalog::JobTotals;
+use crate::store::staged::ClusterPart;
 
 /// A scanner is handed shards in bundles of up to this many shards or
 /// [`BUNDLE_BYTES`] of listed file bytes, whichever comes first: handing
@@ -57,14 +58,45 @@ pub trait ShardFeed: Send + Sync + 'static {
     /// A walk has nothing to do; a feed of leased shards reports them.
     fn scanned(&self, _shards: &[Shard]) {}
 
+    /// The part of the coordinators' job this job is, if it is one: its
+    /// files are then staged durably (`store::staged`) before
+    /// [`ShardFeed::staged`] reports them, so that a node that goes down
+    /// before it publishes still publishes once it is back.
+    fn cluster_part(&self) -> Option<ClusterPart> {
+        None
+    }
+
     /// Every lane has written its files and the counters reconcile:
     /// `totals` are staged, not yet published. Returns once the job may
     /// publish, or why it may not (the job then fails, publishing
     /// nothing). Runs on a blocking thread. A walk publishes at once; a
     /// feed of leased shards reports its counts to the coordinators and
     /// waits for them to commit the job.
-    fn staged(&self, _totals: &JobTotals) -> Result<(), String> {
+    fn staged(&self, _totals: &JobTotals) -> Result<(), NotPublished> {
         Ok(())
+    }
+}
+
+/// Why a staged job does not publish now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotPublished {
+    /// It never will: the job fails and its staged files go.
+    Refused(String),
+    /// Nothing is decided yet (the wait ran out, or the coordinators could
+    /// not be asked): the job's part stays staged for the node to settle
+    /// when it asks again (`staged_parts::settle`).
+    Undecided(String),
+}
+
+impl std::fmt::Display for NotPublished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(reason) => f.write_str(reason),
+            Self::Undecided(reason) => write!(
+                f,
+                "{reason}; the part stays staged until the coordinators decide"
+            ),
+        }
     }
 }
 
