@@ -190,7 +190,7 @@ pub struct TuningArgs {
 pub struct DevArgs {
     /// Files or directories (walked; every file is leased to a node by
     /// its path, in path order).
-    #[arg(required_unless_present = "sample", conflicts_with = "sample")]
+    #[arg(required_unless_present_any = ["sample", "serve"], conflicts_with_all = ["sample", "serve"])]
     pub paths: Vec<PathBuf>,
 
     /// Run the job on a small generated sample dataset (into dataset
@@ -213,6 +213,27 @@ pub struct DevArgs {
     /// Plain log lines instead of a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Keep the process up as a local cluster for `quern submit`, `quern
+    /// status` and metrics (`--metrics`), until Ctrl-C: a coordinator on
+    /// --listen and the nodes; certificates and a client configuration
+    /// (`DIR/serve/client.toml`) are made under the data directory.
+    #[arg(long, conflicts_with = "sample")]
+    pub serve: bool,
+
+    /// With --serve: the coordinator's address.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:7400",
+        requires = "serve"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// With --serve: a directory the nodes may read under (repeatable)
+    /// [default: the current directory].
+    #[arg(long = "root", value_name = "DIR", requires = "serve")]
+    pub roots: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use proto_schema::ca::ClusterCa;
+use proto_schema::ca::{ClusterCa, IssuedCert};
 use proto_schema::cert_role::Role;
 use proto_schema::tls::{CA_CERT_FILE, CA_KEY_FILE, CertPaths};
 
@@ -34,9 +34,7 @@ fn init(dir: &Path, force: bool, args: CertInitArgs) -> anyhow::Result<()> {
     let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
     refuse_existing(&[&cert, &key], force, "a cluster CA")?;
     let ca = ClusterCa::generate(args.days)?;
-    create_dir(dir)?;
-    write_file(&key, ca.key_pem().as_bytes(), PRIVATE, force)?;
-    write_file(&cert, ca.cert_pem().as_bytes(), PUBLIC, force)?;
+    write_ca(dir, &ca, force)?;
     println!(
         "cluster CA: {} (key: {}; keep it off the nodes)",
         cert.display(),
@@ -75,9 +73,7 @@ fn issue(dir: &Path, force: bool, args: CertIssueArgs) -> anyhow::Result<()> {
         _ => true,
     };
     let issued = ca.issue(&args.name, &args.sans, args.days)?;
-    create_dir(&out)?;
-    write_file(&paths.key, issued.key_pem.as_bytes(), PRIVATE, force)?;
-    write_file(&paths.cert, issued.cert_pem.as_bytes(), PUBLIC, force)?;
+    write_issued(&paths, &issued, force)?;
     if copy_ca {
         write_file(&paths.ca, ca.cert_pem().as_bytes(), PUBLIC, force)?;
     }
@@ -94,6 +90,54 @@ fn issue(dir: &Path, force: bool, args: CertIssueArgs) -> anyhow::Result<()> {
     println!("valid for {} days", args.days);
     println!("fingerprint: {}", issued.fingerprint);
     Ok(())
+}
+
+/// For `quern dev --serve`: a CA in `dir` and a certificate for each of
+/// `names` valid for `sans`, each made only if missing, so a restart
+/// keeps the ones a client already uses.
+pub fn local_certificates(dir: &Path, names: &[String], sans: &[String]) -> anyhow::Result<()> {
+    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    let ca = if cert.exists() {
+        ClusterCa::load(&cert, &key).context("reading the local CA")?
+    } else {
+        let ca = ClusterCa::generate(LOCAL_DAYS)?;
+        write_ca(dir, &ca, false)?;
+        ca
+    };
+    for name in names {
+        let paths = CertPaths::in_dir(dir, name);
+        if !paths.cert.exists() {
+            write_issued(&paths, &ca.issue(name, sans, LOCAL_DAYS)?, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// How long `local_certificates` are valid.
+const LOCAL_DAYS: u32 = 365;
+
+fn write_ca(dir: &Path, ca: &ClusterCa, force: bool) -> anyhow::Result<()> {
+    create_dir(dir)?;
+    write_file(
+        &dir.join(CA_KEY_FILE),
+        ca.key_pem().as_bytes(),
+        PRIVATE,
+        force,
+    )?;
+    write_file(
+        &dir.join(CA_CERT_FILE),
+        ca.cert_pem().as_bytes(),
+        PUBLIC,
+        force,
+    )
+}
+
+fn write_issued(paths: &CertPaths, issued: &IssuedCert, force: bool) -> anyhow::Result<()> {
+    if let Some(dir) = paths.cert.parent() {
+        create_dir(dir)?;
+    }
+    write_file(&paths.key, issued.key_pem.as_bytes(), PRIVATE, force)?;
+    write_file(&paths.cert, issued.cert_pem.as_bytes(), PUBLIC, force)
 }
 
 fn refuse_existing(paths: &[&PathBuf], force: bool, what: &str) -> anyhow::Result<()> {

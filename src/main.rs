@@ -8,6 +8,7 @@ mod cluster_client;
 mod config_file;
 mod coordinator_cmd;
 mod dev;
+mod dev_serve;
 mod ingest;
 mod logging;
 mod metrics_endpoint;
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         args::Command::Status(args) => status::run(args),
         args::Command::Submit(args) => submit::run(args),
         args::Command::Abort(args) => submit::abort_open(args),
+        args::Command::Dev(args) if args.serve => dev_serve::run(&cli.data, args, metrics.as_ref()),
         args::Command::Dev(args) => dev::run(&cli.data, args, &log),
     };
     result.unwrap_or_else(|e| {

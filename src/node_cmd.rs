@@ -14,6 +14,8 @@
 //! job; a job whose partition map has other owners dials them from it.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,68 +87,39 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(crate::EXIT_USAGE));
     }
-    let roots = Roots::new(&args.roots).context("resolving the roots")?;
-    let ingest = IngestConfig {
-        data_dir: data_dir.clone(),
-        memory_bytes: args.memory,
-        ..IngestConfig::default()
-    };
-    ingest.validate()?;
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let store = Store::open(
-        &data_dir,
-        MemoryPlan::rocksdb_cache_bytes(args.memory),
-        Access::ReadWrite,
-    )
-    .with_context(|| format!("opening the store at {}", data_dir.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("quern-node")
-        .enable_all()
-        .build()?;
     let (stop, stopping) = watch::channel(None);
-    runtime.spawn(stop_on_signal(id, stop));
-    let (client, channel) = {
-        let _entered = runtime.enter();
-        let client = CoordinatorClient::quic(&identity, args.coordinators.clone())?;
-        let plan = MemoryPlan::shuffling(
-            args.memory,
-            ingest.threads,
-            ingest.threads,
-            ingest.batch_bytes,
-        );
-        let inbound = Inbound::new();
-        let endpoint = ChannelEndpoint::bind(
+    let mut node = Node::start(
+        NodeSetup {
+            id,
             listen,
-            &identity,
-            channel_config(&plan, &ingest),
-            inbound.clone(),
-        )
-        .with_context(|| format!("binding the data channel on {listen}"))?;
-        (client, Arc::new(DataChannel { endpoint, inbound }))
-    };
-    let mut node = Node {
-        id,
-        address: channel.endpoint.local_addr().to_string(),
-        channel,
-        identity,
-        coordinators: args.coordinators,
-        client,
-        incarnation: 0,
-        heartbeat: MAX_HEARTBEAT,
-        store: Arc::new(store),
-        ingest,
-        roots,
-        runtime,
+            data_dir,
+            identity,
+            coordinators: args.coordinators,
+            memory: args.memory,
+            roots: Roots::new(&args.roots).context("resolving the roots")?,
+        },
         stopping,
-        skipped: BTreeSet::new(),
-        staged_parts: None,
-    };
+    )?;
+    node.runtime
+        .spawn(stop_on_signal(format!("node {id}"), stop));
     let result = node.serve();
-    let Node { runtime, .. } = node;
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    node.shut_down();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// What a node starts from: `quern node`'s arguments, or one of `quern
+/// dev --serve`'s nodes.
+pub(crate) struct NodeSetup {
+    pub id: NodeId,
+    /// Its data channel's address.
+    pub listen: SocketAddr,
+    /// Its store.
+    pub data_dir: PathBuf,
+    /// Its certificate, named `node-ID`.
+    pub identity: TlsIdentity,
+    pub coordinators: Vec<String>,
+    pub memory: u64,
+    pub roots: Roots,
 }
 
 /// Heartbeats every `interval` until aborted (failures are the feed's to
@@ -167,24 +140,26 @@ async fn keep_alive(
 }
 
 /// Sets `stop` on Ctrl-C or SIGTERM, then gives the process
-/// `SHUTDOWN_BOUND` to exit before ending it with a failing status.
-async fn stop_on_signal(id: NodeId, stop: watch::Sender<Option<&'static str>>) {
+/// `SHUTDOWN_BOUND` to exit before ending it with a failing status. `who`
+/// names the process in its messages.
+pub(crate) async fn stop_on_signal(who: String, stop: watch::Sender<Option<&'static str>>) {
     let signal = match crate::coordinator_cmd::stop_signal().await {
         Ok(signal) => signal,
         Err(e) => {
-            tracing::error!("node {id}: cannot wait for signals: {e}");
+            tracing::error!("{who}: cannot wait for signals: {e}");
             return;
         }
     };
-    eprintln!("node {id}: {signal}, shutting down (within {SHUTDOWN_BOUND:?})");
+    eprintln!("{who}: {signal}, shutting down (within {SHUTDOWN_BOUND:?})");
     let _ = stop.send(Some(signal));
     tokio::time::sleep(SHUTDOWN_BOUND).await;
-    eprintln!("node {id}: shutdown did not finish within {SHUTDOWN_BOUND:?}; exiting");
+    eprintln!("{who}: shutdown did not finish within {SHUTDOWN_BOUND:?}; exiting");
     // SAFETY: _exit ends the process at once; nothing runs after it.
     unsafe { libc::_exit(1) }
 }
 
-struct Node {
+/// A running node: its store, data channel and connection.
+pub(crate) struct Node {
     id: NodeId,
     /// Its data channel's, as registered.
     address: String,
@@ -211,8 +186,81 @@ struct Node {
 }
 
 impl Node {
+    /// Opens the store, binds the data channel and connects; the node
+    /// works once `serve`d, until `stopping` says why it stops.
+    pub(crate) fn start(
+        setup: NodeSetup,
+        stopping: watch::Receiver<Option<&'static str>>,
+    ) -> anyhow::Result<Self> {
+        let NodeSetup {
+            id,
+            listen,
+            data_dir,
+            identity,
+            coordinators,
+            memory,
+            roots,
+        } = setup;
+        let ingest = IngestConfig {
+            data_dir: data_dir.clone(),
+            memory_bytes: memory,
+            ..IngestConfig::default()
+        };
+        ingest.validate()?;
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let store = Store::open(
+            &data_dir,
+            MemoryPlan::rocksdb_cache_bytes(memory),
+            Access::ReadWrite,
+        )
+        .with_context(|| format!("opening the store at {}", data_dir.display()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("quern-node-{id}"))
+            .enable_all()
+            .build()?;
+        let (client, channel) = {
+            let _entered = runtime.enter();
+            let client = CoordinatorClient::quic(&identity, coordinators.clone())?;
+            let plan =
+                MemoryPlan::shuffling(memory, ingest.threads, ingest.threads, ingest.batch_bytes);
+            let inbound = Inbound::new();
+            let endpoint = ChannelEndpoint::bind(
+                listen,
+                &identity,
+                channel_config(&plan, &ingest),
+                inbound.clone(),
+            )
+            .with_context(|| format!("binding the data channel on {listen}"))?;
+            (client, Arc::new(DataChannel { endpoint, inbound }))
+        };
+        Ok(Node {
+            id,
+            address: channel.endpoint.local_addr().to_string(),
+            channel,
+            identity,
+            coordinators,
+            client,
+            incarnation: 0,
+            heartbeat: MAX_HEARTBEAT,
+            store: Arc::new(store),
+            ingest,
+            roots,
+            runtime,
+            stopping,
+            skipped: BTreeSet::new(),
+            staged_parts: None,
+        })
+    }
+
+    /// Stops its runtime (the data channel's driver, its clients).
+    pub(crate) fn shut_down(self) {
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+
     /// Registers, then works until stopped.
-    fn serve(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn serve(&mut self) -> anyhow::Result<()> {
         self.register()?;
         eprintln!(
             "node {} registered (incarnation {}, data channel {}, store {})",

@@ -141,3 +141,131 @@ fn dev_runs_the_generated_sample() {
     // Paths and --sample are one or the other.
     dev(dev_data.path(), &["--sample"], &[dev_data.path()], 2);
 }
+
+/// A `quern dev --serve` process, killed when dropped.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `quern dev --serve --nodes 2` on `data`, reading under `root`:
+/// the process and its log, once it says it serves.
+fn serve(data: &Path, root: &Path, port: u16) -> (Served, std::path::PathBuf) {
+    let log = data.with_extension(format!("serve-{port}.log"));
+    let child = quern(data)
+        .args(["dev", "--serve", "--nodes", "2", "--memory", "64M"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--root")
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let served = Served(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("node(s), stores under")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "quern dev --serve did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (served, log)
+}
+
+/// A client command with the configuration `quern dev --serve` wrote.
+fn client(data: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quern"));
+    isolate(&mut cmd);
+    cmd.arg("--config")
+        .arg(data.join("serve/client.toml"))
+        .args(args);
+    cmd
+}
+
+/// Waits until `log` holds `needle` `times` times.
+fn wait_for_log(log: &Path, needle: &str, times: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM: the process exits with status 0 within the nodes' bound.
+fn stop(mut served: Served, log: &Path) {
+    let pid = i32::try_from(served.0.id()).unwrap();
+    // SAFETY: signals our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = served.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(log).unwrap();
+    assert_eq!(exit.code(), Some(0), "{text}");
+}
+
+/// `quern dev --serve` keeps a local cluster up: `submit --wait` with the
+/// client configuration it wrote runs a job on its two nodes, `status`
+/// lists them, SIGTERM stops it with status 0, and the stores export `sort
+/// -u` of the inputs. Served again from the same directory (its
+/// certificates and coordinator kept), a second job adds to the dataset.
+#[test]
+fn dev_serve_runs_submitted_jobs_until_stopped() {
+    let (input, data) = (tempdir(), tempdir());
+    let input_dir = input.path().canonicalize().unwrap();
+    let (first, second) = (input_dir.join("first"), input_dir.join("second"));
+    std::fs::create_dir(&first).unwrap();
+    std::fs::create_dir(&second).unwrap();
+    let mut files = edge_case_dataset(&first, 4, 200_000, 23);
+    let port = common::cluster::free_port();
+    let submit = |dir: &Path| {
+        let mut cmd = client(
+            data.path(),
+            &["submit", "--no-progress", "--wait", "--dataset", "ds"],
+        );
+        let out = run(cmd.arg(dir), 0);
+        let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(summary.contains("committed"), "{summary}");
+    };
+
+    let (served, log) = serve(data.path(), &input_dir, port);
+    submit(&first);
+    let status = run(&mut client(data.path(), &["status", "--json"]), 0);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 2, "{status:#}");
+    // Each node publishes its part once it learns of the commit.
+    wait_for_log(&log, "job 1 committed", 2);
+    stop(served, &log);
+    assert!(
+        export(data.path(), "ds") == sort_u(&files),
+        "export after the first job"
+    );
+
+    files.extend(edge_case_dataset(&second, 2, 100_000, 24));
+    let (served, log) = serve(data.path(), &input_dir, port);
+    submit(&second);
+    wait_for_log(&log, "job 2 committed", 2);
+    stop(served, &log);
+    assert!(
+        export(data.path(), "ds") == sort_u(&files),
+        "export after the second job"
+    );
+}
