@@ -81,16 +81,9 @@ pub fn export(data: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 pub fn get(data: &Path, args: GetArgs) -> anyhow::Result<ExitCode> {
     let key = args.key.as_bytes();
-    let mut found = None;
-    // The nodes' stores in order: the first that holds the key owns it.
     let stores = open_readers(data, READER_CACHE_BYTES)?;
-    for (store, dataset) in holding(&stores, &args.dataset.dataset)? {
-        found = node::lookup::get(store, &dataset, key)?;
-        if found.is_some() {
-            break;
-        }
-    }
-    let Some(found) = found else {
+    let holding = holding(&stores, &args.dataset.dataset)?;
+    let Some(found) = node::lookup::get_in(&holding, key)? else {
         eprintln!(
             "quern: {} is not in dataset {:?}",
             key.escape_ascii(),
@@ -104,10 +97,14 @@ pub fn get(data: &Path, args: GetArgs) -> anyhow::Result<ExitCode> {
         || "an unknown file".to_string(),
         |p| p.display().to_string(),
     );
+    let job = match found.cluster_job {
+        Some(job) => format!("job {job} of the coordinators"),
+        None => format!("job {}", found.first_seen.job),
+    };
     writeln!(
         out,
-        "\n\tfirst seen at {place}:{} (job {})",
-        found.first_seen.position.offset, found.first_seen.job
+        "\n\tfirst seen at {place}:{} ({job})",
+        found.first_seen.position.offset
     )?;
     Ok(ExitCode::SUCCESS)
 }

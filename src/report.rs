@@ -48,10 +48,7 @@ fn timestamp(unix: u64) -> String {
 pub fn state_name(state: &JobState) -> String {
     match state {
         JobState::Running => "running".into(),
-        JobState::Staged { part } => format!(
-            "staged for job {} of the coordinators (attempt {}), awaiting their commit",
-            part.job, part.attempt
-        ),
+        JobState::Staged => "staged, awaiting the coordinators' commit".into(),
         JobState::Committed => "committed".into(),
         JobState::Interrupted => "interrupted".into(),
         JobState::Failed { reason } => format!("failed: {reason}"),

@@ -18,14 +18,20 @@ fn dev(data: &Path, args: &[&str], inputs: &[&Path], expected: i32) -> std::proc
     run(&mut cmd, expected)
 }
 
-fn get(data: &Path, key: &[u8]) -> Vec<u8> {
-    run(
+/// `quern get`'s record and first-seen file and offset, without the job
+/// (a local job's number, or the coordinators' job).
+fn get(data: &Path, key: &[u8]) -> String {
+    let out = run(
         quern(data)
             .args(["get", "--dataset", "lines", "--"])
             .arg(OsStr::from_bytes(key)),
         0,
-    )
-    .stdout
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match text.rfind(" (job ") {
+        Some(at) => text[..at].to_string(),
+        None => panic!("no job in {text}"),
+    }
 }
 
 #[test]
@@ -78,16 +84,27 @@ fn dev_gives_what_ingest_gives() {
         "per-file counters"
     );
 
+    // Three nodes: each file is scanned by one node and its records go
+    // to their owners, whose `get` finds the file in the scanner's
+    // ledger.
+    let dev3_data = tempdir();
+    dev(
+        dev3_data.path(),
+        &["--dataset", "lines", "--memory", "64M", "--nodes", "3"],
+        &[&input_dir],
+        0,
+    );
+    assert!(export(dev3_data.path(), "lines") == expected);
+
     // Every 50th key, and the duplicated ones: the same record, file and
     // offset.
     let keys: Vec<&[u8]> = expected.split(|&b| b == b'\n').collect();
     for key in keys.iter().step_by(50).filter(|k| !k.is_empty()) {
-        assert_eq!(
-            String::from_utf8_lossy(&get(dev_data.path(), key)),
-            String::from_utf8_lossy(&get(ingest_data.path(), key)),
-            "key {}",
-            key.escape_ascii()
-        );
+        let single = get(ingest_data.path(), key);
+        assert!(single.contains("first seen at /"), "{single}");
+        for data in [dev_data.path(), dev3_data.path()] {
+            assert_eq!(get(data, key), single, "key {}", key.escape_ascii());
+        }
     }
 
     // The same inputs again: nothing new, changed or leased; the job

@@ -162,7 +162,7 @@ fn prepare_job(
         plan.batch_bytes,
         plan.run_bytes,
     ));
-    let job = store.begin_job(&dataset, shown_inputs)?;
+    let job = store.begin_part(&dataset, shown_inputs, feed.cluster_part())?;
     let scratch = store
         .tmp_dir()
         .join(format!("job-{}-{}", dataset.id, job.id));
@@ -292,7 +292,7 @@ async fn supervise(
             // A part of the coordinators' job left staged waits for their
             // decision (`staged_parts::settle`); anything else failed.
             let recorded = store.job(ctx.dataset.id, ctx.job.id)?;
-            if !recorded.is_some_and(|job| matches!(job.state, JobState::Staged { .. })) {
+            if !recorded.is_some_and(|job| job.state == JobState::Staged) {
                 store.end_job(
                     &ctx.job,
                     JobState::Failed {

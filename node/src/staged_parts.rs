@@ -125,7 +125,7 @@ pub async fn settle<T: Transport>(
 ) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
     for job in store.staged_jobs()? {
-        let JobState::Staged { part } = job.state else {
+        let Some(part) = job.cluster.filter(|_| job.state == JobState::Staged) else {
             continue;
         };
         let status = match client.job(part.job).await {

@@ -232,7 +232,7 @@ impl JobState {
             ));
         }
         let files = outputs.into_iter().flat_map(|o| o.files).collect();
-        let Some(part) = self.feed.cluster_part() else {
+        if ctx.job.cluster.is_none() {
             // A walk's job publishes at once.
             blocking(|| self.feed.staged(&totals)).map_err(|e| e.to_string())?;
             blocking(|| {
@@ -241,12 +241,12 @@ impl JobState {
             })
             .map_err(|e| e.to_string())?;
             return Ok(totals);
-        };
+        }
         // A part of the coordinators' job: staged durably, then published
         // once they commit the job.
         let store = &ctx.store;
-        let staged = blocking(|| store.stage_job(&ctx.job, part, files, &totals))
-            .map_err(|e| e.to_string())?;
+        let staged =
+            blocking(|| store.stage_job(&ctx.job, files, &totals)).map_err(|e| e.to_string())?;
         match blocking(|| self.feed.staged(&totals)) {
             Ok(()) => {
                 blocking(|| store.publish_staged(&staged)).map_err(|e| e.to_string())?;

@@ -27,11 +27,9 @@ pub struct DatasetInfo {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum JobState {
     Running,
-    /// A part of the coordinators' job, its files kept until they decide
-    /// (`store::staged`).
-    Staged {
-        part: ClusterPart,
-    },
+    /// A part of the coordinators' job (`JobInfo::cluster`), its files
+    /// kept until they decide (`store::staged`).
+    Staged,
     Committed,
     /// The process died before the job committed; nothing of it is in the
     /// store.
@@ -80,6 +78,9 @@ pub struct JobInfo {
     pub started_unix: u64,
     pub finished_unix: Option<u64>,
     pub totals: Option<JobTotals>,
+    /// The part of the coordinators' job this job ran, if it ran one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterPart>,
 }
 
 pub fn unix_now() -> u64 {
@@ -226,6 +227,17 @@ impl Store {
         dataset: &DatasetInfo,
         inputs: Vec<String>,
     ) -> Result<JobInfo, StoreError> {
+        self.begin_part(dataset, inputs, None)
+    }
+
+    /// Registers a new running job, which runs `cluster`, a part of the
+    /// coordinators' job, if given.
+    pub fn begin_part(
+        &self,
+        dataset: &DatasetInfo,
+        inputs: Vec<String>,
+        cluster: Option<ClusterPart>,
+    ) -> Result<JobInfo, StoreError> {
         let _lock = self.catalog_lock.lock().expect("catalogue lock poisoned");
         let jobs = self.jobs(dataset.id)?;
         let id = jobs.last().map_or(1, |j| j.id + 1);
@@ -247,6 +259,7 @@ impl Store {
             started_unix: unix_now(),
             finished_unix: None,
             totals: None,
+            cluster,
         };
         self.put_meta(&meta::job(dataset.id, id), &job)?;
         Ok(job)
@@ -305,7 +318,7 @@ impl Store {
         for job in self.all_jobs()? {
             let staged = match job.state {
                 JobState::Running => false,
-                JobState::Staged { .. } => true,
+                JobState::Staged => true,
                 _ => continue,
             };
             match self.committed_totals(job.dataset, job.id)? {

@@ -6,7 +6,7 @@
 //! lack its partitions. So staging moves the files out of the job's
 //! scratch (emptied at every open) into `staged/` under the store's root,
 //! syncs them, and records the job as [`JobState::Staged`] with its
-//! totals and the [`ClusterPart`] it belongs to. Whoever resumes the node
+//! totals (its [`ClusterPart`] is in the job since it began). Whoever resumes the node
 //! asks the coordinators and then publishes ([`Store::publish_staged`]) or
 //! discards ([`Store::discard_staged`]) it.
 
@@ -45,14 +45,20 @@ impl Store {
 
     /// Moves `files` (in the job's scratch, on the store's file system)
     /// into the job's staged directory, syncs them, and records the job
-    /// as staged with `totals`. Returns the job as recorded.
+    /// (a part of the coordinators' job) as staged with `totals`. Returns
+    /// the job as recorded.
     pub fn stage_job(
         &self,
         job: &JobInfo,
-        part: ClusterPart,
         files: Vec<PathBuf>,
         totals: &JobTotals,
     ) -> Result<JobInfo, StoreError> {
+        if job.cluster.is_none() {
+            return Err(StoreError::Catalog(format!(
+                "job {} of dataset {} is no part of the coordinators' job: nothing to stage it for",
+                job.id, job.dataset
+            )));
+        }
         let dir = self.staged_dir(job);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         for (n, file) in files.iter().enumerate() {
@@ -71,7 +77,7 @@ impl Store {
             sync_dir(parent)?;
         }
         let staged = JobInfo {
-            state: JobState::Staged { part },
+            state: JobState::Staged,
             totals: Some(*totals),
             ..job.clone()
         };
@@ -85,7 +91,7 @@ impl Store {
         Ok(self
             .all_jobs()?
             .into_iter()
-            .filter(|job| matches!(job.state, JobState::Staged { .. }))
+            .filter(|job| job.state == JobState::Staged)
             .collect())
     }
 
@@ -179,7 +185,9 @@ mod tests {
     fn job_with_files(root: &Path, keys: &[&[u8]]) -> (Store, JobInfo, Vec<PathBuf>, JobTotals) {
         let store = Store::open(root, 8 << 20, Access::ReadWrite).unwrap();
         let dataset = store.open_dataset("d", Format::Lines, Some(1)).unwrap();
-        let job = store.begin_job(&dataset, vec!["x".into()]).unwrap();
+        let job = store
+            .begin_part(&dataset, vec!["x".into()], Some(part(2)))
+            .unwrap();
         let scratch = store.tmp_dir().join("job");
         std::fs::create_dir_all(&scratch).unwrap();
         let mut sink = SstSink::new(scratch, 0, &job, 1 << 20, u64::MAX);
@@ -218,7 +226,7 @@ mod tests {
     fn a_staged_job_survives_a_restart_and_publishes_what_it_staged() {
         let dir = tempfile::tempdir().unwrap();
         let (store, job, files, totals) = job_with_files(dir.path(), &[b"a", b"b", b"c"]);
-        store.stage_job(&job, part(2), files, &totals).unwrap();
+        store.stage_job(&job, files, &totals).unwrap();
         drop(store);
 
         // Reopening (as after a crash) empties the scratch and settles
@@ -226,7 +234,8 @@ mod tests {
         let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
         let staged = store.staged_jobs().unwrap();
         assert_eq!(staged.len(), 1);
-        assert_eq!(staged[0].state, JobState::Staged { part: part(2) });
+        assert_eq!(staged[0].state, JobState::Staged);
+        assert_eq!(staged[0].cluster, Some(part(2)));
         let keys: [&[u8]; 3] = [b"a", b"b", b"c"];
         assert_eq!(
             visible(&store, &keys),
@@ -249,7 +258,7 @@ mod tests {
     fn a_discarded_staged_job_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (store, job, files, totals) = job_with_files(dir.path(), &[b"a"]);
-        let staged = store.stage_job(&job, part(0), files, &totals).unwrap();
+        let staged = store.stage_job(&job, files, &totals).unwrap();
         let failed = store
             .discard_staged(&staged, "job 7 was restarted".into())
             .unwrap();
