@@ -101,9 +101,12 @@ impl ClientApi {
                 Ok(reply) => Reply::Heartbeat(reply),
                 Err(e) => desk_failed(e),
             },
-            Request::Lease { node, max, job } => {
-                desk_reply(self.desk.lease(*node, *max, *job).await)
-            }
+            Request::Lease {
+                node,
+                max,
+                job,
+                map_epoch,
+            } => desk_reply(self.desk.lease(*node, *max, *job, *map_epoch).await),
             Request::Renew { node, shard, epoch } => {
                 desk_reply(self.desk.renew(*node, *shard, *epoch).await)
             }

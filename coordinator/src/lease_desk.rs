@@ -201,13 +201,15 @@ impl LeaseDesk {
         Ok(reply)
     }
 
-    /// Leases up to `max` shards (of `job` only, if named) to `node` in
-    /// one log write: expired ones first, then the next pending ones.
+    /// Leases up to `max` shards (of `job` only, if named, for a part
+    /// running under `map_epoch`) to `node` in one log write: expired
+    /// ones first, then the next pending ones.
     pub async fn lease(
         &self,
         node: NodeId,
         max: u32,
         job: Option<JobId>,
+        map_epoch: Option<Epoch>,
     ) -> Result<LeaseReply, DeskError> {
         let mut desk = self.desk.lock().await;
         let now = now_ms();
@@ -221,7 +223,7 @@ impl LeaseDesk {
             )));
         }
         if let Some(job) = job
-            && let Some(refusal) = self.part_is_over(&desk, node, job)?
+            && let Some(refusal) = self.part_is_over(&desk, node, job, map_epoch)?
         {
             return Ok(LeaseReply::Refused(refusal));
         }
@@ -538,15 +540,17 @@ impl LeaseDesk {
     /// Why `node` may not lease shards of `job` any more, if so: its part
     /// began under a map the job has since left (the job was restarted).
     /// A shard it leased now would count in the new attempt while its
-    /// records went to the old owners. A part this leader did not see
-    /// begin (a new term) is not refused.
+    /// records went to the old owners. The part's map is the one the node
+    /// presents, else the one this leader saw it start under (a part
+    /// neither names is not refused).
     fn part_is_over(
         &self,
         desk: &Desk,
         node: NodeId,
         job: JobId,
+        presented: Option<Epoch>,
     ) -> Result<Option<String>, StateError> {
-        let Some(began) = desk.nodes.started_under(node, job) else {
+        let Some(began) = presented.or_else(|| desk.nodes.started_under(node, job)) else {
             return Ok(None);
         };
         let Some(found) = self.state.job(job)? else {

@@ -684,7 +684,11 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     assert_eq!((first.len(), log_index()), (6, before + 1));
     assert_eq!(
         client
-            .lease(NodeId(1), 1, Some(JobId(job.get() + 1)))
+            .lease(
+                NodeId(1),
+                1,
+                Some((JobId(job.get() + 1), first_map.map.epoch))
+            )
             .await
             .unwrap(),
         LeaseReply::NoWork,
@@ -776,12 +780,14 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     // again (the three done ones too), under a map of node 1 alone. Node
     // 1's part of attempt 0 leases nothing more: its records would go to
     // the old owners while the shards counted in attempt 1.
-    let LeaseReply::Refused(over) = client.lease(NodeId(1), 100, Some(job)).await.unwrap() else {
+    let old_part = Some((job, first_map.map.epoch));
+    let LeaseReply::Refused(over) = client.lease(NodeId(1), 100, old_part).await.unwrap() else {
         panic!("an old part leased shards of the restarted job")
     };
     assert!(over.contains("start the part again"), "{over}");
     let second_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
-    let LeaseReply::Leased(taken_over) = client.lease(NodeId(1), 100, Some(job)).await.unwrap()
+    let new_part = Some((job, second_map.map.epoch));
+    let LeaseReply::Leased(taken_over) = client.lease(NodeId(1), 100, new_part).await.unwrap()
     else {
         panic!("the shards are not leased again")
     };
@@ -791,6 +797,13 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     every.sort_unstable();
     assert_eq!(shards, every);
     assert!(taken_over.iter().all(|l| l.epoch == Epoch(2)));
+    // The map a part presents is what counts, not what the leader
+    // remembers (a new leader remembers no part's start): node 1 started
+    // its new part, and a lease for its old one is still refused.
+    let LeaseReply::Refused(over) = client.lease(NodeId(1), 100, old_part).await.unwrap() else {
+        panic!("a part of the old map leased again")
+    };
+    assert!(over.contains("began under partition map 1"), "{over}");
     let state = &cluster.replicas[&1].state;
     assert!(state.node(NodeId(2)).unwrap().unwrap().lost);
     let status = client.job(job).await.unwrap().unwrap();

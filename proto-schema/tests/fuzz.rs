@@ -100,6 +100,7 @@ fn request() -> impl Strategy<Value = Request> {
             node: NodeId(node),
             max,
             job: None,
+            map_epoch: None,
         }),
         (
             any::<u64>(),

@@ -55,9 +55,15 @@ impl<T: Transport> CoordinatorClient<T> {
         &mut self,
         node: NodeId,
         max: u32,
-        job: Option<JobId>,
+        part: Option<(JobId, Epoch)>,
     ) -> Result<LeaseReply, ClientError> {
-        self.lease_call(&Request::Lease { node, max, job }).await
+        let request = Request::Lease {
+            node,
+            max,
+            job: part.map(|(job, _)| job),
+            map_epoch: part.map(|(_, epoch)| epoch),
+        };
+        self.lease_call(&request).await
     }
 
     /// Renews `node`'s lease of `shard` at `epoch`.

@@ -86,11 +86,14 @@ pub enum Request {
     },
     /// A node asks the leader for up to `max` shards to work on (of
     /// `job` only, if named: a node's pipeline runs one job), granted in
-    /// one log write.
+    /// one log write. `map_epoch` is the partition map the node's part of
+    /// `job` runs under: refused once the job's dataset has moved to
+    /// another (the job was restarted), whichever replica leads.
     Lease {
         node: NodeId,
         max: u32,
         job: Option<JobId>,
+        map_epoch: Option<Epoch>,
     },
     /// A node extends its lease; no log write.
     Renew {
@@ -207,8 +210,9 @@ mod tests {
             node: NodeId(7),
             max: 1,
             job: Some(JobId(2)),
+            map_epoch: Some(Epoch(3)),
         };
-        assert_eq!(encode(&lease).unwrap(), [6, 7, 1, 1, 2]);
+        assert_eq!(encode(&lease).unwrap(), [6, 7, 1, 1, 2, 1, 3]);
         let renew = Request::Renew {
             node: NodeId(7),
             shard: ShardId(300),

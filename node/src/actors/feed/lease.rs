@@ -275,7 +275,7 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
                         .client
                         .lock()
                         .await
-                        .lease(target.node, batch, Some(target.job))
+                        .lease(target.node, batch, Some((target.job, self.part.map_epoch)))
                         .await
                 })
                 .map_err(|e| format!("asking for leases: {e}"))?;
