@@ -113,15 +113,27 @@ fn a_dev_job_stores_what_a_walk_ingest_stores() {
     );
 
     let dev_store = first.nodes[0].store.clone();
+    let cluster_job = first.submission.submission;
     drop(first);
     let exported = export(&dev_store, "lines");
     assert_eq!(exported, export(&walk_store, "lines"));
     let dev_dataset = dev_store.existing_dataset("lines").unwrap();
     let walk_dataset = walk_store.existing_dataset("lines").unwrap();
     for key in exported.split(|&b| b == b'\n').step_by(37) {
-        let here = node::lookup::get(&dev_store, &dev_dataset, key).unwrap();
-        let there = node::lookup::get(&walk_store, &walk_dataset, key).unwrap();
-        assert_eq!(here, there, "key {}", key.escape_ascii());
+        let here = node::lookup::get(&dev_store, &dev_dataset, key)
+            .unwrap()
+            .unwrap();
+        let there = node::lookup::get(&walk_store, &walk_dataset, key)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (here.record, here.first_seen, here.path),
+            (there.record, there.first_seen, there.path),
+            "key {}",
+            key.escape_ascii()
+        );
+        assert_eq!(here.cluster_job, Some(cluster_job));
+        assert_eq!(there.cluster_job, None);
     }
     drop(dev_store);
 
