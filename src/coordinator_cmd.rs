@@ -57,11 +57,9 @@ pub fn run(args: CoordinatorArgs, metrics: Option<&MetricsEndpoint>) -> anyhow::
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let not_after = identity.not_after();
+    let expiry = proto_schema::cert_expiry::publish_expiry(&identity);
     let result = runtime.block_on(async move {
-        if let Some(not_after) = not_after {
-            tokio::spawn(proto_schema::cert_expiry::publish_expiry(not_after));
-        }
+        tokio::spawn(expiry);
         let service = Service::start(ServiceConfig {
             id,
             listen,

@@ -106,6 +106,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let (stop, stopping) = watch::channel(None);
     runtime.spawn(stop_on_signal(id, stop));
+    runtime.spawn(proto_schema::cert_expiry::publish_expiry(&identity));
     let (client, channel) = {
         let _entered = runtime.enter();
         let client = CoordinatorClient::quic(&identity, args.coordinators.clone())?;

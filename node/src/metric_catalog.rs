@@ -166,6 +166,11 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "The receive window each live link gets: the node's window budget over its links.",
     ),
     (
+        proto_schema::cert_expiry::CERT_EXPIRY_METRIC,
+        Unit::Count,
+        proto_schema::cert_expiry::CERT_EXPIRY_HELP,
+    ),
+    (
         crate::store::publish::JOB_RECORD_FILES_METRIC,
         Unit::Count,
         "SST files holding job records, in the dataset last published (compacted into one \
@@ -221,8 +226,6 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Describes every metric above to the installed recorder. Call once,
-/// after installing it.
 /// The name of every metric a node records.
 pub fn names() -> impl Iterator<Item = &'static str> {
     GAUGES
@@ -231,6 +234,8 @@ pub fn names() -> impl Iterator<Item = &'static str> {
         .chain(COUNTERS.iter().map(|&(name, _)| name))
 }
 
+/// Describes every metric above to the installed recorder. Call once,
+/// after installing it.
 pub fn describe() {
     for &(name, unit, help) in GAUGES {
         describe_gauge!(name, unit, help);
