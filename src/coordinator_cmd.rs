@@ -58,6 +58,7 @@ pub fn run(args: CoordinatorArgs, metrics: Option<&MetricsEndpoint>) -> anyhow::
         .enable_all()
         .build()?;
     let expiry = proto_schema::cert_expiry::publish_expiry(&identity);
+    let space = node::data_dir_space::publish(data_dir.clone());
     let result = runtime.block_on(async move {
         tokio::spawn(expiry);
         let service = Service::start(ServiceConfig {
@@ -70,6 +71,8 @@ pub fn run(args: CoordinatorArgs, metrics: Option<&MetricsEndpoint>) -> anyhow::
             lease_ms: args.lease_time.as_millis() as u64,
         })
         .await?;
+        // Once the service has made the data directory.
+        tokio::spawn(space);
         eprintln!(
             "coordinator {id} listening on {} (peers {peers:?})",
             service.local_addr()

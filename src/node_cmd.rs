@@ -107,6 +107,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let (stop, stopping) = watch::channel(None);
     runtime.spawn(stop_on_signal(id, stop));
     runtime.spawn(proto_schema::cert_expiry::publish_expiry(&identity));
+    runtime.spawn(node::data_dir_space::publish(data_dir.clone()));
     let (client, channel) = {
         let _entered = runtime.enter();
         let client = CoordinatorClient::quic(&identity, args.coordinators.clone())?;

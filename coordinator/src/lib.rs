@@ -41,8 +41,9 @@ pub use log_store::LogStore;
 pub use proto_schema::coordinator_api::{Applied, CommandBytes};
 pub use state::StateMachineStore;
 
-/// The name of every metric a coordinator records (besides the process
-/// and memory gauges it shares with nodes, in `node::metric_catalog`).
+/// The name of every metric a coordinator records (besides the process,
+/// memory and data directory gauges it shares with nodes, in
+/// `node::metric_catalog`).
 pub fn metric_names() -> impl Iterator<Item = &'static str> {
     [
         lease_desk::LEASE_GRANTS_METRIC,

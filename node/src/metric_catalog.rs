@@ -166,6 +166,18 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "The receive window each live link gets: the node's window budget over its links.",
     ),
     (
+        crate::data_dir_space::DATA_DIR_SIZE_METRIC,
+        Unit::Bytes,
+        "Size of the file system holding the data directory (a node's store and spilled runs, \
+         a coordinator's Raft log and state).",
+    ),
+    (
+        crate::data_dir_space::DATA_DIR_AVAILABLE_METRIC,
+        Unit::Bytes,
+        "Bytes of the file system holding the data directory that Quern may still write \
+         (statvfs f_bavail: blocks reserved for root do not count).",
+    ),
+    (
         proto_schema::cert_expiry::CERT_EXPIRY_METRIC,
         Unit::Count,
         proto_schema::cert_expiry::CERT_EXPIRY_HELP,
