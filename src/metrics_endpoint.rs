@@ -73,6 +73,7 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
     node::metric_catalog::describe();
     coordinator::raft_peers::describe_metrics();
     coordinator::raft_metrics::describe_metrics();
+    coordinator::job_progress::describe_metrics();
     coordinator::authorize::describe_metrics();
     coordinator::state_reads::describe_metrics();
     coordinator::lease_desk::describe_metrics();
