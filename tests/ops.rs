@@ -103,8 +103,9 @@ const GRAFANA_BUILTINS: [(&str, &str); 3] = [
 ];
 
 /// What the dashboard must chart (issue 17): memory by kind and actor,
-/// back-pressure per edge and link, job progress, rejected records, Raft
-/// health and refusals.
+/// back-pressure per edge and link, job progress (the nodes' and the
+/// leader's), rejected records, Raft health, refusals and the data
+/// directories' space.
 const DASHBOARD_MUST_CHART: &[&str] = &[
     "quern_process_anon_rss_bytes",
     "quern_process_file_rss_bytes",
@@ -117,6 +118,11 @@ const DASHBOARD_MUST_CHART: &[&str] = &[
     "quern_job_bytes",
     "quern_job_records",
     "quern_job_files",
+    "quern_jobs_running",
+    "quern_job_progress_age_seconds",
+    "quern_job_progress_total",
+    "quern_data_dir_available_bytes",
+    "quern_data_dir_size_bytes",
     "quern_raft_term",
     "quern_raft_is_leader",
     "quern_raft_has_leader",
