@@ -513,7 +513,12 @@ fn a_real_prometheus_sees_the_coordinators_a_node_and_a_running_job() {
         let query = format!(r#"sum(quern_job_progress_total{{event="{event}"}})"#);
         prometheus.wait_for(&query, 1, |v| v >= at_least, minute);
     }
-    prometheus.wait_for("max(quern_job_progress_age_seconds)", 1, |v| v == 0.0, minute);
+    prometheus.wait_for(
+        "max(quern_job_progress_age_seconds)",
+        1,
+        |v| v == 0.0,
+        minute,
+    );
     // The node's own series: its certificate, its data directory.
     prometheus.wait_for(
         r#"quern_certificate_expiry_days{job="quern-node"}"#,

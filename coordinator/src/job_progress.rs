@@ -142,7 +142,9 @@ impl JobClock {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Clock> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -234,7 +236,11 @@ mod tests {
         assert_eq!(clock.age(None, Some(JobId(1)), 61_000), 0.0, "a follower");
         assert_eq!(clock.oldest(), None, "progress is no longer followed");
         clock.moved(JobId(1), 61_500);
-        assert_eq!(clock.age(Some(4), Some(JobId(1)), 70_000), 0.0, "leads again");
+        assert_eq!(
+            clock.age(Some(4), Some(JobId(1)), 70_000),
+            0.0,
+            "leads again"
+        );
         assert_eq!(clock.age(Some(4), Some(JobId(1)), 75_000), 5.0);
         // A term change without a step down in between starts it too.
         assert_eq!(clock.age(Some(6), Some(JobId(1)), 80_000), 0.0);

@@ -116,7 +116,11 @@ impl Liveness {
         incarnation: u64,
         progress: &[ShardProgress],
     ) -> Vec<ShardId> {
-        let Some(live) = self.nodes.get(&node).filter(|l| l.incarnation == incarnation) else {
+        let Some(live) = self
+            .nodes
+            .get(&node)
+            .filter(|l| l.incarnation == incarnation)
+        else {
             return Vec::new();
         };
         let before: HashMap<(ShardId, Epoch), u64> = live

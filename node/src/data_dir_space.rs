@@ -94,7 +94,11 @@ mod tests {
         assert!(space.available > 0, "{space:?}");
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        assert_eq!(Space::of(&file).unwrap().size, space.size, "the same file system");
+        assert_eq!(
+            Space::of(&file).unwrap().size,
+            space.size,
+            "the same file system"
+        );
         let missing = Space::of(&dir.path().join("missing")).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
@@ -128,6 +132,9 @@ mod tests {
         );
         let space = Space::of(dir.path()).unwrap();
         assert_eq!(size, space.size as f64);
-        assert!(available > 0.0 && available <= size, "{available} of {size}");
+        assert!(
+            available > 0.0 && available <= size,
+            "{available} of {size}"
+        );
     }
 }

@@ -79,7 +79,9 @@ pub fn publish_expiry(identity: &TlsIdentity) -> impl Future<Output = ()> + Send
     let not_after = identity.not_after();
     async move {
         let Some(not_after) = not_after else {
-            tracing::warn!("the certificate's end of validity is unreadable: no {CERT_EXPIRY_METRIC}");
+            tracing::warn!(
+                "the certificate's end of validity is unreadable: no {CERT_EXPIRY_METRIC}"
+            );
             return;
         };
         let gauge = metrics::gauge!(CERT_EXPIRY_METRIC);
@@ -115,8 +117,8 @@ mod tests {
         let issued = ca
             .issue_valid("node-1", &[], now, now + time::Duration::days(30))
             .unwrap();
-        let identity = TlsIdentity::from_pem(&ca.cert_pem(), &issued.cert_pem, &issued.key_pem)
-            .unwrap();
+        let identity =
+            TlsIdentity::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let runtime = tokio::runtime::Builder::new_current_thread()
