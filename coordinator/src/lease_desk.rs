@@ -11,7 +11,9 @@
 //! (`CompleteShards`) and take the shards off the lease table. A node
 //! silent past its deadline is declared lost through the log
 //! (`DeclareNodeLost`): its leases go back to pending. The answers are
-//! `proto_schema::coordinator_api` replies.
+//! `proto_schema::coordinator_api` replies. What it hears of jobs
+//! (offsets moved in heartbeats, shards done, stage reports) goes to the
+//! leader's clock of job progress (`job_progress`).
 //!
 //! The desk belongs to one leader term. On the first request of a new
 //! term it takes the leases and the live nodes over from the state
