@@ -35,13 +35,16 @@ fn init(dir: &Path, force: bool, args: CertInitArgs) -> anyhow::Result<()> {
     refuse_existing(&[&cert, &key], force, "a cluster CA")?;
     let ca = ClusterCa::generate(args.days)?;
     write_ca(dir, &ca, force)?;
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "cluster CA: {} (key: {}; keep it off the nodes)",
         cert.display(),
         key.display()
-    );
-    println!("valid for {} days", args.days);
-    println!("fingerprint: {}", ca.fingerprint());
+    )?;
+    writeln!(out, "valid for {} days", args.days)?;
+    writeln!(out, "fingerprint: {}", ca.fingerprint())?;
+    out.flush()?;
     Ok(())
 }
 
@@ -79,16 +82,19 @@ fn issue(dir: &Path, force: bool, args: CertIssueArgs) -> anyhow::Result<()> {
     }
     let mut names = vec![args.name.clone()];
     names.extend(args.sans.iter().filter(|s| **s != args.name).cloned());
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "certificate for {}: {} (key: {})",
         args.name,
         paths.cert.display(),
         paths.key.display()
-    );
-    println!("names: {}", names.join(", "));
-    println!("role: {}", coordinator::authorize::describe(role));
-    println!("valid for {} days", args.days);
-    println!("fingerprint: {}", issued.fingerprint);
+    )?;
+    writeln!(out, "names: {}", names.join(", "))?;
+    writeln!(out, "role: {}", coordinator::authorize::describe(role))?;
+    writeln!(out, "valid for {} days", args.days)?;
+    writeln!(out, "fingerprint: {}", issued.fingerprint)?;
+    out.flush()?;
     Ok(())
 }
 

@@ -57,11 +57,10 @@ pub fn run(args: CoordinatorArgs, metrics: Option<&MetricsEndpoint>) -> anyhow::
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let not_after = identity.not_after();
+    let expiry = proto_schema::cert_expiry::publish_expiry(&identity);
+    let space = node::data_dir_space::publish(data_dir.clone());
     let result = runtime.block_on(async move {
-        if let Some(not_after) = not_after {
-            tokio::spawn(proto_schema::cert_expiry::publish_expiry(not_after));
-        }
+        tokio::spawn(expiry);
         let service = Service::start(ServiceConfig {
             id,
             listen,
@@ -72,6 +71,8 @@ pub fn run(args: CoordinatorArgs, metrics: Option<&MetricsEndpoint>) -> anyhow::
             lease_ms: args.lease_time.as_millis() as u64,
         })
         .await?;
+        // Once the service has made the data directory.
+        tokio::spawn(space);
         eprintln!(
             "coordinator {id} listening on {} (peers {peers:?})",
             service.local_addr()

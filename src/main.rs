@@ -2,6 +2,12 @@
 //! live here; the work is done by the `node` crate (ingest) and the
 //! `coordinator` and `coordinator-client` crates (the cluster).
 
+// `println!` panics when stdout is a closed pipe (`quern submit | head`:
+// Rust ignores SIGPIPE, so the write fails with EPIPE). Output goes
+// through `writeln!` and `?` instead, and `main` ends quietly on a broken
+// pipe.
+#![deny(clippy::print_stdout)]
+
 mod args;
 mod cert;
 mod cluster_client;

@@ -73,9 +73,9 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
     node::metric_catalog::describe();
     coordinator::raft_peers::describe_metrics();
     coordinator::raft_metrics::describe_metrics();
+    coordinator::job_progress::describe_metrics();
     coordinator::authorize::describe_metrics();
     coordinator::state_reads::describe_metrics();
-    proto_schema::cert_expiry::describe_metrics();
     coordinator::lease_desk::describe_metrics();
     let status = Arc::new(OnceLock::new());
     runtime.spawn(upkeep(handle.clone()));

@@ -220,6 +220,8 @@ impl Node {
             .thread_name(format!("quern-node-{id}"))
             .enable_all()
             .build()?;
+        runtime.spawn(proto_schema::cert_expiry::publish_expiry(&identity));
+        runtime.spawn(node::data_dir_space::publish(data_dir.clone()));
         let (client, channel) = {
             let _entered = runtime.enter();
             let client = CoordinatorClient::quic(&identity, coordinators.clone())?;

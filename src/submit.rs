@@ -6,7 +6,7 @@
 //! shards made pending, elapsed time and files per second. With `--wait`,
 //! then follows the job to its commit (`submit_wait`).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             submission::submit(&mut client, &args.dataset, inventory, &options, on_event).await;
         progress.finish_and_clear();
         let summary = summary?;
-        print_summary(&args.dataset, &summary, started.elapsed());
+        print_summary(&args.dataset, &summary, started.elapsed())?;
         if !args.wait {
             return Ok(ExitCode::SUCCESS);
         }
@@ -124,17 +124,22 @@ fn progress_bar(total: u64, wanted: bool) -> ProgressBar {
     bar
 }
 
-fn print_summary(dataset: &str, s: &Summary, elapsed: Duration) {
+/// A write error (a closed pipe: `quern submit | head`) is returned, for
+/// `main` to end quietly on.
+fn print_summary(dataset: &str, s: &Summary, elapsed: Duration) -> std::io::Result<()> {
     let seconds = elapsed.as_secs_f64();
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "submission {} of dataset {dataset:?}: {} files in {seconds:.1} s ({:.0} files/s)",
         s.submission,
         s.files,
         s.files as f64 / seconds.max(1e-9)
-    );
-    println!("  new             {}", s.counts.new);
-    println!("  changed         {}", s.counts.changed);
-    println!("  unchanged       {}", s.counts.unchanged);
-    println!("  gone            {}", s.gone);
-    println!("  pending shards  {}", s.pending_shards);
+    )?;
+    writeln!(out, "  new             {}", s.counts.new)?;
+    writeln!(out, "  changed         {}", s.counts.changed)?;
+    writeln!(out, "  unchanged       {}", s.counts.unchanged)?;
+    writeln!(out, "  gone            {}", s.gone)?;
+    writeln!(out, "  pending shards  {}", s.pending_shards)?;
+    out.flush()
 }

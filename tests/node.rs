@@ -11,10 +11,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::cluster::{Cluster, figure, free_port, issue, text, write_tsv};
+use common::cluster::{Cluster, figure, issue, node, text, write_tsv};
 use common::*;
 
 /// `quern node`'s own shutdown bound, with room for a loaded machine.
@@ -25,24 +25,6 @@ const COMMIT_WITHIN: Duration = Duration::from_secs(120);
 /// keep it from being declared lost.
 const LEASE_TIME: &str = "2s";
 const IDLE_FOR: Duration = Duration::from_secs(5);
-
-/// `quern node --id ID` with these coordinators, store and root.
-fn node(id: u64, certs: &Path, data_dir: &Path, coordinators: &[String], root: &Path) -> Command {
-    let mut cmd = quern(&data_dir.join("unused"));
-    cmd.args(["node", "--id", &id.to_string(), "--memory", "128M"])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--cert-dir")
-        .arg(certs)
-        .arg("--root")
-        .arg(root);
-    for address in coordinators {
-        cmd.arg("--coordinator").arg(address);
-    }
-    cmd
-}
 
 /// A manifest line for `path` (`path<TAB>size<TAB>mtime`).
 fn manifest_line(path: &Path) -> String {

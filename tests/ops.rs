@@ -2,8 +2,9 @@
 //! checks and unit tests and name only metrics Quern records, the Grafana
 //! dashboard has the shape Grafana imports and queries only recorded
 //! metrics in PromQL promtool parses, and a real Prometheus (Debian's,
-//! installed by scripts/bootstrap) scrapes three coordinators and a
-//! running ingest, sees the key series move and evaluates every dashboard
+//! installed by scripts/bootstrap) scrapes three coordinators, a node
+//! running their job and a running ingest, sees the key series move
+//! (the leader's job progress among them) and evaluates every dashboard
 //! query.
 
 mod common;
@@ -103,8 +104,9 @@ const GRAFANA_BUILTINS: [(&str, &str); 3] = [
 ];
 
 /// What the dashboard must chart (issue 17): memory by kind and actor,
-/// back-pressure per edge and link, job progress, rejected records, Raft
-/// health and refusals.
+/// back-pressure per edge and link, job progress (the nodes' and the
+/// leader's), rejected records, Raft health, refusals and the data
+/// directories' space.
 const DASHBOARD_MUST_CHART: &[&str] = &[
     "quern_process_anon_rss_bytes",
     "quern_process_file_rss_bytes",
@@ -117,6 +119,11 @@ const DASHBOARD_MUST_CHART: &[&str] = &[
     "quern_job_bytes",
     "quern_job_records",
     "quern_job_files",
+    "quern_jobs_running",
+    "quern_job_progress_age_seconds",
+    "quern_job_progress_total",
+    "quern_data_dir_available_bytes",
+    "quern_data_dir_size_bytes",
     "quern_raft_term",
     "quern_raft_is_leader",
     "quern_raft_has_leader",
@@ -415,16 +422,28 @@ impl Drop for Prometheus {
     }
 }
 
+/// A child process killed when dropped, so a failing test leaves none.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
-fn a_real_prometheus_sees_the_coordinators_and_a_running_job() {
+fn a_real_prometheus_sees_the_coordinators_a_node_and_a_running_job() {
     let cluster = Cluster::start();
     cluster.wait_for_leader(Duration::from_secs(30));
     let dir = tempdir();
     let ingest_metrics = format!("127.0.0.1:{}", free_port());
+    let node_metrics = format!("127.0.0.1:{}", free_port());
     let prometheus = Prometheus::start(
         dir.path(),
         &[
             ("quern-coordinator", cluster.metrics.clone()),
+            ("quern-node", vec![node_metrics.clone()]),
             ("quern-ingest", vec![ingest_metrics.clone()]),
         ],
     );
@@ -437,6 +456,13 @@ fn a_real_prometheus_sees_the_coordinators_and_a_running_job() {
     assert_eq!(leaders.len(), 1);
     let applied = |q: &str| prometheus.query(q).unwrap_or_default();
     let before = applied("max(quern_raft_applied_index)");
+    // Each sees its data directory's file system.
+    prometheus.wait_for(
+        r#"quern_data_dir_available_bytes{job="quern-coordinator"} / quern_data_dir_size_bytes"#,
+        3,
+        |v| v > 0.0 && v <= 1.0,
+        minute,
+    );
 
     // A submission moves every replica's applied index.
     let inputs = dir.path().join("inputs");
@@ -448,6 +474,64 @@ fn a_real_prometheus_sees_the_coordinators_and_a_running_job() {
     );
     let moved = before.first().map_or(0.0, |(_, v)| *v);
     prometheus.wait_for("min(quern_raft_applied_index)", 1, |v| v > moved, minute);
+
+    // No node runs it: the leader counts it running, and its clock
+    // without progress climbs.
+    prometheus.wait_for("max(quern_jobs_running)", 1, |v| v == 1.0, minute);
+    prometheus.wait_for(
+        "max(quern_job_progress_age_seconds)",
+        1,
+        |v| v >= 5.0,
+        minute,
+    );
+
+    // A node takes it: the leader hears its shards and its stage, the job
+    // commits and the clock stops.
+    let certs = cluster.path("certs");
+    common::cluster::issue(&certs, "node-1");
+    let _node = Killed(
+        common::cluster::node(
+            1,
+            &certs,
+            &dir.path().join("node-1"),
+            &cluster.addresses,
+            &inputs.canonicalize().unwrap(),
+        )
+        .arg("--metrics")
+        .arg(&node_metrics)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("node-1.log")).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let two_minutes = 2 * minute;
+    prometheus.wait_for(r#"up{job="quern-node"}"#, 1, |v| v == 1.0, minute);
+    prometheus.wait_for("max(quern_jobs_running)", 1, |v| v == 0.0, two_minutes);
+    // (Heartbeats that move a shard's offset come every few seconds: this
+    // job may end between two.)
+    for (event, at_least) in [("shard_done", 8.0), ("committed", 1.0)] {
+        let query = format!(r#"sum(quern_job_progress_total{{event="{event}"}})"#);
+        prometheus.wait_for(&query, 1, |v| v >= at_least, minute);
+    }
+    prometheus.wait_for(
+        "max(quern_job_progress_age_seconds)",
+        1,
+        |v| v == 0.0,
+        minute,
+    );
+    // The node's own series: its certificate, its data directory.
+    prometheus.wait_for(
+        r#"quern_certificate_expiry_days{job="quern-node"}"#,
+        1,
+        |v| v > 300.0,
+        minute,
+    );
+    prometheus.wait_for(
+        r#"quern_data_dir_available_bytes{job="quern-node"} / quern_data_dir_size_bytes"#,
+        1,
+        |v| v > 0.0 && v <= 1.0,
+        minute,
+    );
 
     // A job, slowed by a small budget, scraped while it runs: its progress
     // and its per-actor memory are there and move.
@@ -701,9 +785,8 @@ fn every_alert_names_a_runbook_that_exists() {
             "an alert links {link}, which does not exist"
         );
     }
-    // And every runbook serves at least one alert, but disk-full: Quern
-    // has no metric of free space (the host's monitoring has).
-    for name in RUNBOOKS.iter().filter(|&&n| n != "disk-full.md") {
+    // And every runbook serves at least one alert.
+    for name in RUNBOOKS {
         assert!(
             linked.iter().any(|l| l.ends_with(&format!("/{name}"))),
             "no alert links {name}"

@@ -19,6 +19,7 @@ use proto_schema::ids::JobId;
 
 use crate::authorize::{Caller, Gate, Subject};
 use crate::contacts::Contacts;
+use crate::job_progress::JobClock;
 use crate::lease_desk::{DeskError, LeaseDesk};
 use crate::propose::{self, ProposeError};
 use crate::state_reads::StateReads;
@@ -50,6 +51,11 @@ impl ClientApi {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// The progress the leader hears of jobs, for `job_progress::publish`.
+    pub fn job_clock(&self) -> Arc<JobClock> {
+        self.desk.job_clock()
     }
 
     /// This replica's own status report, through its whole-state reads.
@@ -123,7 +129,11 @@ impl ClientApi {
                     counts: *counts,
                     map_epoch: *map_epoch,
                 };
-                self.propose(&stage).await
+                let reply = self.propose(&stage).await;
+                if let Reply::Written(Applied(Response::JobStaged { job, committed })) = &reply {
+                    self.desk.staged(*job, *committed);
+                }
+                reply
             }
             Request::PartitionMap {
                 node,

@@ -11,7 +11,9 @@
 //! (`CompleteShards`) and take the shards off the lease table. A node
 //! silent past its deadline is declared lost through the log
 //! (`DeclareNodeLost`): its leases go back to pending. The answers are
-//! `proto_schema::coordinator_api` replies.
+//! `proto_schema::coordinator_api` replies. What it hears of jobs
+//! (offsets moved in heartbeats, shards done, stage reports) goes to the
+//! leader's clock of job progress (`job_progress`).
 //!
 //! The desk belongs to one leader term. On the first request of a new
 //! term it takes the leases and the live nodes over from the state
@@ -23,6 +25,7 @@
 //! never as pending.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto_schema::PartitionMap;
@@ -36,6 +39,7 @@ use proto_schema::coordinator_api::{
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use tokio::sync::Mutex;
 
+use crate::job_progress::{JobClock, Progress};
 use crate::lease::LeaseTable;
 use crate::liveness::{Liveness, NodeView};
 use crate::propose::{self, ProposeError};
@@ -122,6 +126,8 @@ pub struct LeaseDesk {
     raft: Raft,
     state: StateMachineStore,
     desk: Mutex<Desk>,
+    /// The progress the desk hears of jobs (`job_progress`).
+    clock: Arc<JobClock>,
 }
 
 impl LeaseDesk {
@@ -135,7 +141,39 @@ impl LeaseDesk {
                 nodes: Liveness::new(lease_ms),
                 cursors: HashMap::new(),
             }),
+            clock: Arc::default(),
         }
+    }
+
+    pub fn job_clock(&self) -> Arc<JobClock> {
+        self.clock.clone()
+    }
+
+    /// An owner's stage report of `job` was accepted.
+    pub fn staged(&self, job: JobId, committed: bool) {
+        let event = if committed {
+            Progress::Committed
+        } else {
+            Progress::Staged
+        };
+        self.clock.count(event, 1);
+        self.clock.moved(job, now_ms());
+    }
+
+    /// Counts `event` for each of `shards`, and moves the job clock if one
+    /// is of the oldest running job.
+    fn progressed(&self, shards: &[ShardId], event: Progress) -> Result<(), StateError> {
+        self.clock.count(event, shards.len() as u64);
+        let Some(oldest) = self.clock.oldest() else {
+            return Ok(());
+        };
+        for &shard in shards {
+            if self.state.shard(shard)?.is_some_and(|s| s.job == oldest) {
+                self.clock.moved(oldest, now_ms());
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Registers `node` (or its newer incarnation) through the log; the
@@ -180,12 +218,14 @@ impl LeaseDesk {
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
+        let advanced = desk.nodes.advanced(node, incarnation, &progress);
         let (reply, outcome) =
             match desk
                 .nodes
                 .heartbeat(node, incarnation, progress, memory_bytes, now)
             {
                 Some(deadline_ms) => {
+                    self.progressed(&advanced, Progress::Scanned)?;
                     let renewed = desk.table.heartbeat(node, now) as u64;
                     (
                         HeartbeatReply::Alive {
@@ -319,6 +359,7 @@ impl LeaseDesk {
             for &shard in completed {
                 desk.table.completed(shard);
             }
+            self.progressed(completed, Progress::ShardDone)?;
         }
         Ok(response)
     }
@@ -699,7 +740,7 @@ fn live_ids(nodes: &[Node]) -> Vec<NodeId> {
         .collect()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

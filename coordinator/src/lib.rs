@@ -5,7 +5,7 @@
 //! the application: a RocksDB log store, a RocksDB state machine (nodes,
 //! datasets, jobs, the file catalogue, shards and their leases, the
 //! partition map) with streamed snapshots, the leader-local lease table and
-//! desk, the client API a replica serves (`client_api`), Raft between
+//! desk (and its clock of job progress, `job_progress`), the client API a replica serves (`client_api`), Raft between
 //! replicas over mutual-TLS QUIC (`transport`; Raft RPCs only from the
 //! peers' certificates, `raft_peers`) or in process (`router`), and a
 //! replica as a running service (`service`). Commands and the API's
@@ -21,6 +21,7 @@ pub mod client_api;
 pub mod config;
 pub mod contacts;
 pub mod embedded;
+pub mod job_progress;
 pub mod lease;
 pub mod lease_desk;
 pub mod liveness;
@@ -41,8 +42,9 @@ pub use log_store::LogStore;
 pub use proto_schema::coordinator_api::{Applied, CommandBytes};
 pub use state::StateMachineStore;
 
-/// The name of every metric a coordinator records (besides the process
-/// and memory gauges it shares with nodes, in `node::metric_catalog`).
+/// The name of every metric a coordinator records (besides the process,
+/// memory and data directory gauges it shares with nodes, in
+/// `node::metric_catalog`).
 pub fn metric_names() -> impl Iterator<Item = &'static str> {
     [
         lease_desk::LEASE_GRANTS_METRIC,
@@ -59,6 +61,7 @@ pub fn metric_names() -> impl Iterator<Item = &'static str> {
     ]
     .into_iter()
     .chain(raft_metrics::METRICS)
+    .chain(job_progress::METRICS)
 }
 
 /// A coordinator replica's id in the Raft group (never a `NodeId`: nodes

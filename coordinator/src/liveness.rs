@@ -9,10 +9,10 @@
 //! old one heard from each node, so on takeover every live node gets a
 //! full fresh deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use proto_schema::coordinator_api::{MAX_HEARTBEAT_PROGRESS, ShardProgress};
-use proto_schema::ids::{Epoch, JobId, NodeId};
+use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeLiveness {
@@ -104,6 +104,36 @@ impl Liveness {
         }
         live.memory_bytes = memory_bytes;
         Some(live.deadline_ms)
+    }
+
+    /// The shards of `progress` that `node`'s live `incarnation` has read
+    /// further into since its last report with progress (a shard, or an
+    /// epoch of it, not reported before: any offset past 0). Call before
+    /// `heartbeat` keeps `progress`.
+    pub fn advanced(
+        &self,
+        node: NodeId,
+        incarnation: u64,
+        progress: &[ShardProgress],
+    ) -> Vec<ShardId> {
+        let Some(live) = self
+            .nodes
+            .get(&node)
+            .filter(|l| l.incarnation == incarnation)
+        else {
+            return Vec::new();
+        };
+        let before: HashMap<(ShardId, Epoch), u64> = live
+            .progress
+            .iter()
+            .map(|p| ((p.shard, p.epoch), p.offset))
+            .collect();
+        progress
+            .iter()
+            .take(MAX_HEARTBEAT_PROGRESS)
+            .filter(|p| p.offset > before.get(&(p.shard, p.epoch)).copied().unwrap_or(0))
+            .map(|p| p.shard)
+            .collect()
     }
 
     /// Any other request from `node` (a lease, a renewal) is a sign of
@@ -243,6 +273,39 @@ mod tests {
         assert!(nodes.is_live(NodeId(1), 2_000));
         nodes.lost(NodeId(1));
         assert!(!nodes.is_live(NodeId(1), 2_000));
+    }
+
+    #[test]
+    fn a_shard_advanced_when_its_offset_moved_since_the_last_report() {
+        let mut nodes = Liveness::new(1_000);
+        nodes.registered(NodeId(1), 7, 0);
+        let at = |shard, epoch, offset| ShardProgress {
+            shard: ShardId(shard),
+            epoch: Epoch(epoch),
+            offset,
+        };
+        let first = vec![at(1, 1, 100), at(2, 1, 0)];
+        assert_eq!(nodes.advanced(NodeId(1), 7, &first), vec![ShardId(1)]);
+        nodes.heartbeat(NodeId(1), 7, first, None, 10);
+        // Shard 1 stands still, 2 moves, 3 is new, 4 at a new epoch of 1's.
+        let second = vec![at(1, 1, 100), at(2, 1, 5), at(3, 1, 9), at(1, 2, 1)];
+        assert_eq!(
+            nodes.advanced(NodeId(1), 7, &second),
+            vec![ShardId(2), ShardId(3), ShardId(1)]
+        );
+        nodes.heartbeat(NodeId(1), 7, second.clone(), None, 20);
+        assert!(nodes.advanced(NodeId(1), 7, &second).is_empty(), "no move");
+        // A heartbeat without progress keeps the last report to compare.
+        nodes.heartbeat(NodeId(1), 7, Vec::new(), None, 30);
+        assert_eq!(
+            nodes.advanced(NodeId(1), 7, &[at(2, 1, 6)]),
+            vec![ShardId(2)]
+        );
+        assert!(
+            nodes.advanced(NodeId(1), 6, &[at(2, 1, 60)]).is_empty(),
+            "an old incarnation"
+        );
+        assert!(nodes.advanced(NodeId(9), 1, &[at(2, 1, 60)]).is_empty());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use proto_schema::tls::TlsIdentity;
 use crate::authorize::Caller;
 use crate::client_api::{ClientApi, LocalStatus};
 use crate::contacts::Contacts;
+use crate::job_progress::{self, JobProgressTask};
 use crate::raft_metrics::{self, RaftMetricsTask};
 use crate::raft_peers::{self, RaftPeers};
 use crate::rpc::{self, RaftRpc};
@@ -93,6 +94,7 @@ pub struct Service {
     raft: Raft,
     local_status: LocalStatus,
     raft_metrics: RaftMetricsTask,
+    job_progress: JobProgressTask,
     state: StateMachineStore,
     server: RpcServer,
     client: Arc<RpcClient>,
@@ -147,6 +149,7 @@ impl Service {
             .map_err(|e| ServiceError::Raft(e.to_string()))?;
         let api = ClientApi::new(raft.clone(), state.clone(), config.lease_ms, contacts);
         let local_status = api.local_status();
+        let job_clock = api.job_clock();
         let handler = {
             let endpoint = Arc::new(Endpoint {
                 api,
@@ -167,6 +170,7 @@ impl Service {
         };
         let service = Self {
             raft_metrics: raft_metrics::publish(&raft),
+            job_progress: job_progress::publish(raft.clone(), state.clone(), job_clock),
             raft,
             local_status,
             state,
@@ -243,6 +247,7 @@ impl Service {
         let served = self.server.shutdown().await;
         let stopped = tokio::time::timeout(RAFT_SHUTDOWN_TIMEOUT, self.raft.shutdown()).await;
         self.raft_metrics.stop().await;
+        self.job_progress.stop().await;
         if let Ok(client) = Arc::try_unwrap(self.client) {
             client.shutdown().await;
         }

@@ -5,6 +5,7 @@
 pub mod actors;
 pub mod config;
 pub mod counters;
+pub mod data_dir_space;
 pub mod edge;
 pub mod export;
 pub mod ingest;

@@ -166,6 +166,23 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "The receive window each live link gets: the node's window budget over its links.",
     ),
     (
+        crate::data_dir_space::DATA_DIR_SIZE_METRIC,
+        Unit::Bytes,
+        "Size of the file system holding the data directory (a node's store and spilled runs, \
+         a coordinator's Raft log and state).",
+    ),
+    (
+        crate::data_dir_space::DATA_DIR_AVAILABLE_METRIC,
+        Unit::Bytes,
+        "Bytes of the file system holding the data directory that Quern may still write \
+         (statvfs f_bavail: blocks reserved for root do not count).",
+    ),
+    (
+        proto_schema::cert_expiry::CERT_EXPIRY_METRIC,
+        Unit::Count,
+        proto_schema::cert_expiry::CERT_EXPIRY_HELP,
+    ),
+    (
         crate::store::publish::JOB_RECORD_FILES_METRIC,
         Unit::Count,
         "SST files holding job records, in the dataset last published (compacted into one \
@@ -221,8 +238,6 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Describes every metric above to the installed recorder. Call once,
-/// after installing it.
 /// The name of every metric a node records.
 pub fn names() -> impl Iterator<Item = &'static str> {
     GAUGES
@@ -231,6 +246,8 @@ pub fn names() -> impl Iterator<Item = &'static str> {
         .chain(COUNTERS.iter().map(|&(name, _)| name))
 }
 
+/// Describes every metric above to the installed recorder. Call once,
+/// after installing it.
 pub fn describe() {
     for &(name, unit, help) in GAUGES {
         describe_gauge!(name, unit, help);

@@ -8,20 +8,19 @@ use rustls::pki_types::CertificateDer;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
 
 use crate::cert_name::der_element;
+use crate::tls::TlsIdentity;
 
 /// Gauge: days until this process's certificate expires (negative once
 /// it has).
 pub const CERT_EXPIRY_METRIC: &str = "quern_certificate_expiry_days";
 
+/// Its help text (in `node::metric_catalog`, which every process's
+/// metrics endpoint describes).
+pub const CERT_EXPIRY_HELP: &str =
+    "Days until this process's certificate expires; peers refuse it after that.";
+
 /// How often `publish_expiry` refreshes the gauge.
 pub const EXPIRY_REFRESH: Duration = Duration::from_secs(600);
-
-pub fn describe_metrics() {
-    metrics::describe_gauge!(
-        CERT_EXPIRY_METRIC,
-        "Days until this process's certificate expires; peers refuse it after that."
-    );
-}
 
 /// The end of `cert`'s validity, if it is a certificate DER we can read.
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<OffsetDateTime> {
@@ -73,13 +72,23 @@ pub fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> f64 {
     (not_after - now).as_seconds_f64() / 86_400.0
 }
 
-/// Keeps the expiry gauge current for a certificate valid until
-/// `not_after`, every `EXPIRY_REFRESH`; runs until dropped.
-pub async fn publish_expiry(not_after: OffsetDateTime) {
-    let gauge = metrics::gauge!(CERT_EXPIRY_METRIC);
-    loop {
-        gauge.set(days_left(not_after, OffsetDateTime::now_utc()));
-        tokio::time::sleep(EXPIRY_REFRESH).await;
+/// Keeps the expiry gauge of the certificate `identity` presents
+/// current, every `EXPIRY_REFRESH`; runs until dropped (spawn it). A
+/// certificate whose end of validity cannot be read publishes nothing.
+pub fn publish_expiry(identity: &TlsIdentity) -> impl Future<Output = ()> + Send + 'static {
+    let not_after = identity.not_after();
+    async move {
+        let Some(not_after) = not_after else {
+            tracing::warn!(
+                "the certificate's end of validity is unreadable: no {CERT_EXPIRY_METRIC}"
+            );
+            return;
+        };
+        let gauge = metrics::gauge!(CERT_EXPIRY_METRIC);
+        loop {
+            gauge.set(days_left(not_after, OffsetDateTime::now_utc()));
+            tokio::time::sleep(EXPIRY_REFRESH).await;
+        }
     }
 }
 
@@ -99,6 +108,38 @@ mod tests {
             assert_eq!(days_left(end, now), days as f64);
         }
         assert_eq!(not_after(&CertificateDer::from(b"junk".to_vec())), None);
+    }
+
+    #[test]
+    fn the_gauge_says_the_days_left_of_the_certificate_presented() {
+        let ca = ClusterCa::generate(1).unwrap();
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let issued = ca
+            .issue_valid("node-1", &[], now, now + time::Duration::days(30))
+            .unwrap();
+        let identity =
+            TlsIdentity::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            // Polled on this thread: the first setting, then the sleep.
+            let wait = Duration::from_millis(50);
+            let publish = publish_expiry(&identity);
+            let ran = runtime.block_on(async { tokio::time::timeout(wait, publish).await });
+            assert!(ran.is_err(), "it runs until dropped");
+        });
+        let text = handle.render();
+        let days: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{CERT_EXPIRY_METRIC} ")))
+            .unwrap_or_else(|| panic!("no gauge in {text}"))
+            .parse()
+            .unwrap();
+        assert!(days > 29.99 && days <= 30.0, "{days} days left");
     }
 
     #[test]

@@ -41,6 +41,30 @@ pub fn issue(certs: &Path, name: &str) {
     );
 }
 
+/// `quern node --id ID` with these coordinators, store and root.
+pub fn node(
+    id: u64,
+    certs: &Path,
+    data_dir: &Path,
+    coordinators: &[String],
+    root: &Path,
+) -> Command {
+    let mut cmd = quern(&data_dir.join("unused"));
+    cmd.args(["node", "--id", &id.to_string(), "--memory", "128M"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--cert-dir")
+        .arg(certs)
+        .arg("--root")
+        .arg(root);
+    for address in coordinators {
+        cmd.arg("--coordinator").arg(address);
+    }
+    cmd
+}
+
 pub fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
