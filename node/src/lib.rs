@@ -3,6 +3,7 @@
 //! shuffle between nodes.
 
 pub mod actors;
+pub mod cluster_job;
 pub mod config;
 pub mod counters;
 pub mod edge;
@@ -15,6 +16,7 @@ pub mod lookup;
 pub mod memory;
 pub mod metric_catalog;
 pub mod quarantine;
+pub mod reads;
 pub mod recent_keys;
 pub mod shuffle;
 pub mod store;
