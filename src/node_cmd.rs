@@ -12,6 +12,7 @@
 //! `--listen` is the node's data channel for the shuffle: bound at start
 //! (its windows sized from `--memory`), registered, and shared by every
 //! job; a job whose partition map has other owners dials them from it.
+//! It also serves cluster reads from the node's store (`node::reads`).
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ use node::counters::JobCounters;
 use node::input::roots::Roots;
 use node::leased_job::{self, DataChannel, JobError, LeasedJob};
 use node::memory::ProcessMemory;
+use node::reads::{NodeStreams, ReadService};
 use node::shuffle::{Inbound, channel_config};
 use node::store::{Access, Store};
 use proto_schema::cert_role::node_name;
@@ -93,12 +95,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     ingest.validate()?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let store = Store::open(
-        &data_dir,
-        MemoryPlan::rocksdb_cache_bytes(args.memory),
-        Access::ReadWrite,
-    )
-    .with_context(|| format!("opening the store at {}", data_dir.display()))?;
+    let store = Arc::new(
+        Store::open(
+            &data_dir,
+            MemoryPlan::rocksdb_cache_bytes(args.memory),
+            Access::ReadWrite,
+        )
+        .with_context(|| format!("opening the store at {}", data_dir.display()))?,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("quern-node")
@@ -116,11 +120,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             ingest.batch_bytes,
         );
         let inbound = Inbound::new();
+        let streams = NodeStreams {
+            inbound: inbound.clone(),
+            reads: ReadService::new(store.clone()),
+        };
         let endpoint = ChannelEndpoint::bind(
             listen,
             &identity,
             channel_config(&plan, &ingest),
-            inbound.clone(),
+            streams,
         )
         .with_context(|| format!("binding the data channel on {listen}"))?;
         (client, Arc::new(DataChannel { endpoint, inbound }))
@@ -134,7 +142,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         client,
         incarnation: 0,
         heartbeat: MAX_HEARTBEAT,
-        store: Arc::new(store),
+        store,
         ingest,
         roots,
         runtime,
@@ -323,7 +331,7 @@ impl Node {
             ingest,
             roots: self.roots.clone(),
             heartbeat: self.heartbeat,
-            shown_inputs: vec![format!("job {} of the coordinators", item.job)],
+            shown_inputs: node::cluster_job::inputs(item.job),
             channel: Some(self.channel.clone()),
         };
         eprintln!(

@@ -156,6 +156,9 @@ pub struct FilePart {
 pub struct RejectedPart {
     pub file: u32,
     pub offset: u64,
+    /// The file's path, if this node listed it (the node that rejected
+    /// the record read it, so it does).
+    pub path: Option<Vec<u8>>,
     pub rejection: String,
     pub excerpt: String,
 }
@@ -189,6 +192,7 @@ impl ReadItem {
                 f.problems.iter().try_for_each(|p| text(p))
             }),
             Self::Rejected(rejected) => rejected.iter().try_for_each(|r| {
+                path(&r.path)?;
                 text(&r.rejection)?;
                 text(&r.excerpt)
             }),
@@ -402,10 +406,11 @@ mod tests {
                 counts,
                 problems,
             });
-        let rejected = (any::<u32>(), any::<u64>(), arb_text(), arb_text()).prop_map(
-            |(file, offset, rejection, excerpt)| RejectedPart {
+        let rejected = (any::<u32>(), any::<u64>(), proptest::option::of(arb_bytes()), arb_text(), arb_text()).prop_map(
+            |(file, offset, path, rejection, excerpt)| RejectedPart {
                 file,
                 offset,
+                path,
                 rejection,
                 excerpt,
             },

@@ -366,15 +366,13 @@ impl ClusterReader {
         })
     }
 
-    /// `job`'s files in file order, each node's counters summed, handed to
-    /// `on_file`; then its rejected records in file and offset order,
-    /// handed to `on_rejected`.
+    /// `job`'s files in file order, each node's counters summed, then its
+    /// rejected records in file and offset order, each handed to `on`.
     pub fn files(
         &self,
         runtime: &Handle,
         job: JobId,
-        mut on_file: impl FnMut(ClusterFile) -> std::io::Result<()>,
-        mut on_rejected: impl FnMut(RejectedPart) -> std::io::Result<()>,
+        mut on: impl FnMut(JobEntry) -> std::io::Result<()>,
     ) -> Result<(), ReadError> {
         runtime.block_on(async {
             let request = ReadRequest::Files {
@@ -410,7 +408,7 @@ impl ClusterReader {
                         file.add(f);
                     }
                 }
-                on_file(file)?;
+                on(JobEntry::File(file))?;
             }
             loop {
                 let mut next: Option<(usize, (u32, u64))> = None;
@@ -426,7 +424,7 @@ impl ClusterReader {
                 let Some(Pending::Rejected(r)) = cursors[i].take() else {
                     unreachable!("peeked")
                 };
-                on_rejected(r)?;
+                on(JobEntry::Rejected(r))?;
             }
             Ok(())
         })
@@ -545,6 +543,13 @@ impl ClusterJob {
             .collect();
         parts.join(", ")
     }
+}
+
+/// What [`ClusterReader::files`] hands on: every file first, then every
+/// rejected record.
+pub enum JobEntry {
+    File(ClusterFile),
+    Rejected(RejectedPart),
 }
 
 /// One file of a job, its nodes' counters summed.

@@ -328,9 +328,11 @@ fn files(
     let mut rejected = Vec::new();
     for r in store.rejections(dataset.id, local.id) {
         let r = r?;
+        let path = store.file_path(dataset.id, local.id, r.file)?;
         rejected.push(RejectedPart {
             file: r.file,
             offset: r.offset,
+            path: path.as_deref().and_then(wire_path),
             rejection: bounded_text(&r.rejection),
             excerpt: bounded_text(&r.excerpt),
         });
