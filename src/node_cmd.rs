@@ -124,13 +124,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             inbound: inbound.clone(),
             reads: ReadService::new(store.clone()),
         };
-        let endpoint = ChannelEndpoint::bind(
-            listen,
-            &identity,
-            channel_config(&plan, &ingest),
-            streams,
-        )
-        .with_context(|| format!("binding the data channel on {listen}"))?;
+        let endpoint =
+            ChannelEndpoint::bind(listen, &identity, channel_config(&plan, &ingest), streams)
+                .with_context(|| format!("binding the data channel on {listen}"))?;
         (client, Arc::new(DataChannel { endpoint, inbound }))
     };
     let mut node = Node {

@@ -12,8 +12,8 @@ use node::ingest::IngestOutcome;
 use node::memory::monitor::MemoryPeaks;
 use node::memory::tracking::Usage;
 use node::memory::{ProcessMemory, TrackingAllocator};
-use node::store::Store;
 use node::reads::remote::{ClusterJob, JobEntry};
+use node::store::Store;
 use node::store::catalog::{DatasetInfo, JobInfo, JobState, JobTotals};
 use node::store::ledger::FileCounts;
 use proto_schema::command::StagedCounts;
@@ -258,7 +258,13 @@ fn write_stats_text(
     write_jobs_header(out)?;
     for j in jobs {
         let totals = j.totals.unwrap_or_default();
-        write_job_row(out, j.id.into(), j.started_unix, &totals, &state_name(&j.state))?;
+        write_job_row(
+            out,
+            j.id.into(),
+            j.started_unix,
+            &totals,
+            &state_name(&j.state),
+        )?;
     }
     let Some(job) = job else {
         return Ok(());
@@ -549,11 +555,7 @@ fn cluster_stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
                 || format!("file {}", r.file),
                 |p| String::from_utf8_lossy(p).into_owned(),
             );
-            writeln!(
-                out,
-                "{path}:{}: {}  [{}]",
-                r.offset, r.rejection, r.excerpt
-            )
+            writeln!(out, "{path}:{}: {}  [{}]", r.offset, r.rejection, r.excerpt)
         }
     })?;
     Ok(ExitCode::SUCCESS)

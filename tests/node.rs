@@ -608,7 +608,13 @@ fn export_get_and_stats_read_the_cluster_and_fail_naming_a_node_that_is_down() {
     let first = decompressed(&files[0]);
     let key = &first[..first.iter().position(|&b| b == b'\n').unwrap()];
     let key = std::str::from_utf8(key).expect("the first line is text");
-    let found = text(&run(&mut cluster.client(&["get", "--dataset", "ds", "--", key]), 0).stdout);
+    let found = text(
+        &run(
+            &mut cluster.client(&["get", "--dataset", "ds", "--", key]),
+            0,
+        )
+        .stdout,
+    );
     assert_eq!(
         found,
         format!(
@@ -623,7 +629,11 @@ fn export_get_and_stats_read_the_cluster_and_fail_naming_a_node_that_is_down() {
 
     // stats: the nodes' parts summed, equal to the job's summary.
     let stats: serde_json::Value = serde_json::from_slice(
-        &run(&mut cluster.client(&["stats", "--json", "--dataset", "ds"]), 0).stdout,
+        &run(
+            &mut cluster.client(&["stats", "--json", "--dataset", "ds"]),
+            0,
+        )
+        .stdout,
     )
     .unwrap();
     let job = &stats["jobs"][0];
@@ -638,7 +648,11 @@ fn export_get_and_stats_read_the_cluster_and_fail_naming_a_node_that_is_down() {
         ("duplicates", "duplicates"),
         ("rejected", "rejected"),
     ] {
-        assert_eq!(counted(&summary, label), figure_of(key), "{label}: {summary}\n{totals:#}");
+        assert_eq!(
+            counted(&summary, label),
+            figure_of(key),
+            "{label}: {summary}\n{totals:#}"
+        );
     }
     assert_eq!(
         figure_of("read"),
@@ -650,10 +664,17 @@ fn export_get_and_stats_read_the_cluster_and_fail_naming_a_node_that_is_down() {
         assert_eq!(file["path"].as_str(), path.to_str(), "{file:#}");
         let n = |key: &str| file[key].as_u64().unwrap();
         assert_eq!(n("read") > 0, !decompressed(path).is_empty(), "{file:#}");
-        assert_eq!(n("read"), n("unique") + n("duplicates") + n("rejected"), "{file:#}");
+        assert_eq!(
+            n("read"),
+            n("unique") + n("duplicates") + n("rejected"),
+            "{file:#}"
+        );
     }
     let text_stats = text(&run(&mut cluster.client(&["stats", "--dataset", "ds"]), 0).stdout);
-    assert!(text_stats.contains(&format!("files of job {job_id}:")), "{text_stats}");
+    assert!(
+        text_stats.contains(&format!("files of job {job_id}:")),
+        "{text_stats}"
+    );
 
     // A node down: every read fails naming it, never a short answer.
     let status = cluster.status();
@@ -668,7 +689,10 @@ fn export_get_and_stats_read_the_cluster_and_fail_naming_a_node_that_is_down() {
     ] {
         let out = run(&mut cluster.client(args), 1);
         let err = text(&out.stderr);
-        assert!(err.contains(&format!("node 3 at {address}")), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("node 3 at {address}")),
+            "{args:?}: {err}"
+        );
     }
     // The local read of the stores is unchanged.
     assert!(export(&stores, "ds") == exported);

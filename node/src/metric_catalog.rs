@@ -191,8 +191,18 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         channel::SENT_BYTES_METRIC,
-        "Bytes of frames this node sent on its shuffle streams (label link: the peer's \
-         certificate name).",
+        "Bytes of frames this node sent on its shuffle streams and read streams (label link: \
+         the peer's certificate name).",
+    ),
+    (
+        channel::READ_STREAMS_METRIC,
+        "Read streams (cluster export, get, stats) this node answered from its store (label \
+         outcome: complete, failed, abandoned).",
+    ),
+    (
+        crate::reads::service::READ_REFUSED_METRIC,
+        "Read streams this node refused for the certificate that opened them (label role: \
+         coordinator, unrecognized).",
     ),
     (
         channel::RECEIVED_BYTES_METRIC,

@@ -18,8 +18,8 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::batch::{BatchView, ValidBatch};
-use crate::command::{MAX_DATASET_NAME_BYTES, MAX_PATH_BYTES};
 use crate::command::codec;
+use crate::command::{MAX_DATASET_NAME_BYTES, MAX_PATH_BYTES};
 use crate::frame::{Frame, FrameKind};
 use crate::ids::JobId;
 use crate::shuffle::MAX_REASON_BYTES;
@@ -181,7 +181,8 @@ impl ReadItem {
     /// Checks the fields from outside against their bounds.
     pub fn check_bounds(&self) -> Result<(), String> {
         let text = |s: &str| bounded("text", s.len(), MAX_READ_TEXT_BYTES);
-        let path = |p: &Option<Vec<u8>>| bounded("path", p.as_ref().map_or(0, Vec::len), MAX_PATH_BYTES);
+        let path =
+            |p: &Option<Vec<u8>>| bounded("path", p.as_ref().map_or(0, Vec::len), MAX_PATH_BYTES);
         match self {
             Self::Dataset(_) | Self::Absent => Ok(()),
             Self::Found(found) => found.as_ref().map_or(Ok(()), |f| path(&f.path)),
@@ -277,7 +278,9 @@ impl ReadCheck {
                     )));
                 }
                 if first {
-                    return Err(at("the stream ended before saying whether the node holds the dataset".into()));
+                    return Err(at(
+                        "the stream ended before saying whether the node holds the dataset".into(),
+                    ));
                 }
                 self.ended = true;
                 return Ok(ReadEvent::End);
@@ -377,8 +380,13 @@ mod tests {
     }
 
     fn arb_item() -> impl Strategy<Value = ReadItem> {
-        let found = (arb_bytes(), proptest::option::of(any::<u64>()), any::<u32>(), any::<u64>(),
-                     proptest::option::of(arb_bytes()))
+        let found = (
+            arb_bytes(),
+            proptest::option::of(any::<u64>()),
+            any::<u32>(),
+            any::<u64>(),
+            proptest::option::of(arb_bytes()),
+        )
             .prop_map(|(record, job, file, offset, path)| FoundRecord {
                 record,
                 job: job.map(JobId),
@@ -397,8 +405,13 @@ mod tests {
                 counts,
             },
         );
-        let file = (any::<u32>(), proptest::option::of(arb_bytes()), any::<u64>(), arb_counts(),
-                    proptest::collection::vec(arb_text(), 0..3))
+        let file = (
+            any::<u32>(),
+            proptest::option::of(arb_bytes()),
+            any::<u64>(),
+            arb_counts(),
+            proptest::collection::vec(arb_text(), 0..3),
+        )
             .prop_map(|(seq, path, size, counts, problems)| FilePart {
                 seq,
                 path,
@@ -406,23 +419,33 @@ mod tests {
                 counts,
                 problems,
             });
-        let rejected = (any::<u32>(), any::<u64>(), proptest::option::of(arb_bytes()), arb_text(), arb_text()).prop_map(
-            |(file, offset, path, rejection, excerpt)| RejectedPart {
+        let rejected = (
+            any::<u32>(),
+            any::<u64>(),
+            proptest::option::of(arb_bytes()),
+            arb_text(),
+            arb_text(),
+        )
+            .prop_map(|(file, offset, path, rejection, excerpt)| RejectedPart {
                 file,
                 offset,
                 path,
                 rejection,
                 excerpt,
-            },
-        );
+            });
         prop_oneof![
-            (proptest::option::of(any::<u32>()), any::<u16>(), any::<u64>()).prop_map(
-                |(key_field, partitions, created_unix)| ReadItem::Dataset(DatasetShape {
-                    key_field,
-                    partitions,
-                    created_unix
-                })
-            ),
+            (
+                proptest::option::of(any::<u32>()),
+                any::<u16>(),
+                any::<u64>()
+            )
+                .prop_map(|(key_field, partitions, created_unix)| ReadItem::Dataset(
+                    DatasetShape {
+                        key_field,
+                        partitions,
+                        created_unix
+                    }
+                )),
             Just(ReadItem::Absent),
             proptest::option::of(found).prop_map(ReadItem::Found),
             proptest::collection::vec(job, 0..4).prop_map(ReadItem::Jobs),
@@ -567,7 +590,10 @@ mod tests {
         assert!(err.contains("over the limit of 4096"), "{err}");
         let mut reader = FrameReader::new(&bytes[..], 4096);
         reader.next_frame().unwrap();
-        assert!(matches!(reader.next_frame(), Err(FrameError::TooLarge { max: 4096, .. })));
+        assert!(matches!(
+            reader.next_frame(),
+            Err(FrameError::TooLarge { max: 4096, .. })
+        ));
     }
 
     #[test]
@@ -586,10 +612,23 @@ mod tests {
             failure: Some("store unreadable".into()),
         };
         write_frame(&mut bytes, FrameKind::ReadEnd, &end.to_bytes()).unwrap();
-        assert!(receive(&bytes, MAX).unwrap_err().contains("store unreadable"));
+        assert!(
+            receive(&bytes, MAX)
+                .unwrap_err()
+                .contains("store unreadable")
+        );
         let mut bytes = Vec::new();
-        write_frame(&mut bytes, FrameKind::RecordBatch, &batch_of(&[b"a"]).to_archive()).unwrap();
-        assert!(receive(&bytes, MAX).unwrap_err().contains("RecordBatch frame in a read stream"));
+        write_frame(
+            &mut bytes,
+            FrameKind::RecordBatch,
+            &batch_of(&[b"a"]).to_archive(),
+        )
+        .unwrap();
+        assert!(
+            receive(&bytes, MAX)
+                .unwrap_err()
+                .contains("RecordBatch frame in a read stream")
+        );
     }
 
     #[test]

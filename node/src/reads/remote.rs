@@ -132,7 +132,11 @@ struct Answer {
 impl ClusterReader {
     /// Reads `dataset` from `nodes`, dialling with `identity` (the CLI's
     /// client certificate). Call inside a tokio runtime.
-    pub fn new(identity: &TlsIdentity, nodes: Vec<ReadNode>, dataset: &str) -> Result<Self, ReadError> {
+    pub fn new(
+        identity: &TlsIdentity,
+        nodes: Vec<ReadNode>,
+        dataset: &str,
+    ) -> Result<Self, ReadError> {
         let endpoint = ChannelEndpoint::dial_only(identity, ChannelConfig::default())
             .map_err(|e| ReadError::Setup(e.to_string()))?;
         endpoint.expect_links(nodes.len());
@@ -173,7 +177,10 @@ impl ClusterReader {
 
     /// `request` to every node at once: the answers of those that hold
     /// the dataset, which must agree on its shape.
-    async fn ask_all(&self, request: &ReadRequest) -> Result<(DatasetShape, Vec<Answer>), ReadError> {
+    async fn ask_all(
+        &self,
+        request: &ReadRequest,
+    ) -> Result<(DatasetShape, Vec<Answer>), ReadError> {
         let asked = self.nodes.iter().map(|node| self.ask(node, request));
         let mut holding = Vec::new();
         for answer in futures_join_all(asked).await {
@@ -456,7 +463,9 @@ fn path_of_bytes(bytes: Vec<u8>) -> PathBuf {
 }
 
 /// Every future's output, in order, all polled at once.
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
     let mut set = Vec::new();
     for f in futures {
         set.push(Box::pin(f));

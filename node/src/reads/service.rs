@@ -12,13 +12,13 @@
 use std::sync::Arc;
 
 use proto_schema::cert_role::Role;
+use proto_schema::command::MAX_PATH_BYTES;
 use proto_schema::quic::Peer;
 use proto_schema::quic::channel::ReadOutput;
 use proto_schema::read::{
     DatasetShape, FilePart, FoundRecord, JobPart, MAX_FILE_PROBLEMS, READ_BATCH_BYTES, ReadCounts,
     ReadItem, ReadRequest, RejectedPart, bounded_text,
 };
-use proto_schema::command::MAX_PATH_BYTES;
 use proto_schema::{BatchView, JobId, RecordBatch};
 use tokio::sync::mpsc;
 
@@ -96,9 +96,9 @@ impl ReadService {
         drop(pieces);
         let read = match reader.await {
             Ok(read) => read,
-            Err(e) => Err(ServeError::Export(ExportError::Write(std::io::Error::other(
-                format!("the store's reader failed: {e}"),
-            )))),
+            Err(e) => Err(ServeError::Export(ExportError::Write(
+                std::io::Error::other(format!("the store's reader failed: {e}")),
+            ))),
         };
         let ended = match (sent, read) {
             (Err(e), _) => Err(e),
@@ -165,7 +165,9 @@ fn answer(
         }
         ReadRequest::Jobs { .. } => {
             let jobs = store.jobs(dataset.id)?;
-            let parts: Vec<JobPart> = parts(&jobs).map(|(job, local)| job_part(job, local)).collect();
+            let parts: Vec<JobPart> = parts(&jobs)
+                .map(|(job, local)| job_part(job, local))
+                .collect();
             for chunk in parts.chunks(ITEMS_PER_FRAME) {
                 put(Piece::Item(ReadItem::Jobs(chunk.to_vec())))?;
             }
@@ -184,7 +186,9 @@ fn answer(
                 Some(local) => store.file_path(dataset.id, local.id, *file)?,
                 None => None,
             };
-            put(Piece::Item(ReadItem::Path(path.as_deref().and_then(wire_path))))
+            put(Piece::Item(ReadItem::Path(
+                path.as_deref().and_then(wire_path),
+            )))
         }
     }
 }
@@ -212,9 +216,9 @@ fn parts(jobs: &[JobInfo]) -> impl Iterator<Item = (JobId, &JobInfo)> {
         let Some(job) = cluster_job::of(local) else {
             continue;
         };
-        let keep = chosen
-            .get(&job)
-            .is_some_and(|kept| kept.state == JobState::Committed && local.state != JobState::Committed);
+        let keep = chosen.get(&job).is_some_and(|kept| {
+            kept.state == JobState::Committed && local.state != JobState::Committed
+        });
         if !keep {
             chosen.insert(job, local);
         }
@@ -223,7 +227,9 @@ fn parts(jobs: &[JobInfo]) -> impl Iterator<Item = (JobId, &JobInfo)> {
 }
 
 fn part_of(jobs: &[JobInfo], job: JobId) -> Option<&JobInfo> {
-    parts(jobs).find(|(id, _)| *id == job).map(|(_, local)| local)
+    parts(jobs)
+        .find(|(id, _)| *id == job)
+        .map(|(_, local)| local)
 }
 
 fn job_part(job: JobId, local: &JobInfo) -> JobPart {
@@ -314,7 +320,8 @@ fn files(
                 }
             }
         };
-        bytes += 64 + part.path.as_ref().map_or(0, Vec::len)
+        bytes += 64
+            + part.path.as_ref().map_or(0, Vec::len)
             + part.problems.iter().map(String::len).sum::<usize>();
         chunk.push(part);
         if chunk.len() >= ITEMS_PER_FRAME || bytes >= READ_BATCH_BYTES {
@@ -337,7 +344,9 @@ fn files(
             excerpt: bounded_text(&r.excerpt),
         });
         if rejected.len() >= ITEMS_PER_FRAME {
-            put(Piece::Item(ReadItem::Rejected(std::mem::take(&mut rejected))))?;
+            put(Piece::Item(ReadItem::Rejected(std::mem::take(
+                &mut rejected,
+            ))))?;
         }
     }
     if !rejected.is_empty() {

@@ -236,12 +236,10 @@ impl ChannelEndpoint {
         let transport = config.transport()?;
         let client_tls = identity.client_config().map_err(setup)?;
         let bind: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
-        let bind = Endpoint::client(bind)
-            .map(|e| (e, bind))
-            .or_else(|_| {
-                let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
-                Endpoint::client(v4).map(|e| (e, v4))
-            });
+        let bind = Endpoint::client(bind).map(|e| (e, bind)).or_else(|_| {
+            let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
+            Endpoint::client(v4).map(|e| (e, v4))
+        });
         let (mut endpoint, addr) = bind.map_err(|error| RpcError::Bind {
             addr: (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             error,

@@ -84,7 +84,11 @@ impl ReadOutput {
     /// Ends the stream: complete if `failure` is `None`, else refused or
     /// cut short with that reason, which the client reports.
     pub async fn end(mut self, failure: Option<String>) -> Result<(), ChannelError> {
-        let outcome = if failure.is_some() { "failed" } else { "complete" };
+        let outcome = if failure.is_some() {
+            "failed"
+        } else {
+            "complete"
+        };
         metrics::counter!(READ_STREAMS_METRIC, "outcome" => outcome).increment(1);
         let end = ReadEnd {
             frames: self.frames,
@@ -178,7 +182,11 @@ impl ReadStream {
         let read = async {
             let header = self.frames.header(inner.config.max_frame).await?;
             match header {
-                Some(header) => self.frames.payload(header, AlignedVec::new()).await.map(Some),
+                Some(header) => self
+                    .frames
+                    .payload(header, AlignedVec::new())
+                    .await
+                    .map(Some),
                 None => Ok(None),
             }
         };
