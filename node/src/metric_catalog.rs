@@ -201,8 +201,8 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         crate::reads::service::READ_REFUSED_METRIC,
-        "Read streams this node refused for the certificate that opened them (label role: \
-         coordinator, unrecognized).",
+        "Read streams this node refused (label reason: certificate, a role that may not read; \
+         busy, at the most it answers at once).",
     ),
     (
         channel::RECEIVED_BYTES_METRIC,

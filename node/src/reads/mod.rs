@@ -271,4 +271,68 @@ mod tests {
             );
         });
     }
+
+    /// Past its limit a node refuses reads as busy, until a running one
+    /// ends.
+    #[test]
+    fn reads_past_the_limit_are_refused_as_busy() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cluster = Cluster::new();
+        // More than the stream's window and the reader's queue hold: the
+        // first export stays open while its client does not read.
+        let lines: Vec<Vec<u8>> = (0..40_000)
+            .map(|i| format!("{i:08}{}", "y".repeat(100)).into_bytes())
+            .collect();
+        let (_dir, store) = store_with(&lines, 0);
+        runtime.block_on(async {
+            let streams = NodeStreams {
+                inbound: Inbound::new(),
+                reads: ReadService::with_limit(store, 1),
+            };
+            let node = ChannelEndpoint::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                &cluster.identity(&node_certificate_name(NodeId(1))),
+                ChannelConfig::default(),
+                streams,
+            )
+            .unwrap();
+            let client =
+                ChannelEndpoint::dial_only(&cluster.identity("client"), ChannelConfig::default())
+                    .unwrap();
+            let link = client
+                .connect(node.local_addr(), &node_certificate_name(NodeId(1)))
+                .await
+                .unwrap();
+            let export = ReadRequest::Export {
+                dataset: "d".into(),
+            };
+            let mut held = link.read(&export).await.unwrap();
+            held.next().await.unwrap();
+            let mut refused = link.read(&export).await.unwrap();
+            let err = refused.next().await.err().expect("busy");
+            assert!(err.to_string().contains("busy: answering 1 reads"), "{err}");
+            let mut records = 0;
+            loop {
+                match held.next().await.unwrap() {
+                    ReadEvent::Batch(b) => records += proto_schema::BatchView::len(&b),
+                    ReadEvent::End => break,
+                    ReadEvent::Item(other) => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(records, 40_000);
+            // The permit goes back as the stream ends.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let mut again = link.read(&export).await.unwrap();
+                match again.next().await {
+                    Ok(_) => break,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        assert!(e.to_string().contains("busy"), "{e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("still refused: {e}"),
+                }
+            }
+        });
+    }
 }

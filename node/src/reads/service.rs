@@ -7,7 +7,10 @@
 //! (`export::for_each_record`), whatever the dataset's size.
 //!
 //! Only an operator's certificate (the CLI's) or a node's may read; a
-//! coordinator's or an unrecognised name is refused with the reason.
+//! coordinator's or an unrecognised name is refused with the reason. A
+//! node answers at most [`MAX_CONCURRENT_READS`] streams at once (each
+//! holds a blocking thread, and an export its merge threads); more are
+//! refused as busy, never queued without bound.
 
 use std::sync::Arc;
 
@@ -29,6 +32,9 @@ use crate::store::Store;
 use crate::store::catalog::{DatasetInfo, JobInfo, JobState};
 use crate::store::ledger::FileCounts;
 
+/// Read streams a node answers at once.
+pub const MAX_CONCURRENT_READS: usize = 4;
+
 /// Frames the store's reader may have ready before the stream takes them.
 pub const READ_QUEUE_FRAMES: usize = 2;
 
@@ -36,8 +42,8 @@ pub const READ_QUEUE_FRAMES: usize = 2;
 /// limit for the largest entries their bounds allow.
 const ITEMS_PER_FRAME: usize = 256;
 
-/// Read streams refused for the certificate that opened them (label
-/// `role`).
+/// Read streams refused (label `reason`: `certificate`, the role of the
+/// one that opened it may not read; `busy`, at `MAX_CONCURRENT_READS`).
 pub const READ_REFUSED_METRIC: &str = "quern_read_refused_total";
 
 /// What the store's reader hands the stream.
@@ -62,23 +68,43 @@ enum ServeError {
 #[derive(Clone)]
 pub struct ReadService {
     store: Arc<Store>,
+    running: Arc<tokio::sync::Semaphore>,
+    limit: usize,
 }
 
 impl ReadService {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self::with_limit(store, MAX_CONCURRENT_READS)
+    }
+
+    /// At most `limit` streams answered at once.
+    pub fn with_limit(store: Arc<Store>, limit: usize) -> Self {
+        Self {
+            store,
+            running: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
     }
 
     /// Answers `request` from `peer` through `out`, ending the stream.
     pub async fn serve(&self, peer: &Peer, request: ReadRequest, mut out: ReadOutput) {
         let role = Role::of(peer.name.as_deref());
         if !matches!(role, Role::Operator | Role::Node(_)) {
-            metrics::counter!(READ_REFUSED_METRIC, "role" => role.label()).increment(1);
+            metrics::counter!(READ_REFUSED_METRIC, "reason" => "certificate").increment(1);
             tracing::warn!(remote = %peer.address, name = ?peer.name, "refused a read stream");
             let reason = format!("a {} certificate may not read", role.label());
             let _ = out.end(Some(reason)).await;
             return;
         }
+        let Ok(_running) = self.running.clone().try_acquire_owned() else {
+            metrics::counter!(READ_REFUSED_METRIC, "reason" => "busy").increment(1);
+            let reason = format!(
+                "busy: answering {} reads, the most it answers at once; try again",
+                self.limit
+            );
+            let _ = out.end(Some(reason)).await;
+            return;
+        };
         let (send, mut pieces) = mpsc::channel(READ_QUEUE_FRAMES);
         let store = self.store.clone();
         let reader = tokio::task::spawn_blocking(move || answer(&store, &request, &send));
