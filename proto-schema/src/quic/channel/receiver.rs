@@ -241,15 +241,29 @@ impl Stream {
         }
     }
 
-    /// A stream's first frame, within the header timeout: a shuffle
-    /// stream's header or a read stream's request (the larger of the two
-    /// limits; a shuffle header is held to its own in `receive`).
+    /// A stream's first frame, within the header timeout: a read
+    /// stream's request (at most `MAX_READ_REQUEST` bytes) or else a
+    /// shuffle stream's header (at most `MAX_CONTROL_FRAME`), each limit
+    /// checked from the frame's header, before its payload is read.
     async fn first(&self, frames: &mut FrameStream) -> Result<Frame, Failure> {
         let after = self.config.header_timeout;
-        let first = timeout(after, frames.frame(MAX_READ_REQUEST.max(MAX_CONTROL_FRAME)))
+        let read = async {
+            let header = frames
+                .header(MAX_READ_REQUEST.max(MAX_CONTROL_FRAME))
+                .await?
+                .ok_or_else(|| Refusal::damaged("the stream ended before its header"))?;
+            if header.kind != FrameKind::ReadRequest && header.len > MAX_CONTROL_FRAME {
+                return Err(Failure::from(Refusal::damaged(format!(
+                    "a {:?} frame of {} bytes opens the stream, over the limit of \
+                     {MAX_CONTROL_FRAME}",
+                    header.kind, header.len
+                ))));
+            }
+            Ok(frames.payload(header, AlignedVec::new()).await?)
+        };
+        let first = timeout(after, read)
             .await
-            .map_err(|_| Refusal::damaged(format!("no header within {after:?}")))??
-            .ok_or_else(|| Refusal::damaged("the stream ended before its header"))?;
+            .map_err(|_| Refusal::damaged(format!("no header within {after:?}")))??;
         self.count(first.payload.len());
         Ok(first)
     }
@@ -275,23 +289,15 @@ impl Stream {
         }
     }
 
-    /// Reads and checks the whole stream after its first frame, handing
-    /// its batches to the handler's sink; returns the batches and records
-    /// taken.
+    /// Reads and checks the whole stream after its first frame (checked
+    /// to be within `MAX_CONTROL_FRAME`), handing its batches to the
+    /// handler's sink; returns the batches and records taken.
     async fn receive<H: StreamHandler>(
         &self,
         first: Frame,
         frames: &mut FrameStream,
         handler: &H,
     ) -> Result<(u64, u64), Failure> {
-        if first.payload.len() > MAX_CONTROL_FRAME as usize {
-            return Err(Refusal::damaged(format!(
-                "a {:?} frame of {} bytes opens the stream, over the limit of {MAX_CONTROL_FRAME}",
-                first.kind,
-                first.payload.len()
-            ))
-            .into());
-        }
         let mut check = StreamCheck::open(first)?;
         let mut sink = handler.open(&self.peer, check.header()).await?;
         loop {
