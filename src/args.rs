@@ -241,6 +241,10 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub dataset: DatasetArg,
 
+    /// With coordinators, the cluster's nodes are read instead of --data.
+    #[command(flatten)]
+    pub client: ClientArgs,
+
     /// Write here instead of stdout.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -250,6 +254,10 @@ pub struct ExportArgs {
 pub struct GetArgs {
     #[command(flatten)]
     pub dataset: DatasetArg,
+
+    /// With coordinators, the cluster's nodes are read instead of --data.
+    #[command(flatten)]
+    pub client: ClientArgs,
 
     /// The key (any bytes the shell can pass; after `--` if it starts with
     /// a dash).
@@ -261,10 +269,14 @@ pub struct StatsArgs {
     #[command(flatten)]
     pub dataset: DatasetArg,
 
-    /// The job whose files and rejected records to list [default: the
-    /// latest].
+    /// With coordinators, the cluster's nodes are read instead of --data.
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// The job whose files and rejected records to list (with
+    /// coordinators, the coordinators' job id) [default: the latest].
     #[arg(long)]
-    pub job: Option<u32>,
+    pub job: Option<u64>,
 
     /// Machine-readable output listing everything.
     #[arg(long)]

@@ -140,7 +140,9 @@ struct NodeSection {
     roots: Vec<PathBuf>,
 }
 
-/// Options of the client commands (`quern status`, `quern submit`, `quern abort`).
+/// Options of the client commands (`quern status`, `quern submit`, `quern
+/// abort`, and `export`, `get`, `stats`, which read the cluster when
+/// coordinators are given).
 /// `cert_dir` falls back to `[cert] dir`; `wait_timeout` is `submit`'s.
 #[derive(Deserialize, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -282,7 +284,7 @@ impl ConfigFile {
             ),
             ("cert_name", client.cert_name.clone()),
         ];
-        for name in ["status", "submit", "abort"] {
+        for name in ["status", "submit", "abort", "export", "get", "stats"] {
             command = command.mut_subcommand(name, |mut sub| {
                 sub = with_defaults(sub, client_values.clone());
                 if !client.coordinators.is_empty() {

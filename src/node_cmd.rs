@@ -12,6 +12,7 @@
 //! `--listen` is the node's data channel for the shuffle: bound at start
 //! (its windows sized from `--memory`), registered, and shared by every
 //! job; a job whose partition map has other owners dials them from it.
+//! It also serves cluster reads from the node's store (`node::reads`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use node::counters::JobCounters;
 use node::input::roots::Roots;
 use node::leased_job::{self, DataChannel, JobError, LeasedJob};
 use node::memory::ProcessMemory;
+use node::reads::{NodeStreams, ReadService};
 use node::shuffle::{Inbound, channel_config};
 use node::staged_parts;
 use node::store::{Access, Store};
@@ -209,12 +211,14 @@ impl Node {
         ingest.validate()?;
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let store = Store::open(
-            &data_dir,
-            MemoryPlan::rocksdb_cache_bytes(memory),
-            Access::ReadWrite,
-        )
-        .with_context(|| format!("opening the store at {}", data_dir.display()))?;
+        let store = Arc::new(
+            Store::open(
+                &data_dir,
+                MemoryPlan::rocksdb_cache_bytes(memory),
+                Access::ReadWrite,
+            )
+            .with_context(|| format!("opening the store at {}", data_dir.display()))?,
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(format!("quern-node-{id}"))
@@ -228,13 +232,13 @@ impl Node {
             let plan =
                 MemoryPlan::shuffling(memory, ingest.threads, ingest.threads, ingest.batch_bytes);
             let inbound = Inbound::new();
-            let endpoint = ChannelEndpoint::bind(
-                listen,
-                &identity,
-                channel_config(&plan, &ingest),
-                inbound.clone(),
-            )
-            .with_context(|| format!("binding the data channel on {listen}"))?;
+            let streams = NodeStreams {
+                inbound: inbound.clone(),
+                reads: ReadService::new(store.clone()),
+            };
+            let endpoint =
+                ChannelEndpoint::bind(listen, &identity, channel_config(&plan, &ingest), streams)
+                    .with_context(|| format!("binding the data channel on {listen}"))?;
             (client, Arc::new(DataChannel { endpoint, inbound }))
         };
         Ok(Node {
@@ -246,7 +250,7 @@ impl Node {
             client,
             incarnation: 0,
             heartbeat: MAX_HEARTBEAT,
-            store: Arc::new(store),
+            store,
             ingest,
             roots,
             runtime,
@@ -348,8 +352,7 @@ impl Node {
         for job in &settled.discarded {
             eprintln!(
                 "node {id}: dropped the part it had staged (local job {}): {}",
-                job.id,
-                crate::report::state_name(&job.state)
+                job.id, job.state
             );
         }
         self.staged_parts = Some(settled.waiting.into_iter().collect());

@@ -1,4 +1,5 @@
-//! `quern export` and `quern get`.
+//! `quern export` and `quern get`: a local store (`--data`), or with
+//! coordinators every node of the cluster (`node::reads`).
 
 use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -62,49 +63,82 @@ fn holding<'a>(stores: &'a [Store], name: &str) -> anyhow::Result<Vec<(&'a Store
 }
 
 pub fn export(data: &Path, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let out = &mut BufWriter::with_capacity(1 << 20, &mut out);
+    if !args.client.coordinators.is_empty() {
+        let (runtime, reader) = crate::cluster_client::reader(&args.client, &args.dataset.dataset)?;
+        reader.export(runtime.handle(), out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let stores = open_readers(data, READER_CACHE_BYTES)?;
     let holding = holding(&stores, &args.dataset.dataset)?;
     let parts: Vec<_> = holding.iter().map(|(store, d)| (*store, d)).collect();
-    match &args.output {
-        Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            node::export::export_all(&parts, &mut BufWriter::with_capacity(1 << 20, file))?
-        }
-        None => {
-            let stdout = std::io::stdout().lock();
-            node::export::export_all(&parts, &mut BufWriter::with_capacity(1 << 20, stdout))?
-        }
-    };
+    node::export::export_all(&parts, out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn get(data: &Path, args: GetArgs) -> anyhow::Result<ExitCode> {
     let key = args.key.as_bytes();
+    if !args.client.coordinators.is_empty() {
+        return cluster_get(&args, key);
+    }
     let stores = open_readers(data, READER_CACHE_BYTES)?;
     let holding = holding(&stores, &args.dataset.dataset)?;
     let Some(found) = node::lookup::get_in(&holding, key)? else {
-        eprintln!(
-            "quern: {} is not in dataset {:?}",
-            key.escape_ascii(),
-            args.dataset.dataset
-        );
-        return Ok(ExitCode::FAILURE);
+        return not_found(key, &args);
     };
+    print_found(
+        &found.record,
+        found.path.as_deref(),
+        found.first_seen.position.offset,
+        &match found.cluster_job {
+            Some(job) => format!("{job} of the coordinators"),
+            None => found.first_seen.job.to_string(),
+        },
+    )
+}
+
+/// `get` on a cluster: the key's owner asked first, then every node; the
+/// job named is the coordinators'.
+fn cluster_get(args: &GetArgs, key: &[u8]) -> anyhow::Result<ExitCode> {
+    let (runtime, reader) = crate::cluster_client::reader(&args.client, &args.dataset.dataset)?;
+    let Some(found) = reader.get(runtime.handle(), key)? else {
+        return not_found(key, args);
+    };
+    let job = found.job.map_or_else(
+        || "unknown".to_string(),
+        |job| format!("{job} of the coordinators"),
+    );
+    print_found(&found.record, found.path.as_deref(), found.offset, &job)
+}
+
+fn not_found(key: &[u8], args: &GetArgs) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "quern: {} is not in dataset {:?}",
+        key.escape_ascii(),
+        args.dataset.dataset
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+/// A record and where it was first seen, as `get` prints it.
+fn print_found(
+    record: &[u8],
+    path: Option<&Path>,
+    offset: u64,
+    job: &str,
+) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    out.write_all(&found.record)?;
-    let place = found.path.map_or_else(
+    out.write_all(record)?;
+    let place = path.map_or_else(
         || "an unknown file".to_string(),
         |p| p.display().to_string(),
     );
-    let job = match found.cluster_job {
-        Some(job) => format!("job {job} of the coordinators"),
-        None => format!("job {}", found.first_seen.job),
-    };
-    writeln!(
-        out,
-        "\n\tfirst seen at {place}:{} ({job})",
-        found.first_seen.position.offset
-    )?;
+    writeln!(out, "\n\tfirst seen at {place}:{offset} (job {job})")?;
     Ok(ExitCode::SUCCESS)
 }

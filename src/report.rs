@@ -12,9 +12,10 @@ use node::ingest::IngestOutcome;
 use node::memory::monitor::MemoryPeaks;
 use node::memory::tracking::Usage;
 use node::memory::{ProcessMemory, TrackingAllocator};
+use node::reads::remote::{ClusterJob, JobEntry};
 use node::store::Store;
-use node::store::catalog::{DatasetInfo, JobInfo, JobState};
-use node::store::ledger::FileRow;
+use node::store::catalog::{DatasetInfo, JobInfo, JobTotals};
+use node::store::ledger::FileCounts;
 use proto_schema::command::StagedCounts;
 use serde::Serialize;
 
@@ -43,16 +44,6 @@ pub fn size(bytes: u64) -> String {
 
 fn timestamp(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
-}
-
-pub fn state_name(state: &JobState) -> String {
-    match state {
-        JobState::Running => "running".into(),
-        JobState::Staged => "staged, awaiting the coordinators' commit".into(),
-        JobState::Committed => "committed".into(),
-        JobState::Interrupted => "interrupted".into(),
-        JobState::Failed { reason } => format!("failed: {reason}"),
-    }
 }
 
 /// Prints the end-of-job summary; returns whether the input was clean (no
@@ -217,13 +208,16 @@ fn write_problems(
 /// `quern stats`: every job of a dataset, then the files and rejected
 /// records of one job (the latest by default), streamed.
 pub fn stats(data: &Path, args: StatsArgs) -> anyhow::Result<ExitCode> {
+    if !args.client.coordinators.is_empty() {
+        return cluster_stats(args);
+    }
     let store = crate::query::open_reader(data, 8 << 20, "quern stats")?;
     let dataset = store.existing_dataset(&args.dataset.dataset)?;
     let jobs = store.jobs(dataset.id)?;
     let job = match args.job {
         Some(id) => Some(
             jobs.iter()
-                .find(|j| j.id == id)
+                .find(|j| u64::from(j.id) == id)
                 .with_context(|| format!("dataset {:?} has no job {id}", dataset.name))?,
         ),
         None => jobs.last(),
@@ -252,39 +246,25 @@ fn write_stats_text(
         dataset.partitions,
         timestamp(dataset.created_unix)
     )?;
-    writeln!(
-        out,
-        "\n{:>4}  {:<20}  {:>9}  {:>10}  {:>14}  {:>14}  {:>14}  {:>10}  {:>8}  state",
-        "job", "started", "files", "bytes", "read", "unique", "duplicates", "rejected", "problems"
-    )?;
+    write_jobs_header(out)?;
     for j in jobs {
-        let t = j.totals.unwrap_or_default();
-        writeln!(
+        let totals = j.totals.unwrap_or_default();
+        write_job_row(
             out,
-            "{:>4}  {:<20}  {:>9}  {:>10}  {:>14}  {:>14}  {:>14}  {:>10}  {:>8}  {}",
-            j.id,
-            timestamp(j.started_unix),
-            count(t.files),
-            size(t.bytes),
-            count(t.read),
-            count(t.unique),
-            count(t.duplicates),
-            count(t.rejected),
-            count(t.problem_files),
-            state_name(&j.state)
+            j.id.into(),
+            j.started_unix,
+            &totals,
+            &j.state.to_string(),
         )?;
     }
     let Some(job) = job else {
         return Ok(());
     };
-    writeln!(out, "\nfiles of job {}:", job.id)?;
-    writeln!(
-        out,
-        "{:>14}  {:>14}  {:>14}  {:>10}  path",
-        "read", "unique", "duplicates", "rejected"
-    )?;
+    write_files_header(out, job.id.into())?;
     for row in store.files(dataset.id, job.id) {
-        write_file_row(out, &row?)?;
+        let row = row?;
+        let path = row.path.display().to_string();
+        write_file_row(out, &row.counts, &path, &row.problems)?;
     }
     for (i, rejected) in store.rejections(dataset.id, job.id).enumerate() {
         let r = rejected?;
@@ -306,18 +286,60 @@ fn write_stats_text(
     Ok(())
 }
 
-fn write_file_row(out: &mut impl Write, row: &FileRow) -> std::io::Result<()> {
-    let c = row.counts;
+fn write_jobs_header(out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:>14}  {:>14}  {:>14}  {:>10}  {}",
+        "\n{:>4}  {:<20}  {:>9}  {:>10}  {:>14}  {:>14}  {:>14}  {:>10}  {:>8}  state",
+        "job", "started", "files", "bytes", "read", "unique", "duplicates", "rejected", "problems"
+    )
+}
+
+fn write_job_row(
+    out: &mut impl Write,
+    id: u64,
+    started_unix: u64,
+    t: &JobTotals,
+    state: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>4}  {:<20}  {:>9}  {:>10}  {:>14}  {:>14}  {:>14}  {:>10}  {:>8}  {state}",
+        id,
+        timestamp(started_unix),
+        count(t.files),
+        size(t.bytes),
+        count(t.read),
+        count(t.unique),
+        count(t.duplicates),
+        count(t.rejected),
+        count(t.problem_files),
+    )
+}
+
+fn write_files_header(out: &mut impl Write, job: u64) -> std::io::Result<()> {
+    writeln!(out, "\nfiles of job {job}:")?;
+    writeln!(
+        out,
+        "{:>14}  {:>14}  {:>14}  {:>10}  path",
+        "read", "unique", "duplicates", "rejected"
+    )
+}
+
+fn write_file_row(
+    out: &mut impl Write,
+    c: &FileCounts,
+    path: &str,
+    problems: &[impl std::fmt::Display],
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>14}  {:>14}  {:>14}  {:>10}  {path}",
         count(c.read),
         count(c.unique),
         count(c.duplicates),
         count(c.rejected),
-        row.path.display()
     )?;
-    for problem in &row.problems {
+    for problem in problems {
         writeln!(out, "{:>58}  ^ problem: {problem}", "")?;
     }
     Ok(())
@@ -387,6 +409,147 @@ fn write_json_element(
     }
     serde_json::to_writer(&mut *out, value)?;
     Ok(())
+}
+
+/// `quern stats` on a cluster: every node's part of each of the
+/// coordinators' jobs summed, then one job's files (each node's counters
+/// of a file summed) and rejected records, streamed.
+fn cluster_stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let name = &args.dataset.dataset;
+    let (runtime, reader) = crate::cluster_client::reader(&args.client, name)?;
+    let (shape, jobs) = reader.jobs(runtime.handle())?;
+    let job = match args.job {
+        Some(id) => Some(
+            jobs.iter()
+                .find(|j| j.job.get() == id)
+                .with_context(|| format!("dataset {name:?} has no job {id} on any node"))?,
+        ),
+        None => jobs.last(),
+    };
+    let format = match shape.key_field {
+        None => node::config::Format::Lines,
+        Some(key_field) => node::config::Format::Tsv {
+            key_field: key_field as usize,
+        },
+    };
+    let totals = |j: &ClusterJob| JobTotals {
+        files: j.files,
+        problem_files: j.problem_files,
+        bytes: j.bytes,
+        read: j.counts.read,
+        unique: j.counts.unique,
+        duplicates: j.counts.duplicates,
+        rejected: j.counts.rejected,
+    };
+    let out = &mut std::io::stdout().lock();
+    if args.json {
+        let dataset = serde_json::json!({
+            "name": name,
+            "format": format,
+            "partitions": shape.partitions,
+            "created_unix": shape.created_unix,
+        });
+        let jobs: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "id": j.job,
+                    "state": j.state(),
+                    "nodes": j.parts.iter().map(|(node, _)| node).collect::<Vec<_>>(),
+                    "started_unix": j.started_unix,
+                    "totals": totals(j),
+                })
+            })
+            .collect();
+        write!(
+            out,
+            "{{\"dataset\":{dataset},\"jobs\":{},\"files\":[",
+            serde_json::Value::from(jobs)
+        )?;
+        let (mut files, mut rejected) = (0, 0);
+        if let Some(job) = job {
+            reader.files(runtime.handle(), job.job, |entry| match entry {
+                JobEntry::File(f) => {
+                    let entry = serde_json::json!({
+                        "job": job.job,
+                        "seq": f.seq,
+                        "path": f.path.as_ref().map(|p| p.display().to_string()),
+                        "size": f.size,
+                        "read": f.counts.read,
+                        "unique": f.counts.unique,
+                        "duplicates": f.counts.duplicates,
+                        "rejected": f.counts.rejected,
+                        "problems": f.problems,
+                    });
+                    write_json_element(out, files, &entry).map_err(std::io::Error::other)?;
+                    files += 1;
+                    Ok(())
+                }
+                JobEntry::Rejected(r) => {
+                    let entry = serde_json::json!({
+                        "file": r.file,
+                        "offset": r.offset,
+                        "path": r.path.as_ref().map(|p| String::from_utf8_lossy(p).into_owned()),
+                        "rejection": r.rejection,
+                        "excerpt": r.excerpt,
+                    });
+                    if rejected == 0 {
+                        out.write_all(b"],\"rejected\":[")?;
+                    }
+                    write_json_element(out, rejected, &entry).map_err(std::io::Error::other)?;
+                    rejected += 1;
+                    Ok(())
+                }
+            })?;
+        }
+        if rejected == 0 {
+            out.write_all(b"],\"rejected\":[")?;
+        }
+        writeln!(out, "]}}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "dataset {name:?}: {format}, {} partitions, created {}",
+        shape.partitions,
+        timestamp(shape.created_unix)
+    )?;
+    write_jobs_header(out)?;
+    for j in &jobs {
+        write_job_row(out, j.job.get(), j.started_unix, &totals(j), &j.state())?;
+    }
+    let Some(job) = job else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    write_files_header(out, job.job.get())?;
+    let mut rejected = 0;
+    reader.files(runtime.handle(), job.job, |entry| match entry {
+        JobEntry::File(f) => {
+            let path = f.path.as_ref().map_or_else(
+                || format!("(file {}, listed by no node)", f.seq),
+                |p| p.display().to_string(),
+            );
+            let c = FileCounts {
+                read: f.counts.read,
+                unique: f.counts.unique,
+                duplicates: f.counts.duplicates,
+                rejected: f.counts.rejected,
+            };
+            write_file_row(out, &c, &path, &f.problems)
+        }
+        JobEntry::Rejected(r) => {
+            if rejected == 0 {
+                writeln!(out, "\nrejected records of job {}:", job.job)?;
+            }
+            rejected += 1;
+            let path = r.path.as_ref().map_or_else(
+                || format!("file {}", r.file),
+                |p| String::from_utf8_lossy(p).into_owned(),
+            );
+            writeln!(out, "{path}:{}: {}  [{}]", r.offset, r.rejection, r.excerpt)
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

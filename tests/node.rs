@@ -657,3 +657,142 @@ fn a_node_refuses_a_certificate_named_for_another_node() {
         "{err}"
     );
 }
+
+/// Cluster reads: with coordinators (`[client] coordinators` in the
+/// client's config file), `export`, `get` and `stats` read every node's
+/// store over its data channel. After a job three nodes shared (`submit
+/// --wait`), the cluster's export is `LC_ALL=C sort -u` of the inputs,
+/// `get` names the file and offset a key was first seen at and the
+/// coordinators' job, and `stats` sums the nodes' counters to the job's
+/// summary, reconciling per job and per file. With a node down, every
+/// read fails naming it and its address.
+#[test]
+fn export_get_and_stats_read_the_cluster_and_fail_naming_a_node_that_is_down() {
+    let cluster = Cluster::start_with(&["--lease-time", "5s"]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let work = tempdir();
+    let (input, files, manifest) = input_with_manifest(work.path(), 6, 200_000);
+    let stores = work.path().join("stores");
+    let mut nodes = start_nodes(&cluster, &stores, &input);
+    let submitted = cluster
+        .client(&["submit", "--no-progress", "--dataset", "ds", "--wait"])
+        .arg("--wait-timeout")
+        .arg(format!("{}s", COMMIT_WITHIN.as_secs()))
+        .arg("--manifest")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let summary = text(&submitted.stdout);
+    assert!(
+        summary.contains("committed"),
+        "{summary}\n{}\n{}",
+        text(&submitted.stderr),
+        logs(&nodes)
+    );
+    let job_id: u64 = summary
+        .strip_prefix("submission ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no submission id in {summary}"));
+
+    // export: the nodes' streams merged, byte for byte sort -u.
+    let exported = run(&mut cluster.client(&["export", "--dataset", "ds"]), 0).stdout;
+    assert!(
+        exported == sort_u(&files),
+        "the cluster's export is not sort -u of the inputs ({} bytes)",
+        exported.len()
+    );
+
+    // get: a key first seen at the start of the first file.
+    let first = decompressed(&files[0]);
+    let key = &first[..first.iter().position(|&b| b == b'\n').unwrap()];
+    let key = std::str::from_utf8(key).expect("the first line is text");
+    let found = text(
+        &run(
+            &mut cluster.client(&["get", "--dataset", "ds", "--", key]),
+            0,
+        )
+        .stdout,
+    );
+    assert_eq!(
+        found,
+        format!(
+            "{key}\n\tfirst seen at {}:0 (job {job_id} of the coordinators)\n",
+            files[0].display()
+        )
+    );
+    run(
+        &mut cluster.client(&["get", "--dataset", "ds", "no such key \u{1}"]),
+        1,
+    );
+
+    // stats: the nodes' parts summed, equal to the job's summary.
+    let stats: serde_json::Value = serde_json::from_slice(
+        &run(
+            &mut cluster.client(&["stats", "--json", "--dataset", "ds"]),
+            0,
+        )
+        .stdout,
+    )
+    .unwrap();
+    let job = &stats["jobs"][0];
+    assert_eq!(job["id"].as_u64(), Some(job_id), "{stats:#}");
+    assert_eq!(job["state"], "committed", "{stats:#}");
+    assert_eq!(job["nodes"].as_array().unwrap().len(), 3, "{stats:#}");
+    let totals = &job["totals"];
+    let figure_of = |key: &str| totals[key].as_u64().unwrap();
+    for (label, key) in [
+        ("records read", "read"),
+        ("unique", "unique"),
+        ("duplicates", "duplicates"),
+        ("rejected", "rejected"),
+    ] {
+        assert_eq!(
+            counted(&summary, label),
+            figure_of(key),
+            "{label}: {summary}\n{totals:#}"
+        );
+    }
+    assert_eq!(
+        figure_of("read"),
+        figure_of("unique") + figure_of("duplicates") + figure_of("rejected")
+    );
+    let listed = stats["files"].as_array().unwrap();
+    assert_eq!(listed.len(), files.len(), "{stats:#}");
+    for (file, path) in listed.iter().zip(&files) {
+        assert_eq!(file["path"].as_str(), path.to_str(), "{file:#}");
+        let n = |key: &str| file[key].as_u64().unwrap();
+        assert_eq!(n("read") > 0, !decompressed(path).is_empty(), "{file:#}");
+        assert_eq!(
+            n("read"),
+            n("unique") + n("duplicates") + n("rejected"),
+            "{file:#}"
+        );
+    }
+    let text_stats = text(&run(&mut cluster.client(&["stats", "--dataset", "ds"]), 0).stdout);
+    assert!(
+        text_stats.contains(&format!("files of job {job_id}:")),
+        "{text_stats}"
+    );
+
+    // A node down: every read fails naming it, never a short answer.
+    let status = cluster.status();
+    let address = status["nodes"][2]["address"].as_str().unwrap().to_string();
+    let (mut killed, _) = nodes.pop().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    for args in [
+        &["export", "--dataset", "ds"][..],
+        &["stats", "--dataset", "ds"],
+        &["get", "--dataset", "ds", "no such key"],
+    ] {
+        let out = run(&mut cluster.client(args), 1);
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("node 3 at {address}")),
+            "{args:?}: {err}"
+        );
+    }
+    // The local read of the stores is unchanged.
+    assert!(export(&stores, "ds") == exported);
+}

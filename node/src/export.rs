@@ -110,7 +110,7 @@ pub fn export(
 
 /// [`export`] of one dataset held by several stores, each with its own
 /// `DatasetInfo` of it (the same name, format and partitions). Where
-/// stores hold the same key, the first store's record is written.
+/// stores hold the same key, the record first seen is written.
 pub fn export_all(
     stores: &[(&Store, &DatasetInfo)],
     out: &mut impl Write,
@@ -119,7 +119,38 @@ pub fn export_all(
         return Ok(0);
     };
     let format = first.format;
-    let keep_values = matches!(format, Format::Tsv { .. });
+    let written = for_each_record(stores, |record| write_line(format, &record, out))?;
+    out.flush()?;
+    Ok(written)
+}
+
+/// One record as an export line: the key for `lines`, the record for
+/// `tsv`.
+pub fn write_line(
+    format: Format,
+    record: &Record<'_>,
+    out: &mut impl Write,
+) -> Result<(), ExportError> {
+    let line = match format {
+        Format::Lines => record.key,
+        Format::Tsv { .. } => record.value,
+    };
+    out.write_all(line)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Every record of one dataset held by `stores`, in key order and each
+/// key once, handed to `sink` (with values only for `tsv`, where they are
+/// the record). Returns the count.
+pub fn for_each_record(
+    stores: &[(&Store, &DatasetInfo)],
+    sink: impl FnMut(Record<'_>) -> Result<(), ExportError>,
+) -> Result<u64, ExportError> {
+    let Some((_, first)) = stores.first() else {
+        return Ok(0);
+    };
+    let keep_values = matches!(first.format, Format::Tsv { .. });
     let snapshots: Vec<_> = stores
         .iter()
         .map(|(store, _)| store.db().snapshot())
@@ -176,7 +207,10 @@ pub fn export_all(
                 });
             }
         }
-        let written = write_merged(halves, format, stores.len() > 1, out);
+        for half in &mut halves {
+            half.refill();
+        }
+        let written = merge_sources(halves, stores.len() > 1, sink);
         // A worker that failed ended its stream early: its error explains
         // the short output, so it comes first.
         for worker in workers {
@@ -264,41 +298,34 @@ impl SortedSource for Handoff {
     }
 }
 
-/// `across_stores`: drop a key equal to the one before.
-fn write_merged(
-    mut halves: Vec<Handoff>,
-    format: Format,
+/// Merges `sources`, each in key order, into `sink`: where several hold a
+/// key (`across_stores`: stores whose partitions moved between jobs), the
+/// record first seen once (the merge orders equal keys by position).
+/// Within one store every key is unique. Returns the count. The one merge
+/// of every export: of a store's partition merges, of several stores, of
+/// nodes' streams (`reads::remote`).
+pub fn merge_sources<S: SortedSource>(
+    sources: Vec<S>,
     across_stores: bool,
-    out: &mut impl Write,
+    mut sink: impl FnMut(Record<'_>) -> Result<(), ExportError>,
 ) -> Result<u64, ExportError> {
-    for half in &mut halves {
-        half.refill();
-    }
-    let mut merge = KMerge::new(halves, BY_KEY);
+    let mut merge = KMerge::new(sources, BY_KEY);
     let mut count = 0u64;
-    // Within a store every key is unique; across stores it may not be,
-    // and the merge puts the first store's record first.
     let (mut last_key, mut written_one) = (Vec::new(), false);
     while let Some(record) = merge.current() {
         if across_stores {
             if written_one && last_key == record.key {
-                merge.advance().expect("handoffs do not fail to advance");
+                merge.advance()?;
                 continue;
             }
             last_key.clear();
             last_key.extend_from_slice(record.key);
             written_one = true;
         }
-        let line = match format {
-            Format::Lines => record.key,
-            Format::Tsv { .. } => record.value,
-        };
-        out.write_all(line)?;
-        out.write_all(b"\n")?;
+        sink(record)?;
         count += 1;
-        merge.advance().expect("handoffs do not fail to advance");
+        merge.advance()?;
     }
-    out.flush()?;
     Ok(count)
 }
 

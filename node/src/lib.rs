@@ -16,6 +16,7 @@ pub mod lookup;
 pub mod memory;
 pub mod metric_catalog;
 pub mod quarantine;
+pub mod reads;
 pub mod recent_keys;
 pub mod shuffle;
 pub mod staged_parts;

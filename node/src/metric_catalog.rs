@@ -208,8 +208,18 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         channel::SENT_BYTES_METRIC,
-        "Bytes of frames this node sent on its shuffle streams (label link: the peer's \
-         certificate name).",
+        "Bytes of frames this node sent on its shuffle streams and read streams (label link: \
+         the peer's certificate name).",
+    ),
+    (
+        channel::READ_STREAMS_METRIC,
+        "Read streams (cluster export, get, stats) this node answered from its store (label \
+         outcome: complete, failed, abandoned).",
+    ),
+    (
+        crate::reads::service::READ_REFUSED_METRIC,
+        "Read streams this node refused (label reason: certificate, a role that may not read; \
+         busy, at the most it answers at once).",
     ),
     (
         channel::RECEIVED_BYTES_METRIC,

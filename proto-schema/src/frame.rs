@@ -34,6 +34,13 @@ pub enum FrameKind {
     StreamEnd = 5,
     /// The receiver's answer on a shuffle stream (`shuffle::StreamReply`).
     StreamReply = 6,
+    /// The first frame of a read stream: what a client asks a node's
+    /// store for (`read::ReadRequest`).
+    ReadRequest = 7,
+    /// An answer on a read stream other than a batch (`read::ReadItem`).
+    ReadItem = 8,
+    /// The last frame of a read stream (`read::ReadEnd`).
+    ReadEnd = 9,
 }
 
 impl FrameKind {
@@ -45,6 +52,9 @@ impl FrameKind {
             4 => Some(Self::StreamHeader),
             5 => Some(Self::StreamEnd),
             6 => Some(Self::StreamReply),
+            7 => Some(Self::ReadRequest),
+            8 => Some(Self::ReadItem),
+            9 => Some(Self::ReadEnd),
             _ => None,
         }
     }

@@ -24,6 +24,7 @@ pub mod log_limit;
 pub mod partition;
 pub mod partition_map;
 pub mod quic;
+pub mod read;
 pub mod shuffle;
 pub mod tls;
 

@@ -26,7 +26,7 @@
 pub mod inbound;
 pub mod remote_lane;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use inbound::Inbound;
 pub use remote_lane::{RemoteLane, RemoteOutcome};

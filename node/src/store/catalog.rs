@@ -39,6 +39,18 @@ pub enum JobState {
     },
 }
 
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Running => f.write_str("running"),
+            Self::Staged => f.write_str("staged, awaiting the coordinators' commit"),
+            Self::Committed => f.write_str("committed"),
+            Self::Interrupted => f.write_str("interrupted"),
+            Self::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
 /// How a job writes records: a job that is alone in its dataset may `Put`;
 /// otherwise each record is a merge operand, resolved by keep-first-seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

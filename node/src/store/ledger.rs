@@ -215,6 +215,22 @@ impl Store {
         })
     }
 
+    /// Every file of a job with counters, listed here or not (in a
+    /// cluster job an owner counts records of files other nodes read), in
+    /// file order.
+    pub fn counted_files(
+        &self,
+        dataset: DatasetId,
+        job: u32,
+    ) -> impl Iterator<Item = Result<(u32, FileCounts), StoreError>> + '_ {
+        let (start, end) = meta::job_range(meta::COUNTS, dataset, job);
+        self.meta_range(&start, end).map(move |item| {
+            let (key, value) = item?;
+            let seq = meta::file_of(&key).ok_or_else(|| self.corrupt("counters", &key))?;
+            Ok((seq, FileCounts::from_bytes(&value)))
+        })
+    }
+
     pub fn file_counts(
         &self,
         dataset: DatasetId,

@@ -27,12 +27,22 @@
 //! the header timeout, and the owner's reply must come within the reply
 //! timeout of the stream's end.
 //!
+//! A stream whose first frame is a `ReadRequest` is a read stream instead
+//! (`crate::read`): a client reading a node's store, answered by the
+//! handler's [`StreamHandler::read`] through a [`ReadOutput`]. Which
+//! certificates may read is the handler's to decide; a shuffle stream is
+//! taken only from the node its header names, so a client's certificate
+//! can read but never send records.
+//!
 //! - `sender`: [`Link`] and [`BatchStream`].
 //! - `receiver`: serving streams to a [`StreamHandler`].
+//! - `reads`: [`ReadOutput`] (the node's side of a read stream) and
+//!   [`ReadStream`] (the client's).
 //! - `frames`: reading one frame from a stream.
 //! - `windows`: the budgets divided among live links.
 
 mod frames;
+mod reads;
 mod receiver;
 mod sender;
 mod windows;
@@ -44,6 +54,7 @@ use std::time::Duration;
 use quinn::Endpoint;
 use tokio::task::JoinHandle;
 
+pub use reads::{ReadOutput, ReadStream};
 pub use receiver::{BatchSink, StreamHandler};
 pub use sender::{BatchStream, Link, Receipt};
 
@@ -91,6 +102,9 @@ pub const REFUSED_METRIC: &str = "quern_shuffle_refused_total";
 /// Streams an owner served, by outcome (`accepted`, `refused`,
 /// `abandoned`: the sender or the connection went away mid-stream).
 pub const STREAMS_METRIC: &str = "quern_shuffle_streams_total";
+/// Read streams a node served, by outcome (`complete`, `failed`: refused
+/// or cut short with a reason, `abandoned`: dropped without an end).
+pub const READ_STREAMS_METRIC: &str = "quern_read_streams_total";
 /// Live links of this node's endpoint.
 pub const LINKS_METRIC: &str = "quern_shuffle_links";
 /// The receive window each live link gets now.
@@ -214,6 +228,34 @@ impl ChannelEndpoint {
         })
     }
 
+    /// An endpoint that only dials (a client reading nodes' stores),
+    /// presenting `identity`; it takes no streams. Must be called inside a
+    /// tokio runtime.
+    pub fn dial_only(identity: &TlsIdentity, config: ChannelConfig) -> Result<Self, RpcError> {
+        let setup = |e: crate::tls::TlsError| RpcError::Setup(e.to_string());
+        let transport = config.transport()?;
+        let client_tls = identity.client_config().map_err(setup)?;
+        let bind: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+        let bind = Endpoint::client(bind).map(|e| (e, bind)).or_else(|_| {
+            let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
+            Endpoint::client(v4).map(|e| (e, v4))
+        });
+        let (mut endpoint, addr) = bind.map_err(|error| RpcError::Bind {
+            addr: (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            error,
+        })?;
+        endpoint.set_default_client_config(endpoint::client_config(client_tls, transport)?);
+        let local_addr = endpoint.local_addr().unwrap_or(addr);
+        let config = Arc::new(config);
+        Ok(Self {
+            windows: Arc::new(LinkWindows::new(&config)),
+            endpoint,
+            local_addr,
+            config,
+            accept_task: None,
+        })
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -261,18 +303,22 @@ impl ChannelEndpoint {
     /// Closes every link (streams in flight fail) and joins the serving
     /// tasks within the shutdown timeout.
     pub async fn shutdown(mut self) -> Result<(), RpcError> {
-        let task = self.accept_task.take().expect("taken only here");
+        let task = match self.accept_task.take() {
+            Some(task) => task,
+            // A dial-only endpoint: nothing serves, its links close.
+            None => tokio::spawn(async {}),
+        };
         endpoint::shut_down(&self.endpoint, task, self.config.shutdown_timeout).await
     }
 }
 
 impl Drop for ChannelEndpoint {
     fn drop(&mut self) {
+        self.endpoint.close(
+            quinn::VarInt::from_u32(endpoint::CLOSE_SHUTDOWN),
+            b"shutting down",
+        );
         if let Some(task) = self.accept_task.take() {
-            self.endpoint.close(
-                quinn::VarInt::from_u32(endpoint::CLOSE_SHUTDOWN),
-                b"shutting down",
-            );
             task.abort();
         }
     }

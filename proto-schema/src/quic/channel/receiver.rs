@@ -15,15 +15,17 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 use super::frames::{self, FrameStream, ReadFailure};
+use super::reads::ReadOutput;
 use super::windows::LinkWindows;
 use super::{
     ChannelConfig, RECEIVE_BLOCKED_METRIC, RECEIVED_BYTES_METRIC, REFUSED_METRIC, STREAMS_METRIC,
 };
 use crate::batch::ValidBatch;
-use crate::frame::{FrameKind, HEADER_LEN};
+use crate::frame::{Frame, FrameKind, HEADER_LEN};
 use crate::quic::Peer;
 use crate::quic::endpoint::{self, AcceptLimits, Slot};
 use crate::quic::{DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HANDSHAKES_PER_ADDRESS};
+use crate::read::{MAX_READ_REQUEST, ReadRequest};
 use crate::shuffle::{
     MAX_CONTROL_FRAME, Refusal, StreamCheck, StreamEnd, StreamEvent, StreamHeader, StreamReply,
 };
@@ -45,6 +47,20 @@ pub trait StreamHandler: Send + Sync + 'static {
         peer: &Peer,
         header: &StreamHeader,
     ) -> impl Future<Output = Result<Self::Sink, Refusal>> + Send;
+
+    /// Answers a read stream's `request` (bounds checked) through `out`,
+    /// ending it. By default, a refusal: the endpoint serves no reads.
+    fn read(
+        &self,
+        peer: &Peer,
+        request: ReadRequest,
+        out: ReadOutput,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (peer, request);
+        async move {
+            let _ = out.end(Some("this endpoint serves no reads".into())).await;
+        }
+    }
 }
 
 /// The owner's pipeline as one stream sees it.
@@ -187,7 +203,13 @@ impl Stream {
         handler: Arc<H>,
     ) {
         let mut frames = FrameStream::new(recv);
-        let outcome = self.receive(&mut frames, &*handler).await;
+        let outcome = match self.first(&mut frames).await {
+            Ok(first) if first.kind == FrameKind::ReadRequest => {
+                return self.read(first, send, &*handler).await;
+            }
+            Ok(first) => self.receive(first, &mut frames, &*handler).await,
+            Err(failure) => Err(failure),
+        };
         let remote = self.peer.address;
         let reply = match outcome {
             Ok((batches, records)) => {
@@ -219,19 +241,63 @@ impl Stream {
         }
     }
 
-    /// Reads and checks the whole stream, handing its batches to the
+    /// A stream's first frame, within the header timeout: a read
+    /// stream's request (at most `MAX_READ_REQUEST` bytes) or else a
+    /// shuffle stream's header (at most `MAX_CONTROL_FRAME`), each limit
+    /// checked from the frame's header, before its payload is read.
+    async fn first(&self, frames: &mut FrameStream) -> Result<Frame, Failure> {
+        let after = self.config.header_timeout;
+        let read = async {
+            let header = frames
+                .header(MAX_READ_REQUEST.max(MAX_CONTROL_FRAME))
+                .await?
+                .ok_or_else(|| Refusal::damaged("the stream ended before its header"))?;
+            if header.kind != FrameKind::ReadRequest && header.len > MAX_CONTROL_FRAME {
+                return Err(Failure::from(Refusal::damaged(format!(
+                    "a {:?} frame of {} bytes opens the stream, over the limit of \
+                     {MAX_CONTROL_FRAME}",
+                    header.kind, header.len
+                ))));
+            }
+            Ok(frames.payload(header, AlignedVec::new()).await?)
+        };
+        let first = timeout(after, read)
+            .await
+            .map_err(|_| Refusal::damaged(format!("no header within {after:?}")))??;
+        self.count(first.payload.len());
+        Ok(first)
+    }
+
+    /// Serves a read stream: its request decoded and within bounds, then
+    /// answered by the handler.
+    async fn read<H: StreamHandler>(self, first: Frame, send: SendStream, handler: &H) {
+        let peer = self
+            .peer
+            .name
+            .as_deref()
+            .map_or_else(|| self.peer.address.to_string(), str::to_owned);
+        let out = ReadOutput::new(send, self.config.clone(), peer);
+        let request = ReadRequest::from_bytes(&first.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|request| request.check_bounds().map(|()| request));
+        match request {
+            Ok(request) => handler.read(&self.peer, request, out).await,
+            Err(reason) => {
+                tracing::warn!(remote = %self.peer.address, %reason, "refused a read stream");
+                let _ = out.end(Some(format!("a bad read request: {reason}"))).await;
+            }
+        }
+    }
+
+    /// Reads and checks the whole stream after its first frame (checked
+    /// to be within `MAX_CONTROL_FRAME`), handing its batches to the
     /// handler's sink; returns the batches and records taken.
     async fn receive<H: StreamHandler>(
         &self,
+        first: Frame,
         frames: &mut FrameStream,
         handler: &H,
     ) -> Result<(u64, u64), Failure> {
-        let after = self.config.header_timeout;
-        let first = timeout(after, frames.frame(MAX_CONTROL_FRAME))
-            .await
-            .map_err(|_| Refusal::damaged(format!("no header within {after:?}")))??
-            .ok_or_else(|| Refusal::damaged("the stream ended before its header"))?;
-        self.count(first.payload.len());
         let mut check = StreamCheck::open(first)?;
         let mut sink = handler.open(&self.peer, check.header()).await?;
         loop {

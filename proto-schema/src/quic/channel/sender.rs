@@ -29,14 +29,14 @@ const RESET_ABANDONED: u32 = 2;
 /// last one dropped closes it.
 #[derive(Clone)]
 pub struct Link {
-    inner: Arc<LinkInner>,
+    pub(super) inner: Arc<LinkInner>,
 }
 
-struct LinkInner {
-    connection: quinn::Connection,
-    addr: SocketAddr,
+pub(super) struct LinkInner {
+    pub(super) connection: quinn::Connection,
+    pub(super) addr: SocketAddr,
     name: Arc<str>,
-    config: Arc<ChannelConfig>,
+    pub(super) config: Arc<ChannelConfig>,
     sent: Counter,
     blocked: Gauge,
     _share: Registration,
@@ -105,14 +105,14 @@ impl Link {
         self.inner.connection.close(VarInt::from_u32(0), b"closed");
     }
 
-    fn stalled(&self) -> ChannelError {
+    pub(super) fn stalled(&self) -> ChannelError {
         ChannelError::Stalled {
             peer: self.inner.name.to_string(),
             after: self.inner.config.stall_timeout,
         }
     }
 
-    fn failed(&self, reason: String) -> ChannelError {
+    pub(super) fn failed(&self, reason: String) -> ChannelError {
         ChannelError::Stream {
             peer: self.inner.name.to_string(),
             reason,

@@ -1,0 +1,725 @@
+//! A client's side of cluster reads: the nodes the coordinators list, each
+//! read over its data channel, their answers put together as one store's
+//! would be.
+//!
+//! - `export`: one stream per node, each in key order, merged by the
+//!   export's own merge (`export::merge_sources`, a key two nodes hold
+//!   written once) straight to the output. Each stream holds its QUIC
+//!   window, [`SOURCE_QUEUE_FRAMES`] checked frames and the batch being
+//!   merged: memory bounded by the node count, not the dataset.
+//! - `get`: the node owning the key's partition under the dataset's map
+//!   first (any node if the map does not cover the partitions), then the
+//!   others (a key stored before its partition moved); the first sighting
+//!   wins.
+//! - `jobs` and `files`: every node's part of each job, summed; files
+//!   merged by number, rejected records by file and offset.
+//!
+//! Every listed node is read, lost ones too: a node that cannot answer
+//! fails the read with its id and address, never a short answer.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use coordinator_client::{ClientError, CoordinatorClient, Transport};
+use proto_schema::coordinator_api::NodeStatus;
+use proto_schema::quic::channel::{ChannelConfig, ChannelEndpoint, ReadStream};
+use proto_schema::read::{
+    DatasetShape, FilePart, FoundRecord, JobPart, ReadCounts, ReadEvent, ReadItem, ReadRequest,
+    RejectedPart,
+};
+use proto_schema::tls::TlsIdentity;
+use proto_schema::{BatchView, JobId, NodeId, Record, ValidBatch, partition_of};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use crate::config::Format;
+use crate::export::{self, ExportError};
+use crate::shuffle::inbound::node_certificate_name;
+use external_sort::SortError;
+use external_sort::merge::SortedSource;
+
+/// Checked frames a node's export stream may have waiting for the merge.
+pub const SOURCE_QUEUE_FRAMES: usize = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("asking the coordinators for the nodes: {0}")]
+    Coordinators(#[from] ClientError),
+    #[error("the coordinators list {0} more nodes than their status shows; cannot read them all")]
+    TooManyNodes(u64),
+    #[error("no node has registered with the coordinators: nothing to read")]
+    NoNodes,
+    #[error("no node holds dataset {0:?}")]
+    NoDataset(String),
+    #[error("node {node} at {address}: {reason}")]
+    Node {
+        node: NodeId,
+        address: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("writing: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("setting up the data channel: {0}")]
+    Setup(String),
+}
+
+/// A node to read, as the coordinators list it.
+#[derive(Debug, Clone)]
+pub struct ReadNode {
+    pub id: NodeId,
+    pub address: String,
+    /// The partitions it owns of the dataset read, under the current map.
+    pub owns: Option<(u16, u16)>,
+}
+
+impl ReadNode {
+    fn error(&self, reason: impl std::fmt::Display) -> ReadError {
+        ReadError::Node {
+            node: self.id,
+            address: self.address.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Reads one dataset from every node of a cluster.
+pub struct ClusterReader {
+    endpoint: ChannelEndpoint,
+    nodes: Vec<ReadNode>,
+    dataset: String,
+}
+
+/// The coordinators' nodes, each with the partitions it owns of `dataset`.
+pub async fn nodes_of<T: Transport>(
+    client: &mut CoordinatorClient<T>,
+    dataset: &str,
+) -> Result<Vec<ReadNode>, ReadError> {
+    let status = client.status().await?;
+    if status.nodes_omitted > 0 {
+        return Err(ReadError::TooManyNodes(status.nodes_omitted));
+    }
+    if status.nodes.is_empty() {
+        return Err(ReadError::NoNodes);
+    }
+    Ok(status
+        .nodes
+        .iter()
+        .map(|node: &NodeStatus| ReadNode {
+            id: node.id,
+            address: node.address.clone(),
+            owns: node
+                .partitions
+                .iter()
+                .find(|p| p.dataset == dataset)
+                .map(|p| (p.start.get(), p.end.get())),
+        })
+        .collect())
+}
+
+/// One node's answer: the stream after its opening, if it holds the
+/// dataset.
+struct Answer {
+    node: ReadNode,
+    shape: Option<DatasetShape>,
+    stream: ReadStream,
+}
+
+impl ClusterReader {
+    /// Reads `dataset` from `nodes`, dialling with `identity` (the CLI's
+    /// client certificate). Call inside a tokio runtime.
+    pub fn new(
+        identity: &TlsIdentity,
+        nodes: Vec<ReadNode>,
+        dataset: &str,
+    ) -> Result<Self, ReadError> {
+        let endpoint = ChannelEndpoint::dial_only(identity, ChannelConfig::default())
+            .map_err(|e| ReadError::Setup(e.to_string()))?;
+        endpoint.expect_links(nodes.len());
+        Ok(Self {
+            endpoint,
+            nodes,
+            dataset: dataset.to_string(),
+        })
+    }
+
+    pub fn nodes(&self) -> &[ReadNode] {
+        &self.nodes
+    }
+
+    /// Sends `request` to `node` and reads its opening.
+    async fn ask(&self, node: &ReadNode, request: &ReadRequest) -> Result<Answer, ReadError> {
+        let addr: SocketAddr = node
+            .address
+            .parse()
+            .map_err(|e| node.error(format!("not an address: {e}")))?;
+        let link = self
+            .endpoint
+            .connect(addr, &node_certificate_name(node.id))
+            .await
+            .map_err(|e| node.error(e))?;
+        let mut stream = link.read(request).await.map_err(|e| node.error(e))?;
+        let shape = match stream.next().await.map_err(|e| node.error(e))? {
+            ReadEvent::Item(ReadItem::Dataset(shape)) => Some(shape),
+            ReadEvent::Item(ReadItem::Absent) => None,
+            _ => unreachable!("the check lets only an opening come first"),
+        };
+        Ok(Answer {
+            node: node.clone(),
+            shape,
+            stream,
+        })
+    }
+
+    /// `request` to every node at once: the answers of those that hold
+    /// the dataset, which must agree on its shape.
+    async fn ask_all(
+        &self,
+        request: &ReadRequest,
+    ) -> Result<(DatasetShape, Vec<Answer>), ReadError> {
+        let asked = self.nodes.iter().map(|node| self.ask(node, request));
+        let mut holding = Vec::new();
+        for answer in futures_join_all(asked).await {
+            let answer = answer?;
+            if answer.shape.is_some() {
+                holding.push(answer);
+            }
+        }
+        let Some(first) = holding.first() else {
+            return Err(ReadError::NoDataset(self.dataset.clone()));
+        };
+        let shape = first.shape.clone().expect("held");
+        for answer in &holding {
+            let other = answer.shape.as_ref().expect("held");
+            if (other.key_field, other.partitions) != (shape.key_field, shape.partitions) {
+                return Err(answer.node.error(format!(
+                    "its dataset {:?} is {other:?}, node {}'s {shape:?}",
+                    self.dataset, first.node.id
+                )));
+            }
+        }
+        Ok((shape, holding))
+    }
+
+    /// Writes the dataset's records to `out` in key order, one per line,
+    /// as a local export does. Call outside the runtime `runtime` drives.
+    pub fn export(&self, runtime: &Handle, out: &mut impl Write) -> Result<u64, ReadError> {
+        let request = ReadRequest::Export {
+            dataset: self.dataset.clone(),
+        };
+        let (shape, answers) = runtime.block_on(self.ask_all(&request))?;
+        let format = format_of(&shape);
+        let sources: Vec<NodeSource> = answers
+            .into_iter()
+            .map(|answer| NodeSource::spawn(runtime, answer))
+            .collect();
+        let sources = sources
+            .into_iter()
+            .map(|mut s| s.refill().map(|()| s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let written = export::merge_sources(sources, true, |record| {
+            export::write_line(format, &record, out)
+        })?;
+        out.flush()?;
+        Ok(written)
+    }
+
+    /// The first sighting of `key`: from the owner of its partition, else
+    /// from every node.
+    pub fn get(&self, runtime: &Handle, key: &[u8]) -> Result<Option<ClusterFound>, ReadError> {
+        runtime.block_on(async {
+            let request = ReadRequest::Get {
+                dataset: self.dataset.clone(),
+                key: key.to_vec(),
+            };
+            let owner = self.owner_of(key);
+            let mut found = None;
+            if let Some(owner) = owner {
+                found = self.found_on(owner, &request).await?;
+            }
+            if found.is_none() {
+                let others = self
+                    .nodes
+                    .iter()
+                    .filter(|n| owner.is_none_or(|o| o.id != n.id))
+                    .map(|node| self.found_on(node, &request));
+                for answer in futures_join_all(others).await {
+                    if let Some(candidate) = answer? {
+                        let earlier = found
+                            .as_ref()
+                            .is_none_or(|f: &ClusterFound| sighting(&candidate) < sighting(f));
+                        if earlier {
+                            found = Some(candidate);
+                        }
+                    }
+                }
+            }
+            if let Some(found) = &mut found
+                && found.path.is_none()
+                && let Some(job) = found.job
+            {
+                found.path = self.path_of(job, found.file).await?;
+            }
+            Ok(found)
+        })
+    }
+
+    /// The node owning `key`'s partition, if the nodes' ranges cover the
+    /// dataset's partitions `0..P` without a gap.
+    fn owner_of(&self, key: &[u8]) -> Option<&ReadNode> {
+        let mut ranges: Vec<(u16, u16, &ReadNode)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.owns.map(|(start, end)| (start, end, n)))
+            .collect();
+        ranges.sort_by_key(|r| r.0);
+        let mut next = 0;
+        for (start, end, _) in &ranges {
+            if *start != next || end <= start {
+                return None;
+            }
+            next = *end;
+        }
+        let partition = partition_of(key, next.max(1));
+        ranges
+            .into_iter()
+            .find(|(start, end, _)| (*start..*end).contains(&partition))
+            .map(|(_, _, node)| node)
+    }
+
+    async fn found_on(
+        &self,
+        node: &ReadNode,
+        request: &ReadRequest,
+    ) -> Result<Option<ClusterFound>, ReadError> {
+        let mut answer = self.ask(node, request).await?;
+        if answer.shape.is_none() {
+            return Ok(None);
+        }
+        let mut found = None;
+        loop {
+            match answer.stream.next().await.map_err(|e| node.error(e))? {
+                ReadEvent::Item(ReadItem::Found(f)) => found = f,
+                ReadEvent::End => break,
+                _ => return Err(node.error("an answer other than a found record to a get")),
+            }
+        }
+        Ok(found.map(|f: FoundRecord| ClusterFound {
+            node: node.id,
+            record: f.record,
+            job: f.job,
+            file: f.file,
+            offset: f.offset,
+            path: f.path.map(path_of_bytes),
+        }))
+    }
+
+    /// The path of `job`'s file `file`, from the first node that listed it.
+    async fn path_of(&self, job: JobId, file: u32) -> Result<Option<PathBuf>, ReadError> {
+        let request = ReadRequest::FilePath {
+            dataset: self.dataset.clone(),
+            job,
+            file,
+        };
+        for node in &self.nodes {
+            let mut answer = self.ask(node, &request).await?;
+            if answer.shape.is_none() {
+                continue;
+            }
+            let mut path = None;
+            loop {
+                match answer.stream.next().await.map_err(|e| node.error(e))? {
+                    ReadEvent::Item(ReadItem::Path(p)) => path = p,
+                    ReadEvent::End => break,
+                    _ => return Err(node.error("an answer other than a path")),
+                }
+            }
+            if let Some(path) = path {
+                return Ok(Some(path_of_bytes(path)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every job of the dataset with a part on some node, its parts summed.
+    pub fn jobs(&self, runtime: &Handle) -> Result<(DatasetShape, Vec<ClusterJob>), ReadError> {
+        runtime.block_on(async {
+            let request = ReadRequest::Jobs {
+                dataset: self.dataset.clone(),
+            };
+            let (shape, answers) = self.ask_all(&request).await?;
+            let mut jobs: std::collections::BTreeMap<JobId, ClusterJob> = Default::default();
+            for mut answer in answers {
+                let node = answer.node.clone();
+                loop {
+                    match answer.stream.next().await.map_err(|e| node.error(e))? {
+                        ReadEvent::Item(ReadItem::Jobs(parts)) => {
+                            for part in parts {
+                                jobs.entry(part.job)
+                                    .or_insert_with(|| ClusterJob::new(part.job))
+                                    .add(node.id, &part);
+                            }
+                        }
+                        ReadEvent::End => break,
+                        _ => return Err(node.error("an answer other than jobs")),
+                    }
+                }
+            }
+            Ok((shape, jobs.into_values().collect()))
+        })
+    }
+
+    /// `job`'s files in file order, each node's counters summed, then its
+    /// rejected records in file and offset order, each handed to `on`.
+    pub fn files(
+        &self,
+        runtime: &Handle,
+        job: JobId,
+        mut on: impl FnMut(JobEntry) -> std::io::Result<()>,
+    ) -> Result<(), ReadError> {
+        runtime.block_on(async {
+            let request = ReadRequest::Files {
+                dataset: self.dataset.clone(),
+                job,
+            };
+            let (_, answers) = self.ask_all(&request).await?;
+            let mut cursors: Vec<Cursor> = answers.into_iter().map(Cursor::new).collect();
+            // Files: the smallest number first, every node's counters of it
+            // added up.
+            loop {
+                let mut next: Option<u32> = None;
+                for cursor in &mut cursors {
+                    if let Some(Pending::File(f)) = cursor.peek().await? {
+                        next = Some(next.map_or(f.seq, |n| n.min(f.seq)));
+                    }
+                }
+                let Some(seq) = next else { break };
+                let mut file = ClusterFile {
+                    seq,
+                    path: None,
+                    size: 0,
+                    counts: ReadCounts::default(),
+                    problems: Vec::new(),
+                };
+                for cursor in &mut cursors {
+                    if let Some(Pending::File(f)) = cursor.peek().await?
+                        && f.seq == seq
+                    {
+                        let Some(Pending::File(f)) = cursor.take() else {
+                            unreachable!("peeked")
+                        };
+                        file.add(f);
+                    }
+                }
+                on(JobEntry::File(file))?;
+            }
+            loop {
+                let mut next: Option<(usize, (u32, u64))> = None;
+                for (i, cursor) in cursors.iter_mut().enumerate() {
+                    if let Some(Pending::Rejected(r)) = cursor.peek().await? {
+                        let at = (r.file, r.offset);
+                        if next.is_none_or(|(_, n)| at.cmp(&n) == Ordering::Less) {
+                            next = Some((i, at));
+                        }
+                    }
+                }
+                let Some((i, _)) = next else { break };
+                let Some(Pending::Rejected(r)) = cursors[i].take() else {
+                    unreachable!("peeked")
+                };
+                on(JobEntry::Rejected(r))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Orders sightings: job, then file and offset (a key stored by a job
+/// the node cannot name sorts last).
+fn sighting(found: &ClusterFound) -> (u64, u32, u64) {
+    (
+        found.job.map_or(u64::MAX, JobId::get),
+        found.file,
+        found.offset,
+    )
+}
+
+fn format_of(shape: &DatasetShape) -> Format {
+    match shape.key_field {
+        None => Format::Lines,
+        Some(key_field) => Format::Tsv {
+            key_field: key_field as usize,
+        },
+    }
+}
+
+fn path_of_bytes(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+/// Every future's output, in order, all polled at once.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in set.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+/// A key's first sighting in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterFound {
+    /// The node that answered.
+    pub node: NodeId,
+    pub record: Vec<u8>,
+    /// The coordinators' job it was first seen in, if known.
+    pub job: Option<JobId>,
+    pub file: u32,
+    pub offset: u64,
+    pub path: Option<PathBuf>,
+}
+
+/// One of the coordinators' jobs, its nodes' parts summed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterJob {
+    pub job: JobId,
+    /// Each node's part: its id and state.
+    pub parts: Vec<(NodeId, String)>,
+    /// The earliest part's start.
+    pub started_unix: u64,
+    pub files: u64,
+    pub problem_files: u64,
+    pub bytes: u64,
+    pub counts: ReadCounts,
+}
+
+impl ClusterJob {
+    fn new(job: JobId) -> Self {
+        Self {
+            job,
+            parts: Vec::new(),
+            started_unix: u64::MAX,
+            files: 0,
+            problem_files: 0,
+            bytes: 0,
+            counts: ReadCounts::default(),
+        }
+    }
+
+    fn add(&mut self, node: NodeId, part: &JobPart) {
+        self.parts.push((node, part.state.clone()));
+        self.started_unix = self.started_unix.min(part.started_unix);
+        self.files += part.files;
+        self.problem_files += part.problem_files;
+        self.bytes += part.bytes;
+        self.counts.add(&part.counts);
+    }
+
+    /// `committed` when every part is; else each part's state by node.
+    pub fn state(&self) -> String {
+        if self.parts.iter().all(|(_, s)| s == "committed") {
+            return "committed".into();
+        }
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .map(|(node, state)| format!("node {node} {state}"))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// What [`ClusterReader::files`] hands on: every file first, then every
+/// rejected record.
+pub enum JobEntry {
+    File(ClusterFile),
+    Rejected(RejectedPart),
+}
+
+/// One file of a job, its nodes' counters summed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterFile {
+    pub seq: u32,
+    /// From the node that listed it (read some of it).
+    pub path: Option<PathBuf>,
+    pub size: u64,
+    pub counts: ReadCounts,
+    pub problems: Vec<String>,
+}
+
+impl ClusterFile {
+    fn add(&mut self, part: FilePart) {
+        if self.path.is_none()
+            && let Some(path) = part.path
+        {
+            self.path = Some(path_of_bytes(path));
+            self.size = part.size;
+        }
+        self.counts.add(&part.counts);
+        self.problems.extend(part.problems);
+    }
+}
+
+/// What a node's `Files` answer has next.
+enum Pending {
+    File(FilePart),
+    Rejected(RejectedPart),
+}
+
+/// A node's `Files` answer read one entry at a time.
+struct Cursor {
+    answer: Answer,
+    files: VecDeque<FilePart>,
+    rejected: VecDeque<RejectedPart>,
+    ended: bool,
+}
+
+impl Cursor {
+    fn new(answer: Answer) -> Self {
+        Self {
+            answer,
+            files: VecDeque::new(),
+            rejected: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// The next entry, reading a frame if none is buffered.
+    async fn peek(&mut self) -> Result<Option<Pending>, ReadError> {
+        while self.files.is_empty() && self.rejected.is_empty() && !self.ended {
+            let node = &self.answer.node;
+            match self.answer.stream.next().await.map_err(|e| node.error(e))? {
+                ReadEvent::Item(ReadItem::Files(files)) => self.files.extend(files),
+                ReadEvent::Item(ReadItem::Rejected(r)) => self.rejected.extend(r),
+                ReadEvent::End => self.ended = true,
+                _ => return Err(node.error("an answer other than files")),
+            }
+        }
+        Ok(match (self.files.front(), self.rejected.front()) {
+            (Some(f), _) => Some(Pending::File(f.clone())),
+            (None, Some(r)) => Some(Pending::Rejected(r.clone())),
+            (None, None) => None,
+        })
+    }
+
+    fn take(&mut self) -> Option<Pending> {
+        match self.files.pop_front() {
+            Some(f) => Some(Pending::File(f)),
+            None => self.rejected.pop_front().map(Pending::Rejected),
+        }
+    }
+}
+
+/// A node's export stream as a sorted source of the merge: a task reads
+/// and checks its frames into a queue of [`SOURCE_QUEUE_FRAMES`], and the
+/// merge (on the calling thread) takes them as it needs them.
+struct NodeSource {
+    node: ReadNode,
+    batches: mpsc::Receiver<Result<ValidBatch, String>>,
+    batch: Option<ValidBatch>,
+    next: usize,
+}
+
+impl NodeSource {
+    fn spawn(runtime: &Handle, mut answer: Answer) -> Self {
+        let (send, batches) = mpsc::channel(SOURCE_QUEUE_FRAMES);
+        let node = answer.node.clone();
+        runtime.spawn(async move {
+            loop {
+                let event = match answer.stream.next().await {
+                    Ok(event) => event,
+                    Err(e) => {
+                        let _ = send.send(Err(e.to_string())).await;
+                        return;
+                    }
+                };
+                match event {
+                    ReadEvent::Batch(batch) => {
+                        if send.send(Ok(batch)).await.is_err() {
+                            return;
+                        }
+                    }
+                    ReadEvent::End => return,
+                    ReadEvent::Item(_) => {
+                        let _ = send.send(Err("an item inside an export".into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            node,
+            batches,
+            batch: None,
+            next: 0,
+        }
+    }
+
+    /// Moves to the next batch once this one is read; `None` at the end.
+    fn refill(&mut self) -> Result<(), SortError> {
+        while self.batch.as_ref().is_none_or(|b| self.next >= b.len()) {
+            self.next = 0;
+            match self.batches.blocking_recv() {
+                Some(Ok(batch)) => self.batch = Some(batch),
+                Some(Err(reason)) => {
+                    self.batch = None;
+                    return Err(SortError::io(
+                        std::path::Path::new(&format!(
+                            "node {} at {}",
+                            self.node.id, self.node.address
+                        )),
+                        std::io::Error::other(reason),
+                    ));
+                }
+                None => {
+                    self.batch = None;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SortedSource for NodeSource {
+    fn current(&self) -> Option<Record<'_>> {
+        let batch = self.batch.as_ref()?;
+        (self.next < batch.len()).then(|| batch.record(self.next))
+    }
+
+    fn advance(&mut self) -> Result<(), SortError> {
+        self.next += 1;
+        self.refill()
+    }
+}
+
+impl From<SortError> for ReadError {
+    fn from(e: SortError) -> Self {
+        ReadError::Export(ExportError::Corrupt(e))
+    }
+}
