@@ -18,6 +18,7 @@ use proto_schema::coordinator_api::{
 use proto_schema::ids::JobId;
 
 use crate::authorize::{Caller, Gate, Subject};
+use crate::clock::{self, Clock};
 use crate::contacts::Contacts;
 use crate::lease_desk::{DeskError, LeaseDesk};
 use crate::propose::{self, ProposeError};
@@ -38,8 +39,19 @@ impl ClientApi {
     /// without a renewal; `contacts` are the peers' last answers, as the
     /// replica's network records them.
     pub fn new(raft: Raft, state: StateMachineStore, lease_ms: u64, contacts: Contacts) -> Self {
+        Self::with_clock(raft, state, lease_ms, clock::system(), contacts)
+    }
+
+    /// `new`, with leases and liveness timed by `clock` (a test's).
+    pub fn with_clock(
+        raft: Raft,
+        state: StateMachineStore,
+        lease_ms: u64,
+        clock: Clock,
+        contacts: Contacts,
+    ) -> Self {
         Self {
-            desk: Arc::new(LeaseDesk::new(raft.clone(), state.clone(), lease_ms)),
+            desk: Arc::new(LeaseDesk::new(raft.clone(), state.clone(), lease_ms, clock)),
             raft,
             state,
             contacts,

@@ -23,7 +23,7 @@
 //! never as pending.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use proto_schema::PartitionMap;
 use proto_schema::command::{
@@ -36,6 +36,7 @@ use proto_schema::coordinator_api::{
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use tokio::sync::Mutex;
 
+use crate::clock::Clock;
 use crate::lease::LeaseTable;
 use crate::liveness::{Liveness, NodeView};
 use crate::propose::{self, ProposeError};
@@ -122,13 +123,16 @@ pub struct LeaseDesk {
     raft: Raft,
     state: StateMachineStore,
     desk: Mutex<Desk>,
+    clock: Clock,
 }
 
 impl LeaseDesk {
-    pub fn new(raft: Raft, state: StateMachineStore, lease_ms: u64) -> Self {
+    /// The desk of `raft`'s replica: leases last `lease_ms` by `clock`.
+    pub fn new(raft: Raft, state: StateMachineStore, lease_ms: u64, clock: Clock) -> Self {
         Self {
             raft,
             state,
+            clock,
             desk: Mutex::new(Desk {
                 term: None,
                 table: LeaseTable::new(lease_ms),
@@ -142,7 +146,7 @@ impl LeaseDesk {
     /// leases an older incarnation held go back to pending.
     pub async fn register(&self, registration: &NodeRegistration) -> Result<Response, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         let command = Command::RegisterNode(NodeInfo {
             id: registration.node,
@@ -176,7 +180,7 @@ impl LeaseDesk {
         memory_bytes: Option<u64>,
     ) -> Result<HeartbeatReply, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
@@ -210,7 +214,7 @@ impl LeaseDesk {
         job: Option<JobId>,
     ) -> Result<LeaseReply, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
@@ -303,7 +307,7 @@ impl LeaseDesk {
         shards: &[(ShardId, Epoch)],
     ) -> Result<Response, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         let command = Command::CompleteShards {
             node,
@@ -353,7 +357,7 @@ impl LeaseDesk {
             )));
         }
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
@@ -477,7 +481,7 @@ impl LeaseDesk {
         epoch: Epoch,
     ) -> Result<LeaseReply, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         desk.nodes.touch(node, now);
         let (reply, outcome) = match desk.table.renew(shard, node, epoch, now) {
@@ -632,7 +636,7 @@ impl LeaseDesk {
         attempt: u32,
     ) -> Result<Response, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         desk.nodes.touch(node, now);
         let cause = RestartCause::OwnerStartedAgain { node };
@@ -676,7 +680,7 @@ impl LeaseDesk {
             .await
             .ok()?;
         let term = self.raft.metrics().borrow().current_term;
-        (desk.term == Some(term)).then(|| desk.nodes.view(limit, now_ms()))
+        (desk.term == Some(term)).then(|| desk.nodes.view(limit, (self.clock)()))
     }
 }
 
@@ -693,10 +697,4 @@ fn live_ids(nodes: &[Node]) -> Vec<NodeId> {
         .filter(|n| !n.lost)
         .map(|n| n.info.id)
         .collect()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

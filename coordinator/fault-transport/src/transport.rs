@@ -1,0 +1,304 @@
+//! `FaultyTransport`: a party's transport to the coordinators with the
+//! faults its plan decides. Every party of a run shares one `Faults`: the
+//! plan, the clock the coordinators read, the record of what was injected
+//! (printed with the seed when a run fails, so it replays) and the
+//! `Ledger` of the leases the parties were answered.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coordinator_client::{Connection, Transport, TransportError};
+use proto_schema::coordinator_api::{Reply, Request};
+use tokio::sync::watch;
+
+use crate::clock::JumpClock;
+use crate::kind::Kind;
+use crate::ledger::Ledger;
+use crate::plan::{Disruption, Fault, FaultPlan};
+
+/// One fault injected.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Since the run's `Faults` were made.
+    pub at: Duration,
+    pub party: String,
+    pub kind: Kind,
+    /// The party's request of that kind it hit (from 1).
+    pub nth: u64,
+    pub what: String,
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "+{:>6}ms {} {} #{}: {}",
+            self.at.as_millis(),
+            self.party,
+            self.kind,
+            self.nth,
+            self.what
+        )
+    }
+}
+
+/// Most events kept (the count goes on): a report stays readable.
+pub const MAX_EVENTS: usize = 2000;
+
+/// What every party of one run shares.
+pub struct Faults {
+    plan: FaultPlan,
+    clock: JumpClock,
+    started: Instant,
+    parties: Mutex<HashMap<String, Arc<Party>>>,
+    events: Mutex<(Vec<Event>, u64)>,
+    ledger: Ledger,
+}
+
+/// One party's state: its count of requests per kind, whether it is cut
+/// off, and how many times it was killed.
+struct Party {
+    name: String,
+    counts: Mutex<HashMap<Kind, u64>>,
+    cut_until: Mutex<Option<Instant>>,
+    kills: watch::Sender<u32>,
+}
+
+impl Faults {
+    /// Faults by `plan`; `clock` is what the coordinators read (a clock
+    /// jump moves it).
+    pub fn new(plan: FaultPlan, clock: JumpClock) -> Arc<Self> {
+        Arc::new(Self {
+            plan,
+            clock,
+            started: Instant::now(),
+            parties: Mutex::default(),
+            events: Mutex::default(),
+            ledger: Ledger::default(),
+        })
+    }
+
+    /// `inner` as `party` sees it.
+    pub fn transport<T: Transport>(self: &Arc<Self>, inner: T, party: &str) -> FaultyTransport<T> {
+        FaultyTransport {
+            inner,
+            faults: self.clone(),
+            party: self.party(party),
+        }
+    }
+
+    /// Counts the times `party` was killed: the party's runner stops its
+    /// work (and starts it again, as a restarted process would) when it
+    /// changes.
+    pub fn kills(&self, party: &str) -> watch::Receiver<u32> {
+        self.party(party).kills.subscribe()
+    }
+
+    pub fn plan(&self) -> &FaultPlan {
+        &self.plan
+    }
+
+    pub fn clock(&self) -> &JumpClock {
+        &self.clock
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The faults injected so far, in order (at most `MAX_EVENTS`).
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("not poisoned").0.clone()
+    }
+
+    /// The plan and what it injected: what a failing seed prints.
+    pub fn report(&self) -> String {
+        let (events, count) = {
+            let events = self.events.lock().expect("not poisoned");
+            (events.0.clone(), events.1)
+        };
+        let mut report = self.plan.to_string();
+        report.push_str(&format!("{count} faults injected:\n"));
+        for event in &events {
+            report.push_str(&format!("  {event}\n"));
+        }
+        if count > events.len() as u64 {
+            report.push_str(&format!("  ... and {} more\n", count - events.len() as u64));
+        }
+        report
+    }
+
+    fn party(&self, name: &str) -> Arc<Party> {
+        let mut parties = self.parties.lock().expect("not poisoned");
+        parties
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Party {
+                    name: name.to_owned(),
+                    counts: Mutex::default(),
+                    cut_until: Mutex::default(),
+                    kills: watch::channel(0).0,
+                })
+            })
+            .clone()
+    }
+
+    fn record(&self, party: &Party, kind: Kind, nth: u64, what: impl fmt::Display) {
+        let mut events = self.events.lock().expect("not poisoned");
+        events.1 += 1;
+        if events.0.len() < MAX_EVENTS {
+            events.0.push(Event {
+                at: self.started.elapsed(),
+                party: party.name.clone(),
+                kind,
+                nth,
+                what: what.to_string(),
+            });
+        }
+    }
+}
+
+impl Party {
+    fn next(&self, kind: Kind) -> u64 {
+        let mut counts = self.counts.lock().expect("not poisoned");
+        let count = counts.entry(kind).or_default();
+        *count += 1;
+        *count
+    }
+
+    fn is_cut(&self) -> bool {
+        let mut cut = self.cut_until.lock().expect("not poisoned");
+        match *cut {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *cut = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn cut_for(&self, length: Duration) {
+        *self.cut_until.lock().expect("not poisoned") = Some(Instant::now() + length);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("injected: {0}")]
+struct Injected(String);
+
+fn injected(what: impl fmt::Display) -> Box<Injected> {
+    Box::new(Injected(what.to_string()))
+}
+
+/// A party's transport: `inner` with the faults of the party's plan.
+pub struct FaultyTransport<T> {
+    inner: T,
+    faults: Arc<Faults>,
+    party: Arc<Party>,
+}
+
+impl<T: Transport> Transport for FaultyTransport<T> {
+    type Connection = FaultyConnection<T::Connection>;
+
+    async fn connect(&self, address: &str) -> Result<Self::Connection, TransportError> {
+        if self.party.is_cut() {
+            return Err(TransportError::NotSent(injected(format!(
+                "{} is cut off from the coordinators",
+                self.party.name
+            ))));
+        }
+        Ok(FaultyConnection {
+            inner: self.inner.connect(address).await?,
+            faults: self.faults.clone(),
+            party: self.party.clone(),
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct FaultyConnection<C> {
+    inner: C,
+    faults: Arc<Faults>,
+    party: Arc<Party>,
+}
+
+impl<C: Connection> FaultyConnection<C> {
+    /// Served by the coordinator, and noted in the ledger.
+    async fn serve(&self, request: &Request) -> Result<Reply, TransportError> {
+        let reply = self.inner.request(request).await?;
+        self.faults.ledger.observe(request, &reply);
+        Ok(reply)
+    }
+
+    fn cut_off(&self) -> TransportError {
+        TransportError::NotSent(injected(format!(
+            "{} is cut off from the coordinators",
+            self.party.name
+        )))
+    }
+}
+
+impl<C: Connection> Connection for FaultyConnection<C> {
+    async fn request(&self, request: &Request) -> Result<Reply, TransportError> {
+        let kind = Kind::of(request);
+        if kind == Kind::Raft {
+            return self.inner.request(request).await;
+        }
+        let (faults, party) = (&self.faults, &self.party);
+        let nth = party.next(kind);
+        if let Some(disruption) = faults.plan.disruption(&party.name, kind, nth) {
+            faults.record(party, kind, nth, disruption);
+            match disruption {
+                Disruption::Partition(length) => {
+                    party.cut_for(length);
+                    return Err(self.cut_off());
+                }
+                Disruption::Kill => {
+                    party.kills.send_modify(|kills| *kills += 1);
+                }
+                Disruption::ClockJump(length) => faults.clock.jump(length.as_millis() as u64),
+                Disruption::LostReply => {
+                    self.serve(request).await?;
+                    return Err(TransportError::Interrupted(injected(disruption)));
+                }
+            }
+        }
+        if party.is_cut() {
+            return Err(self.cut_off());
+        }
+        let mut reply = None;
+        for fault in faults.plan.decide(&party.name, kind, nth) {
+            faults.record(party, kind, nth, fault);
+            match fault {
+                Fault::DropRequest => return Err(TransportError::NotSent(injected(fault))),
+                Fault::Delay(length) => tokio::time::sleep(length).await,
+                Fault::DropReply => {
+                    self.serve(request).await?;
+                    return Err(TransportError::Interrupted(injected(fault)));
+                }
+                Fault::Duplicate => {
+                    self.serve(request).await?;
+                }
+                Fault::Late(length) => {
+                    let (late, copy) = (self.clone(), request.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(length).await;
+                        let _ = late.serve(&copy).await;
+                    });
+                    reply = Some(self.serve(request).await?);
+                }
+            }
+        }
+        match reply {
+            Some(reply) => Ok(reply),
+            None => self.serve(request).await,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+}
