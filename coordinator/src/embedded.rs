@@ -110,7 +110,11 @@ impl EmbeddedCoordinator {
             members.insert(id, Member { addr: address });
             rafts.push(raft);
         }
-        if !rafts[0].is_initialized().await.map_err(|e| raft_error(&e))? {
+        if !rafts[0]
+            .is_initialized()
+            .await
+            .map_err(|e| raft_error(&e))?
+        {
             let addresses = members.clone();
             rafts[0]
                 .initialize(addresses)
@@ -162,8 +166,7 @@ impl EmbeddedCoordinator {
         }
         let mut result = Ok(());
         for (raft, id) in self.rafts.into_iter().zip(1..) {
-            let stopped = match tokio::time::timeout(RAFT_SHUTDOWN_TIMEOUT, raft.shutdown()).await
-            {
+            let stopped = match tokio::time::timeout(RAFT_SHUTDOWN_TIMEOUT, raft.shutdown()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(ServiceError::Raft(e.to_string())),
                 Err(_) => Err(ServiceError::Raft(format!(

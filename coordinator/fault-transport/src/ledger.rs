@@ -167,7 +167,10 @@ mod tests {
         ledger.observe(&lease(1), &leased(&[(10, 1)]));
         ledger.observe(&lease(2), &leased(&[(10, 1)]));
         let violations = ledger.violations();
-        assert!(violations[0].contains("to node 1 and again to node 2"), "{violations:?}");
+        assert!(
+            violations[0].contains("to node 1 and again to node 2"),
+            "{violations:?}"
+        );
     }
 
     #[test]
@@ -188,7 +191,10 @@ mod tests {
         let (request, reply) = complete(1, 11, 1);
         ledger.observe(&request, &reply);
         let violations = ledger.violations();
-        assert!(violations[0].contains("node 2 was granted it"), "{violations:?}");
+        assert!(
+            violations[0].contains("node 2 was granted it"),
+            "{violations:?}"
+        );
         assert!(violations[1].contains("no such grant"), "{violations:?}");
     }
 }

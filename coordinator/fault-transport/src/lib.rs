@@ -27,4 +27,4 @@ pub use clock::JumpClock;
 pub use kind::Kind;
 pub use ledger::Ledger;
 pub use plan::{Disruption, Fault, FaultPlan, PartyPlan, Rates, Scheduled};
-pub use transport::{Event, FaultyConnection, FaultyTransport, Faults, MAX_EVENTS};
+pub use transport::{Event, Faults, FaultyConnection, FaultyTransport, MAX_EVENTS};

@@ -274,7 +274,10 @@ mod tests {
         );
         assert_eq!(a.disruption("node-1", Kind::Lease, 3), None);
         assert_eq!(a.disruption("node-2", Kind::Lease, 2), None);
-        assert!(a.decide("node-2", Kind::Lease, 1).is_empty(), "no plan, no faults");
+        assert!(
+            a.decide("node-2", Kind::Lease, 1).is_empty(),
+            "no plan, no faults"
+        );
     }
 
     #[test]

@@ -652,9 +652,12 @@ fn grant_leases(tx: &mut Tx<'_>, node: NodeId, grants: &[LeaseGrant], deadline_m
 }
 
 /// Completes each shard `node` still holds at the epoch it names; a
-/// stale one is refused on its own (another holder has it now). Reads see
-/// the DB, not this batch: a shard named twice is refused the second
-/// time, and each job's count is written once.
+/// stale one is refused on its own (another holder has it now). A shard
+/// `node` already completed at that epoch, in its job's current attempt,
+/// is answered completed again and not counted again: the client sends a
+/// completion again when its answer was lost. Reads see the DB, not this
+/// batch: a shard named twice is refused the second time, and each job's
+/// count is written once.
 fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome {
     let (mut completed, mut refused) = (Vec::new(), Vec::new());
     let mut per_job: HashMap<JobId, u64> = HashMap::new();
@@ -666,6 +669,12 @@ fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome
         }
         let mut shard = match fenced(tx, d.shard, node, d.epoch)? {
             Ok(shard) => shard,
+            Err(CommandError::ShardDone { .. })
+                if completed_by(tx, &mut jobs, d.shard, node, d.epoch)? =>
+            {
+                completed.push(d.shard);
+                continue;
+            }
             Err(e) => {
                 refused.push((d.shard, e));
                 continue;
@@ -701,6 +710,25 @@ fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome
         }
     }
     Ok(Ok(Response::ShardsCompleted { completed, refused }))
+}
+
+/// Whether `node` completed `id` at `epoch` in its job's current attempt.
+fn completed_by(
+    tx: &Tx<'_>,
+    jobs: &mut Jobs,
+    id: ShardId,
+    node: NodeId,
+    epoch: Epoch,
+) -> Result<bool, StateError> {
+    let Ok(shard) = shard(tx, id)? else {
+        return Ok(false);
+    };
+    let same =
+        shard.state == ShardState::Done && shard.epoch == epoch && shard.holder == Some(node);
+    Ok(same
+        && jobs
+            .get(tx, shard.job)?
+            .is_some_and(|job| job.attempt == shard.attempt))
 }
 
 /// An owner's staged counts, under the dataset's current partition map.
@@ -968,7 +996,7 @@ mod tests {
     use proto_schema::PartitionMap;
     use proto_schema::command::{
         Bounded, Command, CommandError, DiffCounts, FileEntry, LeaseGrant, MAX_CHUNK_FILES,
-        MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response,
+        MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response, RestartCause, ShardDone,
     };
 
     use proto_schema::ids::{DatasetId, Epoch, NodeId, ShardId};
@@ -1198,6 +1226,54 @@ mod tests {
         assert_eq!(entry(&sm, "b").status, FileStatus::Ingested);
         assert_eq!(entry(&sm, "c").status, FileStatus::Pending);
         assert_eq!(sm.state().dataset("ds").unwrap().unwrap().live_files, 4);
+    }
+
+    /// A node whose completion's answer was lost sends it again: the
+    /// repeat is answered as completed and counted once; the same shard
+    /// named by another node, at another epoch or after the job restarted
+    /// is still refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_completion_sent_again_by_its_holder_is_completed_once() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1, 2]).await;
+        let job = sm
+            .submit("ds", vec![file("a", 10, 1, None), file("b", 20, 2, None)])
+            .await;
+        let shard = ShardId(1);
+        sm.lease_and_complete(NodeId(1), &[shard]).await;
+        let complete = |node: u64, epoch: u64| Command::CompleteShards {
+            node: NodeId(node),
+            shards: vec![ShardDone {
+                shard,
+                epoch: Epoch(epoch),
+            }],
+        };
+        assert_eq!(
+            sm.apply(complete(1, 1)).await,
+            Response::ShardsCompleted {
+                completed: vec![shard],
+                refused: vec![]
+            }
+        );
+        assert_eq!(sm.state().job(job).unwrap().unwrap().shards_done, 1);
+        let refused = Response::ShardsCompleted {
+            completed: vec![],
+            refused: vec![(shard, CommandError::ShardDone { shard })],
+        };
+        assert_eq!(sm.apply(complete(2, 1)).await, refused);
+        assert_eq!(sm.apply(complete(1, 2)).await, refused);
+        let restart = Command::RestartJob {
+            job,
+            attempt: 0,
+            map: PartitionMap::split(64, &[NodeId(1), NodeId(2)], Epoch(1)),
+            cause: RestartCause::OwnerStartedAgain { node: NodeId(2) },
+        };
+        assert!(matches!(
+            sm.apply(restart).await,
+            Response::JobRestarted { attempt: 1, .. }
+        ));
+        assert_eq!(sm.apply(complete(1, 1)).await, refused);
+        assert_eq!(sm.state().job(job).unwrap().unwrap().shards_done, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
