@@ -144,8 +144,8 @@ impl ClientApi {
                 Ok(Err(reason)) => Reply::Failed(reason),
                 Err(e) => desk_failed(e),
             },
-            Request::Job { job } => self.job(*job),
-            Request::Work { .. } => self.work(),
+            Request::Job { job } => self.job(*job).await,
+            Request::Work { .. } => self.work().await,
             Request::Restart { node, job, attempt } => {
                 written(self.desk.restart(*node, *job, *attempt).await)
             }
@@ -172,9 +172,10 @@ impl ClientApi {
     }
 
     /// One job's progress, from the leader (so a node waiting for its
-    /// commit reads what the leader applied).
-    fn job(&self, job: JobId) -> Reply {
-        if let Some(forward) = propose::not_the_leader(&self.raft) {
+    /// commit reads what the leader applied), once a quorum confirmed it
+    /// leads (`propose::confirm_leader`).
+    async fn job(&self, job: JobId) -> Reply {
+        if let Some(forward) = propose::confirm_leader(&self.raft).await {
             return write_refused(forward);
         }
         match status::job(&self.state, job) {
@@ -184,9 +185,9 @@ impl ClientApi {
     }
 
     /// The jobs nodes may work on, from the leader (so a node does not
-    /// start a job a stale follower still lists).
-    fn work(&self) -> Reply {
-        if let Some(forward) = propose::not_the_leader(&self.raft) {
+    /// start a job a stale follower, or a replaced leader, still lists).
+    async fn work(&self) -> Reply {
+        if let Some(forward) = propose::confirm_leader(&self.raft).await {
             return write_refused(forward);
         }
         match status::work(&self.state) {

@@ -96,7 +96,8 @@ impl EmbeddedCoordinator {
                     dir: state_dir,
                     error,
                 })?;
-            let raft = Raft::new(id, config.clone(), router.clone(), log, state.clone())
+            let network = router.for_replica(id);
+            let raft = Raft::new(id, config.clone(), network, log, state.clone())
                 .await
                 .map_err(|e| raft_error(&e))?;
             let api = ClientApi::with_clock(

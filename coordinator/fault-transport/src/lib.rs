@@ -7,8 +7,9 @@
 //! the coordinator served it, delay it, serve it twice, or serve a late
 //! copy after the requests that follow it (`Rates`, `Fault`); at requests
 //! the plan names it cuts the party off for a while, kills it, makes the
-//! coordinators' clock (`JumpClock`) jump ahead, or loses the reply to a
-//! request the client never resends (`Disruption`). Requests that
+//! coordinators' clock (`JumpClock`) jump ahead, loses the reply to a
+//! request the client never resends, or (through the run's cluster hook)
+//! cuts the coordinators' leader off (`Disruption`). Requests that
 //! `coordinator_client` never resends (writes, leases, renewals) are never
 //! served twice or answered lost by the per-request faults: no network
 //! delivers one request twice to the server on its own. The `Ledger`
@@ -27,4 +28,4 @@ pub use clock::JumpClock;
 pub use kind::Kind;
 pub use ledger::Ledger;
 pub use plan::{Disruption, Fault, FaultPlan, PartyPlan, Rates, Scheduled};
-pub use transport::{Event, Faults, FaultyConnection, FaultyTransport, MAX_EVENTS};
+pub use transport::{ClusterHook, Event, Faults, FaultyConnection, FaultyTransport, MAX_EVENTS};

@@ -83,6 +83,10 @@ pub enum Disruption {
     /// Served, and its reply lost, even if the client never resends it
     /// (a lease or a write: the caller's `Ambiguous`).
     LostReply,
+    /// The coordinators' leader is cut off from its peers and every
+    /// client for this long (acted by the run's cluster hook,
+    /// `Faults::on_cluster`); the request goes on.
+    IsolateLeader(Duration),
 }
 
 impl fmt::Display for Disruption {
@@ -92,6 +96,7 @@ impl fmt::Display for Disruption {
             Disruption::Kill => write!(f, "killed"),
             Disruption::ClockJump(d) => write!(f, "the coordinators' clock jumps {d:?} ahead"),
             Disruption::LostReply => write!(f, "served, reply lost"),
+            Disruption::IsolateLeader(d) => write!(f, "the leader is cut off for {d:?}"),
         }
     }
 }

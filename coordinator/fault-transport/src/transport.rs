@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use coordinator_client::{Connection, Transport, TransportError};
@@ -55,7 +55,13 @@ pub struct Faults {
     parties: Mutex<HashMap<String, Arc<Party>>>,
     events: Mutex<(Vec<Event>, u64)>,
     ledger: Ledger,
+    cluster: OnceLock<ClusterHook>,
 }
+
+/// Acts a disruption on the coordinators themselves (`IsolateLeader`),
+/// which a party's transport cannot; called inside the request's runtime.
+/// Returns what it did, for the record.
+pub type ClusterHook = Box<dyn Fn(Disruption) -> String + Send + Sync>;
 
 /// One party's state: its count of requests per kind, whether it is cut
 /// off, and how many times it was killed.
@@ -77,7 +83,16 @@ impl Faults {
             parties: Mutex::default(),
             events: Mutex::default(),
             ledger: Ledger::default(),
+            cluster: OnceLock::new(),
         })
+    }
+
+    /// Sets what acts the disruptions on the coordinators (once; a
+    /// disruption without a hook is recorded as not acted).
+    pub fn on_cluster(&self, hook: ClusterHook) {
+        if self.cluster.set(hook).is_err() {
+            panic!("a run has one cluster hook");
+        }
     }
 
     /// `inner` as `party` sees it.
@@ -250,7 +265,12 @@ impl<C: Connection> Connection for FaultyConnection<C> {
         let (faults, party) = (&self.faults, &self.party);
         let nth = party.next(kind);
         if let Some(disruption) = faults.plan.disruption(&party.name, kind, nth) {
-            faults.record(party, kind, nth, disruption);
+            let acted = match (disruption, faults.cluster.get()) {
+                (Disruption::IsolateLeader(_), Some(hook)) => format!(": {}", hook(disruption)),
+                (Disruption::IsolateLeader(_), None) => ": no cluster hook, not acted".into(),
+                _ => String::new(),
+            };
+            faults.record(party, kind, nth, format!("{disruption}{acted}"));
             match disruption {
                 Disruption::Partition(length) => {
                     party.cut_for(length);
@@ -264,6 +284,7 @@ impl<C: Connection> Connection for FaultyConnection<C> {
                     self.serve(request).await?;
                     return Err(TransportError::Interrupted(injected(disruption)));
                 }
+                Disruption::IsolateLeader(_) => {}
             }
         }
         if party.is_cut() {
