@@ -21,6 +21,7 @@
 //! `QUERN_SEEDS=N` runs seeds 0..N, `QUERN_SEED=S` seed S alone (what a
 //! failure prints, with its fault plan and the faults it injected).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -127,13 +128,14 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
     let seeds = seeds();
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
+    let tally = Tally::default();
     // Seeds run side by side: a seed mostly waits (polls, pauses, leases).
     std::thread::scope(|scope| {
         for _ in 0..parallel_seeds() {
             scope.spawn(|| {
                 while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let run = Instant::now();
-                    let result = run_seed(seed, input);
+                    let result = run_seed(seed, input, &tally);
                     match &result {
                         Ok(SeedEnd::Committed { attempts }) => eprintln!(
                             "seed {seed}: committed in {:.1?} (attempt {attempts})",
@@ -182,6 +184,13 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
         count(|r| matches!(r, Ok(SeedEnd::Failed(_)))),
         failed.len()
     );
+    let tally: Vec<String> = tally
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect();
+    eprintln!("faults injected: {}", tally.join(", "));
     assert!(
         failed.is_empty(),
         "seeds {failed:?} failed (replay one: QUERN_SEED=N cargo test -p embedded --test \
@@ -355,8 +364,12 @@ fn ingest_config(data_dir: PathBuf) -> IngestConfig {
     }
 }
 
-/// Runs `seed`; `Err` is the failure report.
-fn run_seed(seed: u64, input: &Input) -> Result<SeedEnd, String> {
+/// Faults injected over every seed, by kind.
+type Tally = Mutex<BTreeMap<&'static str, u64>>;
+
+/// Runs `seed`, adding its faults to `tally`; `Err` is the failure
+/// report.
+fn run_seed(seed: u64, input: &Input, tally: &Tally) -> Result<SeedEnd, String> {
     let setup = Setup::draw(seed);
     let clock = JumpClock::default();
     let faults = Faults::new(setup.plan.clone(), clock.clone());
@@ -386,6 +399,11 @@ fn run_seed(seed: u64, input: &Input) -> Result<SeedEnd, String> {
         dir.path(),
         input,
     );
+    let mut total = tally.lock().unwrap();
+    for (name, count) in faults.tally() {
+        *total.entry(name).or_default() += count;
+    }
+    drop(total);
     let _ = runtime.block_on(coordinator.shutdown());
     runtime.shutdown_timeout(Duration::from_secs(5));
     outcome.map_err(|failure| {

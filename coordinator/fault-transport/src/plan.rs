@@ -57,6 +57,19 @@ pub enum Fault {
     Late(Duration),
 }
 
+impl Fault {
+    /// What kind of fault, for tallies.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::DropRequest => "request dropped",
+            Fault::Delay(_) => "delayed",
+            Fault::DropReply => "reply dropped",
+            Fault::Duplicate => "served twice",
+            Fault::Late(_) => "late copy",
+        }
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -87,6 +100,19 @@ pub enum Disruption {
     /// client for this long (acted by the run's cluster hook,
     /// `Faults::on_cluster`); the request goes on.
     IsolateLeader(Duration),
+}
+
+impl Disruption {
+    /// What kind of disruption, for tallies.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Disruption::Partition(_) => "partition",
+            Disruption::Kill => "kill",
+            Disruption::ClockJump(_) => "clock jump",
+            Disruption::LostReply => "lost reply to a lease",
+            Disruption::IsolateLeader(_) => "leader cut off",
+        }
+    }
 }
 
 impl fmt::Display for Disruption {

@@ -4,7 +4,7 @@
 //! (printed with the seed when a run fails, so it replays) and the
 //! `Ledger` of the leases the parties were answered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -54,6 +54,7 @@ pub struct Faults {
     started: Instant,
     parties: Mutex<HashMap<String, Arc<Party>>>,
     events: Mutex<(Vec<Event>, u64)>,
+    tally: Mutex<BTreeMap<&'static str, u64>>,
     ledger: Ledger,
     cluster: OnceLock<ClusterHook>,
 }
@@ -82,6 +83,7 @@ impl Faults {
             started: Instant::now(),
             parties: Mutex::default(),
             events: Mutex::default(),
+            tally: Mutex::default(),
             ledger: Ledger::default(),
             cluster: OnceLock::new(),
         })
@@ -128,6 +130,12 @@ impl Faults {
         self.events.lock().expect("not poisoned").0.clone()
     }
 
+    /// How many faults of each kind were injected (`Fault::name`,
+    /// `Disruption::name`).
+    pub fn tally(&self) -> BTreeMap<&'static str, u64> {
+        self.tally.lock().expect("not poisoned").clone()
+    }
+
     /// The plan and what it injected: what a failing seed prints.
     pub fn report(&self) -> String {
         let (events, count) = {
@@ -160,7 +168,20 @@ impl Faults {
             .clone()
     }
 
-    fn record(&self, party: &Party, kind: Kind, nth: u64, what: impl fmt::Display) {
+    fn record(
+        &self,
+        party: &Party,
+        kind: Kind,
+        nth: u64,
+        name: &'static str,
+        what: impl fmt::Display,
+    ) {
+        *self
+            .tally
+            .lock()
+            .expect("not poisoned")
+            .entry(name)
+            .or_default() += 1;
         let mut events = self.events.lock().expect("not poisoned");
         events.1 += 1;
         if events.0.len() < MAX_EVENTS {
@@ -270,7 +291,8 @@ impl<C: Connection> Connection for FaultyConnection<C> {
                 (Disruption::IsolateLeader(_), None) => ": no cluster hook, not acted".into(),
                 _ => String::new(),
             };
-            faults.record(party, kind, nth, format!("{disruption}{acted}"));
+            let what = format!("{disruption}{acted}");
+            faults.record(party, kind, nth, disruption.name(), what);
             match disruption {
                 Disruption::Partition(length) => {
                     party.cut_for(length);
@@ -292,7 +314,7 @@ impl<C: Connection> Connection for FaultyConnection<C> {
         }
         let mut reply = None;
         for fault in faults.plan.decide(&party.name, kind, nth) {
-            faults.record(party, kind, nth, fault);
+            faults.record(party, kind, nth, fault.name(), fault);
             match fault {
                 Fault::DropRequest => return Err(TransportError::NotSent(injected(fault))),
                 Fault::Delay(length) => tokio::time::sleep(length).await,
@@ -321,5 +343,213 @@ impl<C: Connection> Connection for FaultyConnection<C> {
 
     fn is_closed(&self) -> bool {
         self.inner.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto_schema::coordinator_api::HeartbeatReply;
+    use proto_schema::ids::NodeId;
+
+    use super::*;
+    use crate::plan::{PartyPlan, Rates, Scheduled};
+
+    /// A coordinator that answers every request and counts them by kind.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<Mutex<Vec<Kind>>>);
+
+    impl Counting {
+        fn served(&self) -> Vec<Kind> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Transport for Counting {
+        type Connection = Counting;
+
+        async fn connect(&self, _address: &str) -> Result<Counting, TransportError> {
+            Ok(self.clone())
+        }
+    }
+
+    impl Connection for Counting {
+        async fn request(&self, request: &Request) -> Result<Reply, TransportError> {
+            self.0.lock().unwrap().push(Kind::of(request));
+            Ok(Reply::Heartbeat(HeartbeatReply::Unknown))
+        }
+
+        fn is_closed(&self) -> bool {
+            false
+        }
+    }
+
+    const HEARTBEAT: Request = Request::Heartbeat {
+        node: NodeId(1),
+        incarnation: 1,
+        progress: Vec::new(),
+        memory_bytes: None,
+    };
+
+    fn lease() -> Request {
+        Request::Lease {
+            node: NodeId(1),
+            max: 1,
+            job: None,
+        }
+    }
+
+    /// A run whose one party, "n", has `rates` and `disruptions`.
+    fn run(
+        rates: Rates,
+        disruptions: Vec<Scheduled>,
+    ) -> (Arc<Faults>, Counting, FaultyConnection<Counting>) {
+        let mut plan = FaultPlan::new(1);
+        plan.parties
+            .insert("n".into(), PartyPlan { rates, disruptions });
+        let faults = Faults::new(plan, JumpClock::default());
+        let inner = Counting::default();
+        let connection = FaultyConnection {
+            inner: inner.clone(),
+            faults: faults.clone(),
+            party: faults.party("n"),
+        };
+        (faults, inner, connection)
+    }
+
+    fn at(at: Kind, nth: u64, what: Disruption) -> Vec<Scheduled> {
+        vec![Scheduled { at, nth, what }]
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_is_not_served_and_a_dropped_reply_is() {
+        let drop_request = Rates {
+            drop_request: 1.0,
+            ..Rates::NONE
+        };
+        let (_, inner, connection) = run(drop_request, Vec::new());
+        let sent = connection.request(&HEARTBEAT).await;
+        assert!(matches!(sent, Err(TransportError::NotSent(_))), "{sent:?}");
+        assert_eq!(inner.served(), []);
+
+        let drop_reply = Rates {
+            drop_reply: 1.0,
+            ..Rates::NONE
+        };
+        let (faults, inner, connection) = run(drop_reply, Vec::new());
+        let sent = connection.request(&HEARTBEAT).await;
+        assert!(
+            matches!(sent, Err(TransportError::Interrupted(_))),
+            "{sent:?}"
+        );
+        assert_eq!(inner.served(), [Kind::Heartbeat]);
+        // A lease is never answered lost by the rates: the client would
+        // not send it again.
+        assert!(connection.request(&lease()).await.is_ok());
+        assert!(
+            faults
+                .report()
+                .contains("n Heartbeat #1: served, reply dropped")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_is_served_twice_and_a_late_copy_again_later() {
+        let duplicate = Rates {
+            duplicate: 1.0,
+            ..Rates::NONE
+        };
+        let (_, inner, connection) = run(duplicate, Vec::new());
+        assert!(connection.request(&HEARTBEAT).await.is_ok());
+        assert_eq!(inner.served(), [Kind::Heartbeat, Kind::Heartbeat]);
+
+        let late = Rates {
+            late: 1.0,
+            max_late: Duration::from_millis(30),
+            ..Rates::NONE
+        };
+        let (_, inner, connection) = run(late, Vec::new());
+        assert!(connection.request(&HEARTBEAT).await.is_ok());
+        assert_eq!(inner.served(), [Kind::Heartbeat]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(inner.served(), [Kind::Heartbeat, Kind::Heartbeat]);
+    }
+
+    #[tokio::test]
+    async fn a_party_cut_off_reaches_nothing_until_the_partition_ends() {
+        let length = Duration::from_millis(150);
+        let (faults, inner, connection) = run(
+            Rates::NONE,
+            at(Kind::Heartbeat, 2, Disruption::Partition(length)),
+        );
+        assert!(connection.request(&HEARTBEAT).await.is_ok());
+        let started = Instant::now();
+        assert!(connection.request(&HEARTBEAT).await.is_err());
+        assert!(connection.request(&lease()).await.is_err());
+        let transport = faults.transport(inner.clone(), "n");
+        assert!(transport.connect("any").await.is_err());
+        assert_eq!(inner.served(), [Kind::Heartbeat]);
+        tokio::time::sleep(length.saturating_sub(started.elapsed())).await;
+        assert!(connection.request(&lease()).await.is_ok());
+        assert!(transport.connect("any").await.is_ok());
+        assert_eq!(inner.served(), [Kind::Heartbeat, Kind::Lease]);
+    }
+
+    #[tokio::test]
+    async fn disruptions_kill_jump_the_clock_lose_a_lease_and_reach_the_cluster() {
+        let mut disruptions = at(Kind::Heartbeat, 1, Disruption::Kill);
+        disruptions.extend(at(
+            Kind::Heartbeat,
+            2,
+            Disruption::ClockJump(Duration::from_secs(60)),
+        ));
+        disruptions.extend(at(Kind::Lease, 1, Disruption::LostReply));
+        disruptions.extend(at(
+            Kind::Lease,
+            2,
+            Disruption::IsolateLeader(Duration::from_secs(1)),
+        ));
+        let (faults, inner, connection) = run(Rates::NONE, disruptions);
+        let hooked = Arc::new(Mutex::new(Vec::new()));
+        let seen = hooked.clone();
+        faults.on_cluster(Box::new(move |d| {
+            seen.lock().unwrap().push(d);
+            "acted".into()
+        }));
+        let mut kills = faults.kills("n");
+        assert!(connection.request(&HEARTBEAT).await.is_ok());
+        assert!(kills.has_changed().unwrap());
+        assert_eq!(*kills.borrow_and_update(), 1);
+        assert!(connection.request(&HEARTBEAT).await.is_ok());
+        assert_eq!(faults.clock().offset_ms(), 60_000);
+        let lost = connection.request(&lease()).await;
+        assert!(
+            matches!(lost, Err(TransportError::Interrupted(_))),
+            "{lost:?}"
+        );
+        assert!(connection.request(&lease()).await.is_ok());
+        assert_eq!(
+            *hooked.lock().unwrap(),
+            [Disruption::IsolateLeader(Duration::from_secs(1))]
+        );
+        assert_eq!(
+            inner.served(),
+            [Kind::Heartbeat, Kind::Heartbeat, Kind::Lease, Kind::Lease]
+        );
+        let report = faults.report();
+        assert!(
+            report.contains("the leader is cut off for 1s: acted"),
+            "{report}"
+        );
+        assert_eq!(faults.events().len(), 4);
+        let tally = faults.tally();
+        assert_eq!(
+            tally.into_iter().collect::<Vec<_>>(),
+            [
+                ("clock jump", 1),
+                ("kill", 1),
+                ("leader cut off", 1),
+                ("lost reply to a lease", 1)
+            ]
+        );
     }
 }
