@@ -831,7 +831,9 @@ impl NodeRunner<'_> {
                 Err(e) => failed.push(e.to_string()),
             }
             if kills.has_changed().unwrap_or(false) {
-                // A restart: what the killed process held is gone.
+                // A restart: what the killed process held is gone (its
+                // transports fail; its part lets go of the store).
+                client = faulty_client(&self.faults, self.coordinator, &name);
                 drop(store.take());
                 store = match self.open_store() {
                     Ok(store) => Some(store),

@@ -97,18 +97,25 @@ impl Faults {
         }
     }
 
-    /// `inner` as `party` sees it.
+    /// `inner` as `party` sees it, from its process as it runs now: once
+    /// the party is killed, every request through it fails at once.
     pub fn transport<T: Transport>(self: &Arc<Self>, inner: T, party: &str) -> FaultyTransport<T> {
+        let party = self.party(party);
+        let life = *party.kills.borrow();
         FaultyTransport {
             inner,
             faults: self.clone(),
-            party: self.party(party),
+            party,
+            life,
         }
     }
 
     /// Counts the times `party` was killed: the party's runner stops its
-    /// work (and starts it again, as a restarted process would) when it
-    /// changes.
+    /// work (and starts it again, as a restarted process would, with new
+    /// transports) when it changes. A killed process's calls never return:
+    /// its transports made before the kill fail every request at once
+    /// (`TransportError::BadReply`, which no client retries), so nothing of
+    /// it lingers on, leasing and heartbeating, as it could in process.
     pub fn kills(&self, party: &str) -> watch::Receiver<u32> {
         self.party(party).kills.subscribe()
     }
@@ -204,6 +211,11 @@ impl Party {
         *count
     }
 
+    /// Whether the process of `life` (the kills before it) was killed.
+    fn is_dead(&self, life: u32) -> bool {
+        *self.kills.borrow() > life
+    }
+
     fn is_cut(&self) -> bool {
         let mut cut = self.cut_until.lock().expect("not poisoned");
         match *cut {
@@ -234,12 +246,17 @@ pub struct FaultyTransport<T> {
     inner: T,
     faults: Arc<Faults>,
     party: Arc<Party>,
+    /// The party's kills before this transport was made.
+    life: u32,
 }
 
 impl<T: Transport> Transport for FaultyTransport<T> {
     type Connection = FaultyConnection<T::Connection>;
 
     async fn connect(&self, address: &str) -> Result<Self::Connection, TransportError> {
+        if self.party.is_dead(self.life) {
+            return Err(killed(&self.party));
+        }
         if self.party.is_cut() {
             return Err(TransportError::NotSent(injected(format!(
                 "{} is cut off from the coordinators",
@@ -250,6 +267,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             inner: self.inner.connect(address).await?,
             faults: self.faults.clone(),
             party: self.party.clone(),
+            life: self.life,
         })
     }
 }
@@ -259,6 +277,14 @@ pub struct FaultyConnection<C> {
     inner: C,
     faults: Arc<Faults>,
     party: Arc<Party>,
+    life: u32,
+}
+
+fn killed(party: &Party) -> TransportError {
+    TransportError::BadReply(injected(format!(
+        "{}'s process was killed: its connections are gone",
+        party.name
+    )))
 }
 
 impl<C: Connection> FaultyConnection<C> {
@@ -284,6 +310,9 @@ impl<C: Connection> Connection for FaultyConnection<C> {
             return self.inner.request(request).await;
         }
         let (faults, party) = (&self.faults, &self.party);
+        if party.is_dead(self.life) {
+            return Err(killed(party));
+        }
         let nth = party.next(kind);
         if let Some(disruption) = faults.plan.disruption(&party.name, kind, nth) {
             let acted = match (disruption, faults.cluster.get()) {
@@ -412,6 +441,7 @@ mod tests {
             inner: inner.clone(),
             faults: faults.clone(),
             party: faults.party("n"),
+            life: 0,
         };
         (faults, inner, connection)
     }
@@ -519,6 +549,11 @@ mod tests {
         assert!(connection.request(&HEARTBEAT).await.is_ok());
         assert!(kills.has_changed().unwrap());
         assert_eq!(*kills.borrow_and_update(), 1);
+        // The killed process's calls fail at once; the restarted one's go.
+        let dead = connection.request(&HEARTBEAT).await;
+        assert!(matches!(dead, Err(TransportError::BadReply(_))), "{dead:?}");
+        let restarted = faults.transport(inner.clone(), "n");
+        let connection = restarted.connect("any").await.unwrap();
         assert!(connection.request(&HEARTBEAT).await.is_ok());
         assert_eq!(faults.clock().offset_ms(), 60_000);
         let lost = connection.request(&lease()).await;
