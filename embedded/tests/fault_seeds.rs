@@ -805,6 +805,24 @@ impl NodeRunner<'_> {
             if self.stopping.borrow().is_some() {
                 return NodeEnd::Stopped(failed);
             }
+            if kills.has_changed().unwrap_or(false) {
+                kills.mark_unchanged();
+                // A restart: what the killed process held is gone (its
+                // transports fail; its part lets go of the store).
+                client = faulty_client(&self.faults, self.coordinator, &name);
+                drop(store.take());
+                store = match self.open_store() {
+                    Ok(store) => Some(store),
+                    Err(e) => return NodeEnd::Broken(e, failed),
+                };
+                match self.register(&mut client) {
+                    Ok(()) => failed.push(format!(
+                        "killed; restarted as incarnation {}",
+                        self.incarnation
+                    )),
+                    Err(e) => failed.push(e),
+                }
+            }
             if let Err(e) = self.beat(&mut client) {
                 failed.push(e);
                 std::thread::sleep(PART_RETRY_PAUSE);
@@ -821,7 +839,7 @@ impl NodeRunner<'_> {
                     continue;
                 }
             }
-            kills.mark_unchanged();
+            // A kill from here on stops the part.
             let part = self.part(store.clone().expect("open"), kills.clone());
             match part {
                 Ok(outcome) => return NodeEnd::Committed(outcome, failed),
@@ -829,23 +847,6 @@ impl NodeRunner<'_> {
                     return NodeEnd::GaveUp(e.to_string(), failed);
                 }
                 Err(e) => failed.push(e.to_string()),
-            }
-            if kills.has_changed().unwrap_or(false) {
-                // A restart: what the killed process held is gone (its
-                // transports fail; its part lets go of the store).
-                client = faulty_client(&self.faults, self.coordinator, &name);
-                drop(store.take());
-                store = match self.open_store() {
-                    Ok(store) => Some(store),
-                    Err(e) => return NodeEnd::Broken(e, failed),
-                };
-                match self.register(&mut client) {
-                    Ok(()) => failed.push(format!(
-                        "killed; restarted as incarnation {}",
-                        self.incarnation
-                    )),
-                    Err(e) => failed.push(e),
-                }
             }
             std::thread::sleep(PART_RETRY_PAUSE);
         }
