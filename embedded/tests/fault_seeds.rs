@@ -752,7 +752,7 @@ fn node_history(nodes: &[NodeId], ends: &[NodeEnd]) -> String {
 /// How a node's runner ended; with the failures of its parts before.
 enum NodeEnd {
     /// Its part ran until the job committed.
-    Committed(IngestOutcome, Vec<String>),
+    Committed(Box<IngestOutcome>, Vec<String>),
     /// The job ended (committed or not) without a part of this node.
     Left(Vec<String>),
     /// It cannot take part (`JobError::CannotRestart`), for this reason.
@@ -842,7 +842,7 @@ impl NodeRunner<'_> {
             // A kill from here on stops the part.
             let part = self.part(store.clone().expect("open"), kills.clone());
             match part {
-                Ok(outcome) => return NodeEnd::Committed(outcome, failed),
+                Ok(outcome) => return NodeEnd::Committed(Box::new(outcome), failed),
                 Err(e @ JobError::CannotRestart { .. }) => {
                     return NodeEnd::GaveUp(e.to_string(), failed);
                 }
