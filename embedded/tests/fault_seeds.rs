@@ -4,9 +4,14 @@
 //! data while every node's and the submitter's requests to the
 //! coordinators go through a `FaultyTransport`: requests and replies
 //! dropped, delayed, served twice or again late, nodes cut off for a
-//! while or killed (their part stopped and started again as a new
-//! incarnation, the store reopened), and the coordinators' clock jumping
-//! ahead, all decided by the seed (`fault_transport::FaultPlan`).
+//! while or killed (their part stopped, their old transports dead, and
+//! started again as a new incarnation with the store reopened), the
+//! coordinators' clock jumping ahead and their leader cut off, all
+//! decided by the seed (`fault_transport::FaultPlan`). The seed fixes
+//! which request meets which fault; threads and timers still interleave
+//! as they will, so a failing seed may need several runs to fail again.
+//! Partitions and leases run on real time (leases of `LEASE_MS`); the
+//! clock jumps are what the injected clock (`coordinator::clock`) gives.
 //!
 //! Each seed checks: the job ends within `JOB_BOUND`, committed or with a
 //! named reason; a committed job exports exactly `LC_ALL=C sort -u` of the
@@ -17,9 +22,10 @@
 //! shard was ever granted to two nodes at one epoch, nor a completion
 //! accepted from anyone but the holder (`fault_transport::Ledger`).
 //!
-//! `cargo test -p embedded --test fault_seeds` runs seeds 0..50;
-//! `QUERN_SEEDS=N` runs seeds 0..N, `QUERN_SEED=S` seed S alone (what a
-//! failure prints, with its fault plan and the faults it injected).
+//! `cargo test -p embedded --test fault_seeds` runs seeds 0..50, four at
+//! a time; `QUERN_SEEDS=N` runs seeds 0..N, `QUERN_SEED=S` seed S alone
+//! (what a failure prints, with its fault plan and the faults it
+//! injected), `QUERN_SEED_THREADS` sets how many run at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
