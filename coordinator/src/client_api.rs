@@ -18,6 +18,7 @@ use proto_schema::coordinator_api::{
 use proto_schema::ids::JobId;
 
 use crate::authorize::{Caller, Gate, Subject};
+use crate::clock::{self, Clock};
 use crate::contacts::Contacts;
 use crate::job_progress::JobClock;
 use crate::lease_desk::{DeskError, LeaseDesk};
@@ -39,8 +40,19 @@ impl ClientApi {
     /// without a renewal; `contacts` are the peers' last answers, as the
     /// replica's network records them.
     pub fn new(raft: Raft, state: StateMachineStore, lease_ms: u64, contacts: Contacts) -> Self {
+        Self::with_clock(raft, state, lease_ms, clock::system(), contacts)
+    }
+
+    /// `new`, with leases and liveness timed by `clock` (a test's).
+    pub fn with_clock(
+        raft: Raft,
+        state: StateMachineStore,
+        lease_ms: u64,
+        clock: Clock,
+        contacts: Contacts,
+    ) -> Self {
         Self {
-            desk: Arc::new(LeaseDesk::new(raft.clone(), state.clone(), lease_ms)),
+            desk: Arc::new(LeaseDesk::new(raft.clone(), state.clone(), lease_ms, clock)),
             raft,
             state,
             contacts,
@@ -145,8 +157,8 @@ impl ClientApi {
                 Ok(Err(reason)) => Reply::Failed(reason),
                 Err(e) => desk_failed(e),
             },
-            Request::Job { job } => self.job(*job),
-            Request::Work { .. } => self.work(),
+            Request::Job { job } => self.job(*job).await,
+            Request::Work { .. } => self.work().await,
             Request::Restart { node, job, attempt } => {
                 written(self.desk.restart(*node, *job, *attempt).await)
             }
@@ -173,9 +185,10 @@ impl ClientApi {
     }
 
     /// One job's progress, from the leader (so a node waiting for its
-    /// commit reads what the leader applied).
-    fn job(&self, job: JobId) -> Reply {
-        if let Some(forward) = propose::not_the_leader(&self.raft) {
+    /// commit reads what the leader applied), once a quorum confirmed it
+    /// leads (`propose::confirm_leader`).
+    async fn job(&self, job: JobId) -> Reply {
+        if let Some(forward) = propose::confirm_leader(&self.raft).await {
             return write_refused(forward);
         }
         match status::job(&self.state, job) {
@@ -185,9 +198,9 @@ impl ClientApi {
     }
 
     /// The jobs nodes may work on, from the leader (so a node does not
-    /// start a job a stale follower still lists).
-    fn work(&self) -> Reply {
-        if let Some(forward) = propose::not_the_leader(&self.raft) {
+    /// start a job a stale follower, or a replaced leader, still lists).
+    async fn work(&self) -> Reply {
+        if let Some(forward) = propose::confirm_leader(&self.raft).await {
             return write_refused(forward);
         }
         match status::work(&self.state) {

@@ -171,7 +171,7 @@ pub fn publish(raft: Raft, state: StateMachineStore, clock: Arc<JobClock>) -> Jo
             match running {
                 Ok(running) => {
                     let oldest = running.iter().min().copied();
-                    let age = clock.age(term, oldest, crate::lease_desk::now_ms());
+                    let age = clock.age(term, oldest, crate::clock::system_ms());
                     running_gauge.set(running.len() as f64);
                     age_gauge.set(age);
                 }

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use proto_schema::PartitionMap;
 use proto_schema::command::{
@@ -39,6 +39,7 @@ use proto_schema::coordinator_api::{
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use tokio::sync::Mutex;
 
+use crate::clock::Clock;
 use crate::job_progress::{JobClock, Progress};
 use crate::lease::LeaseTable;
 use crate::liveness::{Liveness, NodeView};
@@ -126,27 +127,30 @@ pub struct LeaseDesk {
     raft: Raft,
     state: StateMachineStore,
     desk: Mutex<Desk>,
+    clock: Clock,
     /// The progress the desk hears of jobs (`job_progress`).
-    clock: Arc<JobClock>,
+    progress: Arc<JobClock>,
 }
 
 impl LeaseDesk {
-    pub fn new(raft: Raft, state: StateMachineStore, lease_ms: u64) -> Self {
+    /// The desk of `raft`'s replica: leases last `lease_ms` by `clock`.
+    pub fn new(raft: Raft, state: StateMachineStore, lease_ms: u64, clock: Clock) -> Self {
         Self {
             raft,
             state,
+            clock,
             desk: Mutex::new(Desk {
                 term: None,
                 table: LeaseTable::new(lease_ms),
                 nodes: Liveness::new(lease_ms),
                 cursors: HashMap::new(),
             }),
-            clock: Arc::default(),
+            progress: Arc::default(),
         }
     }
 
     pub fn job_clock(&self) -> Arc<JobClock> {
-        self.clock.clone()
+        self.progress.clone()
     }
 
     /// An owner's stage report of `job` was accepted.
@@ -156,20 +160,20 @@ impl LeaseDesk {
         } else {
             Progress::Staged
         };
-        self.clock.count(event, 1);
-        self.clock.moved(job, now_ms());
+        self.progress.count(event, 1);
+        self.progress.moved(job, (self.clock)());
     }
 
     /// Counts `event` for each of `shards`, and moves the job clock if one
     /// is of the oldest running job.
     fn progressed(&self, shards: &[ShardId], event: Progress) -> Result<(), StateError> {
-        self.clock.count(event, shards.len() as u64);
-        let Some(oldest) = self.clock.oldest() else {
+        self.progress.count(event, shards.len() as u64);
+        let Some(oldest) = self.progress.oldest() else {
             return Ok(());
         };
         for &shard in shards {
             if self.state.shard(shard)?.is_some_and(|s| s.job == oldest) {
-                self.clock.moved(oldest, now_ms());
+                self.progress.moved(oldest, (self.clock)());
                 break;
             }
         }
@@ -180,7 +184,7 @@ impl LeaseDesk {
     /// leases an older incarnation held go back to pending.
     pub async fn register(&self, registration: &NodeRegistration) -> Result<Response, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         let command = Command::RegisterNode(NodeInfo {
             id: registration.node,
@@ -214,7 +218,7 @@ impl LeaseDesk {
         memory_bytes: Option<u64>,
     ) -> Result<HeartbeatReply, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
@@ -252,7 +256,7 @@ impl LeaseDesk {
         map_epoch: Option<Epoch>,
     ) -> Result<LeaseReply, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
@@ -345,7 +349,7 @@ impl LeaseDesk {
         shards: &[(ShardId, Epoch)],
     ) -> Result<Response, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         let command = Command::CompleteShards {
             node,
@@ -396,7 +400,7 @@ impl LeaseDesk {
             )));
         }
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         self.declare_silent_lost(&mut desk, now).await?;
         self.know_registered(&mut desk, node, now)?;
@@ -520,7 +524,7 @@ impl LeaseDesk {
         epoch: Epoch,
     ) -> Result<LeaseReply, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         desk.nodes.touch(node, now);
         let (reply, outcome) = match desk.table.renew(shard, node, epoch, now) {
@@ -677,7 +681,7 @@ impl LeaseDesk {
         attempt: u32,
     ) -> Result<Response, DeskError> {
         let mut desk = self.desk.lock().await;
-        let now = now_ms();
+        let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
         desk.nodes.touch(node, now);
         let cause = RestartCause::OwnerStartedAgain { node };
@@ -721,7 +725,7 @@ impl LeaseDesk {
             .await
             .ok()?;
         let term = self.raft.metrics().borrow().current_term;
-        (desk.term == Some(term)).then(|| desk.nodes.view(limit, now_ms()))
+        (desk.term == Some(term)).then(|| desk.nodes.view(limit, (self.clock)()))
     }
 }
 
@@ -738,10 +742,4 @@ fn live_ids(nodes: &[Node]) -> Vec<NodeId> {
         .filter(|n| !n.lost)
         .map(|n| n.info.id)
         .collect()
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

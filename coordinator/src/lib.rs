@@ -18,6 +18,7 @@
 
 pub mod authorize;
 pub mod client_api;
+pub mod clock;
 pub mod config;
 pub mod contacts;
 pub mod embedded;

@@ -3,7 +3,7 @@
 //! reaches the log), encode, propose, wait until applied here, and turn
 //! "not the leader" into a redirect the caller passes on.
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use proto_schema::command::{self, Command, CommandError, Response};
 use proto_schema::coordinator_api::CommandBytes;
 
@@ -37,6 +37,34 @@ pub fn not_the_leader(raft: &Raft) -> Option<ProposeError> {
         membership.get_node(&id).map(|node| node.addr.clone())
     });
     Some(ProposeError::ForwardToLeader { leader, address })
+}
+
+/// `None` once this replica has confirmed with a quorum that it leads and
+/// has applied everything committed before (a read index), so what it
+/// reads next is what the leader has. A leader cut off and replaced still
+/// thinks it leads until it hears of the newer term: without the quorum's
+/// word it would answer from its stale state. Otherwise a redirect (to no
+/// one known, when no quorum answered: the client asks again).
+pub async fn confirm_leader(raft: &Raft) -> Option<ProposeError> {
+    if let Some(forward) = not_the_leader(raft) {
+        return Some(forward);
+    }
+    match raft.ensure_linearizable().await {
+        Ok(_) => None,
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+            Some(ProposeError::ForwardToLeader {
+                leader: forward.leader_id,
+                address: forward.leader_node.map(|n| n.addr),
+            })
+        }
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+            Some(ProposeError::ForwardToLeader {
+                leader: None,
+                address: None,
+            })
+        }
+        Err(e) => Some(ProposeError::Raft(e.to_string())),
+    }
 }
 
 /// Proposes `cmd` and waits until it is committed and applied here.

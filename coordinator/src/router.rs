@@ -3,10 +3,11 @@
 //! transport uses, and clients reach a replica's `ClientApi` directly,
 //! as `coordinator_client`'s `Transport`: tests and a single-process
 //! cluster run the same client code as a user over QUIC. Taking a replica
-//! off the router makes it unreachable. Its clients are code of this
-//! process (`authorize::Caller::InProcess`).
+//! off the router makes it unreachable; isolating it cuts it off from its
+//! peers and its clients until it rejoins (a network partition). Its
+//! clients are code of this process (`authorize::Caller::InProcess`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use coordinator_client::{Connection, Transport, TransportError};
@@ -29,12 +30,16 @@ use crate::{Member, ReplicaId, TypeConfig};
 #[derive(Clone, Default)]
 pub struct Router {
     replicas: Arc<Mutex<Replicas>>,
+    /// The replica whose Raft sends through this handle (`for_replica`):
+    /// an isolated one reaches no peer.
+    from: Option<ReplicaId>,
 }
 
 #[derive(Default)]
 struct Replicas {
     by_id: HashMap<ReplicaId, Arc<ClientApi>>,
     by_address: HashMap<String, ReplicaId>,
+    isolated: HashSet<ReplicaId>,
 }
 
 impl Router {
@@ -54,8 +59,45 @@ impl Router {
             .remove(&id);
     }
 
+    /// The network as replica `id`'s Raft uses it (`Raft::new`'s network).
+    pub fn for_replica(&self, id: ReplicaId) -> Router {
+        Router {
+            replicas: self.replicas.clone(),
+            from: Some(id),
+        }
+    }
+
+    /// Cuts `id` off from its peers and its clients until `rejoin` (its
+    /// peers must reach it through `for_replica` handles for it to reach
+    /// none of them either).
+    pub fn isolate(&self, id: ReplicaId) {
+        let mut replicas = self.replicas.lock().expect("not poisoned");
+        replicas.isolated.insert(id);
+    }
+
+    pub fn rejoin(&self, id: ReplicaId) {
+        let mut replicas = self.replicas.lock().expect("not poisoned");
+        replicas.isolated.remove(&id);
+    }
+
+    /// The replica that says it leads, if one does (an isolated one may
+    /// still say so until it hears of a newer term).
+    pub fn leader(&self) -> Option<ReplicaId> {
+        let replicas = self.replicas.lock().expect("not poisoned");
+        replicas.by_id.iter().find_map(|(&id, api)| {
+            let metrics = api.raft().metrics();
+            let leads = metrics.borrow().current_leader == Some(id);
+            leads.then_some(id)
+        })
+    }
+
+    /// Replica `id`, if this handle reaches it.
     fn get(&self, id: ReplicaId) -> Option<Arc<ClientApi>> {
         let replicas = self.replicas.lock().expect("not poisoned");
+        let cut = |id: &ReplicaId| replicas.isolated.contains(id);
+        if cut(&id) || self.from.as_ref().is_some_and(cut) {
+            return None;
+        }
         replicas.by_id.get(&id).cloned()
     }
 }

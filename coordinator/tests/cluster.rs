@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coordinator::authorize::Caller;
 use coordinator::client_api::ClientApi;
 use coordinator::contacts::Contacts;
 use coordinator::lease::{Lease, LeaseTable};
@@ -25,8 +26,8 @@ use proto_schema::command::{
     Command, CommandError, DiffCounts, FileEntry, MAX_CHUNK_FILES, Response, StagedCounts,
 };
 use proto_schema::coordinator_api::{
-    HeartbeatReply, JobPhase, LeaseReply, MAX_WORK_ITEMS, NodeRegistration, NodeState,
-    ShardProgress, StatusReport, WorkItem,
+    HeartbeatReply, JobPhase, LeaseReply, MAX_WORK_ITEMS, NodeRegistration, NodeState, Reply,
+    Request, ShardProgress, StatusReport, WorkItem,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
@@ -104,7 +105,7 @@ impl Cluster {
         let raft = Raft::new(
             id,
             self.config.clone(),
-            self.router.clone(),
+            self.router.for_replica(id),
             log.clone(),
             state.clone(),
         )
@@ -248,6 +249,47 @@ async fn a_new_leader_is_elected_and_no_committed_command_is_lost() {
         .map(|r| r.state.digest().unwrap())
         .collect();
     assert_eq!(digests[0], digests[1]);
+}
+
+/// A leader cut off from its peers and clients, and replaced, still
+/// thinks it leads until it hears of the newer term: a client on its side
+/// of the partition is redirected, not answered from its stale state, when
+/// it asks for a job or for work. Once it rejoins it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_leader_answers_no_reads_from_its_stale_state() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    cluster.write(&node(1)).await;
+    cluster.write(&dataset("ds")).await;
+    let old = cluster.leader().await;
+    let cut_off = ClientApi::new(
+        cluster.raft(old).clone(),
+        cluster.replicas[&old].state.clone(),
+        cluster.lease_ms,
+        Contacts::default(),
+    );
+    cluster.router.isolate(old);
+    // The others elect a leader, and a job is submitted to it.
+    let job = submit(&cluster, "ds", files(3), 10).await;
+    let metrics = cluster.raft(old).metrics().borrow().clone();
+    assert_eq!(
+        metrics.current_leader,
+        Some(old),
+        "the cut-off replica still thinks it leads"
+    );
+    let asked = cut_off
+        .answer(&Caller::InProcess, &Request::Job { job })
+        .await;
+    assert!(matches!(asked, Reply::NotLeader { .. }), "{asked:?}");
+    let asked = cut_off
+        .answer(&Caller::InProcess, &Request::Work { node: NodeId(1) })
+        .await;
+    assert!(matches!(asked, Reply::NotLeader { .. }), "{asked:?}");
+
+    cluster.router.rejoin(old);
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    let status = cluster.client().job(job).await.unwrap().unwrap();
+    assert_eq!(status.phase, JobPhase::Scanning);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

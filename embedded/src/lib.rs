@@ -212,7 +212,10 @@ fn run_job(
     let nodes: Vec<NodeId> = (1..=config.nodes as u64).map(NodeId).collect();
     // One node owns every partition: it needs no data channel.
     let channels = if nodes.len() > 1 {
-        data_channels(config, &nodes, runtime)?
+        data_channels(&config.ingest, &nodes, runtime)?
+            .into_iter()
+            .map(Some)
+            .collect()
     } else {
         vec![None]
     };
@@ -294,21 +297,21 @@ fn run_job(
 }
 
 /// Each node's data channel on loopback, with a certificate `node-N` from
-/// a CA made for this process.
-fn data_channels(
-    config: &DevConfig,
+/// a CA made for this process, its windows sized from `ingest`'s memory.
+pub fn data_channels(
+    ingest: &IngestConfig,
     nodes: &[NodeId],
     runtime: &tokio::runtime::Handle,
-) -> Result<Vec<Option<Arc<DataChannel>>>, DevError> {
+) -> Result<Vec<Arc<DataChannel>>, DevError> {
     let setup = |e: String| DevError::DataChannel(e);
     let ca = ClusterCa::generate(1).map_err(|e| setup(e.to_string()))?;
     let plan = MemoryPlan::shuffling(
-        config.ingest.memory_bytes,
-        config.ingest.threads,
-        config.ingest.threads,
-        config.ingest.batch_bytes,
+        ingest.memory_bytes,
+        ingest.threads,
+        ingest.threads,
+        ingest.batch_bytes,
     );
-    let channel = channel_config(&plan, &config.ingest);
+    let channel = channel_config(&plan, ingest);
     let _entered = runtime.enter();
     nodes
         .iter()
@@ -324,7 +327,7 @@ fn data_channels(
             let endpoint =
                 ChannelEndpoint::bind(loopback, &identity, channel.clone(), inbound.clone())
                     .map_err(|e| setup(format!("node {node}: {e}")))?;
-            Ok(Some(Arc::new(DataChannel { endpoint, inbound })))
+            Ok(Arc::new(DataChannel { endpoint, inbound }))
         })
         .collect()
 }

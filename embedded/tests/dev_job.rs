@@ -13,6 +13,9 @@ use node::config::IngestConfig;
 use node::counters::JobCounters;
 use node::store::{Access, Store};
 
+mod common;
+use common::sort_u;
+
 fn config(data: &Path) -> IngestConfig {
     IngestConfig {
         data_dir: data.to_path_buf(),
@@ -144,43 +147,6 @@ fn a_dev_job_stores_what_a_walk_ingest_stores() {
     let totals = again.nodes[0].outcome.totals;
     assert_eq!((totals.files, totals.read), (0, 0));
     assert_eq!(export(&again.nodes[0].store, "lines"), exported);
-}
-
-fn sort_u(dir: &Path) -> Vec<u8> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let mut text = Vec::new();
-    for file in files {
-        let bytes = std::fs::read(&file).unwrap();
-        let plain = match file.extension().and_then(|e| e.to_str()) {
-            Some("gz") => {
-                let mut out = Vec::new();
-                std::io::Read::read_to_end(
-                    &mut flate2::read::MultiGzDecoder::new(&bytes[..]),
-                    &mut out,
-                )
-                .unwrap();
-                out
-            }
-            Some("zst") => zstd::decode_all(&bytes[..]).unwrap(),
-            _ => bytes,
-        };
-        text.extend_from_slice(&plain);
-        if !text.is_empty() && !text.ends_with(b"\n") {
-            text.push(b'\n');
-        }
-    }
-    let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
-    lines.pop();
-    lines.sort_unstable();
-    lines.dedup();
-    lines
-        .iter()
-        .flat_map(|l| l.iter().copied().chain([b'\n']))
-        .collect()
 }
 
 /// Three nodes in one process shuffle over loopback QUIC: together their

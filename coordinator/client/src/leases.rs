@@ -96,8 +96,9 @@ impl<T: Transport> CoordinatorClient<T> {
     }
 
     /// Records that `node` finished `shards` (`(shard, epoch)`), in one
-    /// log write. Sent again after an ambiguous failure: completing a
-    /// shard twice is refused for that shard only (`ShardDone`).
+    /// log write. Sent again after an ambiguous failure: a shard its
+    /// holder already completed at that epoch is answered completed again
+    /// (and counted once).
     pub async fn complete_shards(
         &mut self,
         node: NodeId,

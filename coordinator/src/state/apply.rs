@@ -652,9 +652,12 @@ fn grant_leases(tx: &mut Tx<'_>, node: NodeId, grants: &[LeaseGrant], deadline_m
 }
 
 /// Completes each shard `node` still holds at the epoch it names; a
-/// stale one is refused on its own (another holder has it now). Reads see
-/// the DB, not this batch: a shard named twice is refused the second
-/// time, and each job's count is written once.
+/// stale one is refused on its own (another holder has it now). A shard
+/// `node` already completed at that epoch, in its job's current attempt,
+/// is answered completed again and not counted again: the client sends a
+/// completion again when its answer was lost. Reads see the DB, not this
+/// batch: a shard named twice is refused the second time, and each job's
+/// count is written once.
 fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome {
     let (mut completed, mut refused) = (Vec::new(), Vec::new());
     let mut per_job: HashMap<JobId, u64> = HashMap::new();
@@ -666,6 +669,12 @@ fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome
         }
         let mut shard = match fenced(tx, d.shard, node, d.epoch)? {
             Ok(shard) => shard,
+            Err(CommandError::ShardDone { .. })
+                if completed_by(tx, &mut jobs, d.shard, node, d.epoch)? =>
+            {
+                completed.push(d.shard);
+                continue;
+            }
             Err(e) => {
                 refused.push((d.shard, e));
                 continue;
@@ -703,10 +712,35 @@ fn complete_shards(tx: &mut Tx<'_>, node: NodeId, done: &[ShardDone]) -> Outcome
     Ok(Ok(Response::ShardsCompleted { completed, refused }))
 }
 
+/// Whether `node` completed `id` at `epoch` in its job's current attempt.
+fn completed_by(
+    tx: &Tx<'_>,
+    jobs: &mut Jobs,
+    id: ShardId,
+    node: NodeId,
+    epoch: Epoch,
+) -> Result<bool, StateError> {
+    let Ok(shard) = shard(tx, id)? else {
+        return Ok(false);
+    };
+    let same =
+        shard.state == ShardState::Done && shard.epoch == epoch && shard.holder == Some(node);
+    Ok(same
+        && jobs
+            .get(tx, shard.job)?
+            .is_some_and(|job| job.attempt == shard.attempt))
+}
+
 /// An owner's staged counts, under the dataset's current partition map.
 /// The job commits when every shard is done, every owner of the current
 /// map (every live node, before any map) has staged under it, and the sum
 /// of their counts reconciles.
+///
+/// Once committed, an owner whose staging the commit counted learns so
+/// whenever it asks again (its answer was lost), even if it has been
+/// declared lost since: it holds its part's files, and must publish them.
+/// Anyone else staging then (under an earlier map) is refused: its part
+/// is not in the commit.
 fn stage_job(
     tx: &mut Tx<'_>,
     id: JobId,
@@ -714,23 +748,36 @@ fn stage_job(
     counts: StagedCounts,
     map_epoch: Epoch,
 ) -> Outcome {
-    if let Err(e) = live_node(tx, node)? {
-        return Ok(Err(e));
-    }
     let Some(mut job) = tx.get::<Job>(CF_JOBS, &keys::id(id))? else {
         return Ok(Err(CommandError::JobNotSubmitted { job: id }));
     };
     match job.state {
         JobState::Committed => {
-            return Ok(Ok(Response::JobStaged {
-                job: id,
-                committed: true,
-            }));
+            let committed_under = job.staged.first().map_or(Epoch(0), |&(_, _, epoch)| epoch);
+            let counted = job
+                .staged
+                .iter()
+                .any(|&(owner, _, epoch)| owner == node && epoch == map_epoch);
+            return Ok(if counted {
+                Ok(Response::JobStaged {
+                    job: id,
+                    committed: true,
+                })
+            } else {
+                Err(CommandError::StaleMapEpoch {
+                    dataset: dataset_name(tx, job.dataset_id)?,
+                    presented: map_epoch,
+                    current: committed_under,
+                })
+            });
         }
         JobState::Submitting | JobState::Aborted => {
             return Ok(Err(CommandError::JobNotSubmitted { job: id }));
         }
         JobState::Submitted => {}
+    }
+    if let Err(e) = live_node(tx, node)? {
+        return Ok(Err(e));
     }
     let map = tx.get::<PartitionMap>(CF_PARTITIONS, &keys::dataset_prefix(job.dataset_id))?;
     let current = map.as_ref().map_or(Epoch(0), |m| m.epoch);
@@ -968,7 +1015,7 @@ mod tests {
     use proto_schema::PartitionMap;
     use proto_schema::command::{
         Bounded, Command, CommandError, DiffCounts, FileEntry, LeaseGrant, MAX_CHUNK_FILES,
-        MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response,
+        MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response, RestartCause, ShardDone, StagedCounts,
     };
 
     use proto_schema::ids::{DatasetId, Epoch, NodeId, ShardId};
@@ -1198,6 +1245,109 @@ mod tests {
         assert_eq!(entry(&sm, "b").status, FileStatus::Ingested);
         assert_eq!(entry(&sm, "c").status, FileStatus::Pending);
         assert_eq!(sm.state().dataset("ds").unwrap().unwrap().live_files, 4);
+    }
+
+    /// An owner whose staging the commit counted learns of the commit
+    /// when it stages again (its answer was lost), even once declared
+    /// lost: it must publish its part. A node staging under another map
+    /// after the commit is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_committing_owner_asking_again_learns_of_the_commit_even_once_lost() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1, 2]).await;
+        let job = sm.submit("ds", vec![file("a", 10, 1, None)]).await;
+        sm.lease_and_complete(NodeId(1), &[ShardId(1)]).await;
+        let map = PartitionMap::split(64, &[NodeId(1), NodeId(2)], Epoch(1));
+        let assign = Command::AssignPartitions {
+            dataset: "ds".into(),
+            map,
+        };
+        assert_eq!(
+            sm.apply(assign).await,
+            Response::PartitionsAssigned { epoch: Epoch(1) }
+        );
+        let stage = |node: u64, epoch: u64| Command::StageJob {
+            job,
+            node: NodeId(node),
+            counts: StagedCounts {
+                read: 5,
+                unique: 4,
+                duplicates: 1,
+                rejected: 0,
+            },
+            map_epoch: Epoch(epoch),
+        };
+        let staged = |committed| Response::JobStaged { job, committed };
+        assert_eq!(sm.apply(stage(1, 1)).await, staged(false));
+        assert_eq!(sm.apply(stage(2, 1)).await, staged(true));
+        let lost = Command::DeclareNodeLost {
+            node: NodeId(1),
+            incarnation: 1,
+        };
+        assert!(matches!(
+            sm.apply(lost).await,
+            Response::NodeDeclaredLost { .. }
+        ));
+        assert_eq!(sm.apply(stage(1, 1)).await, staged(true));
+        assert_eq!(
+            sm.apply(stage(2, 0)).await,
+            Response::Error(CommandError::StaleMapEpoch {
+                dataset: "ds".into(),
+                presented: Epoch(0),
+                current: Epoch(1)
+            })
+        );
+        let committed = sm.state().job(job).unwrap().unwrap();
+        assert_eq!(committed.state, JobState::Committed);
+        assert_eq!(committed.staged.len(), 2, "the commit's counts are kept");
+    }
+
+    /// A node whose completion's answer was lost sends it again: the
+    /// repeat is answered as completed and counted once; the same shard
+    /// named by another node, at another epoch or after the job restarted
+    /// is still refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_completion_sent_again_by_its_holder_is_completed_once() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1, 2]).await;
+        let job = sm
+            .submit("ds", vec![file("a", 10, 1, None), file("b", 20, 2, None)])
+            .await;
+        let shard = ShardId(1);
+        sm.lease_and_complete(NodeId(1), &[shard]).await;
+        let complete = |node: u64, epoch: u64| Command::CompleteShards {
+            node: NodeId(node),
+            shards: vec![ShardDone {
+                shard,
+                epoch: Epoch(epoch),
+            }],
+        };
+        assert_eq!(
+            sm.apply(complete(1, 1)).await,
+            Response::ShardsCompleted {
+                completed: vec![shard],
+                refused: vec![]
+            }
+        );
+        assert_eq!(sm.state().job(job).unwrap().unwrap().shards_done, 1);
+        let refused = Response::ShardsCompleted {
+            completed: vec![],
+            refused: vec![(shard, CommandError::ShardDone { shard })],
+        };
+        assert_eq!(sm.apply(complete(2, 1)).await, refused);
+        assert_eq!(sm.apply(complete(1, 2)).await, refused);
+        let restart = Command::RestartJob {
+            job,
+            attempt: 0,
+            map: PartitionMap::split(64, &[NodeId(1), NodeId(2)], Epoch(1)),
+            cause: RestartCause::OwnerStartedAgain { node: NodeId(2) },
+        };
+        assert!(matches!(
+            sm.apply(restart).await,
+            Response::JobRestarted { attempt: 1, .. }
+        ));
+        assert_eq!(sm.apply(complete(1, 1)).await, refused);
+        assert_eq!(sm.state().job(job).unwrap().unwrap().shards_done, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

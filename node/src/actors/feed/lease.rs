@@ -268,6 +268,11 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
             if let Some(failure) = self.failure() {
                 return Err(failure);
             }
+            // A job that ended (a stage failed) reads nothing more: leases
+            // taken now would be held, and renewed, by no scanner.
+            if scanners.job_ended() {
+                return files.finish();
+            }
             let reply = self
                 .runtime
                 .block_on(async {

@@ -141,6 +141,11 @@ impl Scanners {
         self.wait_for_admission() && self.job.cast(JobMsg::ShardsAvailable(bundle)).is_ok()
     }
 
+    /// Whether the job has ended: the feed should stop.
+    pub fn job_ended(&self) -> bool {
+        self.demand.is_closed()
+    }
+
     /// Holds the next bundle back while the heap is at the governor's hard
     /// limit, so nothing new starts; the shards already being scanned run
     /// on and bring memory down. If every scanner is idle, nothing running
