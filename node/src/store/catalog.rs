@@ -315,11 +315,21 @@ impl Store {
         }
     }
 
-    /// Every dataset's jobs.
-    pub(super) fn all_jobs(&self) -> Result<Vec<JobInfo>, StoreError> {
-        self.meta_range(&[meta::JOB], vec![meta::JOB + 1])
-            .map(|item| item.and_then(|(key, value)| self.parse_json(&key, &value)))
-            .collect()
+    /// The jobs of every dataset that `keep` accepts, read one record at a
+    /// time: only those kept are held, not every job the store ever ran.
+    pub(super) fn jobs_where(
+        &self,
+        keep: impl Fn(&JobInfo) -> bool,
+    ) -> Result<Vec<JobInfo>, StoreError> {
+        let mut kept = Vec::new();
+        for item in self.meta_range(&[meta::JOB], vec![meta::JOB + 1]) {
+            let (key, value) = item?;
+            let job: JobInfo = self.parse_json(&key, &value)?;
+            if keep(&job) {
+                kept.push(job);
+            }
+        }
+        Ok(kept)
     }
 
     /// Settles jobs left running by a process that died: committed if their
@@ -327,7 +337,8 @@ impl Store {
     /// job stays staged (the coordinators decide it) unless it was
     /// published already.
     pub(super) fn recover_jobs(&self) -> Result<(), StoreError> {
-        for job in self.all_jobs()? {
+        let unsettled = |job: &JobInfo| matches!(job.state, JobState::Running | JobState::Staged);
+        for job in self.jobs_where(unsettled)? {
             let staged = match job.state {
                 JobState::Running => false,
                 JobState::Staged => true,

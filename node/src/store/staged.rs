@@ -88,11 +88,7 @@ impl Store {
 
     /// Jobs staged and waiting for the coordinators' decision.
     pub fn staged_jobs(&self) -> Result<Vec<JobInfo>, StoreError> {
-        Ok(self
-            .all_jobs()?
-            .into_iter()
-            .filter(|job| job.state == JobState::Staged)
-            .collect())
+        self.jobs_where(|job| job.state == JobState::Staged)
     }
 
     /// Publishes a staged job (the coordinators committed it): its files
