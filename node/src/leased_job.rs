@@ -81,6 +81,9 @@ pub enum JobError {
         address: String,
         reason: String,
     },
+    /// Stopped (`cancel` completed) before the part's stages started.
+    #[error("cancelled before the part started: {0}")]
+    Cancelled(String),
     #[error(transparent)]
     Ingest(#[from] IngestError),
 }
@@ -197,8 +200,10 @@ pub struct LeasedJob<T: Transport> {
 
 /// Runs `job` into `store` until the coordinators commit it; the feed
 /// calls them on `runtime`, which must outlive the job. If `cancel`
-/// completes first, the job is aborted with its output as reason. Call
-/// from a thread outside any async runtime.
+/// completes first, the job is aborted with its output as reason (before
+/// the part's stages start, while it waits for its peers: the part ends
+/// with `JobError::Cancelled`). Call from a thread outside any async
+/// runtime.
 pub fn run<T: Transport>(
     mut job: LeasedJob<T>,
     store: Arc<Store>,
@@ -210,9 +215,19 @@ pub fn run<T: Transport>(
         .unwrap_or(u16::MAX)
         .clamp(1, MAX_NODE_LANES);
     job.ingest.threads = usize::from(lanes);
-    let (attempt, began_ms) = runtime.block_on(start_attempt(&mut job, lanes))?;
-    let owners = runtime.block_on(wait_for_owners(&mut job, lanes))?;
-    let shuffle = runtime.block_on(shuffle_job(&job, &owners))?;
+    let mut cancel = std::pin::pin!(cancel);
+    let (attempt, began_ms, owners, shuffle) = runtime.block_on(async {
+        let setup = async {
+            let (attempt, began_ms) = start_attempt(&mut job, lanes).await?;
+            let owners = wait_for_owners(&mut job, lanes).await?;
+            let shuffle = shuffle_job(&job, &owners).await?;
+            Ok((attempt, began_ms, owners, shuffle))
+        };
+        tokio::select! {
+            set_up = setup => set_up,
+            reason = &mut cancel => Err(JobError::Cancelled(reason)),
+        }
+    })?;
     let settings = LeaseSettings {
         heartbeat: job.heartbeat,
         roots: Some(job.roots),

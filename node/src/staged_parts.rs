@@ -30,7 +30,8 @@ pub enum Decision {
 }
 
 /// The decision `status` (the coordinators' job `part.job`, `None` if they
-/// know no such job) implies for `part`.
+/// know no such job) implies for `part`, staged or still running (a
+/// running part that would be discarded is over).
 pub fn decide(status: Option<&JobStatus>, part: &ClusterPart) -> Decision {
     let job = part.job;
     let Some(status) = status else {
@@ -38,14 +39,14 @@ pub fn decide(status: Option<&JobStatus>, part: &ClusterPart) -> Decision {
     };
     if status.began_ms != part.began_ms {
         return Decision::Discard(format!(
-            "job {job} of the coordinators is another submission (began at {} ms, the staged \
+            "job {job} of the coordinators is another submission (began at {} ms, this node's \
              part's at {} ms)",
             status.began_ms, part.began_ms
         ));
     }
     if status.attempt != part.attempt {
         return Decision::Discard(format!(
-            "job {job} was restarted ({}): attempt {} runs, the staged part is of attempt {}",
+            "job {job} was restarted ({}): attempt {} runs, this node's part is of attempt {}",
             status.restarted.as_deref().unwrap_or("no cause given"),
             status.attempt,
             part.attempt

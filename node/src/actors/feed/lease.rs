@@ -31,7 +31,9 @@ use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use super::{BUNDLE_BYTES, BUNDLE_SHARDS, FileRegister, NotPublished, Scanners, ShardFeed};
+use super::{
+    BUNDLE_BYTES, BUNDLE_SHARDS, FileRegister, JobEnder, NotPublished, Scanners, ShardFeed,
+};
 use crate::actors::JobContext;
 use crate::input::roots::Roots;
 use crate::input::shard::{InputFile, Shard, plan_shards};
@@ -94,6 +96,15 @@ struct Held {
 struct Shared<T: Transport> {
     client: tokio::sync::Mutex<CoordinatorClient<T>>,
     target: LeaseTarget,
+    /// The job's part this feed runs: its attempt (if the job is restarted
+    /// meanwhile, the part ends and the node starts again) and the
+    /// partition map's epoch it runs and stages under (a stage is refused
+    /// if the map moved on meanwhile).
+    part: ClusterPart,
+    /// Set once the feed has handed out its last shard: from then on the
+    /// reporter also watches the part (the lanes may wait long for their
+    /// peers' streams, and only the coordinators know the job moved on).
+    feed_ended: AtomicBool,
     /// By the file's number in the job.
     held: Mutex<HashMap<u32, Held>>,
     /// Scanned shards not yet reported, as `(shard, epoch)`.
@@ -107,11 +118,6 @@ struct Shared<T: Transport> {
 /// Shards of one job, leased from the coordinators.
 pub struct LeaseFeed<T: Transport> {
     shared: Arc<Shared<T>>,
-    /// The job's part this feed runs: its attempt (if the job is restarted
-    /// meanwhile, the part ends and the node starts again) and the
-    /// partition map's epoch it runs and stages under (a stage is refused
-    /// if the map moved on meanwhile).
-    part: ClusterPart,
     runtime: Handle,
     settings: LeaseSettings,
     reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -133,13 +139,14 @@ impl<T: Transport> LeaseFeed<T> {
             shared: Arc::new(Shared {
                 client: tokio::sync::Mutex::new(client),
                 target,
+                part,
+                feed_ended: AtomicBool::new(false),
                 held: Mutex::default(),
                 done: Mutex::default(),
                 wake: Notify::new(),
                 stop: AtomicBool::new(false),
                 failure: Mutex::default(),
             }),
-            part,
             runtime,
             settings,
             reporter: Mutex::default(),
@@ -150,25 +157,17 @@ impl<T: Transport> LeaseFeed<T> {
         self.shared.failure.lock().expect("not poisoned").clone()
     }
 
-    /// The job as the leader sees it; `Err` too if it was restarted
-    /// since this node's part began.
+    /// The job as the leader sees it; `Err` too if this node's part of it
+    /// is over.
     fn job_status(&self) -> Result<JobStatus, String> {
-        let job = self.shared.target.job;
-        let status = self
-            .runtime
-            .block_on(async { self.shared.client.lock().await.job(job).await })
-            .map_err(|e| format!("asking for job {job}: {e}"))?
-            .ok_or_else(|| format!("the coordinators know no job {job}"))?;
-        if status.attempt != self.part.attempt {
-            return Err(format!(
-                "job {job} was restarted ({}): attempt {} of this node's part is over, \
-                 attempt {} runs",
-                status.restarted.as_deref().unwrap_or("no cause given"),
-                self.part.attempt,
-                status.attempt
-            ));
+        let checked = self.runtime.block_on(async {
+            let mut client = self.shared.client.lock().await;
+            check_part(&mut client, &self.shared.part).await
+        });
+        match checked {
+            PartCheck::Current(status) => Ok(status),
+            PartCheck::Over(reason) | PartCheck::Unknown(reason) => Err(reason),
         }
-        Ok(status)
     }
 
     /// Registers the leased shards' files and cuts them into scans.
@@ -237,10 +236,10 @@ impl<T: Transport> LeaseFeed<T> {
         roots.check(&file.path).err()
     }
 
-    fn start_reporter(&self) {
+    fn start_reporter(&self, ender: JobEnder) {
         let shared = self.shared.clone();
         let interval = self.settings.heartbeat;
-        let task = self.runtime.spawn(report(shared, interval));
+        let task = self.runtime.spawn(report(shared, interval, ender));
         *self.reporter.lock().expect("not poisoned") = Some(task);
     }
 
@@ -260,60 +259,10 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
     }
 
     fn run(&self, ctx: &JobContext, scanners: &Scanners) -> Result<(), String> {
-        self.start_reporter();
-        let mut files = FileRegister::new(ctx);
-        let target = self.shared.target;
-        let batch = self.settings.batch.clamp(1, MAX_LEASES_PER_COMMAND as u32);
-        loop {
-            if let Some(failure) = self.failure() {
-                return Err(failure);
-            }
-            // A job that ended (a stage failed) reads nothing more: leases
-            // taken now would be held, and renewed, by no scanner.
-            if scanners.job_ended() {
-                return files.finish();
-            }
-            let reply = self
-                .runtime
-                .block_on(async {
-                    self.shared
-                        .client
-                        .lock()
-                        .await
-                        .lease(target.node, batch, Some((target.job, self.part.map_epoch)))
-                        .await
-                })
-                .map_err(|e| format!("asking for leases: {e}"))?;
-            match reply {
-                LeaseReply::Leased(leased) => {
-                    let scans = self.take(ctx, &mut files, leased)?;
-                    for bundle in bundles(scans) {
-                        if !scanners.hand_out(bundle) {
-                            return files.finish();
-                        }
-                    }
-                }
-                LeaseReply::NoWork => {
-                    let status = self.job_status()?;
-                    if status.phase == JobPhase::Aborted {
-                        return Err(format!("job {} was aborted", target.job));
-                    }
-                    if status.phase != JobPhase::Submitting
-                        && status.shards_pending + status.shards_leased == 0
-                    {
-                        return files.finish();
-                    }
-                    // Wake the reporter: our own finished shards may be
-                    // what the job waits for.
-                    self.shared.wake.notify_one();
-                    std::thread::sleep(self.settings.poll);
-                }
-                LeaseReply::Refused(reason) => return Err(format!("lease refused: {reason}")),
-                LeaseReply::Renewed { .. } => {
-                    return Err("a lease request was answered as a renewal".into());
-                }
-            }
-        }
+        self.start_reporter(scanners.job_ender());
+        let result = self.lease_and_hand_out(ctx, scanners);
+        self.shared.feed_ended.store(true, Ordering::Release);
+        result
     }
 
     fn scanned(&self, shards: &[Shard]) {
@@ -337,7 +286,7 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
     }
 
     fn cluster_part(&self) -> Option<ClusterPart> {
-        Some(self.part)
+        Some(self.shared.part)
     }
 
     fn staged(&self, totals: &JobTotals) -> Result<(), NotPublished> {
@@ -348,10 +297,69 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
 }
 
 impl<T: Transport> LeaseFeed<T> {
+    /// Leases shards and hands them to the scanners until every shard of
+    /// the job is done (here or elsewhere) or the job has ended.
+    fn lease_and_hand_out(&self, ctx: &JobContext, scanners: &Scanners) -> Result<(), String> {
+        let mut files = FileRegister::new(ctx);
+        let target = self.shared.target;
+        let batch = self.settings.batch.clamp(1, MAX_LEASES_PER_COMMAND as u32);
+        loop {
+            if let Some(failure) = self.failure() {
+                return Err(failure);
+            }
+            // A job that ended (a stage failed) reads nothing more: leases
+            // taken now would be held, and renewed, by no scanner.
+            if scanners.job_ended() {
+                return files.finish();
+            }
+            let reply = self
+                .runtime
+                .block_on(async {
+                    self.shared
+                        .client
+                        .lock()
+                        .await
+                        .lease(
+                            target.node,
+                            batch,
+                            Some((target.job, self.shared.part.map_epoch)),
+                        )
+                        .await
+                })
+                .map_err(|e| format!("asking for leases: {e}"))?;
+            match reply {
+                LeaseReply::Leased(leased) => {
+                    let scans = self.take(ctx, &mut files, leased)?;
+                    for bundle in bundles(scans) {
+                        if !scanners.hand_out(bundle) {
+                            return files.finish();
+                        }
+                    }
+                }
+                LeaseReply::NoWork => {
+                    let status = self.job_status()?;
+                    if status.phase != JobPhase::Submitting
+                        && status.shards_pending + status.shards_leased == 0
+                    {
+                        return files.finish();
+                    }
+                    // Wake the reporter: our own finished shards may be
+                    // what the job waits for.
+                    self.shared.wake.notify_one();
+                    std::thread::sleep(self.settings.poll);
+                }
+                LeaseReply::Refused(reason) => return Err(format!("lease refused: {reason}")),
+                LeaseReply::Renewed { .. } => {
+                    return Err("a lease request was answered as a renewal".into());
+                }
+            }
+        }
+    }
+
     /// Reports the owner's counts, then waits for the coordinators to
     /// decide the job (see `staged_parts::decide`).
     fn stage_and_wait(&self, totals: &JobTotals) -> Result<(), NotPublished> {
-        let (node, part) = (self.shared.target.node, self.part);
+        let (node, part) = (self.shared.target.node, self.shared.part);
         let reported = self.runtime.block_on(async {
             let mut client = self.shared.client.lock().await;
             staged_parts::report(&mut client, node, &part, staged_parts::counts_of(totals)).await
@@ -429,19 +437,70 @@ impl<T: Transport> Drop for LeaseFeed<T> {
 }
 
 /// The reporter: every `interval`, or sooner when woken, reports finished
-/// shards in batches and heartbeats; a last report when stopped.
-async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration) {
+/// shards in batches and heartbeats; a last report when stopped. Once the
+/// feed has ended it also asks whether the part is still current: a peer
+/// whose part failed before it opened its streams never sends them, and
+/// the restarted job is then the only news the waiting lanes get. What
+/// ends the reporter (the node declared lost, the part over) fails the
+/// job through `ender`, so that it never waits on for input.
+async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration, ender: JobEnder) {
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
-        if let Err(failure) = report_once(&shared).await {
+        let mut outcome = report_once(&shared).await;
+        if outcome.is_ok() && !stopping && shared.feed_ended.load(Ordering::Acquire) {
+            outcome = watch_part(&shared).await;
+        }
+        if let Err(failure) = outcome {
             tracing::error!("{failure}");
-            *shared.failure.lock().expect("not poisoned") = Some(failure);
+            *shared.failure.lock().expect("not poisoned") = Some(failure.clone());
+            ender.fail(failure);
             return;
         }
         if stopping {
             return;
         }
         let _ = tokio::time::timeout(interval, shared.wake.notified()).await;
+    }
+}
+
+/// `Err` naming why if the coordinators say this node's part is over;
+/// coordinators that cannot be asked decide nothing (the next report asks
+/// again).
+async fn watch_part<T: Transport>(shared: &Shared<T>) -> Result<(), String> {
+    let mut client = shared.client.lock().await;
+    match check_part(&mut client, &shared.part).await {
+        PartCheck::Current(_) => Ok(()),
+        PartCheck::Over(reason) => Err(reason),
+        PartCheck::Unknown(reason) => {
+            tracing::warn!("{reason}; asking again at the next report");
+            Ok(())
+        }
+    }
+}
+
+/// What the leader says of a node's running part of a job.
+enum PartCheck {
+    /// Its attempt runs (or has just committed).
+    Current(JobStatus),
+    /// It never will again: the job was restarted, aborted, is another
+    /// submission, or is unknown.
+    Over(String),
+    /// The leader could not be asked.
+    Unknown(String),
+}
+
+async fn check_part<T: Transport>(
+    client: &mut CoordinatorClient<T>,
+    part: &ClusterPart,
+) -> PartCheck {
+    match client.job(part.job).await {
+        Err(e) => PartCheck::Unknown(format!("asking for job {}: {e}", part.job)),
+        Ok(status) => match staged_parts::decide(status.as_ref(), part) {
+            Decision::Discard(reason) => PartCheck::Over(reason),
+            Decision::Wait | Decision::Publish => {
+                PartCheck::Current(status.expect("a job decided on exists"))
+            }
+        },
     }
 }
 

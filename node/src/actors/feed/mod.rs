@@ -146,6 +146,13 @@ impl Scanners {
         self.demand.is_closed()
     }
 
+    /// A way to fail the job from a task of the feed's that outlives
+    /// [`ShardFeed::run`] (a reporter that learns the job's part is over
+    /// while the lanes still wait for their input).
+    pub fn job_ender(&self) -> JobEnder {
+        JobEnder(self.job.clone())
+    }
+
     /// Holds the next bundle back while the heap is at the governor's hard
     /// limit, so nothing new starts; the shards already being scanned run
     /// on and bring memory down. If every scanner is idle, nothing running
@@ -166,6 +173,16 @@ impl Scanners {
             std::thread::sleep(SAMPLE_INTERVAL);
         }
         true
+    }
+}
+
+/// Fails the job it was taken from, naming why; nothing once it has ended.
+#[derive(Clone)]
+pub struct JobEnder(ActorRef<JobMsg>);
+
+impl JobEnder {
+    pub fn fail(&self, reason: String) {
+        let _ = self.0.cast(JobMsg::Abort(reason));
     }
 }
 

@@ -1,0 +1,278 @@
+//! A node's part of a cluster job that waits on its peers ends when it
+//! can no longer finish: once the job has restarted (its lanes waiting for
+//! streams a failed peer will never open), or once it is cancelled (while
+//! it waits for the other owners to start). Node 1 is a real part
+//! (`leased_job::run`); node 2 is played by the test.
+
+use std::future::pending;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bench::datagen::{Compression, LinesSpec, write_lines_dataset};
+use coordinator::embedded::EmbeddedCoordinator;
+use coordinator_client::inventory::read_walks;
+use coordinator_client::path_order::SortMemory;
+use coordinator_client::submission::{SubmitOptions, ensure_dataset, submit};
+use node::actors::feed::lease::LeaseTarget;
+use node::actors::messages::SortMergeMsg;
+use node::config::IngestConfig;
+use node::counters::JobCounters;
+use node::edge::{Edge, EdgeTarget, ReceiverGone};
+use node::ingest::IngestOutcome;
+use node::input::roots::Roots;
+use node::leased_job::{self, DataChannel, JobError, LeasedJob};
+use node::shuffle::inbound::InboundLane;
+use node::store::{Access, Store};
+use proto_schema::command::Response;
+use proto_schema::ids::{JobId, NodeId};
+use proto_schema::shuffle::PartitionRange;
+
+const OWNER: NodeId = NodeId(1);
+const PEER: NodeId = NodeId(2);
+/// How long a part may take to notice it can no longer finish: a few of
+/// its heartbeats (`HEARTBEAT`), far below every wait it would otherwise
+/// sit out (a peer's streams: none; the other owners: 60 s).
+const NOTICE: Duration = Duration::from_secs(20);
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// A coordinator with nodes 1 and 2 registered (each with a data channel)
+/// and a job of three small files submitted.
+struct Cluster {
+    runtime: tokio::runtime::Runtime,
+    coordinator: EmbeddedCoordinator,
+    channels: Vec<Arc<DataChannel>>,
+    incarnations: Vec<u64>,
+    ingest: IngestConfig,
+    job: JobId,
+    input: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let (input, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let spec = LinesSpec {
+            files: 3,
+            bytes_per_file: 20_000,
+            compression: vec![Compression::Plain],
+            ..LinesSpec::sample()
+        };
+        write_lines_dataset(input.path(), &spec).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let coordinator = runtime
+            .block_on(EmbeddedCoordinator::start(
+                &data.path().join("coordinator"),
+                5_000,
+            ))
+            .unwrap();
+        let ingest = IngestConfig {
+            data_dir: data.path().join("node-1"),
+            dataset: "lines".into(),
+            memory_bytes: 32 << 20,
+            threads: 2,
+            ..IngestConfig::default()
+        };
+        let channels = embedded::data_channels(&ingest, &[OWNER, PEER], runtime.handle()).unwrap();
+        let mut client = coordinator.client();
+        let (incarnations, job) = runtime.block_on(async {
+            let mut incarnations = Vec::new();
+            for (node, channel) in [OWNER, PEER].into_iter().zip(&channels) {
+                let address = channel.endpoint.local_addr().to_string();
+                incarnations.push(
+                    leased_job::register(&mut client, node, address, [0; 32])
+                        .await
+                        .unwrap(),
+                );
+            }
+            ensure_dataset(&mut client, leased_job::spec_of(&ingest))
+                .await
+                .unwrap();
+            let memory = SortMemory {
+                run_bytes: 1 << 20,
+                temp_dir: data.path().to_path_buf(),
+            };
+            let inventory = read_walks(&[input.path()], &memory).unwrap();
+            let summary = submit(
+                &mut client,
+                "lines",
+                inventory,
+                &SubmitOptions::default(),
+                |_| {},
+            )
+            .await
+            .unwrap();
+            (incarnations, summary.submission)
+        });
+        Self {
+            runtime,
+            coordinator,
+            channels,
+            incarnations,
+            ingest,
+            job,
+            input,
+            data,
+        }
+    }
+
+    /// Runs node 1's part on a thread until it ends or `cancel` completes.
+    fn run_owner(
+        &self,
+        cancel: impl Future<Output = String> + Send + 'static,
+    ) -> mpsc::Receiver<Result<IngestOutcome, JobError>> {
+        let store =
+            Arc::new(Store::open(&self.ingest.data_dir, 8 << 20, Access::ReadWrite).unwrap());
+        let part = LeasedJob {
+            client: self.coordinator.client(),
+            target: LeaseTarget {
+                node: OWNER,
+                incarnation: self.incarnations[0],
+                job: self.job,
+            },
+            roots: Roots::new(&[self.input.path().to_path_buf()]).unwrap(),
+            ingest: self.ingest.clone(),
+            heartbeat: HEARTBEAT,
+            shown_inputs: Vec::new(),
+            channel: Some(self.channels[0].clone()),
+        };
+        let runtime = self.runtime.handle().clone();
+        let (ended, end) = mpsc::channel();
+        std::thread::spawn(move || {
+            let result = leased_job::run(
+                part,
+                store,
+                runtime,
+                Arc::new(JobCounters::default()),
+                cancel,
+            );
+            let _ = ended.send(result);
+        });
+        end
+    }
+
+    /// Node 2 heartbeats, so that it is not declared lost.
+    fn peer_beats(&self) {
+        let mut client = self.coordinator.client();
+        self.runtime
+            .block_on(client.heartbeat(PEER, self.incarnations[1], Vec::new(), None))
+            .unwrap();
+    }
+
+    fn stop(self) {
+        self.runtime.block_on(self.coordinator.shutdown()).unwrap();
+        drop(self.data);
+    }
+}
+
+/// A lane that takes whatever arrives and drops it (its credit with it).
+struct Discard;
+
+impl EdgeTarget<SortMergeMsg> for Discard {
+    fn deliver(&self, _message: SortMergeMsg) -> Result<(), ReceiverGone> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_owner_waiting_for_streams_a_failed_peer_never_opens_ends_when_the_job_restarts() {
+    let cluster = Cluster::start();
+    let mut client = cluster.coordinator.client();
+    // Node 2 starts the job: it announces one lane and takes node 1's
+    // stream into it. It never sends its own.
+    let owners = cluster
+        .runtime
+        .block_on(client.partition_map(PEER, "lines", cluster.job, 1))
+        .unwrap();
+    let range = owners.map.ranges.iter().find(|r| r.node == PEER).unwrap();
+    let partitions = PartitionRange::new(range.start.get(), range.end.get()).unwrap();
+    let inbound = cluster.channels[1].inbound.clone();
+    inbound.register(
+        cluster.job,
+        owners.map.epoch,
+        vec![InboundLane {
+            partitions,
+            edge: Edge::new("peer-lane".into(), Discard, 1 << 20, 64),
+        }],
+    );
+    let ended = cluster.run_owner(pending());
+
+    // Node 1 reads every shard and ends its stream to node 2: its feed has
+    // ended, and its lanes wait for node 2's streams.
+    let deadline = Instant::now() + NOTICE;
+    while inbound.received(cluster.job).unwrap().streams < 1 {
+        assert!(Instant::now() < deadline, "node 1 never ended its stream");
+        cluster.peer_beats();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = cluster
+        .runtime
+        .block_on(client.job(cluster.job))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.shards_done, 3, "node 1 read every shard");
+    assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
+
+    // Node 2's part failed before it opened its streams; it starts again,
+    // restarting the job.
+    inbound.remove(cluster.job);
+    let restarted = cluster
+        .runtime
+        .block_on(client.restart(PEER, cluster.job, status.attempt))
+        .unwrap();
+    assert!(
+        matches!(restarted, Response::JobRestarted { .. }),
+        "{restarted:?}"
+    );
+    let deadline = Instant::now() + NOTICE;
+    let result = loop {
+        cluster.peer_beats();
+        match ended.recv_timeout(HEARTBEAT) {
+            Ok(result) => break result,
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "node 1's part still waits {NOTICE:?} after its job restarted"
+            ),
+        }
+    };
+    let error = result.expect_err("node 1's part of the old attempt cannot commit");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("job {} was restarted", cluster.job))
+            && message.contains("node 2 started its part again"),
+        "{message}"
+    );
+    cluster.stop();
+}
+
+#[test]
+fn a_part_waiting_for_an_owner_that_never_starts_ends_when_cancelled() {
+    let cluster = Cluster::start();
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let ended = cluster.run_owner(async move {
+        let _ = cancelled.await;
+        "node 1 stopped by the test".to_string()
+    });
+    // Node 2 never announces its lanes: node 1 waits for it to start.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
+    cancel.send(()).unwrap();
+    let result = ended
+        .recv_timeout(NOTICE)
+        .unwrap_or_else(|_| panic!("node 1's part still waits {NOTICE:?} after its cancel"));
+    match result {
+        Err(JobError::Cancelled(reason)) => assert_eq!(reason, "node 1 stopped by the test"),
+        other => panic!(
+            "expected the part cancelled, got {:?}",
+            other.map(|o| o.totals)
+        ),
+    }
+    // Nothing of the job was read.
+    let status = cluster
+        .runtime
+        .block_on(cluster.coordinator.client().job(cluster.job))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.shards_done, 0);
+    cluster.stop();
+}
