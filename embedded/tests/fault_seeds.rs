@@ -163,16 +163,6 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
                             "seed {seed}: committed in {:.1?} (attempt {attempts})",
                             run.elapsed()
                         ),
-                        Ok(SeedEnd::Overcounted {
-                            attempts,
-                            read,
-                            records,
-                        }) => eprintln!(
-                            "seed {seed}: committed in {:.1?} (attempt {attempts}), but counted \
-                             {read} records read of {records} (redeliveries counted as \
-                             duplicates: a known gap, issue 15)",
-                            run.elapsed()
-                        ),
                         Ok(SeedEnd::Failed(reason)) => eprintln!(
                             "seed {seed}: ended uncommitted in {:.1?}: {reason}",
                             run.elapsed()
@@ -194,15 +184,10 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
         .collect();
     failed.sort_unstable();
     eprintln!(
-        "{} seeds in {:.1?}: {} committed ({} of them overcounting reads), {} ended with a \
-         reason, {} failed",
+        "{} seeds in {:.1?}: {} committed, {} ended with a reason, {} failed",
         seeds.len(),
         started.elapsed(),
-        count(|r| matches!(
-            r,
-            Ok(SeedEnd::Committed { .. } | SeedEnd::Overcounted { .. })
-        )),
-        count(|r| matches!(r, Ok(SeedEnd::Overcounted { .. }))),
+        count(|r| matches!(r, Ok(SeedEnd::Committed { .. }))),
         count(|r| matches!(r, Ok(SeedEnd::Failed(_)))),
         failed.len()
     );
@@ -233,13 +218,6 @@ fn parallel_seeds() -> usize {
 enum SeedEnd {
     Committed {
         attempts: u32,
-    },
-    /// Committed whole and right, but its counts say more records were
-    /// read than the input holds (see `check_outcome`).
-    Overcounted {
-        attempts: u32,
-        read: u64,
-        records: u64,
     },
     /// Not committed, for this reason (nothing of it is visible).
     Failed(String),
@@ -655,12 +633,10 @@ fn check_outcome(
     if !totals.reconciles() {
         wrong.push(format!("the nodes' counts do not reconcile: {totals:?}"));
     }
-    // More records read than the input holds: records delivered twice
-    // (a shard read again in one attempt) counted as duplicates, not as
-    // redeliveries: a known gap of the nodes (issue 15, "Owners and
-    // commit"), reported, and failing only under `QUERN_STRICT_COUNTS`.
-    let overcounted = totals.read > input.records;
-    if totals.read < input.records || (overcounted && strict_counts()) {
+    // Exactly the input's records: a committed attempt read every shard
+    // once (a part never reads a shard twice, and a shard read by two
+    // parts fails one of them, restarting the attempt).
+    if totals.read != input.records {
         wrong.push(format!(
             "the nodes read {} records, the input holds {}",
             totals.read, input.records
@@ -691,22 +667,11 @@ fn check_outcome(
     }
     if !wrong.is_empty() {
         Err(wrong.join("\n"))
-    } else if overcounted {
-        Ok(SeedEnd::Overcounted {
-            attempts: status.attempt,
-            read: totals.read,
-            records: input.records,
-        })
     } else {
         Ok(SeedEnd::Committed {
             attempts: status.attempt,
         })
     }
-}
-
-/// Whether reading more records than the input holds fails a seed.
-fn strict_counts() -> bool {
-    std::env::var_os("QUERN_STRICT_COUNTS").is_some_and(|v| v != "0")
 }
 
 /// `error` and every error it wraps.

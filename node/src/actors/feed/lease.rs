@@ -187,6 +187,9 @@ impl<T: Transport> LeaseFeed<T> {
             }
             let seq = u32::try_from(lease.file)
                 .map_err(|_| format!("file number {} exceeds 2^32", lease.file))?;
+            if self.renewed_in_part(seq, &lease) {
+                continue;
+            }
             // A lease's checkpoint is not resumed from: the shard is read
             // whole again (its owner's merge keeps the first sighting).
             // The size is the manifest's, so a file that changed since it
@@ -228,6 +231,29 @@ impl<T: Transport> LeaseFeed<T> {
             scans.extend(ranges);
         }
         Ok(scans)
+    }
+
+    /// Whether `lease` is of a shard this part has taken already (its
+    /// earlier lease expired, say because a late copy of the part's
+    /// start expired the node's leases, and the shard came back to this
+    /// node): its records are read, or being read, once in this part, so
+    /// it is not read again (its records would count twice); it is
+    /// completed under the newer epoch instead. A shard completed and
+    /// accepted is done and never comes back.
+    fn renewed_in_part(&self, seq: u32, lease: &LeasedShard) -> bool {
+        // Both locked, in `scanned`'s order, so a shard moving from one to
+        // the other is found in one of them.
+        let mut held = self.shared.held.lock().expect("not poisoned");
+        let mut done = self.shared.done.lock().expect("not poisoned");
+        if let Some(taken) = held.get_mut(&seq).filter(|h| h.shard == lease.shard) {
+            taken.epoch = taken.epoch.max(lease.epoch);
+            return true;
+        }
+        if let Some(taken) = done.iter_mut().find(|(shard, _)| *shard == lease.shard) {
+            taken.1 = taken.1.max(lease.epoch);
+            return true;
+        }
+        false
     }
 
     /// Why the node may not read `file`, if it may not.

@@ -1,8 +1,10 @@
-//! A node's part of a cluster job that waits on its peers ends when it
-//! can no longer finish: once the job has restarted (its lanes waiting for
-//! streams a failed peer will never open), or once it is cancelled (while
-//! it waits for the other owners to start). Node 1 is a real part
-//! (`leased_job::run`); node 2 is played by the test.
+//! A node's part of a cluster job meeting, on purpose, faults the seeded
+//! harness (`fault_seeds`) met by chance. A part that waits on its peers
+//! ends when it can no longer finish: once the job has restarted (its
+//! lanes waiting for streams a failed peer will never open), or once it is
+//! cancelled (while it waits for the other owners to start). A shard that
+//! comes back to the part that is reading it is read once. Node 1 is a
+//! real part (`leased_job::run`); node 2 is played by the test.
 
 use std::future::pending;
 use std::sync::Arc;
@@ -50,15 +52,20 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Three small files, nodes 1 and 2.
     fn start() -> Self {
-        let (input, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let spec = LinesSpec {
             files: 3,
             bytes_per_file: 20_000,
             compression: vec![Compression::Plain],
             ..LinesSpec::sample()
         };
-        write_lines_dataset(input.path(), &spec).unwrap();
+        Self::start_with(&spec, &[OWNER, PEER])
+    }
+
+    fn start_with(spec: &LinesSpec, nodes: &[NodeId]) -> Self {
+        let (input, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_lines_dataset(input.path(), spec).unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let coordinator = runtime
             .block_on(EmbeddedCoordinator::start(
@@ -77,7 +84,7 @@ impl Cluster {
         let mut client = coordinator.client();
         let (incarnations, job) = runtime.block_on(async {
             let mut incarnations = Vec::new();
-            for (node, channel) in [OWNER, PEER].into_iter().zip(&channels) {
+            for (&node, channel) in nodes.iter().zip(&channels) {
                 let address = channel.endpoint.local_addr().to_string();
                 incarnations.push(
                     leased_job::register(&mut client, node, address, [0; 32])
@@ -274,5 +281,67 @@ fn a_part_waiting_for_an_owner_that_never_starts_ends_when_cancelled() {
         .unwrap()
         .unwrap();
     assert_eq!(status.shards_done, 0);
+    cluster.stop();
+}
+
+#[test]
+fn a_shard_leased_again_to_the_part_reading_it_is_read_once() {
+    // Enough byte ranges (1 MiB each) that the part still reads when its
+    // leases expire, alone in the map (no shuffle).
+    let spec = LinesSpec {
+        files: 8,
+        bytes_per_file: 3 << 20,
+        compression: vec![Compression::Plain],
+        ..LinesSpec::sample()
+    };
+    let mut cluster = Cluster::start_with(&spec, &[OWNER]);
+    cluster.ingest.split_bytes = 1 << 20;
+    let records = std::fs::read_dir(cluster.input.path())
+        .unwrap()
+        .map(|f| {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            // A last line without its newline is a record too.
+            bytes.split(|&b| b == b'\n').count() as u64
+                - u64::from(bytes.last().is_none_or(|&b| b == b'\n'))
+        })
+        .sum::<u64>();
+    let mut client = cluster.coordinator.client();
+    let ended = cluster.run_owner(pending());
+    let deadline = Instant::now() + NOTICE;
+    loop {
+        let status = cluster
+            .runtime
+            .block_on(client.job(cluster.job))
+            .unwrap()
+            .unwrap();
+        if status.shards_leased > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 leased nothing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // A late copy of node 1's start: the coordinators expire the leases of
+    // its "earlier part", which its next lease request takes back.
+    cluster
+        .runtime
+        .block_on(client.partition_map(OWNER, "lines", cluster.job, 2))
+        .unwrap();
+    let outcome = ended
+        .recv_timeout(Duration::from_secs(120))
+        .expect("node 1's part ends")
+        .expect("node 1's part commits");
+    let totals = outcome.totals;
+    assert_eq!(
+        (totals.read, totals.files),
+        (records, 8),
+        "every record read once: {totals:?}"
+    );
+    assert!(totals.reconciles(), "{totals:?}");
+    let status = cluster
+        .runtime
+        .block_on(client.job(cluster.job))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.staged.read, records, "the coordinators' count");
     cluster.stop();
 }
