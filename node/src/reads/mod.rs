@@ -52,7 +52,7 @@ mod tests {
     use proto_schema::shuffle::PartitionRange;
     use proto_schema::{Epoch, JobId, NodeId, Position, partition_of};
 
-    use super::remote::ReadNode;
+    use super::remote::{ReadError, ReadNode};
     use super::*;
     use crate::config::Format;
     use crate::shuffle::inbound::node_certificate_name;
@@ -168,6 +168,80 @@ mod tests {
             err.to_string().contains(&format!("node 2 at {address}")),
             "{err}"
         );
+    }
+
+    /// Node 1 has published cluster job 1, node 2 has only staged it: a
+    /// read waits for node 2 to publish, and fails naming both if it does
+    /// not within the wait.
+    #[test]
+    fn reads_wait_until_every_node_has_published_a_committed_job() {
+        use crate::store::catalog::JobTotals;
+        use crate::store::staged::ClusterPart;
+        use std::time::Duration;
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cluster = Cluster::new();
+        let lines = |range: std::ops::Range<u32>| -> Vec<Vec<u8>> {
+            range.map(|i| format!("key {i:05}").into_bytes()).collect()
+        };
+        let part = ClusterPart {
+            job: JobId(1),
+            began_ms: 1,
+            attempt: 0,
+            map_epoch: Epoch(1),
+        };
+        let staged = |store: &Store| {
+            let dataset = store.dataset("d").unwrap().unwrap();
+            let job = store.begin_part(&dataset, Vec::new(), Some(part)).unwrap();
+            store
+                .stage_job(&job, Vec::new(), &JobTotals::default())
+                .unwrap()
+        };
+        let (_a, a) = store_with(&lines(0..100), 0);
+        let (_b, b) = store_with(&lines(100..200), 1);
+        a.publish_staged(&staged(&a)).unwrap();
+        let staged_on_b = staged(&b);
+        let (one, two) = {
+            let _entered = runtime.enter();
+            (serve(&cluster, 1, a.clone()), serve(&cluster, 2, b.clone()))
+        };
+        let nodes = vec![read_node(1, &one), read_node(2, &two)];
+        let reader = |wait: Duration| {
+            let _entered = runtime.enter();
+            ClusterReader::new(&cluster.identity("client"), nodes.clone(), "d")
+                .unwrap()
+                .with_publish_wait(wait)
+        };
+
+        let short = Duration::from_millis(300);
+        match reader(short).export(runtime.handle(), &mut Vec::new()) {
+            Err(ReadError::Unpublished {
+                job,
+                published,
+                staged,
+                waited,
+            }) => assert_eq!(
+                (job, published, staged, waited),
+                (JobId(1), vec![NodeId(1)], vec![NodeId(2)], short)
+            ),
+            other => panic!("expected the read refused, got {other:?}"),
+        }
+        let err = reader(short)
+            .get(runtime.handle(), b"key 00001")
+            .unwrap_err();
+        assert!(matches!(err, ReadError::Unpublished { .. }), "{err}");
+
+        // Node 2 publishes while a read waits: the read shows the job whole.
+        let publisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            b.publish_staged(&staged_on_b).unwrap();
+        });
+        let mut out = Vec::new();
+        let written = reader(Duration::from_secs(20))
+            .export(runtime.handle(), &mut out)
+            .unwrap();
+        publisher.join().unwrap();
+        assert_eq!(written, 200);
     }
 
     /// A client's certificate may read but never send a shuffle stream;

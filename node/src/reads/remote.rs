@@ -16,12 +16,19 @@
 //!
 //! Every listed node is read, lost ones too: a node that cannot answer
 //! fails the read with its id and address, never a short answer.
+//!
+//! Reads show whole jobs: owners publish a committed job each in its own
+//! time, so before `export` and `get` read, they wait (up to
+//! [`DEFAULT_PUBLISH_WAIT`]) while some node holds a job committed that
+//! another holds only staged, and fail naming them if that lasts. A job
+//! that commits while a read runs may still show on some nodes only.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use coordinator_client::{ClientError, CoordinatorClient, Transport};
 use proto_schema::coordinator_api::NodeStatus;
@@ -38,11 +45,18 @@ use tokio::sync::mpsc;
 use crate::config::Format;
 use crate::export::{self, ExportError};
 use crate::shuffle::inbound::node_certificate_name;
+use crate::store::catalog::JobState;
 use external_sort::SortError;
 use external_sort::merge::SortedSource;
 
 /// Checked frames a node's export stream may have waiting for the merge.
 pub const SOURCE_QUEUE_FRAMES: usize = 1;
+/// How long a read waits for a job committed on some nodes to be published
+/// on the others (they publish within moments of the commit, unless down
+/// or cut off from the coordinators).
+pub const DEFAULT_PUBLISH_WAIT: Duration = Duration::from_secs(30);
+/// Between looks while waiting for a job to be published everywhere.
+const PUBLISH_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -66,6 +80,16 @@ pub enum ReadError {
     Write(#[from] std::io::Error),
     #[error("setting up the data channel: {0}")]
     Setup(String),
+    #[error(
+        "job {job} is published on nodes {published:?} but still staged on nodes {staged:?} \
+         after {waited:?}: a read now would show part of it"
+    )]
+    Unpublished {
+        job: JobId,
+        published: Vec<NodeId>,
+        staged: Vec<NodeId>,
+        waited: Duration,
+    },
 }
 
 /// A node to read, as the coordinators list it.
@@ -92,6 +116,7 @@ pub struct ClusterReader {
     endpoint: ChannelEndpoint,
     nodes: Vec<ReadNode>,
     dataset: String,
+    publish_wait: Duration,
 }
 
 /// The coordinators' nodes, each with the partitions it owns of `dataset`.
@@ -144,7 +169,40 @@ impl ClusterReader {
             endpoint,
             nodes,
             dataset: dataset.to_string(),
+            publish_wait: DEFAULT_PUBLISH_WAIT,
         })
+    }
+
+    /// Waits at most `wait` for a job to be published everywhere.
+    pub fn with_publish_wait(mut self, wait: Duration) -> Self {
+        self.publish_wait = wait;
+        self
+    }
+
+    /// Returns once no job is published on some nodes and staged on
+    /// others, or fails naming the first such job when that lasts past
+    /// the publish wait.
+    fn await_whole_jobs(&self, runtime: &Handle) -> Result<(), ReadError> {
+        let started = Instant::now();
+        loop {
+            let jobs = match self.jobs(runtime) {
+                Ok((_, jobs)) => jobs,
+                Err(ReadError::NoDataset(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let Some((job, published, staged)) = jobs.iter().find_map(ClusterJob::halfway) else {
+                return Ok(());
+            };
+            if started.elapsed() >= self.publish_wait {
+                return Err(ReadError::Unpublished {
+                    job,
+                    published,
+                    staged,
+                    waited: self.publish_wait,
+                });
+            }
+            std::thread::sleep(PUBLISH_POLL);
+        }
     }
 
     pub fn nodes(&self) -> &[ReadNode] {
@@ -208,6 +266,7 @@ impl ClusterReader {
     /// Writes the dataset's records to `out` in key order, one per line,
     /// as a local export does. Call outside the runtime `runtime` drives.
     pub fn export(&self, runtime: &Handle, out: &mut impl Write) -> Result<u64, ReadError> {
+        self.await_whole_jobs(runtime)?;
         let request = ReadRequest::Export {
             dataset: self.dataset.clone(),
         };
@@ -231,6 +290,7 @@ impl ClusterReader {
     /// The first sighting of `key`: from the owner of its partition, else
     /// from every node.
     pub fn get(&self, runtime: &Handle, key: &[u8]) -> Result<Option<ClusterFound>, ReadError> {
+        self.await_whole_jobs(runtime)?;
         runtime.block_on(async {
             let request = ReadRequest::Get {
                 dataset: self.dataset.clone(),
@@ -540,10 +600,29 @@ impl ClusterJob {
         self.counts.add(&part.counts);
     }
 
+    /// If some nodes have published the job and others only staged it
+    /// (they have yet to publish): the job, those published and those
+    /// staged.
+    fn halfway(&self) -> Option<(JobId, Vec<NodeId>, Vec<NodeId>)> {
+        let on = |state: JobState| {
+            let state = state.to_string();
+            let nodes: Vec<NodeId> = self
+                .parts
+                .iter()
+                .filter(|(_, s)| *s == state)
+                .map(|(node, _)| *node)
+                .collect();
+            nodes
+        };
+        let (published, staged) = (on(JobState::Committed), on(JobState::Staged));
+        (!published.is_empty() && !staged.is_empty()).then_some((self.job, published, staged))
+    }
+
     /// `committed` when every part is; else each part's state by node.
     pub fn state(&self) -> String {
-        if self.parts.iter().all(|(_, s)| s == "committed") {
-            return "committed".into();
+        let committed = JobState::Committed.to_string();
+        if self.parts.iter().all(|(_, s)| *s == committed) {
+            return committed;
         }
         let parts: Vec<String> = self
             .parts
