@@ -30,22 +30,6 @@ pub fn open_readers(data: &Path, cache_bytes: u64) -> anyhow::Result<Vec<Store>>
         .collect()
 }
 
-/// The one store to read under `data`; `what` names the reader that
-/// cannot read several yet.
-pub fn open_reader(data: &Path, cache_bytes: u64, what: &str) -> anyhow::Result<Store> {
-    let mut stores = open_readers(data, cache_bytes)?;
-    if stores.len() > 1 {
-        anyhow::bail!(
-            "{} holds the stores of {} nodes, and {what} reads one store so far: give \
-             --data {}",
-            data.display(),
-            stores.len(),
-            embedded::node_dir(data, proto_schema::ids::NodeId(1)).display()
-        );
-    }
-    Ok(stores.remove(0))
-}
-
 /// The stores that hold dataset `name`, each with its `DatasetInfo` (a
 /// node that never ran a job of it has none); an error naming what the
 /// first store has if none holds it.

@@ -12,7 +12,7 @@ use node::ingest::IngestOutcome;
 use node::memory::monitor::MemoryPeaks;
 use node::memory::tracking::Usage;
 use node::memory::{ProcessMemory, TrackingAllocator};
-use node::reads::remote::{ClusterJob, JobEntry};
+use node::reads::remote::{ClusterJob, ClusterReader, JobEntry};
 use node::store::Store;
 use node::store::catalog::{DatasetInfo, JobInfo, JobTotals};
 use node::store::ledger::FileCounts;
@@ -206,12 +206,21 @@ fn write_problems(
 }
 
 /// `quern stats`: every job of a dataset, then the files and rejected
-/// records of one job (the latest by default), streamed.
+/// records of one job (the latest by default), streamed. The stores of
+/// `quern dev`'s nodes under `data` are read as a cluster's nodes are.
 pub fn stats(data: &Path, args: StatsArgs) -> anyhow::Result<ExitCode> {
     if !args.client.coordinators.is_empty() {
-        return cluster_stats(args);
+        let (runtime, reader) = crate::cluster_client::reader(&args.client, &args.dataset.dataset)?;
+        return parts_stats(&runtime, &reader, args);
     }
-    let store = crate::query::open_reader(data, 8 << 20, "quern stats")?;
+    let mut stores = crate::query::open_readers(data, 8 << 20)?;
+    if stores.len() > 1 {
+        let runtime = crate::cluster_client::runtime()?;
+        let stores = stores.into_iter().map(std::sync::Arc::new).collect();
+        let reader = ClusterReader::here(stores, &args.dataset.dataset);
+        return parts_stats(&runtime, &reader, args);
+    }
+    let store = stores.remove(0);
     let dataset = store.existing_dataset(&args.dataset.dataset)?;
     let jobs = store.jobs(dataset.id)?;
     let job = match args.job {
@@ -411,12 +420,15 @@ fn write_json_element(
     Ok(())
 }
 
-/// `quern stats` on a cluster: every node's part of each of the
-/// coordinators' jobs summed, then one job's files (each node's counters
-/// of a file summed) and rejected records, streamed.
-fn cluster_stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+/// `quern stats` of a cluster's nodes (or `quern dev`'s): every node's
+/// part of each of the coordinators' jobs summed, then one job's files
+/// (each node's counters of a file summed) and rejected records, streamed.
+fn parts_stats(
+    runtime: &tokio::runtime::Runtime,
+    reader: &ClusterReader,
+    args: StatsArgs,
+) -> anyhow::Result<ExitCode> {
     let name = &args.dataset.dataset;
-    let (runtime, reader) = crate::cluster_client::reader(&args.client, name)?;
     let (shape, jobs) = reader.jobs(runtime.handle())?;
     let job = match args.job {
         Some(id) => Some(

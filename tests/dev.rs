@@ -95,6 +95,27 @@ fn dev_gives_what_ingest_gives() {
         0,
     );
     assert!(export(dev3_data.path(), "lines") == expected);
+    // `stats` reads the three stores as one: the nodes' parts summed per
+    // job, and per file, as one node counts them.
+    let dev3_stats = stats_json(dev3_data.path(), "lines", None);
+    let job = &dev3_stats["jobs"][0];
+    assert_eq!(job["state"], "committed", "{dev3_stats:#}");
+    assert_eq!(job["nodes"].as_array().unwrap().len(), 3, "{dev3_stats:#}");
+    for counter in ["files", "read", "unique", "duplicates", "rejected"] {
+        assert_eq!(
+            job["totals"][counter], ingest_stats["jobs"][0]["totals"][counter],
+            "{counter}"
+        );
+    }
+    let per_file = |stats: &serde_json::Value| -> Vec<Vec<serde_json::Value>> {
+        let fields = ["seq", "path", "read", "unique", "duplicates", "rejected"];
+        let files = stats["files"].as_array().unwrap();
+        files
+            .iter()
+            .map(|f| fields.iter().map(|k| f[*k].clone()).collect())
+            .collect()
+    };
+    assert_eq!(per_file(&dev3_stats), per_file(&ingest_stats));
 
     // Every 50th key, and the duplicated ones: the same record, file and
     // offset.

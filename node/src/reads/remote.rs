@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coordinator_client::{ClientError, CoordinatorClient, Transport};
@@ -42,9 +43,11 @@ use proto_schema::{BatchView, JobId, NodeId, Record, ValidBatch, partition_of};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+use super::service::{Piece, answer_here};
 use crate::config::Format;
 use crate::export::{self, ExportError};
 use crate::shuffle::inbound::node_certificate_name;
+use crate::store::Store;
 use crate::store::catalog::JobState;
 use external_sort::SortError;
 use external_sort::merge::SortedSource;
@@ -113,7 +116,7 @@ impl ReadNode {
 
 /// Reads one dataset from every node of a cluster.
 pub struct ClusterReader {
-    endpoint: ChannelEndpoint,
+    source: Source,
     nodes: Vec<ReadNode>,
     dataset: String,
     publish_wait: Duration,
@@ -146,12 +149,52 @@ pub async fn nodes_of<T: Transport>(
         .collect())
 }
 
+/// Where the nodes' answers come from.
+enum Source {
+    /// Their read streams, dialled with the client's certificate.
+    Channel(ChannelEndpoint),
+    /// Their stores, on this machine (`quern dev`'s), one per node in
+    /// node order, each answered as its node would.
+    Here(Vec<Arc<Store>>),
+}
+
 /// One node's answer: the stream after its opening, if it holds the
 /// dataset.
 struct Answer {
     node: ReadNode,
     shape: Option<DatasetShape>,
-    stream: ReadStream,
+    stream: AnswerStream,
+}
+
+/// A node's answer, from its read stream or its store.
+enum AnswerStream {
+    Remote(ReadStream),
+    Here {
+        pieces: mpsc::Receiver<Piece>,
+        reader: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    },
+}
+
+impl AnswerStream {
+    async fn next(&mut self) -> Result<ReadEvent, String> {
+        match self {
+            Self::Remote(stream) => stream.next().await.map_err(|e| e.to_string()),
+            Self::Here { pieces, reader } => match pieces.recv().await {
+                Some(Piece::Item(item)) => Ok(ReadEvent::Item(item)),
+                // Exports of local stores merge them directly
+                // (`export::export_all`).
+                Some(Piece::Batch(_)) => Err("records asked of a local store".into()),
+                None => match reader.take() {
+                    Some(reader) => match reader.await {
+                        Ok(Ok(())) => Ok(ReadEvent::End),
+                        Ok(Err(reason)) => Err(reason),
+                        Err(e) => Err(format!("the store's reader failed: {e}")),
+                    },
+                    None => Ok(ReadEvent::End),
+                },
+            },
+        }
+    }
 }
 
 impl ClusterReader {
@@ -166,11 +209,31 @@ impl ClusterReader {
             .map_err(|e| ReadError::Setup(e.to_string()))?;
         endpoint.expect_links(nodes.len());
         Ok(Self {
-            endpoint,
+            source: Source::Channel(endpoint),
             nodes,
             dataset: dataset.to_string(),
             publish_wait: DEFAULT_PUBLISH_WAIT,
         })
+    }
+
+    /// Reads `dataset`'s jobs and files from the stores of nodes 1, 2, ...
+    /// on this machine, put together as the cluster's answers are.
+    pub fn here(stores: Vec<Arc<Store>>, dataset: &str) -> Self {
+        let nodes = stores
+            .iter()
+            .zip(1..)
+            .map(|(store, id)| ReadNode {
+                id: NodeId(id),
+                address: store.root().display().to_string(),
+                owns: None,
+            })
+            .collect();
+        Self {
+            source: Source::Here(stores),
+            nodes,
+            dataset: dataset.to_string(),
+            publish_wait: DEFAULT_PUBLISH_WAIT,
+        }
     }
 
     /// Waits at most `wait` for a job to be published everywhere.
@@ -211,20 +274,38 @@ impl ClusterReader {
 
     /// Sends `request` to `node` and reads its opening.
     async fn ask(&self, node: &ReadNode, request: &ReadRequest) -> Result<Answer, ReadError> {
-        let addr: SocketAddr = node
-            .address
-            .parse()
-            .map_err(|e| node.error(format!("not an address: {e}")))?;
-        let link = self
-            .endpoint
-            .connect(addr, &node_certificate_name(node.id))
-            .await
-            .map_err(|e| node.error(e))?;
-        let mut stream = link.read(request).await.map_err(|e| node.error(e))?;
+        let mut stream = match &self.source {
+            Source::Channel(endpoint) => {
+                let addr: SocketAddr = node
+                    .address
+                    .parse()
+                    .map_err(|e| node.error(format!("not an address: {e}")))?;
+                let link = endpoint
+                    .connect(addr, &node_certificate_name(node.id))
+                    .await
+                    .map_err(|e| node.error(e))?;
+                AnswerStream::Remote(link.read(request).await.map_err(|e| node.error(e))?)
+            }
+            Source::Here(stores) => {
+                let store = stores[self
+                    .nodes
+                    .iter()
+                    .position(|n| n.id == node.id)
+                    .expect("listed")]
+                .clone();
+                let (pieces, reader) = answer_here(store, request.clone());
+                AnswerStream::Here {
+                    pieces,
+                    reader: Some(reader),
+                }
+            }
+        };
         let shape = match stream.next().await.map_err(|e| node.error(e))? {
             ReadEvent::Item(ReadItem::Dataset(shape)) => Some(shape),
             ReadEvent::Item(ReadItem::Absent) => None,
-            _ => unreachable!("the check lets only an opening come first"),
+            // A stream's check lets only an opening come first; a store's
+            // answer always opens so.
+            _ => return Err(node.error("an answer without its opening")),
         };
         Ok(Answer {
             node: node.clone(),

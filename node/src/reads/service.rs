@@ -46,7 +46,7 @@ const ITEMS_PER_FRAME: usize = 256;
 pub const READ_REFUSED_METRIC: &str = "quern_read_refused_total";
 
 /// What the store's reader hands the stream.
-enum Piece {
+pub(super) enum Piece {
     Item(ReadItem),
     Batch(RecordBatch),
 }
@@ -134,6 +134,24 @@ impl ReadService {
             tracing::debug!(remote = %peer.address, error = %e, "a read stream ended early");
         }
     }
+}
+
+/// Answers `request` from `store` on a blocking thread, as a node
+/// answers a read stream, handing its pieces to the receiver: how reads
+/// of stores on this machine go through the same answers as a cluster's.
+/// The thread's result says why the answer stopped short, if it did.
+pub(super) fn answer_here(
+    store: Arc<Store>,
+    request: ReadRequest,
+) -> (
+    mpsc::Receiver<Piece>,
+    tokio::task::JoinHandle<Result<(), String>>,
+) {
+    let (send, pieces) = mpsc::channel(READ_QUEUE_FRAMES);
+    let reader = tokio::task::spawn_blocking(move || {
+        answer(&store, &request, &send).map_err(|e| e.to_string())
+    });
+    (pieces, reader)
 }
 
 /// Reads the answer to `request` from `store` into `send`.
