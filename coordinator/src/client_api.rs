@@ -152,7 +152,12 @@ impl ClientApi {
                 dataset,
                 job,
                 lanes,
-            } => match self.desk.partition_map(*node, dataset, *job, *lanes).await {
+                part,
+            } => match self
+                .desk
+                .partition_map(*node, dataset, *job, *lanes, *part)
+                .await
+            {
                 Ok(Ok(map)) => Reply::PartitionMap(map),
                 Ok(Err(reason)) => Reply::Failed(reason),
                 Err(e) => desk_failed(e),

@@ -42,7 +42,7 @@ use tokio::sync::Mutex;
 use crate::clock::Clock;
 use crate::job_progress::{JobClock, Progress};
 use crate::lease::LeaseTable;
-use crate::liveness::{Liveness, NodeView};
+use crate::liveness::{Liveness, NodeView, StartedPart};
 use crate::propose::{self, ProposeError};
 use crate::state::StateError;
 use crate::state::records::{Job, JobState, Node, Shard, ShardState};
@@ -393,6 +393,7 @@ impl LeaseDesk {
         dataset: &str,
         job: JobId,
         lanes: u16,
+        part: u64,
     ) -> Result<Result<OwnerMap, String>, DeskError> {
         if lanes == 0 || lanes > MAX_NODE_LANES {
             return Ok(Err(format!(
@@ -406,9 +407,14 @@ impl LeaseDesk {
         self.know_registered(&mut desk, node, now)?;
         // A node waiting for its peers to start asks again and again.
         desk.nodes.touch(node, now);
-        let released = desk.table.expire_node(node, now);
-        if released > 0 {
-            tracing::info!(%node, %job, released, "leases of the node's earlier part expired");
+        // A new part: the node's earlier one is gone, and its heartbeats
+        // must not keep that part's leases. The same part asking again
+        // (waiting for its peers, or a late copy) keeps its own.
+        if !desk.nodes.is_started(node, job, part) {
+            let released = desk.table.expire_node(node, now);
+            if released > 0 {
+                tracing::info!(%node, %job, released, "leases of the node's earlier part expired");
+            }
         }
         let Some(found) = self.state.dataset(dataset)? else {
             return Ok(Err(CommandError::UnknownDataset {
@@ -445,7 +451,15 @@ impl LeaseDesk {
                 }
             }
         };
-        desk.nodes.started(node, job, map.epoch, lanes);
+        desk.nodes.started(
+            node,
+            StartedPart {
+                job,
+                epoch: map.epoch,
+                lanes,
+                part,
+            },
+        );
         let owners = map
             .nodes()
             .into_iter()

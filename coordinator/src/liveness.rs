@@ -23,10 +23,8 @@ pub struct NodeLiveness {
     pub heard_ms: Option<u64>,
     /// Where its scanners were at its last heartbeat.
     pub progress: Vec<ShardProgress>,
-    /// The job it last started, under which map epoch, and the lanes it
-    /// splits its partitions into for it, from its `PartitionMap` request
-    /// (peers open a stream per lane).
-    pub started: Option<(JobId, Epoch, u16)>,
+    /// The part it last started, from its `PartitionMap` request.
+    pub started: Option<StartedPart>,
     /// Its process's anonymous resident memory at its last heartbeat.
     pub memory_bytes: Option<u64>,
 }
@@ -147,18 +145,27 @@ impl Liveness {
         }
     }
 
-    /// `node` started its part of `job` under map `epoch`, with `lanes`
-    /// lanes.
-    pub fn started(&mut self, node: NodeId, job: JobId, epoch: Epoch, lanes: u16) {
+    /// `node` started `part`.
+    pub fn started(&mut self, node: NodeId, part: StartedPart) {
         if let Some(live) = self.nodes.get_mut(&node) {
-            live.started = Some((job, epoch, lanes));
+            live.started = Some(part);
         }
+    }
+
+    /// Whether `node`'s last started part is `part` of `job`: a request
+    /// of a part already started (asked again, or a late copy) is no new
+    /// part.
+    pub fn is_started(&self, node: NodeId, job: JobId, part: u64) -> bool {
+        self.nodes
+            .get(&node)
+            .and_then(|live| live.started)
+            .is_some_and(|s| s.job == job && s.part == part)
     }
 
     /// `node`'s lanes, if it has started `job` under map `epoch`.
     pub fn lanes_for(&self, node: NodeId, job: JobId, epoch: Epoch) -> Option<u16> {
         match self.nodes.get(&node)?.started {
-            Some((started, at, lanes)) if started == job && at == epoch => Some(lanes),
+            Some(s) if s.job == job && s.epoch == epoch => Some(s.lanes),
             _ => None,
         }
     }
@@ -167,7 +174,7 @@ impl Liveness {
     /// leader saw it begin.
     pub fn started_under(&self, node: NodeId, job: JobId) -> Option<Epoch> {
         match self.nodes.get(&node)?.started {
-            Some((started, epoch, _)) if started == job => Some(epoch),
+            Some(s) if s.job == job => Some(s.epoch),
             _ => None,
         }
     }
@@ -377,4 +384,17 @@ mod tests {
         assert_eq!(nodes.get(NodeId(1)).unwrap().deadline_ms, 51_000);
         assert_eq!(nodes.get(NodeId(2)).unwrap().incarnation, 5);
     }
+}
+/// A node's part of a job, as its `PartitionMap` request named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartedPart {
+    pub job: JobId,
+    /// The map epoch it began under.
+    pub epoch: Epoch,
+    /// The lanes it splits its partitions into (peers open a stream per
+    /// lane).
+    pub lanes: u16,
+    /// Drawn by the part once: tells its repeated requests from a new
+    /// part's.
+    pub part: u64,
 }

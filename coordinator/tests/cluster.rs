@@ -703,16 +703,19 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     let raft = cluster.raft(cluster.leader().await).clone();
     let log_index = || raft.metrics().borrow().last_log_index.unwrap();
 
-    // Each node starts its part (before leasing: a node asking again
-    // starts a new part, and its leases expire). Contiguous partition
+    // Each node starts its part (before leasing: a node asking with a new
+    // part id starts a new part, and its leases expire). Contiguous partition
     // ranges over the live nodes, at epoch 1, the same map while they
     // stay live.
-    let first_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
+    let first_map = client
+        .partition_map(NodeId(1), "ds", job, 2, 1)
+        .await
+        .unwrap();
     assert_eq!(first_map.map.epoch, Epoch(1));
     assert_eq!(first_map.map.nodes(), vec![NodeId(1), NodeId(2)]);
     assert_eq!(
         client
-            .partition_map(NodeId(2), "ds", job, 2)
+            .partition_map(NodeId(2), "ds", job, 2, 2)
             .await
             .unwrap()
             .map,
@@ -736,10 +739,16 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         LeaseReply::NoWork,
         "four pending, none of another job"
     );
+    // Node 1's part asks for the map again (as while it waits for its
+    // peers, or a late copy of its request): it keeps its six leases.
+    client
+        .partition_map(NodeId(1), "ds", job, 2, 1)
+        .await
+        .unwrap();
     let LeaseReply::Leased(second) = client.lease(NodeId(2), 100, None).await.unwrap() else {
         panic!("no lease")
     };
-    assert_eq!(second.len(), 4);
+    assert_eq!(second.len(), 4, "node 1's leases kept");
     assert_eq!(
         client.lease(NodeId(1), 1, None).await.unwrap(),
         LeaseReply::NoWork
@@ -827,7 +836,10 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         panic!("an old part leased shards of the restarted job")
     };
     assert!(over.contains("start the part again"), "{over}");
-    let second_map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
+    let second_map = client
+        .partition_map(NodeId(1), "ds", job, 2, 11)
+        .await
+        .unwrap();
     let new_part = Some((job, second_map.map.epoch));
     let LeaseReply::Leased(taken_over) = client.lease(NodeId(1), 100, new_part).await.unwrap()
     else {
@@ -922,7 +934,10 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     };
     // Node 2 came back while the job runs: the map stays node 1's, so
     // the job's owners do not change under it.
-    let map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
+    let map = client
+        .partition_map(NodeId(1), "ds", job, 2, 11)
+        .await
+        .unwrap();
     assert_eq!(map.map, second_map.map);
     assert!(matches!(
         client
@@ -961,7 +976,10 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         }
     );
     // No job runs now: node 2 rejoins the map at the next epoch.
-    let map = client.partition_map(NodeId(2), "ds", job, 3).await.unwrap();
+    let map = client
+        .partition_map(NodeId(2), "ds", job, 3, 2)
+        .await
+        .unwrap();
     assert_eq!(
         (map.map.epoch, map.map.nodes()),
         (Epoch(3), vec![NodeId(1), NodeId(2)])
@@ -972,7 +990,10 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         map.owners.iter().map(|o| o.lanes).collect::<Vec<_>>(),
         vec![None, Some(3)]
     );
-    let map = client.partition_map(NodeId(1), "ds", job, 2).await.unwrap();
+    let map = client
+        .partition_map(NodeId(1), "ds", job, 2, 11)
+        .await
+        .unwrap();
     assert_eq!(
         map.owners.iter().map(|o| o.lanes).collect::<Vec<_>>(),
         vec![Some(2), Some(3)],

@@ -189,7 +189,7 @@ fn an_owner_waiting_for_streams_a_failed_peer_never_opens_ends_when_the_job_rest
     // stream into it. It never sends its own.
     let owners = cluster
         .runtime
-        .block_on(client.partition_map(PEER, "lines", cluster.job, 1))
+        .block_on(client.partition_map(PEER, "lines", cluster.job, 1, 1))
         .unwrap();
     let range = owners.map.ranges.iter().find(|r| r.node == PEER).unwrap();
     let partitions = PartitionRange::new(range.start.get(), range.end.get()).unwrap();
@@ -320,11 +320,13 @@ fn a_shard_leased_again_to_the_part_reading_it_is_read_once() {
         assert!(Instant::now() < deadline, "node 1 leased nothing");
         std::thread::sleep(Duration::from_millis(2));
     }
-    // A late copy of node 1's start: the coordinators expire the leases of
-    // its "earlier part", which its next lease request takes back.
+    // A start of node 1 the coordinators take for a new part (a new part
+    // id; a replaced leader that never saw the part start takes a late
+    // copy of its request so too): they expire the leases of its
+    // "earlier part", which its next lease request takes back.
     cluster
         .runtime
-        .block_on(client.partition_map(OWNER, "lines", cluster.job, 2))
+        .block_on(client.partition_map(OWNER, "lines", cluster.job, 2, 1))
         .unwrap();
     let outcome = ended
         .recv_timeout(Duration::from_secs(120))

@@ -216,10 +216,19 @@ pub fn run<T: Transport>(
         .clamp(1, MAX_NODE_LANES);
     job.ingest.threads = usize::from(lanes);
     let mut cancel = std::pin::pin!(cancel);
+    // Names this part in its partition map requests: asked again, they
+    // leave its leases alone.
+    let part = {
+        use std::hash::{BuildHasher, Hasher};
+        // Random per call: std seeds each `RandomState` afresh.
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
     let (attempt, began_ms, owners, shuffle) = runtime.block_on(async {
         let setup = async {
-            let (attempt, began_ms) = start_attempt(&mut job, lanes).await?;
-            let owners = wait_for_owners(&mut job, lanes).await?;
+            let (attempt, began_ms) = start_attempt(&mut job, lanes, part).await?;
+            let owners = wait_for_owners(&mut job, lanes, part).await?;
             let shuffle = shuffle_job(&job, &owners).await?;
             Ok((attempt, began_ms, owners, shuffle))
         };
@@ -261,6 +270,7 @@ pub fn run<T: Transport>(
 async fn start_attempt<T: Transport>(
     job: &mut LeasedJob<T>,
     lanes: u16,
+    part: u64,
 ) -> Result<(u32, u64), JobError> {
     let (node, id) = (job.target.node, job.target.job);
     let dataset = job.ingest.dataset.clone();
@@ -274,7 +284,7 @@ async fn start_attempt<T: Transport>(
     }
     let owners = job
         .client
-        .partition_map(node, &dataset, id, lanes)
+        .partition_map(node, &dataset, id, lanes, part)
         .await
         .map_err(|e| map_error(e.to_string()))?;
     if !owners.map.nodes().contains(&node) {
@@ -325,6 +335,7 @@ async fn job_status<T: Transport>(
 async fn wait_for_owners<T: Transport>(
     job: &mut LeasedJob<T>,
     lanes: u16,
+    part: u64,
 ) -> Result<OwnerMap, JobError> {
     let dataset = job.ingest.dataset.clone();
     let map_error = |reason: String| JobError::Map {
@@ -337,7 +348,7 @@ async fn wait_for_owners<T: Transport>(
     loop {
         let owners = job
             .client
-            .partition_map(node, &dataset, id, lanes)
+            .partition_map(node, &dataset, id, lanes, part)
             .await
             .map_err(|e| map_error(e.to_string()))?;
         if owners.map.partitions != partitions {

@@ -141,19 +141,22 @@ impl<T: Transport> CoordinatorClient<T> {
 
     /// `dataset`'s partition map over the live nodes with its owners'
     /// addresses and lanes for `job`, as the leader has it (`node` starts
-    /// its part of `job`, splitting its partitions into `lanes`).
+    /// its part `part` of `job`, splitting its partitions into `lanes`;
+    /// a part draws its `part` once and asks with it every time).
     pub async fn partition_map(
         &mut self,
         node: NodeId,
         dataset: &str,
         job: JobId,
         lanes: u16,
+        part: u64,
     ) -> Result<OwnerMap, ClientError> {
         let request = Request::PartitionMap {
             node,
             dataset: dataset.into(),
             job,
             lanes,
+            part,
         };
         match self.call(&request, true).await? {
             Reply::PartitionMap(map) => Ok(map),

@@ -120,11 +120,15 @@ pub enum Request {
     /// dataset runs). The node starts its part of `job` with `lanes`
     /// lanes over its partitions (at most `MAX_NODE_LANES`): its peers
     /// open one stream per lane once every owner has started.
+    /// `part` is drawn once by the node's part: the leader expires the
+    /// node's leases (held by its earlier part) when a new part asks, not
+    /// when the same part asks again or a late copy of its request comes.
     PartitionMap {
         node: NodeId,
         dataset: String,
         job: JobId,
         lanes: u16,
+        part: u64,
     },
     /// One job's progress, from the leader.
     Job {
