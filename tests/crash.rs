@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use bench::oracle::sort_u;
 use common::*;
 
 /// True once a file with `extension` exists in any job scratch directory.

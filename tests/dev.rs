@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use bench::oracle::sort_u;
 use common::*;
 
 fn dev(data: &Path, args: &[&str], inputs: &[&Path], expected: i32) -> std::process::Output {

@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use bench::oracle::sort_u;
 use common::*;
 
 /// Compares exports without dumping megabytes on failure.

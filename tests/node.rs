@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use bench::oracle::{decompressed, sort_u};
 use common::cluster::{Cluster, figure, issue, node, text, write_tsv};
 use common::*;
 

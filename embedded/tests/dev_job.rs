@@ -13,8 +13,7 @@ use node::config::IngestConfig;
 use node::counters::JobCounters;
 use node::store::{Access, Store};
 
-mod common;
-use common::sort_u;
+use bench::oracle::sort_u_dir as sort_u;
 
 fn config(data: &Path) -> IngestConfig {
     IngestConfig {

@@ -4,7 +4,7 @@
 
 pub mod cluster;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -103,46 +103,6 @@ pub fn stats_json(data: &Path, dataset: &str, job: Option<u32>) -> serde_json::V
         cmd.args(["--job", &job.to_string()]);
     }
     serde_json::from_slice(&run(&mut cmd, 0).stdout).expect("stats --json is JSON")
-}
-
-/// A file's bytes as `sort` would read them after decompression.
-pub fn decompressed(path: &Path) -> Vec<u8> {
-    let raw = std::fs::read(path).unwrap();
-    let mut out = Vec::new();
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .unwrap();
-    } else if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        out = zstd::decode_all(&raw[..]).unwrap();
-    } else {
-        out = raw;
-    }
-    out
-}
-
-/// The oracle: `LC_ALL=C sort -u` of the concatenated decompressed inputs.
-/// Each input is passed whole, so a last line without a newline stays a
-/// line of its own, as `sort FILE...` reads it.
-pub fn sort_u(files: &[PathBuf]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut plain = Vec::new();
-    for (i, file) in files.iter().enumerate() {
-        let path = dir.path().join(format!("{i}"));
-        std::fs::write(&path, decompressed(file)).unwrap();
-        plain.push(path);
-    }
-    let mut child = Command::new("sort")
-        .env("LC_ALL", "C")
-        .arg("-u")
-        .args(&plain)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("GNU sort is installed");
-    let mut out = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    assert!(child.wait().unwrap().success());
-    out
 }
 
 /// Input files in `dir`, in the order quern lists them.

@@ -17,6 +17,10 @@ pub struct Ledger {
     state: Mutex<State>,
 }
 
+/// Grants and completions kept for [`Ledger::history`]; later ones are
+/// counted, not kept.
+const MAX_EVENTS: usize = 4096;
+
 #[derive(Default)]
 struct State {
     holders: HashMap<(ShardId, Epoch), NodeId>,
@@ -24,6 +28,8 @@ struct State {
     grants: u64,
     completions: u64,
     violations: Vec<String>,
+    /// The first `MAX_EVENTS` grants and completions, in order.
+    events: Vec<String>,
 }
 
 impl Ledger {
@@ -54,6 +60,19 @@ impl Ledger {
         self.state.lock().expect("not poisoned").violations.clone()
     }
 
+    /// The grants and completions seen, in order (the first
+    /// `MAX_EVENTS`): what a run that went wrong without breaking the
+    /// fencing did with its shards.
+    pub fn history(&self) -> Vec<String> {
+        let state = self.state.lock().expect("not poisoned");
+        let mut history = state.events.clone();
+        let seen = state.grants + state.completions;
+        if seen > history.len() as u64 {
+            history.push(format!("and {} more", seen - history.len() as u64));
+        }
+        history
+    }
+
     /// `(grants, completions)` seen.
     pub fn counts(&self) -> (u64, u64) {
         let state = self.state.lock().expect("not poisoned");
@@ -62,8 +81,15 @@ impl Ledger {
 }
 
 impl State {
+    fn note(&mut self, event: impl FnOnce() -> String) {
+        if self.events.len() < MAX_EVENTS {
+            self.events.push(event());
+        }
+    }
+
     fn granted(&mut self, node: NodeId, shard: ShardId, epoch: Epoch) {
         self.grants += 1;
+        self.note(|| format!("shard {shard} granted to node {node} at epoch {epoch}"));
         if let Some(holder) = self.holders.insert((shard, epoch), node) {
             self.violations.push(format!(
                 "shard {shard} granted at epoch {epoch} to node {holder} and again to node {node}"
@@ -82,6 +108,7 @@ impl State {
 
     fn completed(&mut self, node: NodeId, shard: ShardId, presented: Option<Epoch>) {
         self.completions += 1;
+        self.note(|| format!("shard {shard} completed by node {node} at epoch {presented:?}"));
         let Some(epoch) = presented else {
             self.violations.push(format!(
                 "node {node}'s completion of shard {shard} accepted, though it did not name it"
