@@ -3,8 +3,10 @@
 //! ends when it can no longer finish: once the job has restarted (its
 //! lanes waiting for streams a failed peer will never open), or once it is
 //! cancelled (while it waits for the other owners to start). A shard that
-//! comes back to the part that is reading it is read once. Node 1 is a
-//! real part (`leased_job::run`); node 2 is played by the test.
+//! comes back to the part that is reading it is read once. A node that
+//! starts its part after a shard of the job was done runs the job again
+//! whole. Node 1 is a real part (`leased_job::run`); node 2 is played by
+//! the test.
 
 use std::future::pending;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use node::leased_job::{self, DataChannel, JobError, LeasedJob};
 use node::shuffle::inbound::InboundLane;
 use node::store::{Access, Store};
 use proto_schema::command::Response;
+use proto_schema::coordinator_api::{JobPhase, LeaseReply};
 use proto_schema::ids::{JobId, NodeId};
 use proto_schema::shuffle::PartitionRange;
 
@@ -345,5 +348,56 @@ fn a_shard_leased_again_to_the_part_reading_it_is_read_once() {
         .unwrap()
         .unwrap();
     assert_eq!(status.staged.read, records, "the coordinators' count");
+    cluster.stop();
+}
+
+/// A node that starts its part of a job after one of the job's shards is
+/// done (its records went to an earlier run of the owners) does not stage
+/// without them: the job runs again from its first shard, as attempt 1,
+/// and commits whole.
+#[test]
+fn a_node_starting_after_a_shard_is_done_runs_the_job_again_whole() {
+    let spec = LinesSpec {
+        files: 3,
+        bytes_per_file: 10_000,
+        compression: vec![Compression::Plain],
+        ..LinesSpec::sample()
+    };
+    let cluster = Cluster::start_with(&spec, &[OWNER]);
+    let mut client = cluster.coordinator.client();
+    // An earlier run of this node read one shard (of the only job).
+    cluster.runtime.block_on(async {
+        let LeaseReply::Leased(leased) = client.lease(OWNER, 1, None).await.unwrap() else {
+            panic!("nothing leased")
+        };
+        client
+            .complete_shards(OWNER, vec![(leased[0].shard, leased[0].epoch)])
+            .await
+            .unwrap();
+    });
+    let outcome = cluster
+        .run_owner(pending())
+        .recv_timeout(Duration::from_secs(120))
+        .expect("node 1's part ends")
+        .expect("node 1's part commits");
+    let status = cluster
+        .runtime
+        .block_on(client.job(cluster.job))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.phase, JobPhase::Committed);
+    assert_eq!((status.attempt, status.shards_done), (1, 3));
+    let cause = status.restarted.unwrap_or_default();
+    assert!(cause.contains("node 1 started its part again"), "{cause}");
+    assert_eq!(outcome.totals.files, 3, "every file read in attempt 1");
+    let store = Store::open(&cluster.ingest.data_dir, 8 << 20, Access::ReadOnly).unwrap();
+    let dataset = store.existing_dataset("lines").unwrap();
+    let mut exported = Vec::new();
+    node::export::export(&store, &dataset, &mut exported).unwrap();
+    assert!(
+        exported == bench::oracle::sort_u_dir(cluster.input.path()),
+        "the export is not sort -u"
+    );
+    drop(store);
     cluster.stop();
 }
