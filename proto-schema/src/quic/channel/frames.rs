@@ -5,6 +5,8 @@
 use quinn::{ReadExactError, RecvStream, SendStream, WriteError};
 use rkyv::util::AlignedVec;
 
+use super::ChannelError;
+use crate::RecordBatch;
 use crate::frame::{Frame, FrameError, FrameHeader, FrameKind, HEADER_LEN};
 
 /// Why a frame could not be read.
@@ -92,6 +94,35 @@ impl FrameStream {
             None => Ok(None),
         }
     }
+}
+
+/// A stream that writes record batches: each archived into a buffer it
+/// keeps for the next, and checked against its frame limit first.
+pub(super) trait BatchWriter {
+    fn max_frame(&self) -> u32;
+    /// The last batch's archive, reused for the next.
+    fn buffer(&mut self) -> &mut AlignedVec;
+    async fn write_frame(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), ChannelError>;
+}
+
+/// Writes `batch` as one frame of `to`, unless its archive is over the
+/// frame limit.
+pub(super) async fn write_batch(
+    to: &mut impl BatchWriter,
+    batch: &RecordBatch,
+) -> Result<(), ChannelError> {
+    let payload = batch.archive_into(std::mem::take(to.buffer()));
+    let max = to.max_frame();
+    let result = if payload.len() > max as usize {
+        Err(ChannelError::TooLarge {
+            len: payload.len(),
+            max,
+        })
+    } else {
+        to.write_frame(FrameKind::RecordBatch, &payload).await
+    };
+    *to.buffer() = payload;
+    result
 }
 
 /// Writes one frame.

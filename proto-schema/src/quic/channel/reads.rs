@@ -40,6 +40,20 @@ pub struct ReadOutput {
     records: u64,
 }
 
+impl frames::BatchWriter for ReadOutput {
+    fn max_frame(&self) -> u32 {
+        self.config.max_frame
+    }
+
+    fn buffer(&mut self) -> &mut AlignedVec {
+        &mut self.buffer
+    }
+
+    async fn write_frame(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), ChannelError> {
+        self.write(kind, payload).await
+    }
+}
+
 impl ReadOutput {
     pub(super) fn new(send: SendStream, config: Arc<ChannelConfig>, peer: String) -> Self {
         let sent = metrics::counter!(SENT_BYTES_METRIC, "link" => peer.clone());
@@ -64,18 +78,7 @@ impl ReadOutput {
     /// Sends a batch of records (keys ascending, after every earlier
     /// batch's); waits while the client's windows are full.
     pub async fn batch(&mut self, batch: &RecordBatch) -> Result<(), ChannelError> {
-        let payload = batch.archive_into(std::mem::take(&mut self.buffer));
-        let max = self.config.max_frame;
-        let result = if payload.len() > max as usize {
-            Err(ChannelError::TooLarge {
-                len: payload.len(),
-                max,
-            })
-        } else {
-            self.write(FrameKind::RecordBatch, &payload).await
-        };
-        self.buffer = payload;
-        result?;
+        frames::write_batch(self, batch).await?;
         self.frames += 1;
         self.records += batch.len() as u64;
         Ok(())

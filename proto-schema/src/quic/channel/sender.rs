@@ -140,24 +140,27 @@ pub struct BatchStream {
     finished: bool,
 }
 
+impl frames::BatchWriter for BatchStream {
+    fn max_frame(&self) -> u32 {
+        self.link.inner.config.max_frame
+    }
+
+    fn buffer(&mut self) -> &mut AlignedVec {
+        &mut self.buffer
+    }
+
+    async fn write_frame(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), ChannelError> {
+        self.write(kind, payload).await
+    }
+}
+
 impl BatchStream {
     /// Sends one batch; returns once the peer's windows have taken it
     /// (waiting meanwhile: this is where a full owner holds its senders
     /// back). A refusal by the owner comes back as
     /// [`ChannelError::Refused`] with its reason.
     pub async fn send(&mut self, batch: &RecordBatch) -> Result<(), ChannelError> {
-        let payload = batch.archive_into(std::mem::take(&mut self.buffer));
-        let max = self.link.inner.config.max_frame;
-        let result = if payload.len() > max as usize {
-            Err(ChannelError::TooLarge {
-                len: payload.len(),
-                max,
-            })
-        } else {
-            self.write(FrameKind::RecordBatch, &payload).await
-        };
-        self.buffer = payload;
-        result?;
+        frames::write_batch(self, batch).await?;
         self.batches += 1;
         self.records += batch.len() as u64;
         Ok(())
