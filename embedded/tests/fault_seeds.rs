@@ -127,7 +127,12 @@ impl Input {
 /// - 151: both reading nodes' committed parts read every file (11,424
 ///   records read of 5,712), the fencing unbroken; cause not yet found
 ///   (an overcount is reported with the leases' history).
-const REGRESSION_SEEDS: &[u64] = &[123, 151, 245];
+/// - 518: the job committed with nothing read: every node's first part
+///   failed after reading, the reporter of a failed part still reported
+///   its shards done on its way out, and the nodes' next parts found the
+///   job's shards done and staged nothing. A failed part now reports none
+///   (`ShardFeed::failed`).
+const REGRESSION_SEEDS: &[u64] = &[123, 151, 245, 518];
 
 /// The seeds to run: `QUERN_SEED`, else `0..QUERN_SEEDS` (else
 /// `0..DEFAULT_SEEDS`) and `REGRESSION_SEEDS`.

@@ -125,6 +125,7 @@ impl JobState {
     fn fail(&mut self, myself: &ActorRef<JobMsg>, reason: String) {
         if let Some(reply) = self.reply.take() {
             tracing::error!("ingest job failed: {reason}");
+            self.feed.failed();
             self.close_edges();
             let _ = reply.send(Err(reason.clone()));
         }

@@ -111,6 +111,10 @@ struct Shared<T: Transport> {
     done: Mutex<Vec<(ShardId, Epoch)>>,
     wake: Notify,
     stop: AtomicBool,
+    /// Set once the part has failed (or its feed is gone without
+    /// staging): shards it read must not be reported done, or a new part
+    /// would find the job's shards done with their records lost.
+    abandoned: AtomicBool,
     /// Why the reporter gave up; ends the job.
     failure: Mutex<Option<String>>,
 }
@@ -145,6 +149,7 @@ impl<T: Transport> LeaseFeed<T> {
                 done: Mutex::default(),
                 wake: Notify::new(),
                 stop: AtomicBool::new(false),
+                abandoned: AtomicBool::new(false),
                 failure: Mutex::default(),
             }),
             runtime,
@@ -311,6 +316,10 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
         }
     }
 
+    fn failed(&self) {
+        self.shared.abandon();
+    }
+
     fn cluster_part(&self) -> Option<ClusterPart> {
         Some(self.shared.part)
     }
@@ -457,13 +466,22 @@ fn bundles(scans: Vec<Shard>) -> Vec<Vec<Shard>> {
 
 impl<T: Transport> Drop for LeaseFeed<T> {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
+        self.shared.abandon();
+    }
+}
+
+impl<T: Transport> Shared<T> {
+    /// Ends the reporter without a last report.
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 }
 
 /// The reporter: every `interval`, or sooner when woken, reports finished
-/// shards in batches and heartbeats; a last report when stopped. Once the
+/// shards in batches and heartbeats; a last report when stopped after
+/// staging, none once the part is abandoned (failed). Once the
 /// feed has ended it also asks whether the part is still current: a peer
 /// whose part failed before it opened its streams never sends them, and
 /// the restarted job is then the only news the waiting lanes get. What
@@ -471,6 +489,9 @@ impl<T: Transport> Drop for LeaseFeed<T> {
 /// job through `ender`, so that it never waits on for input.
 async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration, ender: JobEnder) {
     loop {
+        if shared.abandoned.load(Ordering::Acquire) {
+            return;
+        }
         let stopping = shared.stop.load(Ordering::Acquire);
         let mut outcome = report_once(&shared).await;
         if outcome.is_ok() && !stopping && shared.feed_ended.load(Ordering::Acquire) {
@@ -534,6 +555,9 @@ async fn report_once<T: Transport>(shared: &Shared<T>) -> Result<(), String> {
     let target = shared.target;
     let mut client = shared.client.lock().await;
     loop {
+        if shared.abandoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let batch: Vec<(ShardId, Epoch)> = {
             let mut done = shared.done.lock().expect("not poisoned");
             let take = done.len().min(MAX_LEASES_PER_COMMAND);

@@ -58,6 +58,11 @@ pub trait ShardFeed: Send + Sync + 'static {
     /// A walk has nothing to do; a feed of leased shards reports them.
     fn scanned(&self, _shards: &[Shard]) {}
 
+    /// The job failed: nothing it read counts. Called on the supervisor,
+    /// so it must not block. A feed of leased shards reports no more of
+    /// them done (their records went to lanes that are gone).
+    fn failed(&self) {}
+
     /// The part of the coordinators' job this job is, if it is one: its
     /// files are then staged durably (`store::staged`) before
     /// [`ShardFeed::staged`] reports them, so that a node that goes down
