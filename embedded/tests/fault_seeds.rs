@@ -124,15 +124,18 @@ impl Input {
 ///   of a node's start expired the leases its part was reading, and the
 ///   part, leased them back, read them again. It now completes them under
 ///   the newer epoch instead (`LeaseFeed::renewed_in_part`).
-/// - 151: both reading nodes' committed parts read every file (11,424
-///   records read of 5,712), the fencing unbroken; cause not yet found
-///   (an overcount is reported with the leases' history).
+/// - 151 (and 282): both reading nodes' committed parts read every file
+///   (11,424 records read of 5,712). The leases' history showed it: one
+///   node's leases expired while it read, the other read and completed
+///   the shards, and the first staged before its own completions had been
+///   reported (and refused). A part now reports every shard it read, and
+///   fails if one is refused, before it stages.
 /// - 518: the job committed with nothing read: every node's first part
 ///   failed after reading, the reporter of a failed part still reported
 ///   its shards done on its way out, and the nodes' next parts found the
 ///   job's shards done and staged nothing. A failed part now reports none
 ///   (`ShardFeed::failed`).
-const REGRESSION_SEEDS: &[u64] = &[123, 151, 245, 518];
+const REGRESSION_SEEDS: &[u64] = &[123, 151, 245, 282, 518];
 
 /// The seeds to run: `QUERN_SEED`, else `0..QUERN_SEEDS` (else
 /// `0..DEFAULT_SEEDS`) and `REGRESSION_SEEDS`.
@@ -181,7 +184,7 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
                         }) => eprintln!(
                             "seed {seed}: committed in {:.1?} (attempt {attempts}), but counted \
                              {read} records read of {records}: records read twice in one \
-                             attempt (a known gap, issue 15); leases:\n{leases}",
+                             attempt (issue 15); leases:\n{leases}",
                             run.elapsed()
                         ),
                         Ok(SeedEnd::Failed(reason)) => eprintln!(
@@ -688,10 +691,9 @@ fn check_outcome(
         wrong.push(format!("the nodes' counts do not reconcile: {totals:?}"));
     }
     // Exactly the input's records: a committed attempt should read every
-    // shard once. More is a known gap (issue 15: a part never reads a
-    // shard twice now, yet seed 151 once counted every record twice, its
-    // cause not found), reported with the leases' history, and failing
-    // only under `QUERN_STRICT_COUNTS`.
+    // shard once. More (seeds 151 and 282, fixed) is reported with the
+    // leases' history, and fails only under `QUERN_STRICT_COUNTS` until
+    // long runs show it gone.
     let overcounted = totals.read > input.records;
     if totals.read < input.records || (overcounted && strict_counts()) {
         wrong.push(format!(

@@ -401,3 +401,72 @@ fn a_node_starting_after_a_shard_is_done_runs_the_job_again_whole() {
     drop(store);
     cluster.stop();
 }
+
+/// Node 1's leases expire while it reads, and node 2 reads the shards
+/// and completes them first: node 1's part, having read them too, must
+/// not stage counts its completions were refused for (every record would
+/// count twice); it fails naming the refusal.
+#[test]
+fn a_part_whose_shards_were_completed_by_another_node_does_not_stage() {
+    let spec = LinesSpec {
+        files: 8,
+        bytes_per_file: 3 << 20,
+        compression: vec![Compression::Plain],
+        ..LinesSpec::sample()
+    };
+    let mut cluster = Cluster::start_with(&spec, &[OWNER]);
+    cluster.ingest.split_bytes = 1 << 20;
+    let mut client = cluster.coordinator.client();
+    let ended = cluster.run_owner(pending());
+    let deadline = Instant::now() + NOTICE;
+    loop {
+        let status = cluster
+            .runtime
+            .block_on(client.job(cluster.job))
+            .unwrap()
+            .unwrap();
+        if status.shards_leased > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 leased nothing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Node 1's leases expire (the coordinators take a request of its for
+    // a new part's), and node 2 takes the shards over and completes them
+    // before node 1 has.
+    let taken = cluster.runtime.block_on(async {
+        client
+            .partition_map(OWNER, "lines", cluster.job, 2, 1)
+            .await
+            .unwrap();
+        leased_job::register(&mut client, PEER, "in-process".into(), [0; 32])
+            .await
+            .unwrap();
+        let LeaseReply::Leased(leased) = client.lease(PEER, 100, None).await.unwrap() else {
+            panic!("node 1's expired leases are not granted to node 2")
+        };
+        let done: Vec<_> = leased.iter().map(|l| (l.shard, l.epoch)).collect();
+        client.complete_shards(PEER, done).await.unwrap();
+        leased.len()
+    });
+    assert!(taken > 0);
+    let result = ended
+        .recv_timeout(Duration::from_secs(120))
+        .expect("node 1's part ends");
+    let error = result.expect_err("node 1's part read shards node 2 completed");
+    assert!(
+        error.to_string().contains("its completion was refused"),
+        "{error}"
+    );
+    let status = cluster
+        .runtime
+        .block_on(client.job(cluster.job))
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        status.phase,
+        JobPhase::Committed,
+        "committed with node 1's counts"
+    );
+    cluster.stop();
+}

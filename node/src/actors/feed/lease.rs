@@ -395,6 +395,13 @@ impl<T: Transport> LeaseFeed<T> {
     /// decide the job (see `staged_parts::decide`).
     fn stage_and_wait(&self, totals: &JobTotals) -> Result<(), NotPublished> {
         let (node, part) = (self.shared.target.node, self.shared.part);
+        // Every shard the part read must be accepted as done before its
+        // counts are: one refused (its lease expired and another node
+        // read it too) would count its records twice.
+        let _ = self.runtime.block_on(report_once(&self.shared));
+        if let Some(failure) = self.failure() {
+            return Err(NotPublished::Refused(failure));
+        }
         let reported = self.runtime.block_on(async {
             let mut client = self.shared.client.lock().await;
             staged_parts::report(&mut client, node, &part, staged_parts::counts_of(totals)).await
@@ -499,7 +506,11 @@ async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration, ender:
         }
         if let Err(failure) = outcome {
             tracing::error!("{failure}");
-            *shared.failure.lock().expect("not poisoned") = Some(failure.clone());
+            shared
+                .failure
+                .lock()
+                .expect("not poisoned")
+                .get_or_insert_with(|| failure.clone());
             ender.fail(failure);
             return;
         }
@@ -551,9 +562,24 @@ async fn check_part<T: Transport>(
     }
 }
 
+/// Reports the finished shards and heartbeats; a failure is recorded
+/// (`Shared::failure`) before the client is let go, so whoever reports
+/// next sees it.
 async fn report_once<T: Transport>(shared: &Shared<T>) -> Result<(), String> {
-    let target = shared.target;
     let mut client = shared.client.lock().await;
+    let reported = report_with(&mut client, shared).await;
+    if let Err(failure) = &reported {
+        let mut recorded = shared.failure.lock().expect("not poisoned");
+        recorded.get_or_insert_with(|| failure.clone());
+    }
+    reported
+}
+
+async fn report_with<T: Transport>(
+    client: &mut CoordinatorClient<T>,
+    shared: &Shared<T>,
+) -> Result<(), String> {
+    let target = shared.target;
     loop {
         if shared.abandoned.load(Ordering::Acquire) {
             return Ok(());
