@@ -24,7 +24,6 @@ use std::sync::Arc;
 use proto_schema::{BatchShape, BatchView, Position, Record, RecordBatch};
 
 use batch_pool::BatchPool;
-use dedup::FirstOccurrence;
 use merge::{KMerge, MergeOrder, SortedSource};
 use run::{RunBuffer, SortedRun};
 use run_file::{RunFile, RunReader, RunWriter, run_path};
@@ -149,12 +148,10 @@ impl LaneSorter {
         let path = run_path(&self.dir, self.lane, self.next_run);
         self.next_run += 1;
         let mut writer = RunWriter::create(path, self.limits.frame_bytes)?;
-        let mut dedup = FirstOccurrence::default();
         while let Some(record) = source.current() {
-            if dedup.is_first(&record) {
-                writer.push(record)?;
-            } else {
-                on_duplicate(record.position);
+            let position = record.position;
+            if !writer.push_first(record)? {
+                on_duplicate(position);
             }
             source.advance()?;
         }

@@ -92,7 +92,7 @@ impl DedupState {
         let mut unique = self.pool.take(batch.shape());
         for i in 0..batch.len() {
             let record = batch.record(i);
-            if self.first.is_first(&record) {
+            if self.first.is_first(batch, i) {
                 self.tally.unique(record.position.file);
                 unique.push(record);
             } else {
