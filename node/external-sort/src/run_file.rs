@@ -12,7 +12,7 @@ use proto_schema::{
 use rkyv::util::AlignedVec;
 
 use super::SortError;
-use super::dedup::CarriedKey;
+use super::dedup::{CarriedKey, repeats_last};
 use super::merge::SortedSource;
 
 /// A run reader's buffer: one per open run in a merge, so kept small.
@@ -81,11 +81,7 @@ impl RunWriter {
     /// still in the frame being filled, or its key carried over from the
     /// frame written: no key is copied per record.
     pub fn push_first(&mut self, record: Record<'_>) -> Result<bool, SortError> {
-        let repeat = match self.batch.len() {
-            0 => self.carried.same_key(&record),
-            n => self.batch.record(n - 1).same_key(&record),
-        };
-        if repeat {
+        if repeats_last(&self.batch, &self.carried, &record) {
             return Ok(false);
         }
         self.push(record)?;
