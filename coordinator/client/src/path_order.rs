@@ -210,7 +210,8 @@ impl Iterator for SortedEntries {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next == self.batch.len() {
-            match self.merge.next_batch(BATCH_BYTES) {
+            // Repeats handed out, to be reported naming both entries.
+            match self.merge.next_batch(BATCH_BYTES, None) {
                 Ok(Some(batch)) => {
                     self.batch = batch;
                     self.next = 0;

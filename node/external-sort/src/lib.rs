@@ -5,9 +5,10 @@
 //! once (extra merge passes when there are more). Also the batch pool the
 //! stages recycle batches through, and the exact dedup of a sorted stream.
 //!
-//! Duplicates met while spilling or in intermediate passes are dropped early
-//! (and reported, so counters reconcile); the final merge streams every
-//! remaining record to the dedup stage, which decides first occurrences.
+//! Duplicates met while spilling, in intermediate passes or in the final
+//! merge are dropped as they are met (and reported, so counters
+//! reconcile), never copied: the final merge streams only first
+//! occurrences, which the dedup stage checks and counts.
 
 pub mod batch_pool;
 pub mod dedup;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use proto_schema::{BatchShape, BatchView, Position, Record, RecordBatch};
 
 use batch_pool::BatchPool;
-use dedup::FirstOccurrence;
+use dedup::{CarriedKey, repeats_last};
 use merge::{KMerge, MergeOrder, SortedSource};
 use run::{RunBuffer, SortedRun};
 use run_file::{RunFile, RunReader, RunWriter, run_path};
@@ -149,12 +150,10 @@ impl LaneSorter {
         let path = run_path(&self.dir, self.lane, self.next_run);
         self.next_run += 1;
         let mut writer = RunWriter::create(path, self.limits.frame_bytes)?;
-        let mut dedup = FirstOccurrence::default();
         while let Some(record) = source.current() {
-            if dedup.is_first(&record) {
-                writer.push(record)?;
-            } else {
-                on_duplicate(record.position);
+            let position = record.position;
+            if !writer.push_first(record)? {
+                on_duplicate(position);
             }
             source.advance()?;
         }
@@ -162,8 +161,8 @@ impl LaneSorter {
     }
 
     /// Ends the input: merges runs until the rest fit the open-run limit,
-    /// then returns the final merge, which streams every record in merge
-    /// order.
+    /// then returns the final merge, which streams the first occurrence of
+    /// every key in merge order.
     pub fn finish(
         mut self,
         on_duplicate: &mut dyn FnMut(Position),
@@ -202,7 +201,13 @@ impl LaneSorter {
         let merge = self.open_merge(runs, in_memory)?;
         let last = BatchShape::default();
         let pool = self.pool.clone();
-        Ok((LaneMerge { merge, last, pool }, self.stats))
+        let lane_merge = LaneMerge {
+            merge,
+            last,
+            carried: CarriedKey::default(),
+            pool,
+        };
+        Ok((lane_merge, self.stats))
     }
 
     fn open_merge(
@@ -242,28 +247,46 @@ impl SortedSource for RunSource {
     }
 }
 
-/// The final merge of a lane, handed out in batches.
+/// The final merge of a lane, handed out in batches of first occurrences.
 pub struct LaneMerge {
     merge: KMerge<RunSource>,
     /// Shape of the last batch handed out, to size the next one.
     last: BatchShape,
+    /// The last key handed out, to drop its repeats at the next batch's
+    /// start.
+    carried: CarriedKey,
     pool: Arc<BatchPool>,
 }
 
 impl LaneMerge {
-    /// The next batch of about `target_bytes`, or `None` when done.
-    pub fn next_batch(&mut self, target_bytes: usize) -> Result<Option<RecordBatch>, SortError> {
+    /// The next batch of about `target_bytes`, or `None` when done. With
+    /// `on_duplicate`, a record repeating the key of the one before (not
+    /// its first occurrence: the merge order puts that first) is not
+    /// copied into the batch but passed to it; without, repeats are handed
+    /// out too.
+    pub fn next_batch(
+        &mut self,
+        target_bytes: usize,
+        mut on_duplicate: Option<&mut dyn FnMut(Position)>,
+    ) -> Result<Option<RecordBatch>, SortError> {
         let mut batch = self.pool.take(self.last);
         while let Some(record) = self.merge.current() {
-            batch.push(record);
+            match &mut on_duplicate {
+                Some(dropped) if repeats_last(&batch, &self.carried, &record) => {
+                    dropped(record.position)
+                }
+                _ => batch.push(record),
+            }
             self.merge.advance()?;
             if batch.payload_bytes() >= target_bytes {
                 break;
             }
         }
-        if batch.is_empty() {
+        let Some(last) = batch.len().checked_sub(1) else {
+            self.pool.give(batch);
             return Ok(None);
-        }
+        };
+        self.carried.keep(&batch.record(last));
         self.last = batch.shape();
         Ok(Some(batch))
     }
@@ -302,7 +325,7 @@ mod tests {
             }
             let (mut merge, _stats) = sorter.finish(&mut |p| dropped.push(p)).unwrap();
             let mut out = Vec::new();
-            while let Some(batch) = merge.next_batch(100).unwrap() {
+            while let Some(batch) = merge.next_batch(100, Some(&mut |p| dropped.push(p))).unwrap() {
                 for i in 0..batch.len() {
                     let r = batch.record(i);
                     out.push((r.partition, r.key.to_vec(), r.position));
@@ -316,6 +339,8 @@ mod tests {
             // Output is sorted and, together with the dropped records, is
             // exactly the input.
             prop_assert!(out.windows(2).all(|w| w[0] < w[1]));
+            // One record per key: the merge dropped every repeat.
+            prop_assert!(out.windows(2).all(|w| (w[0].0, &w[0].1) != (w[1].0, &w[1].1)));
             let mut rejoined = out.clone();
             rejoined.extend(all.iter().filter(|r| dropped.contains(&r.2)).cloned());
             rejoined.sort();

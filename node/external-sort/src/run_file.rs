@@ -12,6 +12,7 @@ use proto_schema::{
 use rkyv::util::AlignedVec;
 
 use super::SortError;
+use super::dedup::{CarriedKey, repeats_last};
 use super::merge::SortedSource;
 
 /// A run reader's buffer: one per open run in a merge, so kept small.
@@ -41,6 +42,8 @@ pub struct RunWriter {
     out: BufWriter<File>,
     path: PathBuf,
     batch: RecordBatch,
+    /// The last key of the frame last written, for [`Self::push_first`].
+    carried: CarriedKey,
     /// The last frame's archive buffer, reused for the next.
     archive: AlignedVec,
     frame_bytes: usize,
@@ -55,6 +58,7 @@ impl RunWriter {
             out: BufWriter::with_capacity(64 * 1024, file),
             path,
             batch: RecordBatch::new(),
+            carried: CarriedKey::default(),
             archive: AlignedVec::new(),
             frame_bytes,
             records: 0,
@@ -62,7 +66,7 @@ impl RunWriter {
         })
     }
 
-    pub fn push(&mut self, record: Record<'_>) -> Result<(), SortError> {
+    fn push(&mut self, record: Record<'_>) -> Result<(), SortError> {
         self.batch.push(record);
         self.records += 1;
         if self.batch.payload_bytes() >= self.frame_bytes {
@@ -71,7 +75,23 @@ impl RunWriter {
         Ok(())
     }
 
+    /// Pushes `record` unless it has the key of the record pushed last
+    /// (records come in merge order, so that one is the key's first
+    /// occurrence); returns whether it was pushed. The record before is
+    /// still in the frame being filled, or its key carried over from the
+    /// frame written: no key is copied per record.
+    pub fn push_first(&mut self, record: Record<'_>) -> Result<bool, SortError> {
+        if repeats_last(&self.batch, &self.carried, &record) {
+            return Ok(false);
+        }
+        self.push(record)?;
+        Ok(true)
+    }
+
     fn write_batch(&mut self) -> Result<(), SortError> {
+        if let Some(last) = self.batch.len().checked_sub(1) {
+            self.carried.keep(&self.batch.record(last));
+        }
         self.archive = self.batch.archive_into(std::mem::take(&mut self.archive));
         write_frame(&mut self.out, FrameKind::RecordBatch, &self.archive)
             .map_err(|e| SortError::io(&self.path, e))?;

@@ -1,6 +1,7 @@
 //! Dedup: the lane's merged stream arrives in merge order; the first record
 //! of each key (its first occurrence) goes on to commit, the rest are
-//! counted as duplicates of their files.
+//! counted as duplicates of their files. The merge has dropped repeats
+//! already: here each key is checked once more and counted.
 
 use std::sync::Arc;
 
@@ -26,6 +27,9 @@ pub struct DedupState {
     pool: Arc<BatchPool>,
     commit: Edge<CommitMsg>,
     first: FirstOccurrence,
+    /// Per record of the batch in hand: whether it is its key's first
+    /// occurrence (kept between batches for its memory).
+    kept: Vec<bool>,
     tally: FileTally,
 }
 
@@ -46,6 +50,7 @@ impl Actor for Dedup {
             pool: args.ctx.pool.clone(),
             commit: args.commit,
             first: FirstOccurrence::default(),
+            kept: Vec::new(),
             tally: args.ctx.tally(),
         })
     }
@@ -63,9 +68,8 @@ impl Actor for Dedup {
                     DedupMsg::Batch(batch, credit) => {
                         let unique = blocking(|| {
                             fail::fail_point!("dedup-batch");
-                            state.keep_first_occurrences(&batch)
+                            state.keep_first_occurrences(batch)
                         });
-                        state.pool.give(batch);
                         drop(credit);
                         state.tally.publish()?;
                         if !unique.is_empty() {
@@ -88,17 +92,29 @@ impl Actor for Dedup {
 }
 
 impl DedupState {
-    fn keep_first_occurrences(&mut self, batch: &RecordBatch) -> RecordBatch {
-        let mut unique = self.pool.take(batch.shape());
+    /// The batch's first occurrences, counted per file. The merge drops
+    /// repeats before they come here, so a batch goes on as it is; only
+    /// one holding a repeat is copied without it.
+    fn keep_first_occurrences(&mut self, batch: RecordBatch) -> RecordBatch {
+        self.kept.clear();
         for i in 0..batch.len() {
-            let record = batch.record(i);
-            if self.first.is_first(&record) {
-                self.tally.unique(record.position.file);
-                unique.push(record);
+            let first = self.first.is_first(&batch, i);
+            let file = batch.record(i).position.file;
+            if first {
+                self.tally.unique(file);
             } else {
-                self.tally.duplicate(record.position.file);
+                self.tally.duplicate(file);
             }
+            self.kept.push(first);
         }
+        if self.kept.iter().all(|&first| first) {
+            return batch;
+        }
+        let mut unique = self.pool.take(batch.shape());
+        for i in (0..batch.len()).filter(|&i| self.kept[i]) {
+            unique.push(batch.record(i));
+        }
+        self.pool.give(batch);
         unique
     }
 }

@@ -15,7 +15,6 @@
 //! closed edge).
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use proto_schema::{Position, Record, RecordBatch, key_hash, partition_of_hash};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -194,8 +193,9 @@ impl ScanState {
             }
             // The shard has ended, whole or cut short.
             let file = current.shard.file.clone();
+            let change = current.opened.changed_since_listed(&file);
             *reading = None;
-            if let Some(change) = changed_since_listed(&file) {
+            if let Some(change) = change {
                 self.problem(&file, None, change)?;
             }
         };
@@ -373,32 +373,5 @@ impl ScanState {
         })?;
         self.rejected.clear();
         Ok(())
-    }
-}
-
-/// How a file differs from when it was listed, if it does.
-fn changed_since_listed(file: &InputFile) -> Option<String> {
-    if file.is_stdin() {
-        return None; // nothing was listed to compare with
-    }
-    let now = match std::fs::metadata(&file.path) {
-        Ok(m) => m,
-        Err(e) => {
-            return Some(format!(
-                "file changed while being read: it can no longer be examined ({e})"
-            ));
-        }
-    };
-    let modified: Option<SystemTime> = now.modified().ok();
-    if now.len() != file.size {
-        Some(format!(
-            "file changed while being read: {} bytes when listed, {} bytes now",
-            file.size,
-            now.len()
-        ))
-    } else if modified != file.modified {
-        Some("file changed while being read: its modification time moved; re-run the ingest to pick up the new content".into())
-    } else {
-        None
     }
 }

@@ -1,6 +1,6 @@
 //! Sort-merge: gathers a lane's records into runs within its memory share,
 //! spills sorted runs, and on `Finish` merges them and streams the result, in
-//! merge order, to the lane's dedup stage.
+//! merge order and without repeated keys, to the lane's dedup stage.
 
 use std::sync::Arc;
 
@@ -118,13 +118,29 @@ impl Actor for SortMerge {
                         JobCounters::add(&ctx.counters.merge_passes, stats.merge_passes);
                         tally.flush()?;
                         let batch_bytes = ctx.batch_bytes();
-                        while let Some(batch) = blocking(|| merge.next_batch(batch_bytes))? {
-                            JobCounters::add(&ctx.counters.merged, batch.len() as u64);
+                        // Repeats the merge meets are dropped there and
+                        // counted here, as those dropped while spilling;
+                        // they have been merged too.
+                        let mut repeats = 0;
+                        while let Some(batch) = blocking(|| {
+                            merge.next_batch(
+                                batch_bytes,
+                                Some(&mut |position| {
+                                    repeats += 1;
+                                    tally.duplicate(position.file)
+                                }),
+                            )
+                        })? {
+                            tally.publish()?;
+                            let merged = batch.len() as u64 + std::mem::take(&mut repeats);
+                            JobCounters::add(&ctx.counters.merged, merged);
                             let bytes = batch.heap_bytes() as u64;
                             dedup
                                 .send(bytes, |credit| DedupMsg::Batch(batch, credit))
                                 .await?;
                         }
+                        JobCounters::add(&ctx.counters.merged, repeats);
+                        tally.flush()?;
                         dedup.send_control(DedupMsg::Finish)?;
                     }
                 }

@@ -9,11 +9,14 @@ pub mod roots;
 pub mod shard;
 pub mod source;
 
+use std::fs::File;
 use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use read_buffers::ReadBuffers;
 use records::{ReadFailure, RecordReader};
-use shard::{Shard, ShardRange};
+use shard::{InputFile, Shard, ShardRange};
 use source::{Compression, FileBytesRead, Source};
 
 /// How much a reader asks of the file system at once.
@@ -27,6 +30,8 @@ pub struct OpenShard {
     pub records: RecordReader,
     pub compression: Compression,
     pub file_bytes: FileBytesRead,
+    /// The open file (none for standard input).
+    file: Option<Arc<File>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +87,7 @@ impl OpenShard {
             (source.compression == Compression::Plain && !file.is_stdin()).then_some(file.size);
         let compression = source.compression;
         let file_bytes = source.file_bytes();
+        let open_file = source.file.clone();
         let records = RecordReader::new(
             source.reader,
             start,
@@ -95,6 +101,35 @@ impl OpenShard {
             records,
             compression,
             file_bytes,
+            file: open_file,
         })
+    }
+
+    /// Why the file read is not the one listed (`listed`), if it is not:
+    /// its size or modification time moved. Asked of the open file, not
+    /// its path: a small file's read was mostly path lookups, and this
+    /// was the second one.
+    pub fn changed_since_listed(&self, listed: &InputFile) -> Option<String> {
+        let file = self.file.as_ref()?; // standard input: nothing was listed
+        let now = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                return Some(format!(
+                    "file changed while being read: it can no longer be examined ({e})"
+                ));
+            }
+        };
+        let modified: Option<SystemTime> = now.modified().ok();
+        if now.len() != listed.size {
+            Some(format!(
+                "file changed while being read: {} bytes when listed, {} bytes now",
+                listed.size,
+                now.len()
+            ))
+        } else if modified != listed.modified {
+            Some("file changed while being read: its modification time moved; re-run the ingest to pick up the new content".into())
+        } else {
+            None
+        }
     }
 }

@@ -65,13 +65,19 @@ pub struct Source {
     pub reader: Box<dyn Read + Send>,
     pub compression: Compression,
     file_bytes: Arc<AtomicU64>,
+    /// The open file under `reader` (none for standard input), to examine
+    /// it again after reading without looking its path up.
+    pub file: Option<Arc<File>>,
 }
 
 impl Source {
     /// Opens the whole file, decompressing if its magic bytes say so;
     /// `buffer` holds file bytes in front of the decompressor.
     pub fn open_whole(path: &Path, buffer: ReadBuffer) -> io::Result<Source> {
-        Self::decompressing(File::open(path)?, buffer)
+        let file = Arc::new(File::open(path)?);
+        let mut source = Self::decompressing(file.clone(), buffer)?;
+        source.file = Some(file);
+        Ok(source)
     }
 
     /// Standard input, decompressed if its magic bytes say so.
@@ -107,21 +113,23 @@ impl Source {
             reader,
             compression,
             file_bytes,
+            file: None,
         })
     }
 
     /// Opens a plain file positioned at `offset`.
     pub fn open_plain_at(path: &Path, offset: u64) -> io::Result<Source> {
-        let mut file = File::open(path)?;
+        let mut file = Arc::new(File::open(path)?);
         file.seek(SeekFrom::Start(offset))?;
         let file_bytes = Arc::new(AtomicU64::new(offset));
         Ok(Source {
             reader: Box::new(CountingReader {
-                inner: file,
+                inner: file.clone(),
                 count: file_bytes.clone(),
             }),
             compression: Compression::Plain,
             file_bytes,
+            file: Some(file),
         })
     }
 
