@@ -142,7 +142,14 @@ impl ClientApi {
                     map_epoch: *map_epoch,
                 };
                 let reply = self.propose(&stage).await;
-                if let Reply::Written(Applied(Response::JobStaged { job, committed })) = &reply {
+                if let Reply::Written(Applied(Response::JobStaged {
+                    job,
+                    committed,
+                    committing,
+                })) = &reply
+                    && (!committed || *committing)
+                {
+                    // A report repeated after the commit is no progress.
                     self.desk.staged(*job, *committed);
                 }
                 reply

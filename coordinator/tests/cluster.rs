@@ -972,7 +972,8 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
             .unwrap(),
         Response::JobStaged {
             job,
-            committed: true
+            committed: true,
+            committing: true,
         }
     );
     // No job runs now: node 2 rejoins the map at the next epoch.

@@ -602,8 +602,11 @@ pub enum Response {
     },
     JobStaged {
         job: JobId,
-        /// Whether this report completed the job: every owner may publish.
+        /// Whether the job is committed: every owner may publish.
         committed: bool,
+        /// Whether this report is the one that committed it (a report
+        /// repeated after the commit is not).
+        committing: bool,
     },
     Error(CommandError),
     JobRestarted {
@@ -946,6 +949,7 @@ mod tests {
             Response::JobStaged {
                 job: 9u64.into(),
                 committed: true,
+                committing: false,
             },
             Response::Error(CommandError::UnknownNode { id: 7u64.into() }),
             Response::Error(CommandError::UnknownShard { id: 11u64.into() }),

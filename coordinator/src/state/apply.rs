@@ -762,6 +762,7 @@ fn stage_job(
                 Ok(Response::JobStaged {
                     job: id,
                     committed: true,
+                    committing: false,
                 })
             } else {
                 Err(CommandError::StaleMapEpoch {
@@ -806,7 +807,11 @@ fn stage_job(
         job.state = JobState::Committed;
     }
     tx.put(CF_JOBS, &keys::id(id), &job);
-    Ok(Ok(Response::JobStaged { job: id, committed }))
+    Ok(Ok(Response::JobStaged {
+        job: id,
+        committed,
+        committing: committed,
+    }))
 }
 
 /// Runs `id` again from its first shard under `map`, if it is still at
@@ -1277,9 +1282,13 @@ mod tests {
             },
             map_epoch: Epoch(epoch),
         };
-        let staged = |committed| Response::JobStaged { job, committed };
-        assert_eq!(sm.apply(stage(1, 1)).await, staged(false));
-        assert_eq!(sm.apply(stage(2, 1)).await, staged(true));
+        let staged = |committed, committing| Response::JobStaged {
+            job,
+            committed,
+            committing,
+        };
+        assert_eq!(sm.apply(stage(1, 1)).await, staged(false, false));
+        assert_eq!(sm.apply(stage(2, 1)).await, staged(true, true));
         let lost = Command::DeclareNodeLost {
             node: NodeId(1),
             incarnation: 1,
@@ -1288,7 +1297,8 @@ mod tests {
             sm.apply(lost).await,
             Response::NodeDeclaredLost { .. }
         ));
-        assert_eq!(sm.apply(stage(1, 1)).await, staged(true));
+        // Repeated after the commit: committed, but not by this report.
+        assert_eq!(sm.apply(stage(1, 1)).await, staged(true, false));
         assert_eq!(
             sm.apply(stage(2, 0)).await,
             Response::Error(CommandError::StaleMapEpoch {
