@@ -343,9 +343,12 @@ impl Node {
             .block_on(staged_parts::settle(&mut self.client, &self.store, id))
             .context("settling staged parts")?;
         for job in &settled.published {
+            let cluster_job = job
+                .cluster
+                .map_or_else(|| "?".into(), |part| part.job.to_string());
             eprintln!(
-                "node {id}: published the part it had staged (local job {}): the coordinators \
-                 committed its job",
+                "node {id}: published the part of job {cluster_job} it had staged (local job {}): \
+                 the coordinators committed the job",
                 job.id
             );
         }

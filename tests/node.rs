@@ -554,7 +554,7 @@ fn an_owner_killed_after_staging_publishes_its_part_when_it_restarts() {
     nodes.push((restarted, restarted_log.clone()));
     let deadline = Instant::now() + COMMIT_WITHIN;
     while !std::fs::read_to_string(&restarted_log)
-        .is_ok_and(|t| t.contains("published the part it had staged"))
+        .is_ok_and(|t| t.contains("it had staged (local job"))
     {
         assert!(
             Instant::now() < deadline,
