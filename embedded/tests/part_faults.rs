@@ -126,6 +126,39 @@ impl Cluster {
         }
     }
 
+    /// Node 1 alone in the map (no shuffle), with enough byte ranges (1 MiB
+    /// each of 8 files of 3 MiB) that its part still reads when the test
+    /// acts on its leases.
+    fn reading_long() -> Self {
+        let spec = LinesSpec {
+            files: 8,
+            bytes_per_file: 3 << 20,
+            compression: vec![Compression::Plain],
+            ..LinesSpec::sample()
+        };
+        let mut cluster = Self::start_with(&spec, &[OWNER]);
+        cluster.ingest.split_bytes = 1 << 20;
+        cluster
+    }
+
+    /// Returns once some shard of the job is leased.
+    fn await_leased(&self) {
+        let mut client = self.coordinator.client();
+        let deadline = Instant::now() + NOTICE;
+        loop {
+            let status = self
+                .runtime
+                .block_on(client.job(self.job))
+                .unwrap()
+                .unwrap();
+            if status.shards_leased > 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node 1 leased nothing");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Runs node 1's part on a thread until it ends or `cancel` completes.
     fn run_owner(
         &self,
@@ -291,14 +324,7 @@ fn a_part_waiting_for_an_owner_that_never_starts_ends_when_cancelled() {
 fn a_shard_leased_again_to_the_part_reading_it_is_read_once() {
     // Enough byte ranges (1 MiB each) that the part still reads when its
     // leases expire, alone in the map (no shuffle).
-    let spec = LinesSpec {
-        files: 8,
-        bytes_per_file: 3 << 20,
-        compression: vec![Compression::Plain],
-        ..LinesSpec::sample()
-    };
-    let mut cluster = Cluster::start_with(&spec, &[OWNER]);
-    cluster.ingest.split_bytes = 1 << 20;
+    let cluster = Cluster::reading_long();
     let records = std::fs::read_dir(cluster.input.path())
         .unwrap()
         .map(|f| {
@@ -310,19 +336,7 @@ fn a_shard_leased_again_to_the_part_reading_it_is_read_once() {
         .sum::<u64>();
     let mut client = cluster.coordinator.client();
     let ended = cluster.run_owner(pending());
-    let deadline = Instant::now() + NOTICE;
-    loop {
-        let status = cluster
-            .runtime
-            .block_on(client.job(cluster.job))
-            .unwrap()
-            .unwrap();
-        if status.shards_leased > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 1 leased nothing");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    cluster.await_leased();
     // A start of node 1 the coordinators take for a new part (a new part
     // id; a replaced leader that never saw the part start takes a late
     // copy of its request so too): they expire the leases of its
@@ -408,29 +422,10 @@ fn a_node_starting_after_a_shard_is_done_runs_the_job_again_whole() {
 /// count twice); it fails naming the refusal.
 #[test]
 fn a_part_whose_shards_were_completed_by_another_node_does_not_stage() {
-    let spec = LinesSpec {
-        files: 8,
-        bytes_per_file: 3 << 20,
-        compression: vec![Compression::Plain],
-        ..LinesSpec::sample()
-    };
-    let mut cluster = Cluster::start_with(&spec, &[OWNER]);
-    cluster.ingest.split_bytes = 1 << 20;
+    let cluster = Cluster::reading_long();
     let mut client = cluster.coordinator.client();
     let ended = cluster.run_owner(pending());
-    let deadline = Instant::now() + NOTICE;
-    loop {
-        let status = cluster
-            .runtime
-            .block_on(client.job(cluster.job))
-            .unwrap()
-            .unwrap();
-        if status.shards_leased > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 1 leased nothing");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    cluster.await_leased();
     // Node 1's leases expire (the coordinators take a request of its for
     // a new part's), and node 2 takes the shards over and completes them
     // before node 1 has.
