@@ -484,7 +484,7 @@ fn an_owner_killed_after_staging_publishes_its_part_when_it_restarts() {
     let job_id = submit(&cluster, &manifest, files.len());
     let store_of = |n: usize| stores.join(format!("node-{}", n + 1));
     let deadline = Instant::now() + COMMIT_WITHIN;
-    let victim = loop {
+    let first = loop {
         if let Some(n) = (0..nodes.len()).find(|&n| has_staged_part(&store_of(n))) {
             break n;
         }
@@ -495,36 +495,54 @@ fn an_owner_killed_after_staging_publishes_its_part_when_it_restarts() {
         );
         std::thread::sleep(Duration::from_millis(5));
     };
-    // The others are frozen at once, so the job cannot commit; once the
-    // coordinators have the first stager's report it is frozen in its
-    // turn, and the others resume, stage, and the job commits while it
-    // cannot publish. Then it is killed.
+    // Every node is frozen the moment one has staged. The victim is then
+    // an owner frozen with its part staged whose report the coordinators
+    // already hold while another owner's is missing (so nothing commits
+    // until the others resume), or, when the job committed in that
+    // moment, one frozen before publishing. The others resume, stage,
+    // and the job commits while the victim cannot publish; then it is
+    // killed.
     let signal = |child: &Child, signal| {
         let pid = i32::try_from(child.id()).unwrap();
         // SAFETY: signals our own child, which has not been reaped.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     };
-    for (n, (child, _)) in nodes.iter().enumerate() {
-        if n != victim {
-            signal(child, libc::SIGSTOP);
-        }
+    for (child, _) in nodes.iter() {
+        signal(child, libc::SIGSTOP);
     }
-    let id = victim as u64 + 1;
-    let deadline = Instant::now() + COMMIT_WITHIN;
-    loop {
-        let job = job(&cluster.status(), job_id).expect("the job is listed");
+    let reported = |job: &serde_json::Value, n: usize| {
         let unstaged = job["unstaged"].as_array().expect("unstaged owners");
-        if job["phase"] == "staging" && !unstaged.iter().any(|n| n.as_u64() == Some(id)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {id} did not stage: {job:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        job["phase"] == "committed"
+            || job["phase"] == "staging"
+                && !unstaged.iter().any(|u| u.as_u64() == Some(n as u64 + 1))
+    };
+    let job_now = || job(&cluster.status(), job_id).expect("the job is listed");
+    let status = job_now();
+    let victim =
+        match (0..nodes.len()).find(|&n| reported(&status, n) && has_staged_part(&store_of(n))) {
+            Some(n) => n,
+            None => {
+                // Nobody has reported: the first stager alone resumes until
+                // its report is in, and the frozen others keep the job open.
+                signal(&nodes[first].0, libc::SIGCONT);
+                let deadline = Instant::now() + COMMIT_WITHIN;
+                loop {
+                    let status = job_now();
+                    if reported(&status, first) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} did not report its stage: {status:#}",
+                        first + 1
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                signal(&nodes[first].0, libc::SIGSTOP);
+                first
+            }
+        };
     let (mut killed, killed_log) = nodes.remove(victim);
-    signal(&killed, libc::SIGSTOP);
     for (child, _) in nodes.iter() {
         signal(child, libc::SIGCONT);
     }
