@@ -23,7 +23,8 @@
 //! accepted from anyone but the holder (`fault_transport::Ledger`).
 //!
 //! `cargo test -p embedded --test fault_seeds` runs seeds 0..50, four at
-//! a time; `QUERN_SEEDS=N` runs seeds 0..N, `QUERN_SEED=S` seed S alone
+//! a time; `QUERN_SEEDS=N` runs seeds 0..N (`QUERN_SEEDS=A..B` seeds A..B,
+//! for a soak past the seeds already run), `QUERN_SEED=S` seed S alone
 //! (what a failure prints, with its fault plan and the faults it
 //! injected), `QUERN_SEED_THREADS` sets how many run at once.
 
@@ -137,23 +138,25 @@ impl Input {
 ///   (`ShardFeed::failed`).
 const REGRESSION_SEEDS: &[u64] = &[123, 151, 245, 282, 518];
 
-/// The seeds to run: `QUERN_SEED`, else `0..QUERN_SEEDS` (else
-/// `0..DEFAULT_SEEDS`) and `REGRESSION_SEEDS`.
+/// The seeds to run: `QUERN_SEED`, else `QUERN_SEEDS` (`N` for `0..N` or
+/// `A..B`; else `0..DEFAULT_SEEDS`) and `REGRESSION_SEEDS`.
 fn seeds() -> Vec<u64> {
-    let var = |name: &str| {
-        std::env::var(name).ok().map(|v| {
-            v.parse::<u64>()
-                .unwrap_or_else(|e| panic!("{name}={v:?}: {e}"))
-        })
+    let number = |name: &str, v: &str| {
+        v.parse::<u64>()
+            .unwrap_or_else(|e| panic!("{name}={v:?}: {e}"))
     };
-    match (var("QUERN_SEED"), var("QUERN_SEEDS")) {
-        (Some(seed), _) => vec![seed],
-        (None, count) => {
-            let range = 0..count.unwrap_or(DEFAULT_SEEDS);
-            let beyond = REGRESSION_SEEDS.iter().filter(|&&s| !range.contains(&s));
-            range.clone().chain(beyond.copied()).collect()
-        }
+    if let Ok(seed) = std::env::var("QUERN_SEED") {
+        return vec![number("QUERN_SEED", &seed)];
     }
+    let range = match std::env::var("QUERN_SEEDS") {
+        Ok(v) => match v.split_once("..") {
+            Some((from, to)) => number("QUERN_SEEDS", from)..number("QUERN_SEEDS", to),
+            None => 0..number("QUERN_SEEDS", &v),
+        },
+        Err(_) => 0..DEFAULT_SEEDS,
+    };
+    let beyond = REGRESSION_SEEDS.iter().filter(|&&s| !range.contains(&s));
+    range.clone().chain(beyond.copied()).collect()
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use proto_schema::{BatchView, Record, RecordBatch};
-use rocksdb::{DBRawIterator, ReadOptions};
+use rocksdb::{DBRawIterator, ReadOptions, Snapshot};
 
 use crate::config::Format;
 use crate::store::catalog::DatasetInfo;
@@ -147,19 +147,30 @@ pub fn for_each_record(
     stores: &[(&Store, &DatasetInfo)],
     sink: impl FnMut(Record<'_>) -> Result<(), ExportError>,
 ) -> Result<u64, ExportError> {
-    let Some((_, first)) = stores.first() else {
-        return Ok(0);
-    };
-    let keep_values = matches!(first.format, Format::Tsv { .. });
     let snapshots: Vec<_> = stores
         .iter()
         .map(|(store, _)| store.db().snapshot())
         .collect();
+    for_each_record_at(stores, &snapshots, sink)
+}
+
+/// [`for_each_record`] as of `snapshots`, one per store (a node's export
+/// states which jobs its snapshot holds before it reads).
+pub fn for_each_record_at(
+    stores: &[(&Store, &DatasetInfo)],
+    snapshots: &[Snapshot<'_>],
+    sink: impl FnMut(Record<'_>) -> Result<(), ExportError>,
+) -> Result<u64, ExportError> {
+    let Some((_, first)) = stores.first() else {
+        return Ok(0);
+    };
+    assert_eq!(stores.len(), snapshots.len(), "a snapshot per store");
+    let keep_values = matches!(first.format, Format::Tsv { .. });
     let db_dirs: Vec<_> = stores.iter().map(|(store, _)| store.db_dir()).collect();
     std::thread::scope(|scope| {
         let mut halves = Vec::new();
         let mut workers = Vec::new();
-        for (((store, dataset), snapshot), db_dir) in stores.iter().zip(&snapshots).zip(&db_dirs) {
+        for (((store, dataset), snapshot), db_dir) in stores.iter().zip(snapshots).zip(&db_dirs) {
             let (store, dataset) = (*store, *dataset);
             let cursor = |partition: u16| {
                 let mut opts = ReadOptions::default();

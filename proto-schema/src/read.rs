@@ -94,6 +94,40 @@ pub struct DatasetShape {
     pub key_field: Option<u32>,
     pub partitions: u16,
     pub created_unix: u64,
+    /// For an export: the coordinators' jobs published in the store
+    /// snapshot the export reads (the job records are ingested with the
+    /// data, so the snapshot holds a job's records exactly when it holds
+    /// its record). `None` in other answers.
+    pub published: Option<PublishedJobs>,
+}
+
+/// A set of the coordinators' jobs, summed up so that two nodes' sets (or
+/// a node's set now and at an earlier snapshot) can be compared in one
+/// fixed-size field, whatever the number of jobs.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishedJobs {
+    pub count: u64,
+    /// The wrapping sum of each job's mixed id: the same for the same set
+    /// in any order.
+    pub digest: u64,
+}
+
+impl PublishedJobs {
+    /// The summary of `jobs`, a set (each job once).
+    pub fn of(jobs: impl IntoIterator<Item = JobId>) -> Self {
+        jobs.into_iter().fold(Self::default(), |sum, job| Self {
+            count: sum.count + 1,
+            digest: sum.digest.wrapping_add(mix(job.get())),
+        })
+    }
+}
+
+/// SplitMix64's finaliser: spreads each id over all 64 bits, so sums of
+/// different small sets of ids do not collide as sums of the ids would.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// A key's first sighting on one node.
@@ -437,15 +471,17 @@ mod tests {
             (
                 proptest::option::of(any::<u32>()),
                 any::<u16>(),
-                any::<u64>()
+                any::<u64>(),
+                proptest::option::of((any::<u64>(), any::<u64>()))
             )
-                .prop_map(|(key_field, partitions, created_unix)| ReadItem::Dataset(
-                    DatasetShape {
+                .prop_map(|(key_field, partitions, created_unix, published)| {
+                    ReadItem::Dataset(DatasetShape {
                         key_field,
                         partitions,
-                        created_unix
-                    }
-                )),
+                        created_unix,
+                        published: published.map(|(count, digest)| PublishedJobs { count, digest }),
+                    })
+                }),
             Just(ReadItem::Absent),
             proptest::option::of(found).prop_map(ReadItem::Found),
             proptest::collection::vec(job, 0..4).prop_map(ReadItem::Jobs),
@@ -476,6 +512,7 @@ mod tests {
             key_field: None,
             partitions: 4,
             created_unix: 1,
+            published: None,
         });
         write_frame(&mut out, FrameKind::ReadItem, &open.to_bytes()).unwrap();
         let mut records = 0;
@@ -532,6 +569,33 @@ mod tests {
     }
 
     proptest! {
+        /// The same jobs in any order sum up the same; a set with one job
+        /// more, less or different does not.
+        #[test]
+        fn published_jobs_summarise_a_set_whatever_its_order(
+            jobs in proptest::collection::btree_set(0u64..1_000, 0..40),
+            other in 0u64..1_000,
+            seed in any::<u64>(),
+        ) {
+            let ids: Vec<JobId> = jobs.iter().map(|&j| JobId(j)).collect();
+            let mut shuffled = ids.clone();
+            let at = if ids.is_empty() { 0 } else { (seed % ids.len() as u64) as usize };
+            shuffled.rotate_left(at);
+            shuffled.reverse();
+            let summary = PublishedJobs::of(ids.iter().copied());
+            prop_assert_eq!(PublishedJobs::of(shuffled), summary);
+            let changed: Vec<JobId> = if jobs.contains(&other) {
+                ids.iter().copied().filter(|j| j.get() != other).collect()
+            } else {
+                ids.iter().copied().chain([JobId(other)]).collect()
+            };
+            prop_assert_ne!(PublishedJobs::of(changed.iter().copied()), summary);
+            if let Some(first) = ids.first() {
+                let swapped = ids.iter().map(|j| if j == first { JobId(1_000 + j.get()) } else { *j });
+                prop_assert_ne!(PublishedJobs::of(swapped).digest, summary.digest);
+            }
+        }
+
         #[test]
         fn requests_items_and_ends_round_trip(request in arb_request(), item in arb_item(),
                                               frames in any::<u64>(), records in any::<u64>(),

@@ -244,6 +244,78 @@ mod tests {
         assert_eq!(written, 200);
     }
 
+    /// Node 1 publishes job 1 and its export opens on a snapshot holding
+    /// it; node 2's opens on one without it, then node 2 publishes. No job
+    /// is half published any more, yet those snapshots would show half of
+    /// job 1: the check after opening names node 2, and the export opens
+    /// again and shows the job whole.
+    #[test]
+    fn an_export_opened_while_a_node_publishes_opens_again() {
+        use crate::store::catalog::JobTotals;
+        use crate::store::staged::ClusterPart;
+        use proto_schema::read::PublishedJobs;
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cluster = Cluster::new();
+        let part = ClusterPart {
+            job: JobId(1),
+            began_ms: 1,
+            attempt: 0,
+            map_epoch: Epoch(1),
+        };
+        let staged = |store: &Store| {
+            let dataset = store.dataset("d").unwrap().unwrap();
+            let job = store.begin_part(&dataset, Vec::new(), Some(part)).unwrap();
+            store
+                .stage_job(&job, Vec::new(), &JobTotals::default())
+                .unwrap()
+        };
+        let lines = |range: std::ops::Range<u32>| -> Vec<Vec<u8>> {
+            range.map(|i| format!("key {i:05}").into_bytes()).collect()
+        };
+        let (_a, a) = store_with(&lines(0..100), 0);
+        let (_b, b) = store_with(&lines(100..200), 1);
+        a.publish_staged(&staged(&a)).unwrap();
+        let staged_on_b = staged(&b);
+        let (one, two) = {
+            let _entered = runtime.enter();
+            (serve(&cluster, 1, a.clone()), serve(&cluster, 2, b.clone()))
+        };
+        let nodes = vec![read_node(1, &one), read_node(2, &two)];
+        let reader = {
+            let _entered = runtime.enter();
+            ClusterReader::new(&cluster.identity("client"), nodes, "d").unwrap()
+        };
+        let request = ReadRequest::Export {
+            dataset: "d".into(),
+        };
+
+        let (_, answers) = runtime.block_on(reader.ask_all(&request)).unwrap();
+        let published = |n: usize| answers[n].shape.as_ref().unwrap().published;
+        assert_eq!(published(0), Some(PublishedJobs::of([JobId(1)])));
+        assert_eq!(published(1), Some(PublishedJobs::of([])));
+        match reader.unsettled(runtime.handle(), &answers).unwrap() {
+            Some(ReadError::Unpublished { job, .. }) => assert_eq!(job, JobId(1)),
+            other => panic!("expected job 1 half published, got {other:?}"),
+        }
+        b.publish_staged(&staged_on_b).unwrap();
+        match reader.unsettled(runtime.handle(), &answers).unwrap() {
+            Some(ReadError::Republished { node, .. }) => assert_eq!(node, NodeId(2)),
+            other => panic!("expected node 2 named, got {other:?}"),
+        }
+        drop(answers);
+
+        let mut out = Vec::new();
+        assert_eq!(reader.export(runtime.handle(), &mut out).unwrap(), 200);
+        let (_, answers) = runtime.block_on(reader.ask_all(&request)).unwrap();
+        assert!(
+            reader
+                .unsettled(runtime.handle(), &answers)
+                .unwrap()
+                .is_none()
+        );
+    }
+
     /// A client's certificate may read but never send a shuffle stream;
     /// a coordinator's may not even read. A client's frame limit refuses a
     /// batch over it from its header.

@@ -20,8 +20,13 @@
 //! Reads show whole jobs: owners publish a committed job each in its own
 //! time, so before `export` and `get` read, they wait (up to
 //! [`DEFAULT_PUBLISH_WAIT`]) while some node holds a job committed that
-//! another holds only staged, and fail naming them if that lasts. A job
-//! that commits while a read runs may still show on some nodes only.
+//! another holds only staged, and fail naming them if that lasts. An
+//! export reads each node's store at one snapshot, which names the jobs
+//! it holds; it starts merging only once those are exactly the jobs each
+//! node has published and none is half published (else it opens again):
+//! a job published while it opens is in it everywhere or nowhere. A `get`
+//! reads the store as it is; one racing a publish may see the job on one
+//! node only.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -35,8 +40,8 @@ use coordinator_client::{ClientError, CoordinatorClient, Transport};
 use proto_schema::coordinator_api::NodeStatus;
 use proto_schema::quic::channel::{ChannelConfig, ChannelEndpoint, ReadStream};
 use proto_schema::read::{
-    DatasetShape, FilePart, FoundRecord, JobPart, ReadCounts, ReadEvent, ReadItem, ReadRequest,
-    RejectedPart,
+    DatasetShape, FilePart, FoundRecord, JobPart, PublishedJobs, ReadCounts, ReadEvent, ReadItem,
+    ReadRequest, RejectedPart,
 };
 use proto_schema::tls::TlsIdentity;
 use proto_schema::{BatchView, JobId, NodeId, Record, ValidBatch, partition_of};
@@ -93,6 +98,11 @@ pub enum ReadError {
         staged: Vec<NodeId>,
         waited: Duration,
     },
+    #[error(
+        "node {node} kept publishing jobs while the export opened, for {waited:?}: \
+         a read now could show part of a job"
+    )]
+    Republished { node: NodeId, waited: Duration },
 }
 
 /// A node to read, as the coordinators list it.
@@ -160,9 +170,9 @@ enum Source {
 
 /// One node's answer: the stream after its opening, if it holds the
 /// dataset.
-struct Answer {
+pub(super) struct Answer {
     node: ReadNode,
-    shape: Option<DatasetShape>,
+    pub(super) shape: Option<DatasetShape>,
     stream: AnswerStream,
 }
 
@@ -244,28 +254,89 @@ impl ClusterReader {
 
     /// Returns once no job is published on some nodes and staged on
     /// others, or fails naming the first such job when that lasts past
-    /// the publish wait.
-    fn await_whole_jobs(&self, runtime: &Handle) -> Result<(), ReadError> {
-        let started = Instant::now();
+    /// the publish wait from `started`.
+    fn await_whole_jobs(&self, runtime: &Handle, started: Instant) -> Result<(), ReadError> {
         loop {
             let jobs = match self.jobs(runtime) {
                 Ok((_, jobs)) => jobs,
                 Err(ReadError::NoDataset(_)) => return Ok(()),
                 Err(e) => return Err(e),
             };
-            let Some((job, published, staged)) = jobs.iter().find_map(ClusterJob::halfway) else {
+            let Some(halfway) = self.halfway(&jobs) else {
                 return Ok(());
             };
             if started.elapsed() >= self.publish_wait {
-                return Err(ReadError::Unpublished {
-                    job,
-                    published,
-                    staged,
-                    waited: self.publish_wait,
-                });
+                return Err(halfway);
             }
             std::thread::sleep(PUBLISH_POLL);
         }
+    }
+
+    /// The first job published on some nodes and only staged on others,
+    /// as the error a read that waited for it in vain returns.
+    fn halfway(&self, jobs: &[ClusterJob]) -> Option<ReadError> {
+        let (job, published, staged) = jobs.iter().find_map(ClusterJob::halfway)?;
+        Some(ReadError::Unpublished {
+            job,
+            published,
+            staged,
+            waited: self.publish_wait,
+        })
+    }
+
+    /// Every node's export opened on a snapshot of whole jobs. Each node
+    /// says which jobs its snapshot holds; once they are open, the nodes'
+    /// jobs are asked again. If every snapshot holds exactly the jobs its
+    /// node has published now, and no job is published on some nodes and
+    /// staged on others now, the snapshots together show whole jobs.
+    /// Otherwise a job was published while they opened: they are opened
+    /// again, for at most the publish wait.
+    fn open_export(&self, runtime: &Handle) -> Result<(DatasetShape, Vec<Answer>), ReadError> {
+        let request = ReadRequest::Export {
+            dataset: self.dataset.clone(),
+        };
+        let started = Instant::now();
+        loop {
+            self.await_whole_jobs(runtime, started)?;
+            let (shape, answers) = runtime.block_on(self.ask_all(&request))?;
+            let Some(unsettled) = self.unsettled(runtime, &answers)? else {
+                return Ok((shape, answers));
+            };
+            if started.elapsed() >= self.publish_wait {
+                return Err(unsettled);
+            }
+            drop(answers);
+            std::thread::sleep(PUBLISH_POLL);
+        }
+    }
+
+    /// Why the opened `answers` may not show whole jobs, if they may not.
+    pub(super) fn unsettled(
+        &self,
+        runtime: &Handle,
+        answers: &[Answer],
+    ) -> Result<Option<ReadError>, ReadError> {
+        let (_, jobs) = self.jobs(runtime)?;
+        if let Some(halfway) = self.halfway(&jobs) {
+            return Ok(Some(halfway));
+        }
+        let committed = JobState::Committed.to_string();
+        for answer in answers {
+            let published_now = PublishedJobs::of(jobs.iter().filter_map(|job| {
+                job.parts
+                    .iter()
+                    .any(|(node, state)| *node == answer.node.id && *state == committed)
+                    .then_some(job.job)
+            }));
+            let in_snapshot = answer.shape.as_ref().and_then(|shape| shape.published);
+            if in_snapshot != Some(published_now) {
+                return Ok(Some(ReadError::Republished {
+                    node: answer.node.id,
+                    waited: self.publish_wait,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     pub fn nodes(&self) -> &[ReadNode] {
@@ -316,7 +387,7 @@ impl ClusterReader {
 
     /// `request` to every node at once: the answers of those that hold
     /// the dataset, which must agree on its shape.
-    async fn ask_all(
+    pub(super) async fn ask_all(
         &self,
         request: &ReadRequest,
     ) -> Result<(DatasetShape, Vec<Answer>), ReadError> {
@@ -347,11 +418,7 @@ impl ClusterReader {
     /// Writes the dataset's records to `out` in key order, one per line,
     /// as a local export does. Call outside the runtime `runtime` drives.
     pub fn export(&self, runtime: &Handle, out: &mut impl Write) -> Result<u64, ReadError> {
-        self.await_whole_jobs(runtime)?;
-        let request = ReadRequest::Export {
-            dataset: self.dataset.clone(),
-        };
-        let (shape, answers) = runtime.block_on(self.ask_all(&request))?;
+        let (shape, answers) = self.open_export(runtime)?;
         let format = format_of(&shape);
         let sources: Vec<NodeSource> = answers
             .into_iter()
@@ -371,7 +438,7 @@ impl ClusterReader {
     /// The first sighting of `key`: from the owner of its partition, else
     /// from every node.
     pub fn get(&self, runtime: &Handle, key: &[u8]) -> Result<Option<ClusterFound>, ReadError> {
-        self.await_whole_jobs(runtime)?;
+        self.await_whole_jobs(runtime, Instant::now())?;
         runtime.block_on(async {
             let request = ReadRequest::Get {
                 dataset: self.dataset.clone(),

@@ -19,8 +19,8 @@ use proto_schema::command::MAX_PATH_BYTES;
 use proto_schema::quic::Peer;
 use proto_schema::quic::channel::ReadOutput;
 use proto_schema::read::{
-    DatasetShape, FilePart, FoundRecord, JobPart, MAX_FILE_PROBLEMS, READ_BATCH_BYTES, ReadCounts,
-    ReadItem, ReadRequest, RejectedPart, bounded_text,
+    DatasetShape, FilePart, FoundRecord, JobPart, MAX_FILE_PROBLEMS, PublishedJobs,
+    READ_BATCH_BYTES, ReadCounts, ReadItem, ReadRequest, RejectedPart, bounded_text,
 };
 use proto_schema::{BatchView, JobId, RecordBatch};
 use tokio::sync::mpsc;
@@ -164,6 +164,15 @@ fn answer(
     let Some(dataset) = store.dataset(request.dataset())? else {
         return put(Piece::Item(ReadItem::Absent));
     };
+    // An export reads one snapshot and says which jobs it holds, so the
+    // client can tell whether a job was published during its read.
+    let snapshot = matches!(request, ReadRequest::Export { .. }).then(|| store.db().snapshot());
+    let published = match &snapshot {
+        Some(snapshot) => Some(PublishedJobs::of(
+            store.published_cluster_jobs(dataset.id, snapshot)?,
+        )),
+        None => None,
+    };
     put(Piece::Item(ReadItem::Dataset(DatasetShape {
         key_field: match dataset.format {
             Format::Lines => None,
@@ -171,11 +180,13 @@ fn answer(
         },
         partitions: dataset.partitions,
         created_unix: dataset.created_unix,
+        published,
     })))?;
     match request {
         ReadRequest::Export { .. } => {
+            let snapshots = [snapshot.expect("taken for an export")];
             let mut batch = RecordBatch::new();
-            export::for_each_record(&[(store, &dataset)], |record| {
+            export::for_each_record_at(&[(store, &dataset)], &snapshots, |record| {
                 batch.push(record);
                 if batch.payload_bytes() >= READ_BATCH_BYTES {
                     let full = std::mem::take(&mut batch);

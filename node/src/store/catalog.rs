@@ -5,8 +5,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use proto_schema::DatasetId;
-use rocksdb::WriteBatch;
+use std::collections::BTreeSet;
+
+use proto_schema::{DatasetId, JobId};
+use rocksdb::{ReadOptions, Snapshot, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{self, meta};
@@ -313,6 +315,47 @@ impl Store {
             Some(bytes) => self.parse_json(&key, &bytes).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The coordinators' jobs whose parts are committed in `snapshot`
+    /// (their job records are in it; a part's record is ingested with its
+    /// data, so the snapshot holds exactly these jobs' records).
+    pub fn published_cluster_jobs(
+        &self,
+        dataset: DatasetId,
+        snapshot: &Snapshot<'_>,
+    ) -> Result<BTreeSet<JobId>, StoreError> {
+        let prefix = keys::partition_prefix(dataset, keys::JOB_RECORD_PARTITION);
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(snapshot);
+        opts.set_iterate_lower_bound(keys::job_record_key(dataset, 0));
+        let mut local = BTreeSet::new();
+        let mut records = self.db().raw_iterator_cf_opt(self.data_cf(), opts);
+        records.seek_to_first();
+        while let Some(key) = records.key() {
+            let Some(id) = key.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id: [u8; 4] = id.try_into().map_err(|_| {
+                StoreError::Catalog(format!(
+                    "{}: a job record key of {} bytes, not {}",
+                    self.root().display(),
+                    key.len(),
+                    prefix.len() + 4
+                ))
+            })?;
+            local.insert(u32::from_be_bytes(id));
+            records.next();
+        }
+        records.status().map_err(|e| self.rocks_error(e))?;
+        // Which job a part belongs to is set when it begins, long before
+        // any snapshot can hold its record.
+        Ok(self
+            .jobs(dataset)?
+            .iter()
+            .filter(|job| local.contains(&job.id))
+            .filter_map(|job| job.cluster.map(|part| part.job))
+            .collect())
     }
 
     /// The jobs of every dataset that `keep` accepts, read one record at a
