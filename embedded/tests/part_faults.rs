@@ -4,8 +4,8 @@
 //! lanes waiting for streams a failed peer will never open), or once it is
 //! cancelled (while it waits for the other owners to start). A shard that
 //! comes back to the part that is reading it is read once. A node that
-//! starts its part after a shard of the job was done runs the job again
-//! whole. Node 1 is a real part (`leased_job::run`); node 2 is played by
+//! starts its part after a shard of the job was done, or after an earlier
+//! part of its own in the same attempt, runs the job again whole. Node 1 is a real part (`leased_job::run`); node 2 is played by
 //! the test.
 
 use std::future::pending;
@@ -404,6 +404,67 @@ fn a_node_starting_after_a_shard_is_done_runs_the_job_again_whole() {
     let cause = status.restarted.unwrap_or_default();
     assert!(cause.contains("node 1 started its part again"), "{cause}");
     assert_eq!(outcome.totals.files, 3, "every file read in attempt 1");
+    let store = Store::open(&cluster.ingest.data_dir, 8 << 20, Access::ReadOnly).unwrap();
+    let dataset = store.existing_dataset("lines").unwrap();
+    let mut exported = Vec::new();
+    node::export::export(&store, &dataset, &mut exported).unwrap();
+    assert!(
+        exported == bench::oracle::sort_u_dir(cluster.input.path()),
+        "the export is not sort -u"
+    );
+    drop(store);
+    cluster.stop();
+}
+
+/// A node whose part was cut short after it took leases does not start
+/// again in the same attempt, though no shard is done: that part's
+/// received records died with it, and its completions could still land
+/// and mark shards done that the new part would never get. Its next part
+/// runs the job again, as attempt 1, and commits whole.
+#[test]
+fn a_node_whose_earlier_part_of_the_attempt_was_cut_short_runs_the_job_again_whole() {
+    let cluster = Cluster::reading_long();
+    let mut client = cluster.coordinator.client();
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let first = cluster.run_owner(async move {
+        let _ = cancelled.await;
+        "node 1's first part stopped by the test".to_string()
+    });
+    cluster.await_leased();
+    cancel.send(()).unwrap();
+    let first = first
+        .recv_timeout(NOTICE)
+        .unwrap_or_else(|_| panic!("node 1's first part still runs {NOTICE:?} after its cancel"));
+    assert!(first.is_err(), "the cut-short part committed");
+    let status = cluster
+        .runtime
+        .block_on(client.job(cluster.job))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (status.attempt, status.shards_done),
+        (0, 0),
+        "the first part was to end before any of its shards was done"
+    );
+
+    let outcome = cluster
+        .run_owner(pending())
+        .recv_timeout(Duration::from_secs(120))
+        .expect("node 1's second part ends")
+        .expect("node 1's second part commits");
+    let status = cluster
+        .runtime
+        .block_on(client.job(cluster.job))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.phase, JobPhase::Committed);
+    assert_eq!(
+        status.attempt, 1,
+        "the second part joined the first's attempt"
+    );
+    let cause = status.restarted.unwrap_or_default();
+    assert!(cause.contains("node 1 started its part again"), "{cause}");
+    assert_eq!(outcome.totals.files, 8, "every file read in attempt 1");
     let store = Store::open(&cluster.ingest.data_dir, 8 << 20, Access::ReadOnly).unwrap();
     let dataset = store.existing_dataset("lines").unwrap();
     let mut exported = Vec::new();

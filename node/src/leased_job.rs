@@ -13,10 +13,12 @@
 //! owner on its [`DataChannel`] and shuffles (`ingest::prepare_shuffled`).
 //!
 //! A node's part counts only if it started before any of the job's shards
-//! was done in the job's current attempt: the records of a done shard
-//! went to the owners that ran then, so an owner starting afresh (after a
-//! failure or a restart) would stage without them, and the job would
-//! commit short. Such a node asks the coordinators to run the job again
+//! was done in the job's current attempt, and is the node's first part of
+//! that attempt: the records of a done shard went to the owners that ran
+//! then, and an earlier part's received records died with it (its late
+//! completions may yet mark shards done), so an owner starting afresh
+//! (after a failure or a restart) would stage without them, and the job
+//! would commit short. Such a node asks the coordinators to run the job again
 //! (`Request::Restart`: every shard read again, as the next attempt,
 //! under the next map); the other nodes see the attempt move on and start
 //! their parts again. A lost owner restarts its jobs the same way (the
@@ -44,8 +46,8 @@ use crate::ingest::{self, IngestError, IngestOutcome};
 use crate::input::roots::Roots;
 use crate::shuffle::inbound::node_certificate_name;
 use crate::shuffle::{Inbound, RemoteRange, ShuffleJob};
-use crate::store::Store;
 use crate::store::staged::ClusterPart;
+use crate::store::{Store, StoreError};
 
 /// How long a node waits at a job's start for every owner of the
 /// partition map to start the job too (to announce its lanes).
@@ -227,7 +229,7 @@ pub fn run<T: Transport>(
     };
     let (attempt, began_ms, owners, shuffle) = runtime.block_on(async {
         let setup = async {
-            let (attempt, began_ms) = start_attempt(&mut job, lanes, part).await?;
+            let (attempt, began_ms) = start_attempt(&mut job, &store, lanes, part).await?;
             let owners = wait_for_owners(&mut job, lanes, part).await?;
             let shuffle = shuffle_job(&job, &owners).await?;
             Ok((attempt, began_ms, owners, shuffle))
@@ -264,11 +266,18 @@ pub fn run<T: Transport>(
 }
 
 /// The job's attempt this node's part runs in: the current one if none
-/// of its shards is done yet, else (if the map names this node: a node
-/// left out waits for the next job) the next one, asked for. With the
-/// time the job's submission began, which names it in a staged part.
+/// of its shards is done yet and no earlier part of this node ran in it,
+/// else (if the map names this node: a node left out waits for the next
+/// job) the next one, asked for. With the time the job's submission
+/// began, which names it in a staged part.
+///
+/// An earlier part here of the same attempt (cut short, or in a process
+/// that died) took records from its peers that died with it, and may have
+/// completions still on their way that would mark shards done whose
+/// records this part then never gets: the attempt cannot finish whole.
 async fn start_attempt<T: Transport>(
     job: &mut LeasedJob<T>,
+    store: &Store,
     lanes: u16,
     part: u64,
 ) -> Result<(u32, u64), JobError> {
@@ -279,7 +288,9 @@ async fn start_attempt<T: Transport>(
         reason,
     };
     let status = job_status(&mut job.client, id).await.map_err(map_error)?;
-    if status.shards_done == 0 {
+    let ran_here = ran_part_of(store, &dataset, id, status.began_ms, status.attempt)
+        .map_err(IngestError::from)?;
+    if status.shards_done == 0 && !ran_here {
         return Ok((status.attempt, status.began_ms));
     }
     let owners = job
@@ -317,6 +328,25 @@ async fn start_attempt<T: Transport>(
             },
         }),
     }
+}
+
+/// Whether `store` holds a part of `job`'s `attempt` (its submission
+/// begun at `began_ms`): one this node began earlier.
+fn ran_part_of(
+    store: &Store,
+    dataset: &str,
+    job: JobId,
+    began_ms: u64,
+    attempt: u32,
+) -> Result<bool, StoreError> {
+    let Some(dataset) = store.dataset(dataset)? else {
+        return Ok(false);
+    };
+    Ok(store.jobs(dataset.id)?.iter().any(|local| {
+        local
+            .cluster
+            .is_some_and(|part| (part.job, part.began_ms, part.attempt) == (job, began_ms, attempt))
+    }))
 }
 
 /// The job's status as the leader has it.
