@@ -179,17 +179,6 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
                             "seed {seed}: committed in {:.1?} (attempt {attempts})",
                             run.elapsed()
                         ),
-                        Ok(SeedEnd::Overcounted {
-                            attempts,
-                            read,
-                            records,
-                            leases,
-                        }) => eprintln!(
-                            "seed {seed}: committed in {:.1?} (attempt {attempts}), but counted \
-                             {read} records read of {records}: records read twice in one \
-                             attempt (issue 15); leases:\n{leases}",
-                            run.elapsed()
-                        ),
                         Ok(SeedEnd::Failed(reason)) => eprintln!(
                             "seed {seed}: ended uncommitted in {:.1?}: {reason}",
                             run.elapsed()
@@ -211,15 +200,10 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
         .collect();
     failed.sort_unstable();
     eprintln!(
-        "{} seeds in {:.1?}: {} committed ({} of them overcounting reads), {} ended with a \
-         reason, {} failed",
+        "{} seeds in {:.1?}: {} committed, {} ended with a reason, {} failed",
         seeds.len(),
         started.elapsed(),
-        count(|r| matches!(
-            r,
-            Ok(SeedEnd::Committed { .. } | SeedEnd::Overcounted { .. })
-        )),
-        count(|r| matches!(r, Ok(SeedEnd::Overcounted { .. }))),
+        count(|r| matches!(r, Ok(SeedEnd::Committed { .. }))),
         count(|r| matches!(r, Ok(SeedEnd::Failed(_)))),
         failed.len()
     );
@@ -250,15 +234,6 @@ fn parallel_seeds() -> usize {
 enum SeedEnd {
     Committed {
         attempts: u32,
-    },
-    /// Committed whole and right, but its counts say more records were
-    /// read than the input holds (see `check_outcome`), with the leases'
-    /// history.
-    Overcounted {
-        attempts: u32,
-        read: u64,
-        records: u64,
-        leases: String,
     },
     /// Not committed, for this reason (nothing of it is visible).
     Failed(String),
@@ -600,26 +575,10 @@ fn run_job(
             violations.join("\n  ")
         ));
     }
-    match check_outcome(&status, &nodes, &ends, dir, input) {
-        Err(e) => Err(format!("{e}\n{history}")),
-        Ok(SeedEnd::Overcounted {
-            attempts,
-            read,
-            records,
-            ..
-        }) => Ok(SeedEnd::Overcounted {
-            attempts,
-            read,
-            records,
-            leases: format!("  {}\n{history}", faults.ledger().history().join("\n  ")),
-        }),
-        Ok(end) => Ok(end),
-    }
-}
-
-/// Whether reading more records than the input holds fails a seed.
-fn strict_counts() -> bool {
-    std::env::var_os("QUERN_STRICT_COUNTS").is_some_and(|v| v != "0")
+    check_outcome(&status, &nodes, &ends, dir, input).map_err(|e| {
+        let leases = faults.ledger().history().join("\n  ");
+        format!("{e}\nthe leases:\n  {leases}\n{history}")
+    })
 }
 
 /// Checks what the stores hold against the oracle and the job's counts.
@@ -693,12 +652,9 @@ fn check_outcome(
     if !totals.reconciles() {
         wrong.push(format!("the nodes' counts do not reconcile: {totals:?}"));
     }
-    // Exactly the input's records: a committed attempt should read every
-    // shard once. More (seeds 151 and 282, fixed) is reported with the
-    // leases' history, and fails only under `QUERN_STRICT_COUNTS` until
-    // long runs show it gone.
-    let overcounted = totals.read > input.records;
-    if totals.read < input.records || (overcounted && strict_counts()) {
+    // Exactly the input's records: a committed attempt reads every shard
+    // once (seeds 151 and 282 once counted some twice).
+    if totals.read != input.records {
         wrong.push(format!(
             "the nodes read {} records, the input holds {}",
             totals.read, input.records
@@ -729,13 +685,6 @@ fn check_outcome(
     }
     if !wrong.is_empty() {
         Err(wrong.join("\n"))
-    } else if overcounted {
-        Ok(SeedEnd::Overcounted {
-            attempts: status.attempt,
-            read: totals.read,
-            records: input.records,
-            leases: String::new(),
-        })
     } else {
         Ok(SeedEnd::Committed {
             attempts: status.attempt,
