@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use proto_schema::ids::JobId;
 use proto_schema::partition_of;
+use rocksdb::Snapshot;
 
 use crate::config::Format;
 use crate::store::catalog::{DatasetInfo, JobState};
@@ -22,6 +23,17 @@ pub struct Found {
 }
 
 pub fn get(store: &Store, dataset: &DatasetInfo, key: &[u8]) -> Result<Option<Found>, StoreError> {
+    get_at(store, dataset, key, &store.db().snapshot())
+}
+
+/// [`get`] as of `snapshot` (a node's answer to a cluster `get` states
+/// which jobs its snapshot holds).
+pub fn get_at(
+    store: &Store,
+    dataset: &DatasetInfo,
+    key: &[u8],
+    snapshot: &Snapshot<'_>,
+) -> Result<Option<Found>, StoreError> {
     let mut store_key = Vec::new();
     keys::data_key(
         dataset.id,
@@ -29,8 +41,7 @@ pub fn get(store: &Store, dataset: &DatasetInfo, key: &[u8]) -> Result<Option<Fo
         key,
         &mut store_key,
     );
-    let Some(value) = store
-        .db()
+    let Some(value) = snapshot
         .get_cf(store.data_cf(), &store_key)
         .map_err(|e| store.rocks_error(e))?
     else {

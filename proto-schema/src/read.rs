@@ -94,8 +94,8 @@ pub struct DatasetShape {
     pub key_field: Option<u32>,
     pub partitions: u16,
     pub created_unix: u64,
-    /// For an export: the coordinators' jobs published in the store
-    /// snapshot the export reads (the job records are ingested with the
+    /// For an export or a get: the coordinators' jobs published in the
+    /// store snapshot it reads (the job records are ingested with the
     /// data, so the snapshot holds a job's records exactly when it holds
     /// its record). `None` in other answers.
     pub published: Option<PublishedJobs>,

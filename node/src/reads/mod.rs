@@ -291,15 +291,20 @@ mod tests {
         };
 
         let (_, answers) = runtime.block_on(reader.ask_all(&request)).unwrap();
-        let published = |n: usize| answers[n].shape.as_ref().unwrap().published;
-        assert_eq!(published(0), Some(PublishedJobs::of([JobId(1)])));
-        assert_eq!(published(1), Some(PublishedJobs::of([])));
-        match reader.unsettled(runtime.handle(), &answers).unwrap() {
+        let read: Vec<_> = answers.iter().map(|a| a.read_with()).collect();
+        assert_eq!(
+            read,
+            [
+                (NodeId(1), Some(PublishedJobs::of([JobId(1)]))),
+                (NodeId(2), Some(PublishedJobs::of([])))
+            ]
+        );
+        match reader.unsettled(runtime.handle(), &read).unwrap() {
             Some(ReadError::Unpublished { job, .. }) => assert_eq!(job, JobId(1)),
             other => panic!("expected job 1 half published, got {other:?}"),
         }
         b.publish_staged(&staged_on_b).unwrap();
-        match reader.unsettled(runtime.handle(), &answers).unwrap() {
+        match reader.unsettled(runtime.handle(), &read).unwrap() {
             Some(ReadError::Republished { node, .. }) => assert_eq!(node, NodeId(2)),
             other => panic!("expected node 2 named, got {other:?}"),
         }
@@ -308,12 +313,11 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(reader.export(runtime.handle(), &mut out).unwrap(), 200);
         let (_, answers) = runtime.block_on(reader.ask_all(&request)).unwrap();
-        assert!(
-            reader
-                .unsettled(runtime.handle(), &answers)
-                .unwrap()
-                .is_none()
-        );
+        let read: Vec<_> = answers.iter().map(|a| a.read_with()).collect();
+        assert!(reader.unsettled(runtime.handle(), &read).unwrap().is_none());
+        // A get answers from a snapshot too, named in its answer.
+        let found = reader.get(runtime.handle(), b"key 00150").unwrap().unwrap();
+        assert_eq!((found.node, found.offset), (NodeId(2), 50), "{found:?}");
     }
 
     /// A client's certificate may read but never send a shuffle stream;

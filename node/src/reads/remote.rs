@@ -25,8 +25,7 @@
 //! it holds; it starts merging only once those are exactly the jobs each
 //! node has published and none is half published (else it opens again):
 //! a job published while it opens is in it everywhere or nowhere. A `get`
-//! reads the store as it is; one racing a publish may see the job on one
-//! node only.
+//! is checked the same way before its sighting is returned.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -185,6 +184,21 @@ enum AnswerStream {
     },
 }
 
+/// A node and the coordinators' jobs its answer was read with: those
+/// its store snapshot held (none if it did not hold the dataset), `None`
+/// if it did not say.
+pub(super) type ReadWith = (NodeId, Option<PublishedJobs>);
+
+impl Answer {
+    pub(super) fn read_with(&self) -> ReadWith {
+        let published = match &self.shape {
+            Some(shape) => shape.published,
+            None => Some(PublishedJobs::default()),
+        };
+        (self.node.id, published)
+    }
+}
+
 impl AnswerStream {
     async fn next(&mut self) -> Result<ReadEvent, String> {
         match self {
@@ -298,8 +312,17 @@ impl ClusterReader {
         let started = Instant::now();
         loop {
             self.await_whole_jobs(runtime, started)?;
-            let (shape, answers) = runtime.block_on(self.ask_all(&request))?;
-            let Some(unsettled) = self.unsettled(runtime, &answers)? else {
+            let (shape, answers, absent) = runtime.block_on(self.ask_every(&request))?;
+            let read: Vec<ReadWith> = answers
+                .iter()
+                .map(Answer::read_with)
+                .chain(
+                    absent
+                        .into_iter()
+                        .map(|node| (node, Some(PublishedJobs::default()))),
+                )
+                .collect();
+            let Some(unsettled) = self.unsettled(runtime, &read)? else {
                 return Ok((shape, answers));
             };
             if started.elapsed() >= self.publish_wait {
@@ -310,28 +333,28 @@ impl ClusterReader {
         }
     }
 
-    /// Why the opened `answers` may not show whole jobs, if they may not.
+    /// Why answers read with `read` may not show whole jobs, if they may
+    /// not.
     pub(super) fn unsettled(
         &self,
         runtime: &Handle,
-        answers: &[Answer],
+        read: &[ReadWith],
     ) -> Result<Option<ReadError>, ReadError> {
         let (_, jobs) = self.jobs(runtime)?;
         if let Some(halfway) = self.halfway(&jobs) {
             return Ok(Some(halfway));
         }
         let committed = JobState::Committed.to_string();
-        for answer in answers {
+        for &(node, in_snapshot) in read {
             let published_now = PublishedJobs::of(jobs.iter().filter_map(|job| {
                 job.parts
                     .iter()
-                    .any(|(node, state)| *node == answer.node.id && *state == committed)
+                    .any(|(on, state)| *on == node && *state == committed)
                     .then_some(job.job)
             }));
-            let in_snapshot = answer.shape.as_ref().and_then(|shape| shape.published);
             if in_snapshot != Some(published_now) {
                 return Ok(Some(ReadError::Republished {
-                    node: answer.node.id,
+                    node,
                     waited: self.publish_wait,
                 }));
             }
@@ -391,12 +414,23 @@ impl ClusterReader {
         &self,
         request: &ReadRequest,
     ) -> Result<(DatasetShape, Vec<Answer>), ReadError> {
+        let (shape, holding, _) = self.ask_every(request).await?;
+        Ok((shape, holding))
+    }
+
+    /// [`Self::ask_all`], with the nodes that do not hold the dataset.
+    async fn ask_every(
+        &self,
+        request: &ReadRequest,
+    ) -> Result<(DatasetShape, Vec<Answer>, Vec<NodeId>), ReadError> {
         let asked = self.nodes.iter().map(|node| self.ask(node, request));
-        let mut holding = Vec::new();
+        let (mut holding, mut absent) = (Vec::new(), Vec::new());
         for answer in futures_join_all(asked).await {
             let answer = answer?;
             if answer.shape.is_some() {
                 holding.push(answer);
+            } else {
+                absent.push(answer.node.id);
             }
         }
         let Some(first) = holding.first() else {
@@ -412,7 +446,7 @@ impl ClusterReader {
                 )));
             }
         }
-        Ok((shape, holding))
+        Ok((shape, holding, absent))
     }
 
     /// Writes the dataset's records to `out` in key order, one per line,
@@ -436,44 +470,69 @@ impl ClusterReader {
     }
 
     /// The first sighting of `key`: from the owner of its partition, else
-    /// from every node.
+    /// from every node. Read, like an export, only once the snapshots the
+    /// nodes answered from show whole jobs.
     pub fn get(&self, runtime: &Handle, key: &[u8]) -> Result<Option<ClusterFound>, ReadError> {
-        self.await_whole_jobs(runtime, Instant::now())?;
-        runtime.block_on(async {
-            let request = ReadRequest::Get {
-                dataset: self.dataset.clone(),
-                key: key.to_vec(),
+        let request = ReadRequest::Get {
+            dataset: self.dataset.clone(),
+            key: key.to_vec(),
+        };
+        let started = Instant::now();
+        let mut found = loop {
+            self.await_whole_jobs(runtime, started)?;
+            let (found, read) = runtime.block_on(self.first_sighting(key, &request))?;
+            let Some(unsettled) = self.unsettled(runtime, &read)? else {
+                break found;
             };
-            let owner = self.owner_of(key);
-            let mut found = None;
-            if let Some(owner) = owner {
-                found = self.found_on(owner, &request).await?;
+            if started.elapsed() >= self.publish_wait {
+                return Err(unsettled);
             }
-            if found.is_none() {
-                let others = self
-                    .nodes
-                    .iter()
-                    .filter(|n| owner.is_none_or(|o| o.id != n.id))
-                    .map(|node| self.found_on(node, &request));
-                for answer in futures_join_all(others).await {
-                    if let Some(candidate) = answer? {
-                        let earlier = found
-                            .as_ref()
-                            .is_none_or(|f: &ClusterFound| sighting(&candidate) < sighting(f));
-                        if earlier {
-                            found = Some(candidate);
-                        }
+            std::thread::sleep(PUBLISH_POLL);
+        };
+        if let Some(found) = &mut found
+            && found.path.is_none()
+            && let Some(job) = found.job
+        {
+            found.path = runtime.block_on(self.path_of(job, found.file))?;
+        }
+        Ok(found)
+    }
+
+    /// The earliest sighting of `key` the nodes hold (the owner asked
+    /// first), with what each node asked read it with.
+    async fn first_sighting(
+        &self,
+        key: &[u8],
+        request: &ReadRequest,
+    ) -> Result<(Option<ClusterFound>, Vec<ReadWith>), ReadError> {
+        let owner = self.owner_of(key);
+        let mut read = Vec::new();
+        let mut found = None;
+        if let Some(owner) = owner {
+            let (candidate, with) = self.found_on(owner, request).await?;
+            found = candidate;
+            read.push(with);
+        }
+        if found.is_none() {
+            let others = self
+                .nodes
+                .iter()
+                .filter(|n| owner.is_none_or(|o| o.id != n.id))
+                .map(|node| self.found_on(node, request));
+            for answer in futures_join_all(others).await {
+                let (candidate, with) = answer?;
+                read.push(with);
+                if let Some(candidate) = candidate {
+                    let earlier = found
+                        .as_ref()
+                        .is_none_or(|f: &ClusterFound| sighting(&candidate) < sighting(f));
+                    if earlier {
+                        found = Some(candidate);
                     }
                 }
             }
-            if let Some(found) = &mut found
-                && found.path.is_none()
-                && let Some(job) = found.job
-            {
-                found.path = self.path_of(job, found.file).await?;
-            }
-            Ok(found)
-        })
+        }
+        Ok((found, read))
     }
 
     /// The node owning `key`'s partition, if the nodes' ranges cover the
@@ -503,10 +562,11 @@ impl ClusterReader {
         &self,
         node: &ReadNode,
         request: &ReadRequest,
-    ) -> Result<Option<ClusterFound>, ReadError> {
+    ) -> Result<(Option<ClusterFound>, ReadWith), ReadError> {
         let mut answer = self.ask(node, request).await?;
+        let with = answer.read_with();
         if answer.shape.is_none() {
-            return Ok(None);
+            return Ok((None, with));
         }
         let mut found = None;
         loop {
@@ -516,14 +576,15 @@ impl ClusterReader {
                 _ => return Err(node.error("an answer other than a found record to a get")),
             }
         }
-        Ok(found.map(|f: FoundRecord| ClusterFound {
+        let found = found.map(|f: FoundRecord| ClusterFound {
             node: node.id,
             record: f.record,
             job: f.job,
             file: f.file,
             offset: f.offset,
             path: f.path.map(path_of_bytes),
-        }))
+        });
+        Ok((found, with))
     }
 
     /// The path of `job`'s file `file`, from the first node that listed it.

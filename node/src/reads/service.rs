@@ -164,9 +164,13 @@ fn answer(
     let Some(dataset) = store.dataset(request.dataset())? else {
         return put(Piece::Item(ReadItem::Absent));
     };
-    // An export reads one snapshot and says which jobs it holds, so the
-    // client can tell whether a job was published during its read.
-    let snapshot = matches!(request, ReadRequest::Export { .. }).then(|| store.db().snapshot());
+    // An export or a get reads one snapshot and says which jobs it holds,
+    // so the client can tell whether a job was published during its read.
+    let snapshot = matches!(
+        request,
+        ReadRequest::Export { .. } | ReadRequest::Get { .. }
+    )
+    .then(|| store.db().snapshot());
     let published = match &snapshot {
         Some(snapshot) => Some(PublishedJobs::of(
             store.published_cluster_jobs(dataset.id, snapshot)?,
@@ -200,7 +204,8 @@ fn answer(
             Ok(())
         }
         ReadRequest::Get { key, .. } => {
-            let found = crate::lookup::get(store, &dataset, key)?;
+            let snapshot = snapshot.expect("taken for a get");
+            let found = crate::lookup::get_at(store, &dataset, key, &snapshot)?;
             let found = match found {
                 Some(found) => Some(FoundRecord {
                     record: found.record,
