@@ -202,6 +202,39 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Runs node 1's part to its commit and checks that it ran the job
+    /// again whole: as attempt 1, restarted by node 1, every one of the
+    /// job's `files` read, the export `sort -u` of the input.
+    fn run_owner_again_whole(&self, files: u64) {
+        let outcome = self
+            .run_owner(pending())
+            .recv_timeout(Duration::from_secs(120))
+            .expect("node 1's part ends")
+            .expect("node 1's part commits");
+        let status = self
+            .runtime
+            .block_on(self.coordinator.client().job(self.job))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.phase, JobPhase::Committed);
+        assert_eq!(
+            (status.attempt, status.shards_pending, status.shards_leased),
+            (1, 0, 0),
+            "node 1's part ran in attempt 1, every shard done"
+        );
+        let cause = status.restarted.unwrap_or_default();
+        assert!(cause.contains("node 1 started its part again"), "{cause}");
+        assert_eq!(outcome.totals.files, files, "every file read in attempt 1");
+        let store = Store::open(&self.ingest.data_dir, 8 << 20, Access::ReadOnly).unwrap();
+        let dataset = store.existing_dataset("lines").unwrap();
+        let mut exported = Vec::new();
+        node::export::export(&store, &dataset, &mut exported).unwrap();
+        assert!(
+            exported == bench::oracle::sort_u_dir(self.input.path()),
+            "the export is not sort -u"
+        );
+    }
+
     fn stop(self) {
         self.runtime.block_on(self.coordinator.shutdown()).unwrap();
         drop(self.data);
@@ -389,30 +422,7 @@ fn a_node_starting_after_a_shard_is_done_runs_the_job_again_whole() {
             .await
             .unwrap();
     });
-    let outcome = cluster
-        .run_owner(pending())
-        .recv_timeout(Duration::from_secs(120))
-        .expect("node 1's part ends")
-        .expect("node 1's part commits");
-    let status = cluster
-        .runtime
-        .block_on(client.job(cluster.job))
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.phase, JobPhase::Committed);
-    assert_eq!((status.attempt, status.shards_done), (1, 3));
-    let cause = status.restarted.unwrap_or_default();
-    assert!(cause.contains("node 1 started its part again"), "{cause}");
-    assert_eq!(outcome.totals.files, 3, "every file read in attempt 1");
-    let store = Store::open(&cluster.ingest.data_dir, 8 << 20, Access::ReadOnly).unwrap();
-    let dataset = store.existing_dataset("lines").unwrap();
-    let mut exported = Vec::new();
-    node::export::export(&store, &dataset, &mut exported).unwrap();
-    assert!(
-        exported == bench::oracle::sort_u_dir(cluster.input.path()),
-        "the export is not sort -u"
-    );
-    drop(store);
+    cluster.run_owner_again_whole(3);
     cluster.stop();
 }
 
@@ -447,33 +457,7 @@ fn a_node_whose_earlier_part_of_the_attempt_was_cut_short_runs_the_job_again_who
         "the first part was to end before any of its shards was done"
     );
 
-    let outcome = cluster
-        .run_owner(pending())
-        .recv_timeout(Duration::from_secs(120))
-        .expect("node 1's second part ends")
-        .expect("node 1's second part commits");
-    let status = cluster
-        .runtime
-        .block_on(client.job(cluster.job))
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.phase, JobPhase::Committed);
-    assert_eq!(
-        status.attempt, 1,
-        "the second part joined the first's attempt"
-    );
-    let cause = status.restarted.unwrap_or_default();
-    assert!(cause.contains("node 1 started its part again"), "{cause}");
-    assert_eq!(outcome.totals.files, 8, "every file read in attempt 1");
-    let store = Store::open(&cluster.ingest.data_dir, 8 << 20, Access::ReadOnly).unwrap();
-    let dataset = store.existing_dataset("lines").unwrap();
-    let mut exported = Vec::new();
-    node::export::export(&store, &dataset, &mut exported).unwrap();
-    assert!(
-        exported == bench::oracle::sort_u_dir(cluster.input.path()),
-        "the export is not sort -u"
-    );
-    drop(store);
+    cluster.run_owner_again_whole(8);
     cluster.stop();
 }
 

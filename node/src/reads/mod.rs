@@ -170,48 +170,79 @@ mod tests {
         );
     }
 
+    /// Nodes 1 and 2 serving 100 keys each ("key 00000".. and "key
+    /// 00100"..), cluster job 1 published on node 1 and only staged on
+    /// node 2.
+    struct HalfPublished {
+        runtime: tokio::runtime::Runtime,
+        cluster: Cluster,
+        node_2: Arc<Store>,
+        staged_on_2: crate::store::catalog::JobInfo,
+        nodes: Vec<ReadNode>,
+        _served: (ChannelEndpoint, ChannelEndpoint),
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+    }
+
+    impl HalfPublished {
+        fn new() -> Self {
+            use crate::store::catalog::JobTotals;
+            use crate::store::staged::ClusterPart;
+
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let cluster = Cluster::new();
+            let lines = |range: std::ops::Range<u32>| -> Vec<Vec<u8>> {
+                range.map(|i| format!("key {i:05}").into_bytes()).collect()
+            };
+            let part = ClusterPart {
+                job: JobId(1),
+                began_ms: 1,
+                attempt: 0,
+                map_epoch: Epoch(1),
+            };
+            let staged = |store: &Store| {
+                let dataset = store.dataset("d").unwrap().unwrap();
+                let job = store.begin_part(&dataset, Vec::new(), Some(part)).unwrap();
+                store
+                    .stage_job(&job, Vec::new(), &JobTotals::default())
+                    .unwrap()
+            };
+            let (dir_a, a) = store_with(&lines(0..100), 0);
+            let (dir_b, b) = store_with(&lines(100..200), 1);
+            a.publish_staged(&staged(&a)).unwrap();
+            let staged_on_2 = staged(&b);
+            let (one, two) = {
+                let _entered = runtime.enter();
+                (serve(&cluster, 1, a), serve(&cluster, 2, b.clone()))
+            };
+            let nodes = vec![read_node(1, &one), read_node(2, &two)];
+            Self {
+                runtime,
+                cluster,
+                node_2: b,
+                staged_on_2,
+                nodes,
+                _served: (one, two),
+                _dirs: (dir_a, dir_b),
+            }
+        }
+
+        fn reader(&self, wait: std::time::Duration) -> ClusterReader {
+            let _entered = self.runtime.enter();
+            ClusterReader::new(&self.cluster.identity("client"), self.nodes.clone(), "d")
+                .unwrap()
+                .with_publish_wait(wait)
+        }
+    }
+
     /// Node 1 has published cluster job 1, node 2 has only staged it: a
     /// read waits for node 2 to publish, and fails naming both if it does
     /// not within the wait.
     #[test]
     fn reads_wait_until_every_node_has_published_a_committed_job() {
-        use crate::store::catalog::JobTotals;
-        use crate::store::staged::ClusterPart;
         use std::time::Duration;
 
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let cluster = Cluster::new();
-        let lines = |range: std::ops::Range<u32>| -> Vec<Vec<u8>> {
-            range.map(|i| format!("key {i:05}").into_bytes()).collect()
-        };
-        let part = ClusterPart {
-            job: JobId(1),
-            began_ms: 1,
-            attempt: 0,
-            map_epoch: Epoch(1),
-        };
-        let staged = |store: &Store| {
-            let dataset = store.dataset("d").unwrap().unwrap();
-            let job = store.begin_part(&dataset, Vec::new(), Some(part)).unwrap();
-            store
-                .stage_job(&job, Vec::new(), &JobTotals::default())
-                .unwrap()
-        };
-        let (_a, a) = store_with(&lines(0..100), 0);
-        let (_b, b) = store_with(&lines(100..200), 1);
-        a.publish_staged(&staged(&a)).unwrap();
-        let staged_on_b = staged(&b);
-        let (one, two) = {
-            let _entered = runtime.enter();
-            (serve(&cluster, 1, a.clone()), serve(&cluster, 2, b.clone()))
-        };
-        let nodes = vec![read_node(1, &one), read_node(2, &two)];
-        let reader = |wait: Duration| {
-            let _entered = runtime.enter();
-            ClusterReader::new(&cluster.identity("client"), nodes.clone(), "d")
-                .unwrap()
-                .with_publish_wait(wait)
-        };
+        let half = HalfPublished::new();
+        let (runtime, reader) = (&half.runtime, |wait| half.reader(wait));
 
         let short = Duration::from_millis(300);
         match reader(short).export(runtime.handle(), &mut Vec::new()) {
@@ -232,9 +263,10 @@ mod tests {
         assert!(matches!(err, ReadError::Unpublished { .. }), "{err}");
 
         // Node 2 publishes while a read waits: the read shows the job whole.
+        let (node_2, staged_on_2) = (half.node_2.clone(), half.staged_on_2.clone());
         let publisher = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
-            b.publish_staged(&staged_on_b).unwrap();
+            node_2.publish_staged(&staged_on_2).unwrap();
         });
         let mut out = Vec::new();
         let written = reader(Duration::from_secs(20))
@@ -251,41 +283,11 @@ mod tests {
     /// again and shows the job whole.
     #[test]
     fn an_export_opened_while_a_node_publishes_opens_again() {
-        use crate::store::catalog::JobTotals;
-        use crate::store::staged::ClusterPart;
         use proto_schema::read::PublishedJobs;
 
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let cluster = Cluster::new();
-        let part = ClusterPart {
-            job: JobId(1),
-            began_ms: 1,
-            attempt: 0,
-            map_epoch: Epoch(1),
-        };
-        let staged = |store: &Store| {
-            let dataset = store.dataset("d").unwrap().unwrap();
-            let job = store.begin_part(&dataset, Vec::new(), Some(part)).unwrap();
-            store
-                .stage_job(&job, Vec::new(), &JobTotals::default())
-                .unwrap()
-        };
-        let lines = |range: std::ops::Range<u32>| -> Vec<Vec<u8>> {
-            range.map(|i| format!("key {i:05}").into_bytes()).collect()
-        };
-        let (_a, a) = store_with(&lines(0..100), 0);
-        let (_b, b) = store_with(&lines(100..200), 1);
-        a.publish_staged(&staged(&a)).unwrap();
-        let staged_on_b = staged(&b);
-        let (one, two) = {
-            let _entered = runtime.enter();
-            (serve(&cluster, 1, a.clone()), serve(&cluster, 2, b.clone()))
-        };
-        let nodes = vec![read_node(1, &one), read_node(2, &two)];
-        let reader = {
-            let _entered = runtime.enter();
-            ClusterReader::new(&cluster.identity("client"), nodes, "d").unwrap()
-        };
+        let half = HalfPublished::new();
+        let runtime = &half.runtime;
+        let reader = half.reader(remote::DEFAULT_PUBLISH_WAIT);
         let request = ReadRequest::Export {
             dataset: "d".into(),
         };
@@ -303,7 +305,7 @@ mod tests {
             Some(ReadError::Unpublished { job, .. }) => assert_eq!(job, JobId(1)),
             other => panic!("expected job 1 half published, got {other:?}"),
         }
-        b.publish_staged(&staged_on_b).unwrap();
+        half.node_2.publish_staged(&half.staged_on_2).unwrap();
         match reader.unsettled(runtime.handle(), &read).unwrap() {
             Some(ReadError::Republished { node, .. }) => assert_eq!(node, NodeId(2)),
             other => panic!("expected node 2 named, got {other:?}"),
