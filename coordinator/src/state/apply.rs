@@ -22,8 +22,8 @@
 use std::collections::HashMap;
 
 use proto_schema::command::{
-    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, LeaseGrant, MAX_JOB_ATTEMPTS,
-    NodeInfo, Response, RestartCause, ShardDone, StagedCounts,
+    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, InventoryRange, LeaseGrant,
+    MAX_JOB_ATTEMPTS, NodeInfo, Response, RestartCause, ShardDone, StagedCounts,
 };
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, WriteBatch};
@@ -33,6 +33,7 @@ use super::keys::{
     self, CF_COUNTERS, CF_DATASETS, CF_FILES, CF_JOBS, CF_LEASED, CF_NODES, CF_PARTITIONS,
     CF_SHARDS,
 };
+use super::digested;
 use super::listed::{self, Listing};
 use super::records::{
     self, CatalogEntry, Dataset, FileStatus, Job, JobState, Node, Shard, ShardState, Stored,
@@ -150,7 +151,12 @@ pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
             submission,
             first_file,
             files,
-        } => submit_chunk(tx, &dataset, submission, first_file, &files),
+        } => submit_chunk(tx, &dataset, submission, first_file, files),
+        Command::SubmitRanges {
+            dataset,
+            submission,
+            ranges,
+        } => submit_ranges(tx, &dataset, submission, &ranges),
         Command::FinishSubmission {
             dataset,
             submission,
@@ -410,13 +416,180 @@ fn submit_chunk(
     name: &str,
     submission: JobId,
     first_file: u64,
-    files: &[FileEntry],
+    files: Vec<FileEntry>,
+) -> Outcome {
+    let range = InventoryRange::Files { first_file, files };
+    Ok(
+        submit_ranges(tx, name, submission, std::slice::from_ref(&range))?.map(|response| {
+            match response {
+                Response::RangesApplied {
+                    counts,
+                    shards_created,
+                    ..
+                } => Response::ChunkApplied {
+                    counts,
+                    shards_created,
+                },
+                other => other,
+            }
+        }),
+    )
+}
+
+/// A range of a `SubmitRanges` once read against the catalogue, before
+/// anything is written.
+enum Checked<'f> {
+    Files(DiffedFiles<'f>),
+    /// A digest accepted: the paths it stands for, each unchanged.
+    Accepted(Vec<Vec<u8>>),
+    Mismatched,
+}
+
+/// Applies the ranges in two passes: every range is read against the DB
+/// first (refusing the command if any range is out of order or overlaps
+/// an earlier chunk), then written, with the shard ids of the whole
+/// command reserved at once (reads see the DB, not this batch).
+fn submit_ranges(
+    tx: &mut Tx<'_>,
+    name: &str,
+    submission: JobId,
+    ranges: &[InventoryRange],
 ) -> Outcome {
     let (dataset, mut job) = match open_submission(tx, name, submission)? {
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
     };
-    // In path order: the chunk's listing is stored sorted, and its
+    let db = tx.db;
+    let mut aborted = Aborted::new(db);
+    let mut last_listing = Listing::new(db, dataset.id, dataset.last_finished);
+    let mut checked = Vec::with_capacity(ranges.len());
+    let mut previous_last: Option<&str> = None;
+    for range in ranges {
+        let found = match range {
+            InventoryRange::Files { first_file, files } => {
+                match diff_files(db, &dataset, submission, *first_file, files)? {
+                    Ok(Some(diffed)) => Checked::Files(diffed),
+                    Ok(None) => continue,
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            InventoryRange::Digest {
+                first,
+                last,
+                files,
+                digest,
+            } => {
+                if *files == 0 || first > last {
+                    return Ok(Err(CommandError::Malformed {
+                        reason: format!(
+                            "digest range {first:?} to {last:?} of {files} files is empty"
+                        ),
+                    }));
+                }
+                if let Some(refusal) = overlap_refusal(db, dataset.id, submission, first, last, &[])? {
+                    return Ok(Err(refusal));
+                }
+                let claim = digested::Claim {
+                    first,
+                    last,
+                    files: *files,
+                    digest: *digest,
+                };
+                match digested::check(db, dataset.id, &mut last_listing, &mut aborted, &claim)? {
+                    Some(paths) => Checked::Accepted(paths),
+                    None => Checked::Mismatched,
+                }
+            }
+        };
+        let (first, last) = match (range, &found) {
+            (InventoryRange::Digest { first, last, .. }, _) => (first.as_str(), last.as_str()),
+            (_, Checked::Files(diffed)) => diffed.span(),
+            _ => unreachable!("a files range is diffed"),
+        };
+        if previous_last.is_some_and(|previous| first <= previous) {
+            return Ok(Err(CommandError::ChunkOverlaps {
+                first: first.to_owned(),
+                last: last.to_owned(),
+            }));
+        }
+        previous_last = Some(last);
+        checked.push(found);
+    }
+
+    let work: u64 = checked
+        .iter()
+        .map(|c| match c {
+            Checked::Files(diffed) => diffed.work(),
+            _ => 0,
+        })
+        .sum();
+    let mut next_shard = ShardId(if work > 0 {
+        tx.reserve(keys::NEXT_SHARD, work)?
+    } else {
+        0
+    });
+    let mut counts = DiffCounts::default();
+    let mut mismatched = Vec::new();
+    for (index, range) in checked.into_iter().enumerate() {
+        match range {
+            Checked::Files(diffed) => {
+                counts.add(write_files(tx, dataset.id, submission, diffed, &mut next_shard))
+            }
+            Checked::Accepted(paths) => {
+                counts.unchanged += paths.len() as u64;
+                let paths = paths.iter().map(Vec::as_slice);
+                listed::record(&mut tx.batch, db, dataset.id, submission, paths);
+            }
+            Checked::Mismatched => {
+                mismatched.push(u32::try_from(index).expect("ranges are bounded"))
+            }
+        }
+    }
+    job.counts.add(counts);
+    job.shards_total += work;
+    tx.put(CF_JOBS, &keys::id(submission), &job);
+    Ok(Ok(Response::RangesApplied {
+        counts,
+        shards_created: work,
+        mismatched,
+    }))
+}
+
+/// A range of files diffed against the catalogue, in path order.
+struct DiffedFiles<'f> {
+    first_file: u64,
+    files: Vec<&'f FileEntry>,
+    keys: Vec<Vec<u8>>,
+    /// Each file's entry as it counts, and how the file compares with it.
+    known: Vec<(Option<CatalogEntry>, Diff)>,
+}
+
+impl<'f> DiffedFiles<'f> {
+    /// The shards the range makes: one per new or changed file.
+    fn work(&self) -> u64 {
+        self.known
+            .iter()
+            .filter(|(_, d)| *d != Diff::Unchanged)
+            .count() as u64
+    }
+
+    fn span(&self) -> (&'f str, &'f str) {
+        let (first, last): (&'f FileEntry, &'f FileEntry) =
+            (self.files[0], self.files[self.files.len() - 1]);
+        (&first.path, &last.path)
+    }
+}
+
+/// Reads a range of files against the catalogue and the last finished
+/// submission's listing; `None` for no files.
+fn diff_files<'f>(
+    db: &DB,
+    dataset: &Dataset,
+    submission: JobId,
+    first_file: u64,
+    files: &'f [FileEntry],
+) -> Result<Result<Option<DiffedFiles<'f>>, CommandError>, StateError> {
+    // In path order: the range's listing is stored sorted, and its
     // catalogue entries are read by stepping through the catalogue.
     let mut files: Vec<&FileEntry> = files.iter().collect();
     files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -425,53 +598,58 @@ fn submit_chunk(
             path: pair[0].path.clone(),
         }));
     }
-    if files.is_empty() {
-        return Ok(Ok(Response::ChunkApplied {
-            counts: DiffCounts::default(),
-            shards_created: 0,
-        }));
-    }
-    if let Some(refusal) = overlap_refusal(tx.db, dataset.id, submission, &files)? {
+    let (Some(first), Some(last)) = (files.first(), files.last()) else {
+        return Ok(Ok(None));
+    };
+    if let Some(refusal) =
+        overlap_refusal(db, dataset.id, submission, &first.path, &last.path, &files)?
+    {
         return Ok(Err(refusal));
     }
 
-    let file_keys: Vec<Vec<u8>> = files
+    let keys: Vec<Vec<u8>> = files
         .iter()
         .map(|f| keys::file(dataset.id, &f.path))
         .collect();
-    let mut aborted = Aborted::new(tx.db);
-    let mut last_listing = Listing::new(tx.db, dataset.id, dataset.last_finished);
-    let mut catalogue = SortedLookup::new(tx.db, tx.cf(CF_FILES), &file_keys[files.len() - 1]);
-    // Each file's entry as it counts, and whether it is live.
+    let mut aborted = Aborted::new(db);
+    let mut last_listing = Listing::new(db, dataset.id, dataset.last_finished);
+    let files_cf = db
+        .cf_handle(CF_FILES)
+        .expect("column family created at open");
+    let mut catalogue = SortedLookup::new(db, files_cf, &keys[files.len() - 1]);
     let mut known = Vec::with_capacity(files.len());
-    for (key, file) in file_keys.iter().zip(&files) {
+    for (key, file) in keys.iter().zip(&files) {
         let settled = match catalogue.get(key)? {
             Some(bytes) => aborted.settle(CatalogEntry::decode(bytes)?)?,
             None => None,
         };
         let live = match &settled {
-            Some(entry) => last_listing.lists(entry, &file.path)?,
+            Some(entry) => last_listing.lists(entry, file.path.as_bytes())?,
             None => false,
         };
-        known.push((settled, live));
+        let diff = diff(file, settled.as_ref().filter(|_| live));
+        known.push((settled, diff));
     }
+    Ok(Ok(Some(DiffedFiles {
+        first_file,
+        files,
+        keys,
+        known,
+    })))
+}
 
-    let diffs: Vec<Diff> = files
-        .iter()
-        .zip(&known)
-        .map(|(f, (entry, live))| diff(f, entry.as_ref().filter(|_| *live)))
-        .collect();
-    let work = diffs.iter().filter(|d| **d != Diff::Unchanged).count() as u64;
-    let mut next_shard = ShardId(if work > 0 {
-        tx.reserve(keys::NEXT_SHARD, work)?
-    } else {
-        0
-    });
+/// Writes a diffed range: a shard and a catalogue entry per new or changed
+/// file, the range's listing record. Returns its counts.
+fn write_files(
+    tx: &mut Tx<'_>,
+    dataset: DatasetId,
+    submission: JobId,
+    diffed: DiffedFiles<'_>,
+    next_shard: &mut ShardId,
+) -> DiffCounts {
     let mut counts = DiffCounts::default();
-    let numbered = files.iter().zip(first_file..);
-    for ((((file, number), key), (known, _)), diff) in
-        numbered.zip(&file_keys).zip(known).zip(diffs)
-    {
+    let numbered = diffed.files.iter().zip(diffed.first_file..);
+    for (((file, number), key), (known, diff)) in numbered.zip(&diffed.keys).zip(diffed.known) {
         match diff {
             Diff::Unchanged => {
                 counts.unchanged += 1;
@@ -481,9 +659,9 @@ fn submit_chunk(
             Diff::Changed => counts.changed += 1,
         }
         let shard = Shard {
-            id: next_shard,
+            id: *next_shard,
             job: submission,
-            dataset_id: dataset.id,
+            dataset_id: dataset,
             path: file.path.clone(),
             file: number,
             start: 0,
@@ -496,7 +674,7 @@ fn submit_chunk(
             attempt: 0,
         };
         tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
-        next_shard = next_shard.next();
+        *next_shard = next_shard.next();
         let entry = CatalogEntry {
             size: file.size,
             mtime_ns: file.mtime_ns,
@@ -508,28 +686,24 @@ fn submit_chunk(
         };
         tx.put(CF_FILES, key, &entry);
     }
-    let paths = files.iter().map(|f| f.path.as_str());
-    listed::record(&mut tx.batch, tx.db, dataset.id, submission, paths);
-    job.counts.add(counts);
-    job.shards_total += work;
-    tx.put(CF_JOBS, &keys::id(submission), &job);
-    Ok(Ok(Response::ChunkApplied {
-        counts,
-        shards_created: work,
-    }))
+    let paths = diffed.files.iter().map(|f| f.path.as_bytes());
+    listed::record(&mut tx.batch, tx.db, dataset, submission, paths);
+    counts
 }
 
-/// Why a chunk (sorted, not empty) is refused if its path range overlaps
-/// an earlier chunk's: a path both list, or the order. A submission's
-/// chunks must cover disjoint ranges so that its listing finds any path
-/// with one seek; `quern submit` sends manifests in path order.
+/// Why a range from `first` to `last` (of `files`, sorted, when it carries
+/// them) is refused if it overlaps an earlier chunk's: a path both list,
+/// or the order. A submission's chunks must cover disjoint ranges so that
+/// its listing finds any path with one seek; `quern submit` sends
+/// manifests in path order.
 fn overlap_refusal(
     db: &DB,
     dataset: DatasetId,
     submission: JobId,
+    first: &str,
+    last: &str,
     files: &[&FileEntry],
 ) -> Result<Option<CommandError>, StateError> {
-    let (first, last) = (&files[0].path, &files[files.len() - 1].path);
     let mut own = Listing::new(db, dataset, submission);
     let Some(earlier) = own.overlapping(first.as_bytes(), last.as_bytes())? else {
         return Ok(None);
@@ -542,8 +716,8 @@ fn overlap_refusal(
         }
     }
     Ok(Some(CommandError::ChunkOverlaps {
-        first: first.clone(),
-        last: last.clone(),
+        first: first.to_owned(),
+        last: last.to_owned(),
     }))
 }
 

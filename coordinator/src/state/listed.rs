@@ -37,11 +37,11 @@ pub fn record<'p>(
     db: &DB,
     dataset: DatasetId,
     submission: JobId,
-    paths: impl Iterator<Item = &'p str> + Clone,
+    paths: impl Iterator<Item = &'p [u8]> + Clone,
 ) {
     let last = paths.clone().last().expect("a chunk lists paths");
-    let key = keys::listed(dataset, submission, last.as_bytes());
-    batch.put_cf(cf(db), key, path_list::encode(paths.map(str::as_bytes)));
+    let key = keys::listed(dataset, submission, last);
+    batch.put_cf(cf(db), key, path_list::encode(paths));
 }
 
 /// Forgets what `dataset`'s submissions `from..to` listed.
@@ -89,9 +89,9 @@ impl<'a> Listing<'a> {
 
     /// Whether the file whose catalogue entry (as it counts) is `entry` is
     /// live in this submission, which finished.
-    pub fn lists(&mut self, entry: &CatalogEntry, path: &str) -> Result<bool, StateError> {
+    pub fn lists(&mut self, entry: &CatalogEntry, path: &[u8]) -> Result<bool, StateError> {
         Ok(entry.since == self.submission
-            || (entry.since < self.submission && self.contains(path.as_bytes())?))
+            || (entry.since < self.submission && self.contains(path)?))
     }
 
     /// Whether the submission listed `path`; cheapest for paths in order.

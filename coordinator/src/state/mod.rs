@@ -19,6 +19,7 @@
 //! entries a restart re-applies are never purged ones.
 
 pub mod apply;
+mod digested;
 pub mod keys;
 pub mod listed;
 pub mod path_list;
@@ -340,9 +341,9 @@ impl StateMachineStore {
                 aborted.settle(entry)?
             };
             let Some(entry) = entry else { continue };
-            let path = String::from_utf8_lossy(keys::file_path(&key));
-            if before.lists(&entry, &path)? && !now.lists(&entry, &path)? {
-                out.push(path.into_owned());
+            let path = keys::file_path(&key);
+            if before.lists(&entry, path)? && !now.lists(&entry, path)? {
+                out.push(String::from_utf8_lossy(path).into_owned());
             }
         }
         Ok(out)
