@@ -729,14 +729,18 @@ mod tests {
 
     fn inventory_range() -> impl Strategy<Value = InventoryRange> {
         prop_oneof![
-            ("[a-z/]{1,20}", "[a-z/]{1,20}", any::<u32>(), any::<[u8; 16]>()).prop_map(
-                |(first, last, files, digest)| InventoryRange::Digest {
+            (
+                "[a-z/]{1,20}",
+                "[a-z/]{1,20}",
+                any::<u32>(),
+                any::<[u8; 16]>()
+            )
+                .prop_map(|(first, last, files, digest)| InventoryRange::Digest {
                     first,
                     last,
                     files,
                     digest,
-                }
-            ),
+                }),
             (any::<u64>(), proptest::collection::vec(file_entry(), 0..5))
                 .prop_map(|(first_file, files)| InventoryRange::Files { first_file, files }),
         ]

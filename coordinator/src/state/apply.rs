@@ -29,11 +29,11 @@ use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, WriteBatch};
 
 use super::StateError;
+use super::digested;
 use super::keys::{
     self, CF_COUNTERS, CF_DATASETS, CF_FILES, CF_JOBS, CF_LEASED, CF_NODES, CF_PARTITIONS,
     CF_SHARDS,
 };
-use super::digested;
 use super::listed::{self, Listing};
 use super::records::{
     self, CatalogEntry, Dataset, FileStatus, Job, JobState, Node, Shard, ShardState, Stored,
@@ -486,7 +486,9 @@ fn submit_ranges(
                         ),
                     }));
                 }
-                if let Some(refusal) = overlap_refusal(db, dataset.id, submission, first, last, &[])? {
+                if let Some(refusal) =
+                    overlap_refusal(db, dataset.id, submission, first, last, &[])?
+                {
                     return Ok(Err(refusal));
                 }
                 let claim = digested::Claim {
@@ -532,9 +534,13 @@ fn submit_ranges(
     let mut mismatched = Vec::new();
     for (index, range) in checked.into_iter().enumerate() {
         match range {
-            Checked::Files(diffed) => {
-                counts.add(write_files(tx, dataset.id, submission, diffed, &mut next_shard))
-            }
+            Checked::Files(diffed) => counts.add(write_files(
+                tx,
+                dataset.id,
+                submission,
+                diffed,
+                &mut next_shard,
+            )),
             Checked::Accepted(paths) => {
                 counts.unchanged += paths.len() as u64;
                 let paths = paths.iter().map(Vec::as_slice);

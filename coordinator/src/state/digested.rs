@@ -64,12 +64,7 @@ pub fn check(
             if paths.len() == claimed {
                 return Ok(None);
             }
-            digest.add(
-                path,
-                entry.size,
-                entry.mtime_ns,
-                entry.checksum.as_deref(),
-            );
+            digest.add(path, entry.size, entry.mtime_ns, entry.checksum.as_deref());
             paths.push(path.to_vec());
         }
         entries.next();

@@ -386,7 +386,11 @@ mod tests {
     fn inventory_ranges_are_bounded_in_number_files_and_paths() {
         let at = |n: usize| "p".repeat(n);
         let one = |files| digest("/a".into(), "/b".into(), files);
-        assert!(ranges(vec![one(MAX_RANGE_FILES); MAX_CHUNK_RANGES]).check_bounds().is_ok());
+        assert!(
+            ranges(vec![one(MAX_RANGE_FILES); MAX_CHUNK_RANGES])
+                .check_bounds()
+                .is_ok()
+        );
         assert_eq!(
             refused(&ranges(vec![one(1); MAX_CHUNK_RANGES + 1])),
             (Bounded::InventoryRanges, MAX_CHUNK_RANGES as u64 + 1)
@@ -395,7 +399,10 @@ mod tests {
             refused(&ranges(vec![one(MAX_RANGE_FILES + 1)])),
             (Bounded::RangeFiles, MAX_RANGE_FILES as u64 + 1)
         );
-        for (first, last) in [(at(MAX_PATH_BYTES + 1), at(1)), (at(1), at(MAX_PATH_BYTES + 1))] {
+        for (first, last) in [
+            (at(MAX_PATH_BYTES + 1), at(1)),
+            (at(1), at(MAX_PATH_BYTES + 1)),
+        ] {
             let over = ranges(vec![digest(first, last, 1)]);
             assert_eq!(refused(&over), (Bounded::Path, MAX_PATH_BYTES as u64 + 1));
         }
@@ -403,13 +410,20 @@ mod tests {
             first_file: 0,
             files: vec![file("/a".into(), MAX_CHECKSUM_BYTES + 1)],
         };
-        assert_eq!(refused(&ranges(vec![one(1), bad_entry])).0, Bounded::Checksum);
+        assert_eq!(
+            refused(&ranges(vec![one(1), bad_entry])).0,
+            Bounded::Checksum
+        );
         // Files and bytes count over every range, as in one chunk.
         let files = |n: usize| InventoryRange::Files {
             first_file: 0,
             files: (0..n).map(|i| file(i.to_string(), 0)).collect(),
         };
-        assert!(ranges(vec![files(MAX_CHUNK_FILES / 2); 2]).check_bounds().is_ok());
+        assert!(
+            ranges(vec![files(MAX_CHUNK_FILES / 2); 2])
+                .check_bounds()
+                .is_ok()
+        );
         assert!(matches!(
             ranges(vec![files(MAX_CHUNK_FILES / 2), files(MAX_CHUNK_FILES / 2 + 1)]).check_bounds(),
             Err(CommandError::ChunkTooLarge { files, .. }) if files == MAX_CHUNK_FILES as u64 + 1
@@ -483,9 +497,7 @@ mod tests {
                     files: (0..MAX_CHUNK_FILES / MAX_CHUNK_RANGES)
                         .map(|j| {
                             let mut path = format!("/{i:06}/{j:04}/");
-                            path.push_str(
-                                &"w".repeat(per_file - MAX_CHECKSUM_BYTES - path.len()),
-                            );
+                            path.push_str(&"w".repeat(per_file - MAX_CHECKSUM_BYTES - path.len()));
                             file(path, MAX_CHECKSUM_BYTES)
                         })
                         .collect(),
@@ -494,7 +506,14 @@ mod tests {
         );
         let largest_map = map(MAX_PARTITION_RANGES);
         let most_grants = grants(MAX_LEASES_PER_COMMAND);
-        for cmd in [wide, deep, most_digests, most_files, largest_map, most_grants] {
+        for cmd in [
+            wide,
+            deep,
+            most_digests,
+            most_files,
+            largest_map,
+            most_grants,
+        ] {
             cmd.check_bounds().unwrap();
             let len = cmd.to_bytes().len();
             assert!(len <= MAX_COMMAND_BYTES, "{len} bytes");
