@@ -107,6 +107,37 @@ impl<I: Iterator<Item = FileEntry>> Iterator for Ranges<I> {
     }
 }
 
+/// Ranges to send with their entries, and how many files and bytes.
+#[derive(Default)]
+struct Queue {
+    ranges: VecDeque<Range>,
+    files: usize,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, range: Range) {
+        self.files += range.files.len();
+        self.bytes += range.weight();
+        self.ranges.push_back(range);
+    }
+
+    fn take(&mut self, n: usize) -> Vec<Range> {
+        let taken: Vec<Range> = self.ranges.drain(..n).collect();
+        self.files -= taken.iter().map(|r| r.files.len()).sum::<usize>();
+        self.bytes -= taken.iter().map(Range::weight).sum::<usize>();
+        taken
+    }
+
+    fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
 /// What is sent and what is still to send.
 struct Sender {
     dataset: String,
@@ -115,10 +146,12 @@ struct Sender {
     next_tag: u64,
     /// The ranges of each digest command in flight, by tag.
     in_flight: HashMap<u64, Vec<Range>>,
-    /// Ranges for the next digest command.
-    digests: Vec<Range>,
+    /// Ranges for the next digest command, with their digests.
+    digests: Vec<(Range, InventoryRange)>,
+    /// The weight of those digests.
+    digest_bytes: usize,
     /// Ranges to send with their entries.
-    resend: VecDeque<Range>,
+    resend: Queue,
     by_digest: bool,
     digests_answered: usize,
     digests_missed: usize,
@@ -144,11 +177,12 @@ impl Sender {
             self.resend.push_back(range);
             return None;
         }
-        let bytes: usize = self.digests.iter().map(|r| r.digest().weight()).sum();
+        let digest = range.digest();
         let full = self.digests.len() == DIGEST_RANGES_PER_COMMAND
-            || bytes + range.digest().weight() > MAX_CHUNK_BYTES;
+            || self.digest_bytes + digest.weight() > MAX_CHUNK_BYTES;
         let command = if full { self.digest_command() } else { None };
-        self.digests.push(range);
+        self.digest_bytes += digest.weight();
+        self.digests.push((range, digest));
         command
     }
 
@@ -156,8 +190,9 @@ impl Sender {
         if self.digests.is_empty() {
             return None;
         }
-        let ranges = std::mem::take(&mut self.digests);
-        let command = self.command(ranges.iter().map(Range::digest).collect());
+        self.digest_bytes = 0;
+        let (ranges, digests) = std::mem::take(&mut self.digests).into_iter().unzip();
+        let command = self.command(digests);
         let tag = self.tag();
         self.in_flight.insert(tag, ranges);
         Some((tag, command))
@@ -166,8 +201,14 @@ impl Sender {
     /// A command of ranges to send with their entries: a full one, or
     /// with `all` whatever is left.
     fn files_command(&mut self, all: bool) -> Option<(u64, Command)> {
+        let full = self.resend.len() > MAX_CHUNK_RANGES
+            || self.resend.files > self.max_chunk_files
+            || self.resend.bytes > MAX_CHUNK_BYTES;
+        if !all && !full {
+            return None;
+        }
         let (mut files, mut bytes, mut taken) = (0, 0, 0);
-        for range in &self.resend {
+        for range in &self.resend.ranges {
             let over = taken == MAX_CHUNK_RANGES
                 || files + range.files.len() > self.max_chunk_files
                 || bytes + range.weight() > MAX_CHUNK_BYTES;
@@ -178,10 +219,10 @@ impl Sender {
             bytes += range.weight();
             taken += 1;
         }
-        if taken == 0 || (!all && taken == self.resend.len()) {
+        if taken == 0 {
             return None;
         }
-        let mut ranges: Vec<Range> = self.resend.drain(..taken).collect();
+        let mut ranges = self.resend.take(taken);
         // Answers come in any order; a command's ranges ascend.
         ranges.sort_unstable_by(|a, b| a.first().cmp(b.first()));
         let ranges = ranges
@@ -237,7 +278,10 @@ impl Sender {
             && self.digests_missed * 2 > self.digests_answered
         {
             self.by_digest = false;
-            self.resend.extend(self.digests.drain(..));
+            self.digest_bytes = 0;
+            for (range, _) in self.digests.drain(..) {
+                self.resend.push_back(range);
+            }
         }
         Ok(())
     }
@@ -261,7 +305,8 @@ pub async fn send<T: Transport>(
         next_tag: 0,
         in_flight: HashMap::new(),
         digests: Vec::new(),
-        resend: VecDeque::new(),
+        digest_bytes: 0,
+        resend: Queue::default(),
         by_digest: true,
         digests_answered: 0,
         digests_missed: 0,

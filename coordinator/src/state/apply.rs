@@ -1199,14 +1199,15 @@ mod tests {
     use proptest::prelude::*;
     use proto_schema::PartitionMap;
     use proto_schema::command::{
-        Bounded, Command, CommandError, DiffCounts, FileEntry, LeaseGrant, MAX_CHUNK_FILES,
-        MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response, RestartCause, ShardDone, StagedCounts,
+        Bounded, Command, CommandError, DiffCounts, EntriesDigest, FileEntry, InventoryRange,
+        LeaseGrant, MAX_CHUNK_FILES, MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response,
+        RestartCause, ShardDone, StagedCounts,
     };
 
-    use proto_schema::ids::{DatasetId, Epoch, NodeId, ShardId};
+    use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 
     use super::super::StateError;
-    use super::super::records::{FileStatus, Job, JobState};
+    use super::super::records::{CatalogEntry, FileStatus, Job, JobState};
     use super::super::test_support::{Applier, setup_dataset};
 
     fn file(path: &str, size: u64, mtime_ns: i64, checksum: Option<u8>) -> FileEntry {
@@ -1224,6 +1225,195 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// A range of `files` (in path order) sent as its digest.
+    fn digest_of(files: &[FileEntry]) -> InventoryRange {
+        claim(&files[0].path, &files[files.len() - 1].path, files)
+    }
+
+    /// A digest of `files` claimed for the range `first` to `last`.
+    fn claim(first: &str, last: &str, files: &[FileEntry]) -> InventoryRange {
+        let mut digest = EntriesDigest::new();
+        for f in files {
+            digest.add(f.path.as_bytes(), f.size, f.mtime_ns, f.checksum.as_deref());
+        }
+        InventoryRange::Digest {
+            first: first.into(),
+            last: last.into(),
+            files: files.len() as u32,
+            digest: digest.finish(),
+        }
+    }
+
+    fn ranges(submission: JobId, ranges: Vec<InventoryRange>) -> Command {
+        Command::SubmitRanges {
+            dataset: "ds".into(),
+            submission,
+            ranges,
+        }
+    }
+
+    async fn begin(sm: &mut Applier) -> JobId {
+        let begin = Command::BeginSubmission {
+            dataset: "ds".into(),
+            now_ms: 1,
+        };
+        match sm.apply(begin).await {
+            Response::SubmissionBegun { submission } => submission,
+            other => panic!("begin refused: {other:?}"),
+        }
+    }
+
+    /// A catalogue entry as two equal histories leave it, whatever shard
+    /// ids their commands reserved: its versions, and its shard's job,
+    /// path, number and extent.
+    fn comparable(sm: &Applier, path: &str) -> Option<String> {
+        let dataset = sm.state().dataset("ds").unwrap().unwrap();
+        let entry: CatalogEntry = sm.state().catalog_entry(dataset.id, path).unwrap()?;
+        let shard = sm.state().shard(entry.shard).unwrap().unwrap();
+        let prior = entry
+            .prior
+            .map(|p| (p.size, p.mtime_ns, p.checksum, p.status, p.since));
+        Some(format!(
+            "{:?} {:?} {:?} {:?} {:?} {prior:?} shard {:?} {} {} {}",
+            entry.size,
+            entry.mtime_ns,
+            entry.checksum,
+            entry.status,
+            entry.since,
+            shard.job,
+            shard.path,
+            shard.file,
+            shard.end
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_digest_is_accepted_only_when_the_catalogue_agrees_and_its_range_is_sent_again() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1]).await;
+        let first: Vec<FileEntry> = (1..=6)
+            .map(|i| file(&format!("a/{i}"), i, 1, None))
+            .collect();
+        sm.submit("ds", first.clone()).await;
+        let mut second = first.clone();
+        second[2].size += 1;
+        second[5].mtime_ns += 1;
+        let s2 = begin(&mut sm).await;
+
+        // a/1-a/2 agree; a/3 changed; a/5-a/6 claimed as a/5 alone, with
+        // a/6 (changed) listed between: neither is accepted.
+        let cmd = ranges(
+            s2,
+            vec![
+                digest_of(&second[0..2]),
+                digest_of(&second[2..4]),
+                claim("a/5", "a/6", &second[4..5]),
+            ],
+        );
+        assert_eq!(
+            sm.apply(cmd).await,
+            Response::RangesApplied {
+                counts: DiffCounts {
+                    unchanged: 2,
+                    ..DiffCounts::default()
+                },
+                shards_created: 0,
+                mismatched: vec![1, 2],
+            }
+        );
+
+        // Refused, changing nothing: a digest or files over what a range
+        // accepted, ranges out of order, an empty digest.
+        let refusals = [
+            (
+                vec![digest_of(&second[1..2])],
+                CommandError::ChunkOverlaps {
+                    first: "a/2".into(),
+                    last: "a/2".into(),
+                },
+            ),
+            (
+                vec![InventoryRange::Files {
+                    first_file: 1,
+                    files: second[1..3].to_vec(),
+                }],
+                CommandError::DuplicatePath { path: "a/2".into() },
+            ),
+            (
+                vec![digest_of(&second[4..6]), digest_of(&second[2..4])],
+                CommandError::ChunkOverlaps {
+                    first: "a/3".into(),
+                    last: "a/4".into(),
+                },
+            ),
+        ];
+        for (sent, refusal) in refusals {
+            assert_eq!(sm.apply(ranges(s2, sent)).await, Response::Error(refusal));
+        }
+        let empty = claim("a/3", "a/4", &[]);
+        assert!(matches!(
+            sm.apply(ranges(s2, vec![empty])).await,
+            Response::Error(CommandError::Malformed { .. })
+        ));
+        assert_eq!(sm.state().job(s2).unwrap().unwrap().counts.unchanged, 2);
+
+        // The two ranges again, with their files, in one command: each
+        // changed file gets a shard of its own, numbered from its range.
+        let resend = ranges(
+            s2,
+            vec![
+                InventoryRange::Files {
+                    first_file: 2,
+                    files: second[2..4].to_vec(),
+                },
+                InventoryRange::Files {
+                    first_file: 4,
+                    files: second[4..6].to_vec(),
+                },
+            ],
+        );
+        assert_eq!(
+            sm.apply(resend).await,
+            Response::RangesApplied {
+                counts: DiffCounts {
+                    changed: 2,
+                    unchanged: 2,
+                    new: 0
+                },
+                shards_created: 2,
+                mismatched: vec![],
+            }
+        );
+        sm.finish("ds", s2).await;
+        let job = sm.state().job(s2).unwrap().unwrap();
+        assert_eq!(
+            (job.counts.changed, job.counts.unchanged, job.gone),
+            (2, 4, 0)
+        );
+        let dataset = sm.state().dataset("ds").unwrap().unwrap();
+        let shards: Vec<_> = ["a/3", "a/6"]
+            .iter()
+            .map(|p| {
+                sm.state()
+                    .catalog_entry(dataset.id, p)
+                    .unwrap()
+                    .unwrap()
+                    .shard
+            })
+            .collect();
+        assert_ne!(shards[0], shards[1]);
+        let numbers: Vec<u64> = shards
+            .iter()
+            .map(|id| sm.state().shard(*id).unwrap().unwrap().file)
+            .collect();
+        assert_eq!(numbers, [2, 5]);
+
+        // What the digests listed counts as listed: all unchanged next time.
+        let s3 = sm.submit("ds", second).await;
+        let job = sm.state().job(s3).unwrap().unwrap();
+        assert_eq!((job.counts.unchanged, job.gone), (6, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1931,6 +2121,131 @@ mod tests {
                 }
                 should_be_pending.sort();
                 prop_assert_eq!(marked, should_be_pending);
+                Ok(())
+            })?;
+        }
+
+        /// A re-submission sent as digests, with the ranges not accepted
+        /// sent again as files (several to a command), leaves exactly what
+        /// the same inventory sent as files does: counts, gone files,
+        /// catalogue, shards, and the next diff. A digest is accepted
+        /// exactly when no file in its range changed, is new, or is gone.
+        #[test]
+        fn a_submission_by_digest_equals_one_by_files(
+            first in proptest::collection::btree_map(PATHS, attrs(), 1..40),
+            changes in proptest::collection::vec(change(), 1..30),
+            added in proptest::collection::btree_map(PATHS, attrs(), 0..6),
+            aborted in proptest::collection::vec(proptest::collection::btree_map(PATHS, attrs(), 0..30), 0..3),
+            cuts in proptest::collection::vec(1usize..6, 1..8),
+            per_command in 1usize..4,
+        ) {
+            let mut second = BTreeMap::new();
+            let mut gone = BTreeSet::new();
+            let mut touched = BTreeSet::new();
+            for ((path, &(size, mtime, sum)), change) in first.iter().zip(changes.iter().cycle()) {
+                let attrs = match change {
+                    Change::Keep => (size, mtime, sum),
+                    Change::Size => (size + 1, mtime, sum),
+                    Change::Mtime => (size, mtime + 1, sum),
+                    Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
+                    Change::Drop => { gone.insert(path.clone()); continue; }
+                };
+                if !matches!(change, Change::Keep) {
+                    touched.insert(path.clone());
+                }
+                second.insert(path.clone(), attrs);
+            }
+            for (path, &attrs) in &added {
+                if !first.contains_key(path) {
+                    touched.insert(path.clone());
+                    second.insert(path.clone(), attrs);
+                }
+            }
+            let files = inventory(&second);
+            let mut cut = Vec::new();
+            let mut rest = &files[..];
+            for &n in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = n.min(rest.len());
+                cut.push(rest[..n].to_vec());
+                rest = &rest[n..];
+            }
+
+            rt().block_on(async {
+                let mut by_files = Applier::new();
+                let mut by_digest = Applier::new();
+                for sm in [&mut by_files, &mut by_digest] {
+                    setup_dataset(sm, "ds", &[1]).await;
+                    sm.submit("ds", inventory(&first)).await;
+                    for abandoned in &aborted {
+                        sm.send_and_abort("ds", inventory(abandoned)).await;
+                    }
+                }
+                let s_files = by_files.submit("ds", files.clone()).await;
+
+                let s_digest = begin(&mut by_digest).await;
+                prop_assert_eq!(s_digest, s_files);
+                let mut resend = Vec::new();
+                let mut first_file = 0;
+                // Two digest commands: the halves of the ranges.
+                let half = cut.len().div_ceil(2);
+                for part in [&cut[..half], &cut[half..]] {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    let sent = part.iter().map(|r| digest_of(r)).collect();
+                    let Response::RangesApplied { counts, shards_created, mismatched } =
+                        by_digest.apply(ranges(s_digest, sent)).await
+                    else {
+                        panic!("digests refused")
+                    };
+                    prop_assert_eq!(shards_created, 0);
+                    let mut unchanged = 0;
+                    for (index, range) in part.iter().enumerate() {
+                        let (lo, hi) = (&range[0].path, &range[range.len() - 1].path);
+                        let agrees = range.iter().all(|f| !touched.contains(&f.path))
+                            && !gone.iter().any(|g| lo <= g && g <= hi);
+                        prop_assert_eq!(!mismatched.contains(&(index as u32)), agrees, "{:?}", range);
+                        if agrees {
+                            unchanged += range.len() as u64;
+                        } else {
+                            resend.push(InventoryRange::Files { first_file, files: range.clone() });
+                        }
+                        first_file += range.len() as u64;
+                    }
+                    prop_assert_eq!(counts, DiffCounts { unchanged, ..DiffCounts::default() });
+                }
+                // Answers come in any order: the ranges to send again are
+                // grouped as they come, in order within a command.
+                resend.reverse();
+                for group in resend.chunks(per_command) {
+                    let mut group = group.to_vec();
+                    group.reverse();
+                    let answer = by_digest.apply(ranges(s_digest, group)).await;
+                    prop_assert!(matches!(&answer, Response::RangesApplied { mismatched, .. } if mismatched.is_empty()), "{:?}", answer);
+                }
+                by_digest.finish("ds", s_digest).await;
+
+                let jobs = [&by_files, &by_digest].map(|sm| sm.state().job(s_files).unwrap().unwrap());
+                prop_assert_eq!(jobs[0].counts, jobs[1].counts);
+                prop_assert_eq!(jobs[0].gone, jobs[1].gone);
+                prop_assert_eq!(jobs[0].shards_total, jobs[1].shards_total);
+                prop_assert_eq!(
+                    by_files.state().gone_files(&jobs[0], None, 1000).unwrap(),
+                    by_digest.state().gone_files(&jobs[1], None, 1000).unwrap()
+                );
+                let every_path: BTreeSet<&String> = first.keys().chain(second.keys()).chain(aborted.iter().flat_map(|a| a.keys())).collect();
+                for path in &every_path {
+                    prop_assert_eq!(comparable(&by_files, path), comparable(&by_digest, path), "{}", path);
+                }
+                // The next submission sees both the same way.
+                let next: Vec<FileEntry> = files.iter().skip(1).cloned().collect();
+                let [a, b] = [&mut by_files, &mut by_digest];
+                let (na, nb) = (a.submit("ds", next.clone()).await, b.submit("ds", next).await);
+                let (ja, jb) = (a.state().job(na).unwrap().unwrap(), b.state().job(nb).unwrap().unwrap());
+                prop_assert_eq!((ja.counts, ja.gone), (jb.counts, jb.gone));
                 Ok(())
             })?;
         }
