@@ -460,8 +460,16 @@ fn submit_ranges(
         Err(e) => return Ok(Err(e)),
     };
     let db = tx.db;
-    let mut aborted = Aborted::new(db);
-    let mut last_listing = Listing::new(db, dataset.id, dataset.last_finished);
+    let digests_end = ranges
+        .iter()
+        .filter_map(|range| match range {
+            InventoryRange::Digest { last, .. } => Some(last.as_str()),
+            InventoryRange::Files { .. } => None,
+        })
+        .max();
+    let mut checker =
+        digests_end.map(|end| digested::Checker::new(db, dataset.id, dataset.last_finished, end));
+    let mut own = Listing::new(db, dataset.id, submission);
     let mut checked = Vec::with_capacity(ranges.len());
     let mut previous_last: Option<&str> = None;
     for range in ranges {
@@ -486,9 +494,7 @@ fn submit_ranges(
                         ),
                     }));
                 }
-                if let Some(refusal) =
-                    overlap_refusal(db, dataset.id, submission, first, last, &[])?
-                {
+                if let Some(refusal) = overlap_refusal(&mut own, first, last, &[])? {
                     return Ok(Err(refusal));
                 }
                 let claim = digested::Claim {
@@ -497,7 +503,8 @@ fn submit_ranges(
                     files: *files,
                     digest: *digest,
                 };
-                match digested::check(db, dataset.id, &mut last_listing, &mut aborted, &claim)? {
+                let checker = checker.as_mut().expect("made for the digest ranges");
+                match checker.check(&claim)? {
                     Some(paths) => Checked::Accepted(paths),
                     None => Checked::Mismatched,
                 }
@@ -607,9 +614,8 @@ fn diff_files<'f>(
     let (Some(first), Some(last)) = (files.first(), files.last()) else {
         return Ok(Ok(None));
     };
-    if let Some(refusal) =
-        overlap_refusal(db, dataset.id, submission, &first.path, &last.path, &files)?
-    {
+    let mut own = Listing::new(db, dataset.id, submission);
+    if let Some(refusal) = overlap_refusal(&mut own, &first.path, &last.path, &files)? {
         return Ok(Err(refusal));
     }
 
@@ -698,19 +704,16 @@ fn write_files(
 }
 
 /// Why a range from `first` to `last` (of `files`, sorted, when it carries
-/// them) is refused if it overlaps an earlier chunk's: a path both list,
-/// or the order. A submission's chunks must cover disjoint ranges so that
-/// its listing finds any path with one seek; `quern submit` sends
-/// manifests in path order.
+/// them) is refused if it overlaps an earlier chunk's in `own`, the open
+/// submission's listing: a path both list, or the order. A submission's
+/// chunks must cover disjoint ranges so that its listing finds any path
+/// with one seek; `quern submit` sends manifests in path order.
 fn overlap_refusal(
-    db: &DB,
-    dataset: DatasetId,
-    submission: JobId,
+    own: &mut Listing<'_>,
     first: &str,
     last: &str,
     files: &[&FileEntry],
 ) -> Result<Option<CommandError>, StateError> {
-    let mut own = Listing::new(db, dataset, submission);
     let Some(earlier) = own.overlapping(first.as_bytes(), last.as_bytes())? else {
         return Ok(None);
     };
