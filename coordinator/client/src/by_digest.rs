@@ -14,7 +14,9 @@
 //! file added or removed moves the boundaries of its own range only. At
 //! most `MAX_CUT_FILES` files per range bound what one changed file costs.
 //! When most digests miss (an inventory mostly changed), the rest is sent
-//! as entries directly.
+//! as entries directly; so is a first submission, in the same ranges, so
+//! that each range's listing record is one the next submission's digest
+//! finds (the coordinators then check a digest against the record alone).
 //!
 //! Memory: the entries of the digest commands in flight (the window's
 //! `DIGEST_RANGES_PER_COMMAND` ranges each) and of the ranges to resend.
@@ -287,13 +289,16 @@ impl Sender {
     }
 }
 
-/// Sends `entries` (in path order) by digest through `pipeline`, counting
-/// the answers into `summary`; every entry is applied once this returns.
+/// Sends `entries` (in path order) in ranges through `pipeline`, as
+/// digests first when `by_digest` (the dataset's last finished submission
+/// listed files), counting the answers into `summary`; every entry is
+/// applied once this returns.
 pub async fn send<T: Transport>(
     pipeline: &mut Pipeline<'_, T>,
     dataset: &str,
     submission: JobId,
     entries: impl Iterator<Item = FileEntry>,
+    by_digest: bool,
     max_chunk_files: usize,
     summary: &mut Summary,
     on_event: &mut impl FnMut(SubmitEvent),
@@ -307,7 +312,7 @@ pub async fn send<T: Transport>(
         digests: Vec::new(),
         digest_bytes: 0,
         resend: Queue::default(),
-        by_digest: true,
+        by_digest,
         digests_answered: 0,
         digests_missed: 0,
     };

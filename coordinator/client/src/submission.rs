@@ -31,9 +31,10 @@ pub struct SubmitOptions {
     /// Files per chunk, at most `MAX_CHUNK_FILES` (fewer makes more log
     /// entries of the same manifest).
     pub max_chunk_files: usize,
-    /// Whether a re-submission (of a dataset whose last finished
-    /// submission listed files) sends unchanged-looking ranges as digests
-    /// (`by_digest`); the result is the same either way.
+    /// Whether the inventory goes in ranges (`by_digest`): as digests
+    /// when the dataset's last finished submission listed files, and a
+    /// range again with its files when its digest is not accepted; or
+    /// else in chunks of files. The result is the same either way.
     pub by_digest: bool,
 }
 
@@ -314,15 +315,16 @@ async fn send_submission<T: Transport>(
         gone: 0,
         pending_shards: 0,
     };
-    let by_digest = options.by_digest && listed_files(client, dataset).await? > 0;
-    let mut pipeline = client.pipeline(options.chunks_in_flight);
-    if by_digest {
+    if options.by_digest {
+        let listed = listed_files(client, dataset).await? > 0;
+        let mut pipeline = client.pipeline(options.chunks_in_flight);
         let max_files = options.max_chunk_files;
         crate::by_digest::send(
             &mut pipeline,
             dataset,
             submission,
             valid,
+            listed,
             max_files,
             &mut summary,
             on_event,
@@ -330,6 +332,7 @@ async fn send_submission<T: Transport>(
         .await?;
         return finish(client, dataset, submission, summary, failure).await;
     }
+    let mut pipeline = client.pipeline(options.chunks_in_flight);
     // Chunks are numbered from their place in the inventory, so that a
     // file's number does not depend on which chunk is applied first.
     let mut first_file = 0;

@@ -22,8 +22,8 @@
 use std::collections::HashMap;
 
 use proto_schema::command::{
-    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, InventoryRange, LeaseGrant,
-    MAX_JOB_ATTEMPTS, NodeInfo, Response, RestartCause, ShardDone, StagedCounts,
+    Command, CommandError, DatasetSpec, DiffCounts, EntriesDigest, FileEntry, InventoryRange,
+    LeaseGrant, MAX_JOB_ATTEMPTS, NodeInfo, Response, RestartCause, ShardDone, StagedCounts,
 };
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, WriteBatch};
@@ -440,15 +440,42 @@ fn submit_chunk(
 /// anything is written.
 enum Checked<'f> {
     Files(DiffedFiles<'f>),
-    /// A digest accepted: the paths it stands for, each unchanged.
-    Accepted(Vec<Vec<u8>>),
+    Accepted {
+        files: u32,
+        digest: [u8; 16],
+        found: digested::Accepted,
+    },
     Mismatched,
 }
 
-/// Applies the ranges in two passes: every range is read against the DB
-/// first (refusing the command if any range is out of order or overlaps
-/// an earlier chunk), then written, with the shard ids of the whole
-/// command reserved at once (reads see the DB, not this batch).
+/// A range put in order: files sorted, and the span it covers.
+enum Sorted<'f> {
+    Files {
+        first_file: u64,
+        files: Vec<&'f FileEntry>,
+    },
+    Digest(digested::Claim<'f>),
+}
+
+impl<'f> Sorted<'f> {
+    fn span(&self) -> (&'f str, &'f str) {
+        match self {
+            Sorted::Files { files, .. } => {
+                let (first, last): (&'f FileEntry, &'f FileEntry) =
+                    (files[0], files[files.len() - 1]);
+                (&first.path, &last.path)
+            }
+            Sorted::Digest(claim) => (claim.first, claim.last),
+        }
+    }
+}
+
+/// Applies the ranges in three passes: each range is put in order and the
+/// ranges checked to ascend without overlapping; then every range is read
+/// against the DB (refusing the command if one overlaps an earlier chunk),
+/// through one cursor per column family for the whole command; then
+/// written, with the shard ids of the whole command reserved at once
+/// (reads see the DB, not this batch).
 fn submit_ranges(
     tx: &mut Tx<'_>,
     name: &str,
@@ -459,70 +486,49 @@ fn submit_ranges(
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
     };
+    let sorted = match in_order(ranges) {
+        Ok(sorted) => sorted,
+        Err(e) => return Ok(Err(e)),
+    };
     let db = tx.db;
-    let digests_end = ranges
-        .iter()
-        .filter_map(|range| match range {
-            InventoryRange::Digest { last, .. } => Some(last.as_str()),
-            InventoryRange::Files { .. } => None,
-        })
-        .max();
+    let end = |digests: bool| {
+        sorted
+            .iter()
+            .filter(|range| matches!(range, Sorted::Digest(_)) == digests)
+            .map(|range| range.span().1)
+            .next_back()
+    };
     let mut checker =
-        digests_end.map(|end| digested::Checker::new(db, dataset.id, dataset.last_finished, end));
+        end(true).map(|end| digested::Checker::new(db, dataset.id, dataset.last_finished, end));
+    let mut catalogue = end(false).map(|end| Catalogue::new(db, &dataset, end));
     let mut own = Listing::new(db, dataset.id, submission);
-    let mut checked = Vec::with_capacity(ranges.len());
-    let mut previous_last: Option<&str> = None;
-    for range in ranges {
-        let found = match range {
-            InventoryRange::Files { first_file, files } => {
-                match diff_files(db, &dataset, submission, *first_file, files)? {
-                    Ok(Some(diffed)) => Checked::Files(diffed),
-                    Ok(None) => continue,
-                    Err(e) => return Ok(Err(e)),
-                }
+    let mut checked = Vec::with_capacity(sorted.len());
+    for range in sorted {
+        let (first, last) = range.span();
+        let files: &[&FileEntry] = match &range {
+            Sorted::Files { files, .. } => files,
+            Sorted::Digest(_) => &[],
+        };
+        if let Some(refusal) = overlap_refusal(&mut own, first, last, files)? {
+            return Ok(Err(refusal));
+        }
+        checked.push(match range {
+            Sorted::Files { first_file, files } => {
+                let catalogue = catalogue.as_mut().expect("made for the files ranges");
+                Checked::Files(catalogue.diff(first_file, files)?)
             }
-            InventoryRange::Digest {
-                first,
-                last,
-                files,
-                digest,
-            } => {
-                if *files == 0 || first > last {
-                    return Ok(Err(CommandError::Malformed {
-                        reason: format!(
-                            "digest range {first:?} to {last:?} of {files} files is empty"
-                        ),
-                    }));
-                }
-                if let Some(refusal) = overlap_refusal(&mut own, first, last, &[])? {
-                    return Ok(Err(refusal));
-                }
-                let claim = digested::Claim {
-                    first,
-                    last,
-                    files: *files,
-                    digest: *digest,
-                };
+            Sorted::Digest(claim) => {
                 let checker = checker.as_mut().expect("made for the digest ranges");
                 match checker.check(&claim)? {
-                    Some(paths) => Checked::Accepted(paths),
+                    Some(found) => Checked::Accepted {
+                        files: claim.files,
+                        digest: claim.digest,
+                        found,
+                    },
                     None => Checked::Mismatched,
                 }
             }
-        };
-        let (first, last) = match (range, &found) {
-            (InventoryRange::Digest { first, last, .. }, _) => (first.as_str(), last.as_str()),
-            (_, Checked::Files(diffed)) => diffed.span(),
-            _ => unreachable!("a files range is diffed"),
-        };
-        if previous_last.is_some_and(|previous| first <= previous) {
-            return Ok(Err(CommandError::ChunkOverlaps {
-                first: first.to_owned(),
-                last: last.to_owned(),
-            }));
-        }
-        previous_last = Some(last);
-        checked.push(found);
+        });
     }
 
     let work: u64 = checked
@@ -548,10 +554,28 @@ fn submit_ranges(
                 diffed,
                 &mut next_shard,
             )),
-            Checked::Accepted(paths) => {
-                counts.unchanged += paths.len() as u64;
-                let paths = paths.iter().map(Vec::as_slice);
-                listed::record(&mut tx.batch, db, dataset.id, submission, paths);
+            Checked::Accepted {
+                files,
+                digest,
+                found,
+            } => {
+                counts.unchanged += u64::from(files);
+                match found {
+                    digested::Accepted::Read(paths) => {
+                        let paths = paths.iter().map(Vec::as_slice);
+                        listed::record(&mut tx.batch, db, dataset.id, submission, paths, digest);
+                    }
+                    digested::Accepted::Again { last, record } => {
+                        listed::record_again(
+                            &mut tx.batch,
+                            db,
+                            dataset.id,
+                            submission,
+                            &last,
+                            &record,
+                        );
+                    }
+                }
             }
             Checked::Mismatched => {
                 mismatched.push(u32::try_from(index).expect("ranges are bounded"))
@@ -568,6 +592,66 @@ fn submit_ranges(
     }))
 }
 
+/// The ranges with their files sorted (none listed twice), empty ones
+/// dropped, checked to ascend without overlapping.
+fn in_order(ranges: &[InventoryRange]) -> Result<Vec<Sorted<'_>>, CommandError> {
+    let mut sorted = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let range = match range {
+            InventoryRange::Files { first_file, files } => {
+                // In path order: the range's listing is stored sorted, and
+                // its catalogue entries are read by stepping through the
+                // catalogue.
+                let mut files: Vec<&FileEntry> = files.iter().collect();
+                files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                if let Some(pair) = files.windows(2).find(|pair| pair[0].path == pair[1].path) {
+                    return Err(CommandError::DuplicatePath {
+                        path: pair[0].path.clone(),
+                    });
+                }
+                if files.is_empty() {
+                    continue;
+                }
+                Sorted::Files {
+                    first_file: *first_file,
+                    files,
+                }
+            }
+            InventoryRange::Digest {
+                first,
+                last,
+                files,
+                digest,
+            } => {
+                if *files == 0 || first > last {
+                    return Err(CommandError::Malformed {
+                        reason: format!(
+                            "digest range {first:?} to {last:?} of {files} files is empty"
+                        ),
+                    });
+                }
+                Sorted::Digest(digested::Claim {
+                    first,
+                    last,
+                    files: *files,
+                    digest: *digest,
+                })
+            }
+        };
+        if let Some(previous) = sorted.last().map(|r: &Sorted<'_>| r.span().1) {
+            let (first, last) = range.span();
+            if first <= previous {
+                return Err(CommandError::ChunkOverlaps {
+                    first: first.to_owned(),
+                    last: last.to_owned(),
+                });
+            }
+        }
+        sorted.push(range);
+    }
+    Ok(sorted)
+}
+
 /// A range of files diffed against the catalogue, in path order.
 struct DiffedFiles<'f> {
     first_file: u64,
@@ -577,7 +661,7 @@ struct DiffedFiles<'f> {
     known: Vec<(Option<CatalogEntry>, Diff)>,
 }
 
-impl<'f> DiffedFiles<'f> {
+impl DiffedFiles<'_> {
     /// The shards the range makes: one per new or changed file.
     fn work(&self) -> u64 {
         self.known
@@ -585,73 +669,66 @@ impl<'f> DiffedFiles<'f> {
             .filter(|(_, d)| *d != Diff::Unchanged)
             .count() as u64
     }
-
-    fn span(&self) -> (&'f str, &'f str) {
-        let (first, last): (&'f FileEntry, &'f FileEntry) =
-            (self.files[0], self.files[self.files.len() - 1]);
-        (&first.path, &last.path)
-    }
 }
 
-/// Reads a range of files against the catalogue and the last finished
-/// submission's listing; `None` for no files.
-fn diff_files<'f>(
-    db: &DB,
-    dataset: &Dataset,
-    submission: JobId,
-    first_file: u64,
-    files: &'f [FileEntry],
-) -> Result<Result<Option<DiffedFiles<'f>>, CommandError>, StateError> {
-    // In path order: the range's listing is stored sorted, and its
-    // catalogue entries are read by stepping through the catalogue.
-    let mut files: Vec<&FileEntry> = files.iter().collect();
-    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    if let Some(pair) = files.windows(2).find(|pair| pair[0].path == pair[1].path) {
-        return Ok(Err(CommandError::DuplicatePath {
-            path: pair[0].path.clone(),
-        }));
-    }
-    let (Some(first), Some(last)) = (files.first(), files.last()) else {
-        return Ok(Ok(None));
-    };
-    let mut own = Listing::new(db, dataset.id, submission);
-    if let Some(refusal) = overlap_refusal(&mut own, &first.path, &last.path, &files)? {
-        return Ok(Err(refusal));
+/// The catalogue and the last finished submission's listing, read in
+/// path order for one command's files ranges.
+struct Catalogue<'a> {
+    dataset: DatasetId,
+    entries: SortedLookup<'a>,
+    last_listing: Listing<'a>,
+    aborted: Aborted<'a>,
+}
+
+impl<'a> Catalogue<'a> {
+    /// Reads of paths up to `last`.
+    fn new(db: &'a DB, dataset: &Dataset, last: &str) -> Self {
+        let files_cf = db
+            .cf_handle(CF_FILES)
+            .expect("column family created at open");
+        Self {
+            dataset: dataset.id,
+            entries: SortedLookup::new(db, files_cf, &keys::file(dataset.id, last)),
+            last_listing: Listing::new(db, dataset.id, dataset.last_finished),
+            aborted: Aborted::new(db),
+        }
     }
 
-    let keys: Vec<Vec<u8>> = files
-        .iter()
-        .map(|f| keys::file(dataset.id, &f.path))
-        .collect();
-    let mut aborted = Aborted::new(db);
-    let mut last_listing = Listing::new(db, dataset.id, dataset.last_finished);
-    let files_cf = db
-        .cf_handle(CF_FILES)
-        .expect("column family created at open");
-    let mut catalogue = SortedLookup::new(db, files_cf, &keys[files.len() - 1]);
-    let mut known = Vec::with_capacity(files.len());
-    for (key, file) in keys.iter().zip(&files) {
-        let settled = match catalogue.get(key)? {
-            Some(bytes) => aborted.settle(CatalogEntry::decode(bytes)?)?,
-            None => None,
-        };
-        let live = match &settled {
-            Some(entry) => last_listing.lists(entry, file.path.as_bytes())?,
-            None => false,
-        };
-        let diff = diff(file, settled.as_ref().filter(|_| live));
-        known.push((settled, diff));
+    /// Diffs a range of files (sorted, after every range diffed before).
+    fn diff<'f>(
+        &mut self,
+        first_file: u64,
+        files: Vec<&'f FileEntry>,
+    ) -> Result<DiffedFiles<'f>, StateError> {
+        let keys: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| keys::file(self.dataset, &f.path))
+            .collect();
+        let mut known = Vec::with_capacity(files.len());
+        for (key, file) in keys.iter().zip(&files) {
+            let settled = match self.entries.get(key)? {
+                Some(bytes) => self.aborted.settle(CatalogEntry::decode(bytes)?)?,
+                None => None,
+            };
+            let live = match &settled {
+                Some(entry) => self.last_listing.lists(entry, file.path.as_bytes())?,
+                None => false,
+            };
+            let diff = diff(file, settled.as_ref().filter(|_| live));
+            known.push((settled, diff));
+        }
+        Ok(DiffedFiles {
+            first_file,
+            files,
+            keys,
+            known,
+        })
     }
-    Ok(Ok(Some(DiffedFiles {
-        first_file,
-        files,
-        keys,
-        known,
-    })))
 }
 
 /// Writes a diffed range: a shard and a catalogue entry per new or changed
-/// file, the range's listing record. Returns its counts.
+/// file, the range's listing record with its entries' digest. Returns its
+/// counts.
 fn write_files(
     tx: &mut Tx<'_>,
     dataset: DatasetId,
@@ -660,8 +737,15 @@ fn write_files(
     next_shard: &mut ShardId,
 ) -> DiffCounts {
     let mut counts = DiffCounts::default();
+    let mut digest = EntriesDigest::new();
     let numbered = diffed.files.iter().zip(diffed.first_file..);
     for (((file, number), key), (known, diff)) in numbered.zip(&diffed.keys).zip(diffed.known) {
+        digest.add(
+            file.path.as_bytes(),
+            file.size,
+            file.mtime_ns,
+            file.checksum.as_deref(),
+        );
         match diff {
             Diff::Unchanged => {
                 counts.unchanged += 1;
@@ -699,7 +783,14 @@ fn write_files(
         tx.put(CF_FILES, key, &entry);
     }
     let paths = diffed.files.iter().map(|f| f.path.as_bytes());
-    listed::record(&mut tx.batch, tx.db, dataset, submission, paths);
+    listed::record(
+        &mut tx.batch,
+        tx.db,
+        dataset,
+        submission,
+        paths,
+        digest.finish(),
+    );
     counts
 }
 
@@ -1233,6 +1324,22 @@ mod tests {
     /// A range of `files` (in path order) sent as its digest.
     fn digest_of(files: &[FileEntry]) -> InventoryRange {
         claim(&files[0].path, &files[files.len() - 1].path, files)
+    }
+
+    /// `files` cut into ranges after each path whose bytes sum to 0 modulo
+    /// `every`, and at 6 files: as `by_digest` cuts, by content.
+    fn cut_by_content(files: &[FileEntry], every: u32) -> Vec<Vec<FileEntry>> {
+        let mut cut = vec![Vec::new()];
+        for file in files {
+            let range = cut.last_mut().unwrap();
+            range.push(file.clone());
+            let sum: u32 = file.path.bytes().map(u32::from).sum();
+            if sum % every == 0 || range.len() == 6 {
+                cut.push(Vec::new());
+            }
+        }
+        cut.retain(|range| !range.is_empty());
+        cut
     }
 
     /// A digest of `files` claimed for the range `first` to `last`.
@@ -2139,7 +2246,7 @@ mod tests {
             changes in proptest::collection::vec(change(), 1..30),
             added in proptest::collection::btree_map(PATHS, attrs(), 0..6),
             aborted in proptest::collection::vec(proptest::collection::btree_map(PATHS, attrs(), 0..30), 0..3),
-            cuts in proptest::collection::vec(1usize..6, 1..8),
+            cut_every in 1u32..5,
             per_command in 1usize..4,
         ) {
             let mut second = BTreeMap::new();
@@ -2165,23 +2272,28 @@ mod tests {
                 }
             }
             let files = inventory(&second);
-            let mut cut = Vec::new();
-            let mut rest = &files[..];
-            for &n in cuts.iter().cycle() {
-                if rest.is_empty() {
-                    break;
-                }
-                let n = n.min(rest.len());
-                cut.push(rest[..n].to_vec());
-                rest = &rest[n..];
-            }
+            let cut = cut_by_content(&files, cut_every);
 
             rt().block_on(async {
                 let mut by_files = Applier::new();
                 let mut by_digest = Applier::new();
+                setup_dataset(&mut by_files, "ds", &[1]).await;
+                by_files.submit("ds", inventory(&first)).await;
+                // By digest, the first submission goes in ranges cut the
+                // same way: the second's digests meet its records.
+                setup_dataset(&mut by_digest, "ds", &[1]).await;
+                let s1 = begin(&mut by_digest).await;
+                let mut first_file = 0;
+                let mut sent = Vec::new();
+                for range in cut_by_content(&inventory(&first), cut_every) {
+                    let n = range.len() as u64;
+                    sent.push(InventoryRange::Files { first_file, files: range });
+                    first_file += n;
+                }
+                let answer = by_digest.apply(ranges(s1, sent)).await;
+                prop_assert!(matches!(answer, Response::RangesApplied { .. }), "{:?}", answer);
+                by_digest.finish("ds", s1).await;
                 for sm in [&mut by_files, &mut by_digest] {
-                    setup_dataset(sm, "ds", &[1]).await;
-                    sm.submit("ds", inventory(&first)).await;
                     for abandoned in &aborted {
                         sm.send_and_abort("ds", inventory(abandoned)).await;
                     }

@@ -59,7 +59,9 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// say what they saw (`listed`). Layout 3: shards carry their file's
 /// number, jobs their owners' staged counts, nodes their incarnation.
 /// Layout 4: jobs and shards carry the job's attempt (`RestartJob`).
-const LAYOUT: u64 = 4;
+/// Layout 5: a listing record starts with its entries' digest
+/// (`SubmitRanges`).
+const LAYOUT: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
