@@ -94,7 +94,8 @@ impl<I: Iterator<Item = FileEntry>> Iterator for Ranges<I> {
     fn next(&mut self) -> Option<Range> {
         let mut files = Vec::new();
         for entry in self.entries.by_ref() {
-            let boundary = xxhash_rust::xxh3::xxh3_64(entry.path.as_bytes()) % RANGE_FILES == 0;
+            let boundary =
+                xxhash_rust::xxh3::xxh3_64(entry.path.as_bytes()).is_multiple_of(RANGE_FILES);
             files.push(entry);
             if boundary || files.len() == MAX_CUT_FILES {
                 break;
@@ -289,30 +290,37 @@ impl Sender {
     }
 }
 
+/// How `send` sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Sending {
+    /// Digests first: the dataset's last finished submission listed files.
+    pub by_digest: bool,
+    /// Most files of the ranges sent in one command.
+    pub max_chunk_files: usize,
+}
+
 /// Sends `entries` (in path order) in ranges through `pipeline`, as
-/// digests first when `by_digest` (the dataset's last finished submission
-/// listed files), counting the answers into `summary`; every entry is
+/// digests first when `how.by_digest`, counting the answers into `summary`; every entry is
 /// applied once this returns.
 pub async fn send<T: Transport>(
     pipeline: &mut Pipeline<'_, T>,
     dataset: &str,
     submission: JobId,
     entries: impl Iterator<Item = FileEntry>,
-    by_digest: bool,
-    max_chunk_files: usize,
+    how: Sending,
     summary: &mut Summary,
     on_event: &mut impl FnMut(SubmitEvent),
 ) -> Result<(), SubmitError> {
     let mut sender = Sender {
         dataset: dataset.to_owned(),
         submission,
-        max_chunk_files: max_chunk_files.max(1),
+        max_chunk_files: how.max_chunk_files.max(1),
         next_tag: 0,
         in_flight: HashMap::new(),
         digests: Vec::new(),
         digest_bytes: 0,
         resend: Queue::default(),
-        by_digest,
+        by_digest: how.by_digest,
         digests_answered: 0,
         digests_missed: 0,
     };

@@ -14,6 +14,7 @@
 use proto_schema::command::{Command, CommandError, DatasetSpec, DiffCounts, FileEntry, Response};
 use proto_schema::ids::{DatasetId, JobId};
 
+use crate::by_digest::{self, Sending};
 use crate::chunks::InventoryChunks;
 use crate::client::{ClientError, CoordinatorClient};
 use crate::inventory::InventoryError;
@@ -316,16 +317,17 @@ async fn send_submission<T: Transport>(
         pending_shards: 0,
     };
     if options.by_digest {
-        let listed = listed_files(client, dataset).await? > 0;
+        let how = Sending {
+            by_digest: listed_files(client, dataset).await? > 0,
+            max_chunk_files: options.max_chunk_files,
+        };
         let mut pipeline = client.pipeline(options.chunks_in_flight);
-        let max_files = options.max_chunk_files;
-        crate::by_digest::send(
+        by_digest::send(
             &mut pipeline,
             dataset,
             submission,
             valid,
-            listed,
-            max_files,
+            how,
             &mut summary,
             on_event,
         )

@@ -1334,7 +1334,7 @@ mod tests {
             let range = cut.last_mut().unwrap();
             range.push(file.clone());
             let sum: u32 = file.path.bytes().map(u32::from).sum();
-            if sum % every == 0 || range.len() == 6 {
+            if sum.is_multiple_of(every) || range.len() == 6 {
                 cut.push(Vec::new());
             }
         }
