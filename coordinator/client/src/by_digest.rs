@@ -300,8 +300,8 @@ pub struct Sending {
 }
 
 /// Sends `entries` (in path order) in ranges through `pipeline`, as
-/// digests first when `how.by_digest`, counting the answers into `summary`; every entry is
-/// applied once this returns.
+/// digests first when `how.by_digest`, counting the answers into
+/// `summary`; every entry is applied once this returns.
 pub async fn send<T: Transport>(
     pipeline: &mut Pipeline<'_, T>,
     dataset: &str,
