@@ -486,7 +486,7 @@ fn submit_ranges(
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
     };
-    let sorted = match in_order(ranges) {
+    let (sorted, out_of_order) = match in_order(ranges) {
         Ok(sorted) => sorted,
         Err(e) => return Ok(Err(e)),
     };
@@ -503,7 +503,7 @@ fn submit_ranges(
     let mut catalogue = end(false).map(|end| Catalogue::new(db, &dataset, end));
     let mut own = Listing::new(db, dataset.id, submission);
     let mut checked = Vec::with_capacity(sorted.len());
-    for range in sorted {
+    for (index, range) in sorted.into_iter().enumerate() {
         let (first, last) = range.span();
         let files: &[&FileEntry] = match &range {
             Sorted::Files { files, .. } => files,
@@ -511,6 +511,13 @@ fn submit_ranges(
         };
         if let Some(refusal) = overlap_refusal(&mut own, first, last, files)? {
             return Ok(Err(refusal));
+        }
+        // After the earlier chunks' refusal: a path listed in one of them
+        // is the better answer.
+        if let Some((at, refusal)) = &out_of_order
+            && *at == index
+        {
+            return Ok(Err(refusal.clone()));
         }
         checked.push(match range {
             Sorted::Files { first_file, files } => {
@@ -593,8 +600,11 @@ fn submit_ranges(
 }
 
 /// The ranges with their files sorted (none listed twice), empty ones
-/// dropped, checked to ascend without overlapping.
-fn in_order(ranges: &[InventoryRange]) -> Result<Vec<Sorted<'_>>, CommandError> {
+/// dropped, up to the first that does not ascend past the one before, if
+/// any: its index and why it is refused.
+type InOrder<'f> = (Vec<Sorted<'f>>, Option<(usize, CommandError)>);
+
+fn in_order(ranges: &[InventoryRange]) -> Result<InOrder<'_>, CommandError> {
     let mut sorted = Vec::with_capacity(ranges.len());
     for range in ranges {
         let range = match range {
@@ -641,15 +651,35 @@ fn in_order(ranges: &[InventoryRange]) -> Result<Vec<Sorted<'_>>, CommandError> 
         if let Some(previous) = sorted.last().map(|r: &Sorted<'_>| r.span().1) {
             let (first, last) = range.span();
             if first <= previous {
-                return Err(CommandError::ChunkOverlaps {
-                    first: first.to_owned(),
-                    last: last.to_owned(),
-                });
+                let refusal = match listed_before(&sorted, &range) {
+                    Some(path) => CommandError::DuplicatePath { path: path.clone() },
+                    None => CommandError::ChunkOverlaps {
+                        first: first.to_owned(),
+                        last: last.to_owned(),
+                    },
+                };
+                let at = sorted.len();
+                sorted.push(range);
+                return Ok((sorted, Some((at, refusal))));
             }
         }
         sorted.push(range);
     }
-    Ok(sorted)
+    Ok((sorted, None))
+}
+
+/// A path of files range `range` that an earlier range of the command
+/// lists too, if any: why they overlap, when the inventory repeats a path.
+fn listed_before<'f>(earlier: &[Sorted<'f>], range: &Sorted<'f>) -> Option<&'f String> {
+    let Sorted::Files { files, .. } = range else {
+        return None;
+    };
+    files.iter().map(|f| &f.path).find(|path| {
+        earlier.iter().any(|e| match e {
+            Sorted::Files { files, .. } => files.binary_search_by(|f| f.path.cmp(path)).is_ok(),
+            Sorted::Digest(_) => false,
+        })
+    })
 }
 
 /// A range of files diffed against the catalogue, in path order.
