@@ -419,9 +419,10 @@ async fn a_refused_chunk_aborts_the_submission_and_frees_the_dataset() {
         ..SubmitOptions::default()
     };
 
-    // Two chunks in flight at once; one of them repeats a path of the other.
+    // Several commands in flight at once; a path repeated (in path order,
+    // as `submit` takes an inventory).
     let mut manifest = files(MAX_CHUNK_FILES + 100);
-    manifest.push(manifest[10].clone());
+    manifest.insert(11, manifest[10].clone());
     let entries = manifest.into_iter().map(Ok);
     let refused = submission::submit(&mut client, "ds", entries, &options, |_| {}).await;
     match refused {
