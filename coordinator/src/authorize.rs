@@ -102,6 +102,7 @@ request_kinds! {
     CreateDataset => "create_dataset",
     BeginSubmission => "begin_submission",
     SubmitChunk => "submit_chunk",
+    SubmitRanges => "submit_ranges",
     FinishSubmission => "finish_submission",
     AbortSubmission => "abort_submission",
     GrantLeases => "grant_leases",
@@ -131,8 +132,8 @@ pub enum Allowed {
 pub fn allowed(kind: RequestKind) -> Allowed {
     use RequestKind::*;
     match kind {
-        Status | Replica | CreateDataset | BeginSubmission | SubmitChunk | FinishSubmission
-        | AbortSubmission => Allowed::Operators,
+        Status | Replica | CreateDataset | BeginSubmission | SubmitChunk | SubmitRanges
+        | FinishSubmission | AbortSubmission => Allowed::Operators,
         Job => Allowed::OperatorsAndNodes,
         Register | Heartbeat | Lease | Renew | Complete | Stage | PartitionMap | RegisterNode
         | ReportProgress | CompleteShards | StageJob | Work | Restart => Allowed::TheNodeItself,
@@ -182,6 +183,7 @@ impl Subject {
             Command::CreateDataset(_) => Self::of(K::CreateDataset),
             Command::BeginSubmission { .. } => Self::of(K::BeginSubmission),
             Command::SubmitChunk { .. } => Self::of(K::SubmitChunk),
+            Command::SubmitRanges { .. } => Self::of(K::SubmitRanges),
             Command::FinishSubmission { .. } => Self::of(K::FinishSubmission),
             Command::AbortSubmission { .. } => Self::of(K::AbortSubmission),
             Command::GrantLeases { node, .. } => Self::for_node(K::GrantLeases, *node),
@@ -363,6 +365,7 @@ mod tests {
             "create_dataset",
             "begin_submission",
             "submit_chunk",
+            "submit_ranges",
             "finish_submission",
             "abort_submission",
         ];

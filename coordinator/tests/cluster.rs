@@ -419,9 +419,10 @@ async fn a_refused_chunk_aborts_the_submission_and_frees_the_dataset() {
         ..SubmitOptions::default()
     };
 
-    // Two chunks in flight at once; one of them repeats a path of the other.
+    // Several commands in flight at once; a path repeated (in path order,
+    // as `submit` takes an inventory).
     let mut manifest = files(MAX_CHUNK_FILES + 100);
-    manifest.push(manifest[10].clone());
+    manifest.insert(11, manifest[10].clone());
     let entries = manifest.into_iter().map(Ok);
     let refused = submission::submit(&mut client, "ds", entries, &options, |_| {}).await;
     match refused {
@@ -469,6 +470,74 @@ async fn a_refused_chunk_aborts_the_submission_and_frees_the_dataset() {
             (None, done.submission, n)
         );
     }
+}
+
+/// A re-submission sent by digest (the default once a dataset has a
+/// finished submission) finds what the same inventory sent by files
+/// finds, on every replica, in fewer log entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmission_by_digest_finds_what_one_by_files_finds() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    cluster.write(&node(1)).await;
+    let first = files(3000);
+    // Every 197th file changed, every 211th gone, a few new.
+    let mut second: Vec<FileEntry> = first
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 211 != 5)
+        .map(|(i, f)| FileEntry {
+            size: f.size + u64::from(i % 197 == 3),
+            ..f.clone()
+        })
+        .collect();
+    second.extend((0..7).map(|i| FileEntry {
+        path: format!("/srv/new/{i}"),
+        ..first[0].clone()
+    }));
+    second.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let mut found = Vec::new();
+    for (name, by_digest) in [("by-digest", true), ("by-files", false)] {
+        cluster.write(&dataset(name)).await;
+        submit(&cluster, name, first.clone(), 50).await;
+        let before = cluster.converge().await;
+        let options = SubmitOptions {
+            max_chunk_files: 50,
+            by_digest,
+            ..SubmitOptions::default()
+        };
+        let entries = second.clone().into_iter().map(Ok);
+        let done = submission::submit(&mut cluster.client(), name, entries, &options, |_| {})
+            .await
+            .expect("submitted");
+        let entries = cluster.converge().await - before;
+        found.push((done.counts, done.gone, done.pending_shards, entries));
+    }
+    let changed = (0..3000).filter(|i| i % 197 == 3 && i % 211 != 5).count() as u64;
+    let gone = (0..3000).filter(|i| i % 211 == 5).count() as u64;
+    let expected = (
+        DiffCounts {
+            new: 7,
+            changed,
+            unchanged: 3000 - gone - changed,
+        },
+        gone,
+        7 + changed,
+    );
+    for (counts, gone, pending, _) in &found {
+        assert_eq!((*counts, *gone, *pending), expected);
+    }
+    let (by_digest, by_files) = (found[0].3, found[1].3);
+    assert!(
+        by_digest * 2 < by_files,
+        "{by_digest} log entries by digest, {by_files} by files"
+    );
+    let digests: Vec<_> = cluster
+        .replicas
+        .values()
+        .map(|r| r.state.digest().unwrap())
+        .collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

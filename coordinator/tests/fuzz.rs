@@ -18,8 +18,8 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilde
 use proptest::prelude::*;
 use proto_schema::PartitionMap;
 use proto_schema::command::{
-    Command, DatasetFormat, DatasetSpec, FileEntry, KeySpec, LeaseGrant, MAX_PATH_BYTES, NodeInfo,
-    ShardDone, StagedCounts,
+    Command, DatasetFormat, DatasetSpec, FileEntry, InventoryRange, KeySpec, LeaseGrant,
+    MAX_PATH_BYTES, MAX_RANGE_FILES, NodeInfo, ShardDone, StagedCounts,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
 
@@ -103,6 +103,52 @@ fn command() -> impl Strategy<Value = Command> {
                         checksum,
                     })
                     .collect(),
+            }),
+        (
+            name(),
+            small.clone(),
+            prop::collection::vec(
+                prop_oneof![
+                    (
+                        path(),
+                        path(),
+                        0..MAX_RANGE_FILES as u32 + 2,
+                        any::<[u8; 16]>()
+                    )
+                        .prop_map(|(first, last, files, digest)| {
+                            InventoryRange::Digest {
+                                first,
+                                last,
+                                files,
+                                digest,
+                            }
+                        }),
+                    (
+                        small.clone(),
+                        prop::collection::vec((path(), any::<u64>()), 0..4)
+                    )
+                        .prop_map(|(first_file, files)| {
+                            InventoryRange::Files {
+                                first_file,
+                                files: files
+                                    .into_iter()
+                                    .map(|(path, size)| FileEntry {
+                                        path,
+                                        size,
+                                        mtime_ns: 1,
+                                        checksum: None,
+                                    })
+                                    .collect(),
+                            }
+                        }),
+                ],
+                0..4
+            )
+        )
+            .prop_map(|(dataset, submission, ranges)| Command::SubmitRanges {
+                dataset,
+                submission: JobId(submission),
+                ranges,
             }),
         (name(), small.clone()).prop_map(|(dataset, submission)| Command::FinishSubmission {
             dataset,

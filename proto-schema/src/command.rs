@@ -15,8 +15,10 @@ use crate::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use crate::partition_map::{MAX_PARTITIONS, PartitionMap};
 
 mod bounds;
+mod digest;
 
 pub use bounds::*;
+pub use digest::EntriesDigest;
 
 /// A cluster member that can hold shard leases.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -157,6 +159,39 @@ impl FileEntry {
     }
 }
 
+/// A range of an inventory in path order, as a `SubmitRanges` carries it:
+/// its entries, or only their digest when they are likely unchanged.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum InventoryRange {
+    /// Accepted when the dataset's last finished submission listed exactly
+    /// `files` files from `first` to `last` (inclusive) and their
+    /// catalogue entries, in path order, have this `EntriesDigest`: each
+    /// is then listed again, unchanged. Otherwise nothing of it counts and
+    /// the submitter sends the range again as `Files` (a range's files
+    /// must all be sent, one way or the other).
+    Digest {
+        first: String,
+        last: String,
+        files: u32,
+        digest: [u8; 16],
+    },
+    /// Entries, as `SubmitChunk` carries them, numbered from `first_file`.
+    Files {
+        first_file: u64,
+        files: Vec<FileEntry>,
+    },
+}
+
+impl InventoryRange {
+    /// The bytes this range counts against `MAX_CHUNK_BYTES`.
+    pub fn weight(&self) -> usize {
+        match self {
+            Self::Digest { first, last, .. } => first.len() + last.len(),
+            Self::Files { files, .. } => files.iter().map(FileEntry::weight).sum(),
+        }
+    }
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     RegisterNode(NodeInfo),
@@ -251,6 +286,15 @@ pub enum Command {
         attempt: u32,
         map: PartitionMap,
         cause: RestartCause,
+    },
+    /// Part of the inventory as ranges (at most `MAX_CHUNK_RANGES`), in
+    /// ascending path order and disjoint, each applied as a `SubmitChunk`
+    /// of its own would be, but atomically together. Ranges sent as a
+    /// digest cost the log their first and last paths only.
+    SubmitRanges {
+        dataset: String,
+        submission: JobId,
+        ranges: Vec<InventoryRange>,
     },
 }
 
@@ -616,6 +660,14 @@ pub enum Response {
         /// Its map's epoch.
         epoch: Epoch,
     },
+    /// A `SubmitRanges` applied: the counts of its files and of the
+    /// digests accepted, and which ranges (by index) were digests not
+    /// accepted, to be sent again as files.
+    RangesApplied {
+        counts: DiffCounts,
+        shards_created: u64,
+        mismatched: Vec<u32>,
+    },
 }
 
 /// Bytes that are not a valid archive of the expected type.
@@ -675,6 +727,25 @@ mod tests {
             })
     }
 
+    fn inventory_range() -> impl Strategy<Value = InventoryRange> {
+        prop_oneof![
+            (
+                "[a-z/]{1,20}",
+                "[a-z/]{1,20}",
+                any::<u32>(),
+                any::<[u8; 16]>()
+            )
+                .prop_map(|(first, last, files, digest)| InventoryRange::Digest {
+                    first,
+                    last,
+                    files,
+                    digest,
+                }),
+            (any::<u64>(), proptest::collection::vec(file_entry(), 0..5))
+                .prop_map(|(first_file, files)| InventoryRange::Files { first_file, files }),
+        ]
+    }
+
     fn command() -> impl Strategy<Value = Command> {
         prop_oneof![
             (any::<u64>(), any::<u64>(), ".{0,20}", any::<[u8; 32]>()).prop_map(
@@ -716,6 +787,16 @@ mod tests {
                         first_file,
                         files,
                     }
+                }),
+            (
+                ".{0,20}",
+                any::<u64>(),
+                proptest::collection::vec(inventory_range(), 0..6)
+            )
+                .prop_map(|(dataset, submission, ranges)| Command::SubmitRanges {
+                    dataset,
+                    submission: JobId(submission),
+                    ranges,
                 }),
             (
                 any::<u64>(),

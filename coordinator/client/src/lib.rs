@@ -9,7 +9,7 @@
 //!   `quic`: its mutual-TLS QUIC implementation. The coordinator crate's
 //!   in-process router is the other, so tests run this same code.
 //! - `submission`: the manifest submission protocol; `chunks` cuts what
-//!   it sends; `inventory` reads what it sends (`manifest`: manifest
+//!   it sends; `by_digest`: a re-submission's ranges sent as digests; `inventory` reads what it sends (`manifest`: manifest
 //!   files and directory walks; `path_order`: the bounded-memory sort
 //!   into path order; `read_ahead`: parsing on a thread of its own).
 //! - `leases`: a node's calls for its work; `replicas`: every replica's
@@ -19,6 +19,7 @@
 //! Deliberately absent: openraft and RocksDB (the server's), and any
 //! printing: progress comes back as events and counts.
 
+pub mod by_digest;
 pub mod chunks;
 pub mod client;
 pub mod inventory;

@@ -5,6 +5,7 @@
 //! that stepped down) ends the pipeline with an error: the caller aborts
 //! what it was doing rather than resend a command that may have been
 //! applied. Dropping the pipeline abandons the writes still in flight.
+//! Each write carries a tag of the caller's, returned with its answer.
 
 use proto_schema::command::{Command, Response};
 use proto_schema::coordinator_api::{CommandBytes, Reply, Request};
@@ -16,7 +17,7 @@ use crate::transport::{Connection, Transport, TransportError};
 pub struct Pipeline<'c, T: Transport> {
     client: &'c mut CoordinatorClient<T>,
     window: usize,
-    in_flight: JoinSet<Result<Response, ClientError>>,
+    in_flight: JoinSet<Result<(u64, Response), ClientError>>,
 }
 
 impl<T: Transport> CoordinatorClient<T> {
@@ -34,9 +35,13 @@ impl<T: Transport> CoordinatorClient<T> {
 }
 
 impl<T: Transport> Pipeline<'_, T> {
-    /// Sends `cmd`; when the window is full, first waits for one answer,
-    /// which it returns.
-    pub async fn send(&mut self, cmd: &Command) -> Result<Option<Response>, ClientError> {
+    /// Sends `cmd`, tagged `tag`; when the window is full, first waits
+    /// for one answer, which it returns with its tag.
+    pub async fn send(
+        &mut self,
+        cmd: &Command,
+        tag: u64,
+    ) -> Result<Option<(u64, Response)>, ClientError> {
         let answered = if self.in_flight.len() >= self.window {
             self.next().await?
         } else {
@@ -58,14 +63,15 @@ impl<T: Transport> Pipeline<'_, T> {
                     "the leader changed (now {}) while writes were in flight",
                     address.as_deref().unwrap_or("unknown")
                 ))),
-                reply => written(Ok(reply)),
+                reply => written(Ok(reply)).map(|response| (tag, response)),
             }
         });
         Ok(answered)
     }
 
-    /// The next answer, or `None` once every write has been answered.
-    pub async fn next(&mut self) -> Result<Option<Response>, ClientError> {
+    /// The next answer and its tag, or `None` once every write has been
+    /// answered.
+    pub async fn next(&mut self) -> Result<Option<(u64, Response)>, ClientError> {
         match self.in_flight.join_next().await {
             None => Ok(None),
             Some(Ok(answer)) => answer.map(Some),

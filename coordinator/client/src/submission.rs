@@ -14,6 +14,7 @@
 use proto_schema::command::{Command, CommandError, DatasetSpec, DiffCounts, FileEntry, Response};
 use proto_schema::ids::{DatasetId, JobId};
 
+use crate::by_digest::{self, Sending};
 use crate::chunks::InventoryChunks;
 use crate::client::{ClientError, CoordinatorClient};
 use crate::inventory::InventoryError;
@@ -31,6 +32,11 @@ pub struct SubmitOptions {
     /// Files per chunk, at most `MAX_CHUNK_FILES` (fewer makes more log
     /// entries of the same manifest).
     pub max_chunk_files: usize,
+    /// Whether the inventory goes in ranges (`by_digest`): as digests
+    /// when the dataset's last finished submission listed files, and a
+    /// range again with its files when its digest is not accepted; or
+    /// else in chunks of files. The result is the same either way.
+    pub by_digest: bool,
 }
 
 impl Default for SubmitOptions {
@@ -38,6 +44,7 @@ impl Default for SubmitOptions {
         Self {
             chunks_in_flight: DEFAULT_CHUNKS_IN_FLIGHT,
             max_chunk_files: proto_schema::command::MAX_CHUNK_FILES,
+            by_digest: true,
         }
     }
 }
@@ -309,6 +316,24 @@ async fn send_submission<T: Transport>(
         gone: 0,
         pending_shards: 0,
     };
+    if options.by_digest {
+        let how = Sending {
+            by_digest: listed_files(client, dataset).await? > 0,
+            max_chunk_files: options.max_chunk_files,
+        };
+        let mut pipeline = client.pipeline(options.chunks_in_flight);
+        by_digest::send(
+            &mut pipeline,
+            dataset,
+            submission,
+            valid,
+            how,
+            &mut summary,
+            on_event,
+        )
+        .await?;
+        return finish(client, dataset, submission, summary, failure).await;
+    }
     let mut pipeline = client.pipeline(options.chunks_in_flight);
     // Chunks are numbered from their place in the inventory, so that a
     // file's number does not depend on which chunk is applied first.
@@ -322,13 +347,38 @@ async fn send_submission<T: Transport>(
             files,
         };
         first_file += sent;
-        if let Some(answer) = pipeline.send(&chunk).await? {
+        if let Some((_, answer)) = pipeline.send(&chunk, 0).await? {
             summary.add_chunk(answer, on_event)?;
         }
     }
-    while let Some(answer) = pipeline.next().await? {
+    while let Some((_, answer)) = pipeline.next().await? {
         summary.add_chunk(answer, on_event)?;
     }
+    finish(client, dataset, submission, summary, failure).await
+}
+
+/// Files the dataset's last finished submission listed.
+async fn listed_files<T: Transport>(
+    client: &mut CoordinatorClient<T>,
+    dataset: &str,
+) -> Result<u64, ClientError> {
+    let status = client.status().await?;
+    Ok(status
+        .datasets
+        .iter()
+        .find(|d| d.name == dataset)
+        .map_or(0, |d| d.files))
+}
+
+/// Finishes a submission whose entries were all applied, unless reading
+/// them failed.
+async fn finish<T: Transport>(
+    client: &mut CoordinatorClient<T>,
+    dataset: &str,
+    submission: JobId,
+    mut summary: Summary,
+    failure: Option<InventoryError>,
+) -> Result<Summary, SubmitError> {
     if let Some(e) = failure {
         return Err(e.into());
     }
@@ -348,7 +398,7 @@ async fn send_submission<T: Transport>(
 
 impl Summary {
     /// Counts a chunk's answer, in whatever order the answers arrive.
-    fn add_chunk(
+    pub(crate) fn add_chunk(
         &mut self,
         answer: Response,
         on_event: &mut impl FnMut(SubmitEvent),
@@ -358,10 +408,7 @@ impl Summary {
                 shards_created,
                 counts,
             } => {
-                let files = counts.new + counts.changed + counts.unchanged;
-                self.files += files;
-                self.pending_shards += shards_created;
-                on_event(SubmitEvent::ChunkApplied { files });
+                self.add_counts(counts, shards_created, on_event);
                 Ok(())
             }
             Response::Error(CommandError::DuplicatePath { path }) => {
@@ -369,6 +416,19 @@ impl Summary {
             }
             other => Err(refused("sending a chunk", other)),
         }
+    }
+
+    /// Counts files applied (and the shards they made pending).
+    pub(crate) fn add_counts(
+        &mut self,
+        counts: DiffCounts,
+        shards_created: u64,
+        on_event: &mut impl FnMut(SubmitEvent),
+    ) {
+        let files = counts.new + counts.changed + counts.unchanged;
+        self.files += files;
+        self.pending_shards += shards_created;
+        on_event(SubmitEvent::ChunkApplied { files });
     }
 }
 

@@ -22,13 +22,14 @@
 use std::collections::HashMap;
 
 use proto_schema::command::{
-    Command, CommandError, DatasetSpec, DiffCounts, FileEntry, LeaseGrant, MAX_JOB_ATTEMPTS,
-    NodeInfo, Response, RestartCause, ShardDone, StagedCounts,
+    Command, CommandError, DatasetSpec, DiffCounts, EntriesDigest, FileEntry, InventoryRange,
+    LeaseGrant, MAX_JOB_ATTEMPTS, NodeInfo, Response, RestartCause, ShardDone, StagedCounts,
 };
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 use rocksdb::{DB, WriteBatch};
 
 use super::StateError;
+use super::digested;
 use super::keys::{
     self, CF_COUNTERS, CF_DATASETS, CF_FILES, CF_JOBS, CF_LEASED, CF_NODES, CF_PARTITIONS,
     CF_SHARDS,
@@ -150,7 +151,12 @@ pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
             submission,
             first_file,
             files,
-        } => submit_chunk(tx, &dataset, submission, first_file, &files),
+        } => submit_chunk(tx, &dataset, submission, first_file, files),
+        Command::SubmitRanges {
+            dataset,
+            submission,
+            ranges,
+        } => submit_ranges(tx, &dataset, submission, &ranges),
         Command::FinishSubmission {
             dataset,
             submission,
@@ -410,68 +416,366 @@ fn submit_chunk(
     name: &str,
     submission: JobId,
     first_file: u64,
-    files: &[FileEntry],
+    files: Vec<FileEntry>,
+) -> Outcome {
+    let range = InventoryRange::Files { first_file, files };
+    Ok(
+        submit_ranges(tx, name, submission, std::slice::from_ref(&range))?.map(|response| {
+            match response {
+                Response::RangesApplied {
+                    counts,
+                    shards_created,
+                    ..
+                } => Response::ChunkApplied {
+                    counts,
+                    shards_created,
+                },
+                other => other,
+            }
+        }),
+    )
+}
+
+/// A range of a `SubmitRanges` once read against the catalogue, before
+/// anything is written.
+enum Checked<'f> {
+    Files(DiffedFiles<'f>),
+    Accepted {
+        files: u32,
+        digest: [u8; 16],
+        found: digested::Accepted,
+    },
+    Mismatched,
+}
+
+/// A range put in order: files sorted, and the span it covers.
+enum Sorted<'f> {
+    Files {
+        first_file: u64,
+        files: Vec<&'f FileEntry>,
+    },
+    Digest(digested::Claim<'f>),
+}
+
+impl<'f> Sorted<'f> {
+    fn span(&self) -> (&'f str, &'f str) {
+        match self {
+            Sorted::Files { files, .. } => {
+                let (first, last): (&'f FileEntry, &'f FileEntry) =
+                    (files[0], files[files.len() - 1]);
+                (&first.path, &last.path)
+            }
+            Sorted::Digest(claim) => (claim.first, claim.last),
+        }
+    }
+}
+
+/// Applies the ranges in three passes: each range is put in order and the
+/// ranges checked to ascend without overlapping; then every range is read
+/// against the DB (refusing the command if one overlaps an earlier chunk),
+/// through one cursor per column family for the whole command; then
+/// written, with the shard ids of the whole command reserved at once
+/// (reads see the DB, not this batch).
+fn submit_ranges(
+    tx: &mut Tx<'_>,
+    name: &str,
+    submission: JobId,
+    ranges: &[InventoryRange],
 ) -> Outcome {
     let (dataset, mut job) = match open_submission(tx, name, submission)? {
         Ok(found) => found,
         Err(e) => return Ok(Err(e)),
     };
-    // In path order: the chunk's listing is stored sorted, and its
-    // catalogue entries are read by stepping through the catalogue.
-    let mut files: Vec<&FileEntry> = files.iter().collect();
-    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    if let Some(pair) = files.windows(2).find(|pair| pair[0].path == pair[1].path) {
-        return Ok(Err(CommandError::DuplicatePath {
-            path: pair[0].path.clone(),
-        }));
-    }
-    if files.is_empty() {
-        return Ok(Ok(Response::ChunkApplied {
-            counts: DiffCounts::default(),
-            shards_created: 0,
-        }));
-    }
-    if let Some(refusal) = overlap_refusal(tx.db, dataset.id, submission, &files)? {
-        return Ok(Err(refusal));
+    let (sorted, out_of_order) = match in_order(ranges) {
+        Ok(sorted) => sorted,
+        Err(e) => return Ok(Err(e)),
+    };
+    let db = tx.db;
+    let end = |digests: bool| {
+        sorted
+            .iter()
+            .filter(|range| matches!(range, Sorted::Digest(_)) == digests)
+            .map(|range| range.span().1)
+            .next_back()
+    };
+    let mut checker =
+        end(true).map(|end| digested::Checker::new(db, dataset.id, dataset.last_finished, end));
+    let mut catalogue = end(false).map(|end| Catalogue::new(db, &dataset, end));
+    let mut own = Listing::new(db, dataset.id, submission);
+    let mut checked = Vec::with_capacity(sorted.len());
+    for (index, range) in sorted.into_iter().enumerate() {
+        let (first, last) = range.span();
+        let files: &[&FileEntry] = match &range {
+            Sorted::Files { files, .. } => files,
+            Sorted::Digest(_) => &[],
+        };
+        if let Some(refusal) = overlap_refusal(&mut own, first, last, files)? {
+            return Ok(Err(refusal));
+        }
+        // After the earlier chunks' refusal: a path listed in one of them
+        // is the better answer.
+        if let Some((at, refusal)) = &out_of_order
+            && *at == index
+        {
+            return Ok(Err(refusal.clone()));
+        }
+        checked.push(match range {
+            Sorted::Files { first_file, files } => {
+                let catalogue = catalogue.as_mut().expect("made for the files ranges");
+                Checked::Files(catalogue.diff(first_file, files)?)
+            }
+            Sorted::Digest(claim) => {
+                let checker = checker.as_mut().expect("made for the digest ranges");
+                match checker.check(&claim)? {
+                    Some(found) => Checked::Accepted {
+                        files: claim.files,
+                        digest: claim.digest,
+                        found,
+                    },
+                    None => Checked::Mismatched,
+                }
+            }
+        });
     }
 
-    let file_keys: Vec<Vec<u8>> = files
+    let work: u64 = checked
         .iter()
-        .map(|f| keys::file(dataset.id, &f.path))
-        .collect();
-    let mut aborted = Aborted::new(tx.db);
-    let mut last_listing = Listing::new(tx.db, dataset.id, dataset.last_finished);
-    let mut catalogue = SortedLookup::new(tx.db, tx.cf(CF_FILES), &file_keys[files.len() - 1]);
-    // Each file's entry as it counts, and whether it is live.
-    let mut known = Vec::with_capacity(files.len());
-    for (key, file) in file_keys.iter().zip(&files) {
-        let settled = match catalogue.get(key)? {
-            Some(bytes) => aborted.settle(CatalogEntry::decode(bytes)?)?,
-            None => None,
-        };
-        let live = match &settled {
-            Some(entry) => last_listing.lists(entry, &file.path)?,
-            None => false,
-        };
-        known.push((settled, live));
-    }
-
-    let diffs: Vec<Diff> = files
-        .iter()
-        .zip(&known)
-        .map(|(f, (entry, live))| diff(f, entry.as_ref().filter(|_| *live)))
-        .collect();
-    let work = diffs.iter().filter(|d| **d != Diff::Unchanged).count() as u64;
+        .map(|c| match c {
+            Checked::Files(diffed) => diffed.work(),
+            _ => 0,
+        })
+        .sum();
     let mut next_shard = ShardId(if work > 0 {
         tx.reserve(keys::NEXT_SHARD, work)?
     } else {
         0
     });
     let mut counts = DiffCounts::default();
-    let numbered = files.iter().zip(first_file..);
-    for ((((file, number), key), (known, _)), diff) in
-        numbered.zip(&file_keys).zip(known).zip(diffs)
-    {
+    let mut mismatched = Vec::new();
+    for (index, range) in checked.into_iter().enumerate() {
+        match range {
+            Checked::Files(diffed) => counts.add(write_files(
+                tx,
+                dataset.id,
+                submission,
+                diffed,
+                &mut next_shard,
+            )),
+            Checked::Accepted {
+                files,
+                digest,
+                found,
+            } => {
+                counts.unchanged += u64::from(files);
+                match found {
+                    digested::Accepted::Read(paths) => {
+                        let paths = paths.iter().map(Vec::as_slice);
+                        listed::record(&mut tx.batch, db, dataset.id, submission, paths, digest);
+                    }
+                    digested::Accepted::Again { last, record } => {
+                        listed::record_again(
+                            &mut tx.batch,
+                            db,
+                            dataset.id,
+                            submission,
+                            &last,
+                            &record,
+                        );
+                    }
+                }
+            }
+            Checked::Mismatched => {
+                mismatched.push(u32::try_from(index).expect("ranges are bounded"))
+            }
+        }
+    }
+    job.counts.add(counts);
+    job.shards_total += work;
+    tx.put(CF_JOBS, &keys::id(submission), &job);
+    Ok(Ok(Response::RangesApplied {
+        counts,
+        shards_created: work,
+        mismatched,
+    }))
+}
+
+/// The ranges with their files sorted (none listed twice), empty ones
+/// dropped, up to the first that does not ascend past the one before, if
+/// any: its index and why it is refused.
+type InOrder<'f> = (Vec<Sorted<'f>>, Option<(usize, CommandError)>);
+
+fn in_order(ranges: &[InventoryRange]) -> Result<InOrder<'_>, CommandError> {
+    let mut sorted = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let range = match range {
+            InventoryRange::Files { first_file, files } => {
+                // In path order: the range's listing is stored sorted, and
+                // its catalogue entries are read by stepping through the
+                // catalogue.
+                let mut files: Vec<&FileEntry> = files.iter().collect();
+                files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                if let Some(pair) = files.windows(2).find(|pair| pair[0].path == pair[1].path) {
+                    return Err(CommandError::DuplicatePath {
+                        path: pair[0].path.clone(),
+                    });
+                }
+                if files.is_empty() {
+                    continue;
+                }
+                Sorted::Files {
+                    first_file: *first_file,
+                    files,
+                }
+            }
+            InventoryRange::Digest {
+                first,
+                last,
+                files,
+                digest,
+            } => {
+                if *files == 0 || first > last {
+                    return Err(CommandError::Malformed {
+                        reason: format!(
+                            "digest range {first:?} to {last:?} of {files} files is empty"
+                        ),
+                    });
+                }
+                Sorted::Digest(digested::Claim {
+                    first,
+                    last,
+                    files: *files,
+                    digest: *digest,
+                })
+            }
+        };
+        if let Some(previous) = sorted.last().map(|r: &Sorted<'_>| r.span().1) {
+            let (first, last) = range.span();
+            if first <= previous {
+                let refusal = match listed_before(&sorted, &range) {
+                    Some(path) => CommandError::DuplicatePath { path: path.clone() },
+                    None => CommandError::ChunkOverlaps {
+                        first: first.to_owned(),
+                        last: last.to_owned(),
+                    },
+                };
+                let at = sorted.len();
+                sorted.push(range);
+                return Ok((sorted, Some((at, refusal))));
+            }
+        }
+        sorted.push(range);
+    }
+    Ok((sorted, None))
+}
+
+/// A path of files range `range` that an earlier range of the command
+/// lists too, if any: why they overlap, when the inventory repeats a path.
+fn listed_before<'f>(earlier: &[Sorted<'f>], range: &Sorted<'f>) -> Option<&'f String> {
+    let Sorted::Files { files, .. } = range else {
+        return None;
+    };
+    files.iter().map(|f| &f.path).find(|path| {
+        earlier.iter().any(|e| match e {
+            Sorted::Files { files, .. } => files.binary_search_by(|f| f.path.cmp(path)).is_ok(),
+            Sorted::Digest(_) => false,
+        })
+    })
+}
+
+/// A range of files diffed against the catalogue, in path order.
+struct DiffedFiles<'f> {
+    first_file: u64,
+    files: Vec<&'f FileEntry>,
+    keys: Vec<Vec<u8>>,
+    /// Each file's entry as it counts, and how the file compares with it.
+    known: Vec<(Option<CatalogEntry>, Diff)>,
+}
+
+impl DiffedFiles<'_> {
+    /// The shards the range makes: one per new or changed file.
+    fn work(&self) -> u64 {
+        self.known
+            .iter()
+            .filter(|(_, d)| *d != Diff::Unchanged)
+            .count() as u64
+    }
+}
+
+/// The catalogue and the last finished submission's listing, read in
+/// path order for one command's files ranges.
+struct Catalogue<'a> {
+    dataset: DatasetId,
+    entries: SortedLookup<'a>,
+    last_listing: Listing<'a>,
+    aborted: Aborted<'a>,
+}
+
+impl<'a> Catalogue<'a> {
+    /// Reads of paths up to `last`.
+    fn new(db: &'a DB, dataset: &Dataset, last: &str) -> Self {
+        let files_cf = db
+            .cf_handle(CF_FILES)
+            .expect("column family created at open");
+        Self {
+            dataset: dataset.id,
+            entries: SortedLookup::new(db, files_cf, &keys::file(dataset.id, last)),
+            last_listing: Listing::new(db, dataset.id, dataset.last_finished),
+            aborted: Aborted::new(db),
+        }
+    }
+
+    /// Diffs a range of files (sorted, after every range diffed before).
+    fn diff<'f>(
+        &mut self,
+        first_file: u64,
+        files: Vec<&'f FileEntry>,
+    ) -> Result<DiffedFiles<'f>, StateError> {
+        let keys: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| keys::file(self.dataset, &f.path))
+            .collect();
+        let mut known = Vec::with_capacity(files.len());
+        for (key, file) in keys.iter().zip(&files) {
+            let settled = match self.entries.get(key)? {
+                Some(bytes) => self.aborted.settle(CatalogEntry::decode(bytes)?)?,
+                None => None,
+            };
+            let live = match &settled {
+                Some(entry) => self.last_listing.lists(entry, file.path.as_bytes())?,
+                None => false,
+            };
+            let diff = diff(file, settled.as_ref().filter(|_| live));
+            known.push((settled, diff));
+        }
+        Ok(DiffedFiles {
+            first_file,
+            files,
+            keys,
+            known,
+        })
+    }
+}
+
+/// Writes a diffed range: a shard and a catalogue entry per new or changed
+/// file, the range's listing record with its entries' digest. Returns its
+/// counts.
+fn write_files(
+    tx: &mut Tx<'_>,
+    dataset: DatasetId,
+    submission: JobId,
+    diffed: DiffedFiles<'_>,
+    next_shard: &mut ShardId,
+) -> DiffCounts {
+    let mut counts = DiffCounts::default();
+    let mut digest = EntriesDigest::new();
+    let numbered = diffed.files.iter().zip(diffed.first_file..);
+    for (((file, number), key), (known, diff)) in numbered.zip(&diffed.keys).zip(diffed.known) {
+        digest.add(
+            file.path.as_bytes(),
+            file.size,
+            file.mtime_ns,
+            file.checksum.as_deref(),
+        );
         match diff {
             Diff::Unchanged => {
                 counts.unchanged += 1;
@@ -481,9 +785,9 @@ fn submit_chunk(
             Diff::Changed => counts.changed += 1,
         }
         let shard = Shard {
-            id: next_shard,
+            id: *next_shard,
             job: submission,
-            dataset_id: dataset.id,
+            dataset_id: dataset,
             path: file.path.clone(),
             file: number,
             start: 0,
@@ -496,7 +800,7 @@ fn submit_chunk(
             attempt: 0,
         };
         tx.put(CF_SHARDS, &keys::id(shard.id), &shard);
-        next_shard = next_shard.next();
+        *next_shard = next_shard.next();
         let entry = CatalogEntry {
             size: file.size,
             mtime_ns: file.mtime_ns,
@@ -508,29 +812,29 @@ fn submit_chunk(
         };
         tx.put(CF_FILES, key, &entry);
     }
-    let paths = files.iter().map(|f| f.path.as_str());
-    listed::record(&mut tx.batch, tx.db, dataset.id, submission, paths);
-    job.counts.add(counts);
-    job.shards_total += work;
-    tx.put(CF_JOBS, &keys::id(submission), &job);
-    Ok(Ok(Response::ChunkApplied {
-        counts,
-        shards_created: work,
-    }))
+    let paths = diffed.files.iter().map(|f| f.path.as_bytes());
+    listed::record(
+        &mut tx.batch,
+        tx.db,
+        dataset,
+        submission,
+        paths,
+        digest.finish(),
+    );
+    counts
 }
 
-/// Why a chunk (sorted, not empty) is refused if its path range overlaps
-/// an earlier chunk's: a path both list, or the order. A submission's
+/// Why a range from `first` to `last` (of `files`, sorted, when it carries
+/// them) is refused if it overlaps an earlier chunk's in `own`, the open
+/// submission's listing: a path both list, or the order. A submission's
 /// chunks must cover disjoint ranges so that its listing finds any path
 /// with one seek; `quern submit` sends manifests in path order.
 fn overlap_refusal(
-    db: &DB,
-    dataset: DatasetId,
-    submission: JobId,
+    own: &mut Listing<'_>,
+    first: &str,
+    last: &str,
     files: &[&FileEntry],
 ) -> Result<Option<CommandError>, StateError> {
-    let (first, last) = (&files[0].path, &files[files.len() - 1].path);
-    let mut own = Listing::new(db, dataset, submission);
     let Some(earlier) = own.overlapping(first.as_bytes(), last.as_bytes())? else {
         return Ok(None);
     };
@@ -542,8 +846,8 @@ fn overlap_refusal(
         }
     }
     Ok(Some(CommandError::ChunkOverlaps {
-        first: first.clone(),
-        last: last.clone(),
+        first: first.to_owned(),
+        last: last.to_owned(),
     }))
 }
 
@@ -1019,14 +1323,15 @@ mod tests {
     use proptest::prelude::*;
     use proto_schema::PartitionMap;
     use proto_schema::command::{
-        Bounded, Command, CommandError, DiffCounts, FileEntry, LeaseGrant, MAX_CHUNK_FILES,
-        MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response, RestartCause, ShardDone, StagedCounts,
+        Bounded, Command, CommandError, DiffCounts, EntriesDigest, FileEntry, InventoryRange,
+        LeaseGrant, MAX_CHUNK_FILES, MAX_COMMAND_BYTES, MAX_LEASES_PER_COMMAND, Response,
+        RestartCause, ShardDone, StagedCounts,
     };
 
-    use proto_schema::ids::{DatasetId, Epoch, NodeId, ShardId};
+    use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
 
     use super::super::StateError;
-    use super::super::records::{FileStatus, Job, JobState};
+    use super::super::records::{CatalogEntry, FileStatus, Job, JobState};
     use super::super::test_support::{Applier, setup_dataset};
 
     fn file(path: &str, size: u64, mtime_ns: i64, checksum: Option<u8>) -> FileEntry {
@@ -1044,6 +1349,211 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// A range of `files` (in path order) sent as its digest.
+    fn digest_of(files: &[FileEntry]) -> InventoryRange {
+        claim(&files[0].path, &files[files.len() - 1].path, files)
+    }
+
+    /// `files` cut into ranges after each path whose bytes sum to 0 modulo
+    /// `every`, and at 6 files: as `by_digest` cuts, by content.
+    fn cut_by_content(files: &[FileEntry], every: u32) -> Vec<Vec<FileEntry>> {
+        let mut cut = vec![Vec::new()];
+        for file in files {
+            let range = cut.last_mut().unwrap();
+            range.push(file.clone());
+            let sum: u32 = file.path.bytes().map(u32::from).sum();
+            if sum.is_multiple_of(every) || range.len() == 6 {
+                cut.push(Vec::new());
+            }
+        }
+        cut.retain(|range| !range.is_empty());
+        cut
+    }
+
+    /// A digest of `files` claimed for the range `first` to `last`.
+    fn claim(first: &str, last: &str, files: &[FileEntry]) -> InventoryRange {
+        let mut digest = EntriesDigest::new();
+        for f in files {
+            digest.add(f.path.as_bytes(), f.size, f.mtime_ns, f.checksum.as_deref());
+        }
+        InventoryRange::Digest {
+            first: first.into(),
+            last: last.into(),
+            files: files.len() as u32,
+            digest: digest.finish(),
+        }
+    }
+
+    fn ranges(submission: JobId, ranges: Vec<InventoryRange>) -> Command {
+        Command::SubmitRanges {
+            dataset: "ds".into(),
+            submission,
+            ranges,
+        }
+    }
+
+    async fn begin(sm: &mut Applier) -> JobId {
+        let begin = Command::BeginSubmission {
+            dataset: "ds".into(),
+            now_ms: 1,
+        };
+        match sm.apply(begin).await {
+            Response::SubmissionBegun { submission } => submission,
+            other => panic!("begin refused: {other:?}"),
+        }
+    }
+
+    /// A catalogue entry as two equal histories leave it, whatever shard
+    /// ids their commands reserved: its versions, and its shard's job,
+    /// path, number and extent.
+    fn comparable(sm: &Applier, path: &str) -> Option<String> {
+        let dataset = sm.state().dataset("ds").unwrap().unwrap();
+        let entry: CatalogEntry = sm.state().catalog_entry(dataset.id, path).unwrap()?;
+        let shard = sm.state().shard(entry.shard).unwrap().unwrap();
+        let prior = entry
+            .prior
+            .map(|p| (p.size, p.mtime_ns, p.checksum, p.status, p.since));
+        Some(format!(
+            "{:?} {:?} {:?} {:?} {:?} {prior:?} shard {:?} {} {} {}",
+            entry.size,
+            entry.mtime_ns,
+            entry.checksum,
+            entry.status,
+            entry.since,
+            shard.job,
+            shard.path,
+            shard.file,
+            shard.end
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_digest_is_accepted_only_when_the_catalogue_agrees_and_its_range_is_sent_again() {
+        let mut sm = Applier::new();
+        setup_dataset(&mut sm, "ds", &[1]).await;
+        let first: Vec<FileEntry> = (1..=6)
+            .map(|i| file(&format!("a/{i}"), i, 1, None))
+            .collect();
+        sm.submit("ds", first.clone()).await;
+        let mut second = first.clone();
+        second[2].size += 1;
+        second[5].mtime_ns += 1;
+        let s2 = begin(&mut sm).await;
+
+        // a/1-a/2 agree; a/3 changed; a/5-a/6 claimed as a/5 alone, with
+        // a/6 (changed) listed between: neither is accepted.
+        let cmd = ranges(
+            s2,
+            vec![
+                digest_of(&second[0..2]),
+                digest_of(&second[2..4]),
+                claim("a/5", "a/6", &second[4..5]),
+            ],
+        );
+        assert_eq!(
+            sm.apply(cmd).await,
+            Response::RangesApplied {
+                counts: DiffCounts {
+                    unchanged: 2,
+                    ..DiffCounts::default()
+                },
+                shards_created: 0,
+                mismatched: vec![1, 2],
+            }
+        );
+
+        // Refused, changing nothing: a digest or files over what a range
+        // accepted, ranges out of order, an empty digest.
+        let refusals = [
+            (
+                vec![digest_of(&second[1..2])],
+                CommandError::ChunkOverlaps {
+                    first: "a/2".into(),
+                    last: "a/2".into(),
+                },
+            ),
+            (
+                vec![InventoryRange::Files {
+                    first_file: 1,
+                    files: second[1..3].to_vec(),
+                }],
+                CommandError::DuplicatePath { path: "a/2".into() },
+            ),
+            (
+                vec![digest_of(&second[4..6]), digest_of(&second[2..4])],
+                CommandError::ChunkOverlaps {
+                    first: "a/3".into(),
+                    last: "a/4".into(),
+                },
+            ),
+        ];
+        for (sent, refusal) in refusals {
+            assert_eq!(sm.apply(ranges(s2, sent)).await, Response::Error(refusal));
+        }
+        let empty = claim("a/3", "a/4", &[]);
+        assert!(matches!(
+            sm.apply(ranges(s2, vec![empty])).await,
+            Response::Error(CommandError::Malformed { .. })
+        ));
+        assert_eq!(sm.state().job(s2).unwrap().unwrap().counts.unchanged, 2);
+
+        // The two ranges again, with their files, in one command: each
+        // changed file gets a shard of its own, numbered from its range.
+        let resend = ranges(
+            s2,
+            vec![
+                InventoryRange::Files {
+                    first_file: 2,
+                    files: second[2..4].to_vec(),
+                },
+                InventoryRange::Files {
+                    first_file: 4,
+                    files: second[4..6].to_vec(),
+                },
+            ],
+        );
+        assert_eq!(
+            sm.apply(resend).await,
+            Response::RangesApplied {
+                counts: DiffCounts {
+                    changed: 2,
+                    unchanged: 2,
+                    new: 0
+                },
+                shards_created: 2,
+                mismatched: vec![],
+            }
+        );
+        sm.finish("ds", s2).await;
+        let job = sm.state().job(s2).unwrap().unwrap();
+        assert_eq!(
+            (job.counts.changed, job.counts.unchanged, job.gone),
+            (2, 4, 0)
+        );
+        let dataset = sm.state().dataset("ds").unwrap().unwrap();
+        let shards: Vec<_> = ["a/3", "a/6"]
+            .iter()
+            .map(|p| {
+                sm.state()
+                    .catalog_entry(dataset.id, p)
+                    .unwrap()
+                    .unwrap()
+                    .shard
+            })
+            .collect();
+        assert_ne!(shards[0], shards[1]);
+        let numbers: Vec<u64> = shards
+            .iter()
+            .map(|id| sm.state().shard(*id).unwrap().unwrap().file)
+            .collect();
+        assert_eq!(numbers, [2, 5]);
+
+        // What the digests listed counts as listed: all unchanged next time.
+        let s3 = sm.submit("ds", second).await;
+        let job = sm.state().job(s3).unwrap().unwrap();
+        assert_eq!((job.counts.unchanged, job.gone), (6, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1751,6 +2261,136 @@ mod tests {
                 }
                 should_be_pending.sort();
                 prop_assert_eq!(marked, should_be_pending);
+                Ok(())
+            })?;
+        }
+
+        /// A re-submission sent as digests, with the ranges not accepted
+        /// sent again as files (several to a command), leaves exactly what
+        /// the same inventory sent as files does: counts, gone files,
+        /// catalogue, shards, and the next diff. A digest is accepted
+        /// exactly when no file in its range changed, is new, or is gone.
+        #[test]
+        fn a_submission_by_digest_equals_one_by_files(
+            first in proptest::collection::btree_map(PATHS, attrs(), 1..40),
+            changes in proptest::collection::vec(change(), 1..30),
+            added in proptest::collection::btree_map(PATHS, attrs(), 0..6),
+            aborted in proptest::collection::vec(proptest::collection::btree_map(PATHS, attrs(), 0..30), 0..3),
+            cut_every in 1u32..5,
+            per_command in 1usize..4,
+        ) {
+            let mut second = BTreeMap::new();
+            let mut gone = BTreeSet::new();
+            let mut touched = BTreeSet::new();
+            for ((path, &(size, mtime, sum)), change) in first.iter().zip(changes.iter().cycle()) {
+                let attrs = match change {
+                    Change::Keep => (size, mtime, sum),
+                    Change::Size => (size + 1, mtime, sum),
+                    Change::Mtime => (size, mtime + 1, sum),
+                    Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
+                    Change::Drop => { gone.insert(path.clone()); continue; }
+                };
+                if !matches!(change, Change::Keep) {
+                    touched.insert(path.clone());
+                }
+                second.insert(path.clone(), attrs);
+            }
+            for (path, &attrs) in &added {
+                if !first.contains_key(path) {
+                    touched.insert(path.clone());
+                    second.insert(path.clone(), attrs);
+                }
+            }
+            let files = inventory(&second);
+            let cut = cut_by_content(&files, cut_every);
+
+            rt().block_on(async {
+                let mut by_files = Applier::new();
+                let mut by_digest = Applier::new();
+                setup_dataset(&mut by_files, "ds", &[1]).await;
+                by_files.submit("ds", inventory(&first)).await;
+                // By digest, the first submission goes in ranges cut the
+                // same way: the second's digests meet its records.
+                setup_dataset(&mut by_digest, "ds", &[1]).await;
+                let s1 = begin(&mut by_digest).await;
+                let mut first_file = 0;
+                let mut sent = Vec::new();
+                for range in cut_by_content(&inventory(&first), cut_every) {
+                    let n = range.len() as u64;
+                    sent.push(InventoryRange::Files { first_file, files: range });
+                    first_file += n;
+                }
+                let answer = by_digest.apply(ranges(s1, sent)).await;
+                prop_assert!(matches!(answer, Response::RangesApplied { .. }), "{:?}", answer);
+                by_digest.finish("ds", s1).await;
+                for sm in [&mut by_files, &mut by_digest] {
+                    for abandoned in &aborted {
+                        sm.send_and_abort("ds", inventory(abandoned)).await;
+                    }
+                }
+                let s_files = by_files.submit("ds", files.clone()).await;
+
+                let s_digest = begin(&mut by_digest).await;
+                prop_assert_eq!(s_digest, s_files);
+                let mut resend = Vec::new();
+                let mut first_file = 0;
+                // Two digest commands: the halves of the ranges.
+                let half = cut.len().div_ceil(2);
+                for part in [&cut[..half], &cut[half..]] {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    let sent = part.iter().map(|r| digest_of(r)).collect();
+                    let Response::RangesApplied { counts, shards_created, mismatched } =
+                        by_digest.apply(ranges(s_digest, sent)).await
+                    else {
+                        panic!("digests refused")
+                    };
+                    prop_assert_eq!(shards_created, 0);
+                    let mut unchanged = 0;
+                    for (index, range) in part.iter().enumerate() {
+                        let (lo, hi) = (&range[0].path, &range[range.len() - 1].path);
+                        let agrees = range.iter().all(|f| !touched.contains(&f.path))
+                            && !gone.iter().any(|g| lo <= g && g <= hi);
+                        prop_assert_eq!(!mismatched.contains(&(index as u32)), agrees, "{:?}", range);
+                        if agrees {
+                            unchanged += range.len() as u64;
+                        } else {
+                            resend.push(InventoryRange::Files { first_file, files: range.clone() });
+                        }
+                        first_file += range.len() as u64;
+                    }
+                    prop_assert_eq!(counts, DiffCounts { unchanged, ..DiffCounts::default() });
+                }
+                // Answers come in any order: the ranges to send again are
+                // grouped as they come, in order within a command.
+                resend.reverse();
+                for group in resend.chunks(per_command) {
+                    let mut group = group.to_vec();
+                    group.reverse();
+                    let answer = by_digest.apply(ranges(s_digest, group)).await;
+                    prop_assert!(matches!(&answer, Response::RangesApplied { mismatched, .. } if mismatched.is_empty()), "{:?}", answer);
+                }
+                by_digest.finish("ds", s_digest).await;
+
+                let jobs = [&by_files, &by_digest].map(|sm| sm.state().job(s_files).unwrap().unwrap());
+                prop_assert_eq!(jobs[0].counts, jobs[1].counts);
+                prop_assert_eq!(jobs[0].gone, jobs[1].gone);
+                prop_assert_eq!(jobs[0].shards_total, jobs[1].shards_total);
+                prop_assert_eq!(
+                    by_files.state().gone_files(&jobs[0], None, 1000).unwrap(),
+                    by_digest.state().gone_files(&jobs[1], None, 1000).unwrap()
+                );
+                let every_path: BTreeSet<&String> = first.keys().chain(second.keys()).chain(aborted.iter().flat_map(|a| a.keys())).collect();
+                for path in &every_path {
+                    prop_assert_eq!(comparable(&by_files, path), comparable(&by_digest, path), "{}", path);
+                }
+                // The next submission sees both the same way.
+                let next: Vec<FileEntry> = files.iter().skip(1).cloned().collect();
+                let [a, b] = [&mut by_files, &mut by_digest];
+                let (na, nb) = (a.submit("ds", next.clone()).await, b.submit("ds", next).await);
+                let (ja, jb) = (a.state().job(na).unwrap().unwrap(), b.state().job(nb).unwrap().unwrap());
+                prop_assert_eq!((ja.counts, ja.gone), (jb.counts, jb.gone));
                 Ok(())
             })?;
         }

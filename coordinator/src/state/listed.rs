@@ -1,8 +1,11 @@
 //! What each submission listed, so that a file listed again unchanged costs
 //! no write of its own.
 //!
-//! Every applied chunk stores its paths, sorted and front-coded, as one
-//! record keyed by dataset, submission and the chunk's last path. The
+//! Every applied chunk (or range) stores its paths, sorted and
+//! front-coded, as one record keyed by dataset, submission and the chunk's
+//! last path, after the `EntriesDigest` of its entries as listed: a later
+//! submission's digest range over the same files is checked against that
+//! digest alone (`digested`), and copies the record. The
 //! chunks of one submission must not overlap in path range (a chunk that
 //! does is refused), so the only record that can hold a path is the first
 //! whose key is at or after it: one seek, and lookups in path order read
@@ -31,17 +34,47 @@ fn cf(db: &DB) -> &rocksdb::ColumnFamily {
         .expect("column family created at open")
 }
 
-/// Records that `submission` listed `paths` (sorted, distinct, at least one).
+/// Bytes of a record's digest, before its paths.
+const DIGEST_BYTES: usize = 16;
+
+/// Records that `submission` listed `paths` (sorted, distinct, at least
+/// one) whose entries have `digest`.
 pub fn record<'p>(
     batch: &mut WriteBatch,
     db: &DB,
     dataset: DatasetId,
     submission: JobId,
-    paths: impl Iterator<Item = &'p str> + Clone,
+    paths: impl Iterator<Item = &'p [u8]> + Clone,
+    digest: [u8; 16],
 ) {
     let last = paths.clone().last().expect("a chunk lists paths");
-    let key = keys::listed(dataset, submission, last.as_bytes());
-    batch.put_cf(cf(db), key, path_list::encode(paths.map(str::as_bytes)));
+    let key = keys::listed(dataset, submission, last);
+    let mut value = digest.to_vec();
+    value.extend_from_slice(&path_list::encode(paths));
+    batch.put_cf(cf(db), key, value);
+}
+
+/// Records that `submission` listed what another submission's record,
+/// `value` (read with `Record::parse`), holds.
+pub fn record_again(
+    batch: &mut WriteBatch,
+    db: &DB,
+    dataset: DatasetId,
+    submission: JobId,
+    last: &[u8],
+    value: &[u8],
+) {
+    batch.put_cf(cf(db), keys::listed(dataset, submission, last), value);
+}
+
+/// A record's key in `submission`'s listing, ending at `last`.
+pub fn key(dataset: DatasetId, submission: JobId, last: &[u8]) -> Vec<u8> {
+    keys::listed(dataset, submission, last)
+}
+
+/// The listing's column family (for lookups through other cursors).
+pub fn column_family(db: &DB) -> &rocksdb::ColumnFamily {
+    cf(db)
 }
 
 /// Forgets what `dataset`'s submissions `from..to` listed.
@@ -55,11 +88,31 @@ pub fn forget(batch: &mut WriteBatch, db: &DB, dataset: DatasetId, from: JobId, 
     }
 }
 
-/// One chunk's record: its path range and its paths.
+/// One chunk's record: its path range, its paths and their digest.
 pub struct Record<'a> {
-    first: &'a [u8],
-    last: &'a [u8],
+    pub first: &'a [u8],
+    pub last: &'a [u8],
     pub paths: PathList<'a>,
+    pub digest: [u8; 16],
+}
+
+impl<'a> Record<'a> {
+    /// The record stored under `key` as `value`.
+    pub fn parse(key: &'a [u8], value: &'a [u8]) -> Result<Self, StateError> {
+        let corrupt = || StateError::Inconsistent(format!("listing record {key:02x?}"));
+        if value.len() < DIGEST_BYTES {
+            return Err(corrupt());
+        }
+        let (digest, paths) = value.split_at(DIGEST_BYTES);
+        let paths = PathList::parse(paths)?;
+        let first = paths.first()?.ok_or_else(corrupt)?;
+        Ok(Record {
+            first,
+            last: keys::listed_last_path(key),
+            paths,
+            digest: digest.try_into().expect("16 bytes"),
+        })
+    }
 }
 
 /// One submission's listing, read through a cursor: the record found for
@@ -70,6 +123,8 @@ pub struct Listing<'a> {
     records: DBRawIterator<'a>,
     /// Where lookups stand in the current record.
     at: Position,
+    /// The path `overlapping` last sought.
+    sought: Option<Vec<u8>>,
 }
 
 impl<'a> Listing<'a> {
@@ -84,14 +139,15 @@ impl<'a> Listing<'a> {
             submission,
             records: db.raw_iterator_cf_opt(cf(db), opts),
             at: Position::default(),
+            sought: None,
         }
     }
 
     /// Whether the file whose catalogue entry (as it counts) is `entry` is
     /// live in this submission, which finished.
-    pub fn lists(&mut self, entry: &CatalogEntry, path: &str) -> Result<bool, StateError> {
+    pub fn lists(&mut self, entry: &CatalogEntry, path: &[u8]) -> Result<bool, StateError> {
         Ok(entry.since == self.submission
-            || (entry.since < self.submission && self.contains(path.as_bytes())?))
+            || (entry.since < self.submission && self.contains(path)?))
     }
 
     /// Whether the submission listed `path`; cheapest for paths in order.
@@ -107,12 +163,18 @@ impl<'a> Listing<'a> {
     }
 
     /// The first record whose range overlaps `first..=last`, if any.
+    /// For ascending ranges past the last record, no seek at all.
     pub fn overlapping(
         &mut self,
         first: &[u8],
         last: &[u8],
     ) -> Result<Option<Record<'_>>, StateError> {
-        self.seek(first)?;
+        let past_the_end =
+            self.sought.as_deref().is_some_and(|sought| sought <= first) && !self.records.valid();
+        if !past_the_end {
+            self.seek(first)?;
+            self.sought = Some(first.to_vec());
+        }
         Ok(record_at(&self.records)?.filter(|r| r.first <= last))
     }
 
@@ -121,6 +183,7 @@ impl<'a> Listing<'a> {
         self.records
             .seek(keys::listed(self.dataset, self.submission, path));
         self.at = Position::default();
+        self.sought = None;
         Ok(self.records.status()?)
     }
 }
@@ -130,13 +193,5 @@ fn record_at<'r>(records: &'r DBRawIterator<'_>) -> Result<Option<Record<'r>>, S
     let (Some(key), Some(value)) = (records.key(), records.value()) else {
         return Ok(None);
     };
-    let paths = PathList::parse(value)?;
-    let first = paths
-        .first()?
-        .ok_or_else(|| StateError::Inconsistent(format!("empty listing record {key:02x?}")))?;
-    Ok(Some(Record {
-        first,
-        last: keys::listed_last_path(key),
-        paths,
-    }))
+    Record::parse(key, value).map(Some)
 }

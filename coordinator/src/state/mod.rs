@@ -19,6 +19,7 @@
 //! entries a restart re-applies are never purged ones.
 
 pub mod apply;
+mod digested;
 pub mod keys;
 pub mod listed;
 pub mod path_list;
@@ -58,7 +59,9 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// say what they saw (`listed`). Layout 3: shards carry their file's
 /// number, jobs their owners' staged counts, nodes their incarnation.
 /// Layout 4: jobs and shards carry the job's attempt (`RestartJob`).
-const LAYOUT: u64 = 4;
+/// Layout 5: a listing record starts with its entries' digest
+/// (`SubmitRanges`).
+const LAYOUT: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -340,9 +343,9 @@ impl StateMachineStore {
                 aborted.settle(entry)?
             };
             let Some(entry) = entry else { continue };
-            let path = String::from_utf8_lossy(keys::file_path(&key));
-            if before.lists(&entry, &path)? && !now.lists(&entry, &path)? {
-                out.push(path.into_owned());
+            let path = keys::file_path(&key);
+            if before.lists(&entry, path)? && !now.lists(&entry, path)? {
+                out.push(String::from_utf8_lossy(path).into_owned());
             }
         }
         Ok(out)

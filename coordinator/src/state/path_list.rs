@@ -92,6 +92,15 @@ impl<'a> PathList<'a> {
         })
     }
 
+    /// How many paths the list holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// The smallest path, `None` for an empty list.
     pub fn first(&self) -> Result<Option<&'a [u8]>, CorruptPathList> {
         if self.count == 0 {

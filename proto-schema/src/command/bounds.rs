@@ -8,7 +8,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::{Command, CommandError, DatasetSpec, FileEntry, KeySpec};
+use super::{Command, CommandError, DatasetSpec, FileEntry, InventoryRange, KeySpec};
 use crate::partition_map::MAX_PARTITIONS;
 
 /// Most bytes of a manifest path (a state key, and a shard's path).
@@ -25,6 +25,11 @@ pub const MAX_CHECKSUM_BYTES: usize = 64;
 pub const MAX_CHUNK_FILES: usize = 4096;
 /// Most bytes of paths and checksums one manifest chunk may carry.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Most ranges one `SubmitRanges` may carry.
+pub const MAX_CHUNK_RANGES: usize = 1024;
+/// Most files one digest range may stand for: bounds the catalogue entries
+/// a replica reads to check it.
+pub const MAX_RANGE_FILES: usize = 256;
 /// Most ranges in one partition map (a range holds one partition or more).
 pub const MAX_PARTITION_RANGES: usize = MAX_PARTITIONS as usize;
 /// Most shards one `GrantLeases` may lease, and one `CompleteShards` may
@@ -59,6 +64,8 @@ pub enum Bounded {
     PartitionRanges,
     Shards,
     EncodedCommand,
+    InventoryRanges,
+    RangeFiles,
 }
 
 impl Bounded {
@@ -73,6 +80,8 @@ impl Bounded {
             Self::PartitionRanges => MAX_PARTITION_RANGES,
             Self::Shards => MAX_LEASES_PER_COMMAND,
             Self::EncodedCommand => MAX_COMMAND_BYTES,
+            Self::InventoryRanges => MAX_CHUNK_RANGES,
+            Self::RangeFiles => MAX_RANGE_FILES,
         }
     }
 
@@ -80,6 +89,8 @@ impl Bounded {
         match self {
             Self::PartitionRanges => "ranges",
             Self::Shards => "shards",
+            Self::InventoryRanges => "ranges",
+            Self::RangeFiles => "files",
             _ => "bytes",
         }
     }
@@ -108,6 +119,8 @@ impl std::fmt::Display for Bounded {
             Self::PartitionRanges => "partition map",
             Self::Shards => "shards in one command",
             Self::EncodedCommand => "encoded command",
+            Self::InventoryRanges => "inventory ranges in one command",
+            Self::RangeFiles => "files of one digest range",
         })
     }
 }
@@ -130,6 +143,12 @@ impl Command {
             Command::SubmitChunk { dataset, files, .. } => {
                 Bounded::DatasetName.check(dataset.len())?;
                 check_chunk(files)
+            }
+            Command::SubmitRanges {
+                dataset, ranges, ..
+            } => {
+                Bounded::DatasetName.check(dataset.len())?;
+                check_ranges(ranges)
             }
             Command::AssignPartitions { dataset, map } => {
                 Bounded::DatasetName.check(dataset.len())?;
@@ -163,9 +182,43 @@ fn check_chunk(files: &[FileEntry]) -> Result<(), CommandError> {
             bytes: bytes as u64,
         });
     }
-    for file in files {
-        Bounded::Path.check(file.path.len())?;
-        Bounded::Checksum.check(file.checksum.as_ref().map_or(0, Vec::len))?;
+    files.iter().try_for_each(check_entry)
+}
+
+fn check_entry(file: &FileEntry) -> Result<(), CommandError> {
+    Bounded::Path.check(file.path.len())?;
+    Bounded::Checksum.check(file.checksum.as_ref().map_or(0, Vec::len))
+}
+
+/// As `check_chunk`, over the files of every range, with each digest's
+/// paths weighed like entries'; then each range.
+fn check_ranges(ranges: &[InventoryRange]) -> Result<(), CommandError> {
+    Bounded::InventoryRanges.check(ranges.len())?;
+    let files: usize = ranges
+        .iter()
+        .map(|range| match range {
+            InventoryRange::Files { files, .. } => files.len(),
+            InventoryRange::Digest { .. } => 0,
+        })
+        .sum();
+    let bytes: usize = ranges.iter().map(InventoryRange::weight).sum();
+    if files > MAX_CHUNK_FILES || bytes > MAX_CHUNK_BYTES {
+        return Err(CommandError::ChunkTooLarge {
+            files: files as u64,
+            bytes: bytes as u64,
+        });
+    }
+    for range in ranges {
+        match range {
+            InventoryRange::Digest {
+                first, last, files, ..
+            } => {
+                Bounded::Path.check(first.len())?;
+                Bounded::Path.check(last.len())?;
+                Bounded::RangeFiles.check(*files as usize)?;
+            }
+            InventoryRange::Files { files, .. } => files.iter().try_for_each(check_entry)?,
+        }
     }
     Ok(())
 }
@@ -211,6 +264,23 @@ mod tests {
             submission: JobId(1),
             first_file: 0,
             files,
+        }
+    }
+
+    fn ranges(ranges: Vec<InventoryRange>) -> Command {
+        Command::SubmitRanges {
+            dataset: "ds".into(),
+            submission: JobId(u64::MAX),
+            ranges,
+        }
+    }
+
+    fn digest(first: String, last: String, files: usize) -> InventoryRange {
+        InventoryRange::Digest {
+            first,
+            last,
+            files: files as u32,
+            digest: [0xff; 16],
         }
     }
 
@@ -313,6 +383,60 @@ mod tests {
     }
 
     #[test]
+    fn inventory_ranges_are_bounded_in_number_files_and_paths() {
+        let at = |n: usize| "p".repeat(n);
+        let one = |files| digest("/a".into(), "/b".into(), files);
+        assert!(
+            ranges(vec![one(MAX_RANGE_FILES); MAX_CHUNK_RANGES])
+                .check_bounds()
+                .is_ok()
+        );
+        assert_eq!(
+            refused(&ranges(vec![one(1); MAX_CHUNK_RANGES + 1])),
+            (Bounded::InventoryRanges, MAX_CHUNK_RANGES as u64 + 1)
+        );
+        assert_eq!(
+            refused(&ranges(vec![one(MAX_RANGE_FILES + 1)])),
+            (Bounded::RangeFiles, MAX_RANGE_FILES as u64 + 1)
+        );
+        for (first, last) in [
+            (at(MAX_PATH_BYTES + 1), at(1)),
+            (at(1), at(MAX_PATH_BYTES + 1)),
+        ] {
+            let over = ranges(vec![digest(first, last, 1)]);
+            assert_eq!(refused(&over), (Bounded::Path, MAX_PATH_BYTES as u64 + 1));
+        }
+        let bad_entry = InventoryRange::Files {
+            first_file: 0,
+            files: vec![file("/a".into(), MAX_CHECKSUM_BYTES + 1)],
+        };
+        assert_eq!(
+            refused(&ranges(vec![one(1), bad_entry])).0,
+            Bounded::Checksum
+        );
+        // Files and bytes count over every range, as in one chunk.
+        let files = |n: usize| InventoryRange::Files {
+            first_file: 0,
+            files: (0..n).map(|i| file(i.to_string(), 0)).collect(),
+        };
+        assert!(
+            ranges(vec![files(MAX_CHUNK_FILES / 2); 2])
+                .check_bounds()
+                .is_ok()
+        );
+        assert!(matches!(
+            ranges(vec![files(MAX_CHUNK_FILES / 2), files(MAX_CHUNK_FILES / 2 + 1)]).check_bounds(),
+            Err(CommandError::ChunkTooLarge { files, .. }) if files == MAX_CHUNK_FILES as u64 + 1
+        ));
+        let heavy = digest(at(MAX_PATH_BYTES), at(MAX_PATH_BYTES), 1);
+        let heavy_ranges = MAX_CHUNK_BYTES / (2 * MAX_PATH_BYTES) + 1;
+        assert!(matches!(
+            ranges(vec![heavy; heavy_ranges]).check_bounds(),
+            Err(CommandError::ChunkTooLarge { bytes, .. }) if bytes == (heavy_ranges * 2 * MAX_PATH_BYTES) as u64
+        ));
+    }
+
+    #[test]
     fn a_chunk_over_its_count_or_weight_is_too_large() {
         let many = chunk(
             (0..=MAX_CHUNK_FILES)
@@ -355,9 +479,41 @@ mod tests {
                 .map(|i| file(format!("{i:08}{}", "d".repeat(MAX_PATH_BYTES - 8)), 0))
                 .collect(),
         );
+        // Ranges: the most digests, their paths' weight spread over them;
+        // and the most files, one range each, beside them.
+        let per_range = MAX_CHUNK_BYTES / MAX_CHUNK_RANGES / 2;
+        let most_digests = ranges(
+            (0..MAX_CHUNK_RANGES)
+                .map(|i| {
+                    let path = format!("{i:08}{}", "r".repeat(per_range - 8));
+                    digest(path.clone(), path, MAX_RANGE_FILES)
+                })
+                .collect(),
+        );
+        let most_files = ranges(
+            (0..MAX_CHUNK_RANGES)
+                .map(|i| InventoryRange::Files {
+                    first_file: u64::MAX,
+                    files: (0..MAX_CHUNK_FILES / MAX_CHUNK_RANGES)
+                        .map(|j| {
+                            let mut path = format!("/{i:06}/{j:04}/");
+                            path.push_str(&"w".repeat(per_file - MAX_CHECKSUM_BYTES - path.len()));
+                            file(path, MAX_CHECKSUM_BYTES)
+                        })
+                        .collect(),
+                })
+                .collect(),
+        );
         let largest_map = map(MAX_PARTITION_RANGES);
         let most_grants = grants(MAX_LEASES_PER_COMMAND);
-        for cmd in [wide, deep, largest_map, most_grants] {
+        for cmd in [
+            wide,
+            deep,
+            most_digests,
+            most_files,
+            largest_map,
+            most_grants,
+        ] {
             cmd.check_bounds().unwrap();
             let len = cmd.to_bytes().len();
             assert!(len <= MAX_COMMAND_BYTES, "{len} bytes");
