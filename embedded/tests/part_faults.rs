@@ -29,7 +29,7 @@ use node::leased_job::{self, DataChannel, JobError, LeasedJob};
 use node::shuffle::inbound::InboundLane;
 use node::store::{Access, Store};
 use proto_schema::command::Response;
-use proto_schema::coordinator_api::{JobPhase, LeaseReply};
+use proto_schema::coordinator_api::{JobPhase, JobStatus, LeaseReply};
 use proto_schema::ids::{JobId, NodeId};
 use proto_schema::shuffle::PartitionRange;
 
@@ -141,17 +141,19 @@ impl Cluster {
         cluster
     }
 
+    /// The job's status as the coordinator has it.
+    fn job_status(&self) -> JobStatus {
+        self.runtime
+            .block_on(self.coordinator.client().job(self.job))
+            .unwrap()
+            .unwrap()
+    }
+
     /// Returns once some shard of the job is leased.
     fn await_leased(&self) {
-        let mut client = self.coordinator.client();
         let deadline = Instant::now() + NOTICE;
         loop {
-            let status = self
-                .runtime
-                .block_on(client.job(self.job))
-                .unwrap()
-                .unwrap();
-            if status.shards_leased > 0 {
+            if self.job_status().shards_leased > 0 {
                 return;
             }
             assert!(Instant::now() < deadline, "node 1 leased nothing");
@@ -211,11 +213,7 @@ impl Cluster {
             .recv_timeout(Duration::from_secs(120))
             .expect("node 1's part ends")
             .expect("node 1's part commits");
-        let status = self
-            .runtime
-            .block_on(self.coordinator.client().job(self.job))
-            .unwrap()
-            .unwrap();
+        let status = self.job_status();
         assert_eq!(status.phase, JobPhase::Committed);
         assert_eq!(
             (status.attempt, status.shards_pending, status.shards_leased),
@@ -281,11 +279,7 @@ fn an_owner_waiting_for_streams_a_failed_peer_never_opens_ends_when_the_job_rest
         cluster.peer_beats();
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = cluster
-        .runtime
-        .block_on(client.job(cluster.job))
-        .unwrap()
-        .unwrap();
+    let status = cluster.job_status();
     assert_eq!(status.shards_done, 3, "node 1 read every shard");
     assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
 
@@ -344,11 +338,7 @@ fn a_part_waiting_for_an_owner_that_never_starts_ends_when_cancelled() {
         ),
     }
     // Nothing of the job was read.
-    let status = cluster
-        .runtime
-        .block_on(cluster.coordinator.client().job(cluster.job))
-        .unwrap()
-        .unwrap();
+    let status = cluster.job_status();
     assert_eq!(status.shards_done, 0);
     cluster.stop();
 }
@@ -389,11 +379,7 @@ fn a_shard_leased_again_to_the_part_reading_it_is_read_once() {
         "every record read once: {totals:?}"
     );
     assert!(totals.reconciles(), "{totals:?}");
-    let status = cluster
-        .runtime
-        .block_on(client.job(cluster.job))
-        .unwrap()
-        .unwrap();
+    let status = cluster.job_status();
     assert_eq!(status.staged.read, records, "the coordinators' count");
     cluster.stop();
 }
@@ -434,7 +420,6 @@ fn a_node_starting_after_a_shard_is_done_runs_the_job_again_whole() {
 #[test]
 fn a_node_whose_earlier_part_of_the_attempt_was_cut_short_runs_the_job_again_whole() {
     let cluster = Cluster::reading_long();
-    let mut client = cluster.coordinator.client();
     let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
     let first = cluster.run_owner(async move {
         let _ = cancelled.await;
@@ -446,11 +431,7 @@ fn a_node_whose_earlier_part_of_the_attempt_was_cut_short_runs_the_job_again_who
         .recv_timeout(NOTICE)
         .unwrap_or_else(|_| panic!("node 1's first part still runs {NOTICE:?} after its cancel"));
     assert!(first.is_err(), "the cut-short part committed");
-    let status = cluster
-        .runtime
-        .block_on(client.job(cluster.job))
-        .unwrap()
-        .unwrap();
+    let status = cluster.job_status();
     assert_eq!(
         (status.attempt, status.shards_done),
         (0, 0),
@@ -498,11 +479,7 @@ fn a_part_whose_shards_were_completed_by_another_node_does_not_stage() {
         error.to_string().contains("its completion was refused"),
         "{error}"
     );
-    let status = cluster
-        .runtime
-        .block_on(client.job(cluster.job))
-        .unwrap()
-        .unwrap();
+    let status = cluster.job_status();
     assert_ne!(
         status.phase,
         JobPhase::Committed,

@@ -2150,6 +2150,17 @@ mod tests {
     /// A file's size, mtime and checksum byte.
     type Attrs = (u64, i64, Option<u8>);
 
+    /// `attrs` after `change`; `None` when the file is dropped.
+    fn changed(&(size, mtime, sum): &Attrs, change: &Change) -> Option<Attrs> {
+        Some(match change {
+            Change::Keep => (size, mtime, sum),
+            Change::Size => (size + 1, mtime, sum),
+            Change::Mtime => (size, mtime + 1, sum),
+            Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
+            Change::Drop => return None,
+        })
+    }
+
     fn attrs() -> impl Strategy<Value = Attrs> {
         (0u64..4, 0i64..4, proptest::option::of(0u8..4))
     }
@@ -2213,19 +2224,17 @@ mod tests {
             let mut gone = 0;
             let mut gone_paths = Vec::new();
             let mut should_be_pending = Vec::new();
-            for ((path, &(size, mtime, sum)), change) in first.iter().zip(&changes) {
-                let changed = match change {
-                    Change::Keep => (size, mtime, sum),
-                    Change::Size => (size + 1, mtime, sum),
-                    Change::Mtime => (size, mtime + 1, sum),
-                    Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
-                    Change::Drop => { gone += 1; gone_paths.push(path.clone()); continue; }
+            for ((path, attrs), change) in first.iter().zip(&changes) {
+                let Some(attrs) = changed(attrs, change) else {
+                    gone += 1;
+                    gone_paths.push(path.clone());
+                    continue;
                 };
                 if matches!(change, Change::Keep) { expect.unchanged += 1 } else {
                     expect.changed += 1;
                     should_be_pending.push(path.clone());
                 }
-                second.insert(path.clone(), changed);
+                second.insert(path.clone(), attrs);
             }
             for path in &added {
                 expect.new += 1;
@@ -2282,13 +2291,10 @@ mod tests {
             let mut second = BTreeMap::new();
             let mut gone = BTreeSet::new();
             let mut touched = BTreeSet::new();
-            for ((path, &(size, mtime, sum)), change) in first.iter().zip(changes.iter().cycle()) {
-                let attrs = match change {
-                    Change::Keep => (size, mtime, sum),
-                    Change::Size => (size + 1, mtime, sum),
-                    Change::Mtime => (size, mtime + 1, sum),
-                    Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
-                    Change::Drop => { gone.insert(path.clone()); continue; }
+            for ((path, attrs), change) in first.iter().zip(changes.iter().cycle()) {
+                let Some(attrs) = changed(attrs, change) else {
+                    gone.insert(path.clone());
+                    continue;
                 };
                 if !matches!(change, Change::Keep) {
                     touched.insert(path.clone());
@@ -2465,13 +2471,10 @@ mod tests {
                     let mut expect = DiffCounts::default();
                     let mut gone = Vec::new();
                     let mut pending = BTreeSet::new();
-                    for ((path, &(size, mtime, sum)), change) in live.iter().zip(step.changes.iter().cycle()) {
-                        let attrs = match change {
-                            Change::Keep => (size, mtime, sum),
-                            Change::Size => (size + 1, mtime, sum),
-                            Change::Mtime => (size, mtime + 1, sum),
-                            Change::Checksum => (size, mtime, Some(sum.map_or(0, |c| c.wrapping_add(1)))),
-                            Change::Drop => { gone.push(path.clone()); continue; }
+                    for ((path, attrs), change) in live.iter().zip(step.changes.iter().cycle()) {
+                        let Some(attrs) = changed(attrs, change) else {
+                            gone.push(path.clone());
+                            continue;
                         };
                         if matches!(change, Change::Keep) {
                             expect.unchanged += 1;

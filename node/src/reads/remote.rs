@@ -98,7 +98,7 @@ pub enum ReadError {
         waited: Duration,
     },
     #[error(
-        "node {node} kept publishing jobs while the export opened, for {waited:?}: \
+        "node {node} kept publishing jobs while the read opened, for {waited:?}: \
          a read now could show part of a job"
     )]
     Republished { node: NodeId, waited: Duration },
@@ -298,39 +298,42 @@ impl ClusterReader {
         })
     }
 
-    /// Every node's export opened on a snapshot of whole jobs. Each node
-    /// says which jobs its snapshot holds; once they are open, the nodes'
-    /// jobs are asked again. If every snapshot holds exactly the jobs its
-    /// node has published now, and no job is published on some nodes and
-    /// staged on others now, the snapshots together show whole jobs.
-    /// Otherwise a job was published while they opened: they are opened
-    /// again, for at most the publish wait.
-    fn open_export(&self, runtime: &Handle) -> Result<(DatasetShape, Vec<Answer>), ReadError> {
-        let request = ReadRequest::Export {
-            dataset: self.dataset.clone(),
-        };
+    /// Reads with `read_once` until what it read shows whole jobs. Each
+    /// node answering says which jobs its snapshot holds; once the answers
+    /// are in, the nodes' jobs are asked again. If every snapshot holds
+    /// exactly the jobs its node has published now, and no job is
+    /// published on some nodes and staged on others now, the snapshots
+    /// together show whole jobs. Otherwise a job was published while they
+    /// were read: they are read again, for at most the publish wait.
+    fn read_whole<T>(
+        &self,
+        runtime: &Handle,
+        mut read_once: impl FnMut() -> Result<(T, Vec<ReadWith>), ReadError>,
+    ) -> Result<T, ReadError> {
         let started = Instant::now();
         loop {
             self.await_whole_jobs(runtime, started)?;
-            let (shape, answers, absent) = runtime.block_on(self.ask_every(&request))?;
-            let read: Vec<ReadWith> = answers
-                .iter()
-                .map(Answer::read_with)
-                .chain(
-                    absent
-                        .into_iter()
-                        .map(|node| (node, Some(PublishedJobs::default()))),
-                )
-                .collect();
+            let (answer, read) = read_once()?;
             let Some(unsettled) = self.unsettled(runtime, &read)? else {
-                return Ok((shape, answers));
+                return Ok(answer);
             };
             if started.elapsed() >= self.publish_wait {
                 return Err(unsettled);
             }
-            drop(answers);
+            drop(answer);
             std::thread::sleep(PUBLISH_POLL);
         }
+    }
+
+    /// Every node's export, opened on snapshots of whole jobs.
+    fn open_export(&self, runtime: &Handle) -> Result<(DatasetShape, Vec<Answer>), ReadError> {
+        let request = ReadRequest::Export {
+            dataset: self.dataset.clone(),
+        };
+        self.read_whole(runtime, || {
+            let (shape, answers, read) = runtime.block_on(self.ask_every(&request))?;
+            Ok(((shape, answers), read))
+        })
     }
 
     /// Why answers read with `read` may not show whole jobs, if they may
@@ -418,19 +421,19 @@ impl ClusterReader {
         Ok((shape, holding))
     }
 
-    /// [`Self::ask_all`], with the nodes that do not hold the dataset.
+    /// [`Self::ask_all`], with what every node answered from, those
+    /// that do not hold the dataset too.
     async fn ask_every(
         &self,
         request: &ReadRequest,
-    ) -> Result<(DatasetShape, Vec<Answer>, Vec<NodeId>), ReadError> {
+    ) -> Result<(DatasetShape, Vec<Answer>, Vec<ReadWith>), ReadError> {
         let asked = self.nodes.iter().map(|node| self.ask(node, request));
-        let (mut holding, mut absent) = (Vec::new(), Vec::new());
+        let (mut holding, mut read) = (Vec::new(), Vec::new());
         for answer in futures_join_all(asked).await {
             let answer = answer?;
+            read.push(answer.read_with());
             if answer.shape.is_some() {
                 holding.push(answer);
-            } else {
-                absent.push(answer.node.id);
             }
         }
         let Some(first) = holding.first() else {
@@ -446,7 +449,7 @@ impl ClusterReader {
                 )));
             }
         }
-        Ok((shape, holding, absent))
+        Ok((shape, holding, read))
     }
 
     /// Writes the dataset's records to `out` in key order, one per line,
@@ -477,18 +480,9 @@ impl ClusterReader {
             dataset: self.dataset.clone(),
             key: key.to_vec(),
         };
-        let started = Instant::now();
-        let mut found = loop {
-            self.await_whole_jobs(runtime, started)?;
-            let (found, read) = runtime.block_on(self.first_sighting(key, &request))?;
-            let Some(unsettled) = self.unsettled(runtime, &read)? else {
-                break found;
-            };
-            if started.elapsed() >= self.publish_wait {
-                return Err(unsettled);
-            }
-            std::thread::sleep(PUBLISH_POLL);
-        };
+        let mut found = self.read_whole(runtime, || {
+            runtime.block_on(self.first_sighting(key, &request))
+        })?;
         if let Some(found) = &mut found
             && found.path.is_none()
             && let Some(job) = found.job
