@@ -73,7 +73,7 @@ pub fn run(args: CoordinatorArgs, metrics: Option<&MetricsEndpoint>) -> anyhow::
         .await?;
         // Once the service has made the data directory.
         tokio::spawn(space);
-        eprintln!(
+        tell!(
             "coordinator {id} listening on {} (peers {peers:?})",
             service.local_addr()
         );
@@ -85,7 +85,7 @@ pub fn run(args: CoordinatorArgs, metrics: Option<&MetricsEndpoint>) -> anyhow::
             cause = service.raft_stopped() => Err(cause),
         };
         match stopped {
-            Ok(signal) => eprintln!("coordinator {id}: {signal}, shutting down"),
+            Ok(signal) => tell!("coordinator {id}: {signal}, shutting down"),
             Err(cause) => {
                 // Serving on would answer with a frozen state: stop, and
                 // say why with a failing status.

@@ -51,7 +51,7 @@ pub fn run(data: &Path, args: DevArgs, log: &LogTarget) -> anyhow::Result<ExitCo
         },
         |submitted| {
             let c = submitted.counts;
-            eprintln!(
+            tell!(
                 "quern: submitted job {}: {} files ({} new, {} changed, {} unchanged, {} gone), \
                  {} shards to read, in {}",
                 submitted.submission,
@@ -75,11 +75,11 @@ pub fn run(data: &Path, args: DevArgs, log: &LogTarget) -> anyhow::Result<ExitCo
             if clean { 0 } else { EXIT_REJECTED }
         }
         Err(DevError::Usage(reason)) => {
-            eprintln!("quern: error: {reason}");
+            tell!("quern: error: {reason}");
             crate::EXIT_USAGE
         }
         Err(DevError::Job(JobError::Ingest(e @ IngestError::Failed { .. }))) => {
-            eprintln!("quern: {e}");
+            tell!("quern: {e}");
             if interrupted.load(Ordering::Relaxed) {
                 EXIT_INTERRUPTED
             } else {

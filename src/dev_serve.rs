@@ -45,7 +45,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     node::memory::configure_for_service();
     if args.nodes == 0 || args.nodes > MAX_DEV_NODES {
-        eprintln!(
+        tell!(
             "quern: error: --nodes {}: from 1 to {MAX_DEV_NODES} nodes",
             args.nodes
         );
@@ -103,7 +103,7 @@ pub fn run(
                 })?,
         );
     }
-    eprintln!(
+    tell!(
         "quern dev: serving a coordinator on {address} and {} node(s), stores under {}; \
          try `quern --config {} submit --wait --dataset NAME PATH...` and `quern --config {} \
          status`; Ctrl-C stops",

@@ -61,14 +61,14 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
 
     let counters = Arc::new(JobCounters::default());
     let prepared = node::ingest::prepare(store.clone(), config, inputs, counters.clone())?;
-    eprintln!(
+    tell!(
         "quern: ingesting into dataset {:?} (job {}, {} partitions) in {}",
         prepared.dataset().name,
         prepared.job().id,
         prepared.dataset().partitions,
         data.display()
     );
-    eprintln!("quern: {}", prepared.plan());
+    tell!("quern: {}", prepared.plan());
 
     let interrupted = AtomicBool::new(false);
     let progress = Progress::start(counters.clone(), !args.no_progress, log);
@@ -84,7 +84,7 @@ pub fn run(data: &Path, args: IngestArgs, log: &LogTarget) -> anyhow::Result<Exi
             if clean { 0 } else { EXIT_REJECTED }
         }
         Err(e @ IngestError::Failed { .. }) => {
-            eprintln!("quern: {e}");
+            tell!("quern: {e}");
             if interrupted.load(Ordering::Relaxed) {
                 EXIT_INTERRUPTED
             } else {
@@ -120,7 +120,7 @@ pub fn sample_input(data: &Path) -> anyhow::Result<PathBuf> {
     let generated = bench::datagen::ensure_sample_dataset(&dir)
         .with_context(|| format!("generating sample data in {}", dir.display()))?;
     if let Some(generated) = generated {
-        eprintln!(
+        tell!(
             "quern: generated sample data: {} files, {} records, {} uncompressed, in {}",
             generated.files.len(),
             generated.records,

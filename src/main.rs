@@ -7,6 +7,19 @@
 // through `writeln!` and `?` instead, and `main` ends quietly on a broken
 // pipe.
 #![deny(clippy::print_stdout)]
+// `eprintln!` panics too when stderr is a closed pipe (`quern ingest 2>&1 |
+// head -1`); messages go through `tell!`.
+#![deny(clippy::print_stderr)]
+
+/// Writes a line for the user to stderr, best effort: messages are not the
+/// result, so a stderr nobody reads any more neither stops the work nor
+/// changes the exit status.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod args;
 mod cert;
@@ -44,7 +57,7 @@ fn main() -> ExitCode {
     let cli = match parse_command_line() {
         Ok(cli) => cli,
         Err(e) => {
-            eprintln!("quern: error: {e:#}");
+            tell!("quern: error: {e:#}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -52,7 +65,7 @@ fn main() -> ExitCode {
     let metrics = match cli.metrics.map(metrics_endpoint::serve).transpose() {
         Ok(endpoint) => endpoint,
         Err(e) => {
-            eprintln!("quern: error: {e:#}");
+            tell!("quern: error: {e:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -76,7 +89,7 @@ fn main() -> ExitCode {
             // `sort` would when killed by SIGPIPE.
             return ExitCode::from(EXIT_BROKEN_PIPE);
         }
-        eprintln!("quern: error: {e:#}");
+        tell!("quern: error: {e:#}");
         ExitCode::FAILURE
     })
 }

@@ -45,7 +45,7 @@ impl MetricsEndpoint {
     /// Serves `status` as the page at `/` from now on.
     pub fn show_status(&self, status: LocalStatus) {
         if self.status.set(status).is_ok() {
-            eprintln!("quern: status page on http://{}/", self.address);
+            tell!("quern: status page on http://{}/", self.address);
         }
     }
 }
@@ -80,7 +80,7 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsEndpoint> {
     let status = Arc::new(OnceLock::new());
     runtime.spawn(upkeep(handle.clone()));
     runtime.spawn(accept(listener, handle, status.clone()));
-    eprintln!("quern: metrics on http://{address}/metrics");
+    tell!("quern: metrics on http://{address}/metrics");
     Ok(MetricsEndpoint {
         address,
         status,

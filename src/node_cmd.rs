@@ -82,7 +82,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let found = identity.name();
     if found.as_deref() != Some(name.as_str()) {
         // The coordinators would refuse its every request as another node's.
-        eprintln!(
+        tell!(
             "quern: error: node {id} needs a certificate named {name:?}, but the one in {} is \
              named {found:?} (`quern cert issue --name {name}`)",
             args.cert_dir.display()
@@ -152,10 +152,10 @@ pub(crate) async fn stop_on_signal(who: String, stop: watch::Sender<Option<&'sta
             return;
         }
     };
-    eprintln!("{who}: {signal}, shutting down (within {SHUTDOWN_BOUND:?})");
+    tell!("{who}: {signal}, shutting down (within {SHUTDOWN_BOUND:?})");
     let _ = stop.send(Some(signal));
     tokio::time::sleep(SHUTDOWN_BOUND).await;
-    eprintln!("{who}: shutdown did not finish within {SHUTDOWN_BOUND:?}; exiting");
+    tell!("{who}: shutdown did not finish within {SHUTDOWN_BOUND:?}; exiting");
     // SAFETY: _exit ends the process at once; nothing runs after it.
     unsafe { libc::_exit(1) }
 }
@@ -268,7 +268,7 @@ impl Node {
     /// Registers, then works until stopped.
     pub(crate) fn serve(&mut self) -> anyhow::Result<()> {
         self.register()?;
-        eprintln!(
+        tell!(
             "node {} registered (incarnation {}, data channel {}, store {})",
             self.id,
             self.incarnation,
@@ -319,7 +319,7 @@ impl Node {
                     "node {id}: incarnation {incarnation} is not live; registering again"
                 );
                 self.register()?;
-                eprintln!(
+                tell!(
                     "node {id} registered again (incarnation {})",
                     self.incarnation
                 );
@@ -346,16 +346,17 @@ impl Node {
             let cluster_job = job
                 .cluster
                 .map_or_else(|| "?".into(), |part| part.job.to_string());
-            eprintln!(
+            tell!(
                 "node {id}: published the part of job {cluster_job} it had staged (local job {}): \
                  the coordinators committed the job",
                 job.id
             );
         }
         for job in &settled.discarded {
-            eprintln!(
+            tell!(
                 "node {id}: dropped the part it had staged (local job {}): {}",
-                job.id, job.state
+                job.id,
+                job.state
             );
         }
         self.staged_parts = Some(settled.waiting.into_iter().collect());
@@ -387,7 +388,7 @@ impl Node {
         let ingest = match leased_job::for_dataset(self.ingest.clone(), &item.spec) {
             Ok(ingest) => ingest,
             Err(reason) => {
-                eprintln!("node {id}: skipping job {}: {reason}", item.job);
+                tell!("node {id}: skipping job {}: {reason}", item.job);
                 self.skipped.insert(item.job);
                 return Duration::ZERO;
             }
@@ -424,9 +425,10 @@ impl Node {
             shown_inputs: vec![format!("job {} of the coordinators", item.job)],
             channel: Some(self.channel.clone()),
         };
-        eprintln!(
+        tell!(
             "node {id}: job {} of dataset {:?}: started",
-            item.job, item.spec.name
+            item.job,
+            item.spec.name
         );
         let mut stopping = self.stopping.clone();
         let cancel = async move {
@@ -445,20 +447,26 @@ impl Node {
         match ran {
             Ok(outcome) => {
                 let t = outcome.totals;
-                eprintln!(
+                tell!(
                     "node {id}: job {} committed: {} files, {} records read, {} unique, {} \
                      duplicates, {} rejected, in {:.1?}",
-                    item.job, t.files, t.read, t.unique, t.duplicates, t.rejected, outcome.elapsed
+                    item.job,
+                    t.files,
+                    t.read,
+                    t.unique,
+                    t.duplicates,
+                    t.rejected,
+                    outcome.elapsed
                 );
                 Duration::ZERO
             }
             Err(e @ JobError::CannotRestart { .. }) => {
-                eprintln!("node {id}: skipping job {}: {e}", item.job);
+                tell!("node {id}: skipping job {}: {e}", item.job);
                 self.skipped.insert(item.job);
                 Duration::ZERO
             }
             Err(e) => {
-                eprintln!("node {id}: job {}: {e}", item.job);
+                tell!("node {id}: job {}: {e}", item.job);
                 // Its part may be left staged.
                 self.staged_parts = None;
                 FAILED_JOB_PAUSE

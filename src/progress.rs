@@ -92,7 +92,7 @@ fn report_until(stop: &AtomicBool, counters: &JobCounters, bar: Option<ProgressB
             }
             None if last_log.elapsed() >= LOG_EVERY => {
                 last_log = Instant::now();
-                eprintln!(
+                tell!(
                     "quern: {phase}: {} of {} read, {detail}",
                     ByteSize(scanned).display().iec(),
                     ByteSize(listed).display().iec()

@@ -102,7 +102,7 @@ fn cluster_get(args: &GetArgs, key: &[u8]) -> anyhow::Result<ExitCode> {
 }
 
 fn not_found(key: &[u8], args: &GetArgs) -> anyhow::Result<ExitCode> {
-    eprintln!(
+    tell!(
         "quern: {} is not in dataset {:?}",
         key.escape_ascii(),
         args.dataset.dataset

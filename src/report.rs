@@ -46,6 +46,22 @@ fn timestamp(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
+/// A writer whose failed writes are dropped: for messages to stderr, which
+/// are not the result (see `tell!`).
+struct BestEffort<W>(W);
+
+impl<W: Write> Write for BestEffort<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
 /// Prints the end-of-job summary; returns whether the input was clean (no
 /// rejected record, no problem file).
 pub fn ingest_summary(
@@ -55,7 +71,7 @@ pub fn ingest_summary(
 ) -> anyhow::Result<bool> {
     let t = &outcome.totals;
     let secs = outcome.elapsed.as_secs_f64().max(0.001);
-    let mut err = std::io::stderr().lock();
+    let mut err = BestEffort(std::io::stderr().lock());
     writeln!(
         err,
         "quern: committed job {} of dataset {:?}: {} files, {} in {:.2} s ({}/s, {} records/s)",

@@ -36,7 +36,7 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut client = cluster_client::connect(&args.client)?;
         if let Some(id) = submission::ensure_dataset(&mut client, dataset_spec(&args)).await? {
-            eprintln!("created dataset {:?} (id {id})", args.dataset);
+            tell!("created dataset {:?} (id {id})", args.dataset);
         }
         let progress = progress_bar(inventory.files(), !args.no_progress);
         let options = SubmitOptions {
@@ -45,7 +45,7 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         };
         let on_event = |event| match event {
             SubmitEvent::ChunkApplied { files } => progress.inc(files),
-            SubmitEvent::LostBeginAborted { submission } => eprintln!(
+            SubmitEvent::LostBeginAborted { submission } => tell!(
                 "aborted submission {submission}, begun by this command before the \
                  coordinator's answer was lost"
             ),
@@ -98,10 +98,10 @@ pub fn abort_open(args: AbortArgs) -> anyhow::Result<ExitCode> {
         let dataset = &args.dataset;
         match submission::abort_open(&mut client, dataset, args.submission.map(JobId)).await? {
             AbortedOpen::NothingOpen => {
-                eprintln!("dataset {dataset:?} has no open submission: nothing to abort")
+                tell!("dataset {dataset:?} has no open submission: nothing to abort")
             }
             AbortedOpen::Aborted { submission } => {
-                eprintln!("{}", submission::aborted(dataset, submission))
+                tell!("{}", submission::aborted(dataset, submission))
             }
         }
         Ok(ExitCode::SUCCESS)

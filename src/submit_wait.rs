@@ -35,7 +35,7 @@ pub async fn wait(
         end = wait_for_end(client, job, timeout, DEFAULT_WAIT_POLL, |s| watch.show(s)) => end,
         _ = tokio::signal::ctrl_c() => {
             watch.finish();
-            eprintln!(
+            tell!(
                 "quern: stopped waiting (Ctrl-C); job {job} goes on (`quern status` follows it)"
             );
             return Ok(EXIT_INTERRUPTED);
@@ -52,14 +52,14 @@ pub async fn wait(
             }
         }
         JobEnd::Aborted(_) => {
-            eprintln!(
+            tell!(
                 "quern: job {job} of dataset {dataset:?} was aborted: its submission was \
                  abandoned before it finished, and none of it counts"
             );
             1
         }
         JobEnd::TimedOut(last) => {
-            eprintln!("quern: {}", timed_out(job, timeout, last.as_ref()));
+            tell!("quern: {}", timed_out(job, timeout, last.as_ref()));
             1
         }
     })
@@ -149,9 +149,10 @@ impl Watch {
             }
             None if self.last_line.is_none_or(|at| at.elapsed() >= LOG_EVERY) => {
                 self.last_line = Some(Instant::now());
-                eprintln!(
+                tell!(
                     "quern: job {}: {}/{total} shards done, {detail}",
-                    self.job, status.shards_done
+                    self.job,
+                    status.shards_done
                 );
             }
             None => {}
