@@ -217,9 +217,11 @@ fn parse_checksum(hex: &str) -> Result<Option<Vec<u8>>, String> {
     if !hex.len().is_multiple_of(2) || hex.len() > 2 * MAX_CHECKSUM_BYTES {
         return Err(bad());
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+    // Digit by digit: `u8::from_str_radix` also takes a sign ("+a").
+    let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(bad);
+    hex.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
         .collect::<Result<Vec<u8>, String>>()
         .map(Some)
 }
@@ -323,16 +325,17 @@ mod tests {
     #[test]
     fn bad_lines_name_the_file_and_line() {
         let entries = read(
-            "/ok\t1\t1\n/a\tbig\t1\n/b\t1\n\n/c\t1\t1\txyz\n/d\t1\t1e9\n",
+            "/ok\t1\t1\n/a\tbig\t1\n/b\t1\n\n/c\t1\t1\txyz\n/d\t1\t1e9\n/e\t1\t1\t+a+b\n",
             "m.tsv",
         );
         let errors: Vec<String> = entries.into_iter().filter_map(Result::err).collect();
-        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert_eq!(errors.len(), 6, "{errors:?}");
         assert!(errors[0].starts_with("F:2: size \"big\""), "{}", errors[0]);
         assert!(errors[1].starts_with("F:3: expected path"), "{}", errors[1]);
         assert!(errors[2].starts_with("F:4: empty line"), "{}", errors[2]);
         assert!(errors[3].starts_with("F:5: checksum"), "{}", errors[3]);
         assert!(errors[4].starts_with("F:6: mtime"), "{}", errors[4]);
+        assert!(errors[5].starts_with("F:7: checksum"), "{}", errors[5]);
         let long = format!(
             "/{}\t1\t1\n",
             "p".repeat(proto_schema::command::MAX_PATH_BYTES)
