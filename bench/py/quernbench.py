@@ -55,7 +55,10 @@ def build(features=()):
 
 def binaries(debug):
     """Builds the workspace's binaries (release, or debug with `debug`);
-    returns their directory."""
+    returns their directory. With QUERN_BINARIES set, builds nothing and
+    returns that directory instead (to compare two builds kept apart)."""
+    if os.environ.get("QUERN_BINARIES"):
+        return Path(os.environ["QUERN_BINARIES"])
     if not debug:
         return build()
     subprocess.run(["cargo", "build", "--workspace", "--locked"], cwd=REPO, check=True)

@@ -14,7 +14,7 @@
 //! submitter cuts them where paths' hashes say, the same way each time):
 //! its listing record ending at the same path, with the same first path,
 //! count and digest, stands for the same entries, so the range is accepted
-//! and the record copied without reading the catalogue. Only a range
+//! and the record (not its paths) copied without reading the catalogue. Only a range
 //! without such a record is read from the catalogue.
 //!
 //! One command's ranges ascend, so they are read through one iterator
@@ -98,7 +98,7 @@ impl<'a> Checker<'a> {
         if let Some(value) = self.listed.get(&key)? {
             let record = Record::parse(&key, value)?;
             if record.first == claim.first.as_bytes()
-                && record.paths.len() == claim.files as usize
+                && record.files == claim.files
                 && record.digest == claim.digest
             {
                 let last = claim.last.as_bytes().to_vec();

@@ -18,12 +18,17 @@ pub const CF_PARTITIONS: &str = "partitions";
 /// Index of the shards currently leased (shard id -> empty), so a new
 /// leader loads its lease table without scanning every shard.
 pub const CF_LEASED: &str = "leased";
-/// What each submission listed, chunk by chunk (see `listed`).
+/// What each submission listed, a record per chunk or range (see
+/// `listed`).
 pub const CF_LISTED: &str = "listed";
+/// The paths of those records, written once. A column family apart from
+/// the records: each of the two is written in path order, so each
+/// flushes files that do not overlap and move down the levels unmerged.
+pub const CF_LISTED_PATHS: &str = "listed_paths";
 
 /// The replicated state, in the order snapshots write it. A snapshot record
 /// names its column family by index into this list.
-pub const STATE_CFS: [&str; 9] = [
+pub const STATE_CFS: [&str; 10] = [
     CF_COUNTERS,
     CF_NODES,
     CF_DATASETS,
@@ -33,6 +38,7 @@ pub const STATE_CFS: [&str; 9] = [
     CF_PARTITIONS,
     CF_LEASED,
     CF_LISTED,
+    CF_LISTED_PATHS,
 ];
 
 pub const LAST_APPLIED: &[u8] = b"last_applied";
@@ -73,7 +79,8 @@ pub fn file_path(key: &[u8]) -> &[u8] {
     &key[4.min(key.len())..]
 }
 
-/// Where a submission's listing records start: dataset, then submission.
+/// Where a submission's listing records (or their paths) start: dataset,
+/// then submission.
 pub fn listed_prefix(dataset: DatasetId, submission: JobId) -> [u8; 12] {
     let mut key = [0; 12];
     key[..4].copy_from_slice(&dataset_prefix(dataset));
@@ -81,8 +88,8 @@ pub fn listed_prefix(dataset: DatasetId, submission: JobId) -> [u8; 12] {
     key
 }
 
-/// A listing record's key: the submission's prefix, then the last path of
-/// the chunk it holds.
+/// A listing record's key (or its paths'): the submission's prefix, then
+/// the last path of the range it is about.
 pub fn listed(dataset: DatasetId, submission: JobId, last_path: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(12 + last_path.len());
     key.extend_from_slice(&listed_prefix(dataset, submission));
@@ -90,9 +97,14 @@ pub fn listed(dataset: DatasetId, submission: JobId, last_path: &[u8]) -> Vec<u8
     key
 }
 
-/// The last path part of a listing record's key.
+/// The last path part of a listing key.
 pub fn listed_last_path(key: &[u8]) -> &[u8] {
     &key[12.min(key.len())..]
+}
+
+/// The submission part of a listing key.
+pub fn listed_submission(key: &[u8]) -> Option<JobId> {
+    key.get(4..12).and_then(decode_u64).map(JobId)
 }
 
 pub fn decode_u64(bytes: &[u8]) -> Option<u64> {

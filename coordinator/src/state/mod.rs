@@ -60,8 +60,9 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// number, jobs their owners' staged counts, nodes their incarnation.
 /// Layout 4: jobs and shards carry the job's attempt (`RestartJob`).
 /// Layout 5: a listing record starts with its entries' digest
-/// (`SubmitRanges`).
-const LAYOUT: u64 = 5;
+/// (`SubmitRanges`). Layout 6: a listing record points at its range's
+/// paths, kept apart and written once (`listed`).
+const LAYOUT: u64 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -1080,10 +1081,10 @@ mod tests {
             .unwrap();
         let build_time = started.elapsed();
         let stats = leader.last_snapshot_stats().unwrap();
-        // Catalogue and shard records, a listing record per chunk, plus
-        // datasets, jobs, nodes, counters.
+        // Catalogue and shard records, a listing record and its paths per
+        // chunk, plus datasets, jobs, nodes, counters.
         let chunks = FILES.div_ceil(MAX_CHUNK_FILES) as u64;
-        assert_eq!(stats.records, 2 * FILES as u64 + chunks + 1 + 1 + 2 + 3);
+        assert_eq!(stats.records, 2 * FILES as u64 + 2 * chunks + 1 + 1 + 2 + 3);
 
         let dir = tempfile::TempDir::new().unwrap();
         let mut follower = StateMachineStore::open(dir.path()).unwrap();
