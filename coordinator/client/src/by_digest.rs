@@ -55,7 +55,8 @@ impl Range {
         &self.files[0].path
     }
 
-    fn digest(&self) -> InventoryRange {
+    /// The range as a digest command carries it.
+    pub fn digest(&self) -> InventoryRange {
         let mut digest = EntriesDigest::new();
         for f in &self.files {
             digest.add(f.path.as_bytes(), f.size, f.mtime_ns, f.checksum.as_deref());

@@ -10,6 +10,7 @@
 //! may be empty or absent. The format is the file's extension (`.tsv`,
 //! `.jsonl`, `.ndjson`, `.json`) or else its first byte (`{` is JSONL).
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -73,6 +74,7 @@ pub struct ManifestReader {
     reader: BufReader<File>,
     line: u64,
     buf: Vec<u8>,
+    checksum: Vec<u8>,
 }
 
 impl ManifestReader {
@@ -87,41 +89,32 @@ impl ManifestReader {
             reader: BufReader::with_capacity(1 << 20, file),
             line: 0,
             buf: Vec::new(),
+            checksum: Vec::new(),
         })
     }
-}
 
-/// One manifest line (its newline included or not) as an entry, or why
-/// not.
-pub fn parse_line(format: ManifestFormat, mut line: &[u8]) -> Result<FileEntry, String> {
-    if let Some(rest) = line.strip_suffix(b"\n") {
-        line = rest.strip_suffix(b"\r").unwrap_or(rest);
+    /// The manifest's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    let line = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
-    if line.trim().is_empty() {
-        return Err("empty line".into());
-    }
-    match format {
-        ManifestFormat::Tsv => parse_tsv(line),
-        ManifestFormat::Jsonl => parse_jsonl(line),
-    }
-}
 
-impl Iterator for ManifestReader {
-    type Item = Result<FileEntry, ManifestError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next line's entry and its number, borrowed from the reader's
+    /// buffers: no allocation per line (but a JSONL path's).
+    pub fn next_entry(&mut self) -> Option<Result<(LineEntry<'_>, u64), ManifestError>> {
         self.buf.clear();
         match self.reader.read_until(b'\n', &mut self.buf) {
             Ok(0) => None,
             Ok(_) => {
                 self.line += 1;
+                let line = self.line;
                 Some(
-                    parse_line(self.format, &self.buf).map_err(|reason| ManifestError::Line {
-                        file: self.path.clone(),
-                        line: self.line,
-                        reason,
-                    }),
+                    parse_entry(self.format, &self.buf, &mut self.checksum)
+                        .map(|entry| (entry, line))
+                        .map_err(|reason| ManifestError::Line {
+                            file: self.path.clone(),
+                            line,
+                            reason,
+                        }),
                 )
             }
             Err(error) => Some(Err(ManifestError::Io {
@@ -132,52 +125,114 @@ impl Iterator for ManifestReader {
     }
 }
 
-fn parse_tsv(line: &str) -> Result<FileEntry, String> {
-    let fields: Vec<&str> = line.split('\t').collect();
-    let [path, size, mtime, rest @ ..] = fields.as_slice() else {
+/// A manifest line's entry, its path and checksum borrowed from the line
+/// (a JSONL path with escapes is decoded into a string of its own).
+#[derive(Debug, PartialEq, Eq)]
+pub struct LineEntry<'a> {
+    pub path: Cow<'a, str>,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub checksum: Option<&'a [u8]>,
+}
+
+impl LineEntry<'_> {
+    pub fn to_file_entry(&self) -> FileEntry {
+        FileEntry {
+            path: self.path.clone().into_owned(),
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            checksum: self.checksum.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// One manifest line (its newline included or not) as an entry, or why
+/// not.
+pub fn parse_line(format: ManifestFormat, line: &[u8]) -> Result<FileEntry, String> {
+    parse_entry(format, line, &mut Vec::new()).map(|entry| entry.to_file_entry())
+}
+
+/// As `parse_line`, borrowing from `line`, with the checksum's bytes
+/// decoded into `checksum`.
+pub fn parse_entry<'a>(
+    format: ManifestFormat,
+    mut line: &'a [u8],
+    checksum: &'a mut Vec<u8>,
+) -> Result<LineEntry<'a>, String> {
+    if let Some(rest) = line.strip_suffix(b"\n") {
+        line = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    let line = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
+    if line.trim().is_empty() {
+        return Err("empty line".into());
+    }
+    match format {
+        ManifestFormat::Tsv => parse_tsv(line, checksum),
+        ManifestFormat::Jsonl => parse_jsonl(line, checksum),
+    }
+}
+
+impl Iterator for ManifestReader {
+    type Item = Result<FileEntry, ManifestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_entry()
+            .map(|read| read.map(|(entry, _)| entry.to_file_entry()))
+    }
+}
+
+fn parse_tsv<'a>(line: &'a str, checksum: &'a mut Vec<u8>) -> Result<LineEntry<'a>, String> {
+    let fields = || line.split('\t').count();
+    let mut split = line.split('\t');
+    let (Some(path), Some(size), Some(mtime)) = (split.next(), split.next(), split.next()) else {
         return Err(format!(
             "expected path<TAB>size<TAB>mtime[<TAB>checksum], found {} field(s)",
-            fields.len()
+            fields()
         ));
     };
-    let checksum = match rest {
-        [] => None,
-        [checksum] => parse_checksum(checksum)?,
-        _ => return Err(format!("{} fields, at most 4 expected", fields.len())),
-    };
-    Ok(FileEntry {
-        path: parse_path(path)?,
+    let hex = split.next();
+    if split.next().is_some() {
+        return Err(format!("{} fields, at most 4 expected", fields()));
+    }
+    check_path(path)?;
+    Ok(LineEntry {
+        path: Cow::Borrowed(path),
         size: size
             .parse()
             .map_err(|_| format!("size {size:?} is not a whole number of bytes"))?,
         mtime_ns: parse_mtime(mtime)?,
-        checksum,
-    })
-}
-
-#[derive(serde::Deserialize)]
-struct JsonEntry {
-    path: String,
-    size: u64,
-    mtime: serde_json::Number,
-    #[serde(default)]
-    checksum: Option<String>,
-}
-
-fn parse_jsonl(line: &str) -> Result<FileEntry, String> {
-    let entry: JsonEntry = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    Ok(FileEntry {
-        path: parse_path(&entry.path)?,
-        size: entry.size,
-        mtime_ns: parse_mtime(&entry.mtime.to_string())?,
-        checksum: match entry.checksum {
-            Some(hex) => parse_checksum(&hex)?,
+        checksum: match hex {
+            Some(hex) => parse_checksum(hex, checksum)?,
             None => None,
         },
     })
 }
 
-fn parse_path(path: &str) -> Result<String, String> {
+#[derive(serde::Deserialize)]
+struct JsonEntry<'a> {
+    #[serde(borrow)]
+    path: Cow<'a, str>,
+    size: u64,
+    mtime: serde_json::Number,
+    #[serde(default, borrow)]
+    checksum: Option<Cow<'a, str>>,
+}
+
+fn parse_jsonl<'a>(line: &'a str, checksum: &'a mut Vec<u8>) -> Result<LineEntry<'a>, String> {
+    let entry: JsonEntry<'a> = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    check_path(&entry.path)?;
+    Ok(LineEntry {
+        path: entry.path,
+        size: entry.size,
+        mtime_ns: parse_mtime(&entry.mtime.to_string())?,
+        checksum: match &entry.checksum {
+            Some(hex) => parse_checksum(hex, checksum)?,
+            None => None,
+        },
+    })
+}
+
+fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("empty path".into());
     }
@@ -185,8 +240,7 @@ fn parse_path(path: &str) -> Result<String, String> {
         return Err(format!("path {path:?} contains NUL or a newline"));
     }
     // The coordinators refuse it too; here the line is named.
-    Bounded::Path.check(path.len()).map_err(|e| e.to_string())?;
-    Ok(path.to_owned())
+    Bounded::Path.check(path.len()).map_err(|e| e.to_string())
 }
 
 /// Seconds with an optional fraction, to nanoseconds, exactly.
@@ -197,7 +251,11 @@ fn parse_mtime(text: &str) -> Result<i64, String> {
         return Err(bad());
     }
     let seconds: i64 = whole.parse().map_err(|_| bad())?;
-    let nanos: i64 = format!("{fraction:0<9}").parse().map_err(|_| bad())?;
+    // The fraction's digits, then zeros to nine places.
+    let nanos = fraction
+        .bytes()
+        .fold(0i64, |n, digit| n * 10 + i64::from(digit - b'0'))
+        * 10i64.pow(9 - fraction.len() as u32);
     let nanos = if whole.starts_with('-') {
         -nanos
     } else {
@@ -209,7 +267,8 @@ fn parse_mtime(text: &str) -> Result<i64, String> {
         .ok_or_else(bad)
 }
 
-fn parse_checksum(hex: &str) -> Result<Option<Vec<u8>>, String> {
+/// The checksum's bytes, decoded into `out`; `None` when it is empty.
+fn parse_checksum<'a>(hex: &str, out: &'a mut Vec<u8>) -> Result<Option<&'a [u8]>, String> {
     if hex.is_empty() {
         return Ok(None);
     }
@@ -219,11 +278,11 @@ fn parse_checksum(hex: &str) -> Result<Option<Vec<u8>>, String> {
     }
     // Digit by digit: `u8::from_str_radix` also takes a sign ("+a").
     let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(bad);
-    hex.as_bytes()
-        .chunks_exact(2)
-        .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
-        .collect::<Result<Vec<u8>, String>>()
-        .map(Some)
+    out.clear();
+    for pair in hex.as_bytes().chunks_exact(2) {
+        out.push((digit(pair[0])? * 16 + digit(pair[1])?) as u8);
+    }
+    Ok(Some(out))
 }
 
 /// The regular files under `dir`, in name order, each stat'ed as it is

@@ -62,7 +62,8 @@ const MAX_OPEN_RUNS: usize = 64;
 /// Target size of one frame of a spilled run.
 const FRAME_BYTES: usize = 256 << 10;
 
-/// Entries in, sorted; `finish` gives them back in path order.
+/// Entries in, sorted; `finish` gives them back in path order. Entries
+/// come one by one (`push`), or as batches read ahead (`add`).
 pub struct PathSorter {
     sorter: LaneSorter,
     batch: RecordBatch,
@@ -102,25 +103,37 @@ impl PathSorter {
 
     /// Adds the `ordinal`th entry (its line, counting from 1).
     pub fn push(&mut self, entry: &FileEntry, ordinal: u64) -> Result<(), PathOrderError> {
-        if entry.weight() > MAX_CHUNK_BYTES {
-            return Err(PathOrderError::TooLong {
-                entry: ordinal,
-                bytes: entry.path.len(),
-            });
-        }
-        encode_value(entry, &mut self.value);
-        self.batch.push(Record {
-            partition: 0,
-            key: entry.path.as_bytes(),
-            value: &self.value,
-            position: Position {
-                file: 0,
-                offset: ordinal,
-            },
-        });
-        if self.batch.payload_bytes() >= BATCH_BYTES.min(self.run_bytes) {
+        let checksum = entry.checksum.as_deref();
+        push_entry(
+            &mut self.batch,
+            &mut self.value,
+            (entry.path.as_bytes(), entry.size, entry.mtime_ns, checksum),
+            ordinal,
+        )?;
+        if self.batch.payload_bytes() >= batch_bytes(self.run_bytes) {
             self.add_batch()?;
         }
+        Ok(())
+    }
+
+    /// Adds an entry as a record of a batch of entries (`push_entry`).
+    pub fn push_record(&mut self, record: Record<'_>) -> Result<(), PathOrderError> {
+        self.batch.push(record);
+        if self.batch.payload_bytes() >= batch_bytes(self.run_bytes) {
+            self.add_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Adds a whole batch of entries made with `push_entry`, of at most
+    /// about `batch_bytes` (one entry more).
+    pub fn add(&mut self, batch: RecordBatch) -> Result<(), PathOrderError> {
+        if self.batch.len() > 0 {
+            self.add_batch()?;
+        }
+        let repeated = &mut self.repeated;
+        self.sorter
+            .add(batch, self.run_bytes, &mut |p| note_repeat(repeated, p))?;
         Ok(())
     }
 
@@ -155,6 +168,53 @@ impl PathSorter {
     }
 }
 
+/// Bytes of entries a batch holds before it goes to a sort with runs of
+/// `run_bytes`.
+pub fn batch_bytes(run_bytes: usize) -> usize {
+    BATCH_BYTES.min(run_bytes)
+}
+
+/// An entry's parts: path, size, mtime, checksum.
+pub type EntryParts<'a> = (&'a [u8], u64, i64, Option<&'a [u8]>);
+
+/// Appends the `ordinal`th entry to `batch` as the sort's record: the
+/// path its key, size, mtime and checksum its value (encoded in `value`,
+/// a buffer kept between calls).
+pub fn push_entry(
+    batch: &mut RecordBatch,
+    value: &mut Vec<u8>,
+    (path, size, mtime_ns, checksum): EntryParts<'_>,
+    ordinal: u64,
+) -> Result<(), PathOrderError> {
+    let weight = path.len() + checksum.map_or(0, <[u8]>::len);
+    if weight > MAX_CHUNK_BYTES {
+        return Err(PathOrderError::TooLong {
+            entry: ordinal,
+            bytes: path.len(),
+        });
+    }
+    value.clear();
+    value.extend_from_slice(&size.to_le_bytes());
+    value.extend_from_slice(&mtime_ns.to_le_bytes());
+    match checksum {
+        Some(checksum) => {
+            value.push(1);
+            value.extend_from_slice(checksum);
+        }
+        None => value.push(0),
+    }
+    batch.push(Record {
+        partition: 0,
+        key: path,
+        value,
+        position: Position {
+            file: 0,
+            offset: ordinal,
+        },
+    });
+    Ok(())
+}
+
 fn note_repeat(repeated: &mut Option<u64>, position: Position) {
     let first = repeated.get_or_insert(position.offset);
     *first = (*first).min(position.offset);
@@ -162,19 +222,6 @@ fn note_repeat(repeated: &mut Option<u64>, position: Position) {
 
 /// Size, mtime, and a checksum flag before the checksum's bytes.
 const VALUE_BYTES_MAX: usize = 8 + 8 + 1 + 255;
-
-fn encode_value(entry: &FileEntry, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&entry.size.to_le_bytes());
-    out.extend_from_slice(&entry.mtime_ns.to_le_bytes());
-    match &entry.checksum {
-        Some(checksum) => {
-            out.push(1);
-            out.extend_from_slice(checksum);
-        }
-        None => out.push(0),
-    }
-}
 
 fn decode(record: &Record<'_>) -> Option<FileEntry> {
     let path = std::str::from_utf8(record.key).ok()?.to_owned();

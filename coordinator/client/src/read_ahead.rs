@@ -2,8 +2,9 @@
 //! consumer: a submission parses manifest lines on one core while the
 //! other sorts or sends them (10M lines: reading, validating and sorting
 //! took 12.2 s on one thread). Bounded: at most `BATCHES_AHEAD` batches of
-//! `BATCH` items wait at a time. Dropping the consumer stops the thread
-//! after the batch in hand and joins it.
+//! `BATCH` items (or of one item each, for items that are batches
+//! themselves: `read_ahead_each`) wait at a time. Dropping the consumer
+//! stops the thread after the batch in hand and joins it.
 
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
@@ -19,8 +20,26 @@ pub struct ReadAhead<T> {
     thread: Option<JoinHandle<()>>,
 }
 
-/// `items`, produced on another thread.
+/// `items`, produced on another thread, `BATCH` at a time.
 pub fn read_ahead<I>(items: I) -> std::io::Result<ReadAhead<I::Item>>
+where
+    I: Iterator + Send + 'static,
+    I::Item: Send + 'static,
+{
+    spawn(items, BATCH)
+}
+
+/// `items`, produced on another thread one at a time: for items that are
+/// large (batches of entries), so that at most `BATCHES_AHEAD` wait.
+pub fn read_ahead_each<I>(items: I) -> std::io::Result<ReadAhead<I::Item>>
+where
+    I: Iterator + Send + 'static,
+    I::Item: Send + 'static,
+{
+    spawn(items, 1)
+}
+
+fn spawn<I>(items: I, per_batch: usize) -> std::io::Result<ReadAhead<I::Item>>
 where
     I: Iterator + Send + 'static,
     I::Item: Send + 'static,
@@ -31,7 +50,7 @@ where
         .spawn(move || {
             let mut items = items;
             loop {
-                let batch: Vec<I::Item> = items.by_ref().take(BATCH).collect();
+                let batch: Vec<I::Item> = items.by_ref().take(per_batch).collect();
                 // An empty batch is the end; a closed channel, a consumer
                 // that stopped.
                 if batch.is_empty() || sender.send(batch).is_err() {
@@ -99,5 +118,18 @@ mod tests {
         // One batch consumed, BATCHES_AHEAD waiting, one in hand when the
         // channel closed.
         assert!(made <= (BATCHES_AHEAD + 2) * BATCH, "{made} produced");
+    }
+
+    #[test]
+    fn items_read_ahead_each_wait_at_most_batches_ahead() {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let counter = produced.clone();
+        let endless = std::iter::repeat_with(move || counter.fetch_add(1, Ordering::Relaxed));
+        let mut ahead = read_ahead_each(endless).unwrap();
+        assert_eq!((ahead.next(), ahead.next()), (Some(0), Some(1)));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(ahead);
+        let made = produced.load(Ordering::Relaxed);
+        assert!(made <= BATCHES_AHEAD + 3, "{made} produced");
     }
 }
