@@ -236,7 +236,7 @@ fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("empty path".into());
     }
-    if path.contains(['\0', '\n']) {
+    if memchr::memchr2(b'\0', b'\n', path.as_bytes()).is_some() {
         return Err(format!("path {path:?} contains NUL or a newline"));
     }
     // The coordinators refuse it too; here the line is named.
@@ -277,10 +277,18 @@ fn parse_checksum<'a>(hex: &str, out: &'a mut Vec<u8>) -> Result<Option<&'a [u8]
         return Err(bad());
     }
     // Digit by digit: `u8::from_str_radix` also takes a sign ("+a").
-    let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(bad);
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
     out.clear();
     for pair in hex.as_bytes().chunks_exact(2) {
-        out.push((digit(pair[0])? * 16 + digit(pair[1])?) as u8);
+        let (Some(high), Some(low)) = (digit(pair[0]), digit(pair[1])) else {
+            return Err(bad());
+        };
+        out.push(high << 4 | low);
     }
     Ok(Some(out))
 }
