@@ -20,6 +20,11 @@ use rocksdb::{
     Options, WriteBufferManager,
 };
 
+/// Target size of the state's base level (RocksDB's default: 256 MiB).
+const STATE_BASE_LEVEL_BYTES: u64 = 16 << 20;
+/// Target size of one of the state's SST files (RocksDB's default: 64 MiB).
+const STATE_TARGET_FILE_BYTES: u64 = 4 << 20;
+
 /// Memory for one DB: block cache, with memtables charged inside it.
 pub(crate) struct Budget {
     pub cache_bytes: usize,
@@ -124,6 +129,15 @@ pub(crate) fn open(
                 // walking two skip lists (~2% of the memtable budget).
                 opts.set_memtable_whole_key_filtering(true);
                 opts.set_memtable_prefix_bloom_ratio(0.02);
+                // A re-submission's changed entries fall all over the
+                // catalogue's key range: a flush of them overlaps every
+                // file of the level it compacts into. With the default
+                // 256 MiB base level, a catalogue under that size is that
+                // level, rewritten whole by each re-submission; a small
+                // base level takes the changes instead, and they move
+                // down later, a level's worth at a time.
+                opts.set_max_bytes_for_level_base(STATE_BASE_LEVEL_BYTES);
+                opts.set_target_file_size_base(STATE_TARGET_FILE_BYTES);
             }
         }
         ColumnFamilyDescriptor::new(*name, opts)
