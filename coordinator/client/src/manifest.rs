@@ -5,9 +5,10 @@
 //! - TSV: `path<TAB>size<TAB>mtime[<TAB>checksum]`
 //! - JSONL: `{"path": .., "size": .., "mtime": .., "checksum": ..}`
 //!
-//! `mtime` is seconds since the Unix epoch, with an optional fraction
-//! (kept to the nanosecond); `checksum` is hex (an MD5 is 32 digits) and
-//! may be empty or absent. The format is the file's extension (`.tsv`,
+//! `mtime` is seconds since the Unix epoch, with an optional fraction of
+//! any length (kept to the nanosecond: GNU find's `%T@` prints ten
+//! digits); `checksum` is hex (an MD5 is 32 digits) and may be empty or
+//! absent. A line is at most `MAX_LINE_BYTES`. The format is the file's extension (`.tsv`,
 //! `.jsonl`, `.ndjson`, `.json`) or else its first byte (`{` is JSONL).
 
 use std::borrow::Cow;
@@ -16,6 +17,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use proto_schema::command::{Bounded, FileEntry, MAX_CHECKSUM_BYTES};
+
+/// Most bytes of one manifest line: a longest path, escaped as JSON, and
+/// its other fields fit. Checked as the line is read, so a file with no
+/// newline is refused without being read into memory whole.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestFormat {
@@ -102,8 +108,28 @@ impl ManifestReader {
     /// buffers: no allocation per line (but a JSONL path's).
     pub fn next_entry(&mut self) -> Option<Result<(LineEntry<'_>, u64), ManifestError>> {
         self.buf.clear();
-        match self.reader.read_until(b'\n', &mut self.buf) {
+        let limit = MAX_LINE_BYTES as u64 + 1;
+        match (&mut self.reader)
+            .take(limit)
+            .read_until(b'\n', &mut self.buf)
+        {
             Ok(0) => None,
+            Ok(read) if read as u64 == limit && self.buf.last() != Some(&b'\n') => {
+                self.line += 1;
+                // The rest of the line is skipped: the next is read whole.
+                let skipped = self.reader.skip_until(b'\n');
+                Some(Err(match skipped {
+                    Ok(_) => ManifestError::Line {
+                        file: self.path.clone(),
+                        line: self.line,
+                        reason: format!("longer than {MAX_LINE_BYTES} bytes"),
+                    },
+                    Err(error) => ManifestError::Io {
+                        path: self.path.clone(),
+                        error,
+                    },
+                }))
+            }
             Ok(_) => {
                 self.line += 1;
                 let line = self.line;
@@ -247,15 +273,15 @@ fn check_path(path: &str) -> Result<(), String> {
 fn parse_mtime(text: &str) -> Result<i64, String> {
     let bad = || format!("mtime {text:?} is not seconds since the epoch (e.g. 1700000000.25)");
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let seconds: i64 = whole.parse().map_err(|_| bad())?;
-    // The fraction's digits, then zeros to nine places.
-    let nanos = fraction
-        .bytes()
+    // The fraction's first nine digits, then zeros to nine places.
+    let nanos = fraction.as_bytes()[..fraction.len().min(9)]
+        .iter()
         .fold(0i64, |n, digit| n * 10 + i64::from(digit - b'0'))
-        * 10i64.pow(9 - fraction.len() as u32);
+        * 10i64.pow(9 - fraction.len().min(9) as u32);
     let nanos = if whole.starts_with('-') {
         -nanos
     } else {
@@ -370,6 +396,40 @@ mod tests {
             (1_700_000_000_500_000_000, None)
         );
         assert_eq!(entries[2].mtime_ns, -1_250_000_000);
+    }
+
+    #[test]
+    fn an_mtime_as_gnu_find_prints_it_is_kept_to_the_nanosecond() {
+        // `find -printf '%T@'` prints ten digits after the point.
+        let entries = read(
+            "/a\t1\t1673704490.0000000000\n/b\t1\t1.1234567891\n",
+            "m.tsv",
+        );
+        let mtimes: Vec<i64> = entries.into_iter().map(|e| e.unwrap().mtime_ns).collect();
+        assert_eq!(mtimes, [1_673_704_490_000_000_000, 1_123_456_789]);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_refused_and_the_next_read_whole() {
+        let long = format!("/{}\t1\t1\n", "p".repeat(MAX_LINE_BYTES));
+        let entries = read(&format!("/a\t1\t1\n{long}/b\t2\t2\n"), "m.tsv");
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        assert_eq!(entries[0].as_ref().unwrap().path, "/a");
+        let error = entries[1].as_ref().unwrap_err();
+        assert!(
+            error.starts_with(&format!("F:2: longer than {MAX_LINE_BYTES} bytes")),
+            "{error}"
+        );
+        assert_eq!(entries[2].as_ref().unwrap().path, "/b");
+        // Exactly at the limit, newline included, a line is read.
+        let fields = "\t1\t1\n";
+        let at_limit = format!("/{}{fields}", "p".repeat(MAX_LINE_BYTES - 1 - fields.len()));
+        assert_eq!(at_limit.len(), MAX_LINE_BYTES);
+        let error = read(&at_limit, "m.tsv").remove(0).unwrap_err();
+        assert!(
+            error.contains("exceeds the limit"),
+            "the path's own limit: {error}"
+        );
     }
 
     #[test]
