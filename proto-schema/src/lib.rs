@@ -19,6 +19,7 @@ pub mod cert_role;
 pub mod command;
 pub mod coordinator_api;
 pub mod frame;
+pub mod hex;
 pub mod ids;
 pub mod log_limit;
 pub mod partition;

@@ -83,14 +83,8 @@ impl Iterator for Inventory {
 /// made (no allocation nor copy per line on this thread).
 pub fn read_manifest(path: &Path, memory: &SortMemory) -> Result<Inventory, InventoryError> {
     let format = ManifestFormat::detect(path)?;
-    let batches = ManifestBatches {
-        reader: ManifestReader::open(path, format)?,
-        batch_bytes: batch_bytes(memory.run_bytes),
-        value: Vec::new(),
-        shape: BatchShape::default(),
-        failed: None,
-        done: false,
-    };
+    let reader = ManifestReader::open(path, format)?;
+    let batches = ManifestBatches::new(reader, batch_bytes(memory.run_bytes));
     let mut lines = 0;
     // The last path, while the paths ascend.
     let mut last = Vec::new();
@@ -182,6 +176,19 @@ struct ManifestBatches {
     /// The error that ended the entries, handed out after them.
     failed: Option<InventoryError>,
     done: bool,
+}
+
+impl ManifestBatches {
+    fn new(reader: ManifestReader, batch_bytes: usize) -> Self {
+        Self {
+            reader,
+            batch_bytes,
+            value: Vec::new(),
+            shape: BatchShape::default(),
+            failed: None,
+            done: false,
+        }
+    }
 }
 
 impl Iterator for ManifestBatches {

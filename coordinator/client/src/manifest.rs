@@ -8,8 +8,9 @@
 //! `mtime` is seconds since the Unix epoch, with an optional fraction of
 //! any length (kept to the nanosecond: GNU find's `%T@` prints ten
 //! digits); `checksum` is hex (an MD5 is 32 digits) and may be empty or
-//! absent. A line is at most `MAX_LINE_BYTES`. The format is the file's extension (`.tsv`,
-//! `.jsonl`, `.ndjson`, `.json`) or else its first byte (`{` is JSONL).
+//! absent. A line is at most `MAX_LINE_BYTES`. The format is the file's
+//! extension (`.tsv`, `.jsonl`, `.ndjson`, `.json`) or else its first
+//! byte (`{` is JSONL).
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -278,10 +279,11 @@ fn parse_mtime(text: &str) -> Result<i64, String> {
     }
     let seconds: i64 = whole.parse().map_err(|_| bad())?;
     // The fraction's first nine digits, then zeros to nine places.
-    let nanos = fraction.as_bytes()[..fraction.len().min(9)]
+    let kept = &fraction.as_bytes()[..fraction.len().min(9)];
+    let nanos = kept
         .iter()
         .fold(0i64, |n, digit| n * 10 + i64::from(digit - b'0'))
-        * 10i64.pow(9 - fraction.len().min(9) as u32);
+        * 10i64.pow(9 - kept.len() as u32);
     let nanos = if whole.starts_with('-') {
         -nanos
     } else {
@@ -302,19 +304,9 @@ fn parse_checksum<'a>(hex: &str, out: &'a mut Vec<u8>) -> Result<Option<&'a [u8]
     if !hex.len().is_multiple_of(2) || hex.len() > 2 * MAX_CHECKSUM_BYTES {
         return Err(bad());
     }
-    // Digit by digit: `u8::from_str_radix` also takes a sign ("+a").
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    };
     out.clear();
-    for pair in hex.as_bytes().chunks_exact(2) {
-        let (Some(high), Some(low)) = (digit(pair[0]), digit(pair[1])) else {
-            return Err(bad());
-        };
-        out.push(high << 4 | low);
+    for byte in proto_schema::hex::decode(hex.as_bytes()) {
+        out.push(byte.ok_or_else(bad)?);
     }
     Ok(Some(out))
 }

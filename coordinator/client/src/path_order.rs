@@ -110,15 +110,16 @@ impl PathSorter {
             (entry.path.as_bytes(), entry.size, entry.mtime_ns, checksum),
             ordinal,
         )?;
-        if self.batch.payload_bytes() >= batch_bytes(self.run_bytes) {
-            self.add_batch()?;
-        }
-        Ok(())
+        self.add_batch_if_full()
     }
 
     /// Adds an entry as a record of a batch of entries (`push_entry`).
     pub fn push_record(&mut self, record: Record<'_>) -> Result<(), PathOrderError> {
         self.batch.push(record);
+        self.add_batch_if_full()
+    }
+
+    fn add_batch_if_full(&mut self) -> Result<(), PathOrderError> {
         if self.batch.payload_bytes() >= batch_bytes(self.run_bytes) {
             self.add_batch()?;
         }
@@ -174,6 +175,9 @@ pub fn batch_bytes(run_bytes: usize) -> usize {
     BATCH_BYTES.min(run_bytes)
 }
 
+/// Size, mtime, and a checksum flag before the checksum's bytes.
+const VALUE_BYTES_MAX: usize = 8 + 8 + 1 + 255;
+
 /// An entry's parts: path, size, mtime, checksum.
 pub type EntryParts<'a> = (&'a [u8], u64, i64, Option<&'a [u8]>);
 
@@ -219,9 +223,6 @@ fn note_repeat(repeated: &mut Option<u64>, position: Position) {
     let first = repeated.get_or_insert(position.offset);
     *first = (*first).min(position.offset);
 }
-
-/// Size, mtime, and a checksum flag before the checksum's bytes.
-const VALUE_BYTES_MAX: usize = 8 + 8 + 1 + 255;
 
 fn decode(record: &Record<'_>) -> Option<FileEntry> {
     let path = std::str::from_utf8(record.key).ok()?.to_owned();

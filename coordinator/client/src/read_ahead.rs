@@ -104,17 +104,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_consumer_that_stops_stops_the_thread_within_its_bound() {
+    /// How many items an endless producer made when its consumer, reading
+    /// through `start`, took `taken` of them (in order), let the thread
+    /// fill the channel, and stopped: the drop joins the thread.
+    fn made_after_stopping(
+        start: fn(Endless) -> std::io::Result<ReadAhead<usize>>,
+        taken: usize,
+    ) -> usize {
         let produced = Arc::new(AtomicUsize::new(0));
         let counter = produced.clone();
         let endless = std::iter::repeat_with(move || counter.fetch_add(1, Ordering::Relaxed));
-        let mut ahead = read_ahead(endless).unwrap();
-        assert_eq!(ahead.next(), Some(0));
-        // Let the thread fill the channel, then drop: the drop joins it.
+        let mut ahead = start(Box::new(endless)).unwrap();
+        let got: Vec<usize> = ahead.by_ref().take(taken).collect();
+        assert_eq!(got, (0..taken).collect::<Vec<_>>());
         std::thread::sleep(std::time::Duration::from_millis(50));
         drop(ahead);
-        let made = produced.load(Ordering::Relaxed);
+        produced.load(Ordering::Relaxed)
+    }
+
+    type Endless = Box<dyn Iterator<Item = usize> + Send>;
+
+    #[test]
+    fn a_consumer_that_stops_stops_the_thread_within_its_bound() {
+        let made = made_after_stopping(read_ahead, 1);
         // One batch consumed, BATCHES_AHEAD waiting, one in hand when the
         // channel closed.
         assert!(made <= (BATCHES_AHEAD + 2) * BATCH, "{made} produced");
@@ -122,14 +134,7 @@ mod tests {
 
     #[test]
     fn items_read_ahead_each_wait_at_most_batches_ahead() {
-        let produced = Arc::new(AtomicUsize::new(0));
-        let counter = produced.clone();
-        let endless = std::iter::repeat_with(move || counter.fetch_add(1, Ordering::Relaxed));
-        let mut ahead = read_ahead_each(endless).unwrap();
-        assert_eq!((ahead.next(), ahead.next()), (Some(0), Some(1)));
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        drop(ahead);
-        let made = produced.load(Ordering::Relaxed);
+        let made = made_after_stopping(read_ahead_each, 2);
         assert!(made <= BATCHES_AHEAD + 3, "{made} produced");
     }
 }

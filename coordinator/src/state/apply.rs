@@ -835,10 +835,7 @@ fn overlap_refusal(
     last: &str,
     files: &[&FileEntry],
 ) -> Result<Option<CommandError>, StateError> {
-    if own
-        .overlapping(first.as_bytes(), last.as_bytes())?
-        .is_none()
-    {
+    if !own.overlaps(first.as_bytes(), last.as_bytes())? {
         return Ok(None);
     }
     for file in files {

@@ -14,8 +14,8 @@
 //! submitter cuts them where paths' hashes say, the same way each time):
 //! its listing record ending at the same path, with the same first path,
 //! count and digest, stands for the same entries, so the range is accepted
-//! and the record (not its paths) copied without reading the catalogue. Only a range
-//! without such a record is read from the catalogue.
+//! and the record (not its paths) copied without reading the catalogue.
+//! Only a range without such a record is read from the catalogue.
 //!
 //! One command's ranges ascend, so they are read through one iterator
 //! that steps from one range to the next (the files between them are

@@ -269,20 +269,16 @@ impl<'a> Listing<'a> {
         Ok(paths.contains_from(&mut self.at, path)?)
     }
 
-    /// The first record whose range overlaps `first..=last`, if any.
-    /// For ascending ranges past the last record, no seek at all.
-    pub fn overlapping(
-        &mut self,
-        first: &[u8],
-        last: &[u8],
-    ) -> Result<Option<Record<'_>>, StateError> {
+    /// Whether a record's range overlaps `first..=last`. For ascending
+    /// ranges past the last record, no seek at all.
+    pub fn overlaps(&mut self, first: &[u8], last: &[u8]) -> Result<bool, StateError> {
         let past_the_end =
             self.sought.as_deref().is_some_and(|sought| sought <= first) && !self.records.valid();
         if !past_the_end {
             self.seek(first)?;
             self.sought = Some(first.to_vec());
         }
-        Ok(record_at(&self.records)?.filter(|r| r.first <= last))
+        Ok(record_at(&self.records)?.is_some_and(|r| r.first <= last))
     }
 
     /// Moves to the first record whose last path is at or after `path`.
