@@ -96,8 +96,8 @@ impl FromStr for Fingerprint {
             return Err(bad());
         }
         let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        for (byte, decoded) in out.iter_mut().zip(crate::hex::decode(text.as_bytes())) {
+            *byte = decoded.ok_or_else(bad)?;
         }
         Ok(Self(out))
     }
@@ -298,6 +298,8 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
         assert_eq!(text.parse::<Fingerprint>(), Ok(fp));
+        // A sign is not a digit (`u8::from_str_radix` reads "+a" as 0x0a).
+        assert!("+a".repeat(32).parse::<Fingerprint>().is_err());
         // The SHA-256 of the empty string, a known value.
         assert_eq!(
             Fingerprint::of(&CertificateDer::from(Vec::new())).to_string(),
