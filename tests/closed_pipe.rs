@@ -64,7 +64,7 @@ fn cert_commands_end_quietly_on_a_closed_stdout_after_writing_their_files() {
 
 #[test]
 fn submit_ends_quietly_on_a_closed_stdout_and_the_submission_stands() {
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
     cluster.wait_for_leader(Duration::from_secs(30));
     let dir = tempdir();
     let inputs = dir.path().join("inputs");

@@ -17,7 +17,7 @@ use common::run;
 
 #[test]
 fn a_three_coordinator_cluster_takes_submissions_and_reports_status() {
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
     let status = cluster.wait_for_leader(Duration::from_secs(30));
     assert_eq!(status["members"].as_array().unwrap().len(), 3);
 
@@ -190,7 +190,7 @@ fn a_three_coordinator_cluster_takes_submissions_and_reports_status() {
 /// killed submit sent never counts.
 #[test]
 fn quern_abort_closes_a_submission_whose_submit_died() {
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
     cluster.wait_for_leader(Duration::from_secs(30));
     // Long paths, so the manifest takes many chunks and some seconds.
     let manifest = cluster.path("big.tsv");
@@ -312,7 +312,7 @@ fn a_coordinator_whose_raft_stops_exits_failing_within_a_bound() {
             started.elapsed() < Duration::from_secs(120),
             "replica 2 never stopped"
         );
-        if let Some(status) = cluster.children[1].try_wait().unwrap() {
+        if let Some(status) = cluster.exit_status(2) {
             break status;
         }
         if last_entry.elapsed() < Duration::from_secs(20) {

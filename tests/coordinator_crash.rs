@@ -123,7 +123,7 @@ struct Crashes {
 
 impl Crashes {
     fn start(chunks_in_flight: &'static str) -> Self {
-        let cluster = Cluster::start();
+        let mut cluster = Cluster::start();
         cluster.wait_for_leader(PATIENCE);
         Self {
             cluster,
@@ -242,7 +242,7 @@ impl Crashes {
     }
 
     /// Waits for `moment`; returns the leader at that time.
-    fn wait_for(&self, moment: Moment, submit: &mut Child) -> u64 {
+    fn wait_for(&mut self, moment: Moment, submit: &mut Child) -> u64 {
         let deadline = Instant::now() + PATIENCE;
         match moment {
             Moment::After(delay) => std::thread::sleep(delay),

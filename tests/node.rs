@@ -145,7 +145,7 @@ fn job(status: &serde_json::Value, id: u64) -> Option<serde_json::Value> {
 
 #[test]
 fn a_node_process_ingests_a_submitted_job_until_committed_and_stops_on_sigterm() {
-    let cluster = Cluster::start_with(&["--lease-time", LEASE_TIME]);
+    let mut cluster = Cluster::start_with(&["--lease-time", LEASE_TIME]);
     cluster.wait_for_leader(Duration::from_secs(30));
     let certs = cluster.path("certs");
     issue(&certs, "node-1");
@@ -366,7 +366,7 @@ fn input_with_manifest(
 /// `LC_ALL=C sort -u` of the inputs.
 #[test]
 fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
-    let cluster = Cluster::start_with(&["--lease-time", "5s"]);
+    let mut cluster = Cluster::start_with(&["--lease-time", "5s"]);
     cluster.wait_for_leader(Duration::from_secs(30));
     let work = tempdir();
     let (input, files, manifest) = input_with_manifest(work.path(), 9, 300_000);
@@ -395,7 +395,7 @@ fn three_node_processes_shuffle_one_job_to_the_export_of_sort_u() {
 /// map of their own, and the export is still `sort -u` of the inputs.
 #[test]
 fn a_node_killed_mid_job_restarts_the_job_on_the_others() {
-    let cluster = Cluster::start_with(&["--lease-time", "2s"]);
+    let mut cluster = Cluster::start_with(&["--lease-time", "2s"]);
     cluster.wait_for_leader(Duration::from_secs(30));
     let work = tempdir();
     let (input, files, manifest) = input_with_manifest(work.path(), 12, 3_000_000);
@@ -431,7 +431,7 @@ fn a_node_killed_mid_job_restarts_the_job_on_the_others() {
 /// commits what `sort -u` prints.
 #[test]
 fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
-    let cluster = Cluster::start_with(&["--lease-time", "2s"]);
+    let mut cluster = Cluster::start_with(&["--lease-time", "2s"]);
     cluster.wait_for_leader(Duration::from_secs(30));
     let work = tempdir();
     let (input, files, manifest) = input_with_manifest(work.path(), 12, 3_000_000);
@@ -475,7 +475,7 @@ fn has_staged_part(store: &Path) -> bool {
 /// the killed owner's partitions for good).
 #[test]
 fn an_owner_killed_after_staging_publishes_its_part_when_it_restarts() {
-    let cluster = Cluster::start_with(&["--lease-time", "30s"]);
+    let mut cluster = Cluster::start_with(&["--lease-time", "30s"]);
     cluster.wait_for_leader(Duration::from_secs(30));
     let work = tempdir();
     let (input, files, manifest) = input_with_manifest(work.path(), 9, 600_000);
@@ -607,7 +607,7 @@ fn counted(summary: &str, label: &str) -> u64 {
 
 #[test]
 fn submit_wait_gives_up_at_its_timeout_naming_the_shards_the_job_waits_on() {
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
     cluster.wait_for_leader(Duration::from_secs(30));
     let work = tempdir();
     let manifest = work.path().join("manifest.tsv");
@@ -687,7 +687,7 @@ fn a_node_refuses_a_certificate_named_for_another_node() {
 /// read fails naming it and its address.
 #[test]
 fn export_get_and_stats_read_the_cluster_and_fail_naming_a_node_that_is_down() {
-    let cluster = Cluster::start_with(&["--lease-time", "5s"]);
+    let mut cluster = Cluster::start_with(&["--lease-time", "5s"]);
     cluster.wait_for_leader(Duration::from_secs(30));
     let work = tempdir();
     let (input, files, manifest) = input_with_manifest(work.path(), 6, 200_000);

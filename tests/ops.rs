@@ -434,7 +434,7 @@ impl Drop for Killed {
 
 #[test]
 fn a_real_prometheus_sees_the_coordinators_a_node_and_a_running_job() {
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
     cluster.wait_for_leader(Duration::from_secs(30));
     let dir = tempdir();
     let ingest_metrics = format!("127.0.0.1:{}", free_port());

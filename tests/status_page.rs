@@ -55,7 +55,7 @@ fn browse(url: &str, profile: &Path, png: &Path) -> String {
     chromium(&["--dump-dom".into()])
 }
 
-fn leader(cluster: &Cluster) -> u64 {
+fn leader(cluster: &mut Cluster) -> u64 {
     cluster.wait_for_leader(Duration::from_secs(30))["leader"]
         .as_u64()
         .unwrap()
@@ -63,8 +63,8 @@ fn leader(cluster: &Cluster) -> u64 {
 
 #[test]
 fn a_browser_sees_a_job_wait_for_a_node_then_commit() {
-    let cluster = Cluster::start();
-    let leader = leader(&cluster);
+    let mut cluster = Cluster::start();
+    let leader = leader(&mut cluster);
     let page = format!("http://{}/", cluster.metrics[leader as usize - 1]);
     let work = tempdir();
     let profile = work.path().join("chromium");

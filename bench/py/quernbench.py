@@ -346,16 +346,27 @@ def metric_sum(text, name):
     return total
 
 
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports below Linux's ephemeral range (which starts at 32768): a port
+# chosen there cannot become some client socket's ephemeral port between
+# now and the server's bind, as one the kernel hands out (bind to 0) can.
+TEST_PORTS = range(20000, 32000)
+_next_port = [os.getpid() * 7919 % len(TEST_PORTS)]
 
 
-def free_tcp_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port():
+    """A loopback port free for both UDP (QUIC) and TCP (metrics) now,
+    never the same twice in one process."""
+    for _ in TEST_PORTS:
+        port = TEST_PORTS[_next_port[0] % len(TEST_PORTS)]
+        _next_port[0] += 1
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no free loopback port in {TEST_PORTS}")
 
 
 def figure(summary, label):
@@ -386,7 +397,7 @@ class Coordinators:
         for name in ["coord-1", "coord-2", "coord-3", "client"]:
             subprocess.run([self.quern, "cert", "issue", "--dir", certs, "--name", name,
                             "--san", "127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
-        addresses = [f"127.0.0.1:{free_udp_port()}" for _ in range(3)]
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         peers = ", ".join(f'{i + 1} = "{a}"' for i, a in enumerate(addresses))
         for i in range(3):
             (self.run / f"coord-{i + 1}.toml").write_text(
@@ -459,7 +470,7 @@ class Nodes:
         self.roots = [str(r) for r in roots]
         self.ids = range(1, count + 1)
         self.memory = memory
-        self.metrics = [f"127.0.0.1:{free_tcp_port()}" for _ in self.ids]
+        self.metrics = [f"127.0.0.1:{free_port()}" for _ in self.ids]
         self.children = {}
         # Registrations each running node's log should show once it is up.
         self.expected = {}
@@ -476,7 +487,7 @@ class Nodes:
         fresh port."""
         cmd = [self.coordinators.quern, "--metrics", self.metrics[node - 1],
                "node", "--id", str(node), "--memory", self.memory,
-               "--listen", f"127.0.0.1:{free_udp_port()}",
+               "--listen", f"127.0.0.1:{free_port()}",
                "--data-dir", str(self.stores / f"node-{node}"),
                "--cert-dir", str(self.coordinators.certs)]
         for root in self.roots:

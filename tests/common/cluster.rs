@@ -14,6 +14,9 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     /// Replica `id` is `children[id - 1]`.
     pub children: Vec<Child>,
+    /// Replicas that ended as the test meant them to: killed, or seen
+    /// exiting by [`Cluster::exit_status`] (until restarted).
+    ended: std::collections::BTreeSet<u64>,
     /// Where replica `id` serves its metrics: `metrics[id - 1]`.
     pub metrics: Vec<String>,
     /// Replica `id`'s client address: `addresses[id - 1]`.
@@ -65,12 +68,31 @@ pub fn node(
     cmd
 }
 
+/// Ports below Linux's ephemeral range (`ip_local_port_range` starts at
+/// 32768): a port chosen there cannot become some client socket's
+/// ephemeral port between now and the server's bind. A port the kernel
+/// hands out (bind to port 0) can, and once did: a replica that could not
+/// bind exited at start, and its cluster never elected a leader.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port free for both UDP (QUIC) and TCP (metrics) right now,
+/// never the same twice in one test process. Test processes start at
+/// different places in `TEST_PORTS`, by process id.
 pub fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        let free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 impl Cluster {
@@ -115,6 +137,7 @@ impl Cluster {
         let mut cluster = Self {
             dir,
             children: Vec::new(),
+            ended: Default::default(),
             metrics: (0..3)
                 .map(|_| format!("127.0.0.1:{}", free_port()))
                 .collect(),
@@ -153,6 +176,7 @@ impl Cluster {
         let child = &mut self.children[id as usize - 1];
         child.kill().unwrap();
         child.wait().unwrap();
+        self.ended.insert(id);
     }
 
     /// Starts replica `id` again on its data directory. Its metrics move
@@ -167,6 +191,7 @@ impl Cluster {
         );
         self.metrics[i] = format!("127.0.0.1:{}", free_port());
         self.children[i] = self.spawn(id);
+        self.ended.remove(&id);
     }
 
     pub fn client(&self, args: &[&str]) -> Command {
@@ -181,10 +206,12 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// The leader's status, once there is a leader.
-    pub fn wait_for_leader(&self, within: Duration) -> serde_json::Value {
+    /// The leader's status, once there is a leader. Fails at once, with
+    /// its log, if a replica has exited.
+    pub fn wait_for_leader(&mut self, within: Duration) -> serde_json::Value {
         let deadline = Instant::now() + within;
         loop {
+            self.assert_running();
             let status = self.status();
             if !status["leader"].is_null() {
                 return status;
@@ -194,6 +221,33 @@ impl Cluster {
                 "no leader within {within:?}: {status}"
             );
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Replica `id`'s exit status once it has exited, which the test
+    /// then expects.
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let status = self.children[id as usize - 1].try_wait().unwrap();
+        if status.is_some() {
+            self.ended.insert(id);
+        }
+        status
+    }
+
+    /// Panics with the log of the first replica found to have exited
+    /// that the test did not end or expect to.
+    pub fn assert_running(&mut self) {
+        for (id, child) in (1..).zip(self.children.iter_mut()) {
+            if self.ended.contains(&id) {
+                continue;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read(self.dir.path().join(format!("coord-{id}.log")));
+                panic!(
+                    "replica {id} exited ({status}); its log:\n{}",
+                    text(&log.unwrap_or_default())
+                );
+            }
         }
     }
 
