@@ -236,7 +236,7 @@ impl Cluster {
 
     /// Panics with the log of the first replica found to have exited
     /// that the test did not end or expect to.
-    pub fn assert_running(&mut self) {
+    fn assert_running(&mut self) {
         for (id, child) in (1..).zip(self.children.iter_mut()) {
             if self.ended.contains(&id) {
                 continue;
