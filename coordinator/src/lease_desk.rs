@@ -10,7 +10,9 @@
 //! leader's memory: no log write. Completions come in batches
 //! (`CompleteShards`) and take the shards off the lease table. A node
 //! silent past its deadline is declared lost through the log
-//! (`DeclareNodeLost`): its leases go back to pending. The answers are
+//! (`DeclareNodeLost`): its leases go back to pending, and each running
+//! job it owned partitions of and had not staged runs again (`RestartJob`;
+//! one it had staged commits without it hearing). The answers are
 //! `proto_schema::coordinator_api` replies. What it hears of jobs
 //! (offsets moved in heartbeats, shards done, stage reports) goes to the
 //! leader's clock of job progress (`job_progress`).
@@ -430,12 +432,7 @@ impl LeaseDesk {
         let wanted = PartitionMap::split(found.spec.partitions, &live, epoch.next());
         let map = match current {
             Some(map) if map.ranges == wanted.ranges => map,
-            Some(map)
-                if map.nodes().iter().all(|owner| live.contains(owner))
-                    && self.job_running(found.id)? =>
-            {
-                map
-            }
+            Some(map) if self.map_held(found.id, &map, &live)? => map,
             _ => {
                 let assign = Command::AssignPartitions {
                     dataset: dataset.into(),
@@ -476,14 +473,23 @@ impl LeaseDesk {
         Ok(Ok(OwnerMap { map, owners }))
     }
 
-    /// Whether a job of `dataset` is submitted and not yet committed or
-    /// aborted (among the `RECENT_JOBS` newest).
-    fn job_running(&self, dataset: DatasetId) -> Result<bool, StateError> {
-        Ok(self
-            .state
-            .recent_jobs(RECENT_JOBS)?
-            .iter()
-            .any(|job| job.dataset_id == dataset && job.state == JobState::Submitted))
+    /// Whether a running job of `dataset` (submitted, not yet committed or
+    /// aborted, among the `RECENT_JOBS` newest) holds `map`: while every
+    /// owner lives, and once an owner has staged under it whatever became
+    /// of that owner (the job then commits under this map, or runs again
+    /// under a new one).
+    fn map_held(
+        &self,
+        dataset: DatasetId,
+        map: &PartitionMap,
+        live: &[NodeId],
+    ) -> Result<bool, StateError> {
+        let owners_live = map.nodes().iter().all(|owner| live.contains(owner));
+        Ok(self.state.recent_jobs(RECENT_JOBS)?.iter().any(|job| {
+            job.dataset_id == dataset
+                && job.state == JobState::Submitted
+                && (owners_live || job.staging_under(map.epoch))
+        }))
     }
 
     /// Declares lost, through the log, every node silent past its deadline.
@@ -509,7 +515,9 @@ impl LeaseDesk {
     }
 
     /// Restarts every running job whose dataset's map gave `lost`
-    /// partitions: what it was sent is gone with it.
+    /// partitions it had not staged: what it was sent is gone with it. A
+    /// job it staged goes on: every shard was done, its part is durable in
+    /// its store, and it publishes the part when it is back.
     async fn restart_jobs_owned_by(&self, desk: &mut Desk, lost: NodeId) -> Result<(), DeskError> {
         let running: Vec<Job> = self
             .state
@@ -518,14 +526,23 @@ impl LeaseDesk {
             .filter(|job| job.state == JobState::Submitted)
             .collect();
         for job in running {
-            let owned = self
-                .state
-                .partition_map(job.dataset_id)?
-                .is_some_and(|map| map.nodes().contains(&lost));
-            if owned {
-                let cause = RestartCause::OwnerLost { node: lost };
-                self.restart_job(desk, job.id, job.attempt, cause).await?;
+            let Some(map) = self.state.partition_map(job.dataset_id)? else {
+                continue;
+            };
+            if !map.nodes().contains(&lost) {
+                continue;
             }
+            if job.staged_by(lost, map.epoch).is_some() {
+                tracing::warn!(
+                    job = %job.id,
+                    node = %lost,
+                    "a lost owner had staged its part: the job goes on, and the node publishes \
+                     the part when it is back"
+                );
+                continue;
+            }
+            let cause = RestartCause::OwnerLost { node: lost };
+            self.restart_job(desk, job.id, job.attempt, cause).await?;
         }
         Ok(())
     }

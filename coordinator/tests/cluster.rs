@@ -1097,3 +1097,134 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     assert!(status.nodes[0].silent_ms.unwrap() >= LEASE_MS);
     assert_eq!(job_status(&status).phase, JobPhase::Committed);
 }
+
+/// An owner declared lost after it staged does not send its job back to
+/// the start: every shard was done, and its part is durable in its store.
+/// The job keeps its map (a node asking for one while the job stages gets
+/// the same), the lost owner asking again with the counts it staged (its
+/// answer was lost) is told it staged, and the job commits at its first
+/// attempt once the other owner stages. The lost node's new incarnation
+/// then learns of the commit, and publishes its part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_lost_after_staging_leaves_its_job_to_commit() {
+    const LEASE_MS: u64 = 1_000;
+    let cluster = Cluster::start_with_lease(&[1], LEASE_MS).await;
+    let mut client = cluster.client();
+    let registration = |node: u64, incarnation: u64| NodeRegistration {
+        node: NodeId(node),
+        incarnation,
+        address: format!("10.0.0.{node}:7000"),
+        cert_fingerprint: [node as u8; 32],
+    };
+    for node in [1, 2] {
+        let registered = client.register(registration(node, 5)).await.unwrap();
+        assert!(matches!(registered, Response::NodeRegistered { .. }));
+    }
+    cluster.write(&dataset("ds")).await;
+    let job = submit(&cluster, "ds", files(4), 4).await;
+    let map = client
+        .partition_map(NodeId(1), "ds", job, 2, 1)
+        .await
+        .unwrap()
+        .map;
+    client
+        .partition_map(NodeId(2), "ds", job, 2, 2)
+        .await
+        .unwrap();
+    let LeaseReply::Leased(leased) = client
+        .lease(NodeId(1), 100, Some((job, map.epoch)))
+        .await
+        .unwrap()
+    else {
+        panic!("no lease")
+    };
+    assert_eq!(leased.len(), 4);
+    let done = leased.iter().map(|l| (l.shard, l.epoch)).collect();
+    client.complete_shards(NodeId(1), done).await.unwrap();
+    let counts = |read, unique, duplicates| StagedCounts {
+        read,
+        unique,
+        duplicates,
+        rejected: 0,
+    };
+    let staged = |committed, committing| Response::JobStaged {
+        job,
+        committed,
+        committing,
+    };
+    // Node 2 read nothing and owns what 4 of node 1's records became.
+    let node_2 = counts(0, 3, 1);
+    assert_eq!(
+        client
+            .stage(NodeId(2), job, node_2, map.epoch)
+            .await
+            .unwrap(),
+        staged(false, false)
+    );
+
+    // Node 2 falls silent past the lease time; node 1 keeps beating.
+    let silent_since = Instant::now();
+    while silent_since.elapsed() < Duration::from_millis(LEASE_MS + 300) {
+        let beat = client.heartbeat(NodeId(1), 5, vec![], None).await.unwrap();
+        assert!(matches!(beat, HeartbeatReply::Alive { .. }), "{beat:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = &cluster.replicas[&1].state;
+    assert!(state.node(NodeId(2)).unwrap().unwrap().lost);
+    let status = client.job(job).await.unwrap().unwrap();
+    assert_eq!(
+        (status.phase, status.attempt, status.restarted.as_deref()),
+        (JobPhase::Staging, 0, None),
+        "the job goes on"
+    );
+    assert_eq!(status.unstaged, vec![NodeId(1)]);
+    assert_eq!(
+        client
+            .stage(NodeId(2), job, node_2, map.epoch)
+            .await
+            .unwrap(),
+        staged(false, false),
+        "asked again: it staged"
+    );
+    assert_eq!(
+        client
+            .stage(NodeId(2), job, counts(0, 4, 0), map.epoch)
+            .await
+            .unwrap(),
+        Response::Error(CommandError::NodeLost { node: NodeId(2) }),
+        "a lost node stages nothing new"
+    );
+    // A node that joins now, and node 1 asking again, get the job's map.
+    let joined = client.register(registration(3, 5)).await.unwrap();
+    assert!(matches!(joined, Response::NodeRegistered { .. }));
+    for (node, part) in [(3, 3), (1, 1)] {
+        let asked = client
+            .partition_map(NodeId(node), "ds", job, 2, part)
+            .await
+            .unwrap();
+        assert_eq!(asked.map, map, "node {node} got another map");
+    }
+
+    assert_eq!(
+        client
+            .stage(NodeId(1), job, counts(10, 4, 2), map.epoch)
+            .await
+            .unwrap(),
+        staged(true, true)
+    );
+    let committed = client.job(job).await.unwrap().unwrap();
+    assert_eq!(
+        (committed.phase, committed.attempt, committed.staged),
+        (JobPhase::Committed, 0, counts(10, 7, 3))
+    );
+    let back = client.register(registration(2, 6)).await.unwrap();
+    assert!(matches!(back, Response::NodeRegistered { .. }));
+    assert_eq!(
+        client
+            .stage(NodeId(2), job, node_2, map.epoch)
+            .await
+            .unwrap(),
+        staged(true, false),
+        "back, it learns of the commit and publishes"
+    );
+}

@@ -1028,9 +1028,12 @@ fn completed_by(
 /// map (every live node, before any map) has staged under it, and the sum
 /// of their counts reconciles.
 ///
+/// An owner declared lost after staging stays in the job (its staged
+/// files survive it; it publishes them when it is back): asking again
+/// with the same counts (its answer was lost), it is told it staged.
 /// Once committed, an owner whose staging the commit counted learns so
-/// whenever it asks again (its answer was lost), even if it has been
-/// declared lost since: it holds its part's files, and must publish them.
+/// whenever it asks again, even if it has been declared lost since: it
+/// holds its part's files, and must publish them.
 /// Anyone else staging then (under an earlier map) is refused: its part
 /// is not in the commit.
 fn stage_job(
@@ -1046,11 +1049,7 @@ fn stage_job(
     match job.state {
         JobState::Committed => {
             let committed_under = job.staged.first().map_or(Epoch(0), |&(_, _, epoch)| epoch);
-            let counted = job
-                .staged
-                .iter()
-                .any(|&(owner, _, epoch)| owner == node && epoch == map_epoch);
-            return Ok(if counted {
+            return Ok(if job.staged_by(node, map_epoch).is_some() {
                 Ok(Response::JobStaged {
                     job: id,
                     committed: true,
@@ -1069,11 +1068,22 @@ fn stage_job(
         }
         JobState::Submitted => {}
     }
-    if let Err(e) = live_node(tx, node)? {
-        return Ok(Err(e));
-    }
     let map = tx.get::<PartitionMap>(CF_PARTITIONS, &keys::dataset_prefix(job.dataset_id))?;
     let current = map.as_ref().map_or(Epoch(0), |m| m.epoch);
+    if let Err(e) = live_node(tx, node)? {
+        // A lost owner whose stage the job holds, asking again (its answer
+        // was lost): its part stays in the job, which commits without it.
+        let repeated = map_epoch == current && job.staged_by(node, current) == Some(counts);
+        return Ok(if repeated {
+            Ok(Response::JobStaged {
+                job: id,
+                committed: false,
+                committing: false,
+            })
+        } else {
+            Err(e)
+        });
+    }
     if map_epoch != current {
         return Ok(Err(CommandError::StaleMapEpoch {
             dataset: dataset_name(tx, job.dataset_id)?,

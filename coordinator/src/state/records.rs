@@ -67,13 +67,22 @@ impl Job {
         owners
             .iter()
             .copied()
-            .filter(|owner| {
-                !self
-                    .staged
-                    .iter()
-                    .any(|(node, _, at)| node == owner && *at == epoch)
-            })
+            .filter(|&owner| self.staged_by(owner, epoch).is_none())
             .collect()
+    }
+
+    /// The counts `owner` staged under map `epoch`, if it has.
+    pub fn staged_by(&self, owner: NodeId, epoch: Epoch) -> Option<StagedCounts> {
+        self.staged
+            .iter()
+            .find(|&&(node, _, at)| node == owner && at == epoch)
+            .map(|&(_, counts, _)| counts)
+    }
+
+    /// Whether any owner has staged under map `epoch`: then every shard
+    /// was done, and the job commits under that map or runs again.
+    pub fn staging_under(&self, epoch: Epoch) -> bool {
+        self.staged.iter().any(|&(_, _, at)| at == epoch)
     }
 
     /// The counts `owners` staged under map `epoch`, summed.
