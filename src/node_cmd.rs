@@ -458,6 +458,9 @@ impl Node {
                     t.rejected,
                     outcome.elapsed
                 );
+                // A recovery part's commit is its job's: the part of the
+                // job's base attempt left staged here publishes now.
+                self.staged_parts = None;
                 Duration::ZERO
             }
             Err(e @ JobError::CannotRestart { .. }) => {

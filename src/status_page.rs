@@ -286,6 +286,7 @@ mod tests {
             staged: StagedCounts::default(),
             attempt: 0,
             restarted: None,
+            recovery: None,
         }
     }
 

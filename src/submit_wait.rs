@@ -192,6 +192,7 @@ mod tests {
             staged: StagedCounts::default(),
             attempt: 0,
             restarted: None,
+            recovery: None,
         }
     }
 

@@ -461,6 +461,13 @@ fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
     );
 }
 
+/// Sends `signal` to `child`.
+fn signal(child: &Child, signal: i32) {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: signals our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
 /// Whether `store` holds a part staged for the coordinators' commit.
 fn has_staged_part(store: &Path) -> bool {
     std::fs::read_dir(store.join("staged")).is_ok_and(|mut parts| parts.next().is_some())
@@ -502,11 +509,6 @@ fn an_owner_killed_after_staging_publishes_its_part_when_it_restarts() {
     // moment, one frozen before publishing. The others resume, stage,
     // and the job commits while the victim cannot publish; then it is
     // killed.
-    let signal = |child: &Child, signal| {
-        let pid = i32::try_from(child.id()).unwrap();
-        // SAFETY: signals our own child, which has not been reaped.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    };
     for (child, _) in nodes.iter() {
         signal(child, libc::SIGSTOP);
     }
@@ -593,6 +595,107 @@ fn an_owner_killed_after_staging_publishes_its_part_when_it_restarts() {
     assert!(
         exported == sort_u(&files),
         "after the owner's restart, the export is not sort -u of the inputs"
+    );
+}
+
+/// An owner killed once every shard was done, before it staged (its
+/// peers' streams to it and its own to them are over: one owner has
+/// staged already): its partitions alone are read again (lineage). Its
+/// neighbour in partition order reads every shard again for them, the
+/// other owners' parts stay, and the job commits as attempt 1 with the
+/// export `sort -u` of the inputs.
+#[test]
+fn an_owner_killed_before_staging_has_its_partitions_read_again() {
+    let mut cluster = Cluster::start_with(&["--lease-time", LEASE_TIME]);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let work = tempdir();
+    let (input, files, manifest) = input_with_manifest(work.path(), 12, 4_000_000);
+    let stores = work.path().join("stores");
+    let mut nodes = start_nodes(&cluster, &stores, &input);
+    let job_id = submit(&cluster, &manifest, files.len());
+    let store_of = |n: usize| stores.join(format!("node-{}", n + 1));
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    // Every node is frozen the moment one owner has staged while another
+    // has not; the victim is one that has not.
+    let victim = loop {
+        let staged: Vec<bool> = (0..nodes.len())
+            .map(|n| has_staged_part(&store_of(n)))
+            .collect();
+        if staged.contains(&true) && staged.contains(&false) {
+            for (child, _) in nodes.iter() {
+                signal(child, libc::SIGSTOP);
+            }
+            match (0..nodes.len()).find(|&n| !has_staged_part(&store_of(n))) {
+                Some(n) => break n,
+                None => {
+                    for (child, _) in nodes.iter() {
+                        signal(child, libc::SIGCONT);
+                    }
+                }
+            }
+        }
+        // The stores are looked at every millisecond, the job (a process
+        // of its own) when no owner has staged yet.
+        if !staged.contains(&true) {
+            let status = job(&cluster.status(), job_id).expect("the job is listed");
+            assert!(
+                status["phase"] != "committed" && Instant::now() < deadline,
+                "no moment with one owner staged and another not: {status:#}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no moment with one owner staged and another not"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let (mut killed, _) = nodes.remove(victim);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    for (child, _) in nodes.iter() {
+        signal(child, libc::SIGCONT);
+    }
+    let committed = wait_for_commit(&cluster, job_id, &mut nodes);
+    let lost = victim as u64 + 1;
+    let cause = committed["restarted"].as_str().unwrap_or_default();
+    assert!(
+        committed["attempt"] == 1 && cause.contains("read again"),
+        "{committed:#}\nnode logs:\n{}",
+        logs(&nodes)
+    );
+    let recovery = &committed["recovery"];
+    assert_eq!(recovery["lost"].as_u64(), Some(lost), "{committed:#}");
+    let heir = if lost == 1 { 2 } else { lost - 1 };
+    assert_eq!(
+        recovery["owner"].as_u64(),
+        Some(heir),
+        "its neighbour before it in partition order reads its partitions"
+    );
+    // The neighbour publishes its part of attempt 0 after its recovery
+    // part.
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    while (0..3).any(|n| n != victim && has_staged_part(&store_of(n))) {
+        assert!(
+            Instant::now() < deadline,
+            "a part stayed staged:\n{}",
+            logs(&nodes)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (child, _) in nodes.iter_mut() {
+        assert_eq!(terminate(child).code(), Some(0));
+    }
+    let expected = sort_u(&files);
+    let unique = expected.iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(
+        committed["staged"]["unique"].as_u64(),
+        Some(unique),
+        "{committed:#}"
+    );
+    let exported = export(&stores, "ds");
+    assert!(
+        exported == expected,
+        "after the owner's loss, the export is not sort -u of the inputs"
     );
 }
 

@@ -114,6 +114,7 @@ request_kinds! {
     Work => "work",
     Restart => "restart",
     RestartJob => "restart_job",
+    RecoverJob => "recover_job",
 }
 
 /// Who may make a kind of request.
@@ -137,7 +138,9 @@ pub fn allowed(kind: RequestKind) -> Allowed {
         Job => Allowed::OperatorsAndNodes,
         Register | Heartbeat | Lease | Renew | Complete | Stage | PartitionMap | RegisterNode
         | ReportProgress | CompleteShards | StageJob | Work | Restart => Allowed::TheNodeItself,
-        GrantLeases | AssignPartitions | DeclareNodeLost | RestartJob => Allowed::Nobody,
+        GrantLeases | AssignPartitions | DeclareNodeLost | RestartJob | RecoverJob => {
+            Allowed::Nobody
+        }
     }
 }
 
@@ -193,6 +196,7 @@ impl Subject {
             Command::DeclareNodeLost { node, .. } => Self::for_node(K::DeclareNodeLost, *node),
             Command::StageJob { node, .. } => Self::for_node(K::StageJob, *node),
             Command::RestartJob { .. } => Self::of(K::RestartJob),
+            Command::RecoverJob { .. } => Self::of(K::RecoverJob),
         }
     }
 
@@ -392,7 +396,7 @@ mod tests {
         assert!(may(&remote("node-05")).is_empty());
         let in_process = may(&Caller::InProcess);
         // Everything but the leader's own commands.
-        assert_eq!(in_process.len(), RequestKind::ALL.len() - 4);
+        assert_eq!(in_process.len(), RequestKind::ALL.len() - 5);
         assert_eq!(in_process.len(), operator.len() + node.len() - 1);
     }
 

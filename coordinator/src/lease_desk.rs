@@ -69,6 +69,8 @@ pub const STATUS_DESK_WAIT: Duration = Duration::from_millis(500);
 pub const LEASE_GRANTS_METRIC: &str = "quern_lease_grants_total";
 /// Jobs restarted (`RestartJob`): an owner was lost or started again.
 pub const JOB_RESTARTS_METRIC: &str = "quern_job_restarts_total";
+/// Jobs recovering a lost owner's partitions alone (`RecoverJob`).
+pub const JOB_RECOVERIES_METRIC: &str = "quern_job_recoveries_total";
 /// Renewals answered (label `outcome`: renewed or refused).
 pub const LEASE_RENEWALS_METRIC: &str = "quern_lease_renewals_total";
 /// Heartbeats answered (label `outcome`: alive or unknown).
@@ -91,6 +93,11 @@ pub fn describe_metrics() {
         HEARTBEATS_METRIC,
         "Node heartbeats answered by the leader without a log write (label outcome: alive, or \
          unknown for an incarnation the leader does not hold live)."
+    );
+    metrics::describe_counter!(
+        JOB_RECOVERIES_METRIC,
+        "Jobs whose owner was lost once every shard was done, before it staged: its \
+         partitions alone are read again, by a live neighbour."
     );
     metrics::describe_counter!(
         NODES_LOST_METRIC,
@@ -514,10 +521,13 @@ impl LeaseDesk {
         Ok(())
     }
 
-    /// Restarts every running job whose dataset's map gave `lost`
-    /// partitions it had not staged: what it was sent is gone with it. A
-    /// job it staged goes on: every shard was done, its part is durable in
-    /// its store, and it publishes the part when it is back.
+    /// Runs again every running job whose dataset's map gave `lost`
+    /// partitions it had not staged: what it was sent is gone with it.
+    /// Once every shard was done, only its partitions are read again, by a
+    /// live neighbour (`RecoverJob`); otherwise, or if that recovery is
+    /// what was lost, the whole job (`RestartJob`). A job it staged goes
+    /// on: every shard was done, its part is durable in its store, and it
+    /// publishes the part when it is back.
     async fn restart_jobs_owned_by(&self, desk: &mut Desk, lost: NodeId) -> Result<(), DeskError> {
         let running: Vec<Job> = self
             .state
@@ -532,7 +542,7 @@ impl LeaseDesk {
             if !map.nodes().contains(&lost) {
                 continue;
             }
-            if job.staged_by(lost, map.epoch).is_some() {
+            if job.staged_all_of(lost, map.epoch) {
                 tracing::warn!(
                     job = %job.id,
                     node = %lost,
@@ -540,6 +550,38 @@ impl LeaseDesk {
                      the part when it is back"
                 );
                 continue;
+            }
+            if job.shards_done == job.shards_total && job.recovery.is_none() {
+                let live = live_ids(&self.state.nodes()?);
+                let joined = map.without(lost, |n| live.contains(&n), map.epoch.next());
+                if let Some((owner, joined)) = joined {
+                    let command = Command::RecoverJob {
+                        job: job.id,
+                        attempt: job.attempt,
+                        lost,
+                        owner,
+                        map: joined,
+                    };
+                    match propose::propose(&self.raft, &command).await? {
+                        Response::JobRestarted { attempt, epoch, .. } => {
+                            tracing::warn!(
+                                job = %job.id,
+                                attempt,
+                                %epoch,
+                                "owner node {lost} was lost before it staged: node {owner} reads \
+                                 its partitions again"
+                            );
+                            metrics::counter!(JOB_RECOVERIES_METRIC).increment(1);
+                            desk.cursors.clear();
+                            continue;
+                        }
+                        other => tracing::warn!(
+                            job = %job.id,
+                            "recovering the partitions of node {lost}: {other:?}; the job runs \
+                             again whole"
+                        ),
+                    }
+                }
             }
             let cause = RestartCause::OwnerLost { node: lost };
             self.restart_job(desk, job.id, job.attempt, cause).await?;

@@ -53,6 +53,7 @@ pub fn metric_names() -> impl Iterator<Item = &'static str> {
         lease_desk::HEARTBEATS_METRIC,
         lease_desk::NODES_LOST_METRIC,
         lease_desk::JOB_RESTARTS_METRIC,
+        lease_desk::JOB_RECOVERIES_METRIC,
         authorize::REQUEST_REFUSED_METRIC,
         state_reads::STATE_READS_REFUSED_METRIC,
         raft_peers::RAFT_RPC_REFUSED_METRIC,

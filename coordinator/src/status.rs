@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use proto_schema::PartitionMap;
 use proto_schema::coordinator_api::{
-    DatasetStatus, JobPhase, JobStatus, MAX_STATUS_NODES, MAX_WORK_ITEMS, MemberStatus, NodeState,
-    NodeStatus, OwnedPartitions, ReplicaReport, StatusReport, WorkItem,
+    DatasetStatus, JobPhase, JobRecovery, JobStatus, MAX_STATUS_NODES, MAX_WORK_ITEMS,
+    MemberStatus, NodeState, NodeStatus, OwnedPartitions, ReplicaReport, StatusReport, WorkItem,
 };
 use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId};
 
@@ -228,29 +228,35 @@ impl StatusData {
             JobState::Submitted => JobPhase::Staging,
         };
         // Epoch 0: no map (maps start at epoch 1).
-        let (epoch, owners, mut unstaged) = match phase {
+        let (epoch, owners) = match phase {
             JobPhase::Scanning | JobPhase::Staging => {
                 let map = self.maps.get(&job.dataset_id);
                 let epoch = map.map_or(Epoch(0), |m| m.epoch);
                 let owners = records::stagers(map, || {
                     Ok(self.nodes.iter().filter(|n| !n.lost).cloned().collect())
                 })?;
-                let unstaged = job.unstaged(&owners, epoch);
-                (epoch, owners, unstaged)
+                (epoch, owners)
             }
-            JobPhase::Committed => {
-                let epoch = job.staged.iter().map(|(_, _, at)| *at).max();
-                let epoch = epoch.unwrap_or(Epoch(0));
-                let owners = job
-                    .staged
-                    .iter()
-                    .filter(|(_, _, at)| *at == epoch)
-                    .map(|(node, _, _)| *node)
-                    .collect();
-                (epoch, owners, Vec::new())
-            }
-            JobPhase::Submitting | JobPhase::Aborted => (Epoch(0), Vec::new(), Vec::new()),
+            JobPhase::Committed => match &job.recovery {
+                Some(recovery) => (recovery.epoch, Vec::new()),
+                None => {
+                    let epoch = job.staged.iter().map(|(_, _, at)| *at).max();
+                    let epoch = epoch.unwrap_or(Epoch(0));
+                    let owners = job
+                        .staged
+                        .iter()
+                        .filter(|(_, _, at)| *at == epoch)
+                        .map(|(node, _, _)| *node)
+                        .collect();
+                    (epoch, owners)
+                }
+            },
+            JobPhase::Submitting | JobPhase::Aborted => (Epoch(0), Vec::new()),
         };
+        let (mut unstaged, staged) = job.staging(&owners, epoch);
+        if phase.is_final() {
+            unstaged.clear();
+        }
         unstaged.truncate(MAX_STATUS_NODES);
         Ok(JobStatus {
             id: job.id,
@@ -264,11 +270,19 @@ impl StatusData {
             shards_pending: job.shards_total.saturating_sub(job.shards_done + leased),
             shards_leased: leased,
             shards_done: job.shards_done,
-            staged: job.staged_total(&owners, epoch),
+            staged,
             map_epoch: Some(epoch).filter(|&e| e != Epoch(0)),
             unstaged,
             attempt: job.attempt,
             restarted: job.restarted.map(|cause| cause.to_string()),
+            recovery: job.recovery.as_ref().map(|r| JobRecovery {
+                base_attempt: r.base_attempt,
+                base_epoch: r.base_epoch,
+                lost: r.lost,
+                owner: r.owner,
+                start: r.start,
+                end: r.end,
+            }),
         })
     }
 }

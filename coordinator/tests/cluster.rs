@@ -188,6 +188,16 @@ impl Cluster {
     }
 }
 
+/// Node `node`'s registration at `incarnation`.
+fn node_registration(node: u64, incarnation: u64) -> NodeRegistration {
+    NodeRegistration {
+        node: NodeId(node),
+        incarnation,
+        address: format!("10.0.0.{node}:7000"),
+        cert_fingerprint: [node as u8; 32],
+    }
+}
+
 /// Submits a manifest in chunks of at most `chunk` files.
 async fn submit(cluster: &Cluster, name: &str, files: Vec<FileEntry>, chunk: usize) -> JobId {
     let options = SubmitOptions {
@@ -683,12 +693,7 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
     const LEASE_MS: u64 = 1_000;
     let cluster = Cluster::start_with_lease(&[1], LEASE_MS).await;
     let mut client = cluster.client();
-    let registration = |node: u64, incarnation: u64| NodeRegistration {
-        node: NodeId(node),
-        incarnation,
-        address: format!("10.0.0.{node}:7000"),
-        cert_fingerprint: [node as u8; 32],
-    };
+    let registration = node_registration;
     for node in [1, 2] {
         assert_eq!(
             client.register(registration(node, 5)).await.unwrap(),
@@ -980,7 +985,7 @@ async fn nodes_lease_in_batches_heartbeat_without_the_log_and_the_silent_one_is_
         })
     );
     assert!(matches!(
-        client.register(registration(2, 6)).await.unwrap(),
+        client.register(node_registration(2, 6)).await.unwrap(),
         Response::NodeRegistered { incarnation: 6, .. }
     ));
 
@@ -1110,14 +1115,8 @@ async fn an_owner_lost_after_staging_leaves_its_job_to_commit() {
     const LEASE_MS: u64 = 1_000;
     let cluster = Cluster::start_with_lease(&[1], LEASE_MS).await;
     let mut client = cluster.client();
-    let registration = |node: u64, incarnation: u64| NodeRegistration {
-        node: NodeId(node),
-        incarnation,
-        address: format!("10.0.0.{node}:7000"),
-        cert_fingerprint: [node as u8; 32],
-    };
     for node in [1, 2] {
-        let registered = client.register(registration(node, 5)).await.unwrap();
+        let registered = client.register(node_registration(node, 5)).await.unwrap();
         assert!(matches!(registered, Response::NodeRegistered { .. }));
     }
     cluster.write(&dataset("ds")).await;
@@ -1195,7 +1194,7 @@ async fn an_owner_lost_after_staging_leaves_its_job_to_commit() {
         "a lost node stages nothing new"
     );
     // A node that joins now, and node 1 asking again, get the job's map.
-    let joined = client.register(registration(3, 5)).await.unwrap();
+    let joined = client.register(node_registration(3, 5)).await.unwrap();
     assert!(matches!(joined, Response::NodeRegistered { .. }));
     for (node, part) in [(3, 3), (1, 1)] {
         let asked = client
@@ -1217,7 +1216,7 @@ async fn an_owner_lost_after_staging_leaves_its_job_to_commit() {
         (committed.phase, committed.attempt, committed.staged),
         (JobPhase::Committed, 0, counts(10, 7, 3))
     );
-    let back = client.register(registration(2, 6)).await.unwrap();
+    let back = client.register(node_registration(2, 6)).await.unwrap();
     assert!(matches!(back, Response::NodeRegistered { .. }));
     assert_eq!(
         client
@@ -1227,4 +1226,174 @@ async fn an_owner_lost_after_staging_leaves_its_job_to_commit() {
         staged(true, false),
         "back, it learns of the commit and publishes"
     );
+}
+
+/// An owner lost once every shard was done, before it staged: its
+/// partitions alone are read again (lineage). The other owners' parts
+/// stay; its neighbour in partition order takes its range under the next
+/// map and reads every shard again for that range, as the next attempt,
+/// and stages a recovery part whose reads are the job's. The job commits
+/// with the base parts and the recovery part, its counts reconciled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_lost_before_staging_has_its_partitions_read_again() {
+    const LEASE_MS: u64 = 1_000;
+    let cluster = Cluster::start_with_lease(&[1], LEASE_MS).await;
+    let mut client = cluster.client();
+    for node in [1, 2, 3] {
+        let registered = client.register(node_registration(node, 5)).await.unwrap();
+        assert!(matches!(registered, Response::NodeRegistered { .. }));
+    }
+    cluster.write(&dataset("ds")).await;
+    let job = submit(&cluster, "ds", files(6), 6).await;
+    let base = client
+        .partition_map(NodeId(1), "ds", job, 2, 1)
+        .await
+        .unwrap()
+        .map;
+    for node in [2, 3] {
+        client
+            .partition_map(NodeId(node), "ds", job, 2, node)
+            .await
+            .unwrap();
+    }
+    let read_all = async |client: &mut CoordinatorClient<_>, epoch| {
+        let LeaseReply::Leased(leased) = client
+            .lease(NodeId(1), 100, Some((job, epoch)))
+            .await
+            .unwrap()
+        else {
+            panic!("no lease")
+        };
+        assert_eq!(leased.len(), 6);
+        let done = leased.iter().map(|l| (l.shard, l.epoch)).collect();
+        client.complete_shards(NodeId(1), done).await.unwrap();
+    };
+    read_all(&mut client, base.epoch).await;
+    let counts = |read, unique, duplicates| StagedCounts {
+        read,
+        unique,
+        duplicates,
+        rejected: 0,
+    };
+    let staged = |committed, committing| Response::JobStaged {
+        job,
+        committed,
+        committing,
+    };
+    assert_eq!(
+        client
+            .stage(NodeId(1), job, counts(10, 3, 1), base.epoch)
+            .await
+            .unwrap(),
+        staged(false, false)
+    );
+
+    // Node 2 falls silent before staging; nodes 1 and 3 keep beating.
+    let silent_since = Instant::now();
+    while silent_since.elapsed() < Duration::from_millis(LEASE_MS + 300) {
+        for node in [1, 3] {
+            let beat = client
+                .heartbeat(NodeId(node), 5, vec![], None)
+                .await
+                .unwrap();
+            assert!(matches!(beat, HeartbeatReply::Alive { .. }), "{beat:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = client.job(job).await.unwrap().unwrap();
+    let recovery = status
+        .recovery
+        .expect("the job recovers node 2's partitions");
+    let lost_range = base.ranges[1];
+    assert_eq!(lost_range.node, NodeId(2));
+    assert_eq!(
+        (
+            recovery.base_attempt,
+            recovery.base_epoch,
+            recovery.lost,
+            recovery.owner,
+            recovery.start,
+            recovery.end
+        ),
+        (
+            0,
+            base.epoch,
+            NodeId(2),
+            NodeId(1),
+            lost_range.start,
+            lost_range.end
+        ),
+        "node 1, before node 2 in partition order, takes its range"
+    );
+    assert_eq!((status.attempt, status.phase), (1, JobPhase::Scanning));
+    assert!(
+        status.restarted.unwrap().contains("read again"),
+        "the cause says what runs again"
+    );
+    assert_eq!(
+        status.unstaged,
+        vec![NodeId(3), NodeId(1)],
+        "node 3's part of attempt 0, and node 1's recovery part"
+    );
+    // Node 3 stages its part of attempt 0 under the base map; under the
+    // new map only the recovery owner stages.
+    assert_eq!(
+        client
+            .stage(NodeId(3), job, counts(0, 2, 1), base.epoch)
+            .await
+            .unwrap(),
+        staged(false, false)
+    );
+    let recovering = client
+        .partition_map(NodeId(1), "ds", job, 2, 11)
+        .await
+        .unwrap()
+        .map;
+    assert_eq!(recovering.epoch, base.epoch.next());
+    assert_eq!(
+        recovering.nodes(),
+        vec![NodeId(1), NodeId(3)],
+        "node 2's range went to node 1"
+    );
+    assert!(matches!(
+        client
+            .stage(NodeId(3), job, counts(0, 2, 1), recovering.epoch)
+            .await
+            .unwrap(),
+        Response::Error(CommandError::StaleMapEpoch { .. })
+    ));
+    // Node 1 reads every shard again for node 2's range: 10 records, of
+    // which 3 are in that range.
+    read_all(&mut client, recovering.epoch).await;
+    assert!(matches!(
+        client
+            .stage(NodeId(1), job, counts(10, 2, 0), recovering.epoch)
+            .await
+            .unwrap(),
+        Response::Error(CommandError::CountsDoNotReconcile { .. })
+    ));
+    assert_eq!(
+        client
+            .stage(NodeId(1), job, counts(10, 2, 1), recovering.epoch)
+            .await
+            .unwrap(),
+        staged(true, true)
+    );
+    let committed = client.job(job).await.unwrap().unwrap();
+    assert_eq!(
+        (committed.phase, committed.attempt, committed.staged),
+        (JobPhase::Committed, 1, counts(10, 7, 3)),
+        "node 1's and 3's parts of attempt 0 and the recovery part"
+    );
+    assert!(committed.unstaged.is_empty());
+    for (counted, epoch) in [
+        (counts(10, 3, 1), base.epoch),
+        (counts(10, 2, 1), recovering.epoch),
+    ] {
+        assert_eq!(
+            client.stage(NodeId(1), job, counted, epoch).await.unwrap(),
+            staged(true, false),
+            "node 1 learns that both its parts are in the commit"
+        );
+    }
 }

@@ -53,6 +53,7 @@ use node::counters::JobCounters;
 use node::ingest::IngestOutcome;
 use node::input::roots::Roots;
 use node::leased_job::{self, DataChannel, JobError, LeasedJob};
+use node::staged_parts;
 use node::store::catalog::JobTotals;
 use node::store::{Access, Store};
 use proto_schema::coordinator_api::{HeartbeatReply, JobPhase, JobStatus};
@@ -175,9 +176,17 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
                     let run = Instant::now();
                     let result = run_seed(seed, input, &tally);
                     match &result {
-                        Ok(SeedEnd::Committed { attempts }) => eprintln!(
-                            "seed {seed}: committed in {:.1?} (attempt {attempts})",
-                            run.elapsed()
+                        Ok(SeedEnd::Committed {
+                            attempts,
+                            recovered,
+                        }) => eprintln!(
+                            "seed {seed}: committed in {:.1?} (attempt {attempts}{})",
+                            run.elapsed(),
+                            if *recovered {
+                                ", a lost owner's partitions read again"
+                            } else {
+                                ""
+                            }
                         ),
                         Ok(SeedEnd::Failed(reason)) => eprintln!(
                             "seed {seed}: ended uncommitted in {:.1?}: {reason}",
@@ -207,6 +216,16 @@ fn every_seed_commits_the_oracle_or_ends_with_a_named_reason() {
         count(|r| matches!(r, Ok(SeedEnd::Failed(_)))),
         failed.len()
     );
+    eprintln!(
+        "{} committed after reading a lost owner's partitions again",
+        count(|r| matches!(
+            r,
+            Ok(SeedEnd::Committed {
+                recovered: true,
+                ..
+            })
+        ))
+    );
     let tally: Vec<String> = tally
         .into_inner()
         .unwrap()
@@ -234,6 +253,8 @@ fn parallel_seeds() -> usize {
 enum SeedEnd {
     Committed {
         attempts: u32,
+        /// After a recovery of a lost owner's partitions.
+        recovered: bool,
     },
     /// Not committed, for this reason (nothing of it is visible).
     Failed(String),
@@ -627,17 +648,19 @@ fn check_outcome(
         }
         return Ok(SeedEnd::Failed(reasons.join("; ")));
     }
-    let mut totals = JobTotals::default();
-    for outcome in ends.iter().filter_map(|end| match end {
-        NodeEnd::Committed(outcome, _) => Some(outcome),
-        _ => None,
-    }) {
-        let (t, o) = (&mut totals, &outcome.totals);
-        t.read += o.read;
-        t.unique += o.unique;
-        t.duplicates += o.duplicates;
-        t.rejected += o.rejected;
+    let mut local_parts = Vec::new();
+    for (store, dataset) in &parts {
+        let jobs = store
+            .jobs(dataset.id)
+            .map_err(|e| format!("reading a store's jobs: {e}"))?;
+        local_parts.extend(
+            jobs.into_iter()
+                .filter(|local| local.cluster.is_some_and(|part| part.job == status.id)),
+        );
     }
+    // A recovered job's parts span two attempts: its recovery part's
+    // reads are the job's.
+    let totals = JobTotals::of_cluster_job(&local_parts);
     let oracle_lines = input.oracle.iter().filter(|&&b| b == b'\n').count() as u64;
     let staged = status.staged;
     let mut wrong = Vec::new();
@@ -688,6 +711,7 @@ fn check_outcome(
     } else {
         Ok(SeedEnd::Committed {
             attempts: status.attempt,
+            recovered: status.recovery.is_some(),
         })
     }
 }
@@ -832,7 +856,16 @@ impl NodeRunner<'_> {
             // A kill from here on stops the part.
             let part = self.part(store.clone().expect("open"), kills.clone());
             match part {
-                Ok(outcome) => return NodeEnd::Committed(Box::new(outcome), failed),
+                Ok(outcome) => {
+                    // After a recovery part, the part of the job's base
+                    // attempt it left staged publishes.
+                    let store = store.as_ref().expect("open");
+                    let settled = staged_parts::settle(&mut client, store, self.node);
+                    if let Err(e) = self.runtime.block_on(settled) {
+                        failed.push(format!("settling staged parts: {e}"));
+                    }
+                    return NodeEnd::Committed(Box::new(outcome), failed);
+                }
                 Err(e @ JobError::CannotRestart { .. }) => {
                     return NodeEnd::GaveUp(e.to_string(), failed);
                 }

@@ -25,6 +25,7 @@ use crate::store::catalog::{DatasetInfo, JobInfo, JobState, JobTotals};
 use crate::store::{Store, StoreError};
 use crate::tally_runs::TallyRuns;
 use external_sort::batch_pool::BatchPool;
+use proto_schema::shuffle::PartitionRange;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -106,41 +107,46 @@ pub fn prepare_with_feed(
     feed: Arc<dyn ShardFeed>,
     counters: Arc<JobCounters>,
 ) -> Result<PreparedJob, IngestError> {
-    prepare_job(store, config, shown_inputs, feed, counters, None)
+    prepare_part(store, config, shown_inputs, feed, counters, Owned::All)
 }
 
-/// A node's part of a cluster job: its shards from `feed`, its records
-/// routed by `shuffle`'s partition map (its own to its lanes, the others'
-/// to their owners over the data channel), and its lanes fed by its
-/// peers' streams too.
-pub fn prepare_shuffled(
+/// The partitions a part's lanes take records of.
+pub enum Owned {
+    /// Every partition: one node, or a map with one owner.
+    All,
+    /// Its share of the map; the records of the others go to their owners
+    /// over the data channel, and its lanes take its peers' streams too.
+    Shuffled(ShuffleJob),
+    /// A lost owner's, read again from every shard of the job (a recovery
+    /// part, lineage); the records of every other partition are read and
+    /// dropped: their owners have them.
+    Only(PartitionRange),
+}
+
+/// A job's part on this node: its shards from `feed`, its records kept or
+/// sent on as `owned` says.
+pub fn prepare_part(
     store: Arc<Store>,
     config: IngestConfig,
     shown_inputs: Vec<String>,
     feed: Arc<dyn ShardFeed>,
     counters: Arc<JobCounters>,
-    shuffle: ShuffleJob,
-) -> Result<PreparedJob, IngestError> {
-    prepare_job(store, config, shown_inputs, feed, counters, Some(shuffle))
-}
-
-fn prepare_job(
-    store: Arc<Store>,
-    config: IngestConfig,
-    shown_inputs: Vec<String>,
-    feed: Arc<dyn ShardFeed>,
-    counters: Arc<JobCounters>,
-    shuffle: Option<ShuffleJob>,
+    owned: Owned,
 ) -> Result<PreparedJob, IngestError> {
     config.validate()?;
     let dataset = store.open_dataset(&config.dataset, config.format, config.partitions)?;
-    let (lanes, routes, plan) = match &shuffle {
-        None => {
+    let (lanes, routes, plan, shuffle) = match owned {
+        Owned::All => {
             let lanes = LaneMap::new(dataset.partitions, config.threads);
             let plan = MemoryPlan::new(config.memory_bytes, lanes.lanes, config.batch_bytes);
-            (lanes, Routes::local(&lanes), plan)
+            (lanes, Routes::local(&lanes), plan, None)
         }
-        Some(shuffle) => {
+        Owned::Only(partitions) => {
+            let lanes = LaneMap::over(partitions, config.threads);
+            let plan = MemoryPlan::new(config.memory_bytes, lanes.lanes, config.batch_bytes);
+            (lanes, Routes::only(dataset.partitions, &lanes), plan, None)
+        }
+        Owned::Shuffled(shuffle) => {
             let lanes = LaneMap::over(shuffle.owned, config.threads);
             let remote: Vec<_> = shuffle.remote.iter().map(|r| r.partitions).collect();
             let routes = Routes::cluster(dataset.partitions, &lanes, &remote)
@@ -152,7 +158,7 @@ fn prepare_job(
                 destinations,
                 config.batch_bytes,
             );
-            (lanes, routes, plan)
+            (lanes, routes, plan, Some(shuffle))
         }
     };
     plan.publish_metrics();

@@ -10,7 +10,7 @@
 //! every owner has started the job too: a peer opens one stream per owner
 //! lane, and no shard is leased before every owner takes streams. A map
 //! of one owner runs the job locally; otherwise the node dials each other
-//! owner on its [`DataChannel`] and shuffles (`ingest::prepare_shuffled`).
+//! owner on its [`DataChannel`] and shuffles (`ingest::Owned::Shuffled`).
 //!
 //! A node's part counts only if it started before any of the job's shards
 //! was done in the job's current attempt, and is the node's first part of
@@ -42,10 +42,11 @@ use crate::actors::LaneMap;
 use crate::actors::feed::lease::{LeaseFeed, LeaseSettings, LeaseTarget};
 use crate::config::{DEFAULT_PARTITIONS, Format, IngestConfig};
 use crate::counters::JobCounters;
-use crate::ingest::{self, IngestError, IngestOutcome};
+use crate::ingest::{self, IngestError, IngestOutcome, Owned};
 use crate::input::roots::Roots;
 use crate::shuffle::inbound::node_certificate_name;
 use crate::shuffle::{Inbound, RemoteRange, ShuffleJob};
+use crate::store::catalog::JobState;
 use crate::store::staged::ClusterPart;
 use crate::store::{Store, StoreError};
 
@@ -227,12 +228,20 @@ pub fn run<T: Transport>(
             .build_hasher()
             .finish()
     };
-    let (attempt, began_ms, owners, shuffle) = runtime.block_on(async {
+    let (attempt, began_ms, map_epoch, owned) = runtime.block_on(async {
         let setup = async {
-            let (attempt, began_ms) = start_attempt(&mut job, &store, lanes, part).await?;
+            let (attempt, began_ms, recovering) =
+                start_attempt(&mut job, &store, lanes, part).await?;
+            if let Some(partitions) = recovering {
+                let epoch = recovery_map(&mut job, lanes, part).await?;
+                return Ok((attempt, began_ms, epoch, Owned::Only(partitions)));
+            }
             let owners = wait_for_owners(&mut job, lanes, part).await?;
-            let shuffle = shuffle_job(&job, &owners).await?;
-            Ok((attempt, began_ms, owners, shuffle))
+            let owned = match shuffle_job(&job, &owners).await? {
+                None => Owned::All,
+                Some(shuffle) => Owned::Shuffled(shuffle),
+            };
+            Ok((attempt, began_ms, owners.map.epoch, owned))
         };
         tokio::select! {
             set_up = setup => set_up,
@@ -251,17 +260,13 @@ pub fn run<T: Transport>(
             job: job.target.job,
             began_ms,
             attempt,
-            map_epoch: owners.map.epoch,
+            map_epoch,
         },
         runtime,
         settings,
     ));
-    let prepared = match shuffle {
-        None => ingest::prepare_with_feed(store, job.ingest, job.shown_inputs, feed, counters)?,
-        Some(shuffle) => {
-            ingest::prepare_shuffled(store, job.ingest, job.shown_inputs, feed, counters, shuffle)?
-        }
-    };
+    let (config, shown) = (job.ingest, job.shown_inputs);
+    let prepared = ingest::prepare_part(store, config, shown, feed, counters, owned)?;
     Ok(ingest::run(prepared, cancel)?)
 }
 
@@ -269,18 +274,21 @@ pub fn run<T: Transport>(
 /// of its shards is done yet and no earlier part of this node ran in it,
 /// else (if the map names this node: a node left out waits for the next
 /// job) the next one, asked for. With the time the job's submission
-/// began, which names it in a staged part.
+/// began, which names it in a staged part, and, for a job recovering a
+/// lost owner's partitions on this node, those partitions: the part is
+/// the recovery part.
 ///
 /// An earlier part here of the same attempt (cut short, or in a process
 /// that died) took records from its peers that died with it, and may have
 /// completions still on their way that would mark shards done whose
 /// records this part then never gets: the attempt cannot finish whole.
+/// Neither can a recovery another node runs, or one that began before.
 async fn start_attempt<T: Transport>(
     job: &mut LeasedJob<T>,
     store: &Store,
     lanes: u16,
     part: u64,
-) -> Result<(u32, u64), JobError> {
+) -> Result<(u32, u64, Option<PartitionRange>), JobError> {
     let (node, id) = (job.target.node, job.target.job);
     let dataset = job.ingest.dataset.clone();
     let map_error = |reason: String| JobError::Map {
@@ -288,10 +296,29 @@ async fn start_attempt<T: Transport>(
         reason,
     };
     let status = job_status(&mut job.client, id).await.map_err(map_error)?;
-    let ran_here = ran_part_of(store, &dataset, id, status.began_ms, status.attempt)
-        .map_err(IngestError::from)?;
+    let parts_here = |attempt| {
+        parts_of(store, &dataset, id, status.began_ms, attempt).map_err(IngestError::from)
+    };
+    let ran_here = !parts_here(status.attempt)?.is_empty();
     if status.shards_done == 0 && !ran_here {
-        return Ok((status.attempt, status.began_ms));
+        match status.recovery {
+            None => return Ok((status.attempt, status.began_ms, None)),
+            // Only beside this node's part of the base attempt, staged:
+            // without it the job cannot commit, and runs again whole.
+            Some(recovery)
+                if recovery.owner == node
+                    && parts_here(recovery.base_attempt)?
+                        .iter()
+                        .any(|state| matches!(state, JobState::Staged | JobState::Committed)) =>
+            {
+                let partitions = PartitionRange::new(recovery.start.get(), recovery.end.get())
+                    .ok_or_else(|| {
+                        map_error(format!("node {} lost no partitions", recovery.lost))
+                    })?;
+                return Ok((status.attempt, status.began_ms, Some(partitions)));
+            }
+            Some(_) => {}
+        }
     }
     let owners = job
         .client
@@ -317,7 +344,7 @@ async fn start_attempt<T: Transport>(
     match answer {
         Response::JobRestarted { attempt, .. } => {
             tracing::warn!(%node, job = %id, attempt, "job restarted: this node starts again");
-            Ok((attempt, status.began_ms))
+            Ok((attempt, status.began_ms, None))
         }
         other => Err(JobError::CannotRestart {
             node,
@@ -330,23 +357,28 @@ async fn start_attempt<T: Transport>(
     }
 }
 
-/// Whether `store` holds a part of `job`'s `attempt` (its submission
-/// begun at `began_ms`): one this node began earlier.
-fn ran_part_of(
+/// The states of the parts of `job`'s `attempt` (its submission begun at
+/// `began_ms`) `store` holds: the ones this node began earlier.
+fn parts_of(
     store: &Store,
     dataset: &str,
     job: JobId,
     began_ms: u64,
     attempt: u32,
-) -> Result<bool, StoreError> {
+) -> Result<Vec<JobState>, StoreError> {
     let Some(dataset) = store.dataset(dataset)? else {
-        return Ok(false);
+        return Ok(Vec::new());
     };
-    Ok(store.jobs(dataset.id)?.iter().any(|local| {
-        local
-            .cluster
-            .is_some_and(|part| (part.job, part.began_ms, part.attempt) == (job, began_ms, attempt))
-    }))
+    Ok(store
+        .jobs(dataset.id)?
+        .into_iter()
+        .filter(|local| {
+            local.cluster.is_some_and(|part| {
+                (part.job, part.began_ms, part.attempt) == (job, began_ms, attempt)
+            })
+        })
+        .map(|local| local.state)
+        .collect())
 }
 
 /// The job's status as the leader has it.
@@ -359,6 +391,34 @@ async fn job_status<T: Transport>(
         .await
         .map_err(|e| format!("asking for job {id}: {e}"))?
         .ok_or_else(|| format!("the coordinators know no job {id}"))
+}
+
+/// The epoch of the map a recovery part runs under (the one that gave
+/// this node the lost owner's partitions), announcing its lanes. It waits
+/// for no other owner: the others' parts are staged under the base map.
+async fn recovery_map<T: Transport>(
+    job: &mut LeasedJob<T>,
+    lanes: u16,
+    part: u64,
+) -> Result<Epoch, JobError> {
+    let (node, id) = (job.target.node, job.target.job);
+    let dataset = job.ingest.dataset.clone();
+    let owners = job
+        .client
+        .partition_map(node, &dataset, id, lanes, part)
+        .await
+        .map_err(|e| JobError::Map {
+            dataset: dataset.clone(),
+            reason: e.to_string(),
+        })?;
+    if !owners.map.nodes().contains(&node) {
+        return Err(JobError::NotAnOwner {
+            node,
+            dataset,
+            epoch: owners.map.epoch,
+        });
+    }
+    Ok(owners.map.epoch)
 }
 
 /// The dataset's map once every owner has announced its lanes.

@@ -44,7 +44,12 @@ pub fn decide(status: Option<&JobStatus>, part: &ClusterPart) -> Decision {
             status.began_ms, part.began_ms
         ));
     }
-    if status.attempt != part.attempt {
+    // A recovering job keeps its base attempt's parts staged under its
+    // base map (all but the lost owner's).
+    let kept = status
+        .recovery
+        .is_some_and(|r| (r.base_attempt, r.base_epoch) == (part.attempt, part.map_epoch));
+    if status.attempt != part.attempt && !kept {
         return Decision::Discard(format!(
             "job {job} was restarted ({}): attempt {} runs, this node's part is of attempt {}",
             status.restarted.as_deref().unwrap_or("no cause given"),
@@ -57,6 +62,15 @@ pub fn decide(status: Option<&JobStatus>, part: &ClusterPart) -> Decision {
         JobPhase::Aborted => Decision::Discard(format!("job {job} was aborted")),
         JobPhase::Submitting | JobPhase::Scanning | JobPhase::Staging => Decision::Wait,
     }
+}
+
+/// Whether `status` asks `node` to read a lost owner's partitions again
+/// while its `part` of the job's base attempt stays staged: that part
+/// then ends undecided, and the node runs the recovery part.
+pub fn recovers_here(status: &JobStatus, part: &ClusterPart, node: NodeId) -> bool {
+    status.recovery.is_some_and(|r| {
+        r.owner == node && r.base_attempt == part.attempt && status.attempt != part.attempt
+    })
 }
 
 /// The counts an owner stages.
@@ -111,7 +125,8 @@ pub struct Settled {
     /// Of jobs that moved on without them.
     pub discarded: Vec<JobInfo>,
     /// Jobs of the coordinators still deciding (or not reachable): the
-    /// node must not run these again while its part waits.
+    /// node must not run these again while its part waits (unless the job
+    /// recovers a lost owner's partitions on this node).
     pub waiting: Vec<JobId>,
 }
 
@@ -152,6 +167,11 @@ pub async fn settle<T: Transport>(
                         tracing::warn!("{e}");
                         settled.waiting.push(part.job);
                     }
+                    // The node may run the job's recovery part meanwhile.
+                    Ok(())
+                        if status
+                            .as_ref()
+                            .is_some_and(|s| recovers_here(s, &part, node)) => {}
                     Ok(()) => settled.waiting.push(part.job),
                 }
             }
@@ -163,7 +183,8 @@ pub async fn settle<T: Transport>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto_schema::ids::Epoch;
+    use proto_schema::coordinator_api::JobRecovery;
+    use proto_schema::ids::{Epoch, PartitionId};
 
     fn part() -> ClusterPart {
         ClusterPart {
@@ -192,6 +213,7 @@ mod tests {
             staged: StagedCounts::default(),
             attempt,
             restarted: None,
+            recovery: None,
         }
     }
 
@@ -214,5 +236,39 @@ mod tests {
             }
         }
         assert!(matches!(decide(None, &part), Decision::Discard(r) if r.contains("know no job 4")));
+    }
+
+    /// A job recovering a lost owner's partitions keeps the parts of its
+    /// base attempt staged under its base map, and no other earlier part.
+    #[test]
+    fn a_recovering_job_keeps_the_parts_of_its_base_attempt() {
+        let recovering = |base_attempt, base_epoch, phase| JobStatus {
+            recovery: Some(JobRecovery {
+                base_attempt,
+                base_epoch: Epoch(base_epoch),
+                lost: NodeId(2),
+                owner: NodeId(1),
+                start: PartitionId(21),
+                end: PartitionId(42),
+            }),
+            ..status(phase, 2, 1000)
+        };
+        let part = part();
+        let decided = |status: JobStatus| decide(Some(&status), &part);
+        assert_eq!(
+            decided(recovering(1, 2, JobPhase::Scanning)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decided(recovering(1, 2, JobPhase::Committed)),
+            Decision::Publish
+        );
+        for (base_attempt, base_epoch) in [(0, 2), (1, 1)] {
+            let decision = decided(recovering(base_attempt, base_epoch, JobPhase::Committed));
+            assert!(
+                matches!(&decision, Decision::Discard(r) if r.contains("restarted")),
+                "{decision:?}"
+            );
+        }
     }
 }

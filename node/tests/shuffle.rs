@@ -151,13 +151,13 @@ fn two_nodes_shuffle_to_the_export_of_sort_u() {
         let counters = Arc::new(JobCounters::default());
         let feed = Arc::new(WalkFeed::share(vec![input.clone()], node as u32, 2));
         prepared.push(
-            node::ingest::prepare_shuffled(
+            node::ingest::prepare_part(
                 store.clone(),
                 config(&data),
                 vec![input.display().to_string()],
                 feed,
                 counters.clone(),
-                shuffle,
+                node::ingest::Owned::Shuffled(shuffle),
             )
             .unwrap(),
         );

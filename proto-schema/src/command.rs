@@ -287,6 +287,20 @@ pub enum Command {
         map: PartitionMap,
         cause: RestartCause,
     },
+    /// Recovers a job whose owner `lost` was lost before it staged, once
+    /// every shard was done (lineage): the other owners' parts stay, and
+    /// `owner`, the lost range's neighbour, takes that range under `map`
+    /// (the dataset's next map) and reads every shard again for it alone,
+    /// as attempt `attempt + 1`. Nothing if the job is past `attempt`
+    /// already; refused unless every shard is done and the job is not
+    /// recovering already, and past `MAX_JOB_ATTEMPTS`.
+    RecoverJob {
+        job: JobId,
+        attempt: u32,
+        lost: NodeId,
+        owner: NodeId,
+        map: PartitionMap,
+    },
     /// Part of the inventory as ranges (at most `MAX_CHUNK_RANGES`), in
     /// ascending path order and disjoint, each applied as a `SubmitChunk`
     /// of its own would be, but atomically together. Ranges sent as a
@@ -321,6 +335,9 @@ pub enum RestartCause {
     /// An owner started its part after shards were done (it failed or
     /// restarted), so what they sent it is gone.
     OwnerStartedAgain { node: NodeId },
+    /// An owner was lost once every shard was done, before it staged:
+    /// only its partitions are read again (`RecoverJob`).
+    PartitionsLost { node: NodeId },
 }
 
 impl std::fmt::Display for RestartCause {
@@ -330,6 +347,10 @@ impl std::fmt::Display for RestartCause {
             Self::OwnerStartedAgain { node } => {
                 write!(f, "owner node {node} started its part again")
             }
+            Self::PartitionsLost { node } => write!(
+                f,
+                "owner node {node} was lost before it staged: its partitions are read again"
+            ),
         }
     }
 }
@@ -474,6 +495,11 @@ pub enum CommandError {
         job: JobId,
         attempts: u32,
     },
+    /// A `RecoverJob` that does not fit the job or its map.
+    CannotRecover {
+        job: JobId,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for CommandError {
@@ -577,6 +603,12 @@ impl std::fmt::Display for CommandError {
                 f,
                 "job {job} has run {attempts} times, the most allowed: abort it and submit again"
             ),
+            Self::CannotRecover { job, reason } => {
+                write!(
+                    f,
+                    "job {job} cannot recover a lost owner's partitions: {reason}"
+                )
+            }
             Self::OutOfBounds { what, size, max } => {
                 let unit = what.unit();
                 write!(
@@ -980,6 +1012,13 @@ mod tests {
                 map: PartitionMap::split(64, &[7u64.into()], 3u64.into()),
                 cause: RestartCause::OwnerLost { node: 8u64.into() },
             },
+            Command::RecoverJob {
+                job: 9u64.into(),
+                attempt: 0,
+                lost: 8u64.into(),
+                owner: 7u64.into(),
+                map: PartitionMap::split(64, &[7u64.into()], 3u64.into()),
+            },
         ];
         let responses = vec![
             Response::NodeRegistered {
@@ -1072,6 +1111,10 @@ mod tests {
                 job: 9u64.into(),
                 attempts: 8,
             }),
+            Response::Error(CommandError::CannotRecover {
+                job: 9u64.into(),
+                reason: "no owner".into(),
+            }),
         ];
         (commands, responses)
     }
@@ -1102,6 +1145,7 @@ mod tests {
                 0x5476d6755607690e,
                 0x869fd932e60c62d3,
                 0x3a5e727622486113,
+                0xdc8c3149daf2fadd,
             ]
         );
         assert_eq!(
@@ -1129,6 +1173,7 @@ mod tests {
                 0xfc219c1d2bb4e659,
                 0x59cde3a4a2a3d2f3,
                 0x91187eb5bdeea5d9,
+                0xbeef8c63d6484025,
             ]
         );
     }

@@ -87,6 +87,36 @@ impl PartitionMap {
         self.ranges.iter().map(|r| r.node).collect()
     }
 
+    /// This map at `epoch` with `lost`'s range joined to that of its
+    /// neighbour in partition order (the one before it, else the one
+    /// after) if `live` holds that neighbour: the neighbour, and the map.
+    /// Every other range stays as it is. `None` if `lost` owns no range
+    /// or has no live neighbour.
+    pub fn without(
+        &self,
+        lost: NodeId,
+        live: impl Fn(NodeId) -> bool,
+        epoch: Epoch,
+    ) -> Option<(NodeId, Self)> {
+        let at = self.ranges.iter().position(|r| r.node == lost)?;
+        let before = at.checked_sub(1).filter(|&i| live(self.ranges[i].node));
+        let after = Some(at + 1).filter(|&i| i < self.ranges.len() && live(self.ranges[i].node));
+        let heir = before.or(after)?;
+        let mut ranges = self.ranges.clone();
+        let taken = ranges.remove(at);
+        let heir = if heir > at { heir - 1 } else { heir };
+        let range = &mut ranges[heir];
+        range.start = range.start.min(taken.start);
+        range.end = range.end.max(taken.end);
+        let node = range.node;
+        let map = Self {
+            epoch,
+            partitions: self.partitions,
+            ranges,
+        };
+        Some((node, map))
+    }
+
     /// Why the ranges do not cover `0..partitions` in order without gaps
     /// or empty ranges, if they do not.
     pub fn check(&self) -> Result<(), String> {
@@ -134,6 +164,45 @@ mod tests {
                 prop_assert!(range.start.get() <= p && p < range.end.get());
             }
             prop_assert_eq!(map.owner(PartitionId(partitions)), None);
+        }
+    }
+
+    proptest! {
+        /// A lost node's range goes whole to a live neighbour; the map
+        /// still covers every partition once, and no other range moves.
+        #[test]
+        fn a_lost_range_joins_a_live_neighbour(
+            partitions in 2u16..500,
+            count in 2usize..12,
+            lost in 0usize..12,
+            dead in proptest::collection::vec(any::<bool>(), 12),
+        ) {
+            let nodes: Vec<NodeId> = (1..=count as u64).map(NodeId).collect();
+            let map = PartitionMap::split(partitions, &nodes, Epoch(3));
+            let lost = nodes[lost % count];
+            let live = |n: NodeId| n != lost && !dead[n.get() as usize - 1];
+            let Some(at) = map.ranges.iter().position(|r| r.node == lost) else {
+                // More nodes than partitions: this one owns none.
+                prop_assert!(map.without(lost, live, Epoch(4)).is_none());
+                return Ok(());
+            };
+            let Some((heir, joined)) = map.without(lost, live, Epoch(4)) else {
+                let neighbours = [at.checked_sub(1), Some(at + 1)];
+                let dead = |&i: &usize| i >= map.ranges.len() || !live(map.ranges[i].node);
+                prop_assert!(neighbours.iter().flatten().all(dead));
+                return Ok(());
+            };
+            prop_assert!(live(heir));
+            prop_assert_eq!(joined.check(), Ok(()));
+            prop_assert_eq!((joined.epoch, joined.ranges.len()), (Epoch(4), map.ranges.len() - 1));
+            let was = &map.ranges[at];
+            for p in 0..partitions {
+                let before = map.owner(PartitionId(p)).unwrap();
+                let expected = if before == lost { heir } else { before };
+                prop_assert_eq!(joined.owner(PartitionId(p)), Some(expected));
+            }
+            let heir_range = joined.ranges.iter().find(|r| r.node == heir).unwrap();
+            prop_assert!(heir_range.end == was.start || heir_range.start <= was.start);
         }
     }
 

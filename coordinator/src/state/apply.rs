@@ -36,7 +36,8 @@ use super::keys::{
 };
 use super::listed::{self, Listing};
 use super::records::{
-    self, CatalogEntry, Dataset, FileStatus, Job, JobState, Node, Shard, ShardState, Stored,
+    self, CatalogEntry, Dataset, FileStatus, Job, JobState, Node, Recovery, Shard, ShardState,
+    Stored,
 };
 use super::sorted_lookup::SortedLookup;
 use proto_schema::PartitionMap;
@@ -191,6 +192,13 @@ pub fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Response, StateError> {
             map,
             cause,
         } => restart_job(tx, job, attempt, map, cause),
+        Command::RecoverJob {
+            job,
+            attempt,
+            lost,
+            owner,
+            map,
+        } => recover_job(tx, job, attempt, lost, owner, map),
     }?;
     Ok(outcome.unwrap_or_else(|err| {
         tx.batch.clear();
@@ -355,6 +363,7 @@ fn begin_submission(tx: &mut Tx<'_>, name: &str, now_ms: u64) -> Outcome {
         staged: Vec::new(),
         attempt: 0,
         restarted: None,
+        recovery: None,
     };
     tx.put(CF_JOBS, &keys::id(submission), &job);
     dataset.open_submission = Some(submission);
@@ -1026,7 +1035,9 @@ fn completed_by(
 /// An owner's staged counts, under the dataset's current partition map.
 /// The job commits when every shard is done, every owner of the current
 /// map (every live node, before any map) has staged under it, and the sum
-/// of their counts reconciles.
+/// of their counts reconciles. A recovering job (`RecoverJob`) takes its
+/// base owners' parts under its base map, and its recovery owner's part
+/// under the current one.
 ///
 /// An owner declared lost after staging stays in the job (its staged
 /// files survive it; it publishes them when it is back): asking again
@@ -1070,10 +1081,17 @@ fn stage_job(
     }
     let map = tx.get::<PartitionMap>(CF_PARTITIONS, &keys::dataset_prefix(job.dataset_id))?;
     let current = map.as_ref().map_or(Epoch(0), |m| m.epoch);
+    // Whether a part staged under `map_epoch` counts now: under the
+    // current map, or a base owner's under a recovering job's base map.
+    let counting = match &job.recovery {
+        None => map_epoch == current,
+        Some(recovery) if map_epoch == recovery.base_epoch => recovery.base_owners.contains(&node),
+        Some(recovery) => map_epoch == current && node == recovery.owner,
+    };
     if let Err(e) = live_node(tx, node)? {
         // A lost owner whose stage the job holds, asking again (its answer
         // was lost): its part stays in the job, which commits without it.
-        let repeated = map_epoch == current && job.staged_by(node, current) == Some(counts);
+        let repeated = counting && job.staged_by(node, map_epoch) == Some(counts);
         return Ok(if repeated {
             Ok(Response::JobStaged {
                 job: id,
@@ -1084,22 +1102,24 @@ fn stage_job(
             Err(e)
         });
     }
-    if map_epoch != current {
+    if !counting {
         return Ok(Err(CommandError::StaleMapEpoch {
             dataset: dataset_name(tx, job.dataset_id)?,
             presented: map_epoch,
             current,
         }));
     }
-    match job.staged.iter_mut().find(|(owner, _, _)| *owner == node) {
-        Some(entry) => *entry = (node, counts, map_epoch),
-        None => job.staged.push((node, counts, map_epoch)),
+    match &mut job.recovery {
+        Some(recovery) if map_epoch == recovery.epoch => recovery.staged = Some(counts),
+        _ => match job.staged.iter_mut().find(|(owner, _, _)| *owner == node) {
+            Some(entry) => *entry = (node, counts, map_epoch),
+            None => job.staged.push((node, counts, map_epoch)),
+        },
     }
     let owners = records::stagers(map.as_ref(), || live_nodes(tx))?;
-    let committed =
-        job.shards_done == job.shards_total && job.unstaged(&owners, current).is_empty();
+    let (unstaged, total) = job.staging(&owners, current);
+    let committed = job.shards_done == job.shards_total && unstaged.is_empty();
     if committed {
-        let total = job.staged_total(&owners, current);
         if !total.reconciles() {
             return Ok(Err(CommandError::CountsDoNotReconcile {
                 job: id,
@@ -1116,6 +1136,73 @@ fn stage_job(
     }))
 }
 
+/// Recovers `id` (see `Command::RecoverJob`), if it is still at
+/// `attempt`: every shard is done, `lost` owns a range of the current map
+/// and has not staged, and `map`, the next one, gives that range to
+/// `owner`, a live owner, and leaves every other range as it was.
+fn recover_job(
+    tx: &mut Tx<'_>,
+    id: JobId,
+    attempt: u32,
+    lost: NodeId,
+    owner: NodeId,
+    map: PartitionMap,
+) -> Outcome {
+    let mut job = match attempt_to_follow(tx, id, attempt)? {
+        Ok(job) => job,
+        Err(answer) => return Ok(answer),
+    };
+    let refused = |reason: String| Ok(Err(CommandError::CannotRecover { job: id, reason }));
+    if job.recovery.is_some() || job.shards_done != job.shards_total {
+        return refused("it recovers already, or shards are not done".into());
+    }
+    let Some(base) =
+        tx.get::<PartitionMap>(CF_PARTITIONS, &keys::dataset_prefix(job.dataset_id))?
+    else {
+        return refused("its dataset has no partition map".into());
+    };
+    let Some(range) = base.ranges.iter().find(|r| r.node == lost).copied() else {
+        return refused(format!("node {lost} owns no partitions"));
+    };
+    let expected = base.without(lost, |n| n == owner, map.epoch);
+    if job.staged_by(lost, base.epoch).is_some()
+        || expected.is_none_or(|(heir, joined)| heir != owner || joined != map)
+    {
+        return refused(format!(
+            "node {lost} staged already, or map {} does not give its range to node {owner}",
+            map.epoch
+        ));
+    }
+    if let Err(e) = live_node(tx, owner)? {
+        return Ok(Err(e));
+    }
+    let name = dataset_name(tx, job.dataset_id)?;
+    let epoch = map.epoch;
+    if let Err(e) = assign_partitions(tx, &name, map)? {
+        return Ok(Err(e));
+    }
+    job.recovery = Some(Recovery {
+        base_attempt: job.attempt,
+        base_epoch: base.epoch,
+        base_owners: base.nodes().into_iter().filter(|&n| n != lost).collect(),
+        lost,
+        start: range.start,
+        end: range.end,
+        owner,
+        epoch,
+        staged: None,
+    });
+    job.attempt += 1;
+    job.shards_done = 0;
+    job.restarted = Some(RestartCause::PartitionsLost { node: lost });
+    tx.put(CF_JOBS, &keys::id(id), &job);
+    Ok(Ok(Response::JobRestarted {
+        job: id,
+        attempt: job.attempt,
+        epoch,
+    }))
+}
+
 /// Runs `id` again from its first shard under `map`, if it is still at
 /// `attempt` (see `Command::RestartJob`).
 fn restart_job(
@@ -1125,25 +1212,10 @@ fn restart_job(
     map: PartitionMap,
     cause: RestartCause,
 ) -> Outcome {
-    let Some(mut job) = tx.get::<Job>(CF_JOBS, &keys::id(id))? else {
-        return Ok(Err(CommandError::JobNotSubmitted { job: id }));
+    let mut job = match attempt_to_follow(tx, id, attempt)? {
+        Ok(job) => job,
+        Err(answer) => return Ok(answer),
     };
-    if job.state != JobState::Submitted {
-        return Ok(Err(CommandError::JobNotSubmitted { job: id }));
-    }
-    if job.attempt != attempt {
-        return Ok(Ok(Response::JobRestarted {
-            job: id,
-            attempt: job.attempt,
-            epoch: map_epoch(tx, job.dataset_id)?,
-        }));
-    }
-    if job.attempt + 1 >= MAX_JOB_ATTEMPTS {
-        return Ok(Err(CommandError::TooManyAttempts {
-            job: id,
-            attempts: job.attempt + 1,
-        }));
-    }
     let name = dataset_name(tx, job.dataset_id)?;
     let epoch = map.epoch;
     if let Err(e) = assign_partitions(tx, &name, map)? {
@@ -1152,6 +1224,7 @@ fn restart_job(
     job.attempt += 1;
     job.shards_done = 0;
     job.staged.clear();
+    job.recovery = None;
     job.restarted = Some(cause);
     tx.put(CF_JOBS, &keys::id(id), &job);
     Ok(Ok(Response::JobRestarted {
@@ -1159,6 +1232,37 @@ fn restart_job(
         attempt: job.attempt,
         epoch,
     }))
+}
+
+/// `id`, if it still runs `attempt` and may run one more; else the answer
+/// to a restart or recovery of it: unknown or over, restarted already (by
+/// an earlier command: the answer names the running attempt), or out of
+/// attempts.
+fn attempt_to_follow(
+    tx: &Tx<'_>,
+    id: JobId,
+    attempt: u32,
+) -> Result<Result<Job, Result<Response, CommandError>>, StateError> {
+    let Some(job) = tx.get::<Job>(CF_JOBS, &keys::id(id))? else {
+        return Ok(Err(Err(CommandError::JobNotSubmitted { job: id })));
+    };
+    if job.state != JobState::Submitted {
+        return Ok(Err(Err(CommandError::JobNotSubmitted { job: id })));
+    }
+    if job.attempt != attempt {
+        return Ok(Err(Ok(Response::JobRestarted {
+            job: id,
+            attempt: job.attempt,
+            epoch: map_epoch(tx, job.dataset_id)?,
+        })));
+    }
+    if job.attempt + 1 >= MAX_JOB_ATTEMPTS {
+        return Ok(Err(Err(CommandError::TooManyAttempts {
+            job: id,
+            attempts: job.attempt + 1,
+        })));
+    }
+    Ok(Ok(job))
 }
 
 /// The epoch of the dataset's partition map (0 before it has one).

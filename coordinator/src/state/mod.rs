@@ -61,8 +61,9 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// Layout 4: jobs and shards carry the job's attempt (`RestartJob`).
 /// Layout 5: a listing record starts with its entries' digest
 /// (`SubmitRanges`). Layout 6: a listing record points at its range's
-/// paths, kept apart and written once (`listed`).
-const LAYOUT: u64 = 6;
+/// paths, kept apart and written once (`listed`). Layout 7: jobs carry
+/// their recovery of a lost owner's partitions (`RecoverJob`).
+const LAYOUT: u64 = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

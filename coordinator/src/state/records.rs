@@ -5,7 +5,7 @@
 
 use proto_schema::PartitionMap;
 use proto_schema::command::{DatasetSpec, DiffCounts, NodeInfo, RestartCause, StagedCounts};
-use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, ShardId};
+use proto_schema::ids::{DatasetId, Epoch, JobId, NodeId, PartitionId, ShardId};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -58,12 +58,63 @@ pub struct Job {
     pub attempt: u32,
     /// Why it was last restarted.
     pub restarted: Option<RestartCause>,
+    /// Set by `RecoverJob`: the job recovers a lost owner's partitions.
+    pub recovery: Option<Recovery>,
+}
+
+/// A job recovering the partitions of an owner lost before it staged,
+/// once every shard was done (`RecoverJob`): the other owners' parts of
+/// `base_attempt`, staged under map `base_epoch`, stay; `owner` reads
+/// every shard again for `lost`'s range alone (`start..end`) under map
+/// `epoch`, and stages that as its recovery part.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub base_attempt: u32,
+    pub base_epoch: Epoch,
+    /// The owners of the base map but `lost`: each stages under it.
+    pub base_owners: Vec<NodeId>,
+    pub lost: NodeId,
+    pub start: PartitionId,
+    pub end: PartitionId,
+    pub owner: NodeId,
+    pub epoch: Epoch,
+    /// The recovery part's counts, once staged. It read every record
+    /// again, so its read and rejected are the job's own.
+    pub staged: Option<StagedCounts>,
 }
 
 impl Job {
-    /// Which of `owners` have not staged under map `epoch`: the job
-    /// commits once none is left (and every shard is done).
-    pub fn unstaged(&self, owners: &[NodeId], epoch: Epoch) -> Vec<NodeId> {
+    /// Who has yet to stage, and what the staged parts add up to, when
+    /// `owners` stage under map `epoch` (a recovering job: its base owners
+    /// under the base map, and its recovery owner). The job commits once
+    /// nobody is left (and every shard is done) with counts that
+    /// reconcile.
+    pub fn staging(&self, owners: &[NodeId], epoch: Epoch) -> (Vec<NodeId>, StagedCounts) {
+        let Some(recovery) = &self.recovery else {
+            return (
+                self.unstaged(owners, epoch),
+                self.staged_total(owners, epoch),
+            );
+        };
+        let mut unstaged = self.unstaged(&recovery.base_owners, recovery.base_epoch);
+        if recovery.staged.is_none() {
+            unstaged.push(recovery.owner);
+        }
+        let base = self.staged_total(&recovery.base_owners, recovery.base_epoch);
+        let again = recovery.staged.unwrap_or_default();
+        // The base parts' reads miss the lost owner's: the recovery read
+        // every record again, and its reads are the job's.
+        let total = StagedCounts {
+            read: again.read,
+            unique: base.unique + again.unique,
+            duplicates: base.duplicates + again.duplicates,
+            rejected: again.rejected,
+        };
+        (unstaged, total)
+    }
+
+    /// Which of `owners` have not staged under map `epoch`.
+    fn unstaged(&self, owners: &[NodeId], epoch: Epoch) -> Vec<NodeId> {
         owners
             .iter()
             .copied()
@@ -71,22 +122,43 @@ impl Job {
             .collect()
     }
 
-    /// The counts `owner` staged under map `epoch`, if it has.
+    /// The counts `owner` staged under map `epoch` (a recovery part
+    /// under the recovery's map), if it has.
     pub fn staged_by(&self, owner: NodeId, epoch: Epoch) -> Option<StagedCounts> {
+        if let Some(recovery) = &self.recovery
+            && (recovery.owner, recovery.epoch) == (owner, epoch)
+        {
+            return recovery.staged;
+        }
         self.staged
             .iter()
             .find(|&&(node, _, at)| node == owner && at == epoch)
             .map(|&(_, counts, _)| counts)
     }
 
+    /// Whether everything `node` must stage for the job under map `epoch`
+    /// has been staged: then its parts are durable in its store, and
+    /// losing it loses nothing the job needs.
+    pub fn staged_all_of(&self, node: NodeId, epoch: Epoch) -> bool {
+        match &self.recovery {
+            None => self.staged_by(node, epoch).is_some(),
+            Some(recovery) => {
+                let base = !recovery.base_owners.contains(&node)
+                    || self.staged_by(node, recovery.base_epoch).is_some();
+                base && (node != recovery.owner || recovery.staged.is_some())
+            }
+        }
+    }
+
     /// Whether any owner has staged under map `epoch`: then every shard
     /// was done, and the job commits under that map or runs again.
     pub fn staging_under(&self, epoch: Epoch) -> bool {
         self.staged.iter().any(|&(_, _, at)| at == epoch)
+            || self.recovery.as_ref().is_some_and(|r| r.epoch == epoch)
     }
 
     /// The counts `owners` staged under map `epoch`, summed.
-    pub fn staged_total(&self, owners: &[NodeId], epoch: Epoch) -> StagedCounts {
+    fn staged_total(&self, owners: &[NodeId], epoch: Epoch) -> StagedCounts {
         let mut total = StagedCounts::default();
         for (_, counts, _) in self
             .staged
@@ -327,6 +399,17 @@ mod tests {
                 )],
                 attempt: 1,
                 restarted: Some(RestartCause::OwnerLost { node: 8u64.into() }),
+                recovery: Some(Recovery {
+                    base_attempt: 0,
+                    base_epoch: 2u64.into(),
+                    base_owners: vec![7u64.into()],
+                    lost: 8u64.into(),
+                    start: PartitionId(32),
+                    end: PartitionId(64),
+                    owner: 7u64.into(),
+                    epoch: 3u64.into(),
+                    staged: None,
+                }),
             }
             .encode(),
             CatalogEntry {
@@ -369,8 +452,8 @@ mod tests {
         ]
     }
 
-    /// Digests taken from the bytes of state layout 4 (jobs and shards
-    /// with attempts): a change that moves a byte fails here and needs a
+    /// Digests taken from the bytes of state layout 7 (jobs with a
+    /// recovery of a lost owner's partitions): a change that moves a byte fails here and needs a
     /// new layout.
     #[test]
     fn records_are_frozen() {
@@ -382,7 +465,7 @@ mod tests {
             digests,
             [
                 0x3f0cef596d87dccd,
-                0x32db17cbe9697037,
+                0xad0c08e6a858e336,
                 0x4d9e173fad3c9589,
                 0x2c491cacd296dbfb,
                 0xc31550e43a0c6f20,

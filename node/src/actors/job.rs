@@ -222,9 +222,12 @@ impl JobState {
             rejected: JobCounters::get(&c.rejected),
         };
         // In a cluster job a node's reads and its owners' counts differ by
-        // what crossed the shuffle: the coordinator reconciles them across
-        // nodes. Keys written still match what this node's dedup kept.
-        let reconciles = totals.reconciles() || ctx.shuffle.is_some();
+        // what crossed the shuffle, and a recovery part's (its lanes own a
+        // lost owner's partitions only) by the records it read and dropped:
+        // the coordinator reconciles the parts across nodes. Keys written
+        // still match what this node's dedup kept.
+        let owns_every_partition = ctx.lanes.partitions == ctx.dataset.partitions;
+        let reconciles = totals.reconciles() || ctx.shuffle.is_some() || !owns_every_partition;
         if !reconciles || keys != totals.unique {
             return Err(format!(
                 "counters do not reconcile: read {} != unique {} + duplicates {} + rejected {}, \

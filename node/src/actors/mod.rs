@@ -119,13 +119,30 @@ impl LaneMap {
 
 /// Where a scanner sends each partition's records: the index of one of its
 /// edges, the node's lanes first, then remote owners' streams in the order
-/// given.
+/// given; or nowhere, for a part that reads its lanes' partitions alone.
 #[derive(Debug, Clone)]
 pub struct Routes {
     table: Arc<[u16]>,
 }
 
+/// A partition whose records a part reads and drops (`Routes::only`).
+const DROPPED: u16 = u16::MAX;
+
 impl Routes {
+    /// `lanes`' partitions to their lanes; the other partitions of the
+    /// dataset's `partitions` are dropped (a recovery part's: it reads
+    /// every record again for a lost owner's partitions alone).
+    pub fn only(partitions: u16, lanes: &LaneMap) -> Self {
+        Self {
+            table: (0..partitions)
+                .map(|p| match p.checked_sub(lanes.first) {
+                    Some(at) if at < lanes.partitions => lanes.lane_of(p) as u16,
+                    _ => DROPPED,
+                })
+                .collect(),
+        }
+    }
+
     /// Every partition to its lane on this node.
     pub fn local(lanes: &LaneMap) -> Self {
         Self {
@@ -143,7 +160,7 @@ impl Routes {
         lanes: &LaneMap,
         remote: &[PartitionRange],
     ) -> Result<Self, String> {
-        let mut table = vec![u16::MAX; partitions as usize];
+        let mut table = vec![DROPPED; partitions as usize];
         let local =
             (0..lanes.partitions).map(|p| (lanes.first + p, lanes.lane_of(lanes.first + p)));
         let remote = remote.iter().enumerate().flat_map(|(i, range)| {
@@ -153,12 +170,15 @@ impl Routes {
             let slot = table.get_mut(partition as usize).ok_or(format!(
                 "partition {partition} is beyond the dataset's {partitions}"
             ))?;
-            if *slot != u16::MAX {
+            if *slot != DROPPED {
                 return Err(format!("partition {partition} has two owners"));
             }
-            *slot = u16::try_from(destination).map_err(|_| "too many destinations".to_string())?;
+            *slot = u16::try_from(destination)
+                .ok()
+                .filter(|&d| d != DROPPED)
+                .ok_or("too many destinations")?;
         }
-        match table.iter().position(|&d| d == u16::MAX) {
+        match table.iter().position(|&d| d == DROPPED) {
             Some(partition) => Err(format!("partition {partition} has no owner")),
             None => Ok(Self {
                 table: table.into(),
@@ -166,8 +186,10 @@ impl Routes {
         }
     }
 
-    pub fn of(&self, partition: u16) -> usize {
-        self.table[partition as usize] as usize
+    /// The destination of `partition`'s records; `None`: dropped.
+    pub fn of(&self, partition: u16) -> Option<usize> {
+        let destination = self.table[partition as usize];
+        (destination != DROPPED).then_some(destination as usize)
     }
 }
 
@@ -215,7 +237,7 @@ mod tests {
                     Some(i) => lanes.lanes + i,
                     None => lanes.lane_of(p),
                 };
-                prop_assert_eq!(routes.of(p), expected);
+                prop_assert_eq!(routes.of(p), Some(expected));
             }
             // A gap or an overlap is refused.
             prop_assert!(Routes::cluster(201, &lanes, &remote).is_err());
@@ -230,6 +252,16 @@ mod tests {
     fn local_routes_are_the_lanes() {
         let lanes = LaneMap::new(64, 3);
         let routes = Routes::local(&lanes);
-        assert!((0..64).all(|p| routes.of(p) == lanes.lane_of(p)));
+        assert!((0..64).all(|p| routes.of(p) == Some(lanes.lane_of(p))));
+    }
+
+    #[test]
+    fn a_part_of_some_partitions_drops_the_others() {
+        let lanes = LaneMap::over(PartitionRange::new(21, 42).unwrap(), 2);
+        let routes = Routes::only(64, &lanes);
+        for p in 0..64 {
+            let expected = (21..42).contains(&p).then(|| lanes.lane_of(p));
+            assert_eq!(routes.of(p), expected, "partition {p}");
+        }
     }
 }

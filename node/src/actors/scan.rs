@@ -250,13 +250,23 @@ impl ScanState {
                     Ok((key, value)) => {
                         let hash = key_hash(key);
                         let position = Position { file, offset };
-                        if self.recent.check(hash, key, position) == Seen::Before {
+                        let partition = partition_of_hash(hash, partitions);
+                        // Read, and another part's (a recovery part reads
+                        // every record for some partitions alone).
+                        let Some(lane) = ctx.routes.of(partition) else {
+                            continue;
+                        };
+                        // Repeats are dropped here only for this node's own
+                        // lanes: a record bound for another owner is counted
+                        // there, so that reading a lost owner's partitions
+                        // again counts each of its records once.
+                        if lane < ctx.lanes.lanes
+                            && self.recent.check(hash, key, position) == Seen::Before
+                        {
                             self.tally.duplicate(file);
                             repeats += 1;
                             continue;
                         }
-                        let partition = partition_of_hash(hash, partitions);
-                        let lane = ctx.routes.of(partition);
                         let batch = &mut self.batches[lane];
                         batch.push(Record {
                             partition,

@@ -79,6 +79,33 @@ impl JobTotals {
     pub fn reconciles(&self) -> bool {
         self.read == self.unique + self.duplicates + self.rejected
     }
+
+    /// A cluster job's counts from its committed parts, over every node:
+    /// their sum; but where parts of two attempts committed, the later is
+    /// a recovery part (it read every record again for a lost owner's
+    /// partitions), and its reads, rejections and files are the job's.
+    pub fn of_cluster_job<'a>(parts: impl IntoIterator<Item = &'a JobInfo>) -> Self {
+        let parts: Vec<(u32, JobTotals)> = parts
+            .into_iter()
+            .filter(|part| part.state == JobState::Committed)
+            .filter_map(|part| Some((part.cluster?.attempt, part.totals.unwrap_or_default())))
+            .collect();
+        let last = parts.iter().map(|&(attempt, _)| attempt).max();
+        let recovered = parts.iter().any(|&(attempt, _)| Some(attempt) != last);
+        let mut job = JobTotals::default();
+        for (attempt, part) in parts {
+            job.unique += part.unique;
+            job.duplicates += part.duplicates;
+            if !recovered || Some(attempt) == last {
+                job.files += part.files;
+                job.problem_files += part.problem_files;
+                job.bytes += part.bytes;
+                job.read += part.read;
+                job.rejected += part.rejected;
+            }
+        }
+        job
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +440,66 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::Access;
+    use proto_schema::ids::{Epoch, JobId};
+
+    /// A recovered job's reads are its recovery part's; its unique and
+    /// duplicate records every part's; parts not committed count nothing.
+    #[test]
+    fn a_cluster_job_counts_its_recovery_parts_reads_once() {
+        let part = |attempt, state, read, unique, duplicates| JobInfo {
+            dataset: DatasetId(1),
+            id: 1,
+            state,
+            inputs: Vec::new(),
+            write_mode: WriteMode::Merge,
+            started_unix: 0,
+            finished_unix: None,
+            totals: Some(JobTotals {
+                files: 3,
+                read,
+                unique,
+                duplicates,
+                ..JobTotals::default()
+            }),
+            cluster: Some(crate::store::staged::ClusterPart {
+                job: JobId(4),
+                began_ms: 1,
+                attempt,
+                map_epoch: Epoch(1),
+            }),
+        };
+        let failed = JobState::Failed { reason: "x".into() };
+        let whole = [
+            part(0, JobState::Committed, 6, 3, 1),
+            part(0, JobState::Committed, 4, 2, 4),
+            part(0, failed.clone(), 9, 9, 9),
+        ];
+        let counted = JobTotals::of_cluster_job(&whole);
+        assert_eq!(
+            (
+                counted.files,
+                counted.read,
+                counted.unique,
+                counted.duplicates
+            ),
+            (6, 10, 5, 5)
+        );
+        let recovered = [
+            part(0, JobState::Committed, 6, 3, 1),
+            part(1, JobState::Committed, 10, 2, 1),
+            part(1, failed, 9, 9, 9),
+        ];
+        let counted = JobTotals::of_cluster_job(&recovered);
+        assert_eq!(
+            (
+                counted.files,
+                counted.read,
+                counted.unique,
+                counted.duplicates
+            ),
+            (3, 10, 5, 2)
+        );
+    }
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

@@ -154,7 +154,9 @@ impl Command {
                 Bounded::DatasetName.check(dataset.len())?;
                 Bounded::PartitionRanges.check(map.ranges.len())
             }
-            Command::RestartJob { map, .. } => Bounded::PartitionRanges.check(map.ranges.len()),
+            Command::RestartJob { map, .. } | Command::RecoverJob { map, .. } => {
+                Bounded::PartitionRanges.check(map.ranges.len())
+            }
             Command::GrantLeases { shards, .. } => Bounded::Shards.check(shards.len()),
             Command::CompleteShards { shards, .. } => Bounded::Shards.check(shards.len()),
             Command::ReportProgress { .. }

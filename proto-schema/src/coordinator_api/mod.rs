@@ -21,8 +21,8 @@ pub use lease::{HeartbeatReply, LeaseReply, LeasedShard, MAX_HEARTBEAT_PROGRESS,
 pub use payload::{Applied, CommandBytes, RaftMessage};
 pub use refusal::{Forbidden, Refusal};
 pub use status::{
-    DatasetStatus, JobPhase, JobStatus, MAX_STATUS_NODES, MemberStatus, NodeState, NodeStatus,
-    OwnedPartitions, ReplicaReport, StatusReport,
+    DatasetStatus, JobPhase, JobRecovery, JobStatus, MAX_STATUS_NODES, MemberStatus, NodeState,
+    NodeStatus, OwnedPartitions, ReplicaReport, StatusReport,
 };
 
 use serde::de::DeserializeOwned;

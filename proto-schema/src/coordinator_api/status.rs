@@ -138,6 +138,21 @@ pub struct JobStatus {
     pub attempt: u32,
     /// Why it was last restarted.
     pub restarted: Option<String>,
+    /// While it recovers the partitions of an owner lost before staging.
+    pub recovery: Option<JobRecovery>,
+}
+
+/// A job recovering a lost owner's partitions (lineage): the other
+/// owners' parts of `base_attempt` stay staged (under map `base_epoch`),
+/// and `owner` reads every shard again for partitions `start..end` alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecovery {
+    pub base_attempt: u32,
+    pub base_epoch: Epoch,
+    pub lost: NodeId,
+    pub owner: NodeId,
+    pub start: PartitionId,
+    pub end: PartitionId,
 }
 
 /// Where a job is in its life.

@@ -170,7 +170,7 @@ impl<T: Transport> LeaseFeed<T> {
             check_part(&mut client, &self.shared.part).await
         });
         match checked {
-            PartCheck::Current(status) => Ok(status),
+            PartCheck::Current(status) => Ok(*status),
             PartCheck::Over(reason) | PartCheck::Unknown(reason) => Err(reason),
         }
     }
@@ -432,6 +432,16 @@ impl<T: Transport> LeaseFeed<T> {
                     Decision::Publish => return Ok(()),
                     Decision::Discard(reason) => return Err(NotPublished::Refused(reason)),
                     Decision::Wait => {
+                        if let Some(status) = &status
+                            && let Some(recovery) = status.recovery
+                            && staged_parts::recovers_here(status, &part, node)
+                        {
+                            return Err(NotPublished::Undecided(format!(
+                                "job {} reads the partitions of lost node {} again on this \
+                                 node: this part stays staged meanwhile",
+                                part.job, recovery.lost
+                            )));
+                        }
                         if let Some(status) = status {
                             last = format!(
                                 "{} shards pending, {} leased, owners {:?} not staged",
@@ -539,7 +549,7 @@ async fn watch_part<T: Transport>(shared: &Shared<T>) -> Result<(), String> {
 /// What the leader says of a node's running part of a job.
 enum PartCheck {
     /// Its attempt runs (or has just committed).
-    Current(JobStatus),
+    Current(Box<JobStatus>),
     /// It never will again: the job was restarted, aborted, is another
     /// submission, or is unknown.
     Over(String),
@@ -556,7 +566,7 @@ async fn check_part<T: Transport>(
         Ok(status) => match staged_parts::decide(status.as_ref(), part) {
             Decision::Discard(reason) => PartCheck::Over(reason),
             Decision::Wait | Decision::Publish => {
-                PartCheck::Current(status.expect("a job decided on exists"))
+                PartCheck::Current(Box::new(status.expect("a job decided on exists")))
             }
         },
     }
