@@ -1,5 +1,6 @@
 //! What the user reads: the summary after an ingest and `quern stats`.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -483,7 +484,7 @@ fn parts_stats(
                 serde_json::json!({
                     "id": j.job,
                     "state": j.state(),
-                    "nodes": j.parts.iter().map(|(node, _)| node).collect::<Vec<_>>(),
+                    "nodes": j.parts.iter().map(|(node, _)| node).collect::<BTreeSet<_>>(),
                     "started_unix": j.started_unix,
                     "totals": totals(j),
                 })
@@ -496,7 +497,7 @@ fn parts_stats(
         )?;
         let (mut files, mut rejected) = (0, 0);
         if let Some(job) = job {
-            reader.files(runtime.handle(), job.job, |entry| match entry {
+            reader.files(runtime.handle(), job, |entry| match entry {
                 JobEntry::File(f) => {
                     let entry = serde_json::json!({
                         "job": job.job,
@@ -551,7 +552,7 @@ fn parts_stats(
     };
     write_files_header(out, job.job.get())?;
     let mut rejected = 0;
-    reader.files(runtime.handle(), job.job, |entry| match entry {
+    reader.files(runtime.handle(), job, |entry| match entry {
         JobEntry::File(f) => {
             let path = f.path.as_ref().map_or_else(
                 || format!("(file {}, listed by no node)", f.seq),

@@ -30,9 +30,9 @@ pub enum Decision {
 }
 
 /// The decision `status` (the coordinators' job `part.job`, `None` if they
-/// know no such job) implies for `part`, staged or still running (a
-/// running part that would be discarded is over).
-pub fn decide(status: Option<&JobStatus>, part: &ClusterPart) -> Decision {
+/// know no such job) implies for `node`'s `part`, staged or still running
+/// (a running part that would be discarded is over).
+pub fn decide(status: Option<&JobStatus>, part: &ClusterPart, node: NodeId) -> Decision {
     let job = part.job;
     let Some(status) = status else {
         return Decision::Discard(format!("the coordinators know no job {job}"));
@@ -45,10 +45,10 @@ pub fn decide(status: Option<&JobStatus>, part: &ClusterPart) -> Decision {
         ));
     }
     // A recovering job keeps its base attempt's parts staged under its
-    // base map (all but the lost owner's).
-    let kept = status
-        .recovery
-        .is_some_and(|r| (r.base_attempt, r.base_epoch) == (part.attempt, part.map_epoch));
+    // base map, all but the lost owner's: its partitions are read again.
+    let kept = status.recovery.is_some_and(|r| {
+        (r.base_attempt, r.base_epoch) == (part.attempt, part.map_epoch) && r.lost != node
+    });
     if status.attempt != part.attempt && !kept {
         return Decision::Discard(format!(
             "job {job} was restarted ({}): attempt {} runs, this node's part is of attempt {}",
@@ -152,7 +152,7 @@ pub async fn settle<T: Transport>(
                 continue;
             }
         };
-        match decide(status.as_ref(), &part) {
+        match decide(status.as_ref(), &part, node) {
             Decision::Publish => settled.published.push(store.publish_staged(&job)?),
             Decision::Discard(reason) => {
                 settled.discarded.push(store.discard_staged(&job, reason)?);
@@ -220,7 +220,8 @@ mod tests {
     #[test]
     fn a_part_publishes_only_when_its_own_attempt_of_its_own_job_committed() {
         let part = part();
-        let decided = |phase, attempt, began| decide(Some(&status(phase, attempt, began)), &part);
+        let decided =
+            |phase, attempt, began| decide(Some(&status(phase, attempt, began)), &part, NodeId(1));
         assert_eq!(decided(JobPhase::Committed, 1, 1000), Decision::Publish);
         assert_eq!(decided(JobPhase::Staging, 1, 1000), Decision::Wait);
         assert_eq!(decided(JobPhase::Scanning, 1, 1000), Decision::Wait);
@@ -235,11 +236,14 @@ mod tests {
                 other => panic!("{phase:?} attempt {attempt}: {other:?}"),
             }
         }
-        assert!(matches!(decide(None, &part), Decision::Discard(r) if r.contains("know no job 4")));
+        assert!(
+            matches!(decide(None, &part, NodeId(1)), Decision::Discard(r) if r.contains("know no job 4"))
+        );
     }
 
     /// A job recovering a lost owner's partitions keeps the parts of its
-    /// base attempt staged under its base map, and no other earlier part.
+    /// base attempt staged under its base map, and no other earlier part:
+    /// not the lost owner's (staged before it came back, never reported).
     #[test]
     fn a_recovering_job_keeps_the_parts_of_its_base_attempt() {
         let recovering = |base_attempt, base_epoch, phase| JobStatus {
@@ -254,7 +258,7 @@ mod tests {
             ..status(phase, 2, 1000)
         };
         let part = part();
-        let decided = |status: JobStatus| decide(Some(&status), &part);
+        let decided = |status: JobStatus| decide(Some(&status), &part, NodeId(1));
         assert_eq!(
             decided(recovering(1, 2, JobPhase::Scanning)),
             Decision::Wait
@@ -270,5 +274,14 @@ mod tests {
                 "{decision:?}"
             );
         }
+        let of_the_lost_owner = decide(
+            Some(&recovering(1, 2, JobPhase::Committed)),
+            &part,
+            NodeId(2),
+        );
+        assert!(
+            matches!(&of_the_lost_owner, Decision::Discard(r) if r.contains("restarted")),
+            "{of_the_lost_owner:?}"
+        );
     }
 }

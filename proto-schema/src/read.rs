@@ -153,18 +153,30 @@ pub struct ReadCounts {
 }
 
 impl ReadCounts {
-    pub fn add(&mut self, other: &ReadCounts) {
-        self.read += other.read;
-        self.unique += other.unique;
-        self.duplicates += other.duplicates;
-        self.rejected += other.rejected;
+    /// Adds a part's counts: its unique and duplicate records, and its
+    /// reads and rejections if they count (it ran in the job's latest
+    /// attempt: see [`JobPart`]).
+    pub fn add_part(&mut self, part: &ReadCounts, reads_count: bool) {
+        self.unique += part.unique;
+        self.duplicates += part.duplicates;
+        if reads_count {
+            self.read += part.read;
+            self.rejected += part.rejected;
+        }
     }
 }
 
 /// A node's part of one of the coordinators' jobs.
+///
+/// A job that recovered a lost owner's partitions has parts of two
+/// attempts: its recovery part read every record again, so the reads (and
+/// rejections, files, bytes) of the job are those of its latest attempt's
+/// parts, while the unique and duplicate records of every part count.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct JobPart {
     pub job: JobId,
+    /// The job's attempt this part ran in.
+    pub attempt: u32,
     /// `committed`, `running`, ... as the node's store has it.
     pub state: String,
     pub started_unix: u64,
@@ -178,6 +190,8 @@ pub struct JobPart {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FilePart {
     pub seq: u32,
+    /// The attempt of the part that counted it (see [`JobPart`]).
+    pub attempt: u32,
     /// Path and size, if this node listed the file (it read some of it).
     pub path: Option<Vec<u8>>,
     pub size: u64,
@@ -188,6 +202,8 @@ pub struct FilePart {
 /// A rejected record a node kept.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RejectedPart {
+    /// The attempt of the part that rejected it (see [`JobPart`]).
+    pub attempt: u32,
     pub file: u32,
     pub offset: u64,
     /// The file's path, if this node listed it (the node that rejected
@@ -428,45 +444,58 @@ mod tests {
                 offset,
                 path,
             });
-        let job = (any::<u64>(), arb_text(), any::<[u64; 4]>(), arb_counts()).prop_map(
-            |(job, state, [started_unix, files, problem_files, bytes], counts)| JobPart {
-                job: JobId(job),
-                state,
-                started_unix,
-                files,
-                problem_files,
-                bytes,
-                counts,
-            },
-        );
+        let job = (
+            (any::<u64>(), any::<u32>()),
+            arb_text(),
+            any::<[u64; 4]>(),
+            arb_counts(),
+        )
+            .prop_map(
+                |((job, attempt), state, [started_unix, files, problem_files, bytes], counts)| {
+                    JobPart {
+                        job: JobId(job),
+                        attempt,
+                        state,
+                        started_unix,
+                        files,
+                        problem_files,
+                        bytes,
+                        counts,
+                    }
+                },
+            );
         let file = (
-            any::<u32>(),
+            any::<[u32; 2]>(),
             proptest::option::of(arb_bytes()),
             any::<u64>(),
             arb_counts(),
             proptest::collection::vec(arb_text(), 0..3),
         )
-            .prop_map(|(seq, path, size, counts, problems)| FilePart {
+            .prop_map(|([seq, attempt], path, size, counts, problems)| FilePart {
                 seq,
+                attempt,
                 path,
                 size,
                 counts,
                 problems,
             });
         let rejected = (
-            any::<u32>(),
+            any::<[u32; 2]>(),
             any::<u64>(),
             proptest::option::of(arb_bytes()),
             arb_text(),
             arb_text(),
         )
-            .prop_map(|(file, offset, path, rejection, excerpt)| RejectedPart {
-                file,
-                offset,
-                path,
-                rejection,
-                excerpt,
-            });
+            .prop_map(
+                |([attempt, file], offset, path, rejection, excerpt)| RejectedPart {
+                    attempt,
+                    file,
+                    offset,
+                    path,
+                    rejection,
+                    excerpt,
+                },
+            );
         prop_oneof![
             (
                 proptest::option::of(any::<u32>()),

@@ -615,16 +615,15 @@ impl ClusterReader {
                 dataset: self.dataset.clone(),
             };
             let (shape, answers) = self.ask_all(&request).await?;
-            let mut jobs: std::collections::BTreeMap<JobId, ClusterJob> = Default::default();
+            let mut jobs: std::collections::BTreeMap<JobId, Vec<(NodeId, JobPart)>> =
+                Default::default();
             for mut answer in answers {
                 let node = answer.node.clone();
                 loop {
                     match answer.stream.next().await.map_err(|e| node.error(e))? {
                         ReadEvent::Item(ReadItem::Jobs(parts)) => {
                             for part in parts {
-                                jobs.entry(part.job)
-                                    .or_insert_with(|| ClusterJob::new(part.job))
-                                    .add(node.id, &part);
+                                jobs.entry(part.job).or_default().push((node.id, part));
                             }
                         }
                         ReadEvent::End => break,
@@ -632,7 +631,11 @@ impl ClusterReader {
                     }
                 }
             }
-            Ok((shape, jobs.into_values().collect()))
+            let jobs = jobs
+                .into_iter()
+                .map(|(job, parts)| ClusterJob::of(job, &parts))
+                .collect();
+            Ok((shape, jobs))
         })
     }
 
@@ -641,13 +644,13 @@ impl ClusterReader {
     pub fn files(
         &self,
         runtime: &Handle,
-        job: JobId,
+        job: &ClusterJob,
         mut on: impl FnMut(JobEntry) -> std::io::Result<()>,
     ) -> Result<(), ReadError> {
         runtime.block_on(async {
             let request = ReadRequest::Files {
                 dataset: self.dataset.clone(),
-                job,
+                job: job.job,
             };
             let (_, answers) = self.ask_all(&request).await?;
             let mut cursors: Vec<Cursor> = answers.into_iter().map(Cursor::new).collect();
@@ -669,13 +672,16 @@ impl ClusterReader {
                     problems: Vec::new(),
                 };
                 for cursor in &mut cursors {
-                    if let Some(Pending::File(f)) = cursor.peek().await?
+                    // A node with parts of two attempts counted it twice.
+                    while let Some(Pending::File(f)) = cursor.peek().await?
                         && f.seq == seq
                     {
                         let Some(Pending::File(f)) = cursor.take() else {
                             unreachable!("peeked")
                         };
-                        file.add(f);
+                        if job.counts_part(cursor.answer.node.id, f.attempt) {
+                            file.add(f, job.attempt);
+                        }
                     }
                 }
                 on(JobEntry::File(file))?;
@@ -694,7 +700,10 @@ impl ClusterReader {
                 let Some(Pending::Rejected(r)) = cursors[i].take() else {
                     unreachable!("peeked")
                 };
-                on(JobEntry::Rejected(r))?;
+                if r.attempt == job.attempt && job.counts_part(cursors[i].answer.node.id, r.attempt)
+                {
+                    on(JobEntry::Rejected(r))?;
+                }
             }
             Ok(())
         })
@@ -767,11 +776,14 @@ pub struct ClusterFound {
     pub path: Option<PathBuf>,
 }
 
-/// One of the coordinators' jobs, its nodes' parts summed.
+/// One of the coordinators' jobs, its nodes' parts summed (see
+/// [`JobPart`] for a job that recovered a lost owner's partitions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterJob {
     pub job: JobId,
-    /// Each node's part: its id and state.
+    /// Its latest attempt with a part on some node: the reads counted.
+    pub attempt: u32,
+    /// Each node's parts: its id and state.
     pub parts: Vec<(NodeId, String)>,
     /// The earliest part's start.
     pub started_unix: u64,
@@ -779,28 +791,49 @@ pub struct ClusterJob {
     pub problem_files: u64,
     pub bytes: u64,
     pub counts: ReadCounts,
+    /// The node and attempt of each part counted.
+    counted: Vec<(NodeId, u32)>,
 }
 
 impl ClusterJob {
-    fn new(job: JobId) -> Self {
-        Self {
+    /// The job of `parts`, every one a part of `job`. A part of an earlier
+    /// attempt that is neither staged nor committed (it failed, or a node
+    /// was lost running it) is left out: the job moved on without it.
+    fn of(job: JobId, parts: &[(NodeId, JobPart)]) -> Self {
+        let attempt = parts.iter().map(|(_, p)| p.attempt).max().unwrap_or(0);
+        let kept = [JobState::Committed, JobState::Staged].map(|s| s.to_string());
+        let mut summed = Self {
             job,
+            attempt,
             parts: Vec::new(),
             started_unix: u64::MAX,
             files: 0,
             problem_files: 0,
             bytes: 0,
             counts: ReadCounts::default(),
+            counted: Vec::new(),
+        };
+        for (node, part) in parts {
+            let latest = part.attempt == attempt;
+            if !latest && !kept.contains(&part.state) {
+                continue;
+            }
+            summed.parts.push((*node, part.state.clone()));
+            summed.counted.push((*node, part.attempt));
+            summed.started_unix = summed.started_unix.min(part.started_unix);
+            summed.counts.add_part(&part.counts, latest);
+            if latest {
+                summed.files += part.files;
+                summed.problem_files += part.problem_files;
+                summed.bytes += part.bytes;
+            }
         }
+        summed
     }
 
-    fn add(&mut self, node: NodeId, part: &JobPart) {
-        self.parts.push((node, part.state.clone()));
-        self.started_unix = self.started_unix.min(part.started_unix);
-        self.files += part.files;
-        self.problem_files += part.problem_files;
-        self.bytes += part.bytes;
-        self.counts.add(&part.counts);
+    /// Whether `node`'s part of `attempt` counts in this job.
+    fn counts_part(&self, node: NodeId, attempt: u32) -> bool {
+        self.counted.contains(&(node, attempt))
     }
 
     /// If some nodes have published the job and others only staged it
@@ -855,15 +888,20 @@ pub struct ClusterFile {
 }
 
 impl ClusterFile {
-    fn add(&mut self, part: FilePart) {
+    /// Adds a node's counts of the file, of a part of `attempt`; its reads,
+    /// rejections and problems only if `attempt` is the job's latest.
+    fn add(&mut self, part: FilePart, attempt: u32) {
         if self.path.is_none()
             && let Some(path) = part.path
         {
             self.path = Some(path_of_bytes(path));
             self.size = part.size;
         }
-        self.counts.add(&part.counts);
-        self.problems.extend(part.problems);
+        let latest = part.attempt == attempt;
+        self.counts.add_part(&part.counts, latest);
+        if latest {
+            self.problems.extend(part.problems);
+        }
     }
 }
 

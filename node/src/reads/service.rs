@@ -221,7 +221,7 @@ fn answer(
         ReadRequest::Jobs { .. } => {
             let jobs = store.jobs(dataset.id)?;
             let parts: Vec<JobPart> = parts(&jobs)
-                .map(|(job, local)| job_part(job, local))
+                .flat_map(|(job, locals)| locals.into_iter().map(move |l| job_part(job, l)))
                 .collect();
             for chunk in parts.chunks(ITEMS_PER_FRAME) {
                 put(Piece::Item(ReadItem::Jobs(chunk.to_vec())))?;
@@ -230,17 +230,17 @@ fn answer(
         }
         ReadRequest::Files { job, .. } => {
             let jobs = store.jobs(dataset.id)?;
-            match part_of(&jobs, *job) {
-                Some(local) => files(store, &dataset, local, &put),
-                None => Ok(()),
-            }
+            files(store, &dataset, &parts_of(&jobs, *job), &put)
         }
         ReadRequest::FilePath { job, file, .. } => {
             let jobs = store.jobs(dataset.id)?;
-            let path = match part_of(&jobs, *job) {
-                Some(local) => store.file_path(dataset.id, local.id, *file)?,
-                None => None,
-            };
+            let mut path = None;
+            for local in parts_of(&jobs, *job) {
+                path = store.file_path(dataset.id, local.id, *file)?;
+                if path.is_some() {
+                    break;
+                }
+            }
             put(Piece::Item(ReadItem::Path(
                 path.as_deref().and_then(wire_path),
             )))
@@ -262,35 +262,43 @@ fn wire_path(path: &std::path::Path) -> Option<Vec<u8>> {
     (bytes.len() <= MAX_PATH_BYTES).then(|| bytes.to_vec())
 }
 
-/// The local job that is this node's part of each of the coordinators'
-/// jobs, in job order: the last committed one, else the last one (a part
-/// that failed and ran again left both).
-fn parts(jobs: &[JobInfo]) -> impl Iterator<Item = (JobId, &JobInfo)> {
-    let mut chosen: std::collections::BTreeMap<JobId, &JobInfo> = Default::default();
+/// The local jobs that are this node's parts of each of the coordinators'
+/// jobs, in job order: the committed ones (two, where the node recovered
+/// a lost owner's partitions of a job it had a part of), else the last one
+/// (a part that failed and ran again left both).
+fn parts(jobs: &[JobInfo]) -> impl Iterator<Item = (JobId, Vec<&JobInfo>)> {
+    let mut chosen: std::collections::BTreeMap<JobId, Vec<&JobInfo>> = Default::default();
     for local in jobs {
         let Some(job) = local.cluster.map(|part| part.job) else {
             continue;
         };
-        let keep = chosen.get(&job).is_some_and(|kept| {
-            kept.state == JobState::Committed && local.state != JobState::Committed
-        });
-        if !keep {
-            chosen.insert(job, local);
+        let kept = chosen.entry(job).or_default();
+        let committed = |j: &JobInfo| j.state == JobState::Committed;
+        if committed(local) {
+            kept.retain(|k| committed(k));
+            kept.push(local);
+        } else if !kept.iter().any(|k| committed(k)) {
+            *kept = vec![local];
         }
     }
     chosen.into_iter()
 }
 
-fn part_of(jobs: &[JobInfo], job: JobId) -> Option<&JobInfo> {
+fn parts_of(jobs: &[JobInfo], job: JobId) -> Vec<&JobInfo> {
     parts(jobs)
         .find(|(id, _)| *id == job)
-        .map(|(_, local)| local)
+        .map_or_else(Vec::new, |(_, locals)| locals)
+}
+
+fn attempt_of(local: &JobInfo) -> u32 {
+    local.cluster.map_or(0, |part| part.attempt)
 }
 
 fn job_part(job: JobId, local: &JobInfo) -> JobPart {
     let totals = local.totals.unwrap_or_default();
     JobPart {
         job,
+        attempt: attempt_of(local),
         state: bounded_text(local.state.to_string()),
         started_unix: local.started_unix,
         files: totals.files,
@@ -314,62 +322,33 @@ fn counts(c: FileCounts) -> ReadCounts {
     }
 }
 
-/// The files of `local` in file order: the ones this node listed (path,
-/// size, problems) and the ones it only counted records of, then its
-/// rejected records.
+/// The files of this node's `parts` of a job in file order (a file both
+/// parts counted comes twice, once with each part's attempt), then the
+/// rejected records of its latest part: a recovery part read every record
+/// again, the earlier part's rejections among them.
 fn files(
     store: &Store,
     dataset: &DatasetInfo,
-    local: &JobInfo,
+    parts: &[&JobInfo],
     put: &impl Fn(Piece) -> Result<(), ServeError>,
 ) -> Result<(), ServeError> {
-    let mut listed = store.files(dataset.id, local.id).peekable();
-    let mut counted = store.counted_files(dataset.id, local.id).peekable();
+    let mut each: Vec<_> = parts
+        .iter()
+        .map(|local| part_files(store, dataset, local).peekable())
+        .collect();
     let mut chunk = Vec::new();
     let mut bytes = 0;
     loop {
-        let next_listed = match listed.peek() {
-            Some(Ok(row)) => Some(row.seq),
-            Some(Err(_)) => return Err(listed.next().expect("peeked").unwrap_err().into()),
-            None => None,
-        };
-        let next_counted = match counted.peek() {
-            Some(Ok((seq, _))) => Some(*seq),
-            Some(Err(_)) => return Err(counted.next().expect("peeked").unwrap_err().into()),
-            None => None,
-        };
-        let part = match (next_listed, next_counted) {
-            (None, None) => break,
-            (Some(l), c) if c.is_none_or(|c| l <= c) => {
-                if c == Some(l) {
-                    counted.next();
-                }
-                let row = listed.next().expect("peeked")?;
-                let mut problems: Vec<String> = row.problems.iter().map(bounded_text).collect();
-                if problems.len() > MAX_FILE_PROBLEMS {
-                    let more = problems.len() - (MAX_FILE_PROBLEMS - 1);
-                    problems.truncate(MAX_FILE_PROBLEMS - 1);
-                    problems.push(format!("and {more} more problems"));
-                }
-                FilePart {
-                    seq: row.seq,
-                    path: wire_path(&row.path),
-                    size: row.size,
-                    counts: counts(row.counts),
-                    problems,
-                }
+        let mut next: Option<(usize, u32)> = None;
+        for (i, files) in each.iter_mut().enumerate() {
+            match files.peek() {
+                Some(Ok(f)) if next.is_none_or(|(_, seq)| f.seq < seq) => next = Some((i, f.seq)),
+                Some(Err(_)) => return Err(files.next().expect("peeked").unwrap_err()),
+                _ => {}
             }
-            _ => {
-                let (seq, c) = counted.next().expect("peeked")?;
-                FilePart {
-                    seq,
-                    path: None,
-                    size: 0,
-                    counts: counts(c),
-                    problems: Vec::new(),
-                }
-            }
-        };
+        }
+        let Some((i, _)) = next else { break };
+        let part = each[i].next().expect("peeked")?;
         bytes += 64
             + part.path.as_ref().map_or(0, Vec::len)
             + part.problems.iter().map(String::len).sum::<usize>();
@@ -382,11 +361,16 @@ fn files(
     if !chunk.is_empty() {
         put(Piece::Item(ReadItem::Files(chunk)))?;
     }
+    let Some(local) = parts.iter().max_by_key(|local| attempt_of(local)) else {
+        return Ok(());
+    };
+    let attempt = attempt_of(local);
     let mut rejected = Vec::new();
     for r in store.rejections(dataset.id, local.id) {
         let r = r?;
         let path = store.file_path(dataset.id, local.id, r.file)?;
         rejected.push(RejectedPart {
+            attempt,
             file: r.file,
             offset: r.offset,
             path: path.as_deref().and_then(wire_path),
@@ -403,4 +387,65 @@ fn files(
         put(Piece::Item(ReadItem::Rejected(rejected)))?;
     }
     Ok(())
+}
+
+/// The files of one local part in file order: the ones it listed (path,
+/// size, problems) and the ones it only counted records of.
+fn part_files<'a>(
+    store: &'a Store,
+    dataset: &DatasetInfo,
+    local: &JobInfo,
+) -> impl Iterator<Item = Result<FilePart, ServeError>> + 'a {
+    let attempt = attempt_of(local);
+    let mut listed = store.files(dataset.id, local.id).peekable();
+    let mut counted = store.counted_files(dataset.id, local.id).peekable();
+    std::iter::from_fn(move || {
+        let next_listed = match listed.peek() {
+            Some(Ok(row)) => Some(row.seq),
+            Some(Err(_)) => return Some(Err(listed.next()?.unwrap_err().into())),
+            None => None,
+        };
+        let next_counted = match counted.peek() {
+            Some(Ok((seq, _))) => Some(*seq),
+            Some(Err(_)) => return Some(Err(counted.next()?.unwrap_err().into())),
+            None => None,
+        };
+        Some(Ok(match (next_listed, next_counted) {
+            (None, None) => return None,
+            (Some(l), c) if c.is_none_or(|c| l <= c) => {
+                if c == Some(l) {
+                    counted.next();
+                }
+                let row = match listed.next()? {
+                    Ok(row) => row,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let mut problems: Vec<String> = row.problems.iter().map(bounded_text).collect();
+                if problems.len() > MAX_FILE_PROBLEMS {
+                    let more = problems.len() - (MAX_FILE_PROBLEMS - 1);
+                    problems.truncate(MAX_FILE_PROBLEMS - 1);
+                    problems.push(format!("and {more} more problems"));
+                }
+                FilePart {
+                    seq: row.seq,
+                    attempt,
+                    path: wire_path(&row.path),
+                    size: row.size,
+                    counts: counts(row.counts),
+                    problems,
+                }
+            }
+            _ => match counted.next()? {
+                Ok((seq, c)) => FilePart {
+                    seq,
+                    attempt,
+                    path: None,
+                    size: 0,
+                    counts: counts(c),
+                    problems: Vec::new(),
+                },
+                Err(e) => return Some(Err(e.into())),
+            },
+        }))
+    })
 }

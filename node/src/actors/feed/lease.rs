@@ -167,7 +167,7 @@ impl<T: Transport> LeaseFeed<T> {
     fn job_status(&self) -> Result<JobStatus, String> {
         let checked = self.runtime.block_on(async {
             let mut client = self.shared.client.lock().await;
-            check_part(&mut client, &self.shared.part).await
+            check_part(&mut client, &self.shared.part, self.shared.target.node).await
         });
         match checked {
             PartCheck::Current(status) => Ok(*status),
@@ -428,7 +428,7 @@ impl<T: Transport> LeaseFeed<T> {
                 .runtime
                 .block_on(async { self.shared.client.lock().await.job(part.job).await });
             match asked {
-                Ok(status) => match staged_parts::decide(status.as_ref(), &part) {
+                Ok(status) => match staged_parts::decide(status.as_ref(), &part, node) {
                     Decision::Publish => return Ok(()),
                     Decision::Discard(reason) => return Err(NotPublished::Refused(reason)),
                     Decision::Wait => {
@@ -536,7 +536,7 @@ async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration, ender:
 /// again).
 async fn watch_part<T: Transport>(shared: &Shared<T>) -> Result<(), String> {
     let mut client = shared.client.lock().await;
-    match check_part(&mut client, &shared.part).await {
+    match check_part(&mut client, &shared.part, shared.target.node).await {
         PartCheck::Current(_) => Ok(()),
         PartCheck::Over(reason) => Err(reason),
         PartCheck::Unknown(reason) => {
@@ -560,10 +560,11 @@ enum PartCheck {
 async fn check_part<T: Transport>(
     client: &mut CoordinatorClient<T>,
     part: &ClusterPart,
+    node: NodeId,
 ) -> PartCheck {
     match client.job(part.job).await {
         Err(e) => PartCheck::Unknown(format!("asking for job {}: {e}", part.job)),
-        Ok(status) => match staged_parts::decide(status.as_ref(), part) {
+        Ok(status) => match staged_parts::decide(status.as_ref(), part, node) {
             Decision::Discard(reason) => PartCheck::Over(reason),
             Decision::Wait | Decision::Publish => {
                 PartCheck::Current(Box::new(status.expect("a job decided on exists")))
