@@ -17,9 +17,9 @@ use coordinator::propose::{self, ProposeError};
 use coordinator::router::Router;
 use coordinator::state::records::JobState;
 use coordinator::{LogStore, Member, Raft, ReplicaId, StateMachineStore};
-use coordinator_client::CoordinatorClient;
 use coordinator_client::job_wait::{self, JobEnd, WaitError};
 use coordinator_client::submission::{self, AbortOutcome, SubmitError, SubmitOptions};
+use coordinator_client::{CoordinatorClient, Transport};
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, SnapshotPolicy};
 use proto_schema::command::{
@@ -30,6 +30,7 @@ use proto_schema::coordinator_api::{
     Request, ShardProgress, StatusReport, WorkItem,
 };
 use proto_schema::ids::{Epoch, JobId, NodeId, ShardId};
+use proto_schema::partition_map::PartitionMap;
 
 mod common;
 use common::{dataset, files, node};
@@ -199,6 +200,59 @@ fn node_registration(node: u64, incarnation: u64) -> NodeRegistration {
 }
 
 /// Submits a manifest in chunks of at most `chunk` files.
+/// A job of `shards` one-file shards into a new dataset "ds", submitted
+/// once `nodes` (incarnation 5) have registered, and the map each of them
+/// got for it (the first's returned).
+async fn job_mapped_over<T: Transport>(
+    cluster: &Cluster,
+    client: &mut CoordinatorClient<T>,
+    nodes: &[u64],
+    shards: usize,
+) -> (JobId, PartitionMap) {
+    for &node in nodes {
+        let registered = client.register(node_registration(node, 5)).await.unwrap();
+        assert!(matches!(registered, Response::NodeRegistered { .. }));
+    }
+    cluster.write(&dataset("ds")).await;
+    let job = submit(cluster, "ds", files(shards), shards).await;
+    let mut maps = Vec::new();
+    for &node in nodes {
+        let asked = client.partition_map(NodeId(node), "ds", job, 2, node).await;
+        maps.push(asked.unwrap().map);
+    }
+    (job, maps.swap_remove(0))
+}
+
+/// Node 1 leases every one of `job`'s `shards` under map `epoch` and
+/// completes them.
+async fn read_every_shard<T: Transport>(
+    client: &mut CoordinatorClient<T>,
+    job: JobId,
+    epoch: Epoch,
+    shards: usize,
+) {
+    let LeaseReply::Leased(leased) = client
+        .lease(NodeId(1), 100, Some((job, epoch)))
+        .await
+        .unwrap()
+    else {
+        panic!("no lease")
+    };
+    assert_eq!(leased.len(), shards);
+    let done = leased.iter().map(|l| (l.shard, l.epoch)).collect();
+    client.complete_shards(NodeId(1), done).await.unwrap();
+}
+
+/// Counts an owner stages, none rejected.
+fn counts(read: u64, unique: u64, duplicates: u64) -> StagedCounts {
+    StagedCounts {
+        read,
+        unique,
+        duplicates,
+        rejected: 0,
+    }
+}
+
 async fn submit(cluster: &Cluster, name: &str, files: Vec<FileEntry>, chunk: usize) -> JobId {
     let options = SubmitOptions {
         max_chunk_files: chunk,
@@ -1115,37 +1169,8 @@ async fn an_owner_lost_after_staging_leaves_its_job_to_commit() {
     const LEASE_MS: u64 = 1_000;
     let cluster = Cluster::start_with_lease(&[1], LEASE_MS).await;
     let mut client = cluster.client();
-    for node in [1, 2] {
-        let registered = client.register(node_registration(node, 5)).await.unwrap();
-        assert!(matches!(registered, Response::NodeRegistered { .. }));
-    }
-    cluster.write(&dataset("ds")).await;
-    let job = submit(&cluster, "ds", files(4), 4).await;
-    let map = client
-        .partition_map(NodeId(1), "ds", job, 2, 1)
-        .await
-        .unwrap()
-        .map;
-    client
-        .partition_map(NodeId(2), "ds", job, 2, 2)
-        .await
-        .unwrap();
-    let LeaseReply::Leased(leased) = client
-        .lease(NodeId(1), 100, Some((job, map.epoch)))
-        .await
-        .unwrap()
-    else {
-        panic!("no lease")
-    };
-    assert_eq!(leased.len(), 4);
-    let done = leased.iter().map(|l| (l.shard, l.epoch)).collect();
-    client.complete_shards(NodeId(1), done).await.unwrap();
-    let counts = |read, unique, duplicates| StagedCounts {
-        read,
-        unique,
-        duplicates,
-        rejected: 0,
-    };
+    let (job, map) = job_mapped_over(&cluster, &mut client, &[1, 2], 4).await;
+    read_every_shard(&mut client, job, map.epoch, 4).await;
     let staged = |committed, committing| Response::JobStaged {
         job,
         committed,
@@ -1239,42 +1264,8 @@ async fn an_owner_lost_before_staging_has_its_partitions_read_again() {
     const LEASE_MS: u64 = 1_000;
     let cluster = Cluster::start_with_lease(&[1], LEASE_MS).await;
     let mut client = cluster.client();
-    for node in [1, 2, 3] {
-        let registered = client.register(node_registration(node, 5)).await.unwrap();
-        assert!(matches!(registered, Response::NodeRegistered { .. }));
-    }
-    cluster.write(&dataset("ds")).await;
-    let job = submit(&cluster, "ds", files(6), 6).await;
-    let base = client
-        .partition_map(NodeId(1), "ds", job, 2, 1)
-        .await
-        .unwrap()
-        .map;
-    for node in [2, 3] {
-        client
-            .partition_map(NodeId(node), "ds", job, 2, node)
-            .await
-            .unwrap();
-    }
-    let read_all = async |client: &mut CoordinatorClient<_>, epoch| {
-        let LeaseReply::Leased(leased) = client
-            .lease(NodeId(1), 100, Some((job, epoch)))
-            .await
-            .unwrap()
-        else {
-            panic!("no lease")
-        };
-        assert_eq!(leased.len(), 6);
-        let done = leased.iter().map(|l| (l.shard, l.epoch)).collect();
-        client.complete_shards(NodeId(1), done).await.unwrap();
-    };
-    read_all(&mut client, base.epoch).await;
-    let counts = |read, unique, duplicates| StagedCounts {
-        read,
-        unique,
-        duplicates,
-        rejected: 0,
-    };
+    let (job, base) = job_mapped_over(&cluster, &mut client, &[1, 2, 3], 6).await;
+    read_every_shard(&mut client, job, base.epoch, 6).await;
     let staged = |committed, committing| Response::JobStaged {
         job,
         committed,
@@ -1364,7 +1355,7 @@ async fn an_owner_lost_before_staging_has_its_partitions_read_again() {
     ));
     // Node 1 reads every shard again for node 2's range: 10 records, of
     // which 3 are in that range.
-    read_all(&mut client, recovering.epoch).await;
+    read_every_shard(&mut client, job, recovering.epoch, 6).await;
     assert!(matches!(
         client
             .stage(NodeId(1), job, counts(10, 2, 0), recovering.epoch)
