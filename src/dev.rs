@@ -78,7 +78,9 @@ pub fn run(data: &Path, args: DevArgs, log: &LogTarget) -> anyhow::Result<ExitCo
             tell!("quern: error: {reason}");
             crate::EXIT_USAGE
         }
-        Err(DevError::Job(JobError::Ingest(e @ IngestError::Failed { .. }))) => {
+        Err(DevError::Job(JobError::Ingest(
+            e @ (IngestError::Failed { .. } | IngestError::Staged { .. }),
+        ))) => {
             tell!("quern: {e}");
             if interrupted.load(Ordering::Relaxed) {
                 EXIT_INTERRUPTED

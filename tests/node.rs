@@ -674,8 +674,15 @@ fn an_owner_killed_before_staging_has_its_partitions_read_again() {
         Some(heir),
         "its neighbour before it in partition order reads its partitions"
     );
-    // The neighbour publishes its part of attempt 0 after its recovery
-    // part.
+    // The neighbour left its part of attempt 0 staged, not failed, to
+    // run the recovery part, and publishes it after that part.
+    let heir_log = std::fs::read_to_string(cluster.path(&format!("node-{heir}.log"))).unwrap();
+    assert!(
+        heir_log.contains("is staged; it stays so until the coordinators decide")
+            && heir_log.contains(&format!("reads the partitions of lost node {lost} again"))
+            && !heir_log.contains("nothing was committed"),
+        "{heir_log}"
+    );
     let deadline = Instant::now() + COMMIT_WITHIN;
     while (0..3).any(|n| n != victim && has_staged_part(&store_of(n))) {
         assert!(

@@ -50,6 +50,17 @@ pub enum IngestError {
         job: u32,
         reason: String,
     },
+    /// A part of the coordinators' job, staged and left so until they
+    /// decide (`staged_parts::settle`).
+    #[error(
+        "job {job} of dataset {dataset:?} is staged; it stays so until the coordinators \
+         decide: {reason}"
+    )]
+    Staged {
+        dataset: String,
+        job: u32,
+        reason: String,
+    },
 }
 
 /// A job registered and ready to run.
@@ -297,19 +308,25 @@ async fn supervise(
             }
             // A part of the coordinators' job left staged waits for their
             // decision (`staged_parts::settle`); anything else failed.
+            let (dataset, job) = (ctx.dataset.name.clone(), ctx.job.id);
             let recorded = store.job(ctx.dataset.id, ctx.job.id)?;
-            if !recorded.is_some_and(|job| job.state == JobState::Staged) {
-                store.end_job(
-                    &ctx.job,
-                    JobState::Failed {
-                        reason: reason.clone(),
-                    },
-                    None,
-                )?;
+            if recorded.is_some_and(|job| job.state == JobState::Staged) {
+                return Err(IngestError::Staged {
+                    dataset,
+                    job,
+                    reason,
+                });
             }
+            store.end_job(
+                &ctx.job,
+                JobState::Failed {
+                    reason: reason.clone(),
+                },
+                None,
+            )?;
             Err(IngestError::Failed {
-                dataset: ctx.dataset.name.clone(),
-                job: ctx.job.id,
+                dataset,
+                job,
                 reason,
             })
         }

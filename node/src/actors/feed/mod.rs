@@ -96,11 +96,7 @@ pub enum NotPublished {
 impl std::fmt::Display for NotPublished {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Refused(reason) => f.write_str(reason),
-            Self::Undecided(reason) => write!(
-                f,
-                "{reason}; the part stays staged until the coordinators decide"
-            ),
+            Self::Refused(reason) | Self::Undecided(reason) => f.write_str(reason),
         }
     }
 }
