@@ -1,8 +1,8 @@
 //! A node's part of a cluster job meeting, on purpose, faults the seeded
 //! harness (`fault_seeds`) met by chance. A part that waits on its peers
 //! ends when it can no longer finish: once the job has restarted (its
-//! lanes waiting for streams a failed peer will never open), or once it is
-//! cancelled (while it waits for the other owners to start). A shard that
+//! lanes waiting for streams a failed peer will never open, or the other
+//! owners it waits for to start), or once it is cancelled. A shard that
 //! comes back to the part that is reading it is read once. A node that
 //! starts its part after a shard of the job was done, or after an earlier
 //! part of its own in the same attempt, runs the job again whole. Node 1 is a real part (`leased_job::run`); node 2 is played by
@@ -340,6 +340,37 @@ fn a_part_waiting_for_an_owner_that_never_starts_ends_when_cancelled() {
     // Nothing of the job was read.
     let status = cluster.job_status();
     assert_eq!(status.shards_done, 0);
+    cluster.stop();
+}
+
+#[test]
+fn a_part_waiting_for_an_owner_that_never_starts_ends_when_the_job_moves_on() {
+    let cluster = Cluster::start();
+    let mut client = cluster.coordinator.client();
+    let ended = cluster.run_owner(pending());
+    // Node 2 never announces its lanes: node 1 waits for it to start.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
+    let restarted = cluster
+        .runtime
+        .block_on(client.restart(PEER, cluster.job, 0))
+        .unwrap();
+    assert!(
+        matches!(restarted, Response::JobRestarted { attempt: 1, .. }),
+        "{restarted:?}"
+    );
+    let result = ended
+        .recv_timeout(NOTICE)
+        .unwrap_or_else(|_| panic!("node 1's part still waits {NOTICE:?} after its job moved on"));
+    match result {
+        Err(JobError::MovedOn {
+            attempt, running, ..
+        }) => assert_eq!((attempt, running), (0, 1)),
+        other => panic!(
+            "expected the part to end as moved on, got {:?}",
+            other.map(|o| o.totals)
+        ),
+    }
     cluster.stop();
 }
 

@@ -84,6 +84,19 @@ pub enum JobError {
         address: String,
         reason: String,
     },
+    /// The job moved on while the part waited for its peers to start:
+    /// the node asks for work again and starts the running attempt.
+    #[error(
+        "job {job} moved on while node {node} waited for the other owners to start: attempt \
+         {running} runs ({cause}), this part was of attempt {attempt}"
+    )]
+    MovedOn {
+        node: NodeId,
+        job: JobId,
+        attempt: u32,
+        running: u32,
+        cause: String,
+    },
     /// Stopped (`cancel` completed) before the part's stages started.
     #[error("cancelled before the part started: {0}")]
     Cancelled(String),
@@ -236,7 +249,7 @@ pub fn run<T: Transport>(
                 let epoch = recovery_map(&mut job, lanes, part).await?;
                 return Ok((attempt, began_ms, epoch, Owned::Only(partitions)));
             }
-            let owners = wait_for_owners(&mut job, lanes, part).await?;
+            let owners = wait_for_owners(&mut job, attempt, lanes, part).await?;
             let owned = match shuffle_job(&job, &owners).await? {
                 None => Owned::All,
                 Some(shuffle) => Owned::Shuffled(shuffle),
@@ -421,9 +434,13 @@ async fn recovery_map<T: Transport>(
     Ok(owners.map.epoch)
 }
 
-/// The dataset's map once every owner has announced its lanes.
+/// The dataset's map once every owner has announced its lanes; an error
+/// once the job runs an attempt other than `attempt` (restarted, or
+/// recovering a lost owner's partitions): the owners waited for may never
+/// start this one.
 async fn wait_for_owners<T: Transport>(
     job: &mut LeasedJob<T>,
+    attempt: u32,
     lanes: u16,
     part: u64,
 ) -> Result<OwnerMap, JobError> {
@@ -462,6 +479,16 @@ async fn wait_for_owners<T: Transport>(
             .collect();
         if waiting.is_empty() {
             return Ok(owners);
+        }
+        let status = job_status(&mut job.client, id).await.map_err(map_error)?;
+        if status.attempt != attempt {
+            return Err(JobError::MovedOn {
+                node,
+                job: id,
+                attempt,
+                running: status.attempt,
+                cause: status.restarted.unwrap_or_default(),
+            });
         }
         if Instant::now() >= deadline {
             return Err(map_error(format!(
