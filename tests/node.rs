@@ -618,33 +618,42 @@ fn an_owner_killed_before_staging_has_its_partitions_read_again() {
     let job_id = submit(&cluster, &manifest, files.len());
     let store_of = |n: usize| stores.join(format!("node-{}", n + 1));
     let deadline = Instant::now() + COMMIT_WITHIN;
-    // Every node is frozen the moment one owner has staged while another
-    // has not; the victim is one that has not.
+    // The moment one owner has staged while another has not, the owners
+    // that have not are frozen; the victim is one of them the coordinators
+    // still wait for. (A store without a staged part may also have
+    // published it: the job committed. The stores are looked at every
+    // millisecond, so the first one staged is seen before the commit.)
     let victim = loop {
         let staged: Vec<bool> = (0..nodes.len())
             .map(|n| has_staged_part(&store_of(n)))
             .collect();
         if staged.contains(&true) && staged.contains(&false) {
-            for (child, _) in nodes.iter() {
-                signal(child, libc::SIGSTOP);
+            let frozen: Vec<usize> = (0..nodes.len()).filter(|&n| !staged[n]).collect();
+            for &n in &frozen {
+                signal(&nodes[n].0, libc::SIGSTOP);
             }
-            match (0..nodes.len()).find(|&n| !has_staged_part(&store_of(n))) {
-                Some(n) => break n,
+            let status = job(&cluster.status(), job_id).expect("the job is listed");
+            assert_ne!(
+                status["phase"], "committed",
+                "the job committed before a moment with one owner staged and another not \
+                 was seen"
+            );
+            let unstaged = status["unstaged"].as_array().unwrap();
+            let waited_for = |n: &usize| unstaged.iter().any(|u| u.as_u64() == Some(*n as u64 + 1));
+            match frozen.iter().copied().find(waited_for) {
+                Some(n) => {
+                    for &other in frozen.iter().filter(|&&other| other != n) {
+                        signal(&nodes[other].0, libc::SIGCONT);
+                    }
+                    break n;
+                }
+                // Each staged and reported meanwhile.
                 None => {
-                    for (child, _) in nodes.iter() {
-                        signal(child, libc::SIGCONT);
+                    for &n in &frozen {
+                        signal(&nodes[n].0, libc::SIGCONT);
                     }
                 }
             }
-        }
-        // The stores are looked at every millisecond, the job (a process
-        // of its own) when no owner has staged yet.
-        if !staged.contains(&true) {
-            let status = job(&cluster.status(), job_id).expect("the job is listed");
-            assert!(
-                status["phase"] != "committed" && Instant::now() < deadline,
-                "no moment with one owner staged and another not: {status:#}"
-            );
         }
         assert!(
             Instant::now() < deadline,
@@ -655,9 +664,6 @@ fn an_owner_killed_before_staging_has_its_partitions_read_again() {
     let (mut killed, _) = nodes.remove(victim);
     killed.kill().unwrap();
     killed.wait().unwrap();
-    for (child, _) in nodes.iter() {
-        signal(child, libc::SIGCONT);
-    }
     let committed = wait_for_commit(&cluster, job_id, &mut nodes);
     let lost = victim as u64 + 1;
     let cause = committed["restarted"].as_str().unwrap_or_default();
