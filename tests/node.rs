@@ -41,9 +41,20 @@ fn manifest_line(path: &Path) -> String {
 
 /// Submits `manifest` into dataset `ds`: the job's id.
 fn submit(cluster: &Cluster, manifest: &Path, files: usize) -> u64 {
+    submit_to(cluster, "ds", manifest, files)
+}
+
+/// [`submit`] to `dataset`.
+fn submit_to(cluster: &Cluster, dataset: &str, manifest: &Path, files: usize) -> u64 {
     let submitted = run(
         cluster
-            .client(&["submit", "--no-progress", "--dataset", "ds", "--manifest"])
+            .client(&[
+                "submit",
+                "--no-progress",
+                "--dataset",
+                dataset,
+                "--manifest",
+            ])
             .arg(manifest),
         0,
     );
@@ -601,6 +612,58 @@ fn an_owner_killed_after_staging_publishes_its_part_when_it_restarts() {
     );
 }
 
+/// Jobs submitted at most to see one owner staged while another is not.
+const MOMENT_TRIES: usize = 4;
+
+/// Watches the nodes' stores of job `id` for the moment one owner has
+/// staged while another has not, freezes (SIGSTOP) the owners that have
+/// not, and keeps frozen one of them that the coordinators still wait
+/// for: returns its index. `None` (every node running) if the job went
+/// past that moment unseen: every store staged at once, or the job
+/// committed (a store without a staged part may have published it).
+/// The stores are looked at every millisecond.
+fn freeze_an_owner_before_it_stages(
+    cluster: &Cluster,
+    id: u64,
+    nodes: &[(Child, PathBuf)],
+    store_of: &dyn Fn(usize) -> PathBuf,
+) -> Option<usize> {
+    let deadline = Instant::now() + COMMIT_WITHIN;
+    loop {
+        let staged: Vec<bool> = (0..nodes.len())
+            .map(|n| has_staged_part(&store_of(n)))
+            .collect();
+        if !staged.contains(&false) {
+            return None;
+        }
+        if staged.contains(&true) {
+            let frozen: Vec<usize> = (0..nodes.len()).filter(|&n| !staged[n]).collect();
+            for &n in &frozen {
+                signal(&nodes[n].0, libc::SIGSTOP);
+            }
+            let status = job(&cluster.status(), id).expect("the job is listed");
+            let unstaged = status["unstaged"].as_array().cloned().unwrap_or_default();
+            let waited_for = |n: &usize| unstaged.iter().any(|u| u.as_u64() == Some(*n as u64 + 1));
+            let victim = frozen.iter().copied().find(waited_for);
+            let victim = victim.filter(|_| status["phase"] != "committed");
+            for &n in frozen.iter().filter(|&&n| Some(n) != victim) {
+                signal(&nodes[n].0, libc::SIGCONT);
+            }
+            match victim {
+                Some(victim) => return Some(victim),
+                None if status["phase"] == "committed" => return None,
+                // Each staged and reported meanwhile.
+                None => {}
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id}: no store staged within {COMMIT_WITHIN:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// An owner killed once every shard was done, before it staged (its
 /// peers' streams to it and its own to them are over: one owner has
 /// staged already): its partitions alone are read again (lineage). Its
@@ -615,52 +678,26 @@ fn an_owner_killed_before_staging_has_its_partitions_read_again() {
     let (input, files, manifest) = input_with_manifest(work.path(), 12, 4_000_000);
     let stores = work.path().join("stores");
     let mut nodes = start_nodes(&cluster, &stores, &input);
-    let job_id = submit(&cluster, &manifest, files.len());
     let store_of = |n: usize| stores.join(format!("node-{}", n + 1));
-    let deadline = Instant::now() + COMMIT_WITHIN;
-    // The moment one owner has staged while another has not, the owners
-    // that have not are frozen; the victim is one of them the coordinators
-    // still wait for. (A store without a staged part may also have
-    // published it: the job committed. The stores are looked at every
-    // millisecond, so the first one staged is seen before the commit.)
-    let victim = loop {
-        let staged: Vec<bool> = (0..nodes.len())
-            .map(|n| has_staged_part(&store_of(n)))
-            .collect();
-        if staged.contains(&true) && staged.contains(&false) {
-            let frozen: Vec<usize> = (0..nodes.len()).filter(|&n| !staged[n]).collect();
-            for &n in &frozen {
-                signal(&nodes[n].0, libc::SIGSTOP);
-            }
-            let status = job(&cluster.status(), job_id).expect("the job is listed");
-            assert_ne!(
-                status["phase"], "committed",
-                "the job committed before a moment with one owner staged and another not \
-                 was seen"
-            );
-            let unstaged = status["unstaged"].as_array().unwrap();
-            let waited_for = |n: &usize| unstaged.iter().any(|u| u.as_u64() == Some(*n as u64 + 1));
-            match frozen.iter().copied().find(waited_for) {
-                Some(n) => {
-                    for &other in frozen.iter().filter(|&&other| other != n) {
-                        signal(&nodes[other].0, libc::SIGCONT);
-                    }
-                    break n;
-                }
-                // Each staged and reported meanwhile.
+    // The owners of a job stage within milliseconds of each other, and a
+    // loaded machine may not look in between: a job that went past the
+    // moment commits, and the same files go again as another dataset's.
+    let (dataset, job_id, victim) = (0..MOMENT_TRIES)
+        .find_map(|try_| {
+            let dataset = format!("ds-{try_}");
+            let job_id = submit_to(&cluster, &dataset, &manifest, files.len());
+            match freeze_an_owner_before_it_stages(&cluster, job_id, &nodes, &store_of) {
+                Some(victim) => Some((dataset, job_id, victim)),
                 None => {
-                    for &n in &frozen {
-                        signal(&nodes[n].0, libc::SIGCONT);
-                    }
+                    eprintln!("job {job_id} went past the moment unseen; another job");
+                    wait_for_commit(&cluster, job_id, &mut nodes);
+                    None
                 }
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no moment with one owner staged and another not"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    };
+        })
+        .unwrap_or_else(|| {
+            panic!("in {MOMENT_TRIES} jobs, no moment with one owner staged and another not")
+        });
     let (mut killed, _) = nodes.remove(victim);
     killed.kill().unwrap();
     killed.wait().unwrap();
@@ -711,7 +748,7 @@ fn an_owner_killed_before_staging_has_its_partitions_read_again() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let stats = cluster_stats(&cluster);
+    let stats = cluster_stats(&cluster, &dataset);
     assert_counts_reconcile(&stats);
     assert_eq!(
         stats["jobs"][0]["totals"]["read"].as_u64(),
@@ -728,17 +765,17 @@ fn an_owner_killed_before_staging_has_its_partitions_read_again() {
         Some(unique),
         "{committed:#}"
     );
-    let exported = export(&stores, "ds");
+    let exported = export(&stores, &dataset);
     assert!(
         exported == expected,
         "after the owner's loss, the export is not sort -u of the inputs"
     );
 }
 
-/// `quern stats --json` of dataset `ds` over the cluster's nodes.
-fn cluster_stats(cluster: &Cluster) -> serde_json::Value {
+/// `quern stats --json` of `dataset` over the cluster's nodes.
+fn cluster_stats(cluster: &Cluster, dataset: &str) -> serde_json::Value {
     let stats = run(
-        &mut cluster.client(&["stats", "--json", "--dataset", "ds"]),
+        &mut cluster.client(&["stats", "--json", "--dataset", dataset]),
         0,
     );
     serde_json::from_slice(&stats.stdout).unwrap()
@@ -916,7 +953,7 @@ fn export_get_and_stats_read_the_cluster_and_fail_naming_a_node_that_is_down() {
     );
 
     // stats: the nodes' parts summed, equal to the job's summary.
-    let stats = cluster_stats(&cluster);
+    let stats = cluster_stats(&cluster, "ds");
     assert_counts_reconcile(&stats);
     let job = &stats["jobs"][0];
     assert_eq!(job["id"].as_u64(), Some(job_id), "{stats:#}");
