@@ -7,10 +7,15 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto_schema::DatasetId;
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use std::sync::LazyLock;
+
+use rocksdb::{
+    Direction, IngestExternalFileOptions, IteratorMode, Options, SstFileWriter, WriteBatch,
+};
 
 use super::keys::meta;
-use super::{Store, StoreError};
+use super::publish::sst_error;
+use super::{META_TARGET_FILE_BYTES, Store, StoreError, meta_cf_options, table_options};
 use crate::input::shard::InputFile;
 use crate::quarantine::{FileProblem, RejectedRecord};
 
@@ -96,6 +101,105 @@ fn decode_file(bytes: &[u8]) -> Option<(u64, Option<SystemTime>, PathBuf)> {
     Some((size, modified, path))
 }
 
+/// Writer options matching the meta column family's table format. Static
+/// because an `SstFileWriter` borrows its options for its whole life.
+static COUNTS_SST_OPTIONS: LazyLock<Options> = LazyLock::new(|| {
+    let mut opts = meta_cf_options();
+    opts.set_block_based_table_factory(&table_options(None));
+    opts
+});
+
+/// A job's file counts on their way into the ledger: given once per file
+/// in ascending file order (`TallyRuns` sums them first), written to SST
+/// files in a scratch directory, and ingested together by
+/// [`finish`](Self::finish). A job's counts are a key range of their own,
+/// so the files go straight to the last level and are never rewritten:
+/// through the memtable, every key was flushed and then compacted in the
+/// background (over a million small files, the meta column family's
+/// compactions took 1.8 s of a 13 s job's wall time). Puts, not merge
+/// operands: counts written twice are still the job's counts.
+pub struct CountsWriter<'a> {
+    store: &'a Store,
+    dataset: DatasetId,
+    job: u32,
+    dir: PathBuf,
+    current: Option<(SstFileWriter<'static>, PathBuf)>,
+    files: Vec<PathBuf>,
+    last: Option<u32>,
+}
+
+impl<'a> CountsWriter<'a> {
+    /// Files are written under `dir` (created if missing): the job's
+    /// scratch, on the store's file system, so ingesting moves them.
+    pub fn new(store: &'a Store, dataset: DatasetId, job: u32, dir: PathBuf) -> Self {
+        Self {
+            store,
+            dataset,
+            job,
+            dir,
+            current: None,
+            files: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// Writes `file`'s counts; files come in ascending order, each once.
+    pub fn add(&mut self, file: u32, counts: FileCounts) -> Result<(), StoreError> {
+        if self.last.is_some_and(|last| last >= file) {
+            return Err(StoreError::Catalog(format!(
+                "file counts of job {} out of order: file {file} after {}",
+                self.job,
+                self.last.unwrap_or_default()
+            )));
+        }
+        self.last = Some(file);
+        if self.current.is_none() {
+            std::fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+            let path = self
+                .dir
+                .join(format!("ledger-counts-{:05}.sst", self.files.len()));
+            let writer = SstFileWriter::create(&COUNTS_SST_OPTIONS);
+            writer.open(&path).map_err(|e| sst_error(&path, e))?;
+            self.current = Some((writer, path));
+        }
+        let (writer, path) = self.current.as_mut().expect("opened above");
+        let key = meta::file_scoped(meta::COUNTS, self.dataset, self.job, file);
+        writer
+            .put(key, counts.to_bytes())
+            .map_err(|e| sst_error(path, e))?;
+        if writer.file_size() >= META_TARGET_FILE_BYTES {
+            self.finish_file()?;
+        }
+        Ok(())
+    }
+
+    fn finish_file(&mut self) -> Result<(), StoreError> {
+        if let Some((mut writer, path)) = self.current.take() {
+            writer.finish().map_err(|e| sst_error(&path, e))?;
+            self.files.push(path);
+        }
+        Ok(())
+    }
+
+    /// Ingests every file written (atomically, moving them).
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        self.finish_file()?;
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        let store = self.store;
+        store
+            .db()
+            .ingest_external_file_cf_opts(store.meta_cf(), &opts, std::mem::take(&mut self.files))
+            .map_err(|e| store.rocks_error(e))
+    }
+}
+
 /// A raw meta key and value.
 type MetaEntry = (Box<[u8]>, Box<[u8]>);
 
@@ -117,21 +221,6 @@ impl Store {
         for file in files {
             let key = meta::file_scoped(meta::FILE, dataset, job, file.seq);
             batch.put_cf(self.meta_cf(), key, encode_file(file));
-        }
-        self.write_batch(batch)
-    }
-
-    /// Adds to files' counters (merge operands, so writers never read).
-    pub fn add_file_counts(
-        &self,
-        dataset: DatasetId,
-        job: u32,
-        counts: impl IntoIterator<Item = (u32, FileCounts)>,
-    ) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
-        for (file, c) in counts {
-            let key = meta::file_scoped(meta::COUNTS, dataset, job, file);
-            batch.merge_cf(self.meta_cf(), key, c.to_bytes());
         }
         self.write_batch(batch)
     }
@@ -326,6 +415,37 @@ mod tests {
     use crate::quarantine::Rejection;
     use crate::store::Access;
 
+    /// Counts are puts: a job's counts written again stay its counts (the
+    /// merge operands they were would have doubled them); a file out of
+    /// order is refused before anything is ingested.
+    #[test]
+    fn counts_written_twice_stay_and_out_of_order_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
+        let counts = FileCounts {
+            read: 3,
+            unique: 2,
+            duplicates: 1,
+            rejected: 0,
+        };
+        for _ in 0..2 {
+            let mut writer = CountsWriter::new(&store, DatasetId(1), 4, dir.path().join("s"));
+            writer.add(0, counts).unwrap();
+            writer.add(9, counts).unwrap();
+            writer.finish().unwrap();
+        }
+        assert_eq!(store.file_counts(DatasetId(1), 4, 9).unwrap(), counts);
+        let mut writer = CountsWriter::new(&store, DatasetId(1), 5, dir.path().join("s"));
+        writer.add(2, counts).unwrap();
+        let err = writer.add(2, counts).unwrap_err().to_string();
+        assert!(err.contains("out of order: file 2 after 2"), "{err}");
+        drop(writer);
+        assert_eq!(
+            store.file_counts(DatasetId(1), 5, 2).unwrap(),
+            FileCounts::default()
+        );
+    }
+
     #[test]
     fn files_counts_problems_and_rejections_read_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -352,12 +472,15 @@ mod tests {
             duplicates,
             rejected,
         };
-        store
-            .add_file_counts(DatasetId(1), 1, [(0, c(5, 0, 0, 1)), (1, c(1, 1, 0, 0))])
-            .unwrap();
-        store
-            .add_file_counts(DatasetId(1), 1, [(0, c(0, 3, 1, 0))])
-            .unwrap();
+        let scratch = dir.path().join("scratch");
+        let write_counts = |job, counts: &[(u32, FileCounts)]| {
+            let mut writer = CountsWriter::new(&store, DatasetId(1), job, scratch.clone());
+            for &(file, c) in counts {
+                writer.add(file, c).unwrap();
+            }
+            writer.finish().unwrap();
+        };
+        write_counts(1, &[(0, c(5, 3, 1, 1)), (1, c(1, 1, 0, 0))]);
         let problem = FileProblem {
             offset: Some(7),
             message: "corrupt gzip data".into(),
@@ -373,9 +496,7 @@ mod tests {
             .put_rejections(DatasetId(1), 1, std::slice::from_ref(&rejected))
             .unwrap();
         // Another job's ledger stays separate.
-        store
-            .add_file_counts(DatasetId(1), 2, [(0, c(100, 100, 0, 0))])
-            .unwrap();
+        write_counts(2, &[(0, c(100, 100, 0, 0))]);
 
         let rows: Vec<FileRow> = store
             .files(DatasetId(1), 1)
