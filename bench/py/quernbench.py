@@ -551,3 +551,21 @@ class Nodes:
                 child.kill()
                 child.wait()
         return codes
+
+
+def with_section(results_file, section, title):
+    """`results_file`'s text with `section` (a report whose first heading
+    is `## `; its headings go one level down, that one stays) inserted
+    above the file's first section: earlier runs stay below it. A new
+    file gets `title`."""
+    section = "\n".join("#" + line if line.startswith("## ") else line
+                        for line in section.splitlines())
+    # The run's own heading back up to a section of the file.
+    section = section.replace("### ", "## ", 1) + "\n"
+    if not results_file.exists():
+        return f"# {title}\n\n{section}"
+    text = results_file.read_text()
+    first = text.find("\n## ")
+    if first < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    return text[:first + 1] + section + "\n" + text[first + 1:]
