@@ -103,56 +103,81 @@ fn decode_file(bytes: &[u8]) -> Option<(u64, Option<SystemTime>, PathBuf)> {
 
 /// Writer options matching the meta column family's table format. Static
 /// because an `SstFileWriter` borrows its options for its whole life.
-static COUNTS_SST_OPTIONS: LazyLock<Options> = LazyLock::new(|| {
+static LEDGER_SST_OPTIONS: LazyLock<Options> = LazyLock::new(|| {
     let mut opts = meta_cf_options();
     opts.set_block_based_table_factory(&table_options(None));
     opts
 });
 
-/// A job's file counts on their way into the ledger: given once per file
-/// in ascending file order (`TallyRuns` sums them first), written to SST
-/// files in a scratch directory, and ingested together by
-/// [`finish`](Self::finish). A job's counts are a key range of their own,
-/// so the files go straight to the last level and are never rewritten:
-/// through the memtable, every key was flushed and then compacted in the
-/// background (over a million small files, the meta column family's
-/// compactions took 1.8 s of a 13 s job's wall time). Puts, not merge
-/// operands: counts written twice are still the job's counts.
-pub struct CountsWriter<'a> {
+/// Ledger entries of one job on their way in without the memtable: given
+/// in ascending key order, written to SST files in a scratch directory,
+/// and ingested together by [`finish`](Self::finish). A job's entries of
+/// one kind (its file counts, its files) are a key range of their own, so
+/// the files go straight to the last level and are never rewritten:
+/// through the memtable, every entry was flushed and then compacted in
+/// the background (over a million small files, the counts' compactions
+/// took 1.8 s of a 13 s job's wall time, the files' entries about as
+/// much). Puts: entries written twice are still the job's.
+pub struct LedgerWriter<'a> {
     store: &'a Store,
-    dataset: DatasetId,
-    job: u32,
     dir: PathBuf,
+    /// Names the files: `ledger-{kind}-NNNNN.sst`.
+    kind: &'static str,
     current: Option<(SstFileWriter<'static>, PathBuf)>,
     files: Vec<PathBuf>,
-    last: Option<u32>,
+    last_key: Option<Vec<u8>>,
 }
 
-impl<'a> CountsWriter<'a> {
+impl<'a> LedgerWriter<'a> {
     /// Files are written under `dir` (created if missing): the job's
     /// scratch, on the store's file system, so ingesting moves them.
-    pub fn new(store: &'a Store, dataset: DatasetId, job: u32, dir: PathBuf) -> Self {
+    pub fn new(store: &'a Store, dir: PathBuf, kind: &'static str) -> Self {
         Self {
             store,
-            dataset,
-            job,
             dir,
+            kind,
             current: None,
             files: Vec::new(),
-            last: None,
+            last_key: None,
         }
     }
 
-    /// Writes `file`'s counts; files come in ascending order, each once.
-    pub fn add(&mut self, file: u32, counts: FileCounts) -> Result<(), StoreError> {
-        if self.last.is_some_and(|last| last >= file) {
+    /// `file`'s summed counts in `job`'s ledger.
+    pub fn counts(
+        &mut self,
+        dataset: DatasetId,
+        job: u32,
+        file: u32,
+        counts: FileCounts,
+    ) -> Result<(), StoreError> {
+        let key = meta::file_scoped(meta::COUNTS, dataset, job, file);
+        self.put(key, &counts.to_bytes())
+    }
+
+    /// `file`'s entry (path, size, modification time) in `job`'s ledger.
+    pub fn file(
+        &mut self,
+        dataset: DatasetId,
+        job: u32,
+        file: &InputFile,
+    ) -> Result<(), StoreError> {
+        let key = meta::file_scoped(meta::FILE, dataset, job, file.seq);
+        self.put(key, &encode_file(file))
+    }
+
+    /// Whether nothing has been written yet.
+    pub fn is_empty(&self) -> bool {
+        self.last_key.is_none()
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: &[u8]) -> Result<(), StoreError> {
+        if let Some(last) = self.last_key.as_ref().filter(|last| **last >= key) {
             return Err(StoreError::Catalog(format!(
-                "file counts of job {} out of order: file {file} after {}",
-                self.job,
-                self.last.unwrap_or_default()
+                "ledger entries out of order: {} after {}",
+                key.escape_ascii(),
+                last.escape_ascii()
             )));
         }
-        self.last = Some(file);
         if self.current.is_none() {
             std::fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
                 path: self.dir.clone(),
@@ -160,16 +185,14 @@ impl<'a> CountsWriter<'a> {
             })?;
             let path = self
                 .dir
-                .join(format!("ledger-counts-{:05}.sst", self.files.len()));
-            let writer = SstFileWriter::create(&COUNTS_SST_OPTIONS);
+                .join(format!("ledger-{}-{:05}.sst", self.kind, self.files.len()));
+            let writer = SstFileWriter::create(&LEDGER_SST_OPTIONS);
             writer.open(&path).map_err(|e| sst_error(&path, e))?;
             self.current = Some((writer, path));
         }
         let (writer, path) = self.current.as_mut().expect("opened above");
-        let key = meta::file_scoped(meta::COUNTS, self.dataset, self.job, file);
-        writer
-            .put(key, counts.to_bytes())
-            .map_err(|e| sst_error(path, e))?;
+        writer.put(&key, value).map_err(|e| sst_error(path, e))?;
+        self.last_key = Some(key);
         if writer.file_size() >= META_TARGET_FILE_BYTES {
             self.finish_file()?;
         }
@@ -429,16 +452,19 @@ mod tests {
             rejected: 0,
         };
         for _ in 0..2 {
-            let mut writer = CountsWriter::new(&store, DatasetId(1), 4, dir.path().join("s"));
-            writer.add(0, counts).unwrap();
-            writer.add(9, counts).unwrap();
+            let mut writer = LedgerWriter::new(&store, dir.path().join("s"), "counts");
+            writer.counts(DatasetId(1), 4, 0, counts).unwrap();
+            writer.counts(DatasetId(1), 4, 9, counts).unwrap();
             writer.finish().unwrap();
         }
         assert_eq!(store.file_counts(DatasetId(1), 4, 9).unwrap(), counts);
-        let mut writer = CountsWriter::new(&store, DatasetId(1), 5, dir.path().join("s"));
-        writer.add(2, counts).unwrap();
-        let err = writer.add(2, counts).unwrap_err().to_string();
-        assert!(err.contains("out of order: file 2 after 2"), "{err}");
+        let mut writer = LedgerWriter::new(&store, dir.path().join("s"), "counts");
+        writer.counts(DatasetId(1), 5, 2, counts).unwrap();
+        let err = writer
+            .counts(DatasetId(1), 5, 2, counts)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of order"), "{err}");
         drop(writer);
         assert_eq!(
             store.file_counts(DatasetId(1), 5, 2).unwrap(),
@@ -474,9 +500,9 @@ mod tests {
         };
         let scratch = dir.path().join("scratch");
         let write_counts = |job, counts: &[(u32, FileCounts)]| {
-            let mut writer = CountsWriter::new(&store, DatasetId(1), job, scratch.clone());
+            let mut writer = LedgerWriter::new(&store, scratch.clone(), "counts");
             for &(file, c) in counts {
-                writer.add(file, c).unwrap();
+                writer.counts(DatasetId(1), job, file, c).unwrap();
             }
             writer.finish().unwrap();
         };
