@@ -7,15 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto_schema::DatasetId;
-use std::sync::LazyLock;
-
-use rocksdb::{
-    Direction, IngestExternalFileOptions, IteratorMode, Options, SstFileWriter, WriteBatch,
-};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::keys::meta;
-use super::publish::sst_error;
-use super::{META_TARGET_FILE_BYTES, Store, StoreError, meta_cf_options, table_options};
+use super::{Store, StoreError};
 use crate::input::shard::InputFile;
 use crate::quarantine::{FileProblem, RejectedRecord};
 
@@ -101,128 +96,6 @@ fn decode_file(bytes: &[u8]) -> Option<(u64, Option<SystemTime>, PathBuf)> {
     Some((size, modified, path))
 }
 
-/// Writer options matching the meta column family's table format. Static
-/// because an `SstFileWriter` borrows its options for its whole life.
-static LEDGER_SST_OPTIONS: LazyLock<Options> = LazyLock::new(|| {
-    let mut opts = meta_cf_options();
-    opts.set_block_based_table_factory(&table_options(None));
-    opts
-});
-
-/// Ledger entries of one job on their way in without the memtable: given
-/// in ascending key order, written to SST files in a scratch directory,
-/// and ingested together by [`finish`](Self::finish). A job's entries of
-/// one kind (its file counts, its files) are a key range of their own, so
-/// the files go straight to the last level and are never rewritten:
-/// through the memtable, every entry was flushed and then compacted in
-/// the background (over a million small files, the counts' compactions
-/// took 1.8 s of a 13 s job's wall time, the files' entries about as
-/// much). Puts: entries written twice are still the job's.
-pub struct LedgerWriter<'a> {
-    store: &'a Store,
-    dir: PathBuf,
-    /// Names the files: `ledger-{kind}-NNNNN.sst`.
-    kind: &'static str,
-    current: Option<(SstFileWriter<'static>, PathBuf)>,
-    files: Vec<PathBuf>,
-    last_key: Option<Vec<u8>>,
-}
-
-impl<'a> LedgerWriter<'a> {
-    /// Files are written under `dir` (created if missing): the job's
-    /// scratch, on the store's file system, so ingesting moves them.
-    pub fn new(store: &'a Store, dir: PathBuf, kind: &'static str) -> Self {
-        Self {
-            store,
-            dir,
-            kind,
-            current: None,
-            files: Vec::new(),
-            last_key: None,
-        }
-    }
-
-    /// `file`'s summed counts in `job`'s ledger.
-    pub fn counts(
-        &mut self,
-        dataset: DatasetId,
-        job: u32,
-        file: u32,
-        counts: FileCounts,
-    ) -> Result<(), StoreError> {
-        let key = meta::file_scoped(meta::COUNTS, dataset, job, file);
-        self.put(key, &counts.to_bytes())
-    }
-
-    /// `file`'s entry (path, size, modification time) in `job`'s ledger.
-    pub fn file(
-        &mut self,
-        dataset: DatasetId,
-        job: u32,
-        file: &InputFile,
-    ) -> Result<(), StoreError> {
-        let key = meta::file_scoped(meta::FILE, dataset, job, file.seq);
-        self.put(key, &encode_file(file))
-    }
-
-    /// Whether nothing has been written yet.
-    pub fn is_empty(&self) -> bool {
-        self.last_key.is_none()
-    }
-
-    fn put(&mut self, key: Vec<u8>, value: &[u8]) -> Result<(), StoreError> {
-        if let Some(last) = self.last_key.as_ref().filter(|last| **last >= key) {
-            return Err(StoreError::Catalog(format!(
-                "ledger entries out of order: {} after {}",
-                key.escape_ascii(),
-                last.escape_ascii()
-            )));
-        }
-        if self.current.is_none() {
-            std::fs::create_dir_all(&self.dir).map_err(|source| StoreError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
-            let path = self
-                .dir
-                .join(format!("ledger-{}-{:05}.sst", self.kind, self.files.len()));
-            let writer = SstFileWriter::create(&LEDGER_SST_OPTIONS);
-            writer.open(&path).map_err(|e| sst_error(&path, e))?;
-            self.current = Some((writer, path));
-        }
-        let (writer, path) = self.current.as_mut().expect("opened above");
-        writer.put(&key, value).map_err(|e| sst_error(path, e))?;
-        self.last_key = Some(key);
-        if writer.file_size() >= META_TARGET_FILE_BYTES {
-            self.finish_file()?;
-        }
-        Ok(())
-    }
-
-    fn finish_file(&mut self) -> Result<(), StoreError> {
-        if let Some((mut writer, path)) = self.current.take() {
-            writer.finish().map_err(|e| sst_error(&path, e))?;
-            self.files.push(path);
-        }
-        Ok(())
-    }
-
-    /// Ingests every file written (atomically, moving them).
-    pub fn finish(mut self) -> Result<(), StoreError> {
-        self.finish_file()?;
-        if self.files.is_empty() {
-            return Ok(());
-        }
-        let mut opts = IngestExternalFileOptions::default();
-        opts.set_move_files(true);
-        let store = self.store;
-        store
-            .db()
-            .ingest_external_file_cf_opts(store.meta_cf(), &opts, std::mem::take(&mut self.files))
-            .map_err(|e| store.rocks_error(e))
-    }
-}
-
 /// A raw meta key and value.
 type MetaEntry = (Box<[u8]>, Box<[u8]>);
 
@@ -244,6 +117,21 @@ impl Store {
         for file in files {
             let key = meta::file_scoped(meta::FILE, dataset, job, file.seq);
             batch.put_cf(self.meta_cf(), key, encode_file(file));
+        }
+        self.write_batch(batch)
+    }
+
+    /// Adds to files' counters (merge operands, so writers never read).
+    pub fn add_file_counts(
+        &self,
+        dataset: DatasetId,
+        job: u32,
+        counts: impl IntoIterator<Item = (u32, FileCounts)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (file, c) in counts {
+            let key = meta::file_scoped(meta::COUNTS, dataset, job, file);
+            batch.merge_cf(self.meta_cf(), key, c.to_bytes());
         }
         self.write_batch(batch)
     }
@@ -438,40 +326,6 @@ mod tests {
     use crate::quarantine::Rejection;
     use crate::store::Access;
 
-    /// Counts are puts: a job's counts written again stay its counts (the
-    /// merge operands they were would have doubled them); a file out of
-    /// order is refused before anything is ingested.
-    #[test]
-    fn counts_written_twice_stay_and_out_of_order_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
-        let counts = FileCounts {
-            read: 3,
-            unique: 2,
-            duplicates: 1,
-            rejected: 0,
-        };
-        for _ in 0..2 {
-            let mut writer = LedgerWriter::new(&store, dir.path().join("s"), "counts");
-            writer.counts(DatasetId(1), 4, 0, counts).unwrap();
-            writer.counts(DatasetId(1), 4, 9, counts).unwrap();
-            writer.finish().unwrap();
-        }
-        assert_eq!(store.file_counts(DatasetId(1), 4, 9).unwrap(), counts);
-        let mut writer = LedgerWriter::new(&store, dir.path().join("s"), "counts");
-        writer.counts(DatasetId(1), 5, 2, counts).unwrap();
-        let err = writer
-            .counts(DatasetId(1), 5, 2, counts)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("out of order"), "{err}");
-        drop(writer);
-        assert_eq!(
-            store.file_counts(DatasetId(1), 5, 2).unwrap(),
-            FileCounts::default()
-        );
-    }
-
     #[test]
     fn files_counts_problems_and_rejections_read_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -498,15 +352,12 @@ mod tests {
             duplicates,
             rejected,
         };
-        let scratch = dir.path().join("scratch");
-        let write_counts = |job, counts: &[(u32, FileCounts)]| {
-            let mut writer = LedgerWriter::new(&store, scratch.clone(), "counts");
-            for &(file, c) in counts {
-                writer.counts(DatasetId(1), job, file, c).unwrap();
-            }
-            writer.finish().unwrap();
-        };
-        write_counts(1, &[(0, c(5, 3, 1, 1)), (1, c(1, 1, 0, 0))]);
+        store
+            .add_file_counts(DatasetId(1), 1, [(0, c(5, 0, 0, 1)), (1, c(1, 1, 0, 0))])
+            .unwrap();
+        store
+            .add_file_counts(DatasetId(1), 1, [(0, c(0, 3, 1, 0))])
+            .unwrap();
         let problem = FileProblem {
             offset: Some(7),
             message: "corrupt gzip data".into(),
@@ -522,7 +373,9 @@ mod tests {
             .put_rejections(DatasetId(1), 1, std::slice::from_ref(&rejected))
             .unwrap();
         // Another job's ledger stays separate.
-        write_counts(2, &[(0, c(100, 100, 0, 0))]);
+        store
+            .add_file_counts(DatasetId(1), 2, [(0, c(100, 100, 0, 0))])
+            .unwrap();
 
         let rows: Vec<FileRow> = store
             .files(DatasetId(1), 1)

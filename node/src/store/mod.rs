@@ -96,17 +96,6 @@ fn data_cf_options() -> Options {
     opts
 }
 
-/// Column family settings for `meta`, minus memory-dependent parts.
-fn meta_cf_options() -> Options {
-    let mut opts = Options::default();
-    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    opts.set_target_file_size_base(META_TARGET_FILE_BYTES);
-    // File counts are puts now (`ledger::LedgerWriter`); stores written
-    // before hold them as merge operands, which this adds up.
-    opts.set_merge_operator_associative(merge_ops::ADD_COUNTS_NAME, merge_ops::add_counts);
-    opts
-}
-
 impl Store {
     /// Opens (creating if needed, when writing) the store under `root`,
     /// giving RocksDB `memory_bytes` in total.
@@ -142,7 +131,10 @@ impl Store {
         let mut data = data_cf_options();
         data.set_block_based_table_factory(&table_options(Some(&cache)));
         data.set_write_buffer_size(memtable);
-        let mut meta = meta_cf_options();
+        let mut meta = Options::default();
+        meta.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        meta.set_target_file_size_base(META_TARGET_FILE_BYTES);
+        meta.set_merge_operator_associative(merge_ops::ADD_COUNTS_NAME, merge_ops::add_counts);
         meta.set_block_based_table_factory(&table_options(Some(&cache)));
         meta.set_write_buffer_size(memtable);
 

@@ -98,7 +98,7 @@ pub const JOB_RECORD_FILES_LIMIT: usize = 8;
 /// Gauge of the job-record files of the dataset last published.
 pub const JOB_RECORD_FILES_METRIC: &str = "quern_store_job_record_files";
 
-pub(super) fn sst_error(path: &Path, source: rocksdb::Error) -> StoreError {
+fn sst_error(path: &Path, source: rocksdb::Error) -> StoreError {
     StoreError::Rocks {
         path: path.to_path_buf(),
         source,
