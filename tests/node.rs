@@ -642,18 +642,20 @@ fn freeze_an_owner_before_it_stages(
                 signal(&nodes[n].0, libc::SIGSTOP);
             }
             let status = job(&cluster.status(), id).expect("the job is listed");
+            let committed = status["phase"] == "committed";
             let unstaged = status["unstaged"].as_array().cloned().unwrap_or_default();
             let waited_for = |n: &usize| unstaged.iter().any(|u| u.as_u64() == Some(*n as u64 + 1));
-            let victim = frozen.iter().copied().find(waited_for);
-            let victim = victim.filter(|_| status["phase"] != "committed");
+            let victim = frozen
+                .iter()
+                .copied()
+                .find(waited_for)
+                .filter(|_| !committed);
             for &n in frozen.iter().filter(|&&n| Some(n) != victim) {
                 signal(&nodes[n].0, libc::SIGCONT);
             }
-            match victim {
-                Some(victim) => return Some(victim),
-                None if status["phase"] == "committed" => return None,
-                // Each staged and reported meanwhile.
-                None => {}
+            // Neither: each staged and reported meanwhile.
+            if victim.is_some() || committed {
+                return victim;
             }
         }
         assert!(
