@@ -18,7 +18,7 @@ use crate::tally_runs::{TallyError, TallyRuns};
 /// Gauge: bytes of the current job's input (label phase: listed, scanned).
 pub const JOB_BYTES_METRIC: &str = "quern_job_bytes";
 /// Gauge: records of the current job (label outcome: read, unique,
-/// duplicate, rejected, merged).
+/// duplicate, rejected, merged, received).
 pub const JOB_RECORDS_METRIC: &str = "quern_job_records";
 /// Gauge: files listed for the current job.
 pub const JOB_FILES_METRIC: &str = "quern_job_files";
@@ -42,6 +42,8 @@ pub struct JobCounters {
     pub rejected: AtomicU64,
     /// Records that have reached the final merge: progress of that phase.
     pub merged: AtomicU64,
+    /// Records this node's lanes took from its peers' shuffle streams.
+    pub received: AtomicU64,
     pub runs_spilled: AtomicU64,
     pub merge_passes: AtomicU64,
 }
@@ -66,6 +68,7 @@ impl JobCounters {
             ("duplicate", &self.duplicates),
             ("rejected", &self.rejected),
             ("merged", &self.merged),
+            ("received", &self.received),
         ] {
             metrics::gauge!(JOB_RECORDS_METRIC, "outcome" => outcome)
                 .set(Self::get(counter) as f64);
@@ -74,7 +77,7 @@ impl JobCounters {
     }
 
     /// Every counter (a destructuring, so a new field is not missed).
-    fn fields(&self) -> [&AtomicU64; 12] {
+    fn fields(&self) -> [&AtomicU64; 13] {
         let Self {
             files_listed,
             links_skipped,
@@ -86,6 +89,7 @@ impl JobCounters {
             duplicates,
             rejected,
             merged,
+            received,
             runs_spilled,
             merge_passes,
         } = self;
@@ -100,6 +104,7 @@ impl JobCounters {
             duplicates,
             rejected,
             merged,
+            received,
             runs_spilled,
             merge_passes,
         ]
@@ -173,10 +178,14 @@ impl FileTally {
     }
 
     pub fn duplicate(&mut self, file: u32) {
+        self.duplicates(file, 1);
+    }
+
+    pub fn duplicates(&mut self, file: u32, n: u64) {
         self.add(
             file,
             FileCounts {
-                duplicates: 1,
+                duplicates: n,
                 ..FileCounts::default()
             },
         );

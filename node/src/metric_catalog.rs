@@ -136,7 +136,7 @@ const GAUGES: &[(&str, Unit, &str)] = &[
     (
         crate::counters::JOB_RECORDS_METRIC,
         Unit::Count,
-        "Records of the current job (label outcome: read, unique, duplicate, rejected, merged).",
+        "Records of the current job (label outcome: read, unique, duplicate, rejected, merged; received: from peers' shuffle streams).",
     ),
     (
         crate::counters::JOB_FILES_METRIC,

@@ -2,9 +2,10 @@
 //! recently, with their positions.
 //!
 //! A record whose key the cache holds at an earlier position can never be
-//! the first occurrence of its key, so the scanner counts it as a duplicate
-//! there and then, instead of carrying it through batches, a run, a sort
-//! and a spill only to drop it in the merge. Nothing is guessed: a hit
+//! the first occurrence of its key, so the scanner drops it there and then
+//! (counting it as a duplicate, or for a record another node owns, sending
+//! that node a count), instead of carrying it through batches, the
+//! shuffle, a run, a sort and a spill only to drop it in the merge. Nothing is guessed: a hit
 //! compares the whole key, and a miss just lets the record through to the
 //! exact dedup downstream (so the cache may forget whatever it likes).
 //! Real text repeats itself locally: this machine's own man pages, docs

@@ -69,6 +69,19 @@ pub struct RecordBatch {
     files: Vec<u32>,
     offsets: Vec<u64>,
     partitions: Vec<u16>,
+    /// Records of the batch's partitions its sender dropped as repeats of
+    /// a key it had sent at an earlier position (a scanner's early dedup),
+    /// per file: carried in the shuffle so that their owner counts them as
+    /// duplicates. Empty in runs and reads.
+    repeats: Vec<FileRepeats>,
+}
+
+/// `count` records of file `file` dropped as repeats (see
+/// [`RecordBatch::push_repeat`]).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRepeats {
+    pub file: u32,
+    pub count: u64,
 }
 
 /// The size of a batch's contents, to size the next batch like it.
@@ -81,6 +94,8 @@ pub struct BatchShape {
 
 /// Bytes of per-record bookkeeping besides key and value bytes.
 pub const RECORD_OVERHEAD_BYTES: usize = 4 + 4 + 4 + 8 + 2;
+/// Bytes of one file's repeats.
+const REPEAT_BYTES: usize = std::mem::size_of::<FileRepeats>();
 
 impl RecordBatch {
     pub fn new() -> Self {
@@ -98,6 +113,7 @@ impl RecordBatch {
             files: Vec::with_capacity(records),
             offsets: Vec::with_capacity(records),
             partitions: Vec::with_capacity(records),
+            repeats: Vec::new(),
         }
     }
 
@@ -134,10 +150,28 @@ impl RecordBatch {
         self.partitions.push(record.partition);
     }
 
-    /// Key and value bytes plus per-record bookkeeping: what the batch costs
-    /// to carry, used for edge credits and batch size limits.
+    /// Counts one record of `file` dropped as a repeat: consecutive
+    /// repeats of one file share an entry.
+    pub fn push_repeat(&mut self, file: u32) {
+        match self.repeats.last_mut() {
+            Some(last) if last.file == file => last.count += 1,
+            _ => self.repeats.push(FileRepeats { file, count: 1 }),
+        }
+    }
+
+    /// The repeats the batch carries, per file.
+    pub fn repeats(&self) -> &[FileRepeats] {
+        &self.repeats
+    }
+
+    /// Key and value bytes plus per-record bookkeeping (and the repeats'):
+    /// what the batch costs to carry, used for edge credits and batch size
+    /// limits.
     pub fn payload_bytes(&self) -> usize {
-        self.keys.len() + self.values.len() + self.key_ends.len() * RECORD_OVERHEAD_BYTES
+        self.keys.len()
+            + self.values.len()
+            + self.key_ends.len() * RECORD_OVERHEAD_BYTES
+            + self.repeats.len() * REPEAT_BYTES
     }
 
     /// Heap bytes actually reserved by the batch's vectors.
@@ -149,6 +183,7 @@ impl RecordBatch {
             + self.files.capacity() * 4
             + self.offsets.capacity() * 8
             + self.partitions.capacity() * 2
+            + self.repeats.capacity() * REPEAT_BYTES
     }
 
     pub fn clear(&mut self) {
@@ -159,6 +194,7 @@ impl RecordBatch {
         self.files.clear();
         self.offsets.clear();
         self.partitions.clear();
+        self.repeats.clear();
     }
 
     /// Serializes the batch into an rkyv archive.
@@ -250,7 +286,16 @@ impl ValidBatch {
         for i in 0..self.len {
             batch.push(self.record(i));
         }
+        batch.repeats = self.repeats().collect();
         batch
+    }
+
+    /// The repeats the batch carries, per file.
+    pub fn repeats(&self) -> impl Iterator<Item = FileRepeats> + '_ {
+        self.archived().repeats.iter().map(|r| FileRepeats {
+            file: r.file.to_native(),
+            count: r.count.to_native(),
+        })
     }
 }
 
@@ -369,8 +414,12 @@ pub(crate) mod tests {
             any::<u32>(),
             any::<u64>(),
         );
-        proptest::collection::vec(record, 0..60).prop_map(|records| {
+        let repeats = proptest::collection::vec(0u32..4, 0..8);
+        (proptest::collection::vec(record, 0..60), repeats).prop_map(|(records, repeats)| {
             let mut batch = RecordBatch::new();
+            for file in repeats {
+                batch.push_repeat(file);
+            }
             for (partition, key, value, file, offset) in &records {
                 batch.push(Record {
                     partition: *partition,
@@ -400,6 +449,7 @@ pub(crate) mod tests {
         fn archive_round_trips(batch in arb_batch()) {
             let valid = ValidBatch::new(batch.to_archive()).unwrap();
             prop_assert_eq!(records_of(&valid), records_of(&batch));
+            prop_assert_eq!(valid.repeats().collect::<Vec<_>>(), batch.repeats());
             prop_assert_eq!(valid.to_owned_batch(), batch);
         }
 
@@ -419,6 +469,7 @@ pub(crate) mod tests {
                 files: vec![0; n_files],
                 offsets: vec![0; n_offsets],
                 partitions: vec![0; n_partitions],
+                repeats: Vec::new(),
             };
             let consistent = raw.files.len() == raw.key_ends.len()
                 && raw.offsets.len() == raw.key_ends.len()
@@ -470,6 +521,21 @@ pub(crate) mod tests {
                 (1, &b"a"[..], 0),
             ]
         );
+    }
+
+    #[test]
+    fn consecutive_repeats_of_a_file_share_an_entry_and_count_as_payload() {
+        let mut batch = RecordBatch::new();
+        for file in [3, 3, 3, 5, 3] {
+            batch.push_repeat(file);
+        }
+        let repeats: Vec<_> = batch.repeats().iter().map(|r| (r.file, r.count)).collect();
+        assert_eq!(repeats, [(3, 3), (5, 1), (3, 1)]);
+        assert!(batch.is_empty());
+        assert_eq!(batch.payload_bytes(), 3 * REPEAT_BYTES);
+        batch.clear();
+        assert!(batch.repeats().is_empty());
+        assert_eq!(batch.payload_bytes(), 0);
     }
 
     #[test]

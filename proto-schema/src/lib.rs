@@ -29,7 +29,9 @@ pub mod read;
 pub mod shuffle;
 pub mod tls;
 
-pub use batch::{BatchShape, BatchView, Position, Record, RecordBatch, RunTrailer, ValidBatch};
+pub use batch::{
+    BatchShape, BatchView, FileRepeats, Position, Record, RecordBatch, RunTrailer, ValidBatch,
+};
 pub use frame::{Frame, FrameError, FrameHeader, FrameKind, FrameReader, write_frame};
 pub use ids::{DatasetId, Epoch, JobId, NodeId, PartitionId, ShardId};
 pub use partition::{key_hash, partition_of, partition_of_hash};

@@ -256,24 +256,26 @@ impl ScanState {
                         let Some(lane) = ctx.routes.of(partition) else {
                             continue;
                         };
-                        // Repeats are dropped here only for this node's own
-                        // lanes: a record bound for another owner is counted
-                        // there, so that reading a lost owner's partitions
-                        // again counts each of its records once.
-                        if lane < ctx.lanes.lanes
-                            && self.recent.check(hash, key, position) == Seen::Before
-                        {
-                            self.tally.duplicate(file);
-                            repeats += 1;
-                            continue;
-                        }
                         let batch = &mut self.batches[lane];
-                        batch.push(Record {
-                            partition,
-                            key,
-                            value,
-                            position,
-                        });
+                        if self.recent.check(hash, key, position) == Seen::Before {
+                            // A repeat bound for another owner is counted
+                            // there (it travels in the batch as a count), so
+                            // that reading a lost owner's partitions again
+                            // counts each of its records once.
+                            if lane < ctx.lanes.lanes {
+                                self.tally.duplicate(file);
+                            } else {
+                                batch.push_repeat(file);
+                            }
+                            repeats += 1;
+                        } else {
+                            batch.push(Record {
+                                partition,
+                                key,
+                                value,
+                                position,
+                            });
+                        }
                         if batch.payload_bytes() >= batch_bytes {
                             break Filled::Batch(lane);
                         }

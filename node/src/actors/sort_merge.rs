@@ -83,6 +83,10 @@ impl Actor for SortMerge {
                     SortMergeMsg::Batch(batch, credit) => {
                         // The batch now counts against the sort share, not the edge.
                         drop(credit);
+                        for repeats in batch.repeats() {
+                            tally.duplicates(repeats.file, repeats.count);
+                        }
+                        JobCounters::add(&ctx.counters.received, batch.len() as u64);
                         let sorter = sorter.as_mut().ok_or_else(sorter_gone)?;
                         // Runs spill earlier when the heap is under pressure.
                         let run_bytes = ctx.governor.run_bytes() as usize;
@@ -95,6 +99,12 @@ impl Actor for SortMerge {
                         tally.publish()?;
                     }
                     SortMergeMsg::Received(batch, credit) => {
+                        // What the sender's early dedup dropped for these
+                        // partitions is counted here, by their owner.
+                        for repeats in batch.repeats() {
+                            tally.duplicates(repeats.file, repeats.count);
+                        }
+                        JobCounters::add(&ctx.counters.received, batch.len() as u64);
                         let sorter = sorter.as_mut().ok_or_else(sorter_gone)?;
                         let run_bytes = ctx.governor.run_bytes() as usize;
                         blocking(|| {
