@@ -188,6 +188,11 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "SST files holding job records, in the dataset last published (compacted into one \
          past a small fixed limit, so they do not grow with the number of jobs).",
     ),
+    (
+        crate::store::ledger::LEDGER_COUNT_FILES_METRIC,
+        Unit::Count,
+        "Small SST files holding per-file counts, in the dataset last written (each job          ingests its own; compacted together past a small fixed limit).",
+    ),
 ];
 
 /// Counters: (name, help).

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use proto_schema::{DatasetId, FrameError, FrameKind, FrameReader, write_frame};
 use rkyv::util::AlignedVec;
 
-use crate::store::ledger::FileCounts;
+use crate::store::ledger::{CountsWriter, FileCounts};
 use crate::store::{Store, StoreError};
 
 /// Runs of one level merged into one run of the next: the fan-in of a
@@ -37,8 +37,6 @@ pub const RUNS_PER_LEVEL: usize = 16;
 /// Tuples per frame (9 KiB).
 const FRAME_TUPLES: usize = 256;
 const TUPLE_BYTES: usize = 4 + 4 * 8;
-/// File counts handed to the ledger at a time by [`TallyRuns::merge_into`].
-const WRITE_BATCH_FILES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TallyError {
@@ -130,17 +128,9 @@ impl TallyRuns {
     pub fn write_to(&self, store: &Store, dataset: DatasetId, job: u32) -> Result<(), TallyError> {
         let levels = std::mem::take(&mut self.runs.lock().expect("tally runs lock").levels);
         let paths: Vec<PathBuf> = levels.into_iter().flatten().collect();
-        let mut batch = Vec::with_capacity(WRITE_BATCH_FILES);
-        merge(&paths, |file, c| {
-            batch.push((file, c));
-            if batch.len() == WRITE_BATCH_FILES {
-                store.add_file_counts(dataset, job, batch.drain(..))?;
-            }
-            Ok(())
-        })?;
-        if !batch.is_empty() {
-            store.add_file_counts(dataset, job, batch)?;
-        }
+        let mut ledger = CountsWriter::new(store, dataset, job, self.dir.clone());
+        merge(&paths, |file, c| Ok(ledger.add(file, c)?))?;
+        ledger.finish()?;
         for path in paths {
             let _ = std::fs::remove_file(path);
         }

@@ -119,6 +119,11 @@ pub mod meta {
         out
     }
 
+    /// Every key of `tag` for one dataset: `[start, end)`.
+    pub fn dataset_range(tag: u8, dataset: DatasetId) -> (Vec<u8>, Vec<u8>) {
+        prefix_range(scoped(tag, dataset, &[]))
+    }
+
     /// Every key of `tag` for one job: `[start, end)`.
     pub fn job_range(tag: u8, dataset: DatasetId, job: u32) -> (Vec<u8>, Vec<u8>) {
         prefix_range(scoped(tag, dataset, &[job]))

@@ -4,6 +4,7 @@
 //! RocksDB's memory is one number sized from the node's budget.
 
 pub mod catalog;
+mod gather;
 pub mod keys;
 pub mod ledger;
 pub mod merge_ops;
@@ -96,6 +97,17 @@ fn data_cf_options() -> Options {
     opts
 }
 
+/// Column family settings for `meta`, minus memory-dependent parts.
+fn meta_cf_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_target_file_size_base(META_TARGET_FILE_BYTES);
+    // File counts are puts now (`ledger::CountsWriter`); stores written
+    // before hold them as merge operands, which this adds up.
+    opts.set_merge_operator_associative(merge_ops::ADD_COUNTS_NAME, merge_ops::add_counts);
+    opts
+}
+
 impl Store {
     /// Opens (creating if needed, when writing) the store under `root`,
     /// giving RocksDB `memory_bytes` in total.
@@ -131,10 +143,7 @@ impl Store {
         let mut data = data_cf_options();
         data.set_block_based_table_factory(&table_options(Some(&cache)));
         data.set_write_buffer_size(memtable);
-        let mut meta = Options::default();
-        meta.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        meta.set_target_file_size_base(META_TARGET_FILE_BYTES);
-        meta.set_merge_operator_associative(merge_ops::ADD_COUNTS_NAME, merge_ops::add_counts);
+        let mut meta = meta_cf_options();
         meta.set_block_based_table_factory(&table_options(Some(&cache)));
         meta.set_write_buffer_size(memtable);
 

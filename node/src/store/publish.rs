@@ -11,12 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use proto_schema::{DatasetId, Record};
-use rocksdb::{
-    BottommostLevelCompaction, CompactOptions, DBCompressionType, IngestExternalFileOptions,
-    Options, SstFileWriter,
-};
+use rocksdb::{DBCompressionType, IngestExternalFileOptions, Options, SstFileWriter};
 
 use super::catalog::{JobInfo, JobTotals, WriteMode};
+use super::gather::Gathering;
 use super::keys::{self, FirstSeen};
 use super::{DATA_CF, Store, StoreError, data_cf_options, table_options};
 
@@ -98,7 +96,7 @@ pub const JOB_RECORD_FILES_LIMIT: usize = 8;
 /// Gauge of the job-record files of the dataset last published.
 pub const JOB_RECORD_FILES_METRIC: &str = "quern_store_job_record_files";
 
-fn sst_error(path: &Path, source: rocksdb::Error) -> StoreError {
+pub(super) fn sst_error(path: &Path, source: rocksdb::Error) -> StoreError {
     StoreError::Rocks {
         path: path.to_path_buf(),
         source,
@@ -236,47 +234,24 @@ impl Store {
         self.gather_job_records(job.dataset)
     }
 
-    /// Every job's record arrives in its own tiny SST file, and nothing
-    /// overlaps it, so RocksDB would leave it on the last level forever: a
-    /// long-lived store would gain one file (and its table reader's memory)
-    /// per job. Once a dataset has more than `JOB_RECORD_FILES_LIMIT` of
-    /// them, they are compacted into one.
+    /// Every job's record arrives in its own tiny SST file: once a dataset
+    /// has more than `JOB_RECORD_FILES_LIMIT` of them, they are compacted
+    /// into one (`gather`).
     fn gather_job_records(&self, dataset: DatasetId) -> Result<(), StoreError> {
-        let mut files = self.job_record_files(dataset)?;
-        if files > JOB_RECORD_FILES_LIMIT {
-            let mut opts = CompactOptions::default();
-            // They are on the last level, which a range compaction skips
-            // unless forced.
-            opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-            self.db().compact_range_cf_opt(
-                self.data_cf(),
-                Some(keys::job_record_key(dataset, 0)),
-                Some(keys::job_record_key(dataset, u32::MAX)),
-                &opts,
-            );
-            files = self.job_record_files(dataset)?;
-        }
+        let files = self.gather_small_files(&job_records(dataset))?;
         metrics::gauge!(JOB_RECORD_FILES_METRIC).set(files as f64);
         Ok(())
     }
+}
 
-    /// Live SST files holding nothing but `dataset`'s job records.
-    fn job_record_files(&self, dataset: DatasetId) -> Result<usize, StoreError> {
-        let (first, last) = (
-            keys::job_record_key(dataset, 0),
-            keys::job_record_key(dataset, u32::MAX),
-        );
-        let in_range = |key: &Option<Vec<u8>>| {
-            key.as_deref()
-                .is_some_and(|k| k >= first.as_slice() && k <= last.as_slice())
-        };
-        let files = self.db().live_files().map_err(|e| self.rocks_error(e))?;
-        Ok(files
-            .iter()
-            .filter(|f| {
-                f.column_family_name == DATA_CF && in_range(&f.start_key) && in_range(&f.end_key)
-            })
-            .count())
+/// A dataset's job records, every file of them.
+fn job_records(dataset: DatasetId) -> Gathering {
+    Gathering {
+        cf_name: DATA_CF,
+        first: keys::job_record_key(dataset, 0),
+        last: keys::job_record_key(dataset, u32::MAX),
+        small_bytes: usize::MAX,
+        limit: JOB_RECORD_FILES_LIMIT,
     }
 }
 
@@ -413,7 +388,8 @@ mod tests {
         for n in 0..3 * JOB_RECORD_FILES_LIMIT as u64 {
             let key = n.to_be_bytes();
             jobs.push(write_job(&store, &scratch, &[(&key, n)]));
-            most = most.max(store.job_record_files(jobs[0].dataset).unwrap());
+            let files = store.small_files(&job_records(jobs[0].dataset)).unwrap();
+            most = most.max(files.len());
         }
         assert!(
             (2..=JOB_RECORD_FILES_LIMIT).contains(&most),
