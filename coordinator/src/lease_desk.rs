@@ -190,11 +190,18 @@ impl LeaseDesk {
     }
 
     /// Registers `node` (or its newer incarnation) through the log; the
-    /// leases an older incarnation held go back to pending.
+    /// leases an older incarnation held go back to pending. A newer
+    /// incarnation of a node not declared lost (restarted within its
+    /// lease) replaces one whose received records died with it
+    /// (`recover_jobs_of_restarted`).
     pub async fn register(&self, registration: &NodeRegistration) -> Result<Response, DeskError> {
         let mut desk = self.desk.lock().await;
         let now = (self.clock)();
         self.take_over_if_new_term(&mut desk, now).await?;
+        let replaces_live = self
+            .state
+            .node(registration.node)?
+            .is_some_and(|known| !known.lost && known.info.incarnation < registration.incarnation);
         let command = Command::RegisterNode(NodeInfo {
             id: registration.node,
             incarnation: registration.incarnation,
@@ -213,6 +220,9 @@ impl LeaseDesk {
             }
             desk.nodes.registered(id, incarnation, now);
             tracing::info!(node = %id, incarnation, released, "node registered");
+            if replaces_live {
+                self.recover_jobs_of_restarted(&mut desk, id).await?;
+            }
         }
         Ok(response)
     }
@@ -529,64 +539,109 @@ impl LeaseDesk {
     /// on: every shard was done, its part is durable in its store, and it
     /// publishes the part when it is back.
     async fn restart_jobs_owned_by(&self, desk: &mut Desk, lost: NodeId) -> Result<(), DeskError> {
-        let running: Vec<Job> = self
-            .state
-            .recent_jobs(RECENT_JOBS)?
-            .into_iter()
-            .filter(|job| job.state == JobState::Submitted)
-            .collect();
-        for job in running {
-            let Some(map) = self.state.partition_map(job.dataset_id)? else {
+        for (job, map) in self.unstaged_jobs_of(lost)? {
+            if job.shards_done == job.shards_total && self.recover(desk, &job, &map, lost).await? {
                 continue;
-            };
-            if !map.nodes().contains(&lost) {
-                continue;
-            }
-            if job.staged_all_of(lost, map.epoch) {
-                tracing::warn!(
-                    job = %job.id,
-                    node = %lost,
-                    "a lost owner had staged its part: the job goes on, and the node publishes \
-                     the part when it is back"
-                );
-                continue;
-            }
-            if job.shards_done == job.shards_total && job.recovery.is_none() {
-                let live = live_ids(&self.state.nodes()?);
-                let joined = map.without(lost, |n| live.contains(&n), map.epoch.next());
-                if let Some((owner, joined)) = joined {
-                    let command = Command::RecoverJob {
-                        job: job.id,
-                        attempt: job.attempt,
-                        lost,
-                        owner,
-                        map: joined,
-                    };
-                    match propose::propose(&self.raft, &command).await? {
-                        Response::JobRestarted { attempt, epoch, .. } => {
-                            tracing::warn!(
-                                job = %job.id,
-                                attempt,
-                                %epoch,
-                                "owner node {lost} was lost before it staged: node {owner} reads \
-                                 its partitions again"
-                            );
-                            metrics::counter!(JOB_RECOVERIES_METRIC).increment(1);
-                            desk.cursors.clear();
-                            continue;
-                        }
-                        other => tracing::warn!(
-                            job = %job.id,
-                            "recovering the partitions of node {lost}: {other:?}; the job runs \
-                             again whole"
-                        ),
-                    }
-                }
             }
             let cause = RestartCause::OwnerLost { node: lost };
             self.restart_job(desk, job.id, job.attempt, cause).await?;
         }
         Ok(())
+    }
+
+    /// As `restart_jobs_owned_by` for a node restarted within its lease,
+    /// but only for jobs whose every shard was done: its earlier part was
+    /// running then (no shard is leased before every owner has started),
+    /// so what it was sent died with it, and only its partitions are read
+    /// again. Any other job its new part restarts itself if it must (its
+    /// store shows whether an earlier part of the attempt ran there).
+    async fn recover_jobs_of_restarted(
+        &self,
+        desk: &mut Desk,
+        node: NodeId,
+    ) -> Result<(), DeskError> {
+        for (job, map) in self.unstaged_jobs_of(node)? {
+            if job.shards_done == job.shards_total {
+                self.recover(desk, &job, &map, node).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The running jobs whose dataset's map gives `node` partitions it has
+    /// not staged, with that map.
+    fn unstaged_jobs_of(&self, node: NodeId) -> Result<Vec<(Job, PartitionMap)>, DeskError> {
+        let mut unstaged = Vec::new();
+        for job in self.state.recent_jobs(RECENT_JOBS)? {
+            if job.state != JobState::Submitted {
+                continue;
+            }
+            let Some(map) = self.state.partition_map(job.dataset_id)? else {
+                continue;
+            };
+            if !map.nodes().contains(&node) {
+                continue;
+            }
+            if job.staged_all_of(node, map.epoch) {
+                tracing::warn!(
+                    job = %job.id,
+                    %node,
+                    "an owner lost or restarted had staged its part: the job goes on, and the node \
+                     publishes the part when it is back"
+                );
+                continue;
+            }
+            unstaged.push((job, map));
+        }
+        Ok(unstaged)
+    }
+
+    /// Proposes that a live neighbour of `lost` in `map` reads its
+    /// partitions of `job` again (`RecoverJob`); whether the job now
+    /// recovers them.
+    async fn recover(
+        &self,
+        desk: &mut Desk,
+        job: &Job,
+        map: &PartitionMap,
+        lost: NodeId,
+    ) -> Result<bool, DeskError> {
+        if job.recovery.is_some() {
+            return Ok(false);
+        }
+        let live = live_ids(&self.state.nodes()?);
+        let Some((owner, joined)) = map.without(lost, |n| live.contains(&n), map.epoch.next())
+        else {
+            return Ok(false);
+        };
+        let command = Command::RecoverJob {
+            job: job.id,
+            attempt: job.attempt,
+            lost,
+            owner,
+            map: joined,
+        };
+        match propose::propose(&self.raft, &command).await? {
+            Response::JobRestarted { attempt, epoch, .. } => {
+                tracing::warn!(
+                    job = %job.id,
+                    attempt,
+                    %epoch,
+                    "owner node {lost} was lost before it staged: node {owner} reads its \
+                     partitions again"
+                );
+                metrics::counter!(JOB_RECOVERIES_METRIC).increment(1);
+                desk.cursors.clear();
+                Ok(true)
+            }
+            other => {
+                tracing::warn!(
+                    job = %job.id,
+                    "recovering the partitions of node {lost}: {other:?}; the job runs again whole"
+                );
+                Ok(false)
+            }
+        }
     }
 
     /// Extends `node`'s lease of `shard` at `epoch`; no log write.

@@ -26,6 +26,7 @@ use node::edge::{Edge, EdgeTarget, ReceiverGone};
 use node::ingest::IngestOutcome;
 use node::input::roots::Roots;
 use node::leased_job::{self, DataChannel, JobError, LeasedJob};
+use node::shuffle::Inbound;
 use node::shuffle::inbound::InboundLane;
 use node::store::{Access, Store};
 use proto_schema::command::Response;
@@ -248,12 +249,14 @@ impl EdgeTarget<SortMergeMsg> for Discard {
     }
 }
 
-#[test]
-fn an_owner_waiting_for_streams_a_failed_peer_never_opens_ends_when_the_job_restarts() {
-    let cluster = Cluster::start();
+/// Node 2 starts the job (it announces one lane and takes node 1's stream
+/// into it) but never sends its own; node 1 reads every shard and ends its
+/// stream to node 2, and its lanes wait for node 2's. Returns node 2's
+/// inbound and node 1's part's end, once there.
+fn node_1_waits_for_node_2s_streams(
+    cluster: &Cluster,
+) -> (Inbound, mpsc::Receiver<Result<IngestOutcome, JobError>>) {
     let mut client = cluster.coordinator.client();
-    // Node 2 starts the job: it announces one lane and takes node 1's
-    // stream into it. It never sends its own.
     let owners = cluster
         .runtime
         .block_on(client.partition_map(PEER, "lines", cluster.job, 1, 1))
@@ -270,41 +273,63 @@ fn an_owner_waiting_for_streams_a_failed_peer_never_opens_ends_when_the_job_rest
         }],
     );
     let ended = cluster.run_owner(pending());
-
-    // Node 1 reads every shard and ends its stream to node 2: its feed has
-    // ended, and its lanes wait for node 2's streams.
     let deadline = Instant::now() + NOTICE;
     while inbound.received(cluster.job).unwrap().streams < 1 {
         assert!(Instant::now() < deadline, "node 1 never ended its stream");
         cluster.peer_beats();
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = cluster.job_status();
-    assert_eq!(status.shards_done, 3, "node 1 read every shard");
+    assert_eq!(
+        cluster.job_status().shards_done,
+        3,
+        "node 1 read every shard"
+    );
     assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
+    (inbound, ended)
+}
+
+/// What node 1's part ended with, within `NOTICE`, while `beat` keeps
+/// node 2 alive.
+fn part_end(
+    ended: &mpsc::Receiver<Result<IngestOutcome, JobError>>,
+    beat: impl Fn(),
+) -> Result<IngestOutcome, JobError> {
+    let deadline = Instant::now() + NOTICE;
+    loop {
+        beat();
+        match ended.recv_timeout(HEARTBEAT) {
+            Ok(result) => return result,
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "node 1's part still waits {NOTICE:?} after its job moved on"
+            ),
+        }
+    }
+}
+
+#[test]
+fn an_owner_waiting_for_streams_a_failed_peer_never_opens_ends_when_the_job_restarts() {
+    let cluster = Cluster::start();
+    let (inbound, ended) = node_1_waits_for_node_2s_streams(&cluster);
 
     // Node 2's part failed before it opened its streams; it starts again,
     // restarting the job.
     inbound.remove(cluster.job);
+    let status = cluster.job_status();
     let restarted = cluster
         .runtime
-        .block_on(client.restart(PEER, cluster.job, status.attempt))
+        .block_on(
+            cluster
+                .coordinator
+                .client()
+                .restart(PEER, cluster.job, status.attempt),
+        )
         .unwrap();
     assert!(
         matches!(restarted, Response::JobRestarted { .. }),
         "{restarted:?}"
     );
-    let deadline = Instant::now() + NOTICE;
-    let result = loop {
-        cluster.peer_beats();
-        match ended.recv_timeout(HEARTBEAT) {
-            Ok(result) => break result,
-            Err(_) => assert!(
-                Instant::now() < deadline,
-                "node 1's part still waits {NOTICE:?} after its job restarted"
-            ),
-        }
-    };
+    let result = part_end(&ended, || cluster.peer_beats());
     let error = result.expect_err("node 1's part of the old attempt cannot commit");
     let message = error.to_string();
     assert!(
@@ -313,6 +338,54 @@ fn an_owner_waiting_for_streams_a_failed_peer_never_opens_ends_when_the_job_rest
         "{message}"
     );
     cluster.stop();
+}
+
+/// Node 2 restarts within its lease (a new incarnation registers, the old
+/// one never declared lost) once every shard is done: its partitions are
+/// read again on node 1 (lineage), not the whole job. Node 1's own part,
+/// which the recovery keeps, still lacks the streams node 2 never sent:
+/// it ends naming them rather than wait, and the job runs again whole.
+#[test]
+fn an_owner_restarted_within_its_lease_is_recovered_and_a_part_missing_its_streams_ends() {
+    let cluster = Cluster::start();
+    let (inbound, ended) = node_1_waits_for_node_2s_streams(&cluster);
+
+    inbound.remove(cluster.job);
+    let address = cluster.channels[1].endpoint.local_addr().to_string();
+    let mut client = cluster.coordinator.client();
+    let incarnation = cluster
+        .runtime
+        .block_on(leased_job::register(&mut client, PEER, address, [0; 32]))
+        .unwrap();
+    let status = cluster.job_status();
+    let recovery = status
+        .recovery
+        .expect("the job recovers node 2's partitions");
+    assert_eq!((recovery.lost, recovery.owner), (PEER, OWNER));
+    assert_eq!(status.attempt, 1);
+
+    let beat = || {
+        cluster
+            .runtime
+            .block_on(client_heartbeat(&cluster, incarnation))
+            .unwrap();
+    };
+    let error = part_end(&ended, beat).expect_err("node 1's part lacks node 2's streams");
+    let message = error.to_string();
+    assert!(
+        message.contains("owner node 2 was lost before every stream it owed node 1"),
+        "{message}"
+    );
+    cluster.stop();
+}
+
+async fn client_heartbeat(cluster: &Cluster, incarnation: u64) -> Result<(), String> {
+    let mut client = cluster.coordinator.client();
+    client
+        .heartbeat(PEER, incarnation, Vec::new(), None)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[test]

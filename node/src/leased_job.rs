@@ -23,7 +23,12 @@
 //! under the next map); the other nodes see the attempt move on and start
 //! their parts again. A lost owner restarts its jobs the same way (the
 //! leader does it). After `MAX_JOB_ATTEMPTS` the job stays uncommitted,
-//! its cause in `quern status`.
+//! its cause in `quern status`. A job whose every shard was done when an
+//! owner was lost, or restarted within its lease, reads only that owner's
+//! partitions again, on a neighbour (the leader decides it when it
+//! declares the node lost or registers its new incarnation); the node
+//! is then no owner of the job's map, and its new part ends
+//! (`JobError::NotAnOwner`).
 
 use std::future::Future;
 use std::net::SocketAddr;

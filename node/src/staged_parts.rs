@@ -44,11 +44,7 @@ pub fn decide(status: Option<&JobStatus>, part: &ClusterPart, node: NodeId) -> D
             status.began_ms, part.began_ms
         ));
     }
-    // A recovering job keeps its base attempt's parts staged under its
-    // base map, all but the lost owner's: its partitions are read again.
-    let kept = status.recovery.is_some_and(|r| {
-        (r.base_attempt, r.base_epoch) == (part.attempt, part.map_epoch) && r.lost != node
-    });
+    let kept = kept_beside(status, part, node).is_some();
     if status.attempt != part.attempt && !kept {
         return Decision::Discard(format!(
             "job {job} was restarted ({}): attempt {} runs, this node's part is of attempt {}",
@@ -62,6 +58,19 @@ pub fn decide(status: Option<&JobStatus>, part: &ClusterPart, node: NodeId) -> D
         JobPhase::Aborted => Decision::Discard(format!("job {job} was aborted")),
         JobPhase::Submitting | JobPhase::Scanning | JobPhase::Staging => Decision::Wait,
     }
+}
+
+/// The owner a recovering job lost, if `node`'s `part` is one of the
+/// parts the recovery keeps: a recovering job keeps its base attempt's
+/// parts under its base map, all but the lost owner's, whose partitions
+/// are read again.
+pub fn kept_beside(status: &JobStatus, part: &ClusterPart, node: NodeId) -> Option<NodeId> {
+    status
+        .recovery
+        .filter(|r| {
+            (r.base_attempt, r.base_epoch) == (part.attempt, part.map_epoch) && r.lost != node
+        })
+        .map(|r| r.lost)
 }
 
 /// Whether `status` asks `node` to read a lost owner's partitions again

@@ -60,13 +60,15 @@ struct InboundJob {
     received: Arc<Received>,
 }
 
-/// Records delivered into a job's lanes, streams whose end checked out,
-/// and streams that ended otherwise.
+/// Records delivered into a job's lanes, streams whose end checked out
+/// (in all and per sender), and streams that ended otherwise.
 #[derive(Default)]
 struct Received {
     records: AtomicU64,
     streams: AtomicU64,
     failed: AtomicU64,
+    /// Complete streams per sender: a handful of peers.
+    ended_by: Mutex<Vec<(NodeId, u64)>>,
 }
 
 /// What a job received on this node.
@@ -87,6 +89,23 @@ impl Received {
             streams: self.streams.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
         }
+    }
+
+    fn ended(&self, sender: NodeId) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        let mut ended_by = self.ended_by.lock().expect("never poisoned");
+        match ended_by.iter_mut().find(|(node, _)| *node == sender) {
+            Some((_, streams)) => *streams += 1,
+            None => ended_by.push((sender, 1)),
+        }
+    }
+
+    fn ended_from(&self, sender: NodeId) -> u64 {
+        let ended_by = self.ended_by.lock().expect("never poisoned");
+        ended_by
+            .iter()
+            .find(|(node, _)| *node == sender)
+            .map_or(0, |&(_, streams)| streams)
     }
 }
 
@@ -133,6 +152,13 @@ impl Inbound {
     /// What `job` received so far.
     pub fn received(&self, job: JobId) -> Option<ReceivedCounts> {
         self.job(job).map(|j| j.received.counts())
+    }
+
+    /// Whether every stream `sender` owes `job`'s lanes here (one per
+    /// lane) has ended complete; `None` if the job does not run here.
+    pub fn complete_from(&self, job: JobId, sender: NodeId) -> Option<bool> {
+        self.job(job)
+            .map(|j| j.received.ended_from(sender) >= j.lanes.len() as u64)
     }
 
     fn job(&self, job: JobId) -> Option<Arc<InboundJob>> {
@@ -191,6 +217,7 @@ impl StreamHandler for Inbound {
             inbound: self.clone(),
             job: header.job,
             epoch: header.epoch,
+            sender: header.sender,
             edge: lane.edge.clone(),
             received: job.received.clone(),
             ended: false,
@@ -203,6 +230,7 @@ pub struct LaneSink {
     inbound: Inbound,
     job: JobId,
     epoch: Epoch,
+    sender: NodeId,
     edge: Edge<SortMergeMsg>,
     received: Arc<Received>,
     ended: bool,
@@ -239,7 +267,7 @@ impl BatchSink for LaneSink {
     fn end(&mut self, _end: &StreamEnd) -> Result<(), Refusal> {
         self.inbound.current(self.job, self.epoch)?;
         self.ended = true;
-        self.received.streams.fetch_add(1, Ordering::Relaxed);
+        self.received.ended(self.sender);
         Ok(())
     }
 }
@@ -311,6 +339,13 @@ mod tests {
             })
         };
         assert_eq!(inbound.received(JOB), counts(10, 1, 0));
+        // Node 2 owes each of the two lanes a stream: one has ended.
+        assert_eq!(inbound.complete_from(JOB, NodeId(2)), Some(false));
+        let high_batch = batch(1, 10, PartitionRange::new(8, 16).unwrap());
+        send_one(header(2, 3, 8, 16), high_batch).await.unwrap();
+        assert_eq!(inbound.complete_from(JOB, NodeId(2)), Some(true));
+        assert_eq!(inbound.complete_from(JOB, NodeId(3)), Some(false));
+        assert_eq!(inbound.received(JOB), counts(20, 2, 0));
 
         // Node 2's certificate cannot speak for node 5.
         assert_eq!(
@@ -362,7 +397,8 @@ mod tests {
 
         // Once the job ends here, its streams are refused.
         // The fenced stream was taken and did not complete.
-        assert_eq!(inbound.remove(JOB), counts(20, 1, 1));
+        assert_eq!(inbound.remove(JOB), counts(30, 2, 1));
+        assert_eq!(inbound.complete_from(JOB, NodeId(2)), None);
         assert_eq!(
             refusal(send_one(header(2, 4, 0, 8), b.clone()).await),
             Refusal::UnknownJob { job: JOB }

@@ -39,6 +39,7 @@ use crate::input::roots::Roots;
 use crate::input::shard::{InputFile, Shard, plan_shards};
 use crate::memory::ProcessMemory;
 use crate::quarantine::FileProblem;
+use crate::shuffle::Inbound;
 use crate::staged_parts::{self, Decision, ReportError};
 use crate::store::catalog::JobTotals;
 use crate::store::staged::ClusterPart;
@@ -267,10 +268,10 @@ impl<T: Transport> LeaseFeed<T> {
         roots.check(&file.path).err()
     }
 
-    fn start_reporter(&self, ender: JobEnder) {
+    fn start_reporter(&self, ender: JobEnder, inbound: Option<Inbound>) {
         let shared = self.shared.clone();
         let interval = self.settings.heartbeat;
-        let task = self.runtime.spawn(report(shared, interval, ender));
+        let task = self.runtime.spawn(report(shared, interval, ender, inbound));
         *self.reporter.lock().expect("not poisoned") = Some(task);
     }
 
@@ -290,7 +291,8 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
     }
 
     fn run(&self, ctx: &JobContext, scanners: &Scanners) -> Result<(), String> {
-        self.start_reporter(scanners.job_ender());
+        let inbound = ctx.shuffle.as_ref().map(|s| s.inbound.clone());
+        self.start_reporter(scanners.job_ender(), inbound);
         let result = self.lease_and_hand_out(ctx, scanners);
         self.shared.feed_ended.store(true, Ordering::Release);
         result
@@ -501,10 +503,16 @@ impl<T: Transport> Shared<T> {
 /// staging, none once the part is abandoned (failed). Once the
 /// feed has ended it also asks whether the part is still current: a peer
 /// whose part failed before it opened its streams never sends them, and
-/// the restarted job is then the only news the waiting lanes get. What
-/// ends the reporter (the node declared lost, the part over) fails the
-/// job through `ender`, so that it never waits on for input.
-async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration, ender: JobEnder) {
+/// the restarted job is then the only news the waiting lanes get (or,
+/// for a part a recovery keeps, the lost owner named: see `watch_part`).
+/// What ends the reporter (the node declared lost, the part over) fails
+/// the job through `ender`, so that it never waits on for input.
+async fn report<T: Transport>(
+    shared: Arc<Shared<T>>,
+    interval: Duration,
+    ender: JobEnder,
+    inbound: Option<Inbound>,
+) {
     loop {
         if shared.abandoned.load(Ordering::Acquire) {
             return;
@@ -512,7 +520,7 @@ async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration, ender:
         let stopping = shared.stop.load(Ordering::Acquire);
         let mut outcome = report_once(&shared).await;
         if outcome.is_ok() && !stopping && shared.feed_ended.load(Ordering::Acquire) {
-            outcome = watch_part(&shared).await;
+            outcome = watch_part(&shared, inbound.as_ref()).await;
         }
         if let Err(failure) = outcome {
             tracing::error!("{failure}");
@@ -533,11 +541,27 @@ async fn report<T: Transport>(shared: Arc<Shared<T>>, interval: Duration, ender:
 
 /// `Err` naming why if the coordinators say this node's part is over;
 /// coordinators that cannot be asked decide nothing (the next report asks
-/// again).
-async fn watch_part<T: Transport>(shared: &Shared<T>) -> Result<(), String> {
+/// again). A part a recovery keeps (the job lost another owner before it
+/// staged) is over too if that owner's streams to this node (`inbound`)
+/// have not all ended: it never sends the rest, and records of shards it
+/// reported done may be among them, so this part cannot stage whole.
+async fn watch_part<T: Transport>(
+    shared: &Shared<T>,
+    inbound: Option<&Inbound>,
+) -> Result<(), String> {
     let mut client = shared.client.lock().await;
-    match check_part(&mut client, &shared.part, shared.target.node).await {
-        PartCheck::Current(_) => Ok(()),
+    let (part, node) = (&shared.part, shared.target.node);
+    match check_part(&mut client, part, node).await {
+        PartCheck::Current(status) => match staged_parts::kept_beside(&status, part, node) {
+            Some(lost) if inbound.and_then(|i| i.complete_from(part.job, lost)) == Some(false) => {
+                Err(format!(
+                    "owner node {lost} was lost before every stream it owed node {node} for job \
+                     {} ended: this part misses records, and the job runs again whole",
+                    part.job
+                ))
+            }
+            _ => Ok(()),
+        },
         PartCheck::Over(reason) => Err(reason),
         PartCheck::Unknown(reason) => {
             tracing::warn!("{reason}; asking again at the next report");
