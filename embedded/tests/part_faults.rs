@@ -418,16 +418,36 @@ fn a_part_waiting_for_an_owner_that_never_starts_ends_when_cancelled() {
 
 #[test]
 fn a_part_waiting_for_an_owner_that_never_starts_ends_when_the_job_moves_on() {
+    part_waiting_for_owners_ends_when_the_job_moves_on(false);
+}
+
+/// The next map's owners have all started (node 2 under it, node 1 by the
+/// very request of its waiting part): the part of the old attempt still
+/// ends, rather than run under the next attempt's map.
+#[test]
+fn a_part_waiting_for_owners_ends_when_the_job_moves_on_even_if_the_next_map_is_ready() {
+    part_waiting_for_owners_ends_when_the_job_moves_on(true);
+}
+
+/// Node 1's part waits for node 2 to start; node 2 restarts the job
+/// instead, and with `announce` starts its part of the next attempt.
+fn part_waiting_for_owners_ends_when_the_job_moves_on(announce: bool) {
     let cluster = Cluster::start();
     let mut client = cluster.coordinator.client();
     let ended = cluster.run_owner(pending());
     // Node 2 never announces its lanes: node 1 waits for it to start.
     std::thread::sleep(Duration::from_secs(1));
     assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
-    let restarted = cluster
-        .runtime
-        .block_on(client.restart(PEER, cluster.job, 0))
-        .unwrap();
+    let restarted = cluster.runtime.block_on(async {
+        let restarted = client.restart(PEER, cluster.job, 0).await.unwrap();
+        if announce {
+            client
+                .partition_map(PEER, "lines", cluster.job, 1, 2)
+                .await
+                .unwrap();
+        }
+        restarted
+    });
     assert!(
         matches!(restarted, Response::JobRestarted { attempt: 1, .. }),
         "{restarted:?}"

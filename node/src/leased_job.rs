@@ -476,15 +476,11 @@ async fn wait_for_owners<T: Transport>(
                 epoch: owners.map.epoch,
             });
         }
-        let waiting: Vec<NodeId> = owners
-            .owners
-            .iter()
-            .filter(|o| o.lanes.is_none())
-            .map(|o| o.node)
-            .collect();
-        if waiting.is_empty() {
-            return Ok(owners);
-        }
+        // Asked after the map: a map read while the job still ran
+        // `attempt` is that attempt's (a restart changes both at once).
+        // Without this, a part of an attempt restarted meanwhile could
+        // start under the next attempt's map, its own request having just
+        // counted it as started there.
         let status = job_status(&mut job.client, id).await.map_err(map_error)?;
         if status.attempt != attempt {
             return Err(JobError::MovedOn {
@@ -494,6 +490,15 @@ async fn wait_for_owners<T: Transport>(
                 running: status.attempt,
                 cause: status.restarted.unwrap_or_default(),
             });
+        }
+        let waiting: Vec<NodeId> = owners
+            .owners
+            .iter()
+            .filter(|o| o.lanes.is_none())
+            .map(|o| o.node)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(owners);
         }
         if Instant::now() >= deadline {
             return Err(map_error(format!(
