@@ -249,6 +249,77 @@ impl EdgeTarget<SortMergeMsg> for Discard {
     }
 }
 
+/// A lane that takes what arrives and never lets it go: its edge's
+/// credit with it, so the stream into it stops once its window is full.
+struct Hold(std::sync::Mutex<Vec<SortMergeMsg>>);
+
+impl EdgeTarget<SortMergeMsg> for Hold {
+    fn deliver(&self, message: SortMergeMsg) -> Result<(), ReceiverGone> {
+        self.0.lock().unwrap().push(message);
+        Ok(())
+    }
+}
+
+/// Node 1's scanners wait on node 2, whose lane takes nothing more; the
+/// job restarts meanwhile. Node 1's part asks for no lease while it
+/// waits, so only its reporter's watch tells it: it ends within a few
+/// heartbeats, not at the data channel's stall timeout (120 s).
+#[test]
+fn a_part_whose_scanners_wait_on_a_peer_ends_when_the_job_restarts() {
+    let spec = LinesSpec {
+        files: 4,
+        bytes_per_file: 4 << 20,
+        compression: vec![Compression::Plain],
+        ..LinesSpec::sample()
+    };
+    let cluster = Cluster::start_with(&spec, &[OWNER, PEER]);
+    let mut client = cluster.coordinator.client();
+    let owners = cluster
+        .runtime
+        .block_on(client.partition_map(PEER, "lines", cluster.job, 1, 1))
+        .unwrap();
+    let range = owners.map.ranges.iter().find(|r| r.node == PEER).unwrap();
+    let partitions = PartitionRange::new(range.start.get(), range.end.get()).unwrap();
+    let inbound = cluster.channels[1].inbound.clone();
+    let held = Hold(std::sync::Mutex::new(Vec::new()));
+    inbound.register(
+        cluster.job,
+        owners.map.epoch,
+        vec![InboundLane {
+            partitions,
+            edge: Edge::new("held-lane".into(), held, 256 << 10, 64),
+        }],
+    );
+    let ended = cluster.run_owner(pending());
+    cluster.await_leased();
+    // Long enough for the held lane's window to fill and node 1 to wait.
+    for _ in 0..4 {
+        cluster.peer_beats();
+        std::thread::sleep(HEARTBEAT);
+    }
+    assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
+    assert!(
+        cluster.job_status().shards_done < 4,
+        "node 1 read every file, its scanners never waited"
+    );
+    let restarted = cluster
+        .runtime
+        .block_on(client.restart(PEER, cluster.job, 0))
+        .unwrap();
+    assert!(
+        matches!(restarted, Response::JobRestarted { attempt: 1, .. }),
+        "{restarted:?}"
+    );
+    let error = part_end(&ended, || cluster.peer_beats()).expect_err("its attempt is over");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("job {} was restarted", cluster.job)),
+        "{message}"
+    );
+    inbound.remove(cluster.job);
+    cluster.stop();
+}
+
 /// Node 2 starts the job (it announces one lane and takes node 1's stream
 /// into it) but never sends its own; node 1 reads every shard and ends its
 /// stream to node 2, and its lanes wait for node 2's. Returns node 2's

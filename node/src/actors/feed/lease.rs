@@ -102,10 +102,6 @@ struct Shared<T: Transport> {
     /// partition map's epoch it runs and stages under (a stage is refused
     /// if the map moved on meanwhile).
     part: ClusterPart,
-    /// Set once the feed has handed out its last shard: from then on the
-    /// reporter also watches the part (the lanes may wait long for their
-    /// peers' streams, and only the coordinators know the job moved on).
-    feed_ended: AtomicBool,
     /// By the file's number in the job.
     held: Mutex<HashMap<u32, Held>>,
     /// Scanned shards not yet reported, as `(shard, epoch)`.
@@ -145,7 +141,6 @@ impl<T: Transport> LeaseFeed<T> {
                 client: tokio::sync::Mutex::new(client),
                 target,
                 part,
-                feed_ended: AtomicBool::new(false),
                 held: Mutex::default(),
                 done: Mutex::default(),
                 wake: Notify::new(),
@@ -293,9 +288,7 @@ impl<T: Transport> ShardFeed for LeaseFeed<T> {
     fn run(&self, ctx: &JobContext, scanners: &Scanners) -> Result<(), String> {
         let inbound = ctx.shuffle.as_ref().map(|s| s.inbound.clone());
         self.start_reporter(scanners.job_ender(), inbound);
-        let result = self.lease_and_hand_out(ctx, scanners);
-        self.shared.feed_ended.store(true, Ordering::Release);
-        result
+        self.lease_and_hand_out(ctx, scanners)
     }
 
     fn scanned(&self, shards: &[Shard]) {
@@ -500,13 +493,15 @@ impl<T: Transport> Shared<T> {
 
 /// The reporter: every `interval`, or sooner when woken, reports finished
 /// shards in batches and heartbeats; a last report when stopped after
-/// staging, none once the part is abandoned (failed). Once the
-/// feed has ended it also asks whether the part is still current: a peer
-/// whose part failed before it opened its streams never sends them, and
-/// the restarted job is then the only news the waiting lanes get (or,
-/// for a part a recovery keeps, the lost owner named: see `watch_part`).
-/// What ends the reporter (the node declared lost, the part over) fails
-/// the job through `ender`, so that it never waits on for input.
+/// staging, none once the part is abandoned (failed). Each time it also
+/// asks whether the part is still current: the lease requests would tell
+/// the feed the job moved on, but a part whose scanners wait on a lost
+/// peer's stream asks for none, and lanes waiting for streams a failed
+/// peer never opens hear nothing at all; the restarted job is then the
+/// only news they get (or, for a part a recovery keeps, the lost owner
+/// named: see `watch_part`). What ends the reporter (the node declared
+/// lost, the part over) fails the job through `ender`, so that it never
+/// waits on for input.
 async fn report<T: Transport>(
     shared: Arc<Shared<T>>,
     interval: Duration,
@@ -519,7 +514,7 @@ async fn report<T: Transport>(
         }
         let stopping = shared.stop.load(Ordering::Acquire);
         let mut outcome = report_once(&shared).await;
-        if outcome.is_ok() && !stopping && shared.feed_ended.load(Ordering::Acquire) {
+        if outcome.is_ok() && !stopping {
             outcome = watch_part(&shared, inbound.as_ref()).await;
         }
         if let Err(failure) = outcome {
