@@ -274,22 +274,8 @@ fn a_part_whose_scanners_wait_on_a_peer_ends_when_the_job_restarts() {
     };
     let cluster = Cluster::start_with(&spec, &[OWNER, PEER]);
     let mut client = cluster.coordinator.client();
-    let owners = cluster
-        .runtime
-        .block_on(client.partition_map(PEER, "lines", cluster.job, 1, 1))
-        .unwrap();
-    let range = owners.map.ranges.iter().find(|r| r.node == PEER).unwrap();
-    let partitions = PartitionRange::new(range.start.get(), range.end.get()).unwrap();
-    let inbound = cluster.channels[1].inbound.clone();
     let held = Hold(std::sync::Mutex::new(Vec::new()));
-    inbound.register(
-        cluster.job,
-        owners.map.epoch,
-        vec![InboundLane {
-            partitions,
-            edge: Edge::new("held-lane".into(), held, 256 << 10, 64),
-        }],
-    );
+    let inbound = node_2_starts(&cluster, Edge::new("held-lane".into(), held, 256 << 10, 64));
     let ended = cluster.run_owner(pending());
     cluster.await_leased();
     // Long enough for the held lane's window to fill and node 1 to wait.
@@ -320,13 +306,9 @@ fn a_part_whose_scanners_wait_on_a_peer_ends_when_the_job_restarts() {
     cluster.stop();
 }
 
-/// Node 2 starts the job (it announces one lane and takes node 1's stream
-/// into it) but never sends its own; node 1 reads every shard and ends its
-/// stream to node 2, and its lanes wait for node 2's. Returns node 2's
-/// inbound and node 1's part's end, once there.
-fn node_1_waits_for_node_2s_streams(
-    cluster: &Cluster,
-) -> (Inbound, mpsc::Receiver<Result<IngestOutcome, JobError>>) {
+/// Node 2 starts the job: it announces one lane and takes node 1's stream
+/// into `lane`. Returns its inbound.
+fn node_2_starts(cluster: &Cluster, lane: Edge<SortMergeMsg>) -> Inbound {
     let mut client = cluster.coordinator.client();
     let owners = cluster
         .runtime
@@ -340,9 +322,20 @@ fn node_1_waits_for_node_2s_streams(
         owners.map.epoch,
         vec![InboundLane {
             partitions,
-            edge: Edge::new("peer-lane".into(), Discard, 1 << 20, 64),
+            edge: lane,
         }],
     );
+    inbound
+}
+
+/// Node 2 starts the job (it announces one lane and takes node 1's stream
+/// into it) but never sends its own; node 1 reads every shard and ends its
+/// stream to node 2, and its lanes wait for node 2's. Returns node 2's
+/// inbound and node 1's part's end, once there.
+fn node_1_waits_for_node_2s_streams(
+    cluster: &Cluster,
+) -> (Inbound, mpsc::Receiver<Result<IngestOutcome, JobError>>) {
+    let inbound = node_2_starts(cluster, Edge::new("peer-lane".into(), Discard, 1 << 20, 64));
     let ended = cluster.run_owner(pending());
     let deadline = Instant::now() + NOTICE;
     while inbound.received(cluster.job).unwrap().streams < 1 {
