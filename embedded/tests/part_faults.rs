@@ -199,9 +199,14 @@ impl Cluster {
 
     /// Node 2 heartbeats, so that it is not declared lost.
     fn peer_beats(&self) {
+        self.peer_beats_as(self.incarnations[1]);
+    }
+
+    /// Node 2 heartbeats as `incarnation`.
+    fn peer_beats_as(&self, incarnation: u64) {
         let mut client = self.coordinator.client();
         self.runtime
-            .block_on(client.heartbeat(PEER, self.incarnations[1], Vec::new(), None))
+            .block_on(client.heartbeat(PEER, incarnation, Vec::new(), None))
             .unwrap();
     }
 
@@ -428,28 +433,14 @@ fn an_owner_restarted_within_its_lease_is_recovered_and_a_part_missing_its_strea
     assert_eq!((recovery.lost, recovery.owner), (PEER, OWNER));
     assert_eq!(status.attempt, 1);
 
-    let beat = || {
-        cluster
-            .runtime
-            .block_on(client_heartbeat(&cluster, incarnation))
-            .unwrap();
-    };
-    let error = part_end(&ended, beat).expect_err("node 1's part lacks node 2's streams");
+    let error = part_end(&ended, || cluster.peer_beats_as(incarnation))
+        .expect_err("node 1's part lacks node 2's streams");
     let message = error.to_string();
     assert!(
         message.contains("owner node 2 was lost before every stream it owed node 1"),
         "{message}"
     );
     cluster.stop();
-}
-
-async fn client_heartbeat(cluster: &Cluster, incarnation: u64) -> Result<(), String> {
-    let mut client = cluster.coordinator.client();
-    client
-        .heartbeat(PEER, incarnation, Vec::new(), None)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 #[test]

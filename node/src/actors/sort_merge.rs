@@ -83,10 +83,6 @@ impl Actor for SortMerge {
                     SortMergeMsg::Batch(batch, credit) => {
                         // The batch now counts against the sort share, not the edge.
                         drop(credit);
-                        for repeats in batch.repeats() {
-                            tally.duplicates(repeats.file, repeats.count);
-                        }
-                        JobCounters::add(&ctx.counters.received, batch.len() as u64);
                         let sorter = sorter.as_mut().ok_or_else(sorter_gone)?;
                         // Runs spill earlier when the heap is under pressure.
                         let run_bytes = ctx.governor.run_bytes() as usize;

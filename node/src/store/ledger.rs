@@ -115,9 +115,10 @@ static COUNTS_SST_OPTIONS: LazyLock<Options> = LazyLock::new(|| {
 /// [`finish`](Self::finish). A job's counts are a key range of their own,
 /// so the files go straight to the last level and are rewritten only
 /// when a dataset's small ones are gathered (`gather`): through the
-/// memtable, every key was flushed and then compacted in the background (over a million small files, the meta column family's
-/// compactions took 1.8 s of a 13 s job's wall time). Puts, not merge
-/// operands: counts written twice are still the job's counts.
+/// memtable, every key was flushed and then compacted in the background
+/// (over a million small files, the meta column family's compactions
+/// took 1.8 s of a 13 s job's wall time). Puts, not merge operands:
+/// counts written twice are still the job's counts.
 pub struct CountsWriter<'a> {
     store: &'a Store,
     dataset: DatasetId,
