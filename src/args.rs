@@ -174,7 +174,7 @@ pub struct TuningArgs {
     pub split_bytes: u64,
 
     /// Sorted runs merged at once (more runs mean extra merge passes).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = node::config::DEFAULT_MAX_OPEN_RUNS)]
     pub max_open_runs: usize,
 
     /// Size at which a lane starts a new SST file.

@@ -32,6 +32,7 @@ mod ingest;
 mod logging;
 mod metrics_endpoint;
 mod node_cmd;
+mod open_files;
 mod progress;
 mod query;
 mod report;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         }
     };
     let log = logging::init(cli.verbose);
+    open_files::raise_to_hard_limit();
     let metrics = match cli.metrics.map(metrics_endpoint::serve).transpose() {
         Ok(endpoint) => endpoint,
         Err(e) => {

@@ -64,6 +64,11 @@ pub struct IngestConfig {
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * MIB;
 pub const MIN_MEMORY_BYTES: u64 = 16 * MIB;
 pub const DEFAULT_PARTITIONS: u16 = 64;
+/// Runs a lane merges at once unless told otherwise (`--max-open-runs`):
+/// a lane's runs are filled in half its sort share (two buffers, one
+/// spilling while the other fills), so 128 at a time merges as much input
+/// in one pass as 64 runs of the whole share did.
+pub const DEFAULT_MAX_OPEN_RUNS: usize = 128;
 /// The largest `--max-record`: a scanner buffers one whole record.
 pub const MAX_RECORD_LIMIT: u64 = 256 * MIB;
 /// Partition number reserved in store keys for job records.
@@ -82,7 +87,7 @@ impl Default for IngestConfig {
             batch_bytes: 256 * KIB,
             split_bytes: 64 * MIB,
             follow_links: false,
-            max_open_runs: 64,
+            max_open_runs: DEFAULT_MAX_OPEN_RUNS,
             sst_target_bytes: 256 * MIB,
             shutdown_timeout: Duration::from_secs(10),
         }
@@ -178,7 +183,8 @@ pub struct MemoryPlan {
     /// too small to hold a few batches each.
     pub batch_bytes: u64,
     /// Per lane: bytes of records gathered before a run is sorted and
-    /// spilled.
+    /// spilled. A lane holds two such buffers: one filling while the
+    /// other is sorted and spilled.
     pub run_bytes: u64,
     /// Per lane: target size of one frame of a spilled run; a merge holds
     /// one frame per open run.
@@ -263,15 +269,17 @@ impl MemoryPlan {
             .min(edges_and_batches / 2 / open_batches)
             .max(4 * KIB);
         let sort_per_lane = sort / lanes as u64;
-        // A lane's merge holds one frame per open run (64 by default). Frames of a
-        // sixteenth of the share over 64 runs keep the merge small beside
-        // the scan phase's run buffers, so the final merge, whose fan-in
-        // grows with the input until it reaches 64, never sets the peak
-        // (with a quarter, the peak rose 9% from 2 GB to 8 GB of input).
-        // Runs are gathered in three quarters of the share: the rest is
+        // A lane's merge holds one frame per open run. Frames of a
+        // sixteenth of the share over the default number of open runs keep
+        // the merge small beside the scan phase's run buffers, so the final
+        // merge, whose fan-in grows with the input up to that number, never
+        // sets the peak (with a quarter, the peak rose 9% from 2 GB to 8 GB
+        // of input). Runs are gathered in three quarters of the share, in
+        // two buffers (one filling while the other spills): the rest is
         // headroom for the merge and the governor's measurements.
-        let spill_frame_bytes = (sort_per_lane / 16 / 64).clamp(16 * KIB, MIB);
-        let run_bytes = sort_per_lane - sort_per_lane / 4;
+        let spill_frame_bytes =
+            (sort_per_lane / 16 / DEFAULT_MAX_OPEN_RUNS as u64).clamp(16 * KIB, MIB);
+        let run_bytes = (sort_per_lane - sort_per_lane / 4) / 2;
         let writers = rocksdb - Self::rocksdb_cache_bytes(budget);
         let sst_file_keys =
             (writers / lanes as u64 / SST_WRITER_BYTES_PER_KEY).max(MIN_SST_FILE_KEYS);
@@ -320,7 +328,7 @@ impl std::fmt::Display for MemoryPlan {
         let mib = |b: u64| b as f64 / MIB as f64;
         write!(
             f,
-            "memory budget {:.0} MiB: sort {:.1} MiB ({} lanes x {:.1} MiB runs), \
+            "memory budget {:.0} MiB: sort {:.1} MiB ({} lanes x 2 x {:.1} MiB runs), \
              in-flight {:.1} MiB (edges of {:.2} MiB, batches of {} KiB, \
              recent keys {} KiB per scanner), \
              rocksdb {:.1} MiB (half cache, half SST writers: files of {} keys)",
@@ -355,7 +363,8 @@ mod tests {
                 let plan = MemoryPlan::new(budget, lanes, 256 * KIB);
                 assert_eq!(plan.rocksdb + plan.in_flight + plan.sort, budget);
                 assert!(plan.edge_capacity >= 2 * plan.batch_bytes || plan.batch_bytes == 4 * KIB);
-                assert!(plan.run_bytes * lanes as u64 <= plan.sort);
+                // Two run buffers per lane: one filling, one spilling.
+                assert!(2 * plan.run_bytes * lanes as u64 <= plan.sort);
             }
         }
     }

@@ -49,7 +49,8 @@ pub enum PathOrderError {
 /// Sizes of the sort.
 #[derive(Debug, Clone)]
 pub struct SortMemory {
-    /// Entries gathered in memory before a run is sorted and spilled.
+    /// Memory for gathering entries: two run buffers of half this each,
+    /// one filling while the other is sorted and spilled.
     pub run_bytes: usize,
     /// Where runs are spilled (a private directory is made inside).
     pub temp_dir: PathBuf,
@@ -93,7 +94,7 @@ impl PathSorter {
         Ok(Self {
             sorter: LaneSorter::new(dir.path().to_owned(), 0, limits, pool.clone()),
             batch: RecordBatch::new(),
-            run_bytes: memory.run_bytes,
+            run_bytes: (memory.run_bytes / 2).max(1),
             pool,
             repeated: None,
             value: Vec::new(),

@@ -74,11 +74,35 @@ pub struct SortStats {
     pub merge_passes: u64,
 }
 
+/// Runs a spill's work on the spill's thread: the node passes one that
+/// charges the work's allocations to the lane's memory account.
+pub type SpillContext = Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+/// A run sorted and written by a spill thread, with what the lane takes
+/// back: the emptied buffer, and the positions of the duplicates the
+/// write dropped (at most one per record of the run, 16 bytes each:
+/// within the headroom the memory plan leaves beside the run buffers).
+struct Spilled {
+    file: RunFile,
+    buffer: RunBuffer,
+    duplicates: Vec<Position>,
+}
+
+/// Gathers a lane's records into runs and spills them. A full run is
+/// sorted and written on a thread of its own while the next one fills,
+/// so the lane keeps taking records (and the scanners feeding it keep
+/// reading) through a spill: with the spill in line, a lane's burst of
+/// sorting stalled every scanner, and a 2-core ingest of lines used 1.3
+/// cores while it scanned. The lane holds two run buffers for it: one
+/// filling, one spilling.
 pub struct LaneSorter {
     dir: PathBuf,
     lane: usize,
     limits: SortLimits,
     buffer: RunBuffer,
+    /// The run being sorted and written, if any: at most one per lane.
+    spilling: Option<std::thread::JoinHandle<Result<Spilled, SortError>>>,
+    spill_context: SpillContext,
     /// Spilled runs, oldest first.
     runs: VecDeque<RunFile>,
     next_run: u64,
@@ -95,10 +119,18 @@ impl LaneSorter {
             limits,
             pool,
             buffer: RunBuffer::default(),
+            spilling: None,
+            spill_context: Arc::new(|work| work()),
             runs: VecDeque::new(),
             next_run: 0,
             stats: SortStats::default(),
         }
+    }
+
+    /// Runs every spill's work through `context` on the spill's thread.
+    pub fn with_spill_context(mut self, context: SpillContext) -> Self {
+        self.spill_context = context;
+        self
     }
 
     /// Adds a batch, spilling a run once the buffer holds `run_bytes` (the
@@ -133,13 +165,51 @@ impl LaneSorter {
         on_duplicate: &mut dyn FnMut(Position),
     ) -> Result<(), SortError> {
         if self.buffer.bytes() >= run_bytes {
-            let mut run = std::mem::take(&mut self.buffer).sort();
-            let file = self.write_run(&mut run, on_duplicate)?;
-            self.buffer = run.recycle();
-            self.runs.push_back(file);
-            self.stats.runs_spilled += 1;
+            // The previous spill must be done before this one starts: a
+            // lane holds two buffers, no more.
+            let emptied = self.join_spill(on_duplicate)?.unwrap_or_default();
+            let full = std::mem::replace(&mut self.buffer, emptied);
+            let path = self.next_run_path();
+            let frame_bytes = self.limits.frame_bytes;
+            let context = self.spill_context.clone();
+            let spill = move || {
+                let (mut full, mut result) = (Some(full), None);
+                context(&mut || {
+                    let run = full.take().expect("the spill runs once").sort();
+                    result = Some(spill_run(run, &path, frame_bytes));
+                });
+                result.expect("the spill context runs the spill")
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("quern-spill-{}", self.lane))
+                .spawn(spill)
+                .map_err(|e| SortError::io(&self.dir, e))?;
+            self.spilling = Some(thread);
         }
         Ok(())
+    }
+
+    /// Waits for the spill in progress, if any: its run joins the others
+    /// and its duplicates are reported. Returns its emptied buffer.
+    fn join_spill(
+        &mut self,
+        on_duplicate: &mut dyn FnMut(Position),
+    ) -> Result<Option<RunBuffer>, SortError> {
+        let Some(thread) = self.spilling.take() else {
+            return Ok(None);
+        };
+        let spilled = thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        spilled.duplicates.into_iter().for_each(&mut *on_duplicate);
+        self.runs.push_back(spilled.file);
+        self.stats.runs_spilled += 1;
+        Ok(Some(spilled.buffer))
+    }
+
+    fn next_run_path(&mut self) -> PathBuf {
+        self.next_run += 1;
+        run_path(&self.dir, self.lane, self.next_run - 1)
     }
 
     fn write_run(
@@ -147,17 +217,8 @@ impl LaneSorter {
         source: &mut impl SortedSource,
         on_duplicate: &mut dyn FnMut(Position),
     ) -> Result<RunFile, SortError> {
-        let path = run_path(&self.dir, self.lane, self.next_run);
-        self.next_run += 1;
-        let mut writer = RunWriter::create(path, self.limits.frame_bytes)?;
-        while let Some(record) = source.current() {
-            let position = record.position;
-            if !writer.push_first(record)? {
-                on_duplicate(position);
-            }
-            source.advance()?;
-        }
-        writer.finish()
+        let path = self.next_run_path();
+        write_sorted(source, path, self.limits.frame_bytes, on_duplicate)
     }
 
     /// Ends the input: merges runs until the rest fit the open-run limit,
@@ -167,6 +228,7 @@ impl LaneSorter {
         mut self,
         on_duplicate: &mut dyn FnMut(Position),
     ) -> Result<(LaneMerge, SortStats), SortError> {
+        self.join_spill(on_duplicate)?;
         let last_is_empty = self.buffer.bytes() == 0;
         let mut last = std::mem::take(&mut self.buffer).sort();
         // Once runs have spilled, the last one spills too. Kept in memory,
@@ -223,6 +285,50 @@ impl LaneSorter {
         sources.extend(in_memory.map(RunSource::Memory));
         Ok(KMerge::new(sources, MERGE_ORDER))
     }
+}
+
+impl Drop for LaneSorter {
+    /// A lane that ends early (its job failed) still waits for its spill:
+    /// no thread outlives the lane, writing into a scratch directory that
+    /// is being removed.
+    fn drop(&mut self) {
+        if let Some(thread) = self.spilling.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes `source` into a new run file at `path`, dropping repeats of the
+/// record before (passed to `on_duplicate`).
+fn write_sorted(
+    source: &mut impl SortedSource,
+    path: PathBuf,
+    frame_bytes: usize,
+    on_duplicate: &mut dyn FnMut(Position),
+) -> Result<RunFile, SortError> {
+    let mut writer = RunWriter::create(path, frame_bytes)?;
+    while let Some(record) = source.current() {
+        let position = record.position;
+        if !writer.push_first(record)? {
+            on_duplicate(position);
+        }
+        source.advance()?;
+    }
+    writer.finish()
+}
+
+/// A spill thread's work: writes the sorted run, then empties it for the
+/// lane to fill again.
+fn spill_run(mut run: SortedRun, path: &Path, frame_bytes: usize) -> Result<Spilled, SortError> {
+    let mut duplicates = Vec::new();
+    let file = write_sorted(&mut run, path.to_path_buf(), frame_bytes, &mut |position| {
+        duplicates.push(position)
+    })?;
+    Ok(Spilled {
+        file,
+        buffer: run.recycle(),
+        duplicates,
+    })
 }
 
 /// A source in a merge: a run still in memory, or one read back from disk.
@@ -358,5 +464,101 @@ mod tests {
             // No run files are left behind.
             prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
+    }
+
+    fn batch_of(keys: std::ops::Range<u32>) -> RecordBatch {
+        let mut batch = RecordBatch::new();
+        for i in keys {
+            let key = i.to_be_bytes();
+            let position = Position {
+                file: 0,
+                offset: u64::from(i),
+            };
+            batch.push(Record {
+                partition: 0,
+                key: &key,
+                value: b"",
+                position,
+            });
+        }
+        batch
+    }
+
+    fn sorter_in(dir: &Path, context: SpillContext) -> LaneSorter {
+        let limits = SortLimits {
+            frame_bytes: 1024,
+            max_open_runs: 64,
+            max_record: 16,
+        };
+        let pool = Arc::new(BatchPool::new(1 << 20));
+        LaneSorter::new(dir.to_path_buf(), 0, limits, pool).with_spill_context(context)
+    }
+
+    /// A lane holds two run buffers, never more: a spill starts only once
+    /// the one before has ended, and every spill runs in the context given.
+    #[test]
+    fn one_spill_at_a_time_per_lane_each_in_its_context() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let (running, most, spills) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let context: SpillContext = {
+            let (running, most, spills) = (running.clone(), most.clone(), spills.clone());
+            Arc::new(move |work| {
+                most.fetch_max(running.fetch_add(1, SeqCst) + 1, SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                work();
+                running.fetch_sub(1, SeqCst);
+                spills.fetch_add(1, SeqCst);
+            })
+        };
+        let mut sorter = sorter_in(dir.path(), context);
+        for start in (0..2000).step_by(100) {
+            sorter
+                .add(batch_of(start..start + 100), 1000, &mut |_| {})
+                .unwrap();
+        }
+        let (mut merge, stats) = sorter.finish(&mut |_| {}).unwrap();
+        let mut merged = 0;
+        while let Some(batch) = merge.next_batch(1 << 16, None).unwrap() {
+            merged += batch.len();
+        }
+        assert_eq!(merged, 2000);
+        assert_eq!(most.load(SeqCst), 1, "two spills of one lane at once");
+        // Every batch filled a run, and each spilled in the background.
+        assert_eq!(stats.runs_spilled, 20);
+        assert_eq!(spills.load(SeqCst), 20);
+    }
+
+    /// A lane dropped while a run spills (its job failed) waits for the
+    /// spill: no thread outlives it, and no run file is left behind.
+    #[test]
+    fn a_sorter_dropped_mid_spill_waits_for_it() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let context: SpillContext = {
+            let done = done.clone();
+            Arc::new(move |work| {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                work();
+                done.store(true, SeqCst);
+            })
+        };
+        let mut sorter = sorter_in(dir.path(), context);
+        sorter.add(batch_of(0..100), 1000, &mut |_| {}).unwrap();
+        assert!(
+            sorter.spilling.is_some(),
+            "a full run spills in the background"
+        );
+        drop(sorter);
+        assert!(
+            done.load(SeqCst),
+            "the drop returned before the spill ended"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

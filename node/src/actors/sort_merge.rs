@@ -50,12 +50,11 @@ impl Actor for SortMerge {
         };
         Ok(SortMergeState {
             account: args.account,
-            sorter: Some(LaneSorter::new(
-                ctx.scratch.clone(),
-                args.lane,
-                limits,
-                ctx.pool.clone(),
-            )),
+            sorter: Some(
+                LaneSorter::new(ctx.scratch.clone(), args.lane, limits, ctx.pool.clone())
+                    // A run spilling on its own thread is still this lane's memory.
+                    .with_spill_context(Arc::new(move |work| args.account.enter(work))),
+            ),
             tally: ctx.tally(),
             dedup: args.dedup,
             ctx,
