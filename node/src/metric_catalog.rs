@@ -189,9 +189,11 @@ const GAUGES: &[(&str, Unit, &str)] = &[
          past a small fixed limit, so they do not grow with the number of jobs).",
     ),
     (
-        crate::store::ledger::LEDGER_COUNT_FILES_METRIC,
+        crate::store::ledger::LEDGER_SMALL_FILES_METRIC,
         Unit::Count,
-        "Small SST files holding per-file counts, in the dataset last written (each job          ingests its own; compacted together past a small fixed limit).",
+        "Small SST files holding file entries (part=\"files\") or per-file counts \
+         (part=\"counts\"), in the dataset last written (each job ingests its own; compacted \
+         together past a small fixed limit).",
     ),
 ];
 

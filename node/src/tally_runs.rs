@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use proto_schema::{DatasetId, FrameError, FrameKind, FrameReader, write_frame};
 use rkyv::util::AlignedVec;
 
-use crate::store::ledger::{CountsWriter, FileCounts};
+use crate::store::ledger::{FileCounts, LedgerPart, LedgerWriter};
 use crate::store::{Store, StoreError};
 
 /// Runs of one level merged into one run of the next: the fan-in of a
@@ -128,8 +128,9 @@ impl TallyRuns {
     pub fn write_to(&self, store: &Store, dataset: DatasetId, job: u32) -> Result<(), TallyError> {
         let levels = std::mem::take(&mut self.runs.lock().expect("tally runs lock").levels);
         let paths: Vec<PathBuf> = levels.into_iter().flatten().collect();
-        let mut ledger = CountsWriter::new(store, dataset, job, self.dir.clone());
-        merge(&paths, |file, c| Ok(ledger.add(file, c)?))?;
+        let mut ledger =
+            LedgerWriter::new(store, LedgerPart::Counts, dataset, job, self.dir.clone());
+        merge(&paths, |file, c| Ok(ledger.add_counts(file, c)?))?;
         ledger.finish()?;
         for path in paths {
             let _ = std::fs::remove_file(path);

@@ -103,24 +103,64 @@ fn decode_file(bytes: &[u8]) -> Option<(u64, Option<SystemTime>, PathBuf)> {
 
 /// Writer options matching the meta column family's table format. Static
 /// because an `SstFileWriter` borrows its options for its whole life.
-static COUNTS_SST_OPTIONS: LazyLock<Options> = LazyLock::new(|| {
+static LEDGER_SST_OPTIONS: LazyLock<Options> = LazyLock::new(|| {
     let mut opts = meta_cf_options();
     opts.set_block_based_table_factory(&table_options(None));
     opts
 });
 
-/// A job's file counts on their way into the ledger: given once per file
-/// in ascending file order (`TallyRuns` sums them first), written to SST
-/// files in a scratch directory, and ingested together by
-/// [`finish`](Self::finish). A job's counts are a key range of their own,
-/// so the files go straight to the last level and are rewritten only
-/// when a dataset's small ones are gathered (`gather`): through the
-/// memtable, every key was flushed and then compacted in the background
-/// (over a million small files, the meta column family's compactions
-/// took 1.8 s of a 13 s job's wall time). Puts, not merge operands:
-/// counts written twice are still the job's counts.
-pub struct CountsWriter<'a> {
+/// What a [`LedgerWriter`] writes: one entry per file of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerPart {
+    /// Each file's path, size and modification time.
+    Files,
+    /// Each file's counts.
+    Counts,
+}
+
+impl LedgerPart {
+    fn tag(self) -> u8 {
+        match self {
+            LedgerPart::Files => meta::FILE,
+            LedgerPart::Counts => meta::COUNTS,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            LedgerPart::Files => "files",
+            LedgerPart::Counts => "counts",
+        }
+    }
+
+    /// A dataset's entries of this part, its files under half the meta
+    /// target size.
+    fn gathering(self, dataset: DatasetId) -> Gathering {
+        // The range's end is exclusive, but no key of the tag equals it.
+        let (first, last) = meta::dataset_range(self.tag(), dataset);
+        Gathering {
+            cf_name: META_CF,
+            first,
+            last,
+            small_bytes: META_TARGET_FILE_BYTES as usize / 2,
+            limit: LEDGER_SMALL_FILES_LIMIT,
+        }
+    }
+}
+
+/// A part of a job's ledger on its way in: one entry per file, in
+/// ascending file order, written to SST files in a scratch directory and
+/// ingested together by [`finish`](Self::finish). A job's entries of one
+/// part are a key range of their own, so the files go straight to the
+/// last level and are rewritten only when a dataset's small ones are
+/// gathered (`gather`): through the memtable, every key was flushed and
+/// then compacted in the background (over a million small files, the meta
+/// column family's compactions took 1.8 s of a 13 s job's wall time).
+/// Puts, not merge operands: counts written twice are still the job's
+/// counts.
+pub struct LedgerWriter<'a> {
     store: &'a Store,
+    part: LedgerPart,
     dataset: DatasetId,
     job: u32,
     dir: PathBuf,
@@ -129,12 +169,19 @@ pub struct CountsWriter<'a> {
     last: Option<u32>,
 }
 
-impl<'a> CountsWriter<'a> {
+impl<'a> LedgerWriter<'a> {
     /// Files are written under `dir` (created if missing): the job's
     /// scratch, on the store's file system, so ingesting moves them.
-    pub fn new(store: &'a Store, dataset: DatasetId, job: u32, dir: PathBuf) -> Self {
+    pub fn new(
+        store: &'a Store,
+        part: LedgerPart,
+        dataset: DatasetId,
+        job: u32,
+        dir: PathBuf,
+    ) -> Self {
         Self {
             store,
+            part,
             dataset,
             job,
             dir,
@@ -144,11 +191,29 @@ impl<'a> CountsWriter<'a> {
         }
     }
 
-    /// Writes `file`'s counts; files come in ascending order, each once.
-    pub fn add(&mut self, file: u32, counts: FileCounts) -> Result<(), StoreError> {
+    /// The file after which the next entry must come, if any.
+    pub fn last(&self) -> Option<u32> {
+        self.last
+    }
+
+    /// Writes `file`'s counts (a [`LedgerPart::Counts`] writer).
+    pub fn add_counts(&mut self, file: u32, counts: FileCounts) -> Result<(), StoreError> {
+        debug_assert_eq!(self.part, LedgerPart::Counts);
+        self.put(file, &counts.to_bytes())
+    }
+
+    /// Writes `file`'s entry (a [`LedgerPart::Files`] writer).
+    pub fn add_file(&mut self, file: &InputFile) -> Result<(), StoreError> {
+        debug_assert_eq!(self.part, LedgerPart::Files);
+        self.put(file.seq, &encode_file(file))
+    }
+
+    /// Files come in ascending order, each once.
+    fn put(&mut self, file: u32, value: &[u8]) -> Result<(), StoreError> {
         if self.last.is_some_and(|last| last >= file) {
             return Err(StoreError::Catalog(format!(
-                "file counts of job {} out of order: file {file} after {}",
+                "file {} of job {} out of order: file {file} after {}",
+                self.part.name(),
                 self.job,
                 self.last.unwrap_or_default()
             )));
@@ -159,18 +224,15 @@ impl<'a> CountsWriter<'a> {
                 path: self.dir.clone(),
                 source,
             })?;
-            let path = self
-                .dir
-                .join(format!("ledger-counts-{:05}.sst", self.files.len()));
-            let writer = SstFileWriter::create(&COUNTS_SST_OPTIONS);
+            let name = format!("ledger-{}-{:05}.sst", self.part.name(), self.files.len());
+            let path = self.dir.join(name);
+            let writer = SstFileWriter::create(&LEDGER_SST_OPTIONS);
             writer.open(&path).map_err(|e| sst_error(&path, e))?;
             self.current = Some((writer, path));
         }
         let (writer, path) = self.current.as_mut().expect("opened above");
-        let key = meta::file_scoped(meta::COUNTS, self.dataset, self.job, file);
-        writer
-            .put(key, counts.to_bytes())
-            .map_err(|e| sst_error(path, e))?;
+        let key = meta::file_scoped(self.part.tag(), self.dataset, self.job, file);
+        writer.put(key, value).map_err(|e| sst_error(path, e))?;
         if writer.file_size() >= META_TARGET_FILE_BYTES {
             self.finish_file()?;
         }
@@ -198,31 +260,19 @@ impl<'a> CountsWriter<'a> {
             .db()
             .ingest_external_file_cf_opts(store.meta_cf(), &opts, std::mem::take(&mut self.files))
             .map_err(|e| store.rocks_error(e))?;
-        let files = store.gather_small_files(&dataset_counts(self.dataset))?;
-        metrics::gauge!(LEDGER_COUNT_FILES_METRIC).set(files as f64);
+        let files = store.gather_small_files(&self.part.gathering(self.dataset))?;
+        metrics::gauge!(LEDGER_SMALL_FILES_METRIC, "part" => self.part.name()).set(files as f64);
         Ok(())
     }
 }
 
-/// Small files of file counts one dataset may have before they are
-/// compacted together: each job ingests its own (`gather`).
-pub const LEDGER_COUNT_FILES_LIMIT: usize = 8;
+/// Small files of one part (file entries, file counts) one dataset may
+/// have before they are compacted together: each job ingests its own
+/// (`gather`).
+pub const LEDGER_SMALL_FILES_LIMIT: usize = 8;
 
-/// Gauge of the small file-count files of the dataset last written.
-pub const LEDGER_COUNT_FILES_METRIC: &str = "quern_store_ledger_count_files";
-
-/// A dataset's file counts, its files under half the meta target size.
-fn dataset_counts(dataset: DatasetId) -> Gathering {
-    // The range's end is exclusive, but no key of the tag equals it.
-    let (first, last) = meta::dataset_range(meta::COUNTS, dataset);
-    Gathering {
-        cf_name: META_CF,
-        first,
-        last,
-        small_bytes: META_TARGET_FILE_BYTES as usize / 2,
-        limit: LEDGER_COUNT_FILES_LIMIT,
-    }
-}
+/// Gauge of the small ledger files of the dataset last written, by part.
+pub const LEDGER_SMALL_FILES_METRIC: &str = "quern_store_ledger_small_files";
 
 /// A raw meta key and value.
 type MetaEntry = (Box<[u8]>, Box<[u8]>);
@@ -452,16 +502,20 @@ mod tests {
             duplicates: 1,
             rejected: 0,
         };
+        let writer = |job| {
+            let scratch = dir.path().join("s");
+            LedgerWriter::new(&store, LedgerPart::Counts, DatasetId(1), job, scratch)
+        };
         for _ in 0..2 {
-            let mut writer = CountsWriter::new(&store, DatasetId(1), 4, dir.path().join("s"));
-            writer.add(0, counts).unwrap();
-            writer.add(9, counts).unwrap();
+            let mut writer = writer(4);
+            writer.add_counts(0, counts).unwrap();
+            writer.add_counts(9, counts).unwrap();
             writer.finish().unwrap();
         }
         assert_eq!(store.file_counts(DatasetId(1), 4, 9).unwrap(), counts);
-        let mut writer = CountsWriter::new(&store, DatasetId(1), 5, dir.path().join("s"));
-        writer.add(2, counts).unwrap();
-        let err = writer.add(2, counts).unwrap_err().to_string();
+        let mut writer = writer(5);
+        writer.add_counts(2, counts).unwrap();
+        let err = writer.add_counts(2, counts).unwrap_err().to_string();
         assert!(err.contains("out of order: file 2 after 2"), "{err}");
         drop(writer);
         assert_eq!(
@@ -470,11 +524,12 @@ mod tests {
         );
     }
 
-    /// Each job's counts arrive as files of their own, which RocksDB would
-    /// keep for good: past the limit they are compacted together, so a
-    /// long-lived store's files (and table readers) do not grow with jobs.
+    /// Each job's file entries and counts arrive as files of their own,
+    /// which RocksDB would keep for good: past the limit they are
+    /// compacted together, so a long-lived store's files (and table
+    /// readers) do not grow with jobs.
     #[test]
-    fn each_jobs_count_files_are_gathered_past_the_limit() {
+    fn each_jobs_ledger_files_are_gathered_past_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8 << 20, Access::ReadWrite).unwrap();
         let counts = |job: u32| FileCounts {
@@ -483,25 +538,43 @@ mod tests {
             duplicates: 0,
             rejected: 0,
         };
-        let jobs = 3 * LEDGER_COUNT_FILES_LIMIT as u32;
-        let mut most = 0;
-        for job in 0..jobs {
-            let mut writer = CountsWriter::new(&store, DatasetId(1), job, dir.path().join("s"));
-            writer.add(0, counts(job)).unwrap();
-            writer.add(7, counts(job)).unwrap();
-            writer.finish().unwrap();
-            let files = store.small_files(&dataset_counts(DatasetId(1))).unwrap();
-            most = most.max(files.len());
+        let entry = |job: u32, seq: u32| InputFile {
+            seq,
+            path: format!("/in/{job}/{seq}").into(),
+            size: u64::from(job),
+            modified: None,
+        };
+        let jobs = 3 * LEDGER_SMALL_FILES_LIMIT as u32;
+        for part in [LedgerPart::Files, LedgerPart::Counts] {
+            let mut most = 0;
+            for job in 0..jobs {
+                let scratch = dir.path().join("s");
+                let mut writer = LedgerWriter::new(&store, part, DatasetId(1), job, scratch);
+                for seq in [0, 7] {
+                    match part {
+                        LedgerPart::Files => writer.add_file(&entry(job, seq)).unwrap(),
+                        LedgerPart::Counts => writer.add_counts(seq, counts(job)).unwrap(),
+                    }
+                }
+                writer.finish().unwrap();
+                let files = store.small_files(&part.gathering(DatasetId(1))).unwrap();
+                most = most.max(files.len());
+            }
+            assert!(
+                (2..=LEDGER_SMALL_FILES_LIMIT).contains(&most),
+                "{part:?} files peaked at {most}, limit {LEDGER_SMALL_FILES_LIMIT}"
+            );
         }
-        assert!(
-            (2..=LEDGER_COUNT_FILES_LIMIT).contains(&most),
-            "count files peaked at {most}, limit {LEDGER_COUNT_FILES_LIMIT}"
-        );
         for job in 0..jobs {
             assert_eq!(
                 store.file_counts(DatasetId(1), job, 7).unwrap(),
                 counts(job)
             );
+            let paths: Vec<PathBuf> = store
+                .files(DatasetId(1), job)
+                .map(|row| row.unwrap().path)
+                .collect();
+            assert_eq!(paths, [entry(job, 0).path, entry(job, 7).path]);
         }
     }
 
@@ -533,9 +606,15 @@ mod tests {
         };
         let scratch = dir.path().join("scratch");
         let write_counts = |job, counts: &[(u32, FileCounts)]| {
-            let mut writer = CountsWriter::new(&store, DatasetId(1), job, scratch.clone());
+            let mut writer = LedgerWriter::new(
+                &store,
+                LedgerPart::Counts,
+                DatasetId(1),
+                job,
+                scratch.clone(),
+            );
             for &(file, c) in counts {
-                writer.add(file, c).unwrap();
+                writer.add_counts(file, c).unwrap();
             }
             writer.finish().unwrap();
         };

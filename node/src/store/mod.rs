@@ -102,7 +102,7 @@ fn meta_cf_options() -> Options {
     let mut opts = Options::default();
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts.set_target_file_size_base(META_TARGET_FILE_BYTES);
-    // File counts are puts now (`ledger::CountsWriter`); stores written
+    // File counts are puts now (`ledger::LedgerWriter`); stores written
     // before hold them as merge operands, which this adds up.
     opts.set_merge_operator_associative(merge_ops::ADD_COUNTS_NAME, merge_ops::add_counts);
     opts
