@@ -135,7 +135,8 @@ impl LaneSorter {
 
     /// Adds a batch, spilling a run once the buffer holds `run_bytes` (the
     /// governor moves that limit). Duplicates dropped while spilling are
-    /// passed to `on_duplicate`.
+    /// passed to `on_duplicate` once the spill has ended: at the call that
+    /// starts the next spill, or at `finish`.
     pub fn add(
         &mut self,
         batch: RecordBatch,
