@@ -239,6 +239,19 @@ impl Cluster {
         );
     }
 
+    /// Node 2 restarts the job: attempt 1 runs.
+    fn node_2_restarts_the_job(&self) {
+        let mut client = self.coordinator.client();
+        let restarted = self
+            .runtime
+            .block_on(client.restart(PEER, self.job, 0))
+            .unwrap();
+        assert!(
+            matches!(restarted, Response::JobRestarted { attempt: 1, .. }),
+            "{restarted:?}"
+        );
+    }
+
     fn stop(self) {
         self.runtime.block_on(self.coordinator.shutdown()).unwrap();
         drop(self.data);
@@ -278,7 +291,6 @@ fn a_part_whose_scanners_wait_on_a_peer_ends_when_the_job_restarts() {
         ..LinesSpec::sample()
     };
     let cluster = Cluster::start_with(&spec, &[OWNER, PEER]);
-    let mut client = cluster.coordinator.client();
     let held = Hold(std::sync::Mutex::new(Vec::new()));
     let inbound = node_2_starts(&cluster, Edge::new("held-lane".into(), held, 256 << 10, 64));
     let ended = cluster.run_owner(pending());
@@ -293,14 +305,7 @@ fn a_part_whose_scanners_wait_on_a_peer_ends_when_the_job_restarts() {
         cluster.job_status().shards_done < 4,
         "node 1 read every file, its scanners never waited"
     );
-    let restarted = cluster
-        .runtime
-        .block_on(client.restart(PEER, cluster.job, 0))
-        .unwrap();
-    assert!(
-        matches!(restarted, Response::JobRestarted { attempt: 1, .. }),
-        "{restarted:?}"
-    );
+    cluster.node_2_restarts_the_job();
     let error = part_end(&ended, || cluster.peer_beats()).expect_err("its attempt is over");
     let message = error.to_string();
     assert!(
@@ -493,20 +498,17 @@ fn part_waiting_for_owners_ends_when_the_job_moves_on(announce: bool) {
     // Node 2 never announces its lanes: node 1 waits for it to start.
     std::thread::sleep(Duration::from_secs(1));
     assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
-    let restarted = cluster.runtime.block_on(async {
-        let restarted = client.restart(PEER, cluster.job, 0).await.unwrap();
-        if announce {
-            client
-                .partition_map(PEER, "lines", cluster.job, 1, 2)
-                .await
-                .unwrap();
-        }
-        restarted
-    });
-    assert!(
-        matches!(restarted, Response::JobRestarted { attempt: 1, .. }),
-        "{restarted:?}"
-    );
+    cluster.node_2_restarts_the_job();
+    if announce {
+        let announced = client.partition_map(PEER, "lines", cluster.job, 1, 2);
+        cluster.runtime.block_on(announced).unwrap();
+    }
+    ends_as_moved_on(&ended);
+    cluster.stop();
+}
+
+/// Node 1's part, of attempt 0, ends because attempt 1 runs.
+fn ends_as_moved_on(ended: &mpsc::Receiver<Result<IngestOutcome, JobError>>) {
     let result = ended
         .recv_timeout(NOTICE)
         .unwrap_or_else(|_| panic!("node 1's part still waits {NOTICE:?} after its job moved on"));
@@ -519,6 +521,33 @@ fn part_waiting_for_owners_ends_when_the_job_moves_on(announce: bool) {
             other.map(|o| o.totals)
         ),
     }
+}
+
+/// Node 2 announced its lanes and then went silent: node 1's dial to it
+/// is never answered. When the job restarts meanwhile, node 1's part ends
+/// as moved on, not at the dial's timeout with a dial error.
+#[test]
+fn a_part_dialling_an_owner_that_never_answers_ends_when_the_job_moves_on() {
+    let cluster = Cluster::start();
+    // Node 2 again, at an address that takes datagrams and answers none.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut client = cluster.coordinator.client();
+    cluster.runtime.block_on(async {
+        let address = silent.local_addr().unwrap().to_string();
+        leased_job::register(&mut client, PEER, address, [0; 32])
+            .await
+            .unwrap();
+        client
+            .partition_map(PEER, "lines", cluster.job, 1, 2)
+            .await
+            .unwrap();
+    });
+    let ended = cluster.run_owner(pending());
+    // Every owner has started: node 1 dials node 2.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)));
+    cluster.node_2_restarts_the_job();
+    ends_as_moved_on(&ended);
     cluster.stop();
 }
 

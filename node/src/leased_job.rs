@@ -255,9 +255,16 @@ pub fn run<T: Transport>(
                 return Ok((attempt, began_ms, epoch, Owned::Only(partitions)));
             }
             let owners = wait_for_owners(&mut job, attempt, lanes, part).await?;
-            let owned = match shuffle_job(&job, &owners).await? {
-                None => Owned::All,
-                Some(shuffle) => Owned::Shuffled(shuffle),
+            // An owner that died after it announced its lanes answers no
+            // dial: the part learns of the job's restart meanwhile rather
+            // than at the dial's timeout.
+            let dials = shuffle_job(job.channel.as_ref(), job.target, &job.ingest, &owners);
+            let owned = tokio::select! {
+                shuffle = dials => match shuffle? {
+                    None => Owned::All,
+                    Some(shuffle) => Owned::Shuffled(shuffle),
+                },
+                moved = until_moved_on(&mut job.client, job.target, attempt) => return Err(moved),
             };
             Ok((attempt, began_ms, owners.map.epoch, owned))
         };
@@ -482,14 +489,8 @@ async fn wait_for_owners<T: Transport>(
         // start under the next attempt's map, its own request having just
         // counted it as started there.
         let status = job_status(&mut job.client, id).await.map_err(map_error)?;
-        if status.attempt != attempt {
-            return Err(JobError::MovedOn {
-                node,
-                job: id,
-                attempt,
-                running: status.attempt,
-                cause: status.restarted.unwrap_or_default(),
-            });
+        if let Some(moved) = moved_on(job.target, attempt, status) {
+            return Err(moved);
         }
         let waiting: Vec<NodeId> = owners
             .owners
@@ -509,22 +510,56 @@ async fn wait_for_owners<T: Transport>(
     }
 }
 
+/// The error a part of `attempt` ends with, if the job's `status` shows
+/// it running another attempt.
+fn moved_on(target: LeaseTarget, attempt: u32, status: JobStatus) -> Option<JobError> {
+    (status.attempt != attempt).then(|| JobError::MovedOn {
+        node: target.node,
+        job: target.job,
+        attempt,
+        running: status.attempt,
+        cause: status.restarted.unwrap_or_default(),
+    })
+}
+
+/// Returns once the job runs an attempt other than `attempt`, asking
+/// every [`OWNERS_POLL`]: what a part races a wait against that would
+/// not end by itself when the job moves on.
+async fn until_moved_on<T: Transport>(
+    client: &mut CoordinatorClient<T>,
+    target: LeaseTarget,
+    attempt: u32,
+) -> JobError {
+    loop {
+        tokio::time::sleep(OWNERS_POLL).await;
+        // A coordinator that does not answer now is asked again; the race
+        // is only a shortcut, the wait has its own bound.
+        if let Ok(status) = job_status(client, target.job).await
+            && let Some(moved) = moved_on(target, attempt, status)
+        {
+            return moved;
+        }
+    }
+}
+
 /// This node's part in the shuffle of `owners`' map: `None` if it owns
 /// every partition. Dials every other owner.
-async fn shuffle_job<T: Transport>(
-    job: &LeasedJob<T>,
+async fn shuffle_job(
+    channel: Option<&Arc<DataChannel>>,
+    target: LeaseTarget,
+    ingest: &IngestConfig,
     owners: &OwnerMap,
 ) -> Result<Option<ShuffleJob>, JobError> {
-    let node = job.target.node;
+    let node = target.node;
     let map = &owners.map;
     if map.ranges.len() == 1 {
         return Ok(None);
     }
     let map_error = |reason: String| JobError::Map {
-        dataset: job.ingest.dataset.clone(),
+        dataset: ingest.dataset.clone(),
         reason,
     };
-    let channel = job.channel.as_ref().ok_or_else(|| {
+    let channel = channel.ok_or_else(|| {
         map_error(format!(
             "{} owners, and node {node} has no data channel to shuffle on",
             map.ranges.len()
@@ -564,9 +599,9 @@ async fn shuffle_job<T: Transport>(
         peers += 1;
     }
     let owned = owned.ok_or_else(|| map_error(format!("node {node} owns no range")))?;
-    let my_lanes = LaneMap::over(owned, job.ingest.threads).lanes as u64;
+    let my_lanes = LaneMap::over(owned, ingest.threads).lanes as u64;
     Ok(Some(ShuffleJob {
-        job: job.target.job,
+        job: target.job,
         epoch: map.epoch,
         node,
         owned,
