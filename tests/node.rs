@@ -358,6 +358,20 @@ fn spawn_node(
     (child, log)
 }
 
+/// Whether `log` comes to hold `text` within `within`.
+fn wait_for_log(log: &Path, text: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(text)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn registered(log: &Path) -> bool {
     std::fs::read_to_string(log).is_ok_and(|t| t.contains("registered (incarnation"))
 }
@@ -465,12 +479,15 @@ fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
     assert_eq!(unsafe { libc::kill(paused, libc::SIGCONT) }, 0);
     let committed = wait_for_commit(&cluster, job_id, &mut nodes);
     assert!(committed["attempt"].as_u64() >= Some(1), "{committed:#}");
-    let paused_log = std::fs::read_to_string(&nodes[2].1).unwrap();
+    // The other two may commit before the resumed node's next heartbeat,
+    // which is when it registers again.
+    let registered_again = wait_for_log(&nodes[2].1, "registered again", COMMIT_WITHIN);
     for (child, _) in nodes.iter_mut() {
         assert_eq!(terminate(child).code(), Some(0));
     }
+    let paused_log = std::fs::read_to_string(&nodes[2].1).unwrap();
     assert!(
-        paused_log.contains("registered again"),
+        registered_again,
         "the resumed node learned it was lost: {paused_log}"
     );
     let exported = export(&stores, "ds");
