@@ -24,7 +24,7 @@ use crate::{cluster_client, submit_wait};
 pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let memory = SortMemory {
-        run_bytes: usize::try_from(args.sort_memory).unwrap_or(usize::MAX),
+        bytes: usize::try_from(args.sort_memory).unwrap_or(usize::MAX),
         temp_dir: args.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
     };
     let inventory = match (&args.manifest, &args.dir) {

@@ -362,7 +362,7 @@ fn spawn_node(
 fn wait_for_log(log: &Path, text: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
-        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(text)) {
+        if log_holds(log, text) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -372,8 +372,12 @@ fn wait_for_log(log: &Path, text: &str, within: Duration) -> bool {
     }
 }
 
+fn log_holds(log: &Path, text: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|t| t.contains(text))
+}
+
 fn registered(log: &Path) -> bool {
-    std::fs::read_to_string(log).is_ok_and(|t| t.contains("registered (incarnation"))
+    log_holds(log, "registered (incarnation")
 }
 
 /// Input files under `work/input` and a manifest of them.

@@ -415,7 +415,7 @@ async fn submit(
 ) -> Result<Summary, DevError> {
     submission::ensure_dataset(&mut client, leased_job::spec_of(&config.ingest)).await?;
     let memory = SortMemory {
-        run_bytes: (config.ingest.memory_bytes / 4) as usize,
+        bytes: (config.ingest.memory_bytes / 4) as usize,
         temp_dir: config.data_dir.clone(),
     };
     let inputs = config.inputs.clone();

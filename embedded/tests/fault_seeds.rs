@@ -515,7 +515,7 @@ fn run_job(
             .await
             .map_err(|e| format!("creating the dataset: {e}"))?;
         let memory = SortMemory {
-            run_bytes: 1 << 20,
+            bytes: 1 << 20,
             temp_dir: dir.to_path_buf(),
         };
         // A submission that meets a lost connection is aborted whole (its

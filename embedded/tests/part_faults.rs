@@ -100,7 +100,7 @@ impl Cluster {
                 .await
                 .unwrap();
             let memory = SortMemory {
-                run_bytes: 1 << 20,
+                bytes: 1 << 20,
                 temp_dir: data.path().to_path_buf(),
             };
             let inventory = read_walks(&[input.path()], &memory).unwrap();

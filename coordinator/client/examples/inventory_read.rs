@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: inventory_read MANIFEST [SORT_MIB]")?;
     let sort_mib: usize = args.next().map_or(Ok(64), |m| m.parse())?;
     let memory = SortMemory {
-        run_bytes: sort_mib << 20,
+        bytes: sort_mib << 20,
         temp_dir: std::env::temp_dir(),
     };
     let started = Instant::now();

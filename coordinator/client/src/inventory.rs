@@ -84,7 +84,7 @@ impl Iterator for Inventory {
 pub fn read_manifest(path: &Path, memory: &SortMemory) -> Result<Inventory, InventoryError> {
     let format = ManifestFormat::detect(path)?;
     let reader = ManifestReader::open(path, format)?;
-    let batches = ManifestBatches::new(reader, batch_bytes(memory.run_bytes));
+    let batches = ManifestBatches::new(reader, batch_bytes(memory.run_bytes()));
     let mut lines = 0;
     // The last path, while the paths ascend.
     let mut last = Vec::new();
@@ -329,7 +329,7 @@ mod tests {
         let manifest = dir.path().join("m.tsv");
         std::fs::write(&manifest, lines.concat()).unwrap();
         let memory = SortMemory {
-            run_bytes,
+            bytes: run_bytes,
             temp_dir: dir.path().to_owned(),
         };
         let text = |e: InventoryError| e.to_string().replace(&*manifest.to_string_lossy(), "F");

@@ -51,9 +51,16 @@ pub enum PathOrderError {
 pub struct SortMemory {
     /// Memory for gathering entries: two run buffers of half this each,
     /// one filling while the other is sorted and spilled.
-    pub run_bytes: usize,
+    pub bytes: usize,
     /// Where runs are spilled (a private directory is made inside).
     pub temp_dir: PathBuf,
+}
+
+impl SortMemory {
+    /// Bytes of one run buffer.
+    pub fn run_bytes(&self) -> usize {
+        (self.bytes / 2).max(1)
+    }
 }
 
 /// Bytes of entries added to the sort at a time (at most a run's).
@@ -94,7 +101,7 @@ impl PathSorter {
         Ok(Self {
             sorter: LaneSorter::new(dir.path().to_owned(), 0, limits, pool.clone()),
             batch: RecordBatch::new(),
-            run_bytes: (memory.run_bytes / 2).max(1),
+            run_bytes: memory.run_bytes(),
             pool,
             repeated: None,
             value: Vec::new(),
@@ -299,7 +306,7 @@ mod tests {
     fn sort(entries: &[FileEntry], run_bytes: usize) -> Result<Vec<FileEntry>, PathOrderError> {
         let temp = tempfile::tempdir().unwrap();
         let memory = SortMemory {
-            run_bytes,
+            bytes: run_bytes,
             temp_dir: temp.path().to_owned(),
         };
         let mut sorter = PathSorter::new(&memory)?;
@@ -386,7 +393,7 @@ mod tests {
     fn runs_spill_and_are_removed_with_the_entries() {
         let temp = tempfile::tempdir().unwrap();
         let memory = SortMemory {
-            run_bytes: 256,
+            bytes: 256,
             temp_dir: temp.path().to_owned(),
         };
         let mut sorter = PathSorter::new(&memory).unwrap();

@@ -191,9 +191,15 @@ impl<'a> LedgerWriter<'a> {
         }
     }
 
-    /// The file after which the next entry must come, if any.
-    pub fn last(&self) -> Option<u32> {
-        self.last
+    /// Whether `files` may come next: strictly ascending, after the last
+    /// file written.
+    pub fn takes(&self, files: impl IntoIterator<Item = u32>) -> bool {
+        let mut previous = self.last;
+        files.into_iter().all(|file| {
+            let ascends = previous.is_none_or(|p| p < file);
+            previous = Some(file);
+            ascends
+        })
     }
 
     /// Writes `file`'s counts (a [`LedgerPart::Counts`] writer).
@@ -210,7 +216,7 @@ impl<'a> LedgerWriter<'a> {
 
     /// Files come in ascending order, each once.
     fn put(&mut self, file: u32, value: &[u8]) -> Result<(), StoreError> {
-        if self.last.is_some_and(|last| last >= file) {
+        if !self.takes([file]) {
             return Err(StoreError::Catalog(format!(
                 "file {} of job {} out of order: file {file} after {}",
                 self.part.name(),

@@ -251,7 +251,7 @@ impl<'a> FileRegister<'a> {
     fn write(&mut self) -> Result<(), String> {
         let ctx = self.ctx;
         match &mut self.in_order {
-            Some(writer) if ascend_after(writer.last(), &self.unwritten) => {
+            Some(writer) if writer.takes(self.unwritten.iter().map(|f| f.seq)) => {
                 for file in &self.unwritten {
                     writer.add_file(file).map_err(|e| e.to_string())?;
                 }
@@ -268,16 +268,6 @@ impl<'a> FileRegister<'a> {
         self.unwritten.clear();
         Ok(())
     }
-}
-
-/// Whether `files` are in strictly ascending order, after `last`.
-fn ascend_after(last: Option<u32>, files: &[InputFile]) -> bool {
-    let mut previous = last;
-    files.iter().all(|file| {
-        let ascends = previous.is_none_or(|p| p < file.seq);
-        previous = Some(file.seq);
-        ascends
-    })
 }
 
 #[cfg(test)]
