@@ -205,7 +205,7 @@ const COUNTERS: &[(&str, &str)] = &[
          earlier position in their cache of recent keys (exact: whole keys compared).",
     ),
     (
-        "quern_governor_shards_held_total",
+        crate::actors::feed::HELD_METRIC,
         "Times a shard's start was held back because the heap was over the hard limit.",
     ),
     (

@@ -102,6 +102,9 @@ impl std::fmt::Display for NotPublished {
     }
 }
 
+/// Counter: shard starts held back while the heap was over the hard limit.
+pub const HELD_METRIC: &str = "quern_governor_shards_held_total";
+
 /// The job's scanners, as a feed sees them.
 pub struct Scanners {
     /// A permit per idle scanner not yet promised a bundle; closed by the
@@ -122,6 +125,9 @@ impl Scanners {
         runtime: tokio::runtime::Handle,
         job: ActorRef<JobMsg>,
     ) -> Self {
+        // Present at zero from the job's start: a rate over it is then
+        // defined for a job that holds its first shard late or never.
+        metrics::counter!(HELD_METRIC).increment(0);
         Self {
             demand,
             count,
@@ -170,7 +176,7 @@ impl Scanners {
             }
             if !held {
                 held = true;
-                metrics::counter!("quern_governor_shards_held_total").increment(1);
+                metrics::counter!(HELD_METRIC).increment(1);
             }
             std::thread::sleep(SAMPLE_INTERVAL);
         }
