@@ -28,6 +28,7 @@ pub mod quic;
 pub mod read;
 pub mod shuffle;
 pub mod tls;
+pub mod varint;
 
 pub use batch::{
     BatchShape, BatchView, FileRepeats, Position, Record, RecordBatch, RunTrailer, ValidBatch,

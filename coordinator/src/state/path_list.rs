@@ -15,6 +15,8 @@
 
 use std::cmp::Ordering;
 
+use proto_schema::varint::{self, VarintError};
+
 /// Paths per restart point.
 const RESTART: usize = 16;
 
@@ -40,8 +42,8 @@ pub fn encode<'p>(paths: impl IntoIterator<Item = &'p [u8]>) -> Vec<u8> {
                 .take_while(|(a, b)| a == b)
                 .count()
         };
-        put_varint(&mut out, shared);
-        put_varint(&mut out, path.len() - shared);
+        varint::put(&mut out, shared as u64);
+        varint::put(&mut out, (path.len() - shared) as u64);
         out.extend_from_slice(&path[shared..]);
         previous = path;
         count += 1;
@@ -200,28 +202,13 @@ impl<'a> PathList<'a> {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: usize) {
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
+/// A length (at most 32 bits) at `offset` and the offset after it.
+fn varint(bytes: &[u8], offset: usize) -> Result<(usize, usize), CorruptPathList> {
+    match varint::get(&bytes[offset.min(bytes.len())..], 32) {
+        Ok((n, used)) => Ok((n as usize, offset + used)),
+        Err(VarintError::CutShort) => Err(CorruptPathList("length beyond the entries")),
+        Err(VarintError::TooWide(_)) => Err(CorruptPathList("length over 32 bits")),
     }
-    out.push(n as u8);
-}
-
-/// A LEB128 length at `offset` and the offset after it.
-fn varint(bytes: &[u8], mut offset: usize) -> Result<(usize, usize), CorruptPathList> {
-    let mut n = 0usize;
-    for shift in (0..32).step_by(7) {
-        let byte = *bytes
-            .get(offset)
-            .ok_or(CorruptPathList("length beyond the entries"))?;
-        offset += 1;
-        n |= usize::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok((n, offset));
-        }
-    }
-    Err(CorruptPathList("length over 32 bits"))
 }
 
 #[cfg(test)]
