@@ -218,7 +218,7 @@ impl<'a> LedgerWriter<'a> {
     fn put(&mut self, file: u32, value: &[u8]) -> Result<(), StoreError> {
         if !self.takes([file]) {
             return Err(StoreError::Catalog(format!(
-                "file {} of job {} out of order: file {file} after {}",
+                "ledger {} of job {} out of order: file {file} after {}",
                 self.part.name(),
                 self.job,
                 self.last.unwrap_or_default()
